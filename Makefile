@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8500
+REST_PORT ?= 8501
+DEMO_DIR ?= build/demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test lint demo bench clean train
+
+$(BIN)/tfsctl: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/tfsctl
+
+lint: install
+	$(BIN)/ruff check tfsctl tests benchmarks samples
+
+test: install lint
+	$(BIN)/pytest -q
+
+demo: install
+	bash samples/demo.sh $(DEMO_DIR) $(PORT) $(REST_PORT)
+
+train: install
+	$(BIN)/python samples/deeplab/train.py --out samples/deeplab/checkpoint
+
+bench: install
+	$(BIN)/python benchmarks/serving_bench.py
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m tfsctl``."""
+
+from tfsctl.cli import main
+
+main()
