@@ -7,7 +7,6 @@ Each command's body is owned by the module it calls; keep them thin.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -29,23 +28,23 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-# --- export ------------------------------------------------------------------------------------------------------
+# --- export ---
 # owner: tfsctl/export.py
 
 
-# --- inspect -----------------------------------------------------------------------------------------------------
+# --- inspect ---
 # owner: tfsctl/inspect.py
 
 
-# --- serve / status / reload -------------------------------------------------------------------------------------
+# --- serve / status / reload ---
 # owner: tfsctl/serving/server.py
 
 
-# --- predict -----------------------------------------------------------------------------------------------------
+# --- predict ---
 # owner: tfsctl/client/predict.py
 
 
-# --- bench -------------------------------------------------------------------------------------------------------
+# --- bench ---
 # owner: tfsctl/client/bench.py
 
 

@@ -104,7 +104,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
         )
     if arr.size < count:
         fill = arr[-1] if arr.size else (b"" if proto.dtype == types_pb2.DT_STRING else 0)
-        padded = np.empty(count, dtype=np_dtype) if np_dtype == object else np.zeros(count, dtype=np_dtype)
+        padded = np.empty(count, dtype=np_dtype) if np_dtype.kind == "O" else np.zeros(count, dtype=np_dtype)
         padded[: arr.size] = arr
         padded[arr.size :] = fill
         arr = padded
