@@ -1,0 +1,195 @@
+"""The config files of ``tensorflow_model_server``, read in its text-proto formats and checked up front.
+
+ModelServerConfig comes from the official ``tensorflow_serving.config`` protos; batching, monitoring and SSL configs
+from :mod:`tfsctl.core.protos` (same names and numbers as TF Serving's). Every problem is a :class:`ConfigError`
+that names the file and, where it can be known, the line, so a bad config fails at start-up rather than at the
+first request.
+
+Relative ``base_path`` values are kept as written (resolved against the working directory), as TF Serving does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfsctl.core.protos import BatchingParameters, MonitoringConfig, SSLConfig
+from tfsctl.errors import ConfigError
+
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
+ModelConfig = model_server_config_pb2.ModelConfig
+
+# TF Serving's PrometheusExporter::kPrometheusPath, used when prometheus_config.path is empty.
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+_PLATFORMS = ("", "tensorflow")
+
+
+def _read(path: str | Path, what: str) -> str:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: {what} file is a directory") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read {what} file: {e}") from None
+
+
+def _parse(text: str, message: Message, source: str) -> Message:
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        reason = re.sub(r"^\d+:\d+ : ", "", str(e))
+        line, col = e.GetLine(), e.GetColumn()
+        where = f"{source}:{line}:{col}" if line is not None and line >= 0 else source
+        raise ConfigError(f"{where}: {reason}") from None
+    return message
+
+
+def _line_of(text: str, needle: str) -> str:
+    """``:N`` for the first line containing ``needle`` (for messages about semantic errors), else ``""``."""
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return f":{i}"
+    return ""
+
+
+# --- ModelServerConfig ---
+
+
+def parse_model_server_config(text: str, source: str = "<model config>") -> model_server_config_pb2.ModelServerConfig:
+    """Parse and validate a ModelServerConfig text proto; ``source`` names it in errors."""
+    config = _parse(text, ModelServerConfig(), source)
+    validate_model_server_config(config, source, text)
+    return config
+
+
+def load_model_server_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    """Read ``--model_config_file``: a ModelServerConfig text proto with a model_config_list."""
+    return parse_model_server_config(_read(path, "model config"), str(path))
+
+
+def validate_model_server_config(
+    config: model_server_config_pb2.ModelServerConfig, source: str = "<model config>", text: str = ""
+) -> None:
+    """Reject what TF Serving rejects: custom configs, unnamed/duplicate models, bad platforms and policies."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ConfigError(f"{source}: custom_model_config is not supported; use model_config_list")
+    seen: set[str] = set()
+    for i, mc in enumerate(config.model_config_list.config):
+        if not mc.name:
+            raise ConfigError(f"{source}: model config #{i + 1} has no name")
+        where = f"{source}{_line_of(text, mc.name) if text else ''}"
+        if mc.name in seen:
+            raise ConfigError(f"{where}: model name '{mc.name}' appears more than once")
+        seen.add(mc.name)
+        if not mc.base_path:
+            raise ConfigError(f"{where}: model '{mc.name}' has no base_path")
+        if mc.model_platform not in _PLATFORMS:
+            raise ConfigError(
+                f"{where}: model '{mc.name}': model_platform '{mc.model_platform}' is not supported (only tensorflow)"
+            )
+        policy = mc.model_version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "specific":
+            if not policy.specific.versions:
+                raise ConfigError(f"{where}: model '{mc.name}': specific version policy lists no versions")
+            bad = [v for v in policy.specific.versions if v < 0]
+            if bad:
+                raise ConfigError(f"{where}: model '{mc.name}': negative version {bad[0]} in specific policy")
+        for label, version in mc.version_labels.items():
+            if not label:
+                raise ConfigError(f"{where}: model '{mc.name}': empty version label")
+            if version < 0:
+                raise ConfigError(f"{where}: model '{mc.name}': label '{label}' points to negative version {version}")
+
+
+def single_model_config(name: str, base_path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    """The config ``--model_name/--model_base_path`` stand for: one model, default policy (latest 1)."""
+    config = ModelServerConfig()
+    mc = config.model_config_list.config.add()
+    mc.name = name
+    mc.base_path = str(base_path)
+    mc.model_platform = "tensorflow"
+    validate_model_server_config(config, "--model_name/--model_base_path")
+    return config
+
+
+# --- BatchingParameters ---
+
+
+def parse_batching_parameters(text: str, source: str = "<batching parameters>") -> Message:
+    """Parse and validate BatchingParameters text (``max_batch_size { value: 32 }`` ...)."""
+    params = _parse(text, BatchingParameters(), source)
+    for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+        if params.HasField(name) and getattr(params, name).value < 1:
+            raise ConfigError(f"{source}{_line_of(text, name)}: {name} must be >= 1, got {getattr(params, name).value}")
+    if params.HasField("batch_timeout_micros") and params.batch_timeout_micros.value < 0:
+        raise ConfigError(f"{source}{_line_of(text, 'batch_timeout_micros')}: batch_timeout_micros must be >= 0")
+    sizes = list(params.allowed_batch_sizes)
+    if sizes:
+        where = f"{source}{_line_of(text, 'allowed_batch_sizes')}"
+        if any(s < 1 for s in sizes):
+            raise ConfigError(f"{where}: allowed_batch_sizes must be positive, got {sizes}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ConfigError(f"{where}: allowed_batch_sizes must be strictly increasing, got {sizes}")
+        if params.HasField("max_batch_size") and sizes[-1] != params.max_batch_size.value:
+            raise ConfigError(
+                f"{where}: the last allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size "
+                f"({params.max_batch_size.value})"
+            )
+    return params
+
+
+def load_batching_parameters(path: str | Path) -> Message:
+    """Read ``--batching_parameters_file`` (TF Serving's BatchingParameters text format)."""
+    return parse_batching_parameters(_read(path, "batching parameters"), str(path))
+
+
+# --- MonitoringConfig ---
+
+
+def parse_monitoring_config(text: str, source: str = "<monitoring config>") -> Message:
+    """Parse MonitoringConfig text; an enabled Prometheus config with no path gets TF Serving's default path."""
+    config = _parse(text, MonitoringConfig(), source)
+    prom = config.prometheus_config
+    if prom.enable and not prom.path:
+        prom.path = DEFAULT_PROMETHEUS_PATH
+    if prom.path and not prom.path.startswith("/"):
+        where = f"{source}{_line_of(text, 'path')}"
+        raise ConfigError(f"{where}: prometheus_config.path must start with '/': {prom.path!r}")
+    return config
+
+
+def load_monitoring_config(path: str | Path) -> Message:
+    """Read ``--monitoring_config_file`` (``prometheus_config { enable: true path: "/metrics" }``)."""
+    return parse_monitoring_config(_read(path, "monitoring config"), str(path))
+
+
+# --- SSLConfig ---
+
+
+def parse_ssl_config(text: str, source: str = "<ssl config>") -> Message:
+    """Parse SSLConfig text; key and cert are PEM contents (as in TF Serving), both required."""
+    config = _parse(text, SSLConfig(), source)
+    for name in ("server_key", "server_cert"):
+        value = getattr(config, name)
+        if not value:
+            raise ConfigError(f"{source}: {name} is required (PEM contents)")
+        if "-----BEGIN" not in value:
+            raise ConfigError(f"{source}{_line_of(text, name)}: {name} does not hold PEM data (-----BEGIN ...)")
+    if config.custom_ca and "-----BEGIN" not in config.custom_ca:
+        raise ConfigError(f"{source}{_line_of(text, 'custom_ca')}: custom_ca does not hold PEM data (-----BEGIN ...)")
+    if config.client_verify and not config.custom_ca:
+        raise ConfigError(f"{source}: client_verify needs custom_ca to check client certificates against")
+    return config
+
+
+def load_ssl_config(path: str | Path) -> Message:
+    """Read ``--ssl_config_file`` (SSLConfig: server_key, server_cert, custom_ca, client_verify)."""
+    return parse_ssl_config(_read(path, "SSL config"), str(path))
