@@ -101,3 +101,15 @@ class InspectError(Exception):
 
 class ConfigError(Exception):
     """A ModelServerConfig, batching or monitoring config file could not be parsed or is inconsistent."""
+
+
+class ClientError(Exception):
+    """A client command (predict, status, reload, bench) failed: bad image, unreachable server, server error.
+
+    ``code`` is the gRPC status code when the failure came from an RPC, else None.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
