@@ -1,0 +1,144 @@
+"""TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.service.PredictionCore`.
+
+The servicers only decode TensorProtos to numpy and encode results back (``tensor_content`` both ways). Every
+``ServingError`` becomes a gRPC status in :meth:`_Base._call`, the one place that also counts request metrics.
+The grpc.health.v1 service and server reflection are registered beside them by :func:`add_services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tfsctl.errors import Internal, InvalidArgument, ServingError
+from tfsctl.serving.service import PredictionCore, signature_or_default
+from tfsctl.serving.tensors import from_numpy, to_numpy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+HEALTH_SERVICE = health.SERVICE_NAME
+
+
+class _Base:
+    def __init__(self, core: PredictionCore, metrics: Any = None) -> None:
+        self.core = core
+        self.metrics = metrics
+
+    def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        """Run ``fn``; map errors to a gRPC status (the only place that does) and record the request metric."""
+        start = time.perf_counter()
+        error: ServingError | None = None
+        try:
+            return fn()
+        except ServingError as e:
+            error = e
+        except Exception as e:  # noqa: BLE001 - anything unexpected is INTERNAL, and the server keeps serving
+            log.exception("%s on model %r failed", api, model_name)
+            error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
+        finally:
+            if self.metrics is not None:
+                code = error.grpc_code.name if error is not None else "OK"
+                self.metrics.observe_request(model_name, api, code, time.perf_counter() - start)
+        context.abort(error.grpc_code, error.message)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Base):
+    """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata."""
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext  # noqa: N802
+                ) -> predict_pb2.PredictResponse:
+        return self._call("grpc_predict", request.model_spec.name, context, lambda: self._predict(request))
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        spec = request.model_spec
+        inputs = {}
+        for key, proto in request.inputs.items():
+            try:
+                inputs[key] = to_numpy(proto, key)
+            except InvalidArgument as e:
+                sig = signature_or_default(spec.signature_name)
+                raise InvalidArgument(f"model '{spec.name}' signature '{sig}': {e.message}") from e
+        resolved, outputs = self.core.predict(spec, inputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse(model_spec=resolved)
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(from_numpy(value))
+        return response
+
+    def Classify(self, request, context):  # noqa: N802 - gRPC method name
+        return self._call("grpc_classify", request.model_spec.name, context, lambda: self.core.classify(request))
+
+    def Regress(self, request, context):  # noqa: N802
+        return self._call("grpc_regress", request.model_spec.name, context, lambda: self.core.regress(request))
+
+    def MultiInference(self, request, context):  # noqa: N802
+        name = request.tasks[0].model_spec.name if request.tasks else ""
+        return self._call("grpc_multi_inference", name, context, lambda: self.core.multi_inference(request))
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return self._call("grpc_get_model_metadata", request.model_spec.name, context,
+                          lambda: self.core.get_model_metadata(request))
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
+    """tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest."""
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return self._call("grpc_get_model_status", request.model_spec.name, context,
+                          lambda: self.core.get_model_status(request))
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request))
+
+
+def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None) -> health.HealthServicer:
+    """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
+
+    Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
+    """
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (PREDICTION_SERVICE, MODEL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    return health_servicer
+
+
+def update_health(health_servicer: health.HealthServicer, manager: Any, known: set[str]) -> set[str]:
+    """Set overall ("" = every configured model ready) and per-model health; returns the model names now set.
+
+    Models removed from the config are set NOT_SERVING: grpc's servicer has no way to forget a name.
+    """
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    names = set(manager.model_names())
+    for name in names:
+        try:
+            ok = any(s.state == available for s in manager.version_states(name))
+        except ServingError:
+            ok = False
+        health_servicer.set(name, serving if ok else not_serving)
+    for name in known - names:
+        health_servicer.set(name, not_serving)
+    health_servicer.set("", serving if manager.is_ready() else not_serving)
+    return names

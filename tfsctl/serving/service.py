@@ -1,0 +1,364 @@
+"""The one request path: every API (gRPC, REST) resolves models and runs signatures through :class:`PredictionCore`.
+
+Front ends only decode requests into numpy / protos and encode the results; model resolution, signature checks,
+tf.Example handling for Classify/Regress and the status codes all live here, so both wires behave the same way.
+Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, ``multi_inference``,
+``get_model_metadata_impl`` and ``get_model_status_impl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    input_pb2,
+    model_management_pb2,
+    model_pb2,
+    regression_pb2,
+)
+
+from tfsctl.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, ServingError, Unimplemented
+
+DEFAULT_SIGNATURE = "serving_default"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+REGRESS_INPUTS = "inputs"
+REGRESS_OUTPUTS = "outputs"
+SIGNATURE_DEF_FIELD = "signature_def"
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_END = get_model_status_pb2.ModelVersionStatus.END
+_CODE_OK = 0
+_CODE_UNKNOWN = 2
+
+
+def signature_or_default(name: str) -> str:
+    """TF Serving's rule: an empty signature name means ``serving_default``."""
+    return name or DEFAULT_SIGNATURE
+
+
+def _version_of(spec: model_pb2.ModelSpec) -> int | None:
+    return int(spec.version.value) if spec.HasField("version") else None
+
+
+def _label_of(spec: model_pb2.ModelSpec) -> str | None:
+    return spec.version_label if spec.WhichOneof("version_choice") == "version_label" else None
+
+
+def make_model_spec(name: str, version: int, signature_name: str | None = None) -> model_pb2.ModelSpec:
+    """The ModelSpec TF Serving puts in responses: name, the version actually used and, if given, the signature."""
+    spec = model_pb2.ModelSpec(name=name)
+    spec.version.value = int(version)
+    if signature_name is not None:
+        spec.signature_name = signature_or_default(signature_name)
+    return spec
+
+
+def serialize_examples(inp: input_pb2.Input, what: str = "input") -> np.ndarray:
+    """``Input`` -> 1-D object array of serialized tf.Example bytes.
+
+    With ``example_list_with_context`` the context is prepended to each example's bytes: protobuf parsing of the
+    concatenation merges the two, and features of the example win over the context's, as in TF Serving.
+    """
+    kind = inp.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [ex.SerializeToString() for ex in inp.example_list.examples]
+    elif kind == "example_list_with_context":
+        ctx = inp.example_list_with_context.context.SerializeToString()
+        serialized = [ctx + ex.SerializeToString() for ex in inp.example_list_with_context.examples]
+    else:
+        raise InvalidArgument(f"{what} is empty: set example_list or example_list_with_context")
+    if not serialized:
+        raise InvalidArgument(f"{what} is empty: it holds no examples")
+    arr = np.empty(len(serialized), dtype=object)
+    arr[:] = serialized
+    return arr
+
+
+class PredictionCore:
+    """Resolves ModelSpecs against the manager and runs signatures (through the batcher when there is one).
+
+    ``manager`` follows the Manager contract (``handle``, ``model_names``, ``version_states``, ``labels``,
+    ``apply_config``); ``batcher`` the Batcher contract (``run`` with ``Servable.run``'s signature).
+    """
+
+    def __init__(self, manager: Any, batcher: Any = None, metrics: Any = None, *,
+                 reload_wait_seconds: float = 30.0) -> None:
+        self.manager = manager
+        self.batcher = batcher
+        self.metrics = metrics
+        self.reload_wait_seconds = reload_wait_seconds
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_name(spec: model_pb2.ModelSpec) -> str:
+        if not spec.name:
+            raise InvalidArgument("Missing ModelSpec name: set model_spec.name to the model to call")
+        return spec.name
+
+    def _handle(self, spec: model_pb2.ModelSpec):
+        """``manager.handle`` for the spec's name and version/label."""
+        return self.manager.handle(self._require_name(spec), _version_of(spec), _label_of(spec))
+
+    def _run(self, servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
+             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Run one signature of a held servable; errors get the model name and version in front."""
+        try:
+            if self.batcher is not None:
+                return self.batcher.run(servable, signature_name, dict(inputs), tuple(output_filter))
+            return servable.run(signature_name, dict(inputs), tuple(output_filter))
+        except ServingError as e:
+            prefix = f"model '{servable.name}' version {servable.version}"
+            if servable.name in e.message:
+                raise
+            raise type(e)(f"{prefix}: {e.message}") from e
+
+    @staticmethod
+    def _signature(servable: Any, signature_name: str, method: str | None = None):
+        """SignatureDef by name: unknown -> FAILED_PRECONDITION; wrong method -> FAILED_PRECONDITION."""
+        sig = servable.signature_defs.get(signature_name)
+        if sig is None:
+            known = ", ".join(sorted(servable.signature_defs)) or "none"
+            raise FailedPrecondition(
+                f"model '{servable.name}' version {servable.version}: serving signature '{signature_name}' "
+                f"not found (signatures: {known})"
+            )
+        if method is not None and sig.method_name != method:
+            raise FailedPrecondition(
+                f"model '{servable.name}' version {servable.version}: signature '{signature_name}' has "
+                f"method_name '{sig.method_name}', expected {method}"
+            )
+        return sig
+
+    # --- Predict -----------------------------------------------------------------------------------------------
+
+    def predict(self, model_spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
+                output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+        """Run a predict signature; returns the resolved ModelSpec (version actually used) and the outputs."""
+        signature_name = signature_or_default(model_spec.signature_name)
+        with self._handle(model_spec) as servable:
+            outputs = self._run(servable, signature_name, inputs, output_filter)
+            return make_model_spec(servable.name, servable.version, signature_name), outputs
+
+    # --- Classify / Regress --------------------------------------------------------------------------------------
+
+    def _classify_on(self, servable: Any, signature_name: str, examples: np.ndarray
+                     ) -> classification_pb2.ClassificationResult:
+        sig = self._signature(servable, signature_name, CLASSIFY_METHOD)
+        where = f"model '{servable.name}' signature '{signature_name}'"
+        if CLASSIFY_INPUTS not in sig.inputs or len(sig.inputs) != 1:
+            raise FailedPrecondition(f"{where}: a classify signature needs exactly one input named '{CLASSIFY_INPUTS}'")
+        wanted = [k for k in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if k in sig.outputs]
+        if not wanted:
+            raise FailedPrecondition(f"{where}: classify signature has neither '{CLASSIFY_CLASSES}' nor "
+                                     f"'{CLASSIFY_SCORES}' output")
+        out = self._run(servable, signature_name, {CLASSIFY_INPUTS: examples}, wanted)
+        return classification_result(out.get(CLASSIFY_CLASSES), out.get(CLASSIFY_SCORES), len(examples), where)
+
+    def _regress_on(self, servable: Any, signature_name: str, examples: np.ndarray
+                    ) -> regression_pb2.RegressionResult:
+        sig = self._signature(servable, signature_name, REGRESS_METHOD)
+        where = f"model '{servable.name}' signature '{signature_name}'"
+        if REGRESS_INPUTS not in sig.inputs or len(sig.inputs) != 1:
+            raise FailedPrecondition(f"{where}: a regress signature needs exactly one input named '{REGRESS_INPUTS}'")
+        if REGRESS_OUTPUTS not in sig.outputs:
+            raise FailedPrecondition(f"{where}: regress signature has no '{REGRESS_OUTPUTS}' output")
+        out = self._run(servable, signature_name, {REGRESS_INPUTS: examples}, [REGRESS_OUTPUTS])
+        return regression_result(out[REGRESS_OUTPUTS], len(examples), where)
+
+    def classify(self, request: classification_pb2.ClassificationRequest
+                 ) -> classification_pb2.ClassificationResponse:
+        """Classify serialized tf.Examples with a ``tensorflow/serving/classify`` signature."""
+        signature_name = signature_or_default(request.model_spec.signature_name)
+        with self._handle(request.model_spec) as servable:
+            examples = serialize_examples(request.input, "ClassificationRequest.input")
+            result = self._classify_on(servable, signature_name, examples)
+            return classification_pb2.ClassificationResponse(
+                model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
+
+    def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+        """Regress serialized tf.Examples with a ``tensorflow/serving/regress`` signature."""
+        signature_name = signature_or_default(request.model_spec.signature_name)
+        with self._handle(request.model_spec) as servable:
+            examples = serialize_examples(request.input, "RegressionRequest.input")
+            result = self._regress_on(servable, signature_name, examples)
+            return regression_pb2.RegressionResponse(
+                model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
+
+    def multi_inference(self, request: inference_pb2.MultiInferenceRequest
+                        ) -> inference_pb2.MultiInferenceResponse:
+        """Several classify/regress tasks over one input, all on the same model (and the same version)."""
+        if not request.tasks:
+            raise InvalidArgument("MultiInferenceRequest has no tasks")
+        first = request.tasks[0].model_spec
+        seen: set[str] = set()
+        for task in request.tasks:
+            spec = task.model_spec
+            if not spec.name:
+                raise InvalidArgument("Found ModelSpec with an empty model name in MultiInferenceRequest")
+            if spec.name != first.name:
+                raise InvalidArgument(
+                    f"All ModelSpecs in a MultiInferenceRequest must access the same model name "
+                    f"(got '{first.name}' and '{spec.name}')")
+            if (_version_of(spec), _label_of(spec)) != (_version_of(first), _label_of(first)):
+                raise InvalidArgument(f"model '{first.name}': all tasks of a MultiInferenceRequest must ask for "
+                                      "the same version or version_label")
+            sig_name = signature_or_default(spec.signature_name)
+            if sig_name in seen:
+                raise InvalidArgument(f"model '{first.name}': duplicate evaluation of signature '{sig_name}'")
+            seen.add(sig_name)
+            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                raise Unimplemented(f"model '{first.name}' signature '{sig_name}': unsupported method_name "
+                                    f"'{task.method_name}' (use {CLASSIFY_METHOD} or {REGRESS_METHOD})")
+        response = inference_pb2.MultiInferenceResponse()
+        with self._handle(first) as servable:
+            examples = serialize_examples(request.input, "MultiInferenceRequest.input")
+            for task in request.tasks:
+                sig_name = signature_or_default(task.model_spec.signature_name)
+                result = response.results.add()
+                if task.method_name == CLASSIFY_METHOD:
+                    result.classification_result.CopyFrom(self._classify_on(servable, sig_name, examples))
+                else:
+                    result.regression_result.CopyFrom(self._regress_on(servable, sig_name, examples))
+                result.model_spec.CopyFrom(make_model_spec(servable.name, servable.version, sig_name))
+        return response
+
+    # --- metadata / status / config --------------------------------------------------------------------------------
+
+    def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                           ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """``signature_def`` metadata: a SignatureDefMap packed in ``google.protobuf.Any``."""
+        name = self._require_name(request.model_spec)
+        if not request.metadata_field:
+            raise InvalidArgument(f"model '{name}': GetModelMetadataRequest must specify at least one "
+                                  f"metadata_field (supported: '{SIGNATURE_DEF_FIELD}')")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise InvalidArgument(f"model '{name}': metadata field '{field}' is not supported "
+                                      f"(supported: '{SIGNATURE_DEF_FIELD}')")
+        with self._handle(request.model_spec) as servable:
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, sig in servable.signature_defs.items():
+                sig_map.signature_def[key].CopyFrom(sig)
+            response = get_model_metadata_pb2.GetModelMetadataResponse(
+                model_spec=make_model_spec(servable.name, servable.version))
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(sig_map)
+        return response
+
+    def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest
+                         ) -> get_model_status_pb2.GetModelStatusResponse:
+        """State of every version of a model (or the one version / label asked for), newest first."""
+        spec = request.model_spec
+        name = self._require_name(spec)
+        if name not in set(self.manager.model_names()):
+            raise NotFound(f"Could not find any versions of model '{name}'")
+        states = sorted(self.manager.version_states(name), key=lambda s: s.version, reverse=True)
+        version = _version_of(spec)
+        label = _label_of(spec)
+        if label is not None:
+            labels = self.manager.labels(name)
+            if label not in labels:
+                raise NotFound(f"model '{name}': unknown version_label '{label}' "
+                               f"(labels: {', '.join(sorted(labels)) or 'none'})")
+            version = labels[label]
+        if version is not None:
+            states = [s for s in states if s.version == version]
+            if not states:
+                raise NotFound(f"Could not find version {version} of model '{name}'")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for s in states:
+            mvs = response.model_version_status.add(version=int(s.version), state=int(s.state))
+            if s.error:
+                mvs.status.error_code = _CODE_UNKNOWN
+                mvs.status.error_message = s.error
+            else:
+                mvs.status.error_code = _CODE_OK
+        return response
+
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest
+                      ) -> model_management_pb2.ReloadConfigResponse:
+        """Apply a new ModelServerConfig; waits (bounded) for newly added models, as TF Serving's ServerCore."""
+        config = request.config
+        if config.WhichOneof("config") != "model_config_list":
+            raise InvalidArgument("ReloadConfigRequest.config must hold a model_config_list "
+                                  "(custom_model_config is not supported)")
+        before = set(self.manager.model_names())
+        self.manager.apply_config(config)
+        added = [c.name for c in config.model_config_list.config if c.name not in before]
+        self._wait_for_models(added)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = _CODE_OK
+        return response
+
+    def _wait_for_models(self, names: Iterable[str]) -> None:
+        """Wait until each model has an AVAILABLE version; a model whose every version failed is an error."""
+        pending = set(names)
+        deadline = time.monotonic() + self.reload_wait_seconds
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                states = self.manager.version_states(name) if name in set(self.manager.model_names()) else []
+                if any(s.state == _AVAILABLE for s in states):
+                    pending.discard(name)
+                elif states and all(s.state == _END and s.error for s in states):
+                    errors = "; ".join(f"version {s.version}: {s.error}" for s in states)
+                    raise Internal(f"model '{name}' failed to load: {errors}")
+            if pending:
+                time.sleep(0.02)
+
+
+def classification_result(classes: np.ndarray | None, scores: np.ndarray | None, num_examples: int,
+                          where: str) -> classification_pb2.ClassificationResult:
+    """Build a ClassificationResult from ``classes`` (string [N, C]) and/or ``scores`` (float [N, C])."""
+    num_classes = 0
+    for key, arr, kind in ((CLASSIFY_CLASSES, classes, "O"), (CLASSIFY_SCORES, scores, "f")):
+        if arr is None:
+            continue
+        if arr.ndim != 2:
+            raise InvalidArgument(
+                f"{where}: expected '{key}' of shape [batch_size, num_classes], got {list(arr.shape)}")
+        if arr.dtype.kind not in (kind, "S"):
+            raise InvalidArgument(f"{where}: '{key}' has unexpected dtype {arr.dtype}")
+        if arr.shape[0] != num_examples:
+            raise InvalidArgument(f"{where}: expected '{key}' batch size {num_examples}, got {arr.shape[0]}")
+        num_classes = arr.shape[1]
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise InvalidArgument(f"{where}: classes and scores disagree in dim 1: {classes.shape[1]} vs {scores.shape[1]}")
+    result = classification_pb2.ClassificationResult()
+    for i in range(num_examples):
+        row = result.classifications.add()
+        for c in range(num_classes):
+            cl = row.classes.add()
+            if classes is not None:
+                label = classes[i, c]
+                cl.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                cl.score = float(scores[i, c])
+    return result
+
+
+def regression_result(outputs: np.ndarray, num_examples: int, where: str) -> regression_pb2.RegressionResult:
+    """Build a RegressionResult from ``outputs`` (float [N] or [N, 1])."""
+    if outputs.ndim == 2 and outputs.shape[1] == 1:
+        outputs = outputs[:, 0]
+    if outputs.ndim != 1:
+        raise InvalidArgument(f"{where}: expected '{REGRESS_OUTPUTS}' of shape [batch_size] or [batch_size, 1], "
+                              f"got {list(outputs.shape)}")
+    if outputs.dtype.kind != "f":
+        raise InvalidArgument(f"{where}: '{REGRESS_OUTPUTS}' has unexpected dtype {outputs.dtype}")
+    if outputs.shape[0] != num_examples:
+        raise InvalidArgument(f"{where}: expected '{REGRESS_OUTPUTS}' batch size {num_examples}, "
+                              f"got {outputs.shape[0]}")
+    result = regression_pb2.RegressionResult()
+    for v in outputs.tolist():
+        result.regressions.add(value=float(v))
+    return result
