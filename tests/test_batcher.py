@@ -1,0 +1,193 @@
+"""Batcher over a real toy SavedModel: merging, splitting, padding, queue limits, error fan-out, stop."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfsctl.core.protos import BatchingParameters  # noqa: E402
+from tfsctl.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable  # noqa: E402
+from tfsctl.serving.batcher import Batcher, BatchOptions  # noqa: E402
+from tfsctl.serving.metrics import Metrics  # noqa: E402
+from tfsctl.testing import toy_example, write_toy_model  # noqa: E402
+
+SCALE = 3.0
+
+
+def _load(path: Path, name: str = "toy", version: int = 1):
+    from tfsctl.core.loader import Loader
+
+    return Loader(name, version, path).load()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = write_toy_model(tmp_path_factory.mktemp("batcher") / "toy", 1, scale=SCALE)
+    return _load(path)
+
+
+def _batches(metrics: Metrics, model: str = "toy") -> tuple[float, float]:
+    """(number of batches, sum of batch sizes) observed so far."""
+    count = metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": model}) or 0.0
+    total = metrics.registry.get_sample_value("tfserving_batch_size_sum", {"model_name": model}) or 0.0
+    return count, total
+
+
+def _rows(start: float, n: int) -> np.ndarray:
+    return (np.arange(n * 4, dtype=np.float32).reshape(n, 4) + start).astype(np.float32)
+
+
+def test_options_from_batching_parameters():
+    params = BatchingParameters()
+    params.max_batch_size.value = 8
+    params.batch_timeout_micros.value = 500
+    params.allowed_batch_sizes.extend([2, 4, 8])
+    opts = BatchOptions.from_params(params)
+    assert (opts.max_batch_size, opts.batch_timeout_micros, opts.allowed_batch_sizes) == (8, 500, (2, 4, 8))
+    assert opts.max_enqueued_batches == 10 and opts.num_batch_threads >= 1  # TF Serving defaults
+    with pytest.raises(ConfigError, match="must equal max_batch_size"):
+        BatchOptions(max_batch_size=16, allowed_batch_sizes=(2, 4))
+
+
+def test_concurrent_requests_merge_and_split_back(toy):
+    metrics = Metrics()
+    # A batch closes when full (4 examples); the long timeout makes the merge deterministic.
+    batcher = Batcher(BatchOptions(max_batch_size=4, batch_timeout_micros=10_000_000, num_batch_threads=1), metrics)
+    try:
+        inputs = [_rows(100 * i, 1) for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda x: batcher.run(toy, "", {"x": x}), inputs))
+        for x, out in zip(inputs, results, strict=True):
+            np.testing.assert_allclose(out["y"], x * SCALE)
+            assert out["y"].shape == (1, 4)
+        assert _batches(metrics) == (1.0, 4.0)
+        assert metrics.registry.get_sample_value(
+            "tfserving_batch_queue_latency_seconds_count", {"model_name": "toy"}
+        ) == 4.0
+    finally:
+        batcher.stop()
+
+
+def test_allowed_batch_sizes_pad_then_drop_padding(toy):
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=8, allowed_batch_sizes=(2, 4, 8), num_batch_threads=1), metrics)
+    try:
+        x = _rows(1, 3)
+        out = batcher.run(toy, "serving_default", {"x": x})
+        assert out["y"].shape == (3, 4)
+        np.testing.assert_allclose(out["y"], x * SCALE)
+        assert _batches(metrics) == (1.0, 4.0)  # 3 examples padded to the allowed size 4
+    finally:
+        batcher.stop()
+
+
+def test_request_larger_than_max_batch_is_split_not_refused(toy):
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=4, max_enqueued_batches=3, num_batch_threads=1), metrics)
+    try:
+        x = _rows(7, 10)
+        out = batcher.run(toy, "", {"x": x}, ["y"])
+        np.testing.assert_allclose(out["y"], x * SCALE)
+        count, total = _batches(metrics)
+        assert count == 3 and total == 10  # chunks of 4, 4, 2
+    finally:
+        batcher.stop()
+
+
+def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
+    # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
+    batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,
+                                   num_batch_threads=1))
+    waiting: dict = {}
+    first = threading.Thread(target=lambda: waiting.update(out=batcher.run(toy, "", {"x": _rows(5, 1)})))
+    first.start()
+    deadline = time.monotonic() + 10
+    while batcher.pending() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.pending() == 1
+    t0 = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="queue for model 'toy' .* is full") as info:
+        batcher.run(toy, "", {"x": _rows(0, 2)})
+    assert time.monotonic() - t0 < 5  # refused at once, not after the batch timeout
+    assert info.value.http_status == 429
+    batcher.stop()  # drains: the queued request still completes
+    first.join(10)
+    np.testing.assert_allclose(waiting["out"]["y"], _rows(5, 1) * SCALE)
+    with pytest.raises(Unavailable):
+        batcher.run(toy, "", {"x": _rows(0, 1)})
+
+
+def test_error_in_batch_reaches_every_request(toy):
+    batcher = Batcher(BatchOptions(max_batch_size=2, batch_timeout_micros=10_000_000, num_batch_threads=1))
+    try:
+        good = np.array([toy_example([1, 2, 3, 4])], dtype=object)
+        bad = np.array([b"not a tf.Example"], dtype=object)  # passes validation, fails inside the graph
+
+        def call(inputs: np.ndarray):
+            try:
+                return batcher.run(toy, "classify", {"inputs": inputs})
+            except InvalidArgument as exc:
+                return exc
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(call, [good, bad]))
+        assert all(isinstance(r, InvalidArgument) for r in results), results
+        # The batcher keeps serving after a failed batch.
+        out = batcher.run(toy, "classify", {"inputs": np.concatenate([good, good])})
+        np.testing.assert_allclose(out["scores"], [[1 * SCALE, 2 * SCALE]] * 2)
+    finally:
+        batcher.stop()
+
+
+def test_invalid_request_is_rejected_before_queueing(toy):
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=4), metrics)
+    try:
+        with pytest.raises(InvalidArgument, match="x"):
+            batcher.run(toy, "", {"x": np.zeros((1, 5), np.float32)})
+        assert _batches(metrics) == (0.0, 0.0)
+    finally:
+        batcher.stop()
+
+
+@pytest.fixture(scope="module")
+def ragged_model(tmp_path_factory):
+    """A model with a variable inner dimension: x float32 [None, None] -> total = sum(x, axis=1)."""
+    import tensorflow as tf
+
+    class Ragged(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"total": tf.reduce_sum(x, axis=1)}
+
+    path = tmp_path_factory.mktemp("ragged") / "ragged" / "1"
+    module = Ragged()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return _load(path, "ragged")
+
+
+def test_pad_variable_length_inputs(ragged_model):
+    metrics = Metrics()
+    batcher = Batcher(
+        BatchOptions(max_batch_size=2, batch_timeout_micros=10_000_000, num_batch_threads=1,
+                     pad_variable_length_inputs=True),
+        metrics,
+    )
+    try:
+        a = np.array([[1, 2]], np.float32)
+        b = np.array([[1, 2, 3, 4, 5]], np.float32)
+        with ThreadPoolExecutor(2) as pool:
+            ra, rb = pool.map(lambda x: batcher.run(ragged_model, "", {"x": x}), [a, b])
+        # Zero padding leaves sums unchanged, and both shapes shared one batch.
+        assert ra["total"].tolist() == [3.0] and rb["total"].tolist() == [15.0]
+        assert _batches(metrics, "ragged") == (1.0, 2.0)
+    finally:
+        batcher.stop()
