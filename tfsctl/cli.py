@@ -7,6 +7,7 @@ Each command's body is owned by the module it calls; keep them thin.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -105,6 +106,120 @@ def serve(
 
 # --- predict ---
 # owner: tfsctl/client/predict.py
+
+
+@app.command()
+def predict(
+    image: Path = typer.Argument(..., help="Image file (JPEG, PNG, WebP, ...); EXIF orientation is applied."),
+    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
+    model: str = typer.Option("deeplab", "--model", "-m", help="Model name."),
+    version: int | None = typer.Option(None, "--version", help="Model version (default: latest available)."),
+    label: str | None = typer.Option(None, "--label", help="Version label (e.g. stable, canary)."),
+    signature: str = typer.Option("predict_images", "--signature", help="Signature name."),
+    output: Path = typer.Option(Path("mask.png"), "--output", "-o", help="Overlay PNG to write."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Mask opacity over the image, 0..1."),
+    use_async: bool = typer.Option(False, "--async", help="Send via the gRPC future API with a live progress line."),
+    timeout: float = typer.Option(30.0, "--timeout", help="RPC deadline in seconds."),
+    output_key: str = typer.Option("segmentation_map", "--output-key", help="Output tensor holding class ids."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """Segment IMAGE on a model server and write the VOC-palette overlay with a legend to --output."""
+    import json
+
+    from rich.table import Table
+
+    from tfsctl.client.predict import predict_image
+    from tfsctl.errors import ClientError
+
+    try:
+        if use_async and not as_json:
+            with err_console.status(f"Predict on {server} ...") as spinner:
+                result = predict_image(
+                    image, server=server, model=model, version=version, label=label, signature=signature,
+                    output=output, alpha=alpha, timeout=timeout, use_async=True, output_key=output_key,
+                    on_wait=lambda s: spinner.update(f"Predict on {server}: waiting {s:.1f} s"),
+                )
+        else:
+            result = predict_image(
+                image, server=server, model=model, version=version, label=label, signature=signature,
+                output=output, alpha=alpha, timeout=timeout, use_async=use_async, output_key=output_key,
+            )
+    except ClientError as e:
+        fail(e.message)
+    except KeyboardInterrupt:
+        fail("cancelled", 130)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    served = f"{result.model} v{result.version}" if result.version is not None else result.model
+    table = Table(title=f"{image.name} ({result.image_size[1]}x{result.image_size[0]}) on {served}")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column("pixels", justify="right")
+    table.add_column("share", justify="right")
+    for s in result.shares:
+        table.add_row(str(s.class_id), s.name, f"{s.pixels:,}", f"{s.share * 100:.1f}%")
+    console.print(table)
+    t = result.timings_ms
+    console.print(
+        f"latency: request round trip {result.rpc_ms:.1f} ms, total {result.total_ms:.1f} ms "
+        f"(decode {t['decode']:.1f}, encode {t['encode']:.1f}, render {t['render']:.1f})"
+    )
+    console.print(f"wrote {result.output}")
+
+
+# --- status / reload (ModelService client) ---
+# owner: tfsctl/client/rpc.py
+
+
+@app.command()
+def status(
+    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name."),
+    version: int | None = typer.Option(None, "--version", help="Only this version."),
+    timeout: float = typer.Option(10.0, "--timeout", help="RPC deadline in seconds."),
+) -> None:
+    """Show GetModelStatus for a model: each version's state and error."""
+    from rich.table import Table
+
+    from tfsctl.client.rpc import get_model_status, parse_target
+    from tfsctl.errors import ClientError
+
+    try:
+        target = parse_target(server)
+        rows = get_model_status(target, model, version, timeout)
+    except ClientError as e:
+        fail(e.message)
+    table = Table(title=f"model '{model}' on {target}")
+    table.add_column("version", justify="right")
+    table.add_column("state")
+    table.add_column("error")
+    for r in rows:
+        colour = "green" if r.state == "AVAILABLE" else "yellow"
+        error = "-" if r.error_code == "OK" and not r.error_message else f"{r.error_code}: {r.error_message}"
+        table.add_row(str(r.version), f"[{colour}]{r.state}[/]", error)
+    console.print(table)
+
+
+@app.command()
+def reload(
+    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
+    model_config_file: Path = typer.Option(..., "--model-config-file", help="ModelServerConfig text proto."),
+    timeout: float = typer.Option(30.0, "--timeout", help="RPC deadline in seconds."),
+) -> None:
+    """Send a ModelServerConfig to the server (HandleReloadConfigRequest) and show the result."""
+    from tfsctl.client.rpc import parse_target, reload_config
+    from tfsctl.errors import ClientError
+
+    try:
+        target = parse_target(server)
+        result = reload_config(target, model_config_file, timeout)
+    except ClientError as e:
+        fail(e.message)
+    names = ", ".join(f"{name} ({path})" for name, path in result.models) or "no models"
+    if not result.ok:
+        fail(f"reload rejected by {target}: {result.error_code}: {result.error_message}")
+    console.print(f"[green]reloaded[/] {target} with {len(result.models)} model(s): {names}")
 
 
 # --- bench ---
