@@ -1,0 +1,141 @@
+"""File-system Source: polls model base paths for numeric version directories and emits the aspired versions.
+
+Like TF Serving's FileSystemStoragePathSource, a version is a directory whose name is a non-negative integer
+directly under the base path (other names, such as an exporter's ``.tmp-*`` directory, are ignored). The model's
+VersionPolicy picks the aspired versions among those present; the Source hands them to the Manager with
+``manager.set_aspired_versions(name, {version: path})`` on every poll. An empty or missing base path is emitted as
+an empty set: the Manager decides what that means (it keeps the last AVAILABLE version).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("tfsctl.core.source")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk to serve: ``latest`` N (default 1), ``all``, or ``specific`` versions."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_proto(cls, policy) -> VersionPolicy:
+        """From ``FileSystemStoragePathSourceConfig.ServableVersionPolicy``; unset means latest 1 (as TF Serving)."""
+        choice = policy.WhichOneof("policy_choice") if policy is not None else None
+        if choice == "all":
+            return cls("all")
+        if choice == "specific":
+            return cls("specific", versions=frozenset(int(v) for v in policy.specific.versions))
+        n = policy.latest.num_versions if choice == "latest" else 1
+        return cls("latest", num_versions=max(1, int(n)))
+
+    def select(self, on_disk: dict[int, Path]) -> dict[int, Path]:
+        """The aspired subset of the versions found on disk."""
+        if self.kind == "all":
+            return dict(on_disk)
+        if self.kind == "specific":
+            return {v: p for v, p in on_disk.items() if v in self.versions}
+        keep = sorted(on_disk, reverse=True)[: self.num_versions]
+        return {v: on_disk[v] for v in keep}
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {{ num_versions: {self.num_versions} }}"
+        if self.kind == "specific":
+            return "specific { " + " ".join(f"versions: {v}" for v in sorted(self.versions)) + " }"
+        return "all {}"
+
+
+def list_versions(base_path: str | Path) -> dict[int, Path]:
+    """Numeric version directories under ``base_path`` ({} when it is missing, empty or unreadable)."""
+    found: dict[int, Path] = {}
+    try:
+        with os.scandir(base_path) as it:
+            for entry in it:
+                name = entry.name
+                if name.isascii() and name.isdigit():
+                    try:
+                        if entry.is_dir():
+                            found[int(name)] = Path(entry.path)
+                    except OSError:
+                        continue
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        log.warning("cannot list model base path %s: %s", base_path, e)
+        return {}
+    return found
+
+
+class AspiredVersionsTarget(Protocol):
+    def set_aspired_versions(self, name: str, versions: dict[int, Path]) -> None: ...
+
+
+@dataclass(frozen=True)
+class WatchedModel:
+    name: str
+    base_path: Path
+    policy: VersionPolicy
+
+
+class FileSystemSource:
+    """Polls every watched base path each ``poll_wait_seconds`` (<= 0: only when started or reconfigured)."""
+
+    def __init__(self, target: AspiredVersionsTarget, poll_wait_seconds: float = 1.0) -> None:
+        self.target = target
+        self.poll_wait_seconds = float(poll_wait_seconds)
+        self._models: dict[str, WatchedModel] = {}
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set_models(self, models: dict[str, tuple[str | Path, VersionPolicy]], *, poll: bool = True) -> None:
+        """Replace the watched models; new or changed ones are polled at once when ``poll`` is true."""
+        new = {name: WatchedModel(name, Path(bp), pol) for name, (bp, pol) in models.items()}
+        with self._lock:
+            changed = [n for n, m in new.items() if self._models.get(n) != m]
+            self._models = new
+        if poll and changed:
+            self.poll_once(changed)
+
+    def poll_once(self, names: list[str] | None = None) -> None:
+        """List the base paths (all, or ``names``) and emit their aspired versions."""
+        with self._lock:
+            models = [m for n, m in self._models.items() if names is None or n in names]
+        with self._poll_lock:
+            for m in models:
+                aspired = m.policy.select(list_versions(m.base_path))
+                if not aspired:
+                    log.debug("no aspired versions of model %s under %s", m.name, m.base_path)
+                try:
+                    self.target.set_aspired_versions(m.name, aspired)
+                except Exception:  # noqa: BLE001 - one model's trouble must not stop polling the others
+                    log.exception("setting aspired versions of model %s failed", m.name)
+
+    def start(self) -> None:
+        """Poll once now, then keep polling in a daemon thread (unless ``poll_wait_seconds`` <= 0)."""
+        self._stop.clear()
+        self.poll_once()
+        if self.poll_wait_seconds > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tfsctl-fs-source", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        t, self._thread = self._thread, None
+        if t is not None:
+            t.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_wait_seconds):
+            self.poll_once()
