@@ -86,20 +86,15 @@ def _address(host: str, port: int) -> str:
 
 
 def _make_manager(options: ServerOptions, metrics: Any) -> Any:
-    """The Manager, given the retry and polling flags it understands (its constructor may take fewer)."""
-    import inspect
-
+    """The Manager with the polling and load-retry flags."""
     from tfsctl.core.manager import Manager
 
-    wanted = {
-        "file_system_poll_wait_seconds": options.file_system_poll_wait_seconds,
-        "poll_wait_seconds": options.file_system_poll_wait_seconds,
-        "max_num_load_retries": options.max_num_load_retries,
-        "load_retry_interval_seconds": options.load_retry_interval_seconds,
-    }
-    params = inspect.signature(Manager).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in params}
-    return Manager(metrics, **kwargs)
+    return Manager(
+        metrics,
+        poll_wait_seconds=options.file_system_poll_wait_seconds,
+        max_num_load_retries=options.max_num_load_retries,
+        load_retry_interval_seconds=options.load_retry_interval_seconds,
+    )
 
 
 class ModelServer:
@@ -238,7 +233,7 @@ class ModelServer:
         """True once every configured model has an AVAILABLE version (False on timeout)."""
         if self.manager is None:
             return False
-        return bool(self.manager.wait_until_ready(timeout))
+        return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
     def stop(self, grace: float | None = 10.0) -> None:
         """Stop accepting requests, let in-flight ones finish (up to ``grace`` s), then unload models. Idempotent."""
