@@ -243,6 +243,9 @@ def predict_image(
     on_wait: Callable[[float], None] | None = None,
 ) -> PredictResult:
     """Decode ``image_path``, predict on ``server``, write the overlay PNG to ``output`` (unless None)."""
+    # The TF Serving protos import TensorFlow (seconds); do it before the clock starts so timings mean the request.
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: F401
+
     t0 = time.perf_counter()
     if version is not None and label is not None:
         raise ClientError("give either --version or --label, not both")
