@@ -1,0 +1,205 @@
+"""Loader + Servable on real toy SavedModels: validation matrix, typed errors, warmup, corrupt versions."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfsctl.core.loader import Loader, LoadError
+from tfsctl.core.servable import Servable, examples_from_input
+from tfsctl.errors import FailedPrecondition, InvalidArgument
+from tfsctl.savedmodel import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
+from tfsctl.testing import toy_example, toy_predict_log, write_toy_model, write_warmup_requests
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+@pytest.fixture(scope="module")
+def servable(tmp_path_factory: pytest.TempPathFactory) -> Servable:
+    base = tmp_path_factory.mktemp("servable") / "toy"
+    path = write_toy_model(base, 3, scale=2.0)
+    loader = Loader("toy", 3, path)
+    s = loader.load()
+    yield s
+    loader.unload()
+
+
+def test_loaded_servable_metadata(servable: Servable) -> None:
+    assert (servable.name, servable.version) == ("toy", 3)
+    assert {"serving_default", "classify", "regress"} <= set(servable.signature_defs)
+    assert servable.method_name("") == PREDICT_METHOD
+    assert servable.method_name("classify") == CLASSIFY_METHOD
+    assert servable.method_name("regress") == REGRESS_METHOD
+    assert servable.resources.disk_bytes > 0
+    assert servable.resources.load_seconds > 0
+
+
+def test_predict_runs(servable: Servable) -> None:
+    out = servable.run("", {"x": X})
+    np.testing.assert_allclose(out["y"], X * 2.0)
+    assert out["y"].dtype == np.float32
+    assert servable.run("serving_default", {"x": X}, ["y"]).keys() == {"y"}
+    empty = servable.run("", {"x": np.zeros((0, 4), np.float32)})
+    assert empty["y"].shape == (0, 4)
+
+
+def test_classify_and_regress_signatures(servable: Servable) -> None:
+    ex = np.array([toy_example([1, 2, 3, 4]), toy_example([0.5, 0, 0, 1])], dtype=object)
+    out = servable.run("classify", {"inputs": ex})
+    np.testing.assert_allclose(out["scores"], [[2, 4], [1, 0]])
+    assert out["classes"].tolist() == [[b"class0", b"class1"]] * 2
+    only_scores = servable.run("classify", {"inputs": ex}, ["scores"])
+    assert only_scores.keys() == {"scores"}
+    np.testing.assert_allclose(servable.run("regress", {"inputs": ex})["outputs"], [20, 3])
+
+
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ({}, "missing input(s) 'x'"),
+        ({"x": X, "z": X}, "unexpected input(s) 'z'"),
+        ({"y": X}, "missing input(s) 'x'"),
+        ({"x": X.astype(np.float64)}, "input 'x' expects DT_FLOAT (float32) but got float64"),
+        ({"x": X.astype(np.int32)}, "input 'x' expects DT_FLOAT (float32) but got int32"),
+        ({"x": np.array([[b"a"] * 4], dtype=object)}, "input 'x' expects DT_FLOAT"),
+        ({"x": X[0]}, "input 'x' expects rank 2"),
+        ({"x": X[None]}, "input 'x' expects rank 2"),
+        ({"x": np.ones((2, 3), np.float32)}, "dimension 1 must be 4"),
+    ],
+)
+def test_invalid_inputs(servable: Servable, inputs: dict, needle: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        servable.run("serving_default", inputs)
+    msg = str(exc.value)
+    assert needle in msg
+    assert "model 'toy'" in msg and "signature 'serving_default'" in msg
+
+
+def test_string_input_dtype_checked(servable: Servable) -> None:
+    with pytest.raises(InvalidArgument, match="input 'inputs' expects DT_STRING but got float32"):
+        servable.run("classify", {"inputs": np.ones(2, np.float32)})
+
+
+def test_unknown_signature(servable: Servable) -> None:
+    with pytest.raises(FailedPrecondition, match="'nope' not found.*known: classify, regress, serving_default"):
+        servable.run("nope", {"x": X})
+    with pytest.raises(FailedPrecondition):
+        servable.method_name("nope")
+
+
+def test_bad_output_filter(servable: Servable) -> None:
+    with pytest.raises(InvalidArgument, match="output_filter names unknown output 'scores'"):
+        servable.run("", {"x": X}, ["scores"])
+    with pytest.raises(InvalidArgument, match="more than once"):
+        servable.run("", {"x": X}, ["y", "y"])
+
+
+def test_runtime_invalid_argument(servable: Servable) -> None:
+    with pytest.raises(InvalidArgument, match="signature 'classify': .*Could not parse example input"):
+        servable.run("classify", {"inputs": np.array([b"not an example"], dtype=object)})
+
+
+def test_examples_from_input_merges_context() -> None:
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import input_pb2
+
+    inp = input_pb2.Input()
+    ctx = inp.example_list_with_context.context
+    ctx.features.feature["x"].float_list.value.extend([9, 9, 9, 9])
+    ctx.features.feature["k"].int64_list.value.append(1)
+    e = inp.example_list_with_context.examples.add()
+    e.features.feature["x"].float_list.value.extend([1, 2, 3, 4])
+    (raw,) = examples_from_input(inp)
+    merged = example_pb2.Example.FromString(raw)
+    assert list(merged.features.feature["x"].float_list.value) == [1, 2, 3, 4]
+    assert list(merged.features.feature["k"].int64_list.value) == [1]
+    with pytest.raises(InvalidArgument, match="neither example_list"):
+        examples_from_input(input_pb2.Input())
+
+
+# --- warmup ---
+
+
+def test_warmup_runs(tmp_path: Path) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = write_toy_model(tmp_path / "m", 1, warmup=3)
+    classify = prediction_log_pb2.PredictionLog()
+    classify.classify_log.request.model_spec.signature_name = "classify"
+    classify.classify_log.request.input.example_list.examples.add().features.feature["x"].float_list.value.extend(
+        [1, 2, 3, 4]
+    )
+    regress = prediction_log_pb2.PredictionLog()
+    regress.regress_log.request.model_spec.signature_name = "regress"
+    regress.regress_log.request.input.CopyFrom(classify.classify_log.request.input)
+    logs = [toy_predict_log(np.ones((2, 4), np.float32)), classify, regress]
+    write_warmup_requests(path, logs)
+    loader = Loader("toy", 1, path)
+    s = loader.load()
+    assert s.warmup_records == 3
+    loader.unload()
+
+
+def test_toy_warmup_option_written(tmp_path: Path) -> None:
+    loader = Loader("toy", 1, write_toy_model(tmp_path / "m", 1, warmup=2))
+    assert loader.load().warmup_records == 2
+    loader.unload()
+
+
+def test_broken_warmup_file_fails_load(tmp_path: Path) -> None:
+    path = write_toy_model(tmp_path / "m", 1, warmup=1)
+    (path / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"\x00garbage that is no TFRecord")
+    with pytest.raises(LoadError, match="model 'toy' version 1 .*warmup"):
+        Loader("toy", 1, path).load()
+
+
+def test_failing_warmup_request_fails_load(tmp_path: Path) -> None:
+    path = write_toy_model(tmp_path / "m", 1)
+    log = toy_predict_log(np.ones((1, 3), np.float32))  # wrong width: the model rejects it
+    write_warmup_requests(path, [toy_predict_log(np.ones((1, 4), np.float32)), log])
+    with pytest.raises(LoadError, match="warmup record 1 failed: .*dimension 1 must be 4"):
+        Loader("toy", 1, path).load()
+
+
+def test_too_many_warmup_records_fails_load(tmp_path: Path) -> None:
+    path = write_toy_model(tmp_path / "m", 1)
+    write_warmup_requests(path, [toy_predict_log(np.ones((1, 4), np.float32))] * 4)
+    with pytest.raises(LoadError, match="more than the maximum of 3 records"):
+        Loader("toy", 1, path, max_warmup_records=3).load()
+
+
+# --- corrupt versions ---
+
+
+def test_garbage_saved_model_pb(tmp_path: Path) -> None:
+    path = write_toy_model(tmp_path / "m", 1)
+    (path / "saved_model.pb").write_bytes(b"this is not a protobuf \xff\xff\xff")
+    with pytest.raises(LoadError, match="cannot parse the SavedModel proto"):
+        Loader("toy", 1, path).load()
+
+
+def test_missing_variables(tmp_path: Path) -> None:
+    path = write_toy_model(tmp_path / "m", 1)
+    shutil.rmtree(path / "variables")
+    with pytest.raises(LoadError, match="TensorFlow could not load it"):
+        Loader("toy", 1, path).load()
+
+
+def test_half_copied_and_missing_dirs(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(LoadError, match="no saved_model.pb"):
+        Loader("toy", 1, tmp_path / "m" / "1").load()
+    with pytest.raises(LoadError, match="does not exist"):
+        Loader("toy", 2, tmp_path / "m" / "2").load()
+
+
+def test_unload_closes(tmp_path: Path) -> None:
+    loader = Loader("toy", 1, write_toy_model(tmp_path / "m", 1))
+    assert loader.estimate_resources().disk_bytes > 0
+    s = loader.load()
+    loader.unload()
+    with pytest.raises(FailedPrecondition, match="unloaded"):
+        s.run("", {"x": X})
