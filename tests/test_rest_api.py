@@ -1,0 +1,354 @@
+"""REST API over a real ModelServer on 127.0.0.1 with real toy SavedModels: every route, bodies, errors, batching."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfsctl.serving.rest_api import RestServer  # noqa: E402
+from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.testing import write_toy_model  # noqa: E402
+
+X = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+
+
+def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """One request on a fresh connection; returns (status, parsed JSON or text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        text = resp.read()
+        if "json" in (resp.getheader("Content-Type") or ""):
+            return resp.status, json.loads(text)
+        return resp.status, text.decode()
+    finally:
+        conn.close()
+
+
+def _save_multi(path: Path) -> None:
+    """Model 'multi': s string [None], u uint8 [None], i int32 [None] -> echo_bytes, text, total = u + i."""
+    import tensorflow as tf
+
+    class Multi(tf.Module):
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name="s"),
+            tf.TensorSpec([None], tf.uint8, name="u"),
+            tf.TensorSpec([None], tf.int32, name="i"),
+        ])
+        def serve(self, s, u, i):
+            return {"echo_bytes": s, "text": s, "total": tf.cast(u, tf.int32) + i}
+
+    module = Multi()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+class Served:
+    """A real ModelServer (gRPC on port 0; its REST port 0 means off) plus a RestServer on an OS-chosen port over
+    the same core, manager and metrics: exactly what ModelServer wires, with a port the test can learn."""
+
+    def __init__(self, opts: ServerOptions) -> None:
+        opts.port, opts.rest_api_port, opts.host = 0, 0, "127.0.0.1"
+        self.srv = ModelServer(opts)
+        self.srv.start()
+        self.rest = RestServer(self.srv.core, self.srv.manager, self.srv.metrics, "127.0.0.1", 0)
+        self.rest.start()
+        self.rest_port = self.rest.port
+        self.core, self.manager, self.metrics = self.srv.core, self.srv.manager, self.srv.metrics
+        self.batcher = self.srv.batcher
+        self.wait_until_ready = self.srv.wait_until_ready
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.rest.stop()
+        self.srv.stop(grace)
+
+
+def _config(tmp: Path, toy: Path, multi: Path) -> Path:
+    text = f"""
+model_config_list {{
+  config {{
+    name: "toy"
+    base_path: "{toy}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{ name: "multi" base_path: "{multi}" model_platform: "tensorflow" }}
+}}
+"""
+    path = tmp / "models.config"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rest")
+    write_toy_model(tmp / "toy", 1, scale=1.0)
+    write_toy_model(tmp / "toy", 2, scale=2.0)
+    _save_multi(tmp / "multi" / "1")
+    srv = Served(ServerOptions(model_config_file=str(_config(tmp, tmp / "toy", tmp / "multi")),
+                               file_system_poll_wait_seconds=0.5))
+    try:
+        assert srv.wait_until_ready(120), "models did not become AVAILABLE"
+        yield srv
+    finally:
+        srv.stop(5)
+
+
+def _predict(port: int, body: Any, target: str = "/v1/models/toy") -> tuple[int, Any]:
+    return http_call(port, "POST", f"{target}:predict", body)
+
+
+# --- good requests ----------------------------------------------------------------------------------------------
+
+
+def test_status_all_versions_one_version_and_label(server):
+    port = server.rest_port
+    status, body = http_call(port, "GET", "/v1/models/toy")
+    assert status == 200
+    versions = {s["version"]: s for s in body["model_version_status"]}
+    assert set(versions) == {"1", "2"}
+    assert all(s["state"] == "AVAILABLE" and s["status"]["error_code"] == "OK" for s in versions.values())
+    status, body = http_call(port, "GET", "/v1/models/toy/versions/1")
+    assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["1"]
+    status, body = http_call(port, "GET", "/v1/models/toy/labels/canary")
+    assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["2"]
+
+
+def test_metadata(server):
+    status, body = http_call(server.rest_port, "GET", "/v1/models/toy/versions/1/metadata")
+    assert status == 200
+    assert body["model_spec"]["name"] == "toy" and body["model_spec"]["version"] == "1"
+    sigs = body["metadata"]["signature_def"]["signature_def"]
+    assert body["metadata"]["signature_def"]["@type"].endswith("tensorflow.serving.SignatureDefMap")
+    assert sigs["serving_default"]["inputs"]["x"]["dtype"] == "DT_FLOAT"
+    assert sigs["classify"]["method_name"] == "tensorflow/serving/classify"
+    status, body = http_call(server.rest_port, "GET", "/v1/models/toy/metadata")
+    assert status == 200 and body["model_spec"]["version"] == "2"  # latest by default
+
+
+def test_predict_row_and_columnar_formats(server):
+    port = server.rest_port
+    x = np.array(X, np.float32)
+    status, body = _predict(port, {"instances": X})
+    assert status == 200, body
+    np.testing.assert_allclose(body["predictions"], x * 2)  # latest version (2) has scale 2
+    status, body = _predict(port, {"instances": [{"x": row} for row in X], "signature_name": "serving_default"})
+    assert status == 200 and np.allclose(body["predictions"], x * 2)
+    status, body = _predict(port, {"inputs": {"x": X}}, "/v1/models/toy/versions/1")
+    assert status == 200 and np.allclose(body["outputs"], x)
+    status, body = _predict(port, {"inputs": X}, "/v1/models/toy/labels/stable")
+    assert status == 200 and np.allclose(body["outputs"], x)
+    status, body = _predict(port, {"instances": [[1, 2, 3, 4]]}, "/v1/models/toy/labels/canary")  # ints -> float
+    assert status == 200 and body["predictions"] == [[2.0, 4.0, 6.0, 8.0]]
+
+
+def test_predict_b64_in_and_out_and_named_outputs(server):
+    raw = b"\xff\x00bin"
+    status, body = _predict(server.rest_port, {"instances": [
+        {"s": {"b64": base64.b64encode(raw).decode()}, "u": 200, "i": -5},
+        {"s": "hi", "u": 1, "i": 2},
+    ]}, "/v1/models/multi")
+    assert status == 200, body
+    first, second = body["predictions"]
+    assert base64.b64decode(first["echo_bytes"]["b64"]) == raw  # *_bytes outputs are always b64
+    assert base64.b64decode(first["text"]["b64"]) == raw  # not UTF-8 -> b64
+    assert first["total"] == 195
+    assert second == {"echo_bytes": {"b64": base64.b64encode(b"hi").decode()}, "text": "hi", "total": 3}
+    status, body = _predict(server.rest_port, {"inputs": {"s": ["a", "b"], "u": [1, 2], "i": [10, 20]}},
+                            "/v1/models/multi")
+    assert status == 200 and body["outputs"]["total"] == [11, 22] and body["outputs"]["text"] == ["a", "b"]
+
+
+def test_classify_and_regress(server):
+    port = server.rest_port
+    status, body = http_call(port, "POST", "/v1/models/toy:classify",
+                             {"signature_name": "classify", "examples": [{"x": [1.0, 2, 3, 4]}, {"x": [0.5, 1, 0, 0]}]})
+    assert status == 200, body
+    assert body["results"] == [[["class0", 2.0], ["class1", 4.0]], [["class0", 1.0], ["class1", 2.0]]]
+    status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
+                             {"signature_name": "regress", "examples": [{"x": [1, 2, 3, 4.5]}]})
+    assert status == 200 and body["results"] == [10.5]
+    # Context features are shared by every example.
+    status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
+                             {"signature_name": "regress", "context": {"x": [1.0, 1, 1, 1]}, "examples": [{}, {}]})
+    assert status == 200 and body["results"] == [4.0, 4.0]
+
+
+def _count(text: str, api: str, status: str, model: str = "toy") -> float:
+    pattern = (rf'^tfserving_request_count_total\{{(?=[^}}]*api="{api}")(?=[^}}]*model_name="{model}")'
+               rf'(?=[^}}]*status="{status}")[^}}]*\}} (\S+)$')
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_health_and_metrics_count_requests(server):
+    port = server.rest_port
+    assert http_call(port, "GET", "/v1/health/live") == (200, {"status": "live"})
+    assert http_call(port, "GET", "/v1/health/ready") == (200, {"status": "ready"})
+    status, before = http_call(port, "GET", "/monitoring/prometheus/metrics")
+    assert status == 200 and "tfserving_request_latency_seconds" in before
+    for _ in range(2):
+        assert _predict(port, {"instances": X})[0] == 200
+    assert _predict(port, {"instances": [[1]]})[0] == 400
+    _, after = http_call(port, "GET", "/monitoring/prometheus/metrics")
+    assert _count(after, "rest_predict", "OK") - _count(before, "rest_predict", "OK") == 2
+    assert _count(after, "rest_predict", "INVALID_ARGUMENT") - _count(before, "rest_predict", "INVALID_ARGUMENT") == 1
+
+
+# --- bad input matrix -------------------------------------------------------------------------------------------
+
+BAD = [
+    ("unknown model", "POST", "/v1/models/nope:predict", {"instances": X}, 404, "nope"),
+    ("unknown version", "POST", "/v1/models/toy/versions/9:predict", {"instances": X}, 404, "9"),
+    ("unknown label", "POST", "/v1/models/toy/labels/nolabel:predict", {"instances": X}, 404, "nolabel"),
+    ("unknown model status", "GET", "/v1/models/nope", None, 404, "nope"),
+    ("unknown signature", "POST", "/v1/models/toy:predict", {"signature_name": "nosig", "instances": X}, 400,
+     "nosig"),
+    ("missing input", "POST", "/v1/models/multi:predict", {"instances": [{"s": "a", "u": 1}]}, 400, "'i'"),
+    ("extra input", "POST", "/v1/models/toy:predict", {"inputs": {"x": X, "z": [1]}}, 400, "'z'"),
+    ("wrong dtype value", "POST", "/v1/models/toy:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "DT_FLOAT"),
+    ("uint8 out of range", "POST", "/v1/models/multi:predict", {"inputs": {"s": ["a"], "u": [300], "i": [1]}}, 400,
+     "300"),
+    ("int32 given 1.5", "POST", "/v1/models/multi:predict", {"inputs": {"s": ["a"], "u": [1], "i": [1.5]}}, 400,
+     "1.5"),
+    ("number for string", "POST", "/v1/models/multi:predict", {"inputs": {"s": [7], "u": [1], "i": [1]}}, 400,
+     "DT_STRING"),
+    ("wrong rank", "POST", "/v1/models/toy:predict", {"instances": [1.0, 2.0, 3.0, 4.0]}, 400, "rank"),
+    ("wrong inner dim", "POST", "/v1/models/toy:predict", {"instances": [[1.0, 2.0, 3.0]]}, 400, "'x'"),
+    ("ragged instances", "POST", "/v1/models/toy:predict", {"instances": [[1, 2, 3, 4], [1, 2]]}, 400,
+     "same length"),
+    ("instances not a list", "POST", "/v1/models/toy:predict", {"instances": {"x": 1}}, 400, "must be a list"),
+    ("both formats", "POST", "/v1/models/toy:predict", {"instances": X, "inputs": X}, 400, "not both"),
+    ("no inputs", "POST", "/v1/models/toy:predict", {"signature_name": ""}, 400, "'instances' or 'inputs'"),
+    ("malformed JSON", "POST", "/v1/models/toy:predict", b'{"instances": [1,', 400, "malformed JSON"),
+    ("JSON not an object", "POST", "/v1/models/toy:predict", b"[1, 2]", 400, "must be an object"),
+    ("bad b64", "POST", "/v1/models/multi:predict", {"inputs": {"s": [{"b64": "!!notb64"}], "u": [1], "i": [1]}},
+     400, "base64"),
+    ("b64 for a float input", "POST", "/v1/models/toy:predict", {"instances": [[{"b64": "AAAA"}] * 4]}, 400, "b64"),
+    ("classify on predict signature", "POST", "/v1/models/toy:classify", {"examples": [{"x": [1, 2, 3, 4]}]}, 400,
+     "method"),
+    ("classify without examples", "POST", "/v1/models/toy:classify", {"signature_name": "classify"}, 400,
+     "'examples'"),
+    ("classify nested list feature", "POST", "/v1/models/toy:classify",
+     {"signature_name": "classify", "examples": [{"x": [[1, 2]]}]}, 400, "feature 'x'"),
+    ("bad route", "POST", "/v1/nothing", {}, 404, "Malformed request"),
+    ("bad version in path", "GET", "/v1/models/toy/versions/abc", None, 404, "Malformed request"),
+    ("GET on predict", "GET", "/v1/models/toy:predict", None, 405, "not allowed"),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "path", "body", "code", "needle"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case, method, path, body, code, needle):
+    raw = body if isinstance(body, bytes) else None
+    status, reply = http_call(server.rest_port, method, path, None if raw else body, raw)
+    assert status == code, (case, reply)
+    assert set(reply) == {"error"} and needle in reply["error"], (case, reply)
+    status, reply = _predict(server.rest_port, {"instances": X})
+    assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
+
+
+def test_body_over_limit_is_413_and_next_request_succeeds(server):
+    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
+    rest.start()
+    try:
+        big = {"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}  # ~0.5 MB of JSON
+        status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", big)
+        assert status == 413 and "limit of 65536 bytes" in reply["error"]
+        status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
+        assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
+        # The metrics endpoint can be moved or switched off (MonitoringConfig).
+        assert http_call(rest.port, "GET", "/monitoring/prometheus/metrics")[0] == 200
+    finally:
+        rest.stop()
+    moved = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")
+    moved.start()
+    try:
+        assert http_call(moved.port, "GET", "/metrics")[0] == 200
+        assert http_call(moved.port, "GET", "/monitoring/prometheus/metrics")[0] == 404
+    finally:
+        moved.stop()
+
+
+def test_readiness_is_503_until_models_load(tmp_path):
+    """A model whose base path has no version yet keeps /v1/health/ready at 503; status says why."""
+    base = tmp_path / "late"
+    base.mkdir()
+    srv = Served(ServerOptions(model_name="late", model_base_path=str(base), file_system_poll_wait_seconds=0.1))
+    try:
+        status, reply = http_call(srv.rest_port, "GET", "/v1/health/ready")
+        assert status == 503 and "not ready" in reply["error"]
+        assert http_call(srv.rest_port, "GET", "/v1/health/live")[0] == 200
+        status, reply = _predict(srv.rest_port, {"instances": X}, "/v1/models/late")
+        assert status in (404, 503), reply
+        write_toy_model(base, 1)
+        assert srv.wait_until_ready(60)
+        assert http_call(srv.rest_port, "GET", "/v1/health/ready")[0] == 200
+        assert _predict(srv.rest_port, {"instances": X}, "/v1/models/late")[0] == 200
+    finally:
+        srv.stop(5)
+
+
+# --- batching through REST --------------------------------------------------------------------------------------
+
+
+def test_batching_over_rest_merges_refuses_when_full_and_drains_on_stop(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=3.0)
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
+                      "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
+    srv = Served(ServerOptions(model_name="toy", model_base_path=str(tmp_path / "toy"), enable_batching=True,
+                               batching_parameters_file=str(params)))
+    stopped = False
+    try:
+        assert srv.wait_until_ready(60)
+        port = srv.rest_port
+        rows = [[[float(i)] * 4] for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:  # 4 single-row requests fill one batch of 4
+            replies = list(pool.map(lambda r: _predict(port, {"instances": r}), rows))
+        for r, (status, body) in zip(rows, replies, strict=True):
+            assert status == 200 and np.allclose(body["predictions"], np.array(r) * 3)
+        reg = srv.metrics.registry
+        assert reg.get_sample_value("tfserving_batch_size_count", {"model_name": "toy"}) == 1.0
+        assert reg.get_sample_value("tfserving_batch_size_sum", {"model_name": "toy"}) == 4.0
+
+        # One row waits in the queue (limit 4 examples); 4 more rows are refused at once with 429.
+        waiting: dict = {}
+        t = threading.Thread(target=lambda: waiting.update(r=_predict(port, {"instances": [[1.0] * 4]})))
+        t.start()
+        assert _wait(lambda: srv.batcher.pending() == 1)
+        status, reply = _predict(port, {"instances": X * 2})
+        assert status == 429 and "full" in reply["error"]
+        srv.stop(10)  # graceful: the queued request still gets its answer
+        stopped = True
+        t.join(30)
+        assert waiting["r"][0] == 200 and waiting["r"][1]["predictions"] == [[3.0] * 4]
+    finally:
+        if not stopped:
+            srv.stop(5)
+
+
+def _wait(cond, timeout: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
