@@ -1,0 +1,330 @@
+"""ModelServer end to end on 127.0.0.1: hot swap under load, graceful stop, SIGTERM of `tfsctl serve`, TLS, flags."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from tfsctl.errors import ConfigError  # noqa: E402
+from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.testing import write_toy_model  # noqa: E402
+
+X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _request(name: str = "toy", x: np.ndarray = X) -> predict_pb2.PredictRequest:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = name
+    req.inputs["x"].CopyFrom(from_numpy(x))
+    return req
+
+
+def _stub(port: int, credentials: grpc.ChannelCredentials | None = None, **channel_options):
+    target = f"127.0.0.1:{port}"
+    options = list(channel_options.items())
+    channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target)
+    return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def _start(tmp_path: Path, **kwargs) -> ModelServer:
+    opts = {"port": 0, "rest_api_port": 0, "host": "127.0.0.1", "model_name": "toy",
+            "model_base_path": str(tmp_path / "toy"), "file_system_poll_wait_seconds": 0.1}
+    opts.update(kwargs)
+    server = ModelServer(ServerOptions(**opts))
+    server.start()
+    return server
+
+
+# --- hot swap ---------------------------------------------------------------------------------------------------------
+
+
+def test_hot_swap_under_load_has_no_failures(tmp_path):
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    server = _start(tmp_path)
+    try:
+        assert server.wait_until_ready(60)
+        channel, stub = _stub(server.grpc_port)
+        stop = threading.Event()
+        failures: list[str] = []
+        seen: list[list[int]] = [[] for _ in range(8)]
+
+        def client(i: int) -> None:
+            n = 0
+            while not stop.is_set() and n < 5000:
+                n += 1
+                try:
+                    resp = stub.Predict(_request(), timeout=20)
+                except grpc.RpcError as e:
+                    failures.append(f"{e.code()}: {e.details()}")
+                    continue
+                version = resp.model_spec.version.value
+                y = to_numpy(resp.outputs["y"])
+                if not np.allclose(y, X * version):
+                    failures.append(f"version {version} answered {y.tolist()}")
+                seen[i].append(version)
+
+        def newest_seen() -> int:
+            return min((s[-1] if s else 0) for s in seen)
+
+        def wait_for(version: int, timeout: float = 60) -> None:
+            deadline = time.monotonic() + timeout
+            while newest_seen() < version:
+                assert time.monotonic() < deadline, f"clients never all reached version {version}"
+                assert not failures, failures[:3]
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(8) as pool:
+            futs = [pool.submit(client, i) for i in range(8)]
+            try:
+                wait_for(1)
+                write_toy_model(base, 2, scale=2.0)
+                wait_for(2)
+                write_toy_model(base, 3, scale=3.0)
+                wait_for(3)
+                shutil.rmtree(base / "1")
+                time.sleep(0.5)  # a few polls with version 1 gone from disk
+                tail = [len(s) for s in seen]
+                time.sleep(0.3)
+            finally:
+                stop.set()
+            for f in futs:
+                f.result()
+        channel.close()
+        assert not failures, failures[:5]
+        for s in seen:
+            assert s == sorted(s), "a client went back to an older version"
+            assert s[-1] == 3
+        assert all(len(s) > t for s, t in zip(seen, tail, strict=True)), "clients kept being served after removal"
+        assert sum(len(s) for s in seen) >= 16
+    finally:
+        server.stop(5)
+
+
+# --- graceful stop -----------------------------------------------------------------------------------------------
+
+
+def _slow_batching_file(tmp_path: Path, timeout_micros: int = 800_000) -> Path:
+    """Batching that holds each request in the queue ~0.8 s: requests are in flight when stop begins."""
+    path = tmp_path / "batching.config"
+    path.write_text(f"max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout_micros} }}\n"
+                    "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n")
+    return path
+
+
+def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=1.0)
+    server = _start(tmp_path, enable_batching=True, batching_parameters_file=str(_slow_batching_file(tmp_path)))
+    assert server.wait_until_ready(60)
+    channel, stub = _stub(server.grpc_port)
+    stub.Predict(_request(), timeout=20)  # connection up
+    port = server.grpc_port
+    futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
+    time.sleep(0.3)  # all six are queued in the batcher now
+    server.stop(10)
+    for i, f in enumerate(futures):
+        np.testing.assert_allclose(to_numpy(f.result().outputs["y"]), X * i)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(_request(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+    server.stop(1)  # idempotent
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    batching = _slow_batching_file(tmp_path)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", "--rest_api_port", "0", "--host", "127.0.0.1",
+         "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
+         "--batching_parameters_file", str(batching)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+    )
+    lines: list[str] = []
+    port_box: list[int] = []
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"serving gRPC on \S+ \(port (\d+)\)", line)
+            if m:
+                port_box.append(int(m.group(1)))
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not port_box:
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "server did not report its port:\n" + "".join(lines)
+            time.sleep(0.1)
+        channel, stub = _stub(port_box[0])
+        while True:  # ready: the model answers
+            try:
+                stub.Predict(_request(), timeout=20)
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+                assert time.monotonic() < deadline, "model never became available"
+                time.sleep(0.1)
+        futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
+        time.sleep(0.3)  # queued in the batcher, i.e. in flight
+        proc.send_signal(signal.SIGTERM)
+        for i, f in enumerate(futures):
+            np.testing.assert_allclose(to_numpy(f.result().outputs["y"]), X * i)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(_request(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        t.join(5)
+    out = "".join(lines)
+    assert "tfsctl serve" in out and "received SIGTERM" in out, out
+
+
+# --- TLS ---------------------------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path, name: str, cn: str) -> tuple[bytes, bytes]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", f"/CN={cn}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return key.read_bytes(), cert.read_bytes()
+
+
+def _ssl_config(tmp_path: Path, key: bytes, cert: bytes, ca: bytes = b"", verify: bool = False) -> Path:
+    def q(b: bytes) -> str:
+        return b.decode().replace("\n", "\\n")
+
+    text = f'server_key: "{q(key)}"\nserver_cert: "{q(cert)}"\n'
+    if ca:
+        text += f'custom_ca: "{q(ca)}"\nclient_verify: {"true" if verify else "false"}\n'
+    path = tmp_path / "ssl.config"
+    path.write_text(text)
+    return path
+
+
+def test_tls_and_mutual_tls(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=1.0)
+    key, cert = _self_signed(tmp_path, "server", "localhost")
+    ckey, ccert = _self_signed(tmp_path, "client", "tfsctl-test-client")
+    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert, ca=ccert, verify=True)))
+    try:
+        assert server.wait_until_ready(60)
+        port = server.grpc_port
+        good = grpc.ssl_channel_credentials(root_certificates=cert, private_key=ckey, certificate_chain=ccert)
+        channel, stub = _stub(port, good)
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
+        channel.close()
+        for creds in (None, grpc.ssl_channel_credentials(root_certificates=cert)):  # plaintext; TLS without cert
+            channel, stub = _stub(port, creds)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(_request(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            channel.close()
+    finally:
+        server.stop(2)
+
+
+def test_tls_server_only(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=1.0)
+    key, cert = _self_signed(tmp_path, "server", "localhost")
+    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert)))
+    try:
+        assert server.wait_until_ready(60)
+        channel, stub = _stub(server.grpc_port, grpc.ssl_channel_credentials(root_certificates=cert))
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
+        channel.close()
+    finally:
+        server.stop(2)
+
+
+# --- config file polling, flags ------------------------------------------------------------------------------------
+
+
+def test_model_config_file_is_polled(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_toy_model(a, 1, scale=1.0)
+    write_toy_model(b, 1, scale=4.0)
+    cfg = tmp_path / "models.config"
+
+    def write(*names: str) -> None:
+        body = "".join(f'config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}\n'
+                       for n in names)
+        tmp = cfg.with_suffix(".tmp")
+        tmp.write_text(f"model_config_list {{\n{body}}}\n")
+        tmp.replace(cfg)
+
+    write("a")
+    server = _start(tmp_path, model_base_path="", model_config_file=str(cfg),
+                    model_config_file_poll_wait_seconds=0.1)
+    try:
+        assert server.wait_until_ready(60)
+        channel, stub = _stub(server.grpc_port)
+        write("a", "b")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                np.testing.assert_allclose(to_numpy(stub.Predict(_request("b"), timeout=20).outputs["y"]), X * 4)
+                break
+            except grpc.RpcError as e:
+                assert e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE), e.details()
+                assert time.monotonic() < deadline, "model b never served after the config file changed"
+                time.sleep(0.1)
+        cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
+        time.sleep(0.4)
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
+        channel.close()
+    finally:
+        server.stop(2)
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="model-base-path"):
+        ModelServer(ServerOptions(port=0, rest_api_port=0)).start()
+    with pytest.raises(ConfigError, match="rest-api-port"):
+        ModelServer(ServerOptions(rest_api_port=70000, model_base_path=str(tmp_path))).start()
+    with pytest.raises(ConfigError):
+        ModelServer(ServerOptions(port=0, rest_api_port=0, model_config_file=str(tmp_path / "missing.config"))).start()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    write_toy_model(tmp_path / "toy", 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot bind gRPC port 127.0.0.1:{port}"):
+            _start(tmp_path, port=port)
