@@ -328,3 +328,43 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         port = s.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot bind gRPC port 127.0.0.1:{port}"):
             _start(tmp_path, port=port)
+
+
+# --- REST beside gRPC ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    server = _start(tmp_path, rest_api_port=_free_port(), monitoring_config_file=str(monitoring))
+    try:
+        assert server.wait_until_ready(60)
+        rest = f"http://127.0.0.1:{server.rest_port}"
+        body = json.dumps({"instances": X.tolist()}).encode()
+        predict = urllib.request.Request(f"{rest}/v1/models/toy:predict", data=body)
+        with urllib.request.urlopen(predict, timeout=20) as r:
+            np.testing.assert_allclose(json.loads(r.read())["predictions"], X * 2)
+        channel, stub = _stub(server.grpc_port)
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X * 2)
+        channel.close()
+        with urllib.request.urlopen(f"{rest}/metrics", timeout=20) as r:
+            text = r.read().decode()
+        assert 'api="grpc_predict"' in text and 'model_name="toy"' in text
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{rest}/monitoring/prometheus/metrics", timeout=20)
+        assert info.value.code == 404
+    finally:
+        server.stop(2)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{rest}/v1/models/toy", timeout=5)

@@ -104,7 +104,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
                           lambda: self.core.get_model_status(request))
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request))
+        left = context.time_remaining()  # answer before the client's deadline, even if models still load
+        wait = None if left is None else max(0.0, left - 1.0)
+        return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
 
 
 def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None) -> health.HealthServicer:

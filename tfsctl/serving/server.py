@@ -208,7 +208,12 @@ class ModelServer:
             from tfsctl.serving.rest_api import RestServer
         except ImportError as e:
             raise ConfigError(f"the REST API is not available in this build ({e}); use --rest-api-port 0") from e
-        self.rest = RestServer(self.core, self.manager, self.metrics, self.options.host, self.options.rest_api_port)
+        kwargs: dict[str, Any] = {}
+        if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
+            prom = self.monitoring_config.prometheus_config
+            kwargs["metrics_path"] = prom.path if prom.enable else None
+        self.rest = RestServer(self.core, self.manager, self.metrics, self.options.host, self.options.rest_api_port,
+                               **kwargs)
         self.rest.start()
         self.rest_port = self.rest.port
 

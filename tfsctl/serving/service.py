@@ -285,9 +285,13 @@ class PredictionCore:
                 mvs.status.error_code = _CODE_OK
         return response
 
-    def reload_config(self, request: model_management_pb2.ReloadConfigRequest
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest, wait_seconds: float | None = None
                       ) -> model_management_pb2.ReloadConfigResponse:
-        """Apply a new ModelServerConfig; waits (bounded) for newly added models, as TF Serving's ServerCore."""
+        """Apply a new ModelServerConfig, then wait for newly added models as TF Serving's ServerCore does.
+
+        The wait is bounded by ``reload_wait_seconds`` and ``wait_seconds``; a model still loading after it
+        is not an error (its state shows in GetModelStatus), one whose every version failed is.
+        """
         config = request.config
         if config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ReloadConfigRequest.config must hold a model_config_list "
@@ -295,15 +299,16 @@ class PredictionCore:
         before = set(self.manager.model_names())
         self.manager.apply_config(config)
         added = [c.name for c in config.model_config_list.config if c.name not in before]
-        self._wait_for_models(added)
+        wait = self.reload_wait_seconds if wait_seconds is None else min(self.reload_wait_seconds, wait_seconds)
+        self._wait_for_models(added, wait)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = _CODE_OK
         return response
 
-    def _wait_for_models(self, names: Iterable[str]) -> None:
+    def _wait_for_models(self, names: Iterable[str], seconds: float) -> None:
         """Wait until each model has an AVAILABLE version; a model whose every version failed is an error."""
         pending = set(names)
-        deadline = time.monotonic() + self.reload_wait_seconds
+        deadline = time.monotonic() + max(0.0, seconds)
         while pending and time.monotonic() < deadline:
             for name in list(pending):
                 states = self.manager.version_states(name) if name in set(self.manager.model_names()) else []
