@@ -209,6 +209,9 @@ def test_health_and_metrics_count_requests(server):
     _, after = http_call(port, "GET", "/monitoring/prometheus/metrics")
     assert _count(after, "rest_predict", "OK") - _count(before, "rest_predict", "OK") == 2
     assert _count(after, "rest_predict", "INVALID_ARGUMENT") - _count(before, "rest_predict", "INVALID_ARGUMENT") == 1
+    # Loads (reported by the manager) and latency histograms are on the same page.
+    assert re.search(r'^tfserving_model_events_total\{event="load",model_name="toy"\} 2\.0$', after, re.M), after
+    assert 'tfserving_request_latency_seconds_count{api="rest_predict",model_name="toy"}' in after
 
 
 # --- bad input matrix -------------------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def test_readiness_is_503_until_models_load(tmp_path):
         assert status == 503 and "not ready" in reply["error"]
         assert http_call(srv.rest_port, "GET", "/v1/health/live")[0] == 200
         status, reply = _predict(srv.rest_port, {"instances": X}, "/v1/models/late")
-        assert status in (404, 503), reply
+        assert status == 503 and "late" in reply["error"], reply
         write_toy_model(base, 1)
         assert srv.wait_until_ready(60)
         assert http_call(srv.rest_port, "GET", "/v1/health/ready")[0] == 200
