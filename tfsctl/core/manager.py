@@ -71,12 +71,14 @@ class VersionState:
         return state_name(self.state)
 
 
-def _dir_stamp(path: Path) -> tuple[int, int] | None:
+def _dir_stamp(path: Path) -> tuple | None:
+    """Identity of a version directory's top level, to notice that a failed version was replaced or completed."""
     try:
         st = os.stat(path)
+        names = tuple(sorted(os.listdir(path)))
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns)
+    return (st.st_ino, st.st_mtime_ns, names)
 
 
 class _Version:

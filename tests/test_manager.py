@@ -1,0 +1,403 @@
+"""Source + Manager over real toy SavedModels on disk: policies, labels, hot swap, faults, handles, config changes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfsctl.core.config import single_model_config
+from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
+from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
+from tfsctl.errors import InvalidArgument, NotFound, Unavailable
+from tfsctl.serving.metrics import Metrics
+from tfsctl.testing import write_toy_model
+
+X = np.ones((1, 4), np.float32)
+POLL = 0.05
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def states(m: Manager, name: str) -> dict[int, int]:
+    return {s.version: s.state for s in m.version_states(name)}
+
+
+def served(m: Manager, name: str = "toy", **kw) -> tuple[int, float]:
+    """(version, scale) of what a request gets now."""
+    with m.handle(name, **kw) as s:
+        return s.version, float(s.run("", {"x": X})["y"][0, 0])
+
+
+def config(text: str) -> model_server_config_pb2.ModelServerConfig:
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+@pytest.fixture
+def make_manager() -> Iterator[Callable[..., Manager]]:
+    made: list[Manager] = []
+
+    def make(cfg: model_server_config_pb2.ModelServerConfig, **kw) -> Manager:
+        kw.setdefault("poll_wait_seconds", POLL)
+        kw.setdefault("load_retry_interval_seconds", 0.02)
+        m = Manager(**kw)
+        m.apply_config(cfg)
+        m.start()
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop(timeout=10)
+
+
+# --- Source / VersionPolicy ---
+
+
+def test_list_versions_ignores_non_numeric(tmp_path: Path) -> None:
+    for name in ("1", "12", ".tmp-3-abc", "latest", "-4", "٣"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert sorted(list_versions(tmp_path)) == [1, 12]
+    assert list_versions(tmp_path / "absent") == {}
+
+
+def test_version_policy_select() -> None:
+    from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
+
+    disk = {v: Path(str(v)) for v in (1, 2, 5, 9)}
+    P = fs.FileSystemStoragePathSourceConfig.ServableVersionPolicy
+    assert sorted(VersionPolicy.from_proto(P()).select(disk)) == [9]
+    assert sorted(VersionPolicy.from_proto(text_format.Parse("latest {}", P())).select(disk)) == [9]
+    assert sorted(VersionPolicy.from_proto(text_format.Parse("latest { num_versions: 2 }", P())).select(disk)) == [
+        5, 9,
+    ]
+    assert sorted(VersionPolicy.from_proto(text_format.Parse("all {}", P())).select(disk)) == [1, 2, 5, 9]
+    spec = VersionPolicy.from_proto(text_format.Parse("specific { versions: 2 versions: 3 }", P()))
+    assert sorted(spec.select(disk)) == [2]
+
+
+def test_source_emits_each_poll(tmp_path: Path) -> None:
+    seen: list[dict[int, Path]] = []
+
+    class Target:
+        def set_aspired_versions(self, name: str, versions: dict[int, Path]) -> None:
+            seen.append(versions)
+
+    (tmp_path / "1").mkdir()
+    src = FileSystemSource(Target(), poll_wait_seconds=0)
+    src.set_models({"m": (tmp_path, VersionPolicy())}, poll=False)
+    src.start()  # poll_wait 0: one poll at start, no thread
+    (tmp_path / "2").mkdir()
+    time.sleep(0.1)
+    src.stop()
+    assert [sorted(s) for s in seen] == [[1]]
+
+
+# --- serving, hot swap, removal ---
+
+
+def test_new_version_is_served_without_restart(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    assert served(m) == (1, 1.0)
+    write_toy_model(base, 2, scale=2.0)
+    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2 AVAILABLE")
+    assert served(m) == (2, 2.0)
+    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded (latest 1)")
+    with pytest.raises(NotFound, match=r"Specific\(toy, 1\)"):
+        served(m, version=1)
+
+
+def test_removed_version_is_unloaded(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    write_toy_model(base, 2, scale=2.0)
+    m = make_manager(config(f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
+                            "model_version_policy { all {} } } }"))
+    wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 2: AVAILABLE}, what="both versions")
+    assert served(m, version=1) == (1, 1.0)
+    shutil.rmtree(base / "2")
+    wait_for(lambda: states(m, "toy").get(2) == END, what="version 2 unloaded")
+    assert served(m) == (1, 1.0)
+
+
+def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    for v in (1, 2, 3):
+        write_toy_model(base, v, scale=float(v))
+    text = f"""model_config_list {{
+      config {{ name: 'toy' base_path: '{base}' model_version_policy {{ specific {{ versions: 1 versions: 3 }} }}
+               version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 3 }} }}
+      config {{ name: 'two' base_path: '{base}' model_version_policy {{ latest {{ num_versions: 2 }} }} }}
+    }}"""
+    m = make_manager(config(text))
+    assert m.wait_until_ready(15)
+    wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 3: AVAILABLE}, what="specific versions")
+    wait_for(lambda: states(m, "two") == {2: AVAILABLE, 3: AVAILABLE}, what="latest 2")
+    assert m.labels("toy") == {"stable": 1, "canary": 3}
+    assert served(m, label="stable") == (1, 1.0)
+    assert served(m, label="canary") == (3, 3.0)
+    assert served(m) == (3, 3.0)
+    assert served(m, "two", version=2) == (2, 2.0)
+    with pytest.raises(NotFound, match="unknown version label 'beta'"):
+        served(m, label="beta")
+    with pytest.raises(NotFound, match=r"Specific\(toy, 2\)"):
+        served(m, version=2)
+    with pytest.raises(NotFound, match="no model named 'nope'"):
+        served(m, "nope")
+    with pytest.raises(InvalidArgument, match="not both"):
+        served(m, version=1, label="stable")
+
+    # Moving an existing label to a version that is not AVAILABLE is refused and changes nothing.
+    moved = text.replace("key: 'canary' value: 3", "key: 'canary' value: 2")
+    with pytest.raises(InvalidArgument, match="cannot move label 'canary' to version 2"):
+        m.apply_config(config(moved))
+    assert m.labels("toy") == {"stable": 1, "canary": 3}
+    # Moving it to an AVAILABLE version works; a new label may point at a version not loaded yet.
+    ok = text.replace("key: 'canary' value: 3", "key: 'canary' value: 1").replace(
+        "version_labels { key: 'stable' value: 1 }",
+        "version_labels { key: 'stable' value: 1 } version_labels { key: 'next' value: 7 }",
+    )
+    m.apply_config(config(ok))
+    assert m.labels("toy") == {"stable": 1, "canary": 1, "next": 7}
+    assert served(m, label="canary") == (1, 1.0)
+    with pytest.raises(NotFound, match="label 'next' points to version 7"):
+        served(m, label="next")
+
+
+def test_labels_may_point_to_unloaded_versions_at_startup(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    m = make_manager(config(f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
+                            "version_labels { key: 'canary' value: 2 } } }"))
+    assert m.wait_until_ready(15)
+    with pytest.raises(NotFound):
+        served(m, label="canary")
+    write_toy_model(base, 2, scale=2.0)
+    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
+    assert served(m, label="canary") == (2, 2.0)
+
+
+# --- faults ---
+
+
+def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="tfsctl.core.manager")
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base), max_num_load_retries=2)
+    assert m.wait_until_ready(15)
+    bad = base / "2"
+    bad.mkdir()
+    (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff\xff")
+    wait_for(lambda: states(m, "toy").get(2) == END, what="corrupt version ends")
+    (v2,) = [s for s in m.version_states("toy") if s.version == 2]
+    assert "cannot parse the SavedModel proto" in v2.error and "version 2" in v2.error
+    assert served(m) == (1, 1.0)
+    assert states(m, "toy")[1] == AVAILABLE
+    failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
+    assert failures() == 3  # first try + max_num_load_retries
+    time.sleep(6 * POLL)  # more polls: an unchanged failed version is not retried
+    assert failures() == 3
+
+    # Missing variables: never AVAILABLE either, and version 1 still serves.
+    write_toy_model(base, 3, scale=3.0)
+    shutil.rmtree(base / "3" / "variables")
+    wait_for(lambda: states(m, "toy").get(3) == END, what="version without variables ends")
+    assert "TensorFlow could not load it" in [s for s in m.version_states("toy") if s.version == 3][0].error
+    assert served(m) == (1, 1.0)
+
+    # A good newer version replaces version 1.
+    write_toy_model(base, 4, scale=4.0)
+    wait_for(lambda: states(m, "toy").get(4) == AVAILABLE, what="good version 4")
+    assert served(m) == (4, 4.0)
+    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded after 4 is AVAILABLE")
+
+
+def test_half_copied_version_loads_once_complete(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    staged = write_toy_model(tmp_path / "staging", 2, scale=2.0)
+    m = make_manager(single_model_config("toy", base), max_num_load_retries=1)
+    assert m.wait_until_ready(15)
+    target = base / "2"
+    target.mkdir()  # a copy in progress: the directory exists, saved_model.pb not yet
+    wait_for(lambda: states(m, "toy").get(2) == END, what="half-copied version fails")
+    assert "no saved_model.pb" in [s for s in m.version_states("toy") if s.version == 2][0].error
+    assert served(m) == (1, 1.0)
+    for item in staged.iterdir():  # the copy goes on; saved_model.pb arrives last, whole (rename)
+        if item.name != "saved_model.pb":
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
+    shutil.copy2(staged / "saved_model.pb", target / "saved_model.pb.part")
+    (target / "saved_model.pb.part").rename(target / "saved_model.pb")  # the directory changed: tried again
+    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="completed version 2")
+    assert served(m) == (2, 2.0)
+
+
+@pytest.mark.parametrize("how", ["emptied", "removed"])
+def test_base_path_gone_keeps_last_version(make_manager, tmp_path: Path, how: str) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    if how == "emptied":
+        shutil.rmtree(base / "1")
+    else:
+        shutil.rmtree(base)
+    time.sleep(6 * POLL)
+    assert states(m, "toy") == {1: AVAILABLE}
+    assert served(m) == (1, 1.0)  # the loaded graph keeps serving from memory
+    assert m.is_ready()
+    write_toy_model(base, 2, scale=2.0)
+    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="new version after the base path came back")
+    wait_for(lambda: states(m, "toy").get(1) == END, what="old version unloaded")
+
+
+def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    with m.handle("toy") as old:
+        write_toy_model(base, 2, scale=2.0)
+        wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
+        wait_for(lambda: states(m, "toy").get(1) == UNLOADING, what="version 1 unloading")
+        time.sleep(4 * POLL)
+        assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request
+        assert float(old.run("", {"x": X})["y"][0, 0]) == 1.0  # the request finishes on its version
+        assert served(m) == (2, 2.0)  # new requests go to the new version
+    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded once released")
+
+
+def test_unavailable_until_a_version_loads(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    base.mkdir()
+    m = make_manager(single_model_config("toy", base))
+    assert not m.wait_until_ready(0.2)
+    with pytest.raises(Unavailable, match="model 'toy' has no AVAILABLE version"):
+        served(m)
+    write_toy_model(base, 5)
+    assert m.wait_until_ready(15)
+    assert served(m)[0] == 5
+
+
+def test_only_corrupt_versions_report_errors(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"junk")
+    m = make_manager(single_model_config("toy", base), max_num_load_retries=0)
+    wait_for(lambda: states(m, "toy").get(1) == END, what="failed load")
+    assert not m.is_ready()
+    with pytest.raises(Unavailable, match="load errors: version 1: .*cannot parse"):
+        served(m)
+
+
+# --- config changes, metrics, stop ---
+
+
+def test_apply_config_adds_and_removes_models(make_manager, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_toy_model(a, 1, scale=1.0)
+    write_toy_model(b, 1, scale=5.0)
+    metrics = Metrics()
+    m = make_manager(single_model_config("a", a), metrics=metrics)
+    assert m.wait_until_ready(15)
+    both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{a}' }} "
+                  f"config {{ name: 'b' base_path: '{b}' }} }}")
+    m.apply_config(both)
+    assert m.model_names() == ["a", "b"]
+    assert m.wait_until_ready(15)
+    assert served(m, "b") == (1, 5.0)
+    with m.handle("b") as held:
+        m.apply_config(config(f"model_config_list {{ config {{ name: 'a' base_path: '{a}' }} }}"))
+        assert m.model_names() == ["a"]
+        with pytest.raises(NotFound, match="no model named 'b'"):
+            served(m, "b")
+        assert float(held.run("", {"x": X})["y"][0, 0]) == 5.0  # in-flight request on the removed model finishes
+
+    def events(name: str, event: str) -> float:
+        v = metrics.registry.get_sample_value("tfserving_model_events_total", {"model_name": name, "event": event})
+        return v or 0.0
+
+    wait_for(lambda: events("b", "unload") == 1.0, what="model b unloaded")
+    assert events("a", "load") == 1.0 and events("b", "load") == 1.0
+    assert served(m, "a") == (1, 1.0)
+    m.apply_config(m.config())  # same config again: nothing reloads
+    time.sleep(4 * POLL)
+    assert events("a", "load") == 1.0
+
+
+def test_apply_config_rejects_bad_config(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    m = make_manager(single_model_config("toy", base))
+    dup = config(f"model_config_list {{ config {{ name: 'x' base_path: '{base}' }} "
+                 f"config {{ name: 'x' base_path: '{base}' }} }}")
+    with pytest.raises(InvalidArgument, match="appears more than once"):
+        m.apply_config(dup)
+    assert m.model_names() == ["toy"]
+
+
+def test_stop_unloads_and_refuses(tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    m = Manager(poll_wait_seconds=POLL)
+    m.apply_config(single_model_config("toy", base))
+    m.start()
+    assert m.wait_until_ready(15)
+    m.stop(timeout=10)
+    assert states(m, "toy") == {1: END}
+    with pytest.raises(Unavailable, match="shutting down"):
+        served(m)
+
+
+def test_concurrent_requests_during_swaps(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def client() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                v, y = served(m)
+                assert y == float(v)  # version v was exported with scale v
+                seen.add(v)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for v in (2, 3):
+        write_toy_model(base, v, scale=float(v))
+        wait_for(lambda v=v: states(m, "toy").get(v) == AVAILABLE, what=f"version {v}")
+    shutil.rmtree(base / "1", ignore_errors=True)
+    wait_for(lambda: 3 in seen, what="clients reach version 3")
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[:3]
+    assert served(m) == (3, 3.0)
