@@ -226,6 +226,97 @@ def reload(
 # owner: tfsctl/client/bench.py
 
 
+@app.command()
+def bench(
+    server: str | None = typer.Option(None, "--server", "-s", help="HOST:PORT (default localhost:8500 / :8501)."),
+    protocol: str = typer.Option("grpc", "--protocol", help="grpc or rest."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name."),
+    signature: str = typer.Option("", "--signature", help="Signature name (default serving_default)."),
+    version: int | None = typer.Option(None, "--version", help="Model version."),
+    label: str | None = typer.Option(None, "--label", help="Version label."),
+    input_image: Path | None = typer.Option(None, "--input-image", help="Image sent as images/height/width."),
+    input_shape: list[str] | None = typer.Option(
+        None, "--input-shape", help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable)."
+    ),
+    concurrency: str = typer.Option("1,4,16,32", "--concurrency", "-c", help="Levels: 1,4,16,32 or 1:32."),
+    warmup_seconds: float = typer.Option(2.0, "--warmup-seconds", help="Warm-up per level (not measured)."),
+    measure_seconds: float = typer.Option(5.0, "--measure-seconds", help="Length of each measurement window."),
+    windows: int = typer.Option(1, "--windows", help="Measurement windows per level."),
+    max_requests: int | None = typer.Option(None, "--max-requests", help="Cap on requests per level."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Per-request deadline in seconds."),
+    grpc_channels: str = typer.Option("shared", "--grpc-channels", help="shared or per-thread."),
+    rest_format: str = typer.Option("inputs", "--rest-format", help="REST body: inputs (columnar) or instances."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Write results as CSV."),
+    plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG plot (throughput, latency)."),
+) -> None:
+    """Closed-loop load sweep over concurrency levels: throughput and p50/p90/p99 latency per level."""
+    from rich.table import Table
+
+    from tfsctl.client import bench as b
+    from tfsctl.client.rpc import parse_target
+    from tfsctl.errors import ClientError
+
+    try:
+        if protocol not in ("grpc", "rest"):
+            raise ClientError(f"--protocol must be grpc or rest, got {protocol!r}")
+        if (input_image is None) == (not input_shape):
+            raise ClientError("give either --input-image or --input-shape (one or more)")
+        if version is not None and label is not None:
+            raise ClientError("give either --version or --label, not both")
+        target = parse_target(server or "localhost", 8500 if protocol == "grpc" else 8501)
+        inputs = b.image_inputs(input_image) if input_image is not None else b.synthetic_inputs(input_shape or [])
+        levels = b.parse_levels(concurrency)
+        span = len(levels) * (warmup_seconds + windows * measure_seconds)
+        console.print(
+            f"bench {protocol}://{target} model '{model}': levels {levels}, about {span:.0f} s "
+            f"({warmup_seconds:g} s warm-up + {windows} x {measure_seconds:g} s per level)"
+        )
+
+        def show(r: b.LevelResult) -> None:
+            console.print(
+                f"  c={r.concurrency}: {r.throughput:.1f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, "
+                f"{r.errors} errors"
+            )
+
+        results = b.run_sweep(
+            target, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
+            signature=signature, version=version, label=label, windows=windows, timeout=timeout,
+            grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests, on_level=show,
+        )
+        meta = {
+            "target": target, "protocol": protocol, "model": model, "signature": signature, "version": version,
+            "label": label, "warmup_s": warmup_seconds, "measure_s": measure_seconds, "windows": windows,
+            "grpc_channels": grpc_channels if protocol == "grpc" else None,
+            "rest_format": rest_format if protocol == "rest" else None,
+            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
+        }
+        written = []
+        if json_out:
+            written.append(b.write_json(json_out, results, meta))
+        if csv_out:
+            written.append(b.write_csv(csv_out, results))
+        if plot_out:
+            written.append(b.write_plot(plot_out, results, f"{model} over {protocol} ({target})"))
+    except ClientError as e:
+        fail(e.message)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    table = Table(title=f"{model} over {protocol} ({target})")
+    for col in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "errors", "stable"):
+        table.add_column(col, justify="right")
+    for r in results:
+        kinds = ", ".join(f"{k}: {n}" for k, n in r.error_kinds.items())
+        errs = f"{r.errors} ({kinds})" if kinds else str(r.errors)
+        table.add_row(
+            str(r.concurrency), f"{r.throughput:.1f}", f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+            str(r.requests), errs, "yes" if r.stable else "no",
+        )
+    console.print(table)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point for ``python -m tfsctl``."""
     app()

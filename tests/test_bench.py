@@ -1,0 +1,227 @@
+"""tfsctl bench: short bounded sweeps against real in-test gRPC (official PredictionService) and HTTP servers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from tfsctl.cli import app  # noqa: E402
+from tfsctl.client import bench  # noqa: E402
+from tfsctl.errors import ClientError  # noqa: E402
+from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+
+runner = CliRunner()
+
+
+class Doubler(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Model 'toy': y = 2 * x for float32 x [N, 4]; also accepts the DeepLab-style image inputs (returns sums)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_x: np.ndarray | None = None
+        self.lock = threading.Lock()
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method name
+        name = request.model_spec.name
+        if name != "toy":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = "toy"
+        response.model_spec.version.value = 1
+        if "x" in request.inputs:
+            x = to_numpy(request.inputs["x"], "x")
+            if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != 4:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"x must be float32 [N, 4], got {x.dtype} {x.shape}")
+            response.outputs["y"].CopyFrom(from_numpy(x * 2))
+        elif "images" in request.inputs:
+            x = to_numpy(request.inputs["images"], "images")
+            response.outputs["total"].CopyFrom(from_numpy(np.array([int(x.sum())], np.int64)))
+        else:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing input 'x'")
+        with self.lock:
+            self.count += 1
+            self.last_x = x
+        return response
+
+
+@pytest.fixture(scope="module")
+def grpc_server():
+    servicer = Doubler()
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    yield f"127.0.0.1:{port}", servicer
+    srv.stop(0)
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the bench's client expects
+    bodies: list[dict] = []
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, doc: dict) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path not in ("/v1/models/toy:predict", "/v1/models/toy/versions/1:predict"):
+            self._answer(404, {"error": f"Servable not found for request: {self.path}"})
+            return
+        _RestHandler.bodies.append(body)
+        if "inputs" in body:
+            x = np.asarray(body["inputs"]["x"], np.float32)
+            self._answer(200, {"outputs": {"y": (x * 2).tolist()}})
+        elif "instances" in body:
+            x = np.asarray(body["instances"], np.float32)
+            self._answer(200, {"predictions": (x * 2).tolist()})
+        else:
+            self._answer(400, {"error": "need 'inputs' or 'instances'"})
+
+
+@pytest.fixture(scope="module")
+def rest_server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _RestHandler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def check_sane(r: bench.LevelResult) -> None:
+    assert r.requests > 0 and r.errors == 0, r
+    assert 0 < r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
+    assert r.throughput == pytest.approx(r.requests / r.duration_s)
+    assert sum(w.requests for w in r.windows) == r.requests
+
+
+def test_grpc_sweep_measures_real_requests(grpc_server):
+    target, servicer = grpc_server
+    inputs = bench.synthetic_inputs(["x:2x4:float32"])
+    before = servicer.count
+    t0 = time.monotonic()
+    results = bench.run_sweep(target, [1, 3], 0.2, 0.4, inputs=inputs, model="toy", windows=2)
+    elapsed = time.monotonic() - t0
+    assert [r.concurrency for r in results] == [1, 3]
+    for r in results:
+        check_sane(r)
+        assert len(r.windows) == 2 and r.duration_s == pytest.approx(0.8)
+    served = servicer.count - before
+    assert served >= sum(r.requests + r.warmup_requests for r in results)
+    np.testing.assert_array_equal(servicer.last_x, inputs["x"])
+    assert elapsed < 2 * 1.2 + 5  # stops by itself
+
+
+def test_grpc_per_thread_channels_and_request_cap(grpc_server):
+    target, servicer = grpc_server
+    inputs = bench.synthetic_inputs(["x:1x4:float32"])
+    (r,) = bench.run_sweep(target, [2], 0.0, 0.5, inputs=inputs, model="toy", grpc_channels="per-thread")
+    check_sane(r)
+    before = servicer.count
+    (capped,) = bench.run_sweep(target, [4], 0.0, 2.0, inputs=inputs, model="toy", max_requests=7)
+    assert capped.requests + capped.warmup_requests == 7 == servicer.count - before
+
+
+def test_errors_are_counted_not_fatal(grpc_server, rest_server):
+    target, _ = grpc_server
+    inputs = bench.synthetic_inputs(["x:1x4:float32"])
+    (r,) = bench.run_sweep(target, [2], 0.0, 0.3, inputs=inputs, model="nosuch")
+    assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"NOT_FOUND"}
+    (r,) = bench.run_sweep(rest_server, [1], 0.0, 0.3, inputs=inputs, model="nosuch", protocol="rest")
+    assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"HTTP 404"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    (r,) = bench.run_sweep(f"127.0.0.1:{closed}", [1], 0.0, 0.3, inputs=inputs, model="toy", timeout=1.0)
+    assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"UNAVAILABLE"}
+    assert r.errors <= 0.3 / bench.ERROR_PAUSE_S + 1  # paced, not a hot loop
+
+
+@pytest.mark.parametrize("fmt", ["inputs", "instances"])
+def test_rest_sweep(rest_server, fmt):
+    inputs = bench.synthetic_inputs(["x:3x4:float32"])
+    _RestHandler.bodies.clear()
+    (r,) = bench.run_sweep(rest_server, [2], 0.1, 0.4, inputs=inputs, model="toy", protocol="rest", rest_format=fmt,
+                           version=1)
+    check_sane(r)
+    body = _RestHandler.bodies[-1]
+    sent = body["inputs"]["x"] if fmt == "inputs" else body["instances"]
+    np.testing.assert_allclose(np.asarray(sent, np.float32), inputs["x"])
+
+
+def test_cli_bench_writes_json_csv_plot(grpc_server, tmp_path):
+    target, _ = grpc_server
+    img = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 24, 3), 7, np.uint8)).save(img)
+    js, cs, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
+    res = runner.invoke(app, [
+        "bench", "--server", target, "--model", "toy", "--input-image", str(img), "--concurrency", "1,2",
+        "--warmup-seconds", "0.1", "--measure-seconds", "0.3", "--json", str(js), "--csv", str(cs), "--plot", str(png),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "req/s" in res.stdout and "p99" in res.stdout
+    doc = json.loads(js.read_text())
+    assert doc["meta"]["inputs"]["images"] == {"shape": [1, 16, 24, 3], "dtype": "uint8"}
+    assert [lv["concurrency"] for lv in doc["levels"]] == [1, 2]
+    for lv in doc["levels"]:
+        assert lv["requests"] > 0 and lv["errors"] == 0 and lv["p50_ms"] <= lv["p99_ms"]
+    rows = list(csv.DictReader(cs.open()))
+    assert [int(r["concurrency"]) for r in rows] == [1, 2]
+    assert all(float(r["throughput"]) > 0 and float(r["p50_ms"]) <= float(r["p99_ms"]) for r in rows)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (1000, 400)
+
+
+def test_cli_bench_bad_options(grpc_server):
+    target, _ = grpc_server
+    for args, needle in [
+        (["--input-shape", "x:1x4:float32", "--concurrency", "0"], "positive"),
+        (["--input-shape", "x:1xq:float32"], "bad --input-shape"),
+        (["--input-shape", "x:1x4:complex7"], "unknown dtype"),
+        ([], "--input-image or --input-shape"),
+        (["--input-shape", "x:1x4", "--protocol", "http"], "grpc or rest"),
+    ]:
+        res = runner.invoke(app, ["bench", "--server", target, "--model", "toy", *args])
+        assert res.exit_code == 1, (args, res.output)
+        assert needle in " ".join(res.stderr.split()), (args, res.stderr)
+
+
+def test_percentiles_and_windows():
+    # 100 successes with latencies 1..100 ms completing in window 0, 3 failures, one warm-up, one straggler.
+    start = 10.0
+    recs = [(start + 0.5 - ms / 1e3, start + 0.5, None) for ms in range(1, 101)]
+    recs += [(start + 0.1, start + 0.2, "UNAVAILABLE")] * 3 + [(start - 1, start - 0.5, None), (start, start + 9, None)]
+    r = bench.summarise(4, recs, start, 1.0, 2)
+    assert (r.requests, r.errors, r.warmup_requests) == (100, 3, 1)
+    assert (r.p50_ms, r.p90_ms, r.p99_ms) == pytest.approx((50, 90, 99))
+    assert r.throughput == pytest.approx(50.0) and not r.stable  # window 2 is empty
+    assert r.error_kinds == {"UNAVAILABLE": 3}
+    assert bench.parse_levels("1:32") == [1, 2, 4, 8, 16, 32]
+    assert bench.parse_levels("16,1,4,4") == [1, 4, 16]
+    with pytest.raises(ClientError):
+        bench.parse_levels("a,b")
