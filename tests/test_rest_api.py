@@ -355,3 +355,72 @@ def _wait(cond, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+# --- codec units (pure functions, no server) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "dtype", "label", "expected"), [
+    ([[1, 2.5]], np.float32, "DT_FLOAT", [[1.0, 2.5]]),
+    (["NaN-free", "ok"], object, "DT_STRING", [b"NaN-free", b"ok"]),
+    ([True, False], np.bool_, "DT_BOOL", [True, False]),
+    ([255, 0], np.uint8, "DT_UINT8", [255, 0]),
+    ([2.0, -3], np.int32, "DT_INT32", [2, -3]),
+    (7, np.int64, "DT_INT64", 7),
+    ([], np.float32, "DT_FLOAT", []),
+])
+def test_json_to_tensor_converts_to_the_signature_dtype(value, dtype, label, expected):
+    from tfsctl.serving.rest_api import json_to_tensor
+
+    arr = json_to_tensor(value, np.dtype(dtype), label, "input 'v'")
+    assert arr.dtype == np.dtype(dtype) and arr.tolist() == expected
+
+
+@pytest.mark.parametrize(("value", "dtype", "label", "needle"), [
+    ([1e39], np.float32, "DT_FLOAT", "out of range"),
+    ([True], np.float32, "DT_FLOAT", "booleans"),
+    ([1], np.bool_, "DT_BOOL", "true/false"),
+    ([-1], np.uint8, "DT_UINT8", "-1"),
+    ([2**70], np.int64, "DT_INT64", "out of range"),
+    ([float("nan")], np.int32, "DT_INT32", "not an integer"),
+    ([None], np.float32, "DT_FLOAT", "null"),
+    ([["a"], ["a", "b"]], object, "DT_STRING", "same length"),
+    ([{"b64": 5}], object, "DT_STRING", "must be a string"),
+    ([1 + 0j], np.complex64, "DT_COMPLEX64", "not supported"),
+])
+def test_json_to_tensor_rejects_values_that_do_not_fit(value, dtype, label, needle):
+    from tfsctl.errors import InvalidArgument
+    from tfsctl.serving.rest_api import json_to_tensor
+
+    with pytest.raises(InvalidArgument, match=re.escape(needle)) as info:
+        json_to_tensor(value, np.dtype(dtype), label, "input 'v'")
+    assert "input 'v'" in info.value.message
+
+
+def test_examples_body_to_tf_examples():
+    from tensorflow_serving.apis import classification_pb2
+
+    from tfsctl.errors import InvalidArgument
+    from tfsctl.serving.rest_api import decode_examples_body
+
+    req = classification_pb2.ClassificationRequest()
+    decode_examples_body({"context": {"lang": "en"}, "examples": [
+        {"n": [1, 2], "f": 0.5, "s": "a", "b": {"b64": base64.b64encode(b"\x00\xff").decode()}, "mix": [1, 2.5]},
+    ]}, req, "test")
+    ctx = req.input.example_list_with_context.context.features.feature
+    assert list(ctx["lang"].bytes_list.value) == [b"en"]
+    feat = req.input.example_list_with_context.examples[0].features.feature
+    assert list(feat["n"].int64_list.value) == [1, 2]
+    assert list(feat["f"].float_list.value) == [0.5]
+    assert list(feat["s"].bytes_list.value) == [b"a"]
+    assert list(feat["b"].bytes_list.value) == [b"\x00\xff"]
+    assert list(feat["mix"].float_list.value) == [1.0, 2.5]
+    for body, needle in [
+        ({"context": {"x": 1}, "examples": [{"x": 2}]}, "both 'context' and the example"),
+        ({"examples": [{"x": [1, "a"]}]}, "mixes numbers and strings"),
+        ({"examples": [{"x": True}]}, "a boolean"),
+        ({"examples": []}, "empty"),
+        ({"examples": ["x"]}, "must be an object"),
+    ]:
+        with pytest.raises(InvalidArgument, match=re.escape(needle)):
+            decode_examples_body(body, classification_pb2.ClassificationRequest(), "test")

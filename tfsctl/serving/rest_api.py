@@ -140,16 +140,16 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _first_bad(value: Any, ok: Callable[[Any], bool]) -> Any:
-    """First leaf of a nested list for which ``ok`` is false (for error messages)."""
+def _first_bad(value: Any, ok: Callable[[Any], bool]) -> tuple[bool, Any]:
+    """(True, leaf) for the first leaf of a nested list for which ``ok`` is false, else (False, None)."""
     stack = [value]
     while stack:
         v = stack.pop()
         if isinstance(v, list):
             stack.extend(reversed(v))
         elif not ok(v):
-            return v
-    return None
+            return True, v
+    return False, None
 
 
 def json_to_tensor(value: Any, dtype: np.dtype, dtype_label: str, where: str) -> np.ndarray:
@@ -163,8 +163,8 @@ def json_to_tensor(value: Any, dtype: np.dtype, dtype_label: str, where: str) ->
     except (ValueError, OverflowError):
         raise _ragged(where) from None
     if src.dtype.kind == "O":
-        bad = _first_bad(value, lambda v: isinstance(v, int | float) and not isinstance(v, bool))
-        if bad is None:  # only numbers: integers too large for int64
+        found, bad = _first_bad(value, lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+        if not found:  # only numbers: integers too large for int64
             raise InvalidArgument(f"{where}: a value is out of range for {dtype_label}")
         if _is_b64(bad):
             raise InvalidArgument(f"{where}: {{\"b64\": ...}} values are only accepted for DT_STRING inputs, "
@@ -180,7 +180,8 @@ def json_to_tensor(value: Any, dtype: np.dtype, dtype_label: str, where: str) ->
     if kind == "b":
         raise InvalidArgument(f"{where}: expects {dtype_label} values, got booleans")
     if dtype.kind == "f":
-        out = src.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported below
+            out = src.astype(dtype)
         if kind == "f" and src.size:
             overflow = np.isfinite(src) & ~np.isfinite(out)
             if overflow.any():
