@@ -368,3 +368,45 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
         server.stop(2)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{rest}/v1/models/toy", timeout=5)
+
+
+def test_health_not_serving_until_a_version_loads(tmp_path):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (tmp_path / "toy").mkdir()
+    server = _start(tmp_path)
+    try:
+        channel, stub = _stub(server.grpc_port)
+        health = health_pb2_grpc.HealthStub(channel)
+        not_serving, serving = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        time.sleep(0.3)  # a few source polls and health updates over the empty base path
+        assert status("") == not_serving and status("toy") == not_serving
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(_request(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "toy" in info.value.details()
+        write_toy_model(tmp_path / "toy", 1)
+        deadline = time.monotonic() + 60
+        while status("") != serving:
+            assert time.monotonic() < deadline, "health never became SERVING"
+            time.sleep(0.05)
+        assert status("toy") == serving
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
+        channel.close()
+    finally:
+        server.stop(2)
+
+
+def test_cli_serve_reports_bad_flags():
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--rest_api_port", "0"])
+    assert result.exit_code == 1
+    assert "no models to serve" in result.output
+    result = CliRunner().invoke(app, ["serve", "--rest-api-port", "99999", "--model-base-path", "/tmp"])
+    assert result.exit_code == 1 and "rest-api-port" in result.output

@@ -248,12 +248,13 @@ class ModelServer:
             self._stop_event.set()
             if self._health is not None:
                 self._health.enter_graceful_shutdown()
+            grpc_done = self._grpc.stop(grace)  # refuses new RPCs now; in-flight ones run on
             if self.rest is not None:
                 try:
-                    self.rest.stop()
+                    self.rest.stop()  # same for REST: stop accepting, drain
                 except Exception:  # noqa: BLE001 - keep shutting down the rest
                     log.exception("stopping the REST server failed")
-            self._grpc.stop(grace).wait()
+            grpc_done.wait()
             for t in self._threads:
                 t.join(timeout=5)
             if self.batcher is not None:
