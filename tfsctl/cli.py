@@ -33,8 +33,149 @@ def fail(message: str, code: int = 1) -> None:
 # owner: tfsctl/export.py
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (as image sizes are usually written, e.g. 320x240) -> (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or min(int(p) for p in parts) < 1:
+        raise typer.BadParameter(f"{text!r} is not WIDTHxHEIGHT with positive integers (e.g. 320x240)")
+    return int(parts[1]), int(parts[0])
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="Checkpoint directory holding model.json, or a Keras .keras file."),
+    out: Path = typer.Argument(..., help="Model base path (the next integer version is used) or BASE/VERSION."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing version (swapped in atomically)."),
+    warmup_size: list[str] = typer.Option(
+        None, "--warmup-size", help="WIDTHxHEIGHT of a predict_images warmup request; repeatable (default 256x256; "
+        "'none' for no warmup file)."),
+    max_image_pixels: int = typer.Option(
+        2048 * 2048, "--max-image-pixels", help="classify rejects encoded images larger than this, before decoding."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a checkpoint (or .keras model) as a versioned SavedModel that a model server can load."""
+    import json
+    import time
+
+    from rich.table import Table
+
+    from tfsctl.errors import ExportError
+
+    if warmup_size and any(s.lower() == "none" for s in warmup_size):
+        sizes: list[tuple[int, int]] = []
+    else:
+        sizes = [_parse_size(s) for s in (warmup_size or ["256x256"])]
+    started = time.perf_counter()
+    try:
+        from tfsctl.export import export_model
+
+        if as_json:
+            result = export_model(source, out, force=force, warmup_sizes=sizes, max_image_pixels=max_image_pixels)
+        else:
+            with err_console.status(f"Exporting {source} ..."):
+                result = export_model(source, out, force=force, warmup_sizes=sizes,
+                                      max_image_pixels=max_image_pixels)
+    except ExportError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("cancelled; nothing was written", 130)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "seconds": round(elapsed, 2)}))
+        return
+    from tfsctl.inspect import inspect_saved_model
+
+    table = Table(title=f"{'replaced' if result.replaced else 'exported'} version {result.version}: {result.path}")
+    table.add_column("signature")
+    table.add_column("method", overflow="fold")
+    table.add_column("inputs")
+    table.add_column("outputs")
+    serve = inspect_saved_model(result.path).meta_graph()
+    for sig in serve.signatures if serve else []:
+        if sig.name in result.signatures:
+            table.add_row(sig.name, sig.method_name,
+                          "\n".join(f"{t.key} {t.dtype} {t.shape_str}" for t in sig.inputs),
+                          "\n".join(f"{t.key} {t.dtype} {t.shape_str}" for t in sig.outputs))
+    console.print(table)
+    warm = ", ".join(f"{w}x{h}" for h, w in result.warmup_sizes) or "none"
+    console.print(f"source {result.source}; warmup requests: {warm}; {elapsed:.1f} s")
+
+
 # --- inspect ---
 # owner: tfsctl/inspect.py
+
+
+def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, imported lazily
+    from rich.table import Table
+
+    version = f" (version {info.version})" if info.version is not None else ""
+    console.print(f"[bold]SavedModel[/] {info.path}{version}")
+    console.print("tag-sets: " + "; ".join(", ".join(tags) or "(none)" for tags in info.tag_sets))
+    if info.warmup_records is not None:
+        console.print(f"warmup records: {info.warmup_records}")
+    for mg in info.meta_graphs:
+        summary = Table(title=f"tag-set {', '.join(mg.tags)!s}: signatures (TF {mg.tensorflow_version or '?'})")
+        summary.add_column("signature")
+        summary.add_column("method", overflow="fold")
+        summary.add_column("inputs")
+        summary.add_column("outputs")
+        for sig in mg.signatures:
+            if sig.name.startswith("__"):  # __saved_model_init_op: internal, not servable
+                continue
+            summary.add_row(sig.name, sig.method_name or "-", ", ".join(t.key for t in sig.inputs),
+                            ", ".join(t.key for t in sig.outputs))
+        console.print(summary)
+        for sig in mg.signatures:
+            if sig.name.startswith("__"):
+                continue
+            table = Table(title=f"signature {sig.name!r} ({sig.method_name or 'no method'})", title_justify="left")
+            table.add_column("")
+            table.add_column("key")
+            table.add_column("dtype")
+            table.add_column("shape", no_wrap=True)
+            table.add_column("tensor", overflow="fold")
+            for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+                for t in tensors:
+                    name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"
+                    table.add_row(role, t.key, t.dtype, t.shape_str, name)
+            console.print(table)
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A SavedModel directory, or a model base path with version directories."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Show tag-sets, signatures, method names and tensors of any SavedModel (like saved_model_cli show --all)."""
+    import json
+
+    from rich.table import Table
+
+    from tfsctl.errors import InspectError
+    from tfsctl.inspect import BasePathInfo, inspect_path
+
+    try:
+        info = inspect_path(path)
+    except InspectError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    if isinstance(info, BasePathInfo):
+        table = Table(title=f"model base path {info.path}")
+        table.add_column("version", justify="right")
+        table.add_column("valid")
+        table.add_column("signatures / error")
+        for v in info.versions:
+            table.add_row(str(v.version), "[green]yes[/]" if v.valid else "[red]no[/]",
+                          ", ".join(v.signatures) if v.valid else v.error)
+        console.print(table)
+        if info.latest is None:
+            fail(f"{info.path} has no valid SavedModel version")
+        console.print(f"latest valid version: {info.latest.version}")
+        _render_saved_model(info.latest)
+    else:
+        _render_saved_model(info)
 
 
 # --- serve / status / reload ---
