@@ -240,6 +240,10 @@ BAD = [
     ("both formats", "POST", "/v1/models/toy:predict", {"instances": X, "inputs": X}, 400, "not both"),
     ("no inputs", "POST", "/v1/models/toy:predict", {"signature_name": ""}, 400, "'instances' or 'inputs'"),
     ("malformed JSON", "POST", "/v1/models/toy:predict", b'{"instances": [1,', 400, "malformed JSON"),
+    ("JSON nested too deeply", "POST", "/v1/models/toy:predict", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000
+     + b"}", 400, "nested too deeply"),
+    ("tensor of rank 70", "POST", "/v1/models/toy:predict", b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
+     400, "levels deep"),
     ("JSON not an object", "POST", "/v1/models/toy:predict", b"[1, 2]", 400, "must be an object"),
     ("bad b64", "POST", "/v1/models/multi:predict", {"inputs": {"s": [{"b64": "!!notb64"}], "u": [1], "i": [1]}},
      400, "base64"),
@@ -386,6 +390,7 @@ def test_json_to_tensor_converts_to_the_signature_dtype(value, dtype, label, exp
     ([None], np.float32, "DT_FLOAT", "null"),
     ([["a"], ["a", "b"]], object, "DT_STRING", "same length"),
     ([{"b64": 5}], object, "DT_STRING", "must be a string"),
+    (json.loads("[" * 70 + '"a"' + "]" * 70), object, "DT_STRING", "levels deep"),
     ([1 + 0j], np.complex64, "DT_COMPLEX64", "not supported"),
 ])
 def test_json_to_tensor_rejects_values_that_do_not_fit(value, dtype, label, needle):

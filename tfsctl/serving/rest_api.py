@@ -53,6 +53,7 @@ DEFAULT_WORKERS = 64
 _MODEL_POST = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?:(predict|classify|regress)$")
 _MODEL_GET = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?(/metadata)?$")
 _JSON = "application/json"
+_MAX_RANK = 64  # numpy's (and so TF's eager) limit on dimensions
 
 
 class _HttpError(Exception):
@@ -94,6 +95,8 @@ def _string_tensor(value: Any, where: str) -> np.ndarray:
     shape: list[int] = []
     probe = value
     while isinstance(probe, list):
+        if len(shape) == _MAX_RANK:
+            raise InvalidArgument(f"{where}: nested more than {_MAX_RANK} levels deep (the most a tensor can have)")
         shape.append(len(probe))
         if not probe:
             break
@@ -160,7 +163,10 @@ def json_to_tensor(value: Any, dtype: np.dtype, dtype_label: str, where: str) ->
         raise InvalidArgument(f"{where}: {dtype_label} inputs are not supported over REST")
     try:
         src = np.asarray(value)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError) as e:
+        if "maximum number of dimension" in str(e):
+            too_deep = f"{where}: nested more than {_MAX_RANK} levels deep (the most a tensor can have)"
+            raise InvalidArgument(too_deep) from None
         raise _ragged(where) from None
     if src.dtype.kind == "O":
         found, bad = _first_bad(value, lambda v: isinstance(v, int | float) and not isinstance(v, bool))
@@ -558,6 +564,8 @@ class RestServer:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise InvalidArgument(f"malformed JSON body: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise InvalidArgument("malformed JSON body: nested too deeply") from None
         if not isinstance(obj, dict):
             raise InvalidArgument(f"the JSON body must be an object, got {_kind(obj)}")
         return obj
