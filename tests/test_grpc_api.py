@@ -310,6 +310,17 @@ def _multi_two_models():
     return req
 
 
+def _huge_shape(dims, content: bytes = b""):
+    req = _predict_request(x=None)
+    t = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=make_shape(tuple(dims)))
+    if content:
+        t.tensor_content = content
+    else:
+        t.float_val.append(1.0)  # padded to the shape by TF's rules: must not be allocated
+    req.inputs["x"].CopyFrom(t)
+    return req
+
+
 ERROR_CASES = {
     "unknown model": ("Predict", lambda: _predict_request(name="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
     "unknown version": ("Predict", lambda: _predict_request(version=99), grpc.StatusCode.NOT_FOUND, ["toy", "99"]),
@@ -341,6 +352,12 @@ ERROR_CASES = {
                        ["toy", "graph"]),
     "multi inference two models": ("MultiInference", _multi_two_models, grpc.StatusCode.INVALID_ARGUMENT,
                                    ["same model"]),
+    "huge shape via float_val": ("Predict", lambda: _huge_shape([100_000, 100_000, 4]),
+                                 grpc.StatusCode.INVALID_ARGUMENT, ["toy", "'x'", "bytes"]),
+    "overflowing shape": ("Predict", lambda: _huge_shape([2**40, 2**40, 4], b"\0" * 16),
+                          grpc.StatusCode.INVALID_ARGUMENT, ["toy", "'x'"]),
+    "negative dimension": ("Predict", lambda: _huge_shape([-1, 4]), grpc.StatusCode.INVALID_ARGUMENT,
+                           ["toy", "'x'"]),
     "message too large": ("Predict", lambda: _predict_request(x=np.zeros((MAX_BYTES // 16 + 1, 4), np.float32)),
                           grpc.StatusCode.RESOURCE_EXHAUSTED, []),
 }

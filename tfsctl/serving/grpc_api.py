@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -25,7 +26,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import Internal, InvalidArgument, ServingError
 from tfsctl.serving.service import PredictionCore, signature_or_default
-from tfsctl.serving.tensors import from_numpy, to_numpy
+from tfsctl.serving.tensors import NP_BY_DTYPE, dtype_name, from_numpy, to_numpy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,12 +34,16 @@ T = TypeVar("T")
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 HEALTH_SERVICE = health.SERVICE_NAME
+# A decoded input may not exceed what one maximal gRPC message could carry in tensor_content.
+DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
 
 
 class _Base:
-    def __init__(self, core: PredictionCore, metrics: Any = None) -> None:
+    def __init__(self, core: PredictionCore, metrics: Any = None, *,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
         self.core = core
         self.metrics = metrics
+        self.max_tensor_bytes = max_tensor_bytes
 
     def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         """Run ``fn``; map errors to a gRPC status (the only place that does) and record the request metric."""
@@ -59,6 +64,26 @@ class _Base:
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
+def check_tensor_size(proto: tensor_pb2.TensorProto, name: str, limit: int) -> None:
+    """Refuse a tensor whose decoded size exceeds ``limit`` bytes before decoding it.
+
+    Typed ``*_val`` fields are padded to the shape, so a tiny message can claim a huge shape; a tensor that would
+    not fit in one message as ``tensor_content`` is refused instead of allocated. Exact integer arithmetic, so
+    absurd dimensions cannot overflow into a small size.
+    """
+    count = 1
+    for d in proto.tensor_shape.dim:
+        count *= max(int(d.size), 0)
+    dtype = NP_BY_DTYPE.get(proto.dtype)
+    itemsize = 8 if dtype is None or dtype.kind == "O" else dtype.itemsize
+    if count * itemsize > limit:
+        shape = [int(d.size) for d in proto.tensor_shape.dim]
+        raise InvalidArgument(
+            f"input '{name}': shape {shape} of {dtype_name(proto.dtype)} needs {count * itemsize} bytes, "
+            f"more than the {limit} bytes allowed for one tensor"
+        )
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Base):
     """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata."""
 
@@ -71,6 +96,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
         inputs = {}
         for key, proto in request.inputs.items():
             try:
+                check_tensor_size(proto, key, self.max_tensor_bytes)
                 inputs[key] = to_numpy(proto, key)
             except InvalidArgument as e:
                 sig = signature_or_default(spec.signature_name)
@@ -109,12 +135,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
         return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
 
 
-def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None) -> health.HealthServicer:
+def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None, *,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> health.HealthServicer:
     """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
 
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
     """
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, metrics), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -163,7 +163,7 @@ class ModelServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self._health = add_services(server, self.core, self.metrics)
+        self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes)
         address = _address(opts.host, opts.port)
         try:
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
