@@ -7,7 +7,7 @@ port=${2:-8500}
 rest_port=${3:-8501}
 bin=${BIN:-.venv/bin}
 base="$out/models/deeplab"
-image=${IMAGE:-$(ls samples/images/*.png samples/images/*.jpg 2>/dev/null | head -n 1)}
+image=${IMAGE:-samples/images/shapes_256.png}
 
 mkdir -p "$out"
 rm -rf "$base"
