@@ -231,18 +231,20 @@ def serve(
         max_num_load_retries=max_num_load_retries, load_retry_interval_seconds=load_retry_interval_seconds,
         grpc_max_threads=grpc_max_threads,
     )
-    server = ModelServer(options)
+
+    def banner(server: ModelServer) -> None:
+        models = ", ".join(server.manager.model_names()) or "none"
+        rest = f"{host}:{server.rest_port}" if server.rest_port else "off"
+        console.print(Panel.fit(
+            f"[bold]gRPC[/] {host}:{server.grpc_port}{' (TLS)' if ssl_config_file else ''}   [bold]REST[/] {rest}\n"
+            f"[bold]models[/] {models}   [bold]batching[/] {'on' if enable_batching else 'off'}\n"
+            "SIGTERM / Ctrl-C stops gracefully", title="tfsctl serve", border_style="green"))
+
     try:
-        server.start()
+        code = ModelServer(options).serve_forever(on_started=banner)
     except (ConfigError, OSError) as e:
         fail(str(e))
-    models = ", ".join(server.manager.model_names()) or "none"
-    rest = f"{host}:{server.rest_port}" if server.rest_port else "off"
-    console.print(Panel.fit(
-        f"[bold]gRPC[/] {host}:{server.grpc_port}{' (TLS)' if ssl_config_file else ''}   [bold]REST[/] {rest}\n"
-        f"[bold]models[/] {models}   [bold]batching[/] {'on' if enable_batching else 'off'}\n"
-        "SIGTERM / Ctrl-C stops gracefully", title="tfsctl serve", border_style="green"))
-    raise typer.Exit(server.serve_forever())
+    raise typer.Exit(code)
 
 
 # --- predict ---

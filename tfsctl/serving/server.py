@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,10 +264,12 @@ class ModelServer:
             self._stopped.set()
             log.info("server stopped")
 
-    def serve_forever(self, grace: float = 10.0) -> int:
-        """Start, serve until SIGTERM/SIGINT (or :meth:`stop`), stop gracefully; returns the exit code (0)."""
-        if self._grpc is None:
-            self.start()
+    def serve_forever(self, grace: float = 10.0, on_started: Callable[[ModelServer], None] | None = None) -> int:
+        """Start (unless started), serve until SIGTERM/SIGINT or :meth:`stop`, stop gracefully; returns 0.
+
+        The signal handlers go in before :meth:`start`, so a SIGTERM during start-up also ends in a graceful stop.
+        ``on_started`` runs once the ports are bound (the CLI prints its banner there).
+        """
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -277,6 +280,10 @@ class ModelServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
         try:
+            if self._grpc is None:
+                self.start()
+            if on_started is not None:
+                on_started(self)
             while not self._stop_event.wait(0.5):
                 pass
             self.stop(grace)
