@@ -270,6 +270,30 @@ def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case, metho
     assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
 
 
+def test_memory_stays_bounded_under_bad_requests(server):
+    """240 rejected ~100 KB bodies (parsed to ~1 MB of Python objects each) leave resident memory flat."""
+    from tfsctl.core.loader import rss_bytes
+
+    bodies = [
+        json.dumps({"instances": [[1.0, 2.0, 3.0]] * 4000}).encode(),  # wrong inner dim, rejected by validation
+        b'{"instances": [' + b"1.5," * 25_000,  # truncated JSON
+        json.dumps({"instances": [["a"] * 4] * 4000}).encode(),  # strings for DT_FLOAT
+        json.dumps({"signature_name": "nosig", "instances": [[1.0] * 4] * 4000}).encode(),
+    ]
+
+    def burst(n: int) -> None:
+        for i in range(n):
+            status, _ = http_call(server.rest_port, "POST", "/v1/models/toy:predict", raw=bodies[i % len(bodies)])
+            assert status == 400
+
+    burst(40)  # warm the allocator and the code paths
+    before = rss_bytes()
+    burst(240)
+    growth = rss_bytes() - before
+    assert growth < 32 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB over 240 rejected requests"
+    assert _predict(server.rest_port, {"instances": X})[0] == 200
+
+
 def test_body_over_limit_is_413_and_next_request_succeeds(server):
     rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
     rest.start()
