@@ -191,3 +191,42 @@ def test_pad_variable_length_inputs(ragged_model):
         assert _batches(metrics, "ragged") == (1.0, 2.0)
     finally:
         batcher.stop()
+
+
+def test_versions_and_shapes_never_share_a_batch(toy, ragged_model, tmp_path):
+    other = _load(write_toy_model(tmp_path / "toy", 2, scale=5.0), version=2)
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=4, batch_timeout_micros=200_000, num_batch_threads=2), metrics)
+    try:
+        x = _rows(1, 1)
+        with ThreadPoolExecutor(2) as pool:
+            r1, r2 = pool.map(lambda s: batcher.run(s, "", {"x": x}), [toy, other])
+        np.testing.assert_allclose(r1["y"], x * SCALE)
+        np.testing.assert_allclose(r2["y"], x * 5.0)
+        assert _batches(metrics) == (2.0, 2.0)
+        # Without pad_variable_length_inputs, different inner sizes go to different queues.
+        a, b = np.ones((1, 2), np.float32), np.ones((1, 5), np.float32)
+        with ThreadPoolExecutor(2) as pool:
+            ra, rb = pool.map(lambda v: batcher.run(ragged_model, "", {"x": v}), [a, b])
+        assert ra["total"].tolist() == [2.0] and rb["total"].tolist() == [5.0]
+        assert _batches(metrics, "ragged") == (2.0, 2.0)
+    finally:
+        batcher.stop()
+
+
+def test_many_concurrent_callers_each_get_exactly_their_rows(toy):
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=2000, num_batch_threads=2,
+                                   max_enqueued_batches=100), metrics)
+    rng = np.random.default_rng(0)
+    jobs = [rng.standard_normal((int(rng.integers(1, 7)), 4)).astype(np.float32) for _ in range(160)]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda x: batcher.run(toy, "", {"x": x}), jobs))
+        for x, out in zip(jobs, results, strict=True):
+            assert out["y"].shape == x.shape
+            np.testing.assert_allclose(out["y"], x * SCALE, rtol=1e-6)
+        count, total = _batches(metrics)
+        assert total == sum(len(x) for x in jobs) and count < len(jobs)  # some requests were merged
+    finally:
+        batcher.stop()
