@@ -269,6 +269,9 @@ def test_tls_server_only(tmp_path):
         channel.close()
     finally:
         server.stop(2)
+    garbage = b"-----BEGIN CERTIFICATE-----\nnot base64 der\n-----END CERTIFICATE-----\n"
+    with pytest.raises(OSError, match="server_cert"):
+        _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, garbage)))
 
 
 # --- config file polling, flags ------------------------------------------------------------------------------------

@@ -130,6 +130,8 @@ class ModelServer:
         from tfsctl.serving.metrics import Metrics
         from tfsctl.serving.service import PredictionCore
 
+        if self._grpc is not None or self._stopped.is_set():
+            raise RuntimeError("a ModelServer starts once; create a new one")
         opts = self.options
         opts.validate()
         config = opts.model_config()
@@ -154,7 +156,8 @@ class ModelServer:
             self.batcher = Batcher(batching_params, self.metrics)
         self.core = PredictionCore(self.manager, self.batcher, self.metrics)
 
-        threads = opts.grpc_max_threads or max(16, 4 * (os.cpu_count() or 1))
+        # Batched requests block a worker while they wait in the queue: allow enough of them to fill batches.
+        threads = opts.grpc_max_threads or max(64, 8 * (os.cpu_count() or 1))
         max_bytes = int(opts.grpc_max_message_bytes)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc"),
@@ -168,11 +171,12 @@ class ModelServer:
         address = _address(opts.host, opts.port)
         try:
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        except RuntimeError as e:  # grpc raises instead of returning 0 in some versions
-            port, reason = 0, str(e)
-        else:
-            reason = "address in use or not available"
+        except RuntimeError:  # grpc raises instead of returning 0 in some versions
+            port = 0
         if port == 0:
+            reason = "address in use or not available"
+            if credentials is not None:
+                reason += ", or the SSL config's server_key/server_cert are not a valid PEM key and certificate"
             self._abort_start()
             raise OSError(f"cannot bind gRPC port {address}: {reason}")
         self.grpc_port = port
