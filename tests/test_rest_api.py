@@ -307,6 +307,10 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
         assert http_call(rest.port, "GET", "/monitoring/prometheus/metrics")[0] == 200
     finally:
         rest.stop()
+    busy = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", server.rest_port)
+    with pytest.raises(OSError, match=f"cannot serve REST on 127.0.0.1:{server.rest_port}"):
+        busy.start()
+    busy.stop()
     moved = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")
     moved.start()
     try:

@@ -445,8 +445,10 @@ class RestServer:
             loop.run_until_complete(self._startup())
         except BaseException as e:  # noqa: BLE001 - reported to start()
             self._start_error = e
-            self._started.set()
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
             loop.close()
+            self._started.set()
             return
         self._started.set()
         try:
