@@ -406,10 +406,18 @@ def test_metrics_count_grpc_calls(served):
     before = metrics.registry.get_sample_value("tfserving_request_count_total", ok) or 0.0
     _good_predict(served)
     assert metrics.registry.get_sample_value("tfserving_request_count_total", ok) == before + 1
+    nf = {"model_name": "<unknown>", "api": "grpc_predict", "status": "NOT_FOUND"}
+    before = metrics.registry.get_sample_value("tfserving_request_count_total", nf) or 0.0
+    for name in ("ghost1", "ghost2"):
+        with pytest.raises(grpc.RpcError):
+            served["predict"].Predict(_predict_request(name=name), timeout=10)
+    assert metrics.registry.get_sample_value("tfserving_request_count_total", nf) == before + 2
+    assert metrics.registry.get_sample_value("tfserving_request_count_total", {**nf, "model_name": "ghost1"}) is None
+    bad = {"model_name": "toy", "api": "grpc_predict", "status": "INVALID_ARGUMENT"}
+    before = metrics.registry.get_sample_value("tfserving_request_count_total", bad) or 0.0
     with pytest.raises(grpc.RpcError):
-        served["predict"].Predict(_predict_request(name="ghost"), timeout=10)
-    nf = {"model_name": "ghost", "api": "grpc_predict", "status": "NOT_FOUND"}
-    assert metrics.registry.get_sample_value("tfserving_request_count_total", nf) == 1.0
+        served["predict"].Predict(_predict_request(x=None), timeout=10)
+    assert metrics.registry.get_sample_value("tfserving_request_count_total", bad) == before + 1
 
 
 # --- health and reflection ----------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 HEALTH_SERVICE = health.SERVICE_NAME
 # A decoded input may not exceed what one maximal gRPC message could carry in tensor_content.
 DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
+# Metric label for requests naming a model that is not configured.
+UNKNOWN_MODEL_LABEL = "<unknown>"
 
 
 class _Base:
@@ -58,10 +60,19 @@ class _Base:
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
         finally:
             if self.metrics is not None:
+                seconds = time.perf_counter() - start
                 code = error.grpc_code.name if error is not None else "OK"
-                self.metrics.observe_request(model_name, api, code, time.perf_counter() - start)
+                if error is not None and model_name and model_name not in self._known_models():
+                    model_name = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
+                self.metrics.observe_request(model_name, api, code, seconds)
         context.abort(error.grpc_code, error.message)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def _known_models(self) -> set[str]:
+        try:
+            return set(self.core.manager.model_names())
+        except Exception:  # noqa: BLE001 - metrics must not fail a request
+            return set()
 
 
 def check_tensor_size(proto: tensor_pb2.TensorProto, name: str, limit: int) -> None:
