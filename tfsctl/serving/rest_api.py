@@ -527,7 +527,7 @@ class RestServer:
                 except web.HTTPRequestEntityTooLarge:
                     raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED") from None
             handler = getattr(self, f"_do_{verb}")
-            status, payload = 200, await self._in_pool(handler, name, version, label, body)
+            encoded = await self._in_pool(self._encoded, handler, name, version, label, body)
             code = "OK"
         except ServingError as e:
             status, payload, code = e.http_status, {"error": e.message}, e.grpc_code.name
@@ -536,9 +536,18 @@ class RestServer:
         except Exception as e:  # noqa: BLE001 - never leak a traceback to the client
             log.exception("REST %s %s failed", request.method, request.path)
             status, payload, code = 500, {"error": f"internal error: {type(e).__name__}: {e}"}, "INTERNAL"
+        else:
+            status, payload = 200, None
         if self.metrics is not None:
             self.metrics.observe_request(name, api, code, time.perf_counter() - start)
+        if payload is None:
+            return web.Response(status=200, body=encoded, content_type=_JSON)
         return self._json(status, payload)
+
+    @staticmethod
+    def _encoded(handler: Callable[..., dict], *args: Any) -> bytes:
+        """Run a handler and serialize its reply in the pool: big outputs never block the event loop."""
+        return json.dumps(handler(*args)).encode("utf-8")
 
     def _too_large(self, size: int | None) -> str:
         got = f" ({size} bytes)" if size is not None else ""
