@@ -217,7 +217,7 @@ def test_percentiles_and_windows():
     recs = [(start + 0.5 - ms / 1e3, start + 0.5, None) for ms in range(1, 101)]
     recs += [(start + 0.1, start + 0.2, "UNAVAILABLE")] * 3 + [(start - 1, start - 0.5, None), (start, start + 9, None)]
     r = bench.summarise(4, recs, start, 1.0, 2)
-    assert (r.requests, r.errors, r.warmup_requests) == (100, 3, 1)
+    assert (r.requests, r.errors, r.warmup_requests, r.late_requests) == (100, 3, 1, 1)
     assert (r.p50_ms, r.p90_ms, r.p99_ms) == pytest.approx((50, 90, 99))
     assert r.throughput == pytest.approx(50.0) and not r.stable  # window 2 is empty
     assert r.error_kinds == {"UNAVAILABLE": 3}
@@ -225,3 +225,24 @@ def test_percentiles_and_windows():
     assert bench.parse_levels("16,1,4,4") == [1, 4, 16]
     with pytest.raises(ClientError):
         bench.parse_levels("a,b")
+
+
+def test_run_level_accepts_plain_callables():
+    calls = []
+    lock = threading.Lock()
+
+    def make():
+        def send() -> None:
+            with lock:
+                calls.append(threading.get_ident())
+                n = len(calls)
+            time.sleep(0.002)
+            if n % 10 == 0:
+                raise ValueError("every tenth call fails")
+
+        return send
+
+    r = bench.run_level(make, 3, 0.05, 0.3)
+    assert r.requests > 0 and r.errors > 0 and r.error_kinds.keys() == {"ValueError"}
+    assert r.p50_ms >= 2.0 and len(set(calls)) == 3
+    assert r.requests + r.errors + r.warmup_requests + r.late_requests == len(calls)

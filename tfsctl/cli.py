@@ -295,7 +295,8 @@ def predict(
         console.print_json(json.dumps(result.to_dict()))
         return
     served = f"{result.model} v{result.version}" if result.version is not None else result.model
-    table = Table(title=f"{image.name} ({result.image_size[1]}x{result.image_size[0]}) on {served}")
+    console.print(f"{image.name} ({result.image_size[1]}x{result.image_size[0]}) on {served}, {result.signature}")
+    table = Table()
     table.add_column("id", justify="right")
     table.add_column("class")
     table.add_column("pixels", justify="right")
@@ -456,6 +457,12 @@ def bench(
             str(r.requests), errs, "yes" if r.stable else "no",
         )
     console.print(table)
+    for r in results:
+        if r.requests == 0 and r.errors == 0:
+            err_console.print(
+                f"[yellow]warning:[/] c={r.concurrency}: no request completed inside the measurement window "
+                f"({r.late_requests} finished later); use a longer --measure-seconds"
+            )
     for path in written:
         console.print(f"wrote {path}")
 

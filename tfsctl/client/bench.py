@@ -77,6 +77,7 @@ class LevelResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     windows: list[WindowResult] = field(default_factory=list)
     warmup_requests: int = 0
+    late_requests: int = 0  # completed after the last window (a window shorter than the latency shows up here)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,7 @@ class LevelResult:
 
 CSV_FIELDS = (
     "concurrency", "requests", "errors", "duration_s", "throughput", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-    "min_ms", "max_ms", "stable", "warmup_requests",
+    "min_ms", "max_ms", "stable", "warmup_requests", "late_requests",
 )
 
 
@@ -157,7 +158,10 @@ def image_inputs(path: str | Path) -> dict[str, np.ndarray]:
 
 
 class Sender(Protocol):
-    """One worker's way of sending a request: ``sender()`` returns on success and raises on failure."""
+    """One worker's way of sending a request: ``sender()`` returns on success and raises on failure.
+
+    ``close()`` is optional for :func:`run_level`: a plain function works as a sender too.
+    """
 
     def __call__(self) -> None: ...
 
@@ -411,10 +415,12 @@ def run_level(
             t.join(max(0.0, deadline - time.perf_counter()))
     finally:
         for s in senders:
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001
-                pass
+            close = getattr(s, "close", None)  # plain callables (in-process benchmarks) need no cleanup
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
     return summarise(concurrency, [r for rs in records for r in rs], measure_start, measure_s, windows)
 
 
@@ -429,14 +435,15 @@ def summarise(
     per_window: list[list[float]] = [[] for _ in range(windows)]
     errors_per_window = [0] * windows
     kinds: dict[str, int] = {}
-    warmup = 0
+    warmup = late = 0
     for t0, t1, kind in records:
         k = math.floor((t1 - measure_start) / measure_s)
         if k < 0:
             warmup += 1
             continue
         if k >= windows:
-            continue  # completed after the last window (a straggler): not measured
+            late += 1  # completed after the last window (a straggler): not measured
+            continue
         if kind is None:
             per_window[k].append((t1 - t0) * 1e3)
         else:
@@ -469,6 +476,7 @@ def summarise(
         error_kinds=kinds,
         windows=window_results,
         warmup_requests=warmup,
+        late_requests=late,
     )
 
 
