@@ -123,8 +123,8 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
 # --- graceful stop -----------------------------------------------------------------------------------------------
 
 
-def _slow_batching_file(tmp_path: Path, timeout_micros: int = 800_000) -> Path:
-    """Batching that holds each request in the queue ~0.8 s: requests are in flight when stop begins."""
+def _slow_batching_file(tmp_path: Path, timeout_micros: int = 1_000_000) -> Path:
+    """Batching that holds each request in the queue ~1 s: requests are in flight when stop begins."""
     path = tmp_path / "batching.config"
     path.write_text(f"max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout_micros} }}\n"
                     "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n")
@@ -139,7 +139,8 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
     stub.Predict(_request(), timeout=20)  # connection up
     port = server.grpc_port
     futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
-    time.sleep(0.3)  # all six are queued in the batcher now
+    time.sleep(0.5)  # all six are queued in the batcher now
+    assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
     server.stop(10)
     for i, f in enumerate(futures):
         np.testing.assert_allclose(to_numpy(f.result().outputs["y"]), X * i)
@@ -191,7 +192,8 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
                 assert time.monotonic() < deadline, "model never became available"
                 time.sleep(0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
-        time.sleep(0.3)  # queued in the batcher, i.e. in flight
+        time.sleep(0.5)  # queued in the batcher, i.e. in flight
+        assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
         proc.send_signal(signal.SIGTERM)
         for i, f in enumerate(futures):
             np.testing.assert_allclose(to_numpy(f.result().outputs["y"]), X * i)
