@@ -415,3 +415,20 @@ def test_cli_serve_reports_bad_flags():
     assert "no models to serve" in result.output
     result = CliRunner().invoke(app, ["serve", "--rest-api-port", "99999", "--model-base-path", "/tmp"])
     assert result.exit_code == 1 and "rest-api-port" in result.output
+
+
+def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=1.0)
+    server = _start(tmp_path)  # default --grpc-max-message-bytes
+    try:
+        assert server.wait_until_ready(60)
+        image = np.random.default_rng(0).random((1080 * 1920 * 3 // 4, 4), dtype=np.float32)  # 1080p RGB floats
+        big = 64 * 1024 * 1024
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
+                                        [("grpc.max_receive_message_length", big)])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        y = to_numpy(stub.Predict(_request(x=image), timeout=60).outputs["y"])
+        assert y.shape == image.shape and np.array_equal(y, image)
+        channel.close()
+    finally:
+        server.stop(2)
