@@ -23,6 +23,7 @@ Loads run on a small thread pool so one slow model does not hold up the others.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -124,11 +125,13 @@ class Manager:
         load_retry_interval_seconds: float = 1.0,
         num_load_threads: int = 2,
         unload_timeout_seconds: float = 60.0,
+        freeze_gc: bool = True,
     ) -> None:
         self.metrics = metrics
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_seconds = max(0.0, float(load_retry_interval_seconds))
         self.unload_timeout_seconds = unload_timeout_seconds
+        self.freeze_gc = freeze_gc
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._models: dict[str, _Model] = {}
@@ -142,7 +145,15 @@ class Manager:
     # --- lifecycle ---
 
     def start(self) -> None:
-        """Start polling the base paths of the configured models (loads begin at once)."""
+        """Start polling the base paths of the configured models (loads begin at once).
+
+        With ``freeze_gc`` the objects alive now (TensorFlow's own module state, mostly) are moved out of the
+        garbage collector's reach first: the full collection each unload runs then scans only what models
+        created, a few milliseconds instead of a GIL-holding pause of a few hundred.
+        """
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
         self._started = True
         self.source.start()
 
