@@ -25,6 +25,8 @@ LEGEND_PAD = 8
 LEGEND_SWATCH = 16
 LEGEND_BG = (255, 255, 255)
 LEGEND_FG = (0, 0, 0)
+# zlib level 1: a 1080p overlay saves ~4x faster than at PIL's default 6 for ~15% more bytes.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def save_png_atomic(img: Image.Image, path: str | Path) -> Path:
         raise ClientError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
+            img.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the PNG the usual permissions
         os.replace(tmp, out)
     except OSError as e:
