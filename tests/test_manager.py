@@ -107,6 +107,12 @@ def test_source_emits_each_poll(tmp_path: Path) -> None:
     src.stop()
     assert [sorted(s) for s in seen] == [[1]]
 
+    never = FileSystemSource(Target(), poll_wait_seconds=-1)  # as TF Serving: negative disables polling
+    never.set_models({"m": (tmp_path, VersionPolicy())})
+    never.start()
+    never.stop()
+    assert len(seen) == 1
+
 
 # --- serving, hot swap, removal ---
 

@@ -15,7 +15,8 @@ The rules, as TF Serving's AspiredVersionsManager with the availability-preservi
 - Version labels come from the config. A label may point to a version that is not AVAILABLE only while the label
   is new (not yet assigned, e.g. at start-up); moving an existing label to a version that is not AVAILABLE is
   rejected, as TF Serving does with ``allow_version_labels_for_unavailable_models``.
-- Removing a model from the config unloads all of its versions (after in-flight requests finish).
+- Removing a model from the config unloads all of its versions (after in-flight requests finish). Changing a
+  model's base_path does not reload versions that are already AVAILABLE under the same number.
 
 Loads run on a small thread pool so one slow model does not hold up the others.
 """
@@ -123,7 +124,7 @@ class Manager:
         poll_wait_seconds: float = 1.0,
         max_num_load_retries: int = 5,
         load_retry_interval_seconds: float = 1.0,
-        num_load_threads: int = 2,
+        num_load_threads: int = 4,
         unload_timeout_seconds: float = 60.0,
         freeze_gc: bool = True,
     ) -> None:
@@ -169,6 +170,12 @@ class Manager:
                         self._begin_unload(model, rec)
             self._changed.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for model in self._models.values():
+                for rec in model.versions.values():
+                    if rec.state in (START, LOADING):  # queued loads that the shutdown cancelled
+                        rec.state = END
+            self._changed.notify_all()
         deadline = time.monotonic() + timeout
         with self._lock:
             pending = list(self._background)

@@ -88,7 +88,11 @@ class WatchedModel:
 
 
 class FileSystemSource:
-    """Polls every watched base path each ``poll_wait_seconds`` (<= 0: only when started or reconfigured)."""
+    """Polls every watched base path each ``poll_wait_seconds``.
+
+    As ``--file_system_poll_wait_seconds`` in TF Serving: 0 polls once (at start, and when a model is added or
+    changed), a negative value never polls (nothing is ever loaded).
+    """
 
     def __init__(self, target: AspiredVersionsTarget, poll_wait_seconds: float = 1.0) -> None:
         self.target = target
@@ -105,7 +109,7 @@ class FileSystemSource:
         with self._lock:
             changed = [n for n, m in new.items() if self._models.get(n) != m]
             self._models = new
-        if poll and changed:
+        if poll and changed and self.poll_wait_seconds >= 0:
             self.poll_once(changed)
 
     def poll_once(self, names: list[str] | None = None) -> None:
@@ -125,6 +129,10 @@ class FileSystemSource:
     def start(self) -> None:
         """Poll once now, then keep polling in a daemon thread (unless ``poll_wait_seconds`` <= 0)."""
         self._stop.clear()
+        if self.poll_wait_seconds < 0:
+            log.warning("file system polling is disabled (poll wait %s s): no model version will load",
+                        self.poll_wait_seconds)
+            return
         self.poll_once()
         if self.poll_wait_seconds > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tfsctl-fs-source", daemon=True)
