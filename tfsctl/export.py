@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,15 +260,15 @@ def _write_saved_model(model: Any, kind: str, export_dir: Path, sizes: list[tupl
 
     if kind == "deeplab":
         module = _DeepLabModule(model, max_pixels)
-        predict = module.predict_images.get_concrete_function()
+        predict = module.fns.predict_images.get_concrete_function()
         signatures = {PREDICT_SIGNATURE: predict, DEFAULT_SIGNATURE: predict,
-                      CLASSIFY_SIGNATURE: module.classify.get_concrete_function()}
+                      CLASSIFY_SIGNATURE: module.fns.classify.get_concrete_function()}
         tf.saved_model.save(module, str(export_dir), signatures=signatures)
         set_method_names(export_dir, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD})
         _write_warmup(export_dir, sizes, model_name)
     else:
         module = _generic_module(model)
-        signatures = {DEFAULT_SIGNATURE: module.serve.get_concrete_function()}
+        signatures = {DEFAULT_SIGNATURE: module.fns.serve.get_concrete_function()}
         tf.saved_model.save(module, str(export_dir), signatures=signatures)
     return sorted(signatures)
 
@@ -285,7 +286,12 @@ def _deeplab_module_class() -> type:
             # Track only the variables, not the Keras model: saving the Keras object graph triples export time
             # and nothing in serving needs it. The model itself stays reachable through a plain closure.
             self.model_variables = [_tf_variable(v) for v in model.weights]
-            self._call_model = lambda x: model(x, training=False)
+            # One traced graph of the model, called from every signature (three inline traces triple export time).
+            # The tf.functions live in a plain namespace, not as tracked attributes: tf.saved_model.save would
+            # otherwise re-trace every attribute function, doubling export time for nothing a server uses.
+            self.fns = types.SimpleNamespace(call_model=tf.function(
+                lambda x: model(x, training=False), input_signature=[
+                    tf.TensorSpec([None, None, None, 3], tf.float32)], autograph=False))
             self.num_classes = int(model.outputs[0].shape[-1])
             in_shape = tuple(model.inputs[0].shape)
             self.fixed_size = (in_shape[1], in_shape[2]) if in_shape[1] and in_shape[2] else None
@@ -293,44 +299,44 @@ def _deeplab_module_class() -> type:
             names = list(VOC_CLASSES) if self.num_classes == len(VOC_CLASSES) else \
                 [f"class_{i}" for i in range(self.num_classes)]
             self.class_names = tf.constant(names)
-            self.predict_images = tf.function(self._predict_images, input_signature=[
+            self.fns.predict_images = tf.function(self._predict_images, autograph=False, input_signature=[
                 tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
                 tf.TensorSpec([None], tf.int32, name="height"),
                 tf.TensorSpec([None], tf.int32, name="width"),
             ])
-            self.classify = tf.function(self._classify, input_signature=[
+            self.fns.classify = tf.function(self._classify, autograph=False, input_signature=[
                 tf.TensorSpec([None], tf.string, name="inputs")])
 
         def _logits(self, images: tf.Tensor) -> tf.Tensor:
             """float logits [N, h, w, C] at the size of ``images`` (uint8 [N, h, w, 3])."""
             x = tf.cast(images, tf.float32)
             if self.fixed_size is None:
-                return tf.cast(self._call_model(x), tf.float32)
+                return tf.cast(self.fns.call_model(x), tf.float32)
             size = tf.shape(x)[1:3]
             x = tf.image.resize(x, self.fixed_size, method="bilinear")
-            return tf.image.resize(tf.cast(self._call_model(x), tf.float32), size, method="bilinear")
+            return tf.image.resize(tf.cast(self.fns.call_model(x), tf.float32), size, method="bilinear")
 
         def _predict_images(self, images: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> dict[str, tf.Tensor]:
             shape = tf.shape(images)
             n, h, w = shape[0], shape[1], shape[2]
             checks = [
-                tf.debugging.assert_equal(tf.size(height), n, message="predict_images: input 'height' must hold "
-                                          "one value per image (length N of 'images')"),
-                tf.debugging.assert_equal(tf.size(width), n, message="predict_images: input 'width' must hold "
-                                          "one value per image (length N of 'images')"),
-                tf.debugging.assert_greater(tf.minimum(h, w), 0, message="predict_images: input 'images' is "
+                tf.debugging.assert_equal(tf.size(height), n, message="predict_images: input height must hold "
+                                          "one value per image (length N of input images)"),
+                tf.debugging.assert_equal(tf.size(width), n, message="predict_images: input width must hold "
+                                          "one value per image (length N of input images)"),
+                tf.debugging.assert_greater(tf.minimum(h, w), 0, message="predict_images: input images is "
                                             "empty (zero height or width)"),
             ]
             with tf.control_dependencies(checks):
                 checks = [
-                    tf.debugging.assert_greater_equal(height, 1, message="predict_images: input 'height' "
+                    tf.debugging.assert_greater_equal(height, 1, message="predict_images: input height "
                                                       "must be >= 1"),
-                    tf.debugging.assert_less_equal(height, h, message="predict_images: input 'height' must be "
-                                                   "<= the height of 'images'"),
-                    tf.debugging.assert_greater_equal(width, 1, message="predict_images: input 'width' must "
+                    tf.debugging.assert_less_equal(height, h, message="predict_images: input height must be "
+                                                   "<= the height of input images"),
+                    tf.debugging.assert_greater_equal(width, 1, message="predict_images: input width must "
                                                       "be >= 1"),
-                    tf.debugging.assert_less_equal(width, w, message="predict_images: input 'width' must be "
-                                                   "<= the width of 'images'"),
+                    tf.debugging.assert_less_equal(width, w, message="predict_images: input width must be "
+                                                   "<= the width of input images"),
                 ]
             with tf.control_dependencies(checks):
                 images = tf.identity(images)
@@ -361,13 +367,13 @@ def _deeplab_module_class() -> type:
             is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
             is_jpeg = tf.io.is_jpeg(data)
             check = tf.debugging.assert_equal(is_png | is_jpeg, True, message="classify: feature "
-                                              "'image/encoded' is neither a PNG nor a JPEG image")
+                                              "image/encoded is neither a PNG nor a JPEG image")
             with tf.control_dependencies([check]):
                 is_png = tf.identity(is_png)
 
             def png_dims() -> tf.Tensor:
                 long_enough = tf.debugging.assert_greater_equal(tf.strings.length(data), 24, message="classify: "
-                                                                "feature 'image/encoded' is a truncated PNG")
+                                                                "feature image/encoded is a truncated PNG")
                 with tf.control_dependencies([long_enough]):
                     b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
                 width = ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
@@ -387,9 +393,9 @@ def _deeplab_module_class() -> type:
                 pixels = dims[0] * dims[1]
                 checks = [
                     tf.debugging.assert_greater(pixels, tf.constant(0, tf.int64), message="classify: feature "
-                                                "'image/encoded' has an empty image"),
+                                                "image/encoded has an empty image"),
                     tf.debugging.assert_less_equal(pixels, tf.constant(self.max_pixels, tf.int64), message=(
-                        f"classify: feature 'image/encoded' is larger than the limit of {self.max_pixels} "
+                        f"classify: feature image/encoded is larger than the limit of {self.max_pixels} "
                         "pixels")),
                 ]
                 with tf.control_dependencies(checks):
@@ -437,7 +443,7 @@ def _generic_module(model: Any) -> Any:
         results = result if isinstance(result, list | tuple) else [result]
         return dict(zip(out_names, results, strict=True))
 
-    module.serve = tf.function(serve, input_signature=specs)
+    module.fns = types.SimpleNamespace(serve=tf.function(serve, input_signature=specs, autograph=False))
     return module
 
 
