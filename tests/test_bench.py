@@ -246,3 +246,54 @@ def test_run_level_accepts_plain_callables():
     assert r.requests > 0 and r.errors > 0 and r.error_kinds.keys() == {"ValueError"}
     assert r.p50_ms >= 2.0 and len(set(calls)) == 3
     assert r.requests + r.errors + r.warmup_requests + r.late_requests == len(calls)
+
+
+def test_against_tfsctl_serve(tmp_path):
+    """The whole client side against the real in-process ModelServer: bench (gRPC and REST), status and reload."""
+    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.testing import write_toy_model
+
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=3.0)
+    with socket.socket() as s:  # rest_api_port=0 means "no REST": pick a free port
+        s.bind(("127.0.0.1", 0))
+        rest_port = s.getsockname()[1]
+    server = ModelServer(ServerOptions(port=0, rest_api_port=rest_port, host="127.0.0.1", model_name="toy",
+                                       model_base_path=str(base)))
+    server.start()
+    try:
+        assert server.wait_until_ready(60)
+        grpc_target, rest_target = f"127.0.0.1:{server.grpc_port}", f"127.0.0.1:{server.rest_port}"
+        inputs = bench.synthetic_inputs(["x:2x4:float32"])
+        for protocol, target in (("grpc", grpc_target), ("rest", rest_target)):
+            (r,) = bench.run_sweep(target, [2], 0.1, 0.4, inputs=inputs, model="toy", protocol=protocol)
+            check_sane(r)
+
+        res = runner.invoke(app, ["status", "--server", grpc_target, "--model", "toy"])
+        assert res.exit_code == 0 and "AVAILABLE" in res.stdout, res.output
+
+        other = tmp_path / "other"
+        write_toy_model(other, 4, scale=1.0)
+        cfg = tmp_path / "models.config"
+        cfg.write_text(
+            "model_config_list {\n"
+            f'  config {{ name: "toy" base_path: "{base}" model_platform: "tensorflow" }}\n'
+            f'  config {{ name: "other" base_path: "{other}" model_platform: "tensorflow" }}\n'
+            "}\n"
+        )
+        res = runner.invoke(app, ["reload", "--server", grpc_target, "--model-config-file", str(cfg)])
+        assert res.exit_code == 0, res.output
+        from tfsctl.client.rpc import get_model_status
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                rows = get_model_status(grpc_target, "other")
+            except ClientError:
+                rows = []
+            if [(v.version, v.state) for v in rows] == [(4, "AVAILABLE")]:
+                break
+            time.sleep(0.1)
+        assert [(v.version, v.state) for v in rows] == [(4, "AVAILABLE")]
+    finally:
+        server.stop(1)
