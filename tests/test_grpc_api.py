@@ -321,6 +321,25 @@ def _huge_shape(dims, content: bytes = b""):
     return req
 
 
+def _multi(*tasks):
+    req = inference_pb2.MultiInferenceRequest()
+    for sig, method in tasks:
+        t = req.tasks.add(method_name=method)
+        t.model_spec.name = "toy"
+        t.model_spec.signature_name = sig
+    req.input.example_list.examples.extend(_examples(X[0]))
+    return req
+
+
+def _regress_on(sig: str):
+    req = regression_pb2.RegressionRequest()
+    req.model_spec.name = "toy"
+    req.model_spec.signature_name = sig
+    req.input.example_list.examples.extend(_examples(X[0]))
+    return req
+
+
+REGRESS = "tensorflow/serving/regress"
 ERROR_CASES = {
     "unknown model": ("Predict", lambda: _predict_request(name="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
     "unknown version": ("Predict", lambda: _predict_request(version=99), grpc.StatusCode.NOT_FOUND, ["toy", "99"]),
@@ -350,6 +369,16 @@ ERROR_CASES = {
         model_spec={"name": "toy", "signature_name": "classify"}), grpc.StatusCode.INVALID_ARGUMENT, ["empty"]),
     "metadata field": ("GetModelMetadata", lambda: _metadata("graph"), grpc.StatusCode.INVALID_ARGUMENT,
                        ["toy", "graph"]),
+    "regress on a classify signature": ("Regress", lambda: _regress_on("classify"),
+                                        grpc.StatusCode.FAILED_PRECONDITION, ["toy", "classify", "regress"]),
+    "metadata without fields": ("GetModelMetadata", lambda: get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec={"name": "toy"}), grpc.StatusCode.INVALID_ARGUMENT, ["toy", "signature_def"]),
+    "multi inference duplicate signature": ("MultiInference", lambda: _multi(
+        ("regress", REGRESS), ("regress", REGRESS)), grpc.StatusCode.INVALID_ARGUMENT, ["toy", "regress"]),
+    "multi inference unknown method": ("MultiInference", lambda: _multi(("regress", "tensorflow/serving/predict")),
+                                       grpc.StatusCode.UNIMPLEMENTED, ["toy", "tensorflow/serving/predict"]),
+    "multi inference no tasks": ("MultiInference", inference_pb2.MultiInferenceRequest,
+                                 grpc.StatusCode.INVALID_ARGUMENT, ["tasks"]),
     "multi inference two models": ("MultiInference", _multi_two_models, grpc.StatusCode.INVALID_ARGUMENT,
                                    ["same model"]),
     "huge shape via float_val": ("Predict", lambda: _huge_shape([100_000, 100_000, 4]),
