@@ -161,6 +161,7 @@ def inspect_base_path(base: Path, version_dirs: list[Path] | None = None) -> Bas
 def inspect_saved_model(export_dir: Path) -> SavedModelInfo:
     """Read one SavedModel's proto; InspectError when missing or unparsable."""
     from google.protobuf.message import DecodeError
+    from google.protobuf.text_format import ParseError
 
     from tfsctl.savedmodel import is_saved_model_dir, read_saved_model
 
@@ -168,7 +169,7 @@ def inspect_saved_model(export_dir: Path) -> SavedModelInfo:
         raise InspectError(f"{export_dir} is not a SavedModel (no saved_model.pb or saved_model.pbtxt)")
     try:
         proto = read_saved_model(export_dir)
-    except (OSError, ValueError, DecodeError) as exc:
+    except (OSError, ValueError, DecodeError, ParseError) as exc:
         raise InspectError(f"{export_dir}: cannot parse the SavedModel proto: {exc}") from None
     if not proto.meta_graphs:
         raise InspectError(f"{export_dir}: the SavedModel holds no meta graph")
