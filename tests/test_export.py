@@ -200,6 +200,7 @@ def test_versions_auto_increment_and_overwrite_needs_force(small_keras: Path, tm
     r8 = export_model(small_keras, base)
     assert [r.version for r in (r1, r2, r7, r8)] == [1, 2, 7, 8]
     assert _versions(base) == ["1", "2", "7", "8"]
+    assert (base / "1").stat().st_mode & 0o777 == 0o755  # readable by a server running as another user
     with pytest.raises(ExportError, match="version 2 already exists.*--force"):
         export_model(small_keras, base / "2")
     marker = base / "2" / "old-marker"

@@ -97,8 +97,12 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
     model, kind = _load_source(source)  # fail on a bad source before touching the output directory
 
     created_base = not base.exists()
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a server running as another user must read the version
+    except OSError as exc:
+        raise ExportError(f"cannot create a directory under {base}: {exc}") from None
     try:
         signatures = _write_saved_model(model, kind, tmp, sizes, max_image_pixels, model_name=base.name)
         replaced = _move_into_place(tmp, target, force)
