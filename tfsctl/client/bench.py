@@ -377,6 +377,7 @@ def run_level(
     records: list[list[tuple[float, float, str | None]]] = [[] for _ in range(concurrency)]
     budget = [max_requests if max_requests is not None else -1]
     budget_lock = threading.Lock()
+    stop = threading.Event()  # set when the caller is interrupted: workers leave after their current request
     start = time.perf_counter() + 0.01
     measure_start = start + warmup_s
     end = measure_start + windows * measure_s
@@ -394,7 +395,7 @@ def run_level(
         send, out = senders[i], records[i]
         while time.perf_counter() < start:
             time.sleep(start - time.perf_counter())
-        while time.perf_counter() < end and take():
+        while time.perf_counter() < end and not stop.is_set() and take():
             t0 = time.perf_counter()
             try:
                 send()
@@ -414,6 +415,7 @@ def run_level(
         for t in threads:
             t.join(max(0.0, deadline - time.perf_counter()))
     finally:
+        stop.set()
         for s in senders:
             close = getattr(s, "close", None)  # plain callables (in-process benchmarks) need no cleanup
             if close is not None:

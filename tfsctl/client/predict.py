@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -24,6 +25,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tfsctl.client.render import ClassShare, class_shares, render_overlay, save_png_atomic
 from tfsctl.client.rpc import open_channel, parse_target, rpc_error
 from tfsctl.errors import ClientError
+
+if TYPE_CHECKING:
+    from tensorflow_serving.apis.predict_pb2 import PredictRequest, PredictResponse
 
 # Decompression-bomb guard: images above this many pixels are refused before any pixel is decoded.
 # (A 1080p frame is 2.1 Mpx, 8K UHD 33 Mpx.) PIL's own, larger guard still applies as a second line.
@@ -94,7 +98,7 @@ def build_request(
     version: int | None = None,
     label: str | None = None,
     output_filter: tuple[str, ...] = (),
-):
+) -> PredictRequest:
     """PredictRequest for one ``[H, W, 3]`` uint8 image (``tensor_content``), with ``height``/``width`` ``[1]``."""
     from tensorflow_serving.apis import predict_pb2
 
@@ -119,13 +123,13 @@ def build_request(
 
 def send(
     target: str,
-    request,
+    request: PredictRequest,
     *,
     timeout: float = 30.0,
     use_async: bool = False,
     on_wait: Callable[[float], None] | None = None,
     poll_s: float = 0.1,
-):
+) -> tuple[PredictResponse, float]:
     """Send one Predict; returns ``(response, round_trip_seconds)``.
 
     With ``use_async`` the call goes through ``Predict.future``: ``on_wait(elapsed_s)`` runs every ``poll_s``
@@ -163,7 +167,7 @@ def send(
         return response, end - start
 
 
-def segmentation_from_response(response, output_key: str, size: tuple[int, int]) -> np.ndarray:
+def segmentation_from_response(response: PredictResponse, output_key: str, size: tuple[int, int]) -> np.ndarray:
     """The response's class map as int ``[H, W]`` at the image ``size`` (h, w).
 
     Accepts ``[1, H, W]``, ``[H, W]`` or ``[1, H, W, 1]`` integer maps, or float scores ``[1, H, W, C]`` (argmax).
