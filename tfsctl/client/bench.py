@@ -393,8 +393,7 @@ def run_level(
 
     def worker(i: int) -> None:
         send, out = senders[i], records[i]
-        while time.perf_counter() < start:
-            time.sleep(start - time.perf_counter())
+        time.sleep(max(0.0, start - time.perf_counter()))
         while time.perf_counter() < end and not stop.is_set() and take():
             t0 = time.perf_counter()
             try:
