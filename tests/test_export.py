@@ -105,7 +105,7 @@ def test_warmup_records_are_prediction_logs(deeplab_export: tuple) -> None:
 
     from tfsctl.serving.tensors import to_numpy
 
-    _, path, _ = deeplab_export
+    _, path, loaded = deeplab_export
     sizes = []
     for record in tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests")):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -116,6 +116,10 @@ def test_warmup_records_are_prediction_logs(deeplab_export: tuple) -> None:
         assert to_numpy(req.inputs["height"]).tolist() == [images.shape[1]]
         assert to_numpy(req.inputs["width"]).tolist() == [images.shape[2]]
         sizes.append(images.shape[1:3])
+        # the recorded request runs as it is against the exported signature (as a server's warmup would)
+        inputs = {k: tf.constant(to_numpy(v)) for k, v in req.inputs.items()}
+        out = loaded.signatures["predict_images"](**inputs)
+        assert out["segmentation_map"].shape == images.shape[:3]
     assert sizes == [(64, 64), (30, 40)]
 
 
@@ -230,6 +234,18 @@ def test_deeplab_keras_file_gets_image_signatures(tmp_path: Path) -> None:
     result = export_model(path, tmp_path / "m", warmup_sizes=[])
     assert result.signatures == ["classify", "predict_images", "serving_default"]
     assert not (result.path / "assets.extra").exists()
+
+
+def test_fixed_size_keras_segmenter_is_resized_to_any_input(tmp_path: Path) -> None:
+    inp = keras.Input(shape=(32, 32, 3), name="pixels")
+    model = keras.Model(inp, keras.layers.Conv2D(21, 1, name="logits")(inp))
+    model.save(tmp_path / "fixed.keras")
+    result = export_model(tmp_path / "fixed.keras", tmp_path / "m", warmup_sizes=[(20, 24)])
+    assert result.signatures == ["classify", "predict_images", "serving_default"]
+    loaded = tf.saved_model.load(str(result.path))
+    out = loaded.signatures["predict_images"](images=tf.zeros([1, 40, 50, 3], tf.uint8), height=tf.constant([40]),
+                                              width=tf.constant([50]))
+    assert out["segmentation_map"].shape == (1, 40, 50) and out["probabilities"].shape == (1, 40, 50, 21)
 
 
 def test_failure_midway_leaves_only_complete_versions(small_keras: Path, tmp_path: Path,
