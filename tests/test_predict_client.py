@@ -356,6 +356,8 @@ def test_server_errors_show_code_and_message(server, png):
     assert "--alpha" in msg
     msg = _cli_error(["predict", str(png), "--server", "host:99999"])
     assert "port 99999" in msg
+    msg = _cli_error(["predict", str(png), "--server", target, "--output", str(png.parent / "no" / "m.png")])
+    assert "does not exist" in msg
 
 
 def test_parse_target():

@@ -258,6 +258,8 @@ def predict_image(
     if timeout <= 0:
         raise ClientError(f"--timeout must be positive, got {timeout:g}")
     target = parse_target(server)
+    if output is not None and not Path(output).absolute().parent.is_dir():
+        raise ClientError(f"cannot write {output}: directory {Path(output).parent} does not exist")
     image = load_image(image_path, max_pixels)
     t_decoded = time.perf_counter()
     request = build_request(
