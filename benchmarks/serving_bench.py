@@ -1,0 +1,240 @@
+"""Serving benchmark: in-process vs ``tfsctl serve`` (with and without batching), in one run on this machine.
+
+Measures, and prints as tables plus the ratios the README quotes:
+  (a) the sample DeepLab model called in process (the SavedModel signature itself) at batch sizes 1..32, and the
+      best images/s among them;
+  (b) the same model through ``tfsctl serve`` over gRPC, without and with server-side batching, at concurrency
+      1, 4, 16, 32 (closed loop, the ``tfsctl bench`` load generator);
+  (c) the added p50 latency at concurrency 1 for a 4-float toy model: server (gRPC and REST) minus in-process call.
+Goals (issue 4): batched throughput at concurrency 16 >= 0.85 x in-process batched throughput; added p50 <= 1.5 ms.
+
+The server runs as a separate process (as users run it), so the load generator does not share its interpreter.
+Everything targets 127.0.0.1 only and every phase is bounded in time.
+
+    python benchmarks/serving_bench.py [--measure-seconds 5] [--image samples/images/shapes_256.png] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = (1, 4, 16, 32)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+BATCHING_CONFIG = """
+max_batch_size { value: 16 }
+batch_timeout_micros { value: 20000 }
+num_batch_threads { value: 1 }
+max_enqueued_batches { value: 100 }
+"""
+
+
+def free_port() -> int:
+    """An OS-chosen free port on 127.0.0.1 (closed again; the server binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``tfsctl serve`` in a child process on 127.0.0.1, ready when /v1/health/ready answers 200."""
+
+    def __init__(self, base_path: Path, model: str, extra: list[str], log: Path) -> None:
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        cmd = [
+            sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1",
+            "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
+            "--model-name", model, "--model-base-path", str(base_path), *extra,
+        ]
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.rest_port}/v1/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready after {timeout:.0f} s; see {self.log.name}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log.close()
+
+
+def time_calls(fn, seconds: float, min_calls: int = 5) -> list[float]:
+    """Call ``fn`` repeatedly for about ``seconds``; per-call wall times in seconds."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def in_process_deeplab(export_dir: Path, image: np.ndarray, seconds: float) -> list[dict]:
+    """Images/s of the predict_images signature called directly, per batch size."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(export_dir)).signatures["predict_images"]
+    h, w = image.shape[:2]
+    rows = []
+    for n in BATCH_SIZES:
+        feed = {
+            "images": tf.constant(np.repeat(image[None], n, axis=0)),
+            "height": tf.constant(np.full([n], h, np.int32)),
+            "width": tf.constant(np.full([n], w, np.int32)),
+        }
+        fn(**feed)  # trace / warm
+        times = time_calls(lambda feed=feed: fn(**feed), seconds)
+        rows.append({"batch": n, "images_per_s": n * len(times) / sum(times), "p50_ms": 1e3 * statistics.median(times)})
+        print(f"  in-process batch {n:>2}: {rows[-1]['images_per_s']:7.1f} img/s  p50 {rows[-1]['p50_ms']:7.1f} ms")
+    return rows
+
+
+def in_process_toy(export_dir: Path, seconds: float) -> float:
+    """p50 (ms) of the toy model's serving_default called directly with one [1, 4] row."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    fn(x=tf.constant(x))
+    # Convert from numpy each call, as the server must: that is part of calling the model in process.
+    return 1e3 * statistics.median(time_calls(lambda: fn(x=tf.constant(x)), seconds, min_calls=200))
+
+
+def sweep(server: ServerProcess, model: str, inputs: dict, levels, warmup_s: float, measure_s: float,
+          protocol: str = "grpc", signature: str = "") -> list:
+    from tfsctl.client.bench import run_sweep
+
+    port = server.grpc_port if protocol == "grpc" else server.rest_port
+    results = run_sweep(
+        f"127.0.0.1:{port}", list(levels), warmup_s, measure_s, inputs=inputs, model=model,
+        protocol=protocol, signature=signature, timeout=60.0,
+    )
+    for r in results:
+        print(f"  {protocol} c={r.concurrency:>2}: {r.throughput:7.1f} req/s  p50 {r.p50_ms:7.2f} ms  "
+              f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image", default=str(ROOT / "samples/images/shapes_256.png"))
+    ap.add_argument("--checkpoint", default=str(ROOT / "samples/deeplab/checkpoint"))
+    ap.add_argument("--warmup-seconds", type=float, default=2.0)
+    ap.add_argument("--measure-seconds", type=float, default=5.0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+
+    from tfsctl.client.bench import LevelResult, write_plot
+    from tfsctl.export import export_model
+    from tfsctl.testing import write_toy_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(Image.open(args.image).convert("RGB"))
+    h, w = image.shape[:2]
+    deeplab_inputs = {"images": image[None], "height": np.array([h], np.int32), "width": np.array([w], np.int32)}
+    report: dict = {"image": Path(args.image).name, "image_size": [h, w], "cpus": os.cpu_count()}
+
+    with tempfile.TemporaryDirectory(prefix="tfsctl-bench-") as tmp:
+        tmp_path = Path(tmp)
+        print(f"exporting {args.checkpoint} (warmup {h}x{w}) ...")
+        deeplab_base = tmp_path / "deeplab"
+        exported = export_model(args.checkpoint, deeplab_base, warmup_sizes=[(h, w)])
+        toy_base = tmp_path / "toy"
+        toy_dir = write_toy_model(toy_base, 1)
+        batching_file = tmp_path / "batching.config"
+        batching_file.write_text(BATCHING_CONFIG)
+
+        print("(a) DeepLab in process")
+        report["in_process"] = in_process_deeplab(exported.path, image, args.measure_seconds)
+        best = max(report["in_process"], key=lambda r: r["images_per_s"])
+        report["in_process_best"] = best
+
+        runs: dict[str, list[LevelResult]] = {}
+        for name, extra in (("no_batching", []), ("batching", ["--enable-batching", "--batching-parameters-file",
+                                                               str(batching_file)])):
+            print(f"(b) DeepLab through tfsctl serve, {name.replace('_', ' ')}")
+            server = ServerProcess(deeplab_base, "deeplab", extra, out / f"server_{name}.log")
+            try:
+                server.wait_ready()
+                runs[name] = sweep(server, "deeplab", deeplab_inputs, LEVELS, args.warmup_seconds,
+                                   args.measure_seconds, signature="predict_images")
+            finally:
+                code = server.stop()
+            print(f"  server exit code {code}")
+            report[name] = [r.to_dict() for r in runs[name]]
+
+        print("(c) toy 4-float model: added latency at concurrency 1")
+        toy_p50 = in_process_toy(toy_dir, args.measure_seconds)
+        server = ServerProcess(toy_base, "toy", [], out / "server_toy.log")
+        try:
+            server.wait_ready()
+            x = {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}
+            toy_grpc = sweep(server, "toy", x, [1], args.warmup_seconds, args.measure_seconds)[0]
+            toy_rest = sweep(server, "toy", x, [1], args.warmup_seconds, args.measure_seconds, protocol="rest")[0]
+        finally:
+            server.stop()
+
+    c16 = {name: next(r for r in runs[name] if r.concurrency == 16) for name in runs}
+    report["toy"] = {"in_process_p50_ms": toy_p50, "grpc_p50_ms": toy_grpc.p50_ms, "rest_p50_ms": toy_rest.p50_ms,
+                     "grpc_added_p50_ms": toy_grpc.p50_ms - toy_p50, "rest_added_p50_ms": toy_rest.p50_ms - toy_p50}
+    report["ratios"] = {
+        "batching_c16_over_in_process_best": c16["batching"].throughput / best["images_per_s"],
+        "no_batching_c16_over_in_process_best": c16["no_batching"].throughput / best["images_per_s"],
+        "batching_over_no_batching_c16": c16["batching"].throughput / c16["no_batching"].throughput,
+    }
+    (out / "serving_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_plot(out / "deeplab_batching.png", runs["batching"], title="DeepLab via tfsctl serve, batching")
+    write_plot(out / "deeplab_no_batching.png", runs["no_batching"], title="DeepLab via tfsctl serve, no batching")
+
+    r = report["ratios"]
+    t = report["toy"]
+    print("\n=== summary ===")
+    print(f"in process, best batch {best['batch']}: {best['images_per_s']:.1f} img/s")
+    for name in ("no_batching", "batching"):
+        print(f"serve {name.replace('_', ' '):>11} c=16: {c16[name].throughput:.1f} req/s")
+    print(f"batching c=16 / in-process best: {r['batching_c16_over_in_process_best']:.2f}  (goal >= 0.85)")
+    print(f"no batching c=16 / in-process best: {r['no_batching_c16_over_in_process_best']:.2f}")
+    print(f"toy model p50: in process {t['in_process_p50_ms']:.3f} ms, gRPC {t['grpc_p50_ms']:.3f} ms "
+          f"(+{t['grpc_added_p50_ms']:.3f} ms, goal <= 1.5), REST {t['rest_p50_ms']:.3f} ms "
+          f"(+{t['rest_added_p50_ms']:.3f} ms)")
+    print(f"wrote {out / 'serving_bench.json'} and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
