@@ -203,7 +203,9 @@ def test_cli_bench_bad_options(grpc_server):
         (["--input-shape", "x:1x4:float32", "--concurrency", "0"], "positive"),
         (["--input-shape", "x:1xq:float32"], "bad --input-shape"),
         (["--input-shape", "x:1x4:complex7"], "unknown dtype"),
-        ([], "--input-image or --input-shape"),
+        (["--input-shape", "x:1x4", "--input-image", "a.png"], "not both"),
+        ([], "UNIMPLEMENTED"),  # no inputs given: shaped after GetModelMetadata, which this in-test server lacks
+        (["--batch-size", "0"], "--batch-size"),
         (["--input-shape", "x:1x4", "--protocol", "http"], "grpc or rest"),
     ]:
         res = runner.invoke(app, ["bench", "--server", target, "--model", "toy", *args])
@@ -264,10 +266,13 @@ def test_against_tfsctl_serve(tmp_path):
     try:
         assert server.wait_until_ready(60)
         grpc_target, rest_target = f"127.0.0.1:{server.grpc_port}", f"127.0.0.1:{server.rest_port}"
-        inputs = bench.synthetic_inputs(["x:2x4:float32"])
         for protocol, target in (("grpc", grpc_target), ("rest", rest_target)):
+            inputs = bench.inputs_from_metadata(target, "toy", protocol=protocol, batch=3)
+            assert {k: (v.shape, v.dtype) for k, v in inputs.items()} == {"x": ((3, 4), np.float32)}
             (r,) = bench.run_sweep(target, [2], 0.1, 0.4, inputs=inputs, model="toy", protocol=protocol)
             check_sane(r)
+            with pytest.raises(ClientError, match="no signature 'nosig'"):
+                bench.inputs_from_metadata(target, "toy", protocol=protocol, signature="nosig")
 
         res = runner.invoke(app, ["status", "--server", grpc_target, "--model", "toy"])
         assert res.exit_code == 0 and "AVAILABLE" in res.stdout, res.output

@@ -380,7 +380,11 @@ def bench(
     label: str | None = typer.Option(None, "--label", help="Version label."),
     input_image: Path | None = typer.Option(None, "--input-image", help="Image sent as images/height/width."),
     input_shape: list[str] | None = typer.Option(
-        None, "--input-shape", help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable)."
+        None, "--input-shape", help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable). Without "
+        "--input-image or --input-shape, inputs are shaped after the signature's metadata."
+    ),
+    batch_size: int = typer.Option(
+        1, "--batch-size", help="Size of unknown first dims when inputs come from the model's metadata."
     ),
     concurrency: str = typer.Option("1,4,16,32", "--concurrency", "-c", help="Levels: 1,4,16,32 or 1:32."),
     warmup_seconds: float = typer.Option(2.0, "--warmup-seconds", help="Warm-up per level (not measured)."),
@@ -404,12 +408,20 @@ def bench(
     try:
         if protocol not in ("grpc", "rest"):
             raise ClientError(f"--protocol must be grpc or rest, got {protocol!r}")
-        if (input_image is None) == (not input_shape):
-            raise ClientError("give either --input-image or --input-shape (one or more)")
+        if input_image is not None and input_shape:
+            raise ClientError("give either --input-image or --input-shape, not both")
         if version is not None and label is not None:
             raise ClientError("give either --version or --label, not both")
         target = parse_target(server or "localhost", 8500 if protocol == "grpc" else 8501)
-        inputs = b.image_inputs(input_image) if input_image is not None else b.synthetic_inputs(input_shape or [])
+        if input_image is not None:
+            inputs = b.image_inputs(input_image)
+        elif input_shape:
+            inputs = b.synthetic_inputs(input_shape)
+        else:  # like perf_analyzer: random data shaped after the signature's metadata
+            inputs = b.inputs_from_metadata(
+                target, model, protocol=protocol, signature=signature, version=version, label=label,
+                batch=batch_size, timeout=timeout,
+            )
         levels = b.parse_levels(concurrency)
         span = len(levels) * (warmup_seconds + windows * measure_seconds)
         console.print(

@@ -154,6 +154,112 @@ def image_inputs(path: str | Path) -> dict[str, np.ndarray]:
     return {"images": img[None], "height": np.array([h], np.int32), "width": np.array([w], np.int32)}
 
 
+def _inputs_from_specs(specs: dict[str, tuple[str, list[int] | None]], batch: int, seed: int = 0) -> dict:
+    """Synthetic inputs from ``{name: (DT_* dtype name, dims or None)}``: unknown dims become ``batch`` (first) or 1."""
+    wanted = []
+    for name, (dtype, dims) in sorted(specs.items()):
+        np_name = {"DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_HALF": "float16", "DT_STRING": "string"}.get(
+            dtype, dtype.removeprefix("DT_").lower()
+        )
+        if np_name not in _DTYPES:
+            raise ClientError(f"input '{name}' has dtype {dtype}, which bench cannot synthesise; use --input-shape")
+        shape = [batch] if dims is None else [(batch if i == 0 else 1) if d < 0 else d for i, d in enumerate(dims)]
+        if not shape:  # a scalar input: TF Serving accepts a 0-d tensor, but our spec grammar needs a dim
+            raise ClientError(f"input '{name}' is a scalar; give it with --input-shape")
+        wanted.append(f"{name}:{'x'.join(str(d) for d in shape)}:{np_name}")
+    return synthetic_inputs(wanted, seed)
+
+
+def inputs_from_metadata(
+    target: str,
+    model: str,
+    *,
+    protocol: str = "grpc",
+    signature: str = "",
+    version: int | None = None,
+    label: str | None = None,
+    batch: int = 1,
+    timeout: float = 10.0,
+) -> dict[str, np.ndarray]:
+    """Random inputs shaped after the signature's metadata (as perf_analyzer does when given no data).
+
+    Unknown dimensions become ``batch`` for the first dimension and 1 elsewhere.
+    """
+    if batch < 1:
+        raise ClientError(f"--batch-size must be >= 1, got {batch}")
+    sig = signature or "serving_default"
+    if protocol == "grpc":
+        from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+
+        from tfsctl.client.rpc import open_channel, rpc_error
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        elif label is not None:
+            request.model_spec.version_label = label
+        with open_channel(target) as channel:
+            try:
+                reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+                    request, timeout=timeout
+                )
+            except grpc.RpcError as e:
+                raise rpc_error(e, target, f"GetModelMetadata for model '{model}'", timeout) from None
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        reply.metadata["signature_def"].Unpack(sig_map)
+        from tensorflow.core.framework import types_pb2
+
+        sigs = {
+            key: {
+                name: (
+                    types_pb2.DataType.Name(info.dtype),
+                    None if info.tensor_shape.unknown_rank else [int(d.size) for d in info.tensor_shape.dim],
+                )
+                for name, info in sig_def.inputs.items()
+            }
+            for key, sig_def in sig_map.signature_def.items()
+        }
+    elif protocol == "rest":
+        host, _, port = target.rpartition(":")
+        path = rest_path(model, version, label).removesuffix(":predict") + "/metadata"
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError as e:
+            raise ClientError(f"cannot reach server at {target}: {e}") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            text = data[:300].decode("utf-8", "replace")
+            raise ClientError(f"GET {path} on {target} answered HTTP {resp.status}: {text}")
+        try:
+            sigs = {
+                key: {
+                    name: (
+                        info.get("dtype", "DT_FLOAT"),
+                        None
+                        if info.get("tensor_shape", {}).get("unknown_rank")
+                        else [int(d.get("size", -1)) for d in info.get("tensor_shape", {}).get("dim", [])],
+                    )
+                    for name, info in sig_def.get("inputs", {}).items()
+                }
+                for key, sig_def in json.loads(data)["metadata"]["signature_def"]["signature_def"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ClientError(f"GET {path} on {target}: not a model metadata answer") from None
+    else:
+        raise ClientError(f"--protocol must be 'grpc' or 'rest', got {protocol!r}")
+    if sig not in sigs:
+        raise ClientError(f"model '{model}' has no signature '{sig}' (has: {', '.join(sorted(sigs))})")
+    specs = sigs[sig]
+    if not specs:
+        raise ClientError(f"signature '{sig}' of model '{model}' has no inputs")
+    return _inputs_from_specs(specs, batch)
+
+
 # --- senders: one call = one request; raise on failure ---
 
 
