@@ -484,9 +484,8 @@ def run_level(
     budget = [max_requests if max_requests is not None else -1]
     budget_lock = threading.Lock()
     stop = threading.Event()  # set when the caller is interrupted: workers leave after their current request
-    start = time.perf_counter() + 0.01
-    measure_start = start + warmup_s
-    end = measure_start + windows * measure_s
+    go = threading.Event()  # all workers start together, once every thread is running
+    clock: dict[str, float] = {}
 
     def take() -> bool:
         if budget[0] < 0:
@@ -499,7 +498,8 @@ def run_level(
 
     def worker(i: int) -> None:
         send, out = senders[i], records[i]
-        time.sleep(max(0.0, start - time.perf_counter()))
+        go.wait()
+        end = clock["end"]
         while time.perf_counter() < end and not stop.is_set() and take():
             t0 = time.perf_counter()
             try:
@@ -516,11 +516,16 @@ def run_level(
     try:
         for t in threads:
             t.start()
-        deadline = end + join_grace_s
+        clock["measure_start"] = time.perf_counter() + warmup_s
+        clock["end"] = clock["measure_start"] + windows * measure_s
+        go.set()
+        deadline = clock["end"] + join_grace_s
         for t in threads:
             t.join(max(0.0, deadline - time.perf_counter()))
     finally:
         stop.set()
+        clock.setdefault("end", 0.0)  # a failed start must not leave workers waiting forever
+        go.set()
         for s in senders:
             close = getattr(s, "close", None)  # plain callables (in-process benchmarks) need no cleanup
             if close is not None:
@@ -528,7 +533,7 @@ def run_level(
                     close()
                 except Exception:  # noqa: BLE001
                     pass
-    return summarise(concurrency, [r for rs in records for r in rs], measure_start, measure_s, windows)
+    return summarise(concurrency, [r for rs in records for r in rs], clock["measure_start"], measure_s, windows)
 
 
 def summarise(
