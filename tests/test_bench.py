@@ -35,6 +35,7 @@ class Doubler(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self) -> None:
         self.count = 0
         self.last_x: np.ndarray | None = None
+        self.last_filter: list[str] = []
         self.lock = threading.Lock()
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
@@ -54,9 +55,13 @@ class Doubler(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs["total"].CopyFrom(from_numpy(np.array([int(x.sum())], np.int64)))
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing input 'x'")
+        for name in request.output_filter:
+            if name not in response.outputs:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter: no output '{name}'")
         with self.lock:
             self.count += 1
             self.last_x = x
+            self.last_filter = list(request.output_filter)
         return response
 
 
@@ -125,7 +130,7 @@ def test_grpc_sweep_measures_real_requests(grpc_server):
     inputs = bench.synthetic_inputs(["x:2x4:float32"])
     before = servicer.count
     t0 = time.monotonic()
-    results = bench.run_sweep(target, [1, 3], 0.2, 0.4, inputs=inputs, model="toy", windows=2)
+    results = bench.run_sweep(target, [1, 3], 0.2, 0.4, inputs=inputs, model="toy", windows=2, output_filter=["y"])
     elapsed = time.monotonic() - t0
     assert [r.concurrency for r in results] == [1, 3]
     for r in results:
@@ -134,6 +139,7 @@ def test_grpc_sweep_measures_real_requests(grpc_server):
     served = servicer.count - before
     assert served >= sum(r.requests + r.warmup_requests for r in results)
     np.testing.assert_array_equal(servicer.last_x, inputs["x"])
+    assert servicer.last_filter == ["y"]
     assert elapsed < 2 * 1.2 + 5  # stops by itself
 
 
@@ -152,6 +158,8 @@ def test_errors_are_counted_not_fatal(grpc_server, rest_server):
     inputs = bench.synthetic_inputs(["x:1x4:float32"])
     (r,) = bench.run_sweep(target, [2], 0.0, 0.3, inputs=inputs, model="nosuch")
     assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"NOT_FOUND"}
+    (r,) = bench.run_sweep(target, [1], 0.0, 0.2, inputs=inputs, model="toy", output_filter=["nosuch"])
+    assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"INVALID_ARGUMENT"}
     (r,) = bench.run_sweep(rest_server, [1], 0.0, 0.3, inputs=inputs, model="nosuch", protocol="rest")
     assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"HTTP 404"}
     with socket.socket() as s:
@@ -182,11 +190,13 @@ def test_cli_bench_writes_json_csv_plot(grpc_server, tmp_path):
     res = runner.invoke(app, [
         "bench", "--server", target, "--model", "toy", "--input-image", str(img), "--concurrency", "1,2",
         "--warmup-seconds", "0.1", "--measure-seconds", "0.3", "--json", str(js), "--csv", str(cs), "--plot", str(png),
+        "--output-filter", "total",
     ])
     assert res.exit_code == 0, res.output
     assert "req/s" in res.stdout and "p99" in res.stdout
     doc = json.loads(js.read_text())
     assert doc["meta"]["inputs"]["images"] == {"shape": [1, 16, 24, 3], "dtype": "uint8"}
+    assert doc["meta"]["output_filter"] == ["total"]
     assert [lv["concurrency"] for lv in doc["levels"]] == [1, 2]
     for lv in doc["levels"]:
         assert lv["requests"] > 0 and lv["errors"] == 0 and lv["p50_ms"] <= lv["p99_ms"]
@@ -269,7 +279,8 @@ def test_against_tfsctl_serve(tmp_path):
         for protocol, target in (("grpc", grpc_target), ("rest", rest_target)):
             inputs = bench.inputs_from_metadata(target, "toy", protocol=protocol, batch=3)
             assert {k: (v.shape, v.dtype) for k, v in inputs.items()} == {"x": ((3, 4), np.float32)}
-            (r,) = bench.run_sweep(target, [2], 0.1, 0.4, inputs=inputs, model="toy", protocol=protocol)
+            (r,) = bench.run_sweep(target, [2], 0.1, 0.4, inputs=inputs, model="toy", protocol=protocol,
+                                   output_filter=["y"])
             check_sane(r)
             with pytest.raises(ClientError, match="no signature 'nosig'"):
                 bench.inputs_from_metadata(target, "toy", protocol=protocol, signature="nosig")

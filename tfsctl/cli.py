@@ -394,6 +394,9 @@ def bench(
     timeout: float = typer.Option(10.0, "--timeout", help="Per-request deadline in seconds."),
     grpc_channels: str = typer.Option("shared", "--grpc-channels", help="shared or per-thread."),
     rest_format: str = typer.Option("inputs", "--rest-format", help="REST body: inputs (columnar) or instances."),
+    output_filter: list[str] | None = typer.Option(
+        None, "--output-filter", help="gRPC only: request just this output (repeatable)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON."),
     csv_out: Path | None = typer.Option(None, "--csv", help="Write results as CSV."),
     plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG plot (throughput, latency)."),
@@ -438,13 +441,15 @@ def bench(
         results = b.run_sweep(
             target, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
             signature=signature, version=version, label=label, windows=windows, timeout=timeout,
-            grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests, on_level=show,
+            grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests,
+            output_filter=output_filter or (), on_level=show,
         )
         meta = {
             "target": target, "protocol": protocol, "model": model, "signature": signature, "version": version,
             "label": label, "warmup_s": warmup_seconds, "measure_s": measure_seconds, "windows": windows,
             "grpc_channels": grpc_channels if protocol == "grpc" else None,
             "rest_format": rest_format if protocol == "rest" else None,
+            "output_filter": list(output_filter or ()),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
         }
         written = []

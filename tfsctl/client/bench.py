@@ -309,10 +309,12 @@ def grpc_sender_factory(
     label: str | None = None,
     timeout: float = 10.0,
     channels: str = "shared",
+    output_filter: Sequence[str] = (),
 ) -> tuple[SenderFactory, Callable[[], None]]:
     """Factory of gRPC Predict senders plus a cleanup; ``channels`` is ``shared`` (one channel) or ``per-thread``.
 
     ``per-thread`` gives each worker its own channel *and* TCP connection (local subchannel pool).
+    ``output_filter`` asks for only those outputs (e.g. skip DeepLab's large ``probabilities``).
     """
     from tensorflow_serving.apis import predict_pb2
 
@@ -329,6 +331,7 @@ def grpc_sender_factory(
         request.model_spec.version_label = label
     for name, arr in inputs.items():
         request.inputs[name].CopyFrom(from_numpy(arr))
+    request.output_filter.extend(output_filter)
     payload = request.SerializeToString()
     shared = grpc.insecure_channel(target, options=CHANNEL_OPTIONS) if channels == "shared" else None
 
@@ -634,13 +637,17 @@ def run_sweep(
     grpc_channels: str = "shared",
     rest_format: str = "inputs",
     max_requests: int | None = None,
+    output_filter: Sequence[str] = (),
     on_level: Callable[[LevelResult], None] | None = None,
 ) -> list[LevelResult]:
-    """Measure each concurrency level in turn against a TF Serving API server (``protocol`` grpc or rest)."""
+    """Measure each concurrency level in turn against a TF Serving API server (``protocol`` grpc or rest).
+
+    ``output_filter`` applies to gRPC only: TF Serving's REST API has no way to ask for a subset of outputs.
+    """
     if protocol == "grpc":
         make, cleanup = grpc_sender_factory(
             parse_target(target, 8500), model, inputs, signature=signature, version=version, label=label,
-            timeout=timeout, channels=grpc_channels,
+            timeout=timeout, channels=grpc_channels, output_filter=output_filter,
         )
     elif protocol == "rest":
         make, cleanup = rest_sender_factory(
