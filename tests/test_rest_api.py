@@ -17,6 +17,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus  # noqa: E402
+
 from tfsctl.serving.rest_api import RestServer  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.testing import write_toy_model  # noqa: E402
@@ -105,6 +107,9 @@ def server(tmp_path_factory):
                                file_system_poll_wait_seconds=0.5))
     try:
         assert srv.wait_until_ready(120), "models did not become AVAILABLE"
+        # Ready means one AVAILABLE version per model; the status tests need both toy versions loaded.
+        available = {ModelVersionStatus.AVAILABLE}
+        assert all(srv.manager.wait_for_state("toy", v, available, 60) for v in (1, 2)), "toy v1/v2 not AVAILABLE"
         yield srv
     finally:
         srv.stop(5)
