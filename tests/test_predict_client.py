@@ -211,8 +211,13 @@ def test_predict_end_to_end_writes_overlay_with_legend(server, png, tmp_path):
 
     rendered = np.asarray(Image.open(out).convert("RGB"))
     assert rendered.shape[0] >= h and rendered.shape[1] > w  # image plus legend panel on the right
-    # alpha=1: the image area is exactly the palette colour of the class the server returned for each pixel.
-    assert np.array_equal(rendered[:h, :w], PALETTE[server_seg])
+    # alpha=1: labelled pixels are exactly the palette colour of the class the server returned; background pixels
+    # keep the image as it was.
+    labelled = server_seg != 0
+    assert labelled.any() and (~labelled).any()
+    assert np.array_equal(rendered[:h, :w][labelled], PALETTE[server_seg][labelled])
+    original = np.asarray(Image.open(png).convert("RGB"))
+    assert np.array_equal(rendered[:h, :w][~labelled], original[~labelled])
     # Legend rows, in share order, carry each class's palette colour.
     for row, s in enumerate(result.shares):
         left, top, right, bottom = legend_swatch_box(row, w)

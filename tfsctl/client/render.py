@@ -66,12 +66,17 @@ def colorize(seg_map: np.ndarray) -> np.ndarray:
 
 
 def blend(image: np.ndarray, seg_map: np.ndarray, alpha: float) -> np.ndarray:
-    """``image * (1 - alpha) + palette[seg_map] * alpha``, rounded to uint8."""
+    """``image * (1 - alpha) + palette[seg_map] * alpha`` on labelled pixels, rounded to uint8.
+
+    Background (class 0, black in the palette) is left as it is, so the overlay tints objects without darkening
+    the whole picture.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"--alpha must be between 0 and 1, got {alpha:g}")
     if image.shape[:2] != seg_map.shape:
         raise ClientError(f"segmentation map {list(seg_map.shape)} does not match image {list(image.shape[:2])}")
-    mixed = image.astype(np.float32) * (1.0 - alpha) + colorize(seg_map).astype(np.float32) * alpha
+    weight = np.where(np.asarray(seg_map)[..., None] == 0, 0.0, alpha).astype(np.float32)
+    mixed = image.astype(np.float32) * (1.0 - weight) + colorize(seg_map).astype(np.float32) * weight
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
