@@ -3,8 +3,8 @@
 Measures, and prints as tables plus the ratios the README quotes:
   (a) the sample DeepLab model called in process (the SavedModel signature itself) at batch sizes 1..32, and the
       best images/s among them;
-  (b) the same model through ``tfsctl serve`` over gRPC, without and with server-side batching, at concurrency
-      1, 4, 16, 32 (closed loop, the ``tfsctl bench`` load generator);
+  (b) the same model through ``tfsctl serve`` over gRPC (asking only for ``segmentation_map``, as ``tfsctl
+      predict`` does), without and with server-side batching, at concurrency 1, 4, 16, 32 (closed loop, the ``tfsctl bench`` load generator);
   (c) the added p50 latency at concurrency 1 for a 4-float toy model: server (gRPC and REST) minus in-process call.
 Goals (issue 4): batched throughput at concurrency 16 >= 0.85 x in-process batched throughput; added p50 <= 1.5 ms.
 
@@ -133,13 +133,13 @@ def in_process_toy(export_dir: Path, seconds: float) -> float:
 
 
 def sweep(server: ServerProcess, model: str, inputs: dict, levels, warmup_s: float, measure_s: float,
-          protocol: str = "grpc", signature: str = "") -> list:
+          protocol: str = "grpc", signature: str = "", output_filter: tuple[str, ...] = ()) -> list:
     from tfsctl.client.bench import run_sweep
 
     port = server.grpc_port if protocol == "grpc" else server.rest_port
     results = run_sweep(
         f"127.0.0.1:{port}", list(levels), warmup_s, measure_s, inputs=inputs, model=model,
-        protocol=protocol, signature=signature, timeout=60.0,
+        protocol=protocol, signature=signature, timeout=60.0, output_filter=output_filter,
     )
     for r in results:
         print(f"  {protocol} c={r.concurrency:>2}: {r.throughput:7.1f} req/s  p50 {r.p50_ms:7.2f} ms  "
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server.wait_ready()
                 runs[name] = sweep(server, "deeplab", deeplab_inputs, LEVELS, args.warmup_seconds,
-                                   args.measure_seconds, signature="predict_images")
+                                   args.measure_seconds, signature="predict_images",
+                                   output_filter=("segmentation_map",))
             finally:
                 code = server.stop()
             print(f"  server exit code {code}")
