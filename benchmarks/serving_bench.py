@@ -3,10 +3,12 @@
 Measures, and prints as tables plus the ratios the README quotes:
   (a) the sample DeepLab model called in process (the SavedModel signature itself) at batch sizes 1..32, and the
       best images/s among them;
-  (b) the same model through ``tfsctl serve`` over gRPC (asking only for ``segmentation_map``, as ``tfsctl
-      predict`` does), without and with server-side batching, at concurrency 1, 4, 16, 32 (closed loop, the ``tfsctl bench`` load generator);
+  (b) the same model through ``tfsctl serve`` over gRPC (asking only for ``segmentation_map``, as
+      ``tfsctl predict`` does), without and with server-side batching, at concurrency 1, 4, 16, 32 (closed loop,
+      the ``tfsctl bench`` load generator);
   (c) the added p50 latency at concurrency 1 for a 4-float toy model: server (gRPC and REST) minus in-process call.
-Goals (issue 4): batched throughput at concurrency 16 >= 0.85 x in-process batched throughput; added p50 <= 1.5 ms.
+Goals (issue 4): batched throughput at concurrency 16 >= 0.85 x in-process batched throughput;
+added p50 <= 1.5 ms.
 
 The server runs as a separate process (as users run it), so the load generator does not share its interpreter.
 Everything targets 127.0.0.1 only and every phase is bounded in time.
