@@ -209,10 +209,8 @@ class ModelServer:
         )
 
     def _start_rest(self) -> None:
-        try:
-            from tfsctl.serving.rest_api import RestServer
-        except ImportError as e:
-            raise ConfigError(f"the REST API is not available in this build ({e}); use --rest-api-port 0") from e
+        from tfsctl.serving.rest_api import RestServer
+
         kwargs: dict[str, Any] = {}
         if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
             prom = self.monitoring_config.prometheus_config
