@@ -237,22 +237,15 @@ def tf_error_text(message: str) -> str:
 def examples_from_input(input_proto: Any, where: str = "request") -> np.ndarray:
     """Serialized ``tf.Example`` strings (object array of bytes) from a ``tensorflow.serving.Input``.
 
-    ``example_list_with_context`` merges the context features into every example, example features winning,
-    as TF Serving does.
+    With ``example_list_with_context`` the context's bytes are prepended to each example's: protobuf parsing of the
+    concatenation merges the two, example features winning over the context's, as in TF Serving.
     """
     kind = input_proto.WhichOneof("kind")
     if kind == "example_list":
-        examples = input_proto.example_list.examples
-        out = [ex.SerializeToString() for ex in examples]
+        out = [ex.SerializeToString() for ex in input_proto.example_list.examples]
     elif kind == "example_list_with_context":
-        ctx = input_proto.example_list_with_context.context
-        out = []
-        for ex in input_proto.example_list_with_context.examples:
-            merged = type(ex)()
-            merged.CopyFrom(ctx)
-            for k, v in ex.features.feature.items():
-                merged.features.feature[k].CopyFrom(v)
-            out.append(merged.SerializeToString())
+        ctx = input_proto.example_list_with_context.context.SerializeToString()
+        out = [ctx + ex.SerializeToString() for ex in input_proto.example_list_with_context.examples]
     else:
         raise InvalidArgument(f"{where}: input is empty (neither example_list nor example_list_with_context)")
     if not out:

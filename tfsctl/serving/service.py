@@ -18,12 +18,12 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
-    input_pb2,
     model_management_pb2,
     model_pb2,
     regression_pb2,
 )
 
+from tfsctl.core.servable import examples_from_input
 from tfsctl.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, ServingError, Unimplemented
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -61,27 +61,6 @@ def make_model_spec(name: str, version: int, signature_name: str | None = None) 
     if signature_name is not None:
         spec.signature_name = signature_or_default(signature_name)
     return spec
-
-
-def serialize_examples(inp: input_pb2.Input, what: str = "input") -> np.ndarray:
-    """``Input`` -> 1-D object array of serialized tf.Example bytes.
-
-    With ``example_list_with_context`` the context is prepended to each example's bytes: protobuf parsing of the
-    concatenation merges the two, and features of the example win over the context's, as in TF Serving.
-    """
-    kind = inp.WhichOneof("kind")
-    if kind == "example_list":
-        serialized = [ex.SerializeToString() for ex in inp.example_list.examples]
-    elif kind == "example_list_with_context":
-        ctx = inp.example_list_with_context.context.SerializeToString()
-        serialized = [ctx + ex.SerializeToString() for ex in inp.example_list_with_context.examples]
-    else:
-        raise InvalidArgument(f"{what} is empty: set example_list or example_list_with_context")
-    if not serialized:
-        raise InvalidArgument(f"{what} is empty: it holds no examples")
-    arr = np.empty(len(serialized), dtype=object)
-    arr[:] = serialized
-    return arr
 
 
 class PredictionCore:
@@ -181,7 +160,7 @@ class PredictionCore:
         """Classify serialized tf.Examples with a ``tensorflow/serving/classify`` signature."""
         signature_name = signature_or_default(request.model_spec.signature_name)
         with self._handle(request.model_spec) as servable:
-            examples = serialize_examples(request.input, "ClassificationRequest.input")
+            examples = examples_from_input(request.input, "ClassificationRequest.input")
             result = self._classify_on(servable, signature_name, examples)
             return classification_pb2.ClassificationResponse(
                 model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
@@ -190,7 +169,7 @@ class PredictionCore:
         """Regress serialized tf.Examples with a ``tensorflow/serving/regress`` signature."""
         signature_name = signature_or_default(request.model_spec.signature_name)
         with self._handle(request.model_spec) as servable:
-            examples = serialize_examples(request.input, "RegressionRequest.input")
+            examples = examples_from_input(request.input, "RegressionRequest.input")
             result = self._regress_on(servable, signature_name, examples)
             return regression_pb2.RegressionResponse(
                 model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
@@ -222,7 +201,7 @@ class PredictionCore:
                                     f"'{task.method_name}' (use {CLASSIFY_METHOD} or {REGRESS_METHOD})")
         response = inference_pb2.MultiInferenceResponse()
         with self._handle(first) as servable:
-            examples = serialize_examples(request.input, "MultiInferenceRequest.input")
+            examples = examples_from_input(request.input, "MultiInferenceRequest.input")
             for task in request.tasks:
                 sig_name = signature_or_default(task.model_spec.signature_name)
                 result = response.results.add()
