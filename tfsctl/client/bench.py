@@ -36,7 +36,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from tfsctl.client.rpc import CHANNEL_OPTIONS, parse_target
+from tfsctl.client.rpc import CHANNEL_OPTIONS, fill_model_spec, parse_target
 from tfsctl.errors import ClientError
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -194,11 +194,7 @@ def inputs_from_metadata(
         from tfsctl.client.rpc import open_channel, rpc_error
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        request.model_spec.name = model
-        if version is not None:
-            request.model_spec.version.value = version
-        elif label is not None:
-            request.model_spec.version_label = label
+        fill_model_spec(request.model_spec, model, version=version, label=label)
         with open_channel(target) as channel:
             try:
                 reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
@@ -323,12 +319,7 @@ def grpc_sender_factory(
     if channels not in ("shared", "per-thread"):
         raise ClientError(f"--grpc-channels must be 'shared' or 'per-thread', got {channels!r}")
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    elif label is not None:
-        request.model_spec.version_label = label
+    fill_model_spec(request.model_spec, model, signature, version, label)
     for name, arr in inputs.items():
         request.inputs[name].CopyFrom(from_numpy(arr))
     request.output_filter.extend(output_filter)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfsctl.client.render import ClassShare, class_shares, render_overlay, save_png_atomic
-from tfsctl.client.rpc import open_channel, parse_target, rpc_error
+from tfsctl.client.rpc import fill_model_spec, open_channel, parse_target, rpc_error
 from tfsctl.errors import ClientError
 
 if TYPE_CHECKING:
@@ -104,15 +104,8 @@ def build_request(
 
     from tfsctl.serving.tensors import from_numpy
 
-    if version is not None and label is not None:
-        raise ClientError("give either --version or --label, not both")
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    elif label is not None:
-        request.model_spec.version_label = label
+    fill_model_spec(request.model_spec, model, signature, version, label)
     h, w = image.shape[:2]
     request.inputs[IMAGE_INPUT].CopyFrom(from_numpy(np.ascontiguousarray(image, dtype=np.uint8)[None]))
     request.inputs[HEIGHT_INPUT].CopyFrom(from_numpy(np.array([h], dtype=np.int32)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -41,6 +42,21 @@ def parse_target(server: str, default_port: int = DEFAULT_GRPC_PORT) -> str:
 def open_channel(target: str) -> grpc.Channel:
     """Insecure channel to ``target`` without message size limits."""
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+def fill_model_spec(
+    spec: Any, model: str, signature: str = "", version: int | None = None, label: str | None = None
+) -> None:
+    """Set a request's ModelSpec: name, signature name, and the version or the version label (never both)."""
+    if version is not None and label is not None:
+        raise ClientError("give either --version or --label, not both")
+    spec.name = model
+    if signature:
+        spec.signature_name = signature
+    if version is not None:
+        spec.version.value = version
+    elif label is not None:
+        spec.version_label = label
 
 
 def rpc_error(err: grpc.RpcError, target: str, what: str, timeout: float | None = None) -> ClientError:
@@ -76,9 +92,7 @@ def get_model_status(target: str, model: str, version: int | None = None, timeou
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = model
-    if version is not None:
-        request.model_spec.version.value = version
+    fill_model_spec(request.model_spec, model, version=version)
     with open_channel(target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         try:
