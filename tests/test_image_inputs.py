@@ -1,0 +1,253 @@
+"""Image inputs over a real server, gRPC and REST: a tiny DeepLab export (``classify`` reads tf.Example
+``image/encoded``; ``predict_images`` takes ``images`` + ``height``/``width``) served by a ModelServer on 127.0.0.1.
+
+Each bad image or size gets INVALID_ARGUMENT / 400 with a message that says what was wrong, the server answers the
+next good request, and rejected decompression bombs leave resident memory flat.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow.core.example import example_pb2  # noqa: E402
+from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from tfsctl.export import DEFAULT_MAX_IMAGE_PIXELS, export_model  # noqa: E402
+from tfsctl.models.deeplab import DeepLabConfig, build_deeplab, checkpoint_for  # noqa: E402
+from tfsctl.models.shapes import make_example  # noqa: E402
+from tfsctl.serving.rest_api import RestServer  # noqa: E402
+from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.tensors import from_numpy, make_shape, to_numpy  # noqa: E402
+from tfsctl.voc import VOC_CLASSES  # noqa: E402
+
+MAX_BYTES = 4 * 1024 * 1024
+H, W = 40, 50
+
+
+def http_call(port: int, method: str, path: str, body: object = None) -> tuple[int, object]:
+    """One JSON request on a fresh connection; returns (status, parsed JSON reply)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def _encode(image: np.ndarray | Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _example(encoded: bytes) -> example_pb2.Example:
+    ex = example_pb2.Example()
+    ex.features.feature["image/encoded"].bytes_list.value.append(encoded)
+    return ex
+
+
+def _bomb() -> bytes:
+    """A real decompression bomb: a 5000x5000 PNG (25 Mpixel, 75 MB decoded as RGB) of about 25 KB."""
+    return _encode(Image.new("L", (5000, 5000)), "PNG")
+
+
+IMAGE = make_example(np.random.default_rng(3), H, W)[0]
+GOOD_PNG = _encode(IMAGE, "PNG")
+BAD_IMAGES = {
+    "not an image": (b"definitely not an image", "neither a PNG nor a JPEG"),
+    "GIF": (_encode(np.zeros((8, 8, 3), np.uint8), "GIF"), "neither a PNG nor a JPEG"),
+    "truncated header": (GOOD_PNG[:20], "truncated PNG"),
+    "truncated data": (GOOD_PNG[:len(GOOD_PNG) // 2], ""),
+    "decompression bomb": (_bomb(), f"larger than the limit of {DEFAULT_MAX_IMAGE_PIXELS} pixels"),
+}
+# (height, width) sent with a valid 40x50 image, and what the message must say.
+BAD_SIZES = {
+    "negative height": ([-5], [W], "height must be >= 1"),
+    "zero width": ([H], [0], "width must be >= 1"),
+    "huge height": ([2**31 - 1], [W], "height must be <= the height of input images"),
+    "huge width": ([H], [2**31 - 1], "width must be <= the width of input images"),
+    "one size for two images": ([H, H], [W, W], "one value per image"),
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny DeepLab checkpoint exported with the default image-pixel guard and served over gRPC and REST."""
+    root = tmp_path_factory.mktemp("images")
+    config = DeepLabConfig(stem_widths=[8, 16], output_stride=4, block_width=16, num_blocks=1, aspp_width=16)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    checkpoint_for(build_deeplab(config)).write(str(ckpt / config.checkpoint_prefix))
+    config.save(ckpt)
+    base = root / "deeplab"
+    export_model(ckpt, base, warmup_sizes=[(H, W)])
+    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, model_name="deeplab",
+                                       model_base_path=str(base), file_system_poll_wait_seconds=0.5,
+                                       grpc_max_message_bytes=MAX_BYTES))
+    server.start()
+    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0)
+    rest.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        assert server.wait_until_ready(120), "tiny DeepLab never became AVAILABLE"
+        yield {"stub": prediction_service_pb2_grpc.PredictionServiceStub(channel), "rest": rest.port,
+               "server": server}
+    finally:
+        channel.close()
+        rest.stop()
+        server.stop(5)
+
+
+def _classify_request(*encoded: bytes) -> classification_pb2.ClassificationRequest:
+    req = classification_pb2.ClassificationRequest()
+    req.model_spec.name = "deeplab"
+    req.model_spec.signature_name = "classify"
+    req.input.example_list.examples.extend(_example(e) for e in encoded)
+    return req
+
+
+def _rest_classify(port: int, *encoded: bytes) -> tuple[int, object]:
+    body = {"signature_name": "classify",
+            "examples": [{"image/encoded": {"b64": base64.b64encode(e).decode()}} for e in encoded]}
+    return http_call(port, "POST", "/v1/models/deeplab:classify", body)
+
+
+def _predict_request(images: np.ndarray | tensor_pb2.TensorProto, height: list[int], width: list[int]):
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "deeplab"
+    req.model_spec.signature_name = "predict_images"
+    req.inputs["images"].CopyFrom(images if isinstance(images, tensor_pb2.TensorProto) else from_numpy(images))
+    req.inputs["height"].CopyFrom(from_numpy(np.array(height, np.int32)))
+    req.inputs["width"].CopyFrom(from_numpy(np.array(width, np.int32)))
+    req.output_filter.append("segmentation_map")
+    return req
+
+
+def _rest_predict(port: int, images: np.ndarray, height: list[int], width: list[int]) -> tuple[int, object]:
+    body = {"signature_name": "predict_images",
+            "inputs": {"images": images.tolist(), "height": height, "width": width}}
+    return http_call(port, "POST", "/v1/models/deeplab:predict", body)
+
+
+def _good_requests_still_work(served) -> None:
+    """A good classify and a good predict_images, over gRPC and REST."""
+    resp = served["stub"].Classify(_classify_request(GOOD_PNG), timeout=60)
+    classes = resp.result.classifications[0].classes
+    assert [c.label for c in classes] == list(VOC_CLASSES)
+    assert sum(c.score for c in classes) == pytest.approx(1.0, abs=1e-4)
+    status, reply = _rest_classify(served["rest"], GOOD_PNG)
+    assert status == 200, reply
+    assert [label for label, _ in reply["results"][0]] == list(VOC_CLASSES)
+    out = served["stub"].Predict(_predict_request(IMAGE[None], [H], [W]), timeout=60)
+    assert to_numpy(out.outputs["segmentation_map"]).shape == (1, H, W)
+    status, reply = _rest_predict(served["rest"], IMAGE[None], [H], [W])
+    assert status == 200, reply
+    assert np.asarray(reply["outputs"]["segmentation_map"]).shape == (1, H, W)
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_is_invalid_argument_over_grpc_and_rest(served, case):
+    payload, needle = BAD_IMAGES[case]
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Classify(_classify_request(payload), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "deeplab" in info.value.details() and needle in info.value.details(), info.value.details()
+    status, reply = _rest_classify(served["rest"], payload)
+    assert status == 400, reply
+    assert set(reply) == {"error"} and "deeplab" in reply["error"] and needle in reply["error"], reply
+    _good_requests_still_work(served)
+
+
+def test_one_bad_image_in_a_batch_fails_the_request_not_the_server(served):
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Classify(_classify_request(GOOD_PNG, b"GIF89a-not-really"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status, reply = _rest_classify(served["rest"], GOOD_PNG, b"GIF89a-not-really")
+    assert status == 400 and "neither a PNG nor a JPEG" in reply["error"]
+    _good_requests_still_work(served)
+
+
+@pytest.mark.parametrize("case", list(BAD_SIZES))
+def test_bad_height_width_is_invalid_argument_over_grpc_and_rest(served, case):
+    height, width, needle = BAD_SIZES[case]
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Predict(_predict_request(IMAGE[None], height, width), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "deeplab" in info.value.details() and needle in info.value.details(), info.value.details()
+    status, reply = _rest_predict(served["rest"], IMAGE[None], height, width)
+    assert status == 400, reply
+    assert set(reply) == {"error"} and needle in reply["error"], reply
+    _good_requests_still_work(served)
+
+
+def test_height_outside_int32_and_wrong_image_dtype_over_rest(served):
+    status, reply = _rest_predict(served["rest"], IMAGE[None], [2**40], [W])
+    assert status == 400 and "out of range for DT_INT32" in reply["error"], reply
+    status, reply = _rest_predict(served["rest"], IMAGE[None].astype(np.int32) + 300, [H], [W])
+    assert status == 400 and "out of range for DT_UINT8" in reply["error"], reply
+    body = {"signature_name": "predict_images", "inputs": {"images": [[[["r", "g", "b"]]]], "height": [1],
+                                                           "width": [1]}}
+    status, reply = http_call(served["rest"], "POST", "/v1/models/deeplab:predict", body)
+    assert status == 400 and "'images'" in reply["error"] and "DT_UINT8" in reply["error"], reply
+    _good_requests_still_work(served)
+
+
+def test_huge_or_mistyped_images_tensor_over_grpc(served):
+    """A shape claiming 100000x100000 pixels is refused before any allocation; float pixels are the wrong dtype."""
+    huge = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_shape=make_shape((1, 100_000, 100_000, 3)))
+    huge.int_val.append(0)
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Predict(_predict_request(huge, [H], [W]), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'images'" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Predict(_predict_request(IMAGE[None].astype(np.float32), [H], [W]), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'images'" in info.value.details() and "DT_UINT8" in info.value.details(), info.value.details()
+    over = np.zeros((1, 1024, 1400, 3), np.uint8)  # 4.3 MB > the 4 MiB message limit
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Predict(_predict_request(over, [1024], [1400]), timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _good_requests_still_work(served)
+
+
+def test_rejected_bombs_keep_memory_bounded(served):
+    """60 decompression bombs (75 MB each if decoded) over gRPC and REST leave resident memory flat."""
+    from tfsctl.core.loader import rss_bytes
+
+    bomb = BAD_IMAGES["decompression bomb"][0]
+
+    def burst(n: int) -> None:
+        for _ in range(n):
+            with pytest.raises(grpc.RpcError):
+                served["stub"].Classify(_classify_request(bomb), timeout=60)
+            assert _rest_classify(served["rest"], bomb)[0] == 400
+
+    burst(5)  # warm the allocator and the code paths
+    before = rss_bytes()
+    burst(30)
+    growth = rss_bytes() - before
+    assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB over 60 rejected bombs"
+    _good_requests_still_work(served)
+
+
+def test_served_results_match_the_export(served, tmp_path: Path):
+    """The classify scores served over gRPC are the pixel shares of the served predict_images map."""
+    resp = served["stub"].Classify(_classify_request(GOOD_PNG), timeout=60)
+    scores = np.array([c.score for c in resp.result.classifications[0].classes])
+    out = served["stub"].Predict(_predict_request(IMAGE[None], [H], [W]), timeout=60)
+    seg = to_numpy(out.outputs["segmentation_map"])[0]
+    np.testing.assert_allclose(scores, np.bincount(seg.ravel(), minlength=21) / seg.size, atol=1e-6)
