@@ -375,6 +375,85 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
         urllib.request.urlopen(f"{rest}/v1/models/toy", timeout=5)
 
 
+def _metric_samples(port: int, path: str = "/monitoring/prometheus/metrics") -> dict[tuple[str, tuple], float]:
+    """GET the Prometheus page and parse it (proves valid exposition) into {(sample, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=20) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
+    """gRPC with --enable-batching: a full queue answers RESOURCE_EXHAUSTED at once, the queued request still gets
+    its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads and unloads."""
+    write_toy_model(tmp_path / "toy", 1, scale=3.0)
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1500000 }\n"
+                      "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
+    server = _start(tmp_path, rest_api_port=_free_port(), enable_batching=True, batching_parameters_file=str(params))
+    try:
+        assert server.wait_until_ready(60)
+        channel, stub = _stub(server.grpc_port)
+        waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 1.5 s
+        deadline = time.monotonic() + 20
+        while server.batcher.pending() != 1:
+            assert time.monotonic() < deadline, "the first request never reached the batch queue"
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(_request(x=np.ones((4, 4), np.float32)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in info.value.details()
+        np.testing.assert_allclose(to_numpy(waiting.result(30).outputs["y"]), X * 3)
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=30).outputs["y"]), X * 3)
+        channel.close()
+        write_toy_model(tmp_path / "toy", 2, scale=1.0)  # latest-1 policy: loads 2, then unloads 1
+        from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
+
+        deadline = time.monotonic() + 60
+        want = {1: ModelVersionStatus.END, 2: ModelVersionStatus.AVAILABLE}
+        while {v.version: v.state for v in server.manager.version_states("toy")} != want:
+            assert time.monotonic() < deadline, server.manager.version_states("toy")
+            time.sleep(0.05)
+
+        s = _metric_samples(server.rest_port)  # no monitoring config: the page is on at TF Serving's path
+        req = ("tfserving_request_count_total", (("api", "grpc_predict"), ("model_name", "toy")))
+        assert s[(req[0], (*req[1], ("status", "OK")))] == 2
+        assert s[(req[0], (*req[1], ("status", "RESOURCE_EXHAUSTED")))] == 1
+        toy = (("model_name", "toy"),)
+        assert s[("tfserving_batch_size_count", toy)] == 2 and s[("tfserving_batch_size_sum", toy)] == 2
+        assert s[("tfserving_batch_queue_latency_seconds_count", toy)] == 2
+        assert s[("tfserving_batch_queue_latency_seconds_sum", toy)] >= 1.0  # the first row waited ~1.5 s
+        for event, count in (("load", 2), ("unload", 1)):
+            labels = (("event", event), ("model_name", "toy"))
+            assert s[("tfserving_model_events_total", labels)] == count
+            assert s[("tfserving_model_event_seconds_count", labels)] == count
+        assert s[("tfserving_request_latency_seconds_count", (("api", "grpc_predict"), ("model_name", "toy")))] == 3
+    finally:
+        server.stop(2)
+
+
+def test_monitoring_config_can_disable_the_metrics_page(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    write_toy_model(tmp_path / "toy", 1)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: false }\n")
+    server = _start(tmp_path, rest_api_port=_free_port(), monitoring_config_file=str(monitoring))
+    try:
+        assert server.wait_until_ready(60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics", timeout=20)
+        assert info.value.code == 404
+    finally:
+        server.stop(2)
+
+
 def test_health_not_serving_until_a_version_loads(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
