@@ -261,6 +261,10 @@ BAD = [
      {"signature_name": "classify", "examples": [{"x": [[1, 2]]}]}, 400, "feature 'x'"),
     ("bad route", "POST", "/v1/nothing", {}, 404, "Malformed request"),
     ("bad version in path", "GET", "/v1/models/toy/versions/abc", None, 404, "Malformed request"),
+    ("version beyond int64", "POST", "/v1/models/toy/versions/99999999999999999999:predict", {"instances": X}, 404,
+     "99999999999999999999"),
+    ("status of version beyond int64", "GET", "/v1/models/toy/versions/99999999999999999999", None, 404,
+     "out of range"),
     ("GET on predict", "GET", "/v1/models/toy:predict", None, 405, "not allowed"),
 ]
 
@@ -271,6 +275,27 @@ def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case, metho
     status, reply = http_call(server.rest_port, method, path, None if raw else body, raw)
     assert status == code, (case, reply)
     assert set(reply) == {"error"} and needle in reply["error"], (case, reply)
+    status, reply = _predict(server.rest_port, {"instances": X})
+    assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
+
+
+def test_gzip_bodies_are_decoded_and_corrupt_ones_are_400(server):
+    import gzip
+
+    def post(data: bytes) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+        try:
+            conn.request("POST", "/v1/models/toy:predict", body=data,
+                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    status, reply = post(gzip.compress(json.dumps({"instances": X}).encode()))
+    assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2), reply
+    status, reply = post(b"this is not gzip at all")
+    assert status == 400 and "cannot read the request body" in reply["error"] and "gzip" in reply["error"], reply
     status, reply = _predict(server.rest_port, {"instances": X})
     assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
 

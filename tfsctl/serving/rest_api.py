@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -41,7 +42,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfsctl.errors import Internal, InvalidArgument, ServingError
+from tfsctl.errors import Internal, InvalidArgument, NotFound, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +390,10 @@ def _proto_json(message: Any) -> dict:
 def _model_spec(name: str, version: str | None, label: str | None, signature: str = "") -> model_pb2.ModelSpec:
     spec = model_pb2.ModelSpec(name=name, signature_name=signature)
     if version is not None:
-        spec.version.value = int(version)
+        number = int(version)
+        if not -(2**63) <= number < 2**63:  # ModelSpec.version is int64: no such version can exist
+            raise NotFound(f"Servable not found for request: Specific({name}, {version}) (version out of range)")
+        spec.version.value = number
     elif label is not None:
         spec.version_label = label
     return spec
@@ -526,6 +530,9 @@ class RestServer:
                     body = await request.read()
                 except web.HTTPRequestEntityTooLarge:
                     raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED") from None
+                except RequestPayloadError as e:  # e.g. a Content-Encoding the body does not match
+                    detail = " ".join(str(e).split())
+                    raise InvalidArgument(f"cannot read the request body: {detail}") from None
             handler = getattr(self, f"_do_{verb}")
             encoded = await self._in_pool(self._encoded, handler, name, version, label, body)
             code = "OK"
