@@ -102,6 +102,19 @@ def test_request_larger_than_max_batch_is_split_not_refused(toy):
         batcher.stop()
 
 
+def test_request_larger_than_the_whole_queue_is_invalid_not_retry_later(toy):
+    batcher = Batcher(BatchOptions(max_batch_size=4, max_enqueued_batches=2, num_batch_threads=1))
+    try:
+        with pytest.raises(InvalidArgument, match=r"has 9 examples, more than the batch queue can ever hold \(8") \
+                as info:
+            batcher.run(toy, "", {"x": _rows(0, 9)})
+        assert info.value.http_status == 400 and batcher.pending() == 0
+        x = _rows(1, 8)  # exactly the queue's capacity still runs, split into two batches
+        np.testing.assert_allclose(batcher.run(toy, "", {"x": x})["y"], x * SCALE)
+    finally:
+        batcher.stop()
+
+
 def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
     batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,

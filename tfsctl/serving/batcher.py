@@ -14,7 +14,8 @@ Semantics (TF Serving's, with its defaults):
 - ``allowed_batch_sizes``: a batch is padded up to the next allowed size by repeating its last row; the padding rows
   are dropped from the outputs.
 - A request with more than ``max_batch_size`` examples is split into chunks of at most ``max_batch_size`` (each may
-  share a batch with others) and its outputs are concatenated again, so large requests are never refused.
+  share a batch with others) and its outputs are concatenated again. Only a request larger than the whole queue
+  (``max_enqueued_batches * max_batch_size``) is refused, with ``InvalidArgument``: retrying could never help.
 - ``pad_variable_length_inputs``: requests whose inputs differ only in dimensions the signature declares variable
   (``-1``) share a queue; each input is zero-padded (``b""`` for strings) to the largest size in the batch. As in
   TF Serving, outputs are only split along dimension 0, never cropped: a caller may get outputs sized for the padded
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tfsctl.errors import ConfigError, Internal, ResourceExhausted, ServingError, Unavailable
+from tfsctl.errors import ConfigError, Internal, InvalidArgument, ResourceExhausted, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,14 @@ class Batcher:
             if queue is None:
                 queue = self._queues[key] = _Queue(key, servable, signature_name, tuple(output_filter))
             limit = opts.max_enqueued_batches * opts.max_batch_size
+            if size > limit:  # could never fit, however long the caller waits: not a "retry later"
+                if not queue.tasks:
+                    del self._queues[key]
+                raise InvalidArgument(
+                    f"request for model '{servable.name}' version {servable.version} signature '{signature_name}' "
+                    f"has {size} examples, more than the batch queue can ever hold ({limit} = max_enqueued_batches "
+                    f"{opts.max_enqueued_batches} x max_batch_size {opts.max_batch_size}); send smaller requests"
+                )
             if queue.pending + size > limit:
                 raise ResourceExhausted(
                     f"batch queue for model '{servable.name}' version {servable.version} signature "
