@@ -435,6 +435,59 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
         server.stop(2)
 
 
+def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, caplog):
+    """Garbage saved_model.pb: never AVAILABLE, gRPC and REST status carry the error, version 1 keeps serving,
+    retries stop at 1 + max_num_load_retries; then the base path vanishes and version 1 still serves."""
+    import json
+    import logging
+    import urllib.request
+
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    caplog.set_level(logging.WARNING, logger="tfsctl.core.manager")
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    server = _start(tmp_path, rest_api_port=_free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05)
+    try:
+        assert server.wait_until_ready(60)
+        bad = base / "2"
+        bad.mkdir()
+        (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff\xff")
+        channel, stub = _stub(server.grpc_port)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = "toy"
+        deadline = time.monotonic() + 30
+        while True:
+            by_version = {s.version: s for s in models.GetModelStatus(req, timeout=10).model_version_status}
+            if 2 in by_version and by_version[2].state == get_model_status_pb2.ModelVersionStatus.END:
+                break
+            assert time.monotonic() < deadline, by_version
+            time.sleep(0.05)
+        assert by_version[1].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert by_version[2].status.error_code != 0 and "version 2" in by_version[2].status.error_message
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/models/toy/versions/2", timeout=20) as r:
+            (rest_v2,) = json.loads(r.read())["model_version_status"]
+        assert rest_v2["state"] == "END" and "version 2" in rest_v2["status"]["error_message"]
+        resp = stub.Predict(_request(), timeout=20)
+        assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
+        failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
+        time.sleep(1.0)  # ten more polls of the unchanged corrupt directory: no further attempts
+        assert failures() == 3  # first try + max_num_load_retries
+        assert server.metrics.registry.get_sample_value(
+            "tfserving_model_events_total", {"model_name": "toy", "event": "load_error"}) == 1
+
+        shutil.rmtree(base)  # the whole base path vanishes
+        time.sleep(1.0)
+        resp = stub.Predict(_request(), timeout=20)
+        assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
+            assert r.status == 200
+        channel.close()
+    finally:
+        server.stop(2)
+
+
 def test_monitoring_config_can_disable_the_metrics_page(tmp_path):
     import urllib.error
     import urllib.request
