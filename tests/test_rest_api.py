@@ -219,6 +219,19 @@ def test_health_and_metrics_count_requests(server):
     assert 'tfserving_request_latency_seconds_count{api="rest_predict",model_name="toy"}' in after
 
 
+def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
+    _, before = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
+    for i in range(3):
+        assert _predict(server.rest_port, {"instances": X}, f"/v1/models/ghost{i}")[0] == 404
+        assert http_call(server.rest_port, "GET", f"/v1/models/ghost{i}/metadata")[0] == 404
+    _, after = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
+    assert "ghost" not in after
+    assert _count(after, "rest_predict", "NOT_FOUND", "<unknown>") - \
+        _count(before, "rest_predict", "NOT_FOUND", "<unknown>") == 3
+    assert _count(after, "rest_metadata", "NOT_FOUND", "<unknown>") - \
+        _count(before, "rest_metadata", "NOT_FOUND", "<unknown>") == 3
+
+
 # --- bad input matrix -------------------------------------------------------------------------------------------
 
 BAD = [

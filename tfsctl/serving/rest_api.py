@@ -54,6 +54,7 @@ DEFAULT_WORKERS = 64
 _MODEL_POST = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?:(predict|classify|regress)$")
 _MODEL_GET = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?(/metadata)?$")
 _JSON = "application/json"
+UNKNOWN_MODEL_LABEL = "<unknown>"  # metric label for requests naming a model that is not configured (as gRPC)
 _MAX_RANK = 64  # numpy's (and so TF's eager) limit on dimensions
 
 
@@ -546,10 +547,19 @@ class RestServer:
         else:
             status, payload = 200, None
         if self.metrics is not None:
-            self.metrics.observe_request(name, api, code, time.perf_counter() - start)
+            label = name
+            if code != "OK" and name not in self._known_models():
+                label = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
+            self.metrics.observe_request(label, api, code, time.perf_counter() - start)
         if payload is None:
             return web.Response(status=200, body=encoded, content_type=_JSON)
         return self._json(status, payload)
+
+    def _known_models(self) -> set[str]:
+        try:
+            return set(self.manager.model_names())
+        except Exception:  # noqa: BLE001 - metrics must not fail a request
+            return set()
 
     @staticmethod
     def _encoded(handler: Callable[..., dict], *args: Any) -> bytes:
