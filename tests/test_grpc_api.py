@@ -474,3 +474,25 @@ def test_reflection_lists_tf_serving_services(served):
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
             "grpc.health.v1.Health"} <= names
     assert responses[1].file_descriptor_response.file_descriptor_proto, "descriptor for PredictionService"
+
+
+def test_model_status_of_a_configured_model_without_versions_is_not_found(served):
+    toy = _model_config("toy", served["base"], {"stable": 1, "canary": 2})
+    with_ghost = model_server_config_pb2.ModelServerConfig()
+    with_ghost.CopyFrom(toy)
+    missing = served["root"] / "no-such-dir"
+    with_ghost.model_config_list.config.add(name="ghost", base_path=str(missing), model_platform="tensorflow")
+    served["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=with_ghost), timeout=3)
+    try:
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = "ghost"
+        with pytest.raises(grpc.RpcError) as info:  # as TF Serving: no versions known -> NOT_FOUND, not an empty list
+            served["model"].GetModelStatus(req, timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "ghost" in info.value.details() and str(missing) in info.value.details()
+        assert "does not exist" in info.value.details()
+    finally:
+        resp = served["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=toy),
+                                                         timeout=30)
+        assert resp.status.error_code == 0
+    _good_predict(served)

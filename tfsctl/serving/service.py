@@ -8,6 +8,7 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -242,6 +243,8 @@ class PredictionCore:
         if name not in set(self.manager.model_names()):
             raise NotFound(f"Could not find any versions of model '{name}'")
         states = sorted(self.manager.version_states(name), key=lambda s: s.version, reverse=True)
+        if not states:  # configured, but the Source has found no version yet: TF Serving answers NOT_FOUND
+            raise NotFound(f"Could not find any versions of model '{name}'{self._no_versions_hint(name)}")
         version = _version_of(spec)
         label = _label_of(spec)
         if label is not None:
@@ -263,6 +266,19 @@ class PredictionCore:
             else:
                 mvs.status.error_code = _CODE_OK
         return response
+
+    def _no_versions_hint(self, name: str) -> str:
+        """Why a configured model has no versions: its base path is missing or holds no version directory."""
+        try:
+            configs = self.manager.config().model_config_list.config
+        except Exception:  # noqa: BLE001 - a manager without config(): no hint
+            return ""
+        for mc in configs:
+            if mc.name == name:
+                if not os.path.isdir(mc.base_path):
+                    return f" (base path {mc.base_path} does not exist)"
+                return f" (no version directory under base path {mc.base_path} that its version policy selects)"
+        return ""
 
     def reload_config(self, request: model_management_pb2.ReloadConfigRequest, wait_seconds: float | None = None
                       ) -> model_management_pb2.ReloadConfigResponse:
