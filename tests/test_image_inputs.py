@@ -85,8 +85,8 @@ BAD_SIZES = {
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A tiny DeepLab checkpoint exported with the default image-pixel guard and served over gRPC and REST."""
+def deeplab_base(tmp_path_factory) -> Path:
+    """A tiny DeepLab checkpoint exported with the default image-pixel guard: the model's base path."""
     root = tmp_path_factory.mktemp("images")
     config = DeepLabConfig(stem_widths=[8, 16], output_stride=4, block_width=16, num_blocks=1, aspp_width=16)
     ckpt = root / "ckpt"
@@ -95,10 +95,21 @@ def served(tmp_path_factory):
     config.save(ckpt)
     base = root / "deeplab"
     export_model(ckpt, base, warmup_sizes=[(H, W)])
+    return base
+
+
+def _serve(base: Path, **options: object) -> ModelServer:
     server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, model_name="deeplab",
                                        model_base_path=str(base), file_system_poll_wait_seconds=0.5,
-                                       grpc_max_message_bytes=MAX_BYTES))
+                                       grpc_max_message_bytes=MAX_BYTES, **options))
     server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def served(deeplab_base):
+    """The tiny DeepLab served over gRPC and REST."""
+    server = _serve(deeplab_base)
     rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0)
     rest.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
@@ -251,3 +262,39 @@ def test_served_results_match_the_export(served, tmp_path: Path):
     out = served["stub"].Predict(_predict_request(IMAGE[None], [H], [W]), timeout=60)
     seg = to_numpy(out.outputs["segmentation_map"])[0]
     np.testing.assert_allclose(scores, np.bincount(seg.ravel(), minlength=21) / seg.size, atol=1e-6)
+
+
+def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_path):
+    """--enable-batching: a bad image or size sharing a batch with a good request fails alone (gRPC and REST)."""
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 5000000 }\n"
+                      "num_batch_threads { value: 1 }\n")
+    server = _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params))
+    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0)
+    rest.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        assert server.wait_until_ready(120)
+        batches = lambda: server.metrics.registry.get_sample_value(  # noqa: E731
+            "tfserving_batch_size_count", {"model_name": "deeplab"}) or 0.0
+        for bad_payload in (BAD_IMAGES["decompression bomb"][0], BAD_IMAGES["truncated data"][0]):
+            before = batches()
+            good = stub.Classify.future(_classify_request(GOOD_PNG), timeout=60)
+            status, reply = _rest_classify(rest.port, bad_payload)  # fills the batch of 2: it runs at once
+            assert status == 400 and "deeplab" in reply["error"], reply
+            classes = good.result(60).result.classifications[0].classes
+            assert sum(c.score for c in classes) == pytest.approx(1.0, abs=1e-4)
+            assert batches() == before + 1, "the two requests should have shared one batch"
+        before = batches()
+        req = _predict_request(IMAGE[None], [H], [W])
+        del req.output_filter[:]  # as the REST request: same output filter, same batch queue
+        good = stub.Predict.future(req, timeout=60)
+        status, reply = _rest_predict(rest.port, IMAGE[None], [-5], [W])
+        assert status == 400 and "height must be >= 1" in reply["error"], reply
+        assert to_numpy(good.result(60).outputs["segmentation_map"]).shape == (1, H, W)
+        assert batches() == before + 1
+    finally:
+        channel.close()
+        rest.stop()
+        server.stop(5)

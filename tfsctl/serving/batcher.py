@@ -20,8 +20,10 @@ Semantics (TF Serving's, with its defaults):
   (``-1``) share a queue; each input is zero-padded (``b""`` for strings) to the largest size in the batch. As in
   TF Serving, outputs are only split along dimension 0, never cropped: a caller may get outputs sized for the padded
   inputs. Without this flag such requests simply go to different queues.
-- An error while running a batch is delivered to every request in it. Each request is validated against the signature
-  before it is queued, so one bad request never fails its neighbours.
+- Each request is validated against the signature before it is queued. Data that passes validation can still fail
+  inside the graph (a corrupt image, a bad height): when a batch of several requests fails with INVALID_ARGUMENT,
+  each request is run again on its own, so only the bad one gets the error and its neighbours get their outputs
+  (TF Serving fails the whole batch). Any other batch error is delivered to every request in it.
 - Requests that cannot be batched (scalar inputs, inputs whose dimension 0 differs, a signature whose dimension 0 is
   fixed, an empty batch) run directly, unbatched.
 """
@@ -280,6 +282,9 @@ class Batcher:
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
+            if len(tasks) > 1 and isinstance(exc, InvalidArgument):
+                self._run_each(queue, tasks)  # one request's bad data must not fail its neighbours
+                return
             for t in tasks:
                 t.future.set_exception(exc)
             return
@@ -287,6 +292,19 @@ class Batcher:
         for t, n in zip(tasks, sizes, strict=True):
             t.future.set_result({k: v[offset : offset + n] for k, v in outputs.items()})
             offset += n
+
+    @staticmethod
+    def _run_each(queue: _Queue, tasks: list[_Task]) -> None:
+        """Run each request of a failed batch alone, so each gets its own outputs or error."""
+        for t in tasks:
+            try:
+                t.future.set_result(queue.servable.run(queue.signature_name, t.inputs, queue.output_filter))
+            except ServingError as exc:
+                t.future.set_exception(exc)
+            except BaseException as exc:  # noqa: BLE001 - delivered to its caller, never lost
+                log.exception("request for model %s failed", queue.servable.name)
+                t.future.set_exception(Internal(
+                    f"model '{queue.servable.name}' signature '{queue.signature_name}': {type(exc).__name__}: {exc}"))
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[dict[str, np.ndarray], list[int]]:
         sizes = [t.size for t in tasks]
