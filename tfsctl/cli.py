@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,9 +25,46 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print a clear one-line error to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print a clear one-line error to stderr and exit non-zero.
+
+    The message is escaped (paths and server messages may hold ``[...]``, which rich would take for markup) and
+    not wrapped, so a log or ``grep`` sees one line.
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow and probe its devices with the native start-up chatter kept off the terminal.
+
+    TensorFlow's C++ runtime logs through absl before any log level applies (``Could not find cuda drivers``,
+    ``failed call to cuInit`` on machines without a GPU), so a one-line error would drown in it. File descriptor 2
+    points at a temporary file meanwhile; the text is replayed if the import fails. ``TF_CPP_MIN_LOG_LEVEL`` below
+    2 (asking for TensorFlow's info/warning logs) leaves everything on the terminal.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # the CUDA probe logs here, not at import
+            except BaseException:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
+                raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # --- export ---
@@ -54,6 +92,7 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a checkpoint (or .keras model) as a versioned SavedModel that a model server can load."""
+    quiet_tensorflow()
     import json
     import time
 
@@ -85,7 +124,8 @@ def export(
         return
     from tfsctl.inspect import inspect_saved_model
 
-    table = Table(title=f"{'replaced' if result.replaced else 'exported'} version {result.version}: {result.path}")
+    done = "replaced" if result.replaced else "exported"
+    table = Table(title=f"{done} version {result.version}: {escape(str(result.path))}")
     table.add_column("signature")
     table.add_column("method", overflow="fold")
     table.add_column("inputs")
@@ -98,7 +138,7 @@ def export(
                           "\n".join(f"{t.key} {t.dtype} {t.shape_str}" for t in sig.outputs))
     console.print(table)
     warm = ", ".join(f"{w}x{h}" for h, w in result.warmup_sizes) or "none"
-    console.print(f"source {result.source}; warmup requests: {warm}; {elapsed:.1f} s")
+    console.print(f"source {escape(str(result.source))}; warmup requests: {warm}; {elapsed:.1f} s")
 
 
 # --- inspect ---
@@ -109,7 +149,7 @@ def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, importe
     from rich.table import Table
 
     version = f" (version {info.version})" if info.version is not None else ""
-    console.print(f"[bold]SavedModel[/] {info.path}{version}")
+    console.print(f"[bold]SavedModel[/] {escape(str(info.path))}{version}")
     console.print("tag-sets: " + "; ".join(", ".join(tags) or "(none)" for tags in info.tag_sets))
     if info.warmup_records is not None:
         console.print(f"warmup records: {info.warmup_records}")
@@ -147,6 +187,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
     """Show tag-sets, signatures, method names and tensors of any SavedModel (like saved_model_cli show --all)."""
+    quiet_tensorflow()
     import json
 
     from rich.table import Table
@@ -162,13 +203,13 @@ def inspect(
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
     if isinstance(info, BasePathInfo):
-        table = Table(title=f"model base path {info.path}")
+        table = Table(title=f"model base path {escape(str(info.path))}")
         table.add_column("version", justify="right")
         table.add_column("valid")
         table.add_column("signatures / error")
         for v in info.versions:
             table.add_row(str(v.version), "[green]yes[/]" if v.valid else "[red]no[/]",
-                          ", ".join(v.signatures) if v.valid else v.error)
+                          escape(", ".join(v.signatures) if v.valid else v.error))
         console.print(table)
         if info.latest is None:
             fail(f"{info.path} has no valid SavedModel version")
@@ -214,6 +255,7 @@ def serve(
     grpc_max_threads: int = _opt(0, "grpc-max-threads", help="gRPC worker threads (0 = automatic)."),
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
+    quiet_tensorflow()
     import logging
 
     from rich.panel import Panel
@@ -267,6 +309,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
     """Segment IMAGE on a model server and write the VOC-palette overlay with a legend to --output."""
+    quiet_tensorflow()
     import json
 
     from rich.table import Table
@@ -295,7 +338,8 @@ def predict(
         console.print_json(json.dumps(result.to_dict()))
         return
     served = f"{result.model} v{result.version}" if result.version is not None else result.model
-    console.print(f"{image.name} ({result.image_size[1]}x{result.image_size[0]}) on {served}, {result.signature}")
+    size = f"{result.image_size[1]}x{result.image_size[0]}"
+    console.print(f"{escape(image.name)} ({size}) on {escape(served)}, {escape(result.signature)}")
     table = Table()
     table.add_column("id", justify="right")
     table.add_column("class")
@@ -309,7 +353,7 @@ def predict(
         f"latency: request round trip {result.rpc_ms:.1f} ms, total {result.total_ms:.1f} ms "
         f"(decode {t['decode']:.1f}, encode {t['encode']:.1f}, render {t['render']:.1f})"
     )
-    console.print(f"wrote {result.output}")
+    console.print(f"wrote {escape(str(result.output))}")
 
 
 # --- status / reload (ModelService client) ---
@@ -324,6 +368,7 @@ def status(
     timeout: float = typer.Option(10.0, "--timeout", help="RPC deadline in seconds."),
 ) -> None:
     """Show GetModelStatus for a model: each version's state and error."""
+    quiet_tensorflow()
     from rich.table import Table
 
     from tfsctl.client.rpc import get_model_status, parse_target
@@ -341,7 +386,7 @@ def status(
     for r in rows:
         colour = "green" if r.state == "AVAILABLE" else "yellow"
         error = "-" if r.error_code == "OK" and not r.error_message else f"{r.error_code}: {r.error_message}"
-        table.add_row(str(r.version), f"[{colour}]{r.state}[/]", error)
+        table.add_row(str(r.version), f"[{colour}]{r.state}[/]", escape(error))
     console.print(table)
 
 
@@ -352,6 +397,7 @@ def reload(
     timeout: float = typer.Option(30.0, "--timeout", help="RPC deadline in seconds."),
 ) -> None:
     """Send a ModelServerConfig to the server (HandleReloadConfigRequest) and show the result."""
+    quiet_tensorflow()
     from tfsctl.client.rpc import parse_target, reload_config
     from tfsctl.errors import ClientError
 
@@ -363,7 +409,7 @@ def reload(
     names = ", ".join(f"{name} ({path})" for name, path in result.models) or "no models"
     if not result.ok:
         fail(f"reload rejected by {target}: {result.error_code}: {result.error_message}")
-    console.print(f"[green]reloaded[/] {target} with {len(result.models)} model(s): {names}")
+    console.print(f"[green]reloaded[/] {target} with {len(result.models)} model(s): {escape(names)}")
 
 
 # --- bench ---
@@ -402,6 +448,7 @@ def bench(
     plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG plot (throughput, latency)."),
 ) -> None:
     """Closed-loop load sweep over concurrency levels: throughput and p50/p90/p99 latency per level."""
+    quiet_tensorflow()
     from rich.table import Table
 
     from tfsctl.client import bench as b

@@ -1,0 +1,59 @@
+"""CLI errors as a user sees them in a real process: one line on stderr, exit code 1, no traceback, no TF chatter.
+
+In-process CliRunner tests cannot see what TensorFlow's C++ runtime writes to file descriptor 2, nor rich's
+wrapping at a non-terminal's 80 columns; these run the installed ``tfsctl`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TFSCTL = [sys.executable, "-m", "tfsctl"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "80"}
+    return subprocess.run(TFSCTL + args, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    # A long path holding "[/...]" and "[b]": rich would read them as markup (and raise on the closing tag).
+    odd = tmp / ("a-rather-long-directory-name-so-the-message-passes-eighty-columns[" ) / "b]" / "[b]missing"
+    bad_config = tmp / "models.config"
+    bad_config.write_text('model_config_list { config { name: "m" base_path: "/x" \n')
+    image = tmp / "image.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # PNG signature, no image: fails before any RPC
+    return {
+        "inspect missing path": (["inspect", str(odd)], [str(odd), "does not exist"]),
+        "serve bad config": (["serve", "--port", "0", "--rest-api-port", "0", "--model-config-file", str(bad_config)],
+                             [str(bad_config), "Expected"]),
+        "status unreachable": (["status", "--server", f"127.0.0.1:{_closed_port()}", "--model", "m", "--timeout", "5"],
+                               ["cannot reach server", "UNAVAILABLE"]),
+        "predict bad image": (["predict", str(image), "--server", f"127.0.0.1:{_closed_port()}"],
+                              [str(image)]),
+    }
+
+
+@pytest.mark.parametrize("case", ["inspect missing path", "serve bad config", "status unreachable",
+                                  "predict bad image"])
+def test_cli_error_is_one_clear_line(tmp_path: Path, case: str) -> None:
+    args, words = _cases(tmp_path)[case]
+    res = _run(args)
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: "), res.stderr
+    for word in words:
+        assert word in lines[0], (word, res.stderr)
