@@ -65,6 +65,13 @@ def _bomb() -> bytes:
     return _encode(Image.new("L", (5000, 5000)), "PNG")
 
 
+def _encode_jpeg_bomb() -> bytes:
+    """A 5000x5000 progressive JPEG of about 250 KB (the dims sit in an SOF2 marker, not the baseline SOF0)."""
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buf, format="JPEG", progressive=True)
+    return buf.getvalue()
+
+
 IMAGE = make_example(np.random.default_rng(3), H, W)[0]
 GOOD_PNG = _encode(IMAGE, "PNG")
 BAD_IMAGES = {
@@ -73,6 +80,7 @@ BAD_IMAGES = {
     "truncated header": (GOOD_PNG[:20], "truncated PNG"),
     "truncated data": (GOOD_PNG[:len(GOOD_PNG) // 2], ""),
     "decompression bomb": (_bomb(), f"larger than the limit of {DEFAULT_MAX_IMAGE_PIXELS} pixels"),
+    "progressive JPEG bomb": (_encode_jpeg_bomb(), f"larger than the limit of {DEFAULT_MAX_IMAGE_PIXELS} pixels"),
 }
 # (height, width) sent with a valid 40x50 image, and what the message must say.
 BAD_SIZES = {
