@@ -363,6 +363,33 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
         moved.stop()
 
 
+def test_gzip_bomb_and_chunked_body_over_limit_are_413(server):
+    """The body limit holds for the decoded size: a 1 KB gzip that inflates past it, and a chunked upload."""
+    import gzip
+
+    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
+    rest.start()
+    try:
+        big = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}).encode()  # ~0.5 MB
+        bomb = gzip.compress(big)
+        assert len(bomb) < 4096
+        for data, headers in ((bomb, {"Content-Encoding": "gzip"}),
+                              ((big[i:i + 8192] for i in range(0, len(big), 8192)), {})):
+            conn = http.client.HTTPConnection("127.0.0.1", rest.port, timeout=60)
+            try:
+                conn.request("POST", "/v1/models/toy:predict", body=data,
+                             headers={"Content-Type": "application/json", **headers}, encode_chunked=not headers)
+                resp = conn.getresponse()
+                status, reply = resp.status, json.loads(resp.read())
+            finally:
+                conn.close()
+            assert status == 413 and "limit of 65536 bytes" in reply["error"], reply
+            status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
+            assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
+    finally:
+        rest.stop()
+
+
 def test_readiness_is_503_until_models_load(tmp_path):
     """A model whose base path has no version yet keeps /v1/health/ready at 503; status says why."""
     base = tmp_path / "late"
