@@ -114,6 +114,27 @@ def test_source_emits_each_poll(tmp_path: Path) -> None:
     assert len(seen) == 1
 
 
+def test_missing_base_path_is_reported_once_until_it_appears(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="tfsctl.core.source")
+
+    class Target:
+        def set_aspired_versions(self, name: str, versions: dict[int, Path]) -> None:
+            pass
+
+    base = tmp_path / "typo"
+    src = FileSystemSource(Target(), poll_wait_seconds=0)
+    src.set_models({"m": (base, VersionPolicy())}, poll=False)
+    for _ in range(3):
+        src.poll_once()
+    missing = [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
+    assert missing == [f"model m: base path {base} does not exist; waiting for it to appear"]
+    (base / "1").mkdir(parents=True)
+    src.poll_once()
+    shutil.rmtree(base)
+    src.poll_once()  # gone again after it existed: reported again
+    assert len([r for r in caplog.records if "does not exist" in r.getMessage()]) == 2
+
+
 # --- serving, hot swap, removal ---
 
 

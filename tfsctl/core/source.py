@@ -102,6 +102,7 @@ class FileSystemSource:
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._missing: set[tuple[str, Path]] = set()  # (model, base path) already reported as missing
 
     def set_models(self, models: dict[str, tuple[str | Path, VersionPolicy]], *, poll: bool = True) -> None:
         """Replace the watched models; new or changed ones are polled at once when ``poll`` is true."""
@@ -121,10 +122,20 @@ class FileSystemSource:
                 aspired = m.policy.select(list_versions(m.base_path))
                 if not aspired:
                     log.debug("no aspired versions of model %s under %s", m.name, m.base_path)
+                self._report_missing(m)
                 try:
                     self.target.set_aspired_versions(m.name, aspired)
                 except Exception:  # noqa: BLE001 - one model's trouble must not stop polling the others
                     log.exception("setting aspired versions of model %s failed", m.name)
+
+    def _report_missing(self, m: WatchedModel) -> None:
+        """Warn once (not every poll) while a model's base path does not exist: a typo would otherwise look idle."""
+        key = (m.name, m.base_path)
+        if os.path.isdir(m.base_path):
+            self._missing.discard(key)
+        elif key not in self._missing:
+            self._missing.add(key)
+            log.warning("model %s: base path %s does not exist; waiting for it to appear", m.name, m.base_path)
 
     def start(self) -> None:
         """Poll once now, then keep polling in a daemon thread (unless ``poll_wait_seconds`` <= 0)."""
