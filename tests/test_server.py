@@ -392,13 +392,13 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
     its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads and unloads."""
     write_toy_model(tmp_path / "toy", 1, scale=3.0)
     params = tmp_path / "batching.config"
-    params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1500000 }\n"
+    params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
     server = _start(tmp_path, rest_api_port=_free_port(), enable_batching=True, batching_parameters_file=str(params))
     try:
         assert server.wait_until_ready(60)
         channel, stub = _stub(server.grpc_port)
-        waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 1.5 s
+        waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 3 s
         deadline = time.monotonic() + 20
         while server.batcher.pending() != 1:
             assert time.monotonic() < deadline, "the first request never reached the batch queue"
@@ -425,7 +425,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
         toy = (("model_name", "toy"),)
         assert s[("tfserving_batch_size_count", toy)] == 2 and s[("tfserving_batch_size_sum", toy)] == 2
         assert s[("tfserving_batch_queue_latency_seconds_count", toy)] == 2
-        assert s[("tfserving_batch_queue_latency_seconds_sum", toy)] >= 1.0  # the first row waited ~1.5 s
+        assert s[("tfserving_batch_queue_latency_seconds_sum", toy)] >= 2.0  # the first row waited ~3 s
         for event, count in (("load", 2), ("unload", 1)):
             labels = (("event", event), ("model_name", "toy"))
             assert s[("tfserving_model_events_total", labels)] == count
