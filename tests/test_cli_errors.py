@@ -57,3 +57,34 @@ def test_cli_error_is_one_clear_line(tmp_path: Path, case: str) -> None:
     assert lines[0].startswith("error: "), res.stderr
     for word in words:
         assert word in lines[0], (word, res.stderr)
+
+
+def test_reload_warns_about_a_model_without_versions(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.testing import write_toy_model
+
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
+                                       model_base_path=str(base), file_system_poll_wait_seconds=0.1))
+    server.start()
+    try:
+        assert server.wait_until_ready(60)
+        typo = tmp_path / "tyop"
+        cfg = tmp_path / "models.config"
+        cfg.write_text("model_config_list {\n"
+                       f'  config {{ name: "toy" base_path: "{base}" model_platform: "tensorflow" }}\n'
+                       f'  config {{ name: "other" base_path: "{typo}" model_platform: "tensorflow" }}\n'
+                       "}\n")
+        res = CliRunner().invoke(app, ["reload", "--server", f"127.0.0.1:{server.grpc_port}",
+                                       "--model-config-file", str(cfg), "--timeout", "3"])
+        assert res.exit_code == 0, res.output
+        assert "toy: version(s) 1 AVAILABLE" in res.stdout
+        warning = " ".join(res.stderr.split())
+        assert "model 'other' has no version yet" in warning and f"{typo} does not exist" in warning, warning
+        assert "toy" not in warning
+    finally:
+        server.stop(1)

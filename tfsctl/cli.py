@@ -410,6 +410,25 @@ def reload(
     if not result.ok:
         fail(f"reload rejected by {target}: {result.error_code}: {result.error_message}")
     console.print(f"[green]reloaded[/] {target} with {len(result.models)} model(s): {escape(names)}")
+    # A server answers once the new models loaded or its wait ran out: say which models serve nothing yet
+    # (a mistyped base_path looks like success otherwise).
+    from tfsctl.client.rpc import get_model_status
+
+    for name, _path in result.models:
+        try:
+            rows = get_model_status(target, name, None, timeout)
+        except ClientError as e:
+            err_console.print(f"[yellow]warning:[/] model '{escape(name)}' has no version yet: {escape(e.message)}",
+                              soft_wrap=True)
+            continue
+        available = [str(r.version) for r in rows if r.state == "AVAILABLE"]
+        if available:
+            console.print(f"  {escape(name)}: version(s) {', '.join(available)} AVAILABLE")
+        else:
+            states = ", ".join(f"{r.version} {r.state}" + (f" ({r.error_message})" if r.error_message else "")
+                               for r in rows) or "the server reports no versions"
+            err_console.print(f"[yellow]warning:[/] model '{escape(name)}' has no AVAILABLE version yet: "
+                              f"{escape(states)}", soft_wrap=True)
 
 
 # --- bench ---
