@@ -309,6 +309,11 @@ def test_bad_checkpoints(tmp_path: Path, small_keras: Path) -> None:
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(ExportError, match="cannot load Keras model"):
         export_model(tmp_path / "broken.keras", out)
+    with pytest.raises(ExportError, match="not a zip archive"):  # keras itself says "File not found"
+        export_model(tmp_path / "broken.keras", out)
+    assert not out.exists()
+    with pytest.raises(ExportError, match="version '-1' .* is not a non-negative integer"):
+        export_model(small_keras, out / "-1")
     assert not out.exists()
 
 

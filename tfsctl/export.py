@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 import types
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ def resolve_target(out: str | Path) -> tuple[Path, int]:
     out = Path(out)
     if _VERSION_RE.match(out.name):
         return out.parent, int(out.name)
+    if re.fullmatch(r"[-+]\d+", out.name):  # meant as a version, but no server would load it
+        raise ExportError(f"version '{out.name}' in {out} is not a non-negative integer")
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory")
     existing = numeric_versions(out)
@@ -140,6 +143,8 @@ def _load_source(source: Path) -> tuple[Any, str]:
     if source.suffix == ".keras":
         if not source.is_file():
             raise ExportError(f"source {source} does not exist")
+        if not zipfile.is_zipfile(source):  # keras would call it "File not found"
+            raise ExportError(f"cannot load Keras model {source}: not a .keras file (not a zip archive)")
         return _load_keras_file(source)
     if not source.exists():
         raise ExportError(f"source {source} does not exist (expected a checkpoint directory or a .keras file)")
