@@ -343,7 +343,9 @@ REGRESS = "tensorflow/serving/regress"
 ERROR_CASES = {
     "unknown model": ("Predict", lambda: _predict_request(name="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
     "unknown version": ("Predict", lambda: _predict_request(version=99), grpc.StatusCode.NOT_FOUND, ["toy", "99"]),
-    "unknown label": ("Predict", lambda: _predict_request(label="beta"), grpc.StatusCode.NOT_FOUND, ["toy", "beta"]),
+    # As TF Serving ("Unrecognized servable version label"): INVALID_ARGUMENT, not NOT_FOUND.
+    "unknown label": ("Predict", lambda: _predict_request(label="beta"), grpc.StatusCode.INVALID_ARGUMENT,
+                      ["toy", "beta"]),
     "unknown signature": ("Predict", lambda: _predict_request(signature="nosig"),
                           grpc.StatusCode.FAILED_PRECONDITION, ["toy", "nosig"]),
     "missing input": ("Predict", lambda: _predict_request(x=None), grpc.StatusCode.INVALID_ARGUMENT,

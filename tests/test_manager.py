@@ -183,7 +183,7 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
     assert served(m, label="canary") == (3, 3.0)
     assert served(m) == (3, 3.0)
     assert served(m, "two", version=2) == (2, 2.0)
-    with pytest.raises(NotFound, match="unknown version label 'beta'"):
+    with pytest.raises(InvalidArgument, match=r"unknown version label 'beta' \(labels: canary, stable\)"):
         served(m, label="beta")
     with pytest.raises(NotFound, match=r"Specific\(toy, 2\)"):
         served(m, version=2)

@@ -237,7 +237,7 @@ def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
 BAD = [
     ("unknown model", "POST", "/v1/models/nope:predict", {"instances": X}, 404, "nope"),
     ("unknown version", "POST", "/v1/models/toy/versions/9:predict", {"instances": X}, 404, "9"),
-    ("unknown label", "POST", "/v1/models/toy/labels/nolabel:predict", {"instances": X}, 404, "nolabel"),
+    ("unknown label", "POST", "/v1/models/toy/labels/nolabel:predict", {"instances": X}, 400, "nolabel"),
     ("unknown model status", "GET", "/v1/models/nope", None, 404, "nope"),
     ("unknown signature", "POST", "/v1/models/toy:predict", {"signature_name": "nosig", "instances": X}, 400,
      "nosig"),

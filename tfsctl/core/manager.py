@@ -332,8 +332,9 @@ class Manager:
             if version is not None and label:
                 raise InvalidArgument(f"model '{name}': give a version or a version label, not both")
             if label:
-                if label not in model.labels:
-                    raise NotFound(f"model '{name}': unknown version label '{label}'")
+                if label not in model.labels:  # TF Serving: "Unrecognized servable version label", INVALID_ARGUMENT
+                    known = ", ".join(sorted(model.labels)) or "none"
+                    raise InvalidArgument(f"model '{name}': unknown version label '{label}' (labels: {known})")
                 version = model.labels[label]
                 rec = model.versions.get(version)
                 if rec is None or rec.state != AVAILABLE:

@@ -250,7 +250,7 @@ class PredictionCore:
         if label is not None:
             labels = self.manager.labels(name)
             if label not in labels:
-                raise NotFound(f"model '{name}': unknown version_label '{label}' "
+                raise InvalidArgument(f"model '{name}': unknown version label '{label}' "
                                f"(labels: {', '.join(sorted(labels)) or 'none'})")
             version = labels[label]
         if version is not None:
