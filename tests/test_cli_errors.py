@@ -88,3 +88,15 @@ def test_reload_warns_about_a_model_without_versions(tmp_path: Path) -> None:
         assert "toy" not in warning
     finally:
         server.stop(1)
+
+
+@pytest.mark.parametrize("command", [["status", "--model", "m"], ["reload", "--model-config-file", "unused.config"]])
+def test_non_positive_timeout_is_refused_before_any_rpc(command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+
+    for value in ("0", "-1"):
+        res = CliRunner().invoke(app, [*command, "--server", f"127.0.0.1:{_closed_port()}", "--timeout", value])
+        assert res.exit_code == 1, res.output
+        assert f"--timeout must be positive, got {value}" in res.stderr, res.stderr

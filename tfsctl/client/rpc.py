@@ -39,6 +39,11 @@ def parse_target(server: str, default_port: int = DEFAULT_GRPC_PORT) -> str:
     return f"{host}:{port}"
 
 
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise ClientError(f"--timeout must be positive, got {timeout:g}")
+
+
 def open_channel(target: str) -> grpc.Channel:
     """Insecure channel to ``target`` without message size limits."""
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -91,6 +96,7 @@ def get_model_status(target: str, model: str, version: int | None = None, timeou
     """GetModelStatus for ``model`` (one version if given), sorted by version."""
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+    _check_timeout(timeout)
     request = get_model_status_pb2.GetModelStatusRequest()
     fill_model_spec(request.model_spec, model, version=version)
     with open_channel(target) as channel:
@@ -128,6 +134,7 @@ def reload_config(target: str, config_file: str | Path, timeout: float = 30.0) -
 
     from tfsctl.core.config import load_model_server_config
 
+    _check_timeout(timeout)
     try:
         config = load_model_server_config(config_file)
     except ConfigError as e:
