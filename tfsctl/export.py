@@ -210,7 +210,8 @@ def _check_checkpoint_matches(ckpt: Any, prefix: Path) -> None:
     if reshaped:
         problems.append(f"{len(reshaped)} variable(s) with another shape: "
                         + ", ".join(f"{_short(k)} model {list(expected[k])} vs checkpoint {list(stored[k])}"
-                                    for k in reshaped[:8]))
+                                    for k in reshaped[:8])
+                        + (f", ... ({len(reshaped) - 8} more)" if len(reshaped) > 8 else ""))
     if problems:
         raise ExportError(f"checkpoint {prefix} does not match model.json: " + "; ".join(problems))
 

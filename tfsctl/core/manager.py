@@ -314,7 +314,7 @@ class Manager:
 
     @contextlib.contextmanager
     def handle(self, name: str, version: int | None = None, label: str | None = None) -> Iterator[Servable]:
-        """The Servable for a request, held (not unloadable) for the ``with`` block."""
+        """The Servable for a request, held (not unloadable) for the ``with`` block: TF Serving's ServableHandle."""
         rec = self._acquire(name, version, label)
         try:
             yield rec.servable  # type: ignore[misc]
