@@ -219,6 +219,8 @@ def test_get_model_metadata(served):
     req.model_spec.version.value = 1
     resp = served["predict"].GetModelMetadata(req, timeout=10)
     assert resp.model_spec.name == "toy" and resp.model_spec.version.value == 1
+    assert resp.model_spec.signature_name == ""  # as TF Serving: metadata is per model version, not per signature
+    assert resp.metadata["signature_def"].type_url == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     assert resp.metadata["signature_def"].Unpack(sig_map)
     assert {"serving_default", "classify", "regress"} <= set(sig_map.signature_def)
