@@ -34,8 +34,8 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def quiet_tensorflow() -> None:
-    """Import TensorFlow and probe its devices with the native start-up chatter kept off the terminal.
+def quiet_tensorflow(devices: bool = False) -> None:
+    """Import TensorFlow (and with ``devices`` probe them) with the native start-up chatter kept off the terminal.
 
     TensorFlow's C++ runtime logs through absl before any log level applies (``Could not find cuda drivers``,
     ``failed call to cuInit`` on machines without a GPU), so a one-line error would drown in it. File descriptor 2
@@ -56,7 +56,8 @@ def quiet_tensorflow() -> None:
             try:
                 import tensorflow as tf
 
-                tf.config.list_physical_devices()  # the CUDA probe logs here, not at import
+                if devices:  # only commands that run ops: the CUDA probe logs here, not at import
+                    tf.config.list_physical_devices()
             except BaseException:
                 os.dup2(saved, 2)
                 capture.seek(0)
@@ -92,7 +93,7 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a checkpoint (or .keras model) as a versioned SavedModel that a model server can load."""
-    quiet_tensorflow()
+    quiet_tensorflow(devices=True)
     import json
     import time
 
@@ -255,7 +256,7 @@ def serve(
     grpc_max_threads: int = _opt(0, "grpc-max-threads", help="gRPC worker threads (0 = automatic)."),
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
-    quiet_tensorflow()
+    quiet_tensorflow(devices=True)
     import logging
 
     from rich.panel import Panel
