@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,33 @@ def test_non_positive_timeout_is_refused_before_any_rpc(command: list[str]) -> N
         res = CliRunner().invoke(app, [*command, "--server", f"127.0.0.1:{_closed_port()}", "--timeout", value])
         assert res.exit_code == 1, res.output
         assert f"--timeout must be positive, got {value}" in res.stderr, res.stderr
+
+
+def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
+    """Load errors quote paths; '[b]' in one must reach the table, not be taken for rich's bold markup."""
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.testing import write_toy_model
+
+    base = tmp_path / "m[b]"
+    write_toy_model(base, 1)
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="m",
+                                       model_base_path=str(base), file_system_poll_wait_seconds=0.1,
+                                       max_num_load_retries=0))
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(s.error for s in server.manager.version_states("m")):
+            assert time.monotonic() < deadline, server.manager.version_states("m")
+            time.sleep(0.05)
+        res = CliRunner().invoke(app, ["status", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "m"],
+                                 env={"COLUMNS": "400"})
+        assert res.exit_code == 0, res.output
+        row = next(line for line in res.stdout.splitlines() if "END" in line)
+        assert f"{base}/2" in row, res.stdout
+    finally:
+        server.stop(1)
