@@ -500,3 +500,13 @@ def test_model_status_of_a_configured_model_without_versions_is_not_found(served
                                                          timeout=30)
         assert resp.status.error_code == 0
     _good_predict(served)
+
+
+def test_reload_moving_a_label_to_an_unavailable_version_is_failed_precondition(served):
+    moved = _model_config("toy", served["base"], {"stable": 1, "canary": 3})  # there is no version 3
+    with pytest.raises(grpc.RpcError) as info:
+        served["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=moved), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()  # as TF Serving
+    assert "canary" in info.value.details() and "3" in info.value.details()
+    resp = served["predict"].Predict(_predict_request(label="canary"), timeout=10)  # nothing changed
+    assert resp.model_spec.version.value == 2

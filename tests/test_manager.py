@@ -17,7 +17,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from tfsctl.core.config import single_model_config
 from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
-from tfsctl.errors import InvalidArgument, NotFound, Unavailable
+from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tfsctl.serving.metrics import Metrics
 from tfsctl.testing import write_toy_model
 
@@ -194,7 +194,7 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
 
     # Moving an existing label to a version that is not AVAILABLE is refused and changes nothing.
     moved = text.replace("key: 'canary' value: 3", "key: 'canary' value: 2")
-    with pytest.raises(InvalidArgument, match="cannot move label 'canary' to version 2"):
+    with pytest.raises(FailedPrecondition, match="cannot move label 'canary' to version 2"):
         m.apply_config(config(moved))
     assert m.labels("toy") == {"stable": 1, "canary": 3}
     # Moving it to an AVAILABLE version works; a new label may point at a version not loaded yet.

@@ -41,7 +41,7 @@ from tfsctl.core.config import validate_model_server_config
 from tfsctl.core.loader import Loader
 from tfsctl.core.servable import Servable
 from tfsctl.core.source import FileSystemSource, VersionPolicy
-from tfsctl.errors import ConfigError, InvalidArgument, NotFound, Unavailable
+from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tfsctl.serving.metrics import Metrics
 
 log = logging.getLogger("tfsctl.core.manager")
@@ -201,7 +201,7 @@ class Manager:
                         continue
                     rec = model.versions.get(version)
                     if label in model.labels and (rec is None or rec.state != AVAILABLE):
-                        raise InvalidArgument(
+                        raise FailedPrecondition(  # TF Serving's code for "not currently available"
                             f"model '{name}': cannot move label '{label}' to version {version}, which is not "
                             f"AVAILABLE (a label may point to a version that is not loaded only when it is new)"
                         )
