@@ -56,6 +56,7 @@ def test_single_model_config() -> None:
         ("model_config_list { config { name: 'a' base_path: '/a' }", "1:"),
         ("model_config_list { config { base_path: '/a' } }", "has no name"),
         ("model_config_list { config { name: 'a' } }", "model 'a' has no base_path"),
+        ("model_config_list { config { name: 'a' base_path: 'models/a' } }", "base_path 'models/a' is relative"),
         (
             "model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }",
             "appears more than once",

@@ -10,6 +10,7 @@ Relative ``base_path`` values are kept as written (resolved against the working 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def validate_model_server_config(
         seen.add(mc.name)
         if not mc.base_path:
             raise ConfigError(f"{where}: model '{mc.name}' has no base_path")
+        if "://" not in mc.base_path and not os.path.isabs(mc.base_path):  # resolved against whose cwd? (as TF Serving)
+            raise ConfigError(f"{where}: model '{mc.name}': base_path '{mc.base_path}' is relative; "
+                              "give an absolute path (as tensorflow_model_server requires)")
         if mc.model_platform not in _PLATFORMS:
             raise ConfigError(
                 f"{where}: model '{mc.name}': model_platform '{mc.model_platform}' is not supported (only tensorflow)"
