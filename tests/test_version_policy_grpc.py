@@ -19,10 +19,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
@@ -130,3 +132,35 @@ def test_policies_labels_and_versions_coming_and_going(server):
     # latest {2} of {1, 2, 4}: version 2 comes back, 4 stays.
     _wait(lambda: _states(server, "recent").get(2) == AVAILABLE, "recent: version 2 reloaded")
     assert _states(server, "recent")[4] == AVAILABLE
+
+
+def test_reload_with_a_model_that_cannot_load_is_unknown_and_serving_goes_on(tmp_path):
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    broken = tmp_path / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    srv = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
+                                    model_base_path=str(base), file_system_poll_wait_seconds=0.1,
+                                    max_num_load_retries=0))
+    srv.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+    stubs = {"predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+             "model": model_service_pb2_grpc.ModelServiceStub(channel)}
+    try:
+        assert srv.wait_until_ready(60)
+        config = model_server_config_pb2.ModelServerConfig()
+        for name, path in (("toy", base), ("broken", broken)):
+            config.model_config_list.config.add(name=name, base_path=str(path), model_platform="tensorflow")
+        with pytest.raises(grpc.RpcError) as info:
+            stubs["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                                     timeout=30)
+        # As TF Serving's ServerCore::WaitUntilModelsAvailable: UNKNOWN, naming the model and the load error.
+        assert info.value.code() == grpc.StatusCode.UNKNOWN, info.value.details()
+        assert "'broken' did not become available" in info.value.details()
+        assert "version 1" in info.value.details()
+        assert _states(stubs, "broken") == {1: END}
+        assert _predict(stubs, "toy") == 1
+    finally:
+        channel.close()
+        srv.stop(2)

@@ -85,6 +85,12 @@ class Unimplemented(ServingError):
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class Unknown(ServingError):
+    """TF Serving's code for models that did not become available after a config reload (UNKNOWN / 500)."""
+
+    grpc_code = grpc.StatusCode.UNKNOWN
+
+
 class Internal(ServingError):
     """Model execution failed in an unexpected way (INTERNAL / 500)."""
 

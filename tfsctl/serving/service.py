@@ -25,7 +25,14 @@ from tensorflow_serving.apis import (
 )
 
 from tfsctl.core.servable import examples_from_input
-from tfsctl.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, ServingError, Unimplemented
+from tfsctl.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    Unimplemented,
+    Unknown,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -311,7 +318,8 @@ class PredictionCore:
                     pending.discard(name)
                 elif states and all(s.state == _END and s.error for s in states):
                     errors = "; ".join(f"version {s.version}: {s.error}" for s in states)
-                    raise Internal(f"model '{name}' failed to load: {errors}")
+                    # TF Serving's WaitUntilModelsAvailable answers UNKNOWN "... did not become available"
+                    raise Unknown(f"model '{name}' did not become available: {errors}")
             if pending:
                 time.sleep(0.02)
 
