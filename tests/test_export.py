@@ -160,6 +160,15 @@ def test_predict_images_validates_sizes(deeplab_export: tuple, height: list, wid
                                             width=tf.constant(width))
 
 
+def test_predict_images_refuses_images_over_the_pixel_limit(deeplab_export: tuple) -> None:
+    _, _, loaded = deeplab_export
+    fn = loaded.signatures["predict_images"]
+    out = fn(images=tf.zeros([1, 100, 100, 3], tf.uint8), height=tf.constant([100]), width=tf.constant([100]))
+    assert out["segmentation_map"].shape == (1, 100, 100)  # exactly at the limit of 100 * 100 pixels
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than the limit of 10000 pixels"):
+        fn(images=tf.zeros([1, 100, 101, 3], tf.uint8), height=tf.constant([100]), width=tf.constant([101]))
+
+
 def test_classify_png_and_jpeg(deeplab_export: tuple) -> None:
     model, _, loaded = deeplab_export
     img, _ = make_example(np.random.default_rng(1), 48, 64)

@@ -89,7 +89,7 @@ def export(
         None, "--warmup-size", help="WIDTHxHEIGHT of a predict_images warmup request; repeatable (default 256x256; "
         "'none' for no warmup file)."),
     max_image_pixels: int = typer.Option(
-        2048 * 2048, "--max-image-pixels", help="classify rejects encoded images larger than this, before decoding."),
+        2048 * 2048, "--max-image-pixels", help="Largest image (pixels) the signatures accept."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a checkpoint (or .keras model) as a versioned SavedModel that a model server can load."""

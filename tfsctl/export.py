@@ -336,6 +336,11 @@ def _deeplab_module_class() -> type:
                                           "one value per image (length N of input images)"),
                 tf.debugging.assert_greater(tf.minimum(h, w), 0, message="predict_images: input images is "
                                             "empty (zero height or width)"),
+                # Activations and `probabilities` grow with H*W: bound them before the model runs.
+                tf.debugging.assert_less_equal(
+                    tf.cast(h, tf.int64) * tf.cast(w, tf.int64), tf.constant(self.max_pixels, tf.int64),
+                    message=f"predict_images: input images is larger than the limit of {self.max_pixels} "
+                            "pixels per image (tfsctl export --max-image-pixels)"),
             ]
             with tf.control_dependencies(checks):
                 checks = [
