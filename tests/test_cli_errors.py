@@ -131,3 +131,14 @@ def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
         assert f"{base}/2" in row, res.stdout
     finally:
         server.stop(1)
+
+
+def test_error_with_line_breaks_prints_as_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+
+    odd = tmp_path / "first\n\tsecond"  # stands for a server message with TF's "\n\t [[{{node ...}}]]" tail
+    res = CliRunner().invoke(app, ["inspect", str(odd)])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.splitlines() == [f"error: {tmp_path}/first second does not exist"], res.stderr

@@ -27,10 +27,12 @@ err_console = Console(stderr=True)
 def fail(message: str, code: int = 1) -> None:
     """Print a clear one-line error to stderr and exit non-zero.
 
-    The message is escaped (paths and server messages may hold ``[...]``, which rich would take for markup) and
-    not wrapped, so a log or ``grep`` sees one line.
+    The message is escaped (paths and server messages may hold ``[...]``, which rich would take for markup),
+    its line breaks (TensorFlow runtime errors from a server carry ``\n\t [[{{node ...}}]]``) become spaces, and
+    it is not wrapped, so a log or ``grep`` sees one line.
     """
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err_console.print(f"[bold red]error:[/] {escape(one_line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
