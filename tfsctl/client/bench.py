@@ -23,9 +23,7 @@ import http.client
 import io
 import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +34,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
+from tfsctl.client.files import write_atomic
 from tfsctl.client.rpc import CHANNEL_OPTIONS, fill_model_spec, parse_target
 from tfsctl.errors import ClientError
 
@@ -662,23 +661,6 @@ def run_sweep(
 # --- reports ---
 
 
-def _write_atomic(path: str | Path, data: bytes) -> Path:
-    out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ClientError(f"cannot write {out}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -694,7 +676,7 @@ def write_json(path: str | Path, results: Sequence[LevelResult], meta: dict | No
         return _finite(obj)
 
     doc = {"meta": meta or {}, "levels": [clean(r.to_dict()) for r in results]}
-    return _write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+    return write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
 def write_csv(path: str | Path, results: Sequence[LevelResult]) -> Path:
@@ -705,7 +687,7 @@ def write_csv(path: str | Path, results: Sequence[LevelResult]) -> Path:
     for r in results:
         row = {k: _finite(v) for k, v in r.to_dict().items()}
         writer.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_FIELDS})
-    return _write_atomic(path, buf.getvalue().encode("utf-8"))
+    return write_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def write_plot(path: str | Path, results: Sequence[LevelResult], title: str = "") -> Path:
@@ -733,4 +715,4 @@ def write_plot(path: str | Path, results: Sequence[LevelResult], title: str = ""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _write_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())

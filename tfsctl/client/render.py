@@ -6,14 +6,14 @@ The output PNG holds the blended image at its own size in the top-left corner an
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tfsctl.client.files import write_atomic
 from tfsctl.errors import ClientError
 from tfsctl.voc import VOC_CLASSES, voc_palette
 
@@ -129,33 +129,8 @@ def render_overlay(image: np.ndarray, seg_map: np.ndarray, alpha: float = 0.5) -
     return canvas
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_png_atomic(img: Image.Image, path: str | Path) -> Path:
-    """Write ``img`` as PNG to a temp file beside ``path``, then rename: never a half-written file."""
-    out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ClientError(f"cannot write {out}: directory {parent} does not exist")
-    if out.is_dir():
-        raise ClientError(f"cannot write {out}: it is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    except OSError as e:
-        raise ClientError(f"cannot write {out}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the PNG the usual permissions
-        os.replace(tmp, out)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise ClientError(f"cannot write {out}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    """Encode ``img`` as PNG and write it atomically (:func:`tfsctl.client.files.write_atomic`)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return write_atomic(path, buf.getvalue())
