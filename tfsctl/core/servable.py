@@ -255,20 +255,21 @@ def examples_from_input(input_proto: Any, where: str = "request") -> np.ndarray:
     return arr
 
 
+EXAMPLE_INPUTS = "inputs"
+
+
 def example_input_key(spec: SignatureSpec, method: str, where: str) -> str:
-    """The single string input a classify/regress signature must have (TF Serving's rule)."""
+    """The input of a classify/regress signature: exactly one, named ``inputs``, DT_STRING (TF Serving's rule)."""
     if spec.method_name != method:
         raise FailedPrecondition(
             f"{where}: signature '{spec.name}' has method_name '{spec.method_name}', expected '{method}'"
         )
-    if len(spec.inputs) != 1:
-        raise FailedPrecondition(
-            f"{where}: signature '{spec.name}' must have exactly one input, has {len(spec.inputs)}"
-        )
-    (key, ts), = spec.inputs.items()
-    if ts.dtype_enum != 7:  # DT_STRING
-        raise FailedPrecondition(f"{where}: signature '{spec.name}' input '{key}' must be DT_STRING")
-    return key
+    if len(spec.inputs) != 1 or EXAMPLE_INPUTS not in spec.inputs:
+        kind = method.rsplit("/", 1)[-1]
+        raise FailedPrecondition(f"{where}: a {kind} signature needs exactly one input named '{EXAMPLE_INPUTS}'")
+    if spec.inputs[EXAMPLE_INPUTS].dtype_enum != 7:  # DT_STRING
+        raise FailedPrecondition(f"{where}: signature '{spec.name}' input '{EXAMPLE_INPUTS}' must be DT_STRING")
+    return EXAMPLE_INPUTS
 
 
 __all__ = [

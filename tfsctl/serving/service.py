@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfsctl.core.servable import examples_from_input
+from tfsctl.core.servable import example_input_key, examples_from_input
 from tfsctl.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -33,14 +33,11 @@ from tfsctl.errors import (
     Unimplemented,
     Unknown,
 )
+from tfsctl.savedmodel import CLASSIFY_METHOD, REGRESS_METHOD
 
 DEFAULT_SIGNATURE = "serving_default"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-CLASSIFY_INPUTS = "inputs"
 CLASSIFY_CLASSES = "classes"
 CLASSIFY_SCORES = "scores"
-REGRESS_INPUTS = "inputs"
 REGRESS_OUTPUTS = "outputs"
 SIGNATURE_DEF_FIELD = "signature_def"
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -143,24 +140,22 @@ class PredictionCore:
                      ) -> classification_pb2.ClassificationResult:
         sig = self._signature(servable, signature_name, CLASSIFY_METHOD)
         where = f"model '{servable.name}' signature '{signature_name}'"
-        if CLASSIFY_INPUTS not in sig.inputs or len(sig.inputs) != 1:
-            raise FailedPrecondition(f"{where}: a classify signature needs exactly one input named '{CLASSIFY_INPUTS}'")
+        key = example_input_key(servable.signature(signature_name), CLASSIFY_METHOD, where)
         wanted = [k for k in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if k in sig.outputs]
         if not wanted:
             raise FailedPrecondition(f"{where}: classify signature has neither '{CLASSIFY_CLASSES}' nor "
                                      f"'{CLASSIFY_SCORES}' output")
-        out = self._run(servable, signature_name, {CLASSIFY_INPUTS: examples}, wanted)
+        out = self._run(servable, signature_name, {key: examples}, wanted)
         return classification_result(out.get(CLASSIFY_CLASSES), out.get(CLASSIFY_SCORES), len(examples), where)
 
     def _regress_on(self, servable: Any, signature_name: str, examples: np.ndarray
                     ) -> regression_pb2.RegressionResult:
         sig = self._signature(servable, signature_name, REGRESS_METHOD)
         where = f"model '{servable.name}' signature '{signature_name}'"
-        if REGRESS_INPUTS not in sig.inputs or len(sig.inputs) != 1:
-            raise FailedPrecondition(f"{where}: a regress signature needs exactly one input named '{REGRESS_INPUTS}'")
+        key = example_input_key(servable.signature(signature_name), REGRESS_METHOD, where)
         if REGRESS_OUTPUTS not in sig.outputs:
             raise FailedPrecondition(f"{where}: regress signature has no '{REGRESS_OUTPUTS}' output")
-        out = self._run(servable, signature_name, {REGRESS_INPUTS: examples}, [REGRESS_OUTPUTS])
+        out = self._run(servable, signature_name, {key: examples}, [REGRESS_OUTPUTS])
         return regression_result(out[REGRESS_OUTPUTS], len(examples), where)
 
     def classify(self, request: classification_pb2.ClassificationRequest
