@@ -611,6 +611,8 @@ class RestServer:
         with self.manager.handle(name, int(version) if version is not None else None, label) as servable:
             sig = servable.signature(spec.signature_name)
             where = f"model '{name}' version {servable.version}, signature '{sig.name}'"
+        # Run on the version whose signature decoded the body, even if a newer one became latest meanwhile.
+        spec.version.value = servable.version
         inputs, row = decode_predict_body(body, sig, where)
         resolved, outputs = self.core.predict(spec, inputs, ())
         return encode_predict_outputs(outputs, row, f"model '{name}', signature '{resolved.signature_name}'")
