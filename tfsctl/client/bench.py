@@ -153,7 +153,7 @@ def image_inputs(path: str | Path) -> dict[str, np.ndarray]:
     return {"images": img[None], "height": np.array([h], np.int32), "width": np.array([w], np.int32)}
 
 
-def _inputs_from_specs(specs: dict[str, tuple[str, list[int] | None]], batch: int, seed: int = 0) -> dict:
+def _inputs_from_specs(specs: dict[str, tuple[str, Sequence[int] | None]], batch: int, seed: int = 0) -> dict:
     """Synthetic inputs from ``{name: (DT_* dtype name, dims or None)}``: unknown dims become ``batch`` (first) or 1."""
     wanted = []
     for name, (dtype, dims) in sorted(specs.items()):
@@ -203,16 +203,10 @@ def inputs_from_metadata(
                 raise rpc_error(e, target, f"GetModelMetadata for model '{model}'", timeout) from None
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         reply.metadata["signature_def"].Unpack(sig_map)
-        from tensorflow.core.framework import types_pb2
+        from tfsctl.serving.tensors import dtype_name, shape_of
 
         sigs = {
-            key: {
-                name: (
-                    types_pb2.DataType.Name(info.dtype),
-                    None if info.tensor_shape.unknown_rank else [int(d.size) for d in info.tensor_shape.dim],
-                )
-                for name, info in sig_def.inputs.items()
-            }
+            key: {name: (dtype_name(info.dtype), shape_of(info.tensor_shape)) for name, info in sig_def.inputs.items()}
             for key, sig_def in sig_map.signature_def.items()
         }
     elif protocol == "rest":
