@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -26,7 +25,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import Internal, InvalidArgument, ServingError
 from tfsctl.serving.service import PredictionCore, signature_or_default
-from tfsctl.serving.tensors import NP_BY_DTYPE, dtype_name, from_numpy, to_numpy
+from tfsctl.serving.tensors import from_numpy, to_numpy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,26 +74,6 @@ class _Base:
             return set()
 
 
-def check_tensor_size(proto: tensor_pb2.TensorProto, name: str, limit: int) -> None:
-    """Refuse a tensor whose decoded size exceeds ``limit`` bytes before decoding it.
-
-    Typed ``*_val`` fields are padded to the shape, so a tiny message can claim a huge shape; a tensor that would
-    not fit in one message as ``tensor_content`` is refused instead of allocated. Exact integer arithmetic, so
-    absurd dimensions cannot overflow into a small size.
-    """
-    count = 1
-    for d in proto.tensor_shape.dim:
-        count *= max(int(d.size), 0)
-    dtype = NP_BY_DTYPE.get(proto.dtype)
-    itemsize = 8 if dtype is None or dtype.kind == "O" else dtype.itemsize
-    if count * itemsize > limit:
-        shape = [int(d.size) for d in proto.tensor_shape.dim]
-        raise InvalidArgument(
-            f"input '{name}': shape {shape} of {dtype_name(proto.dtype)} needs {count * itemsize} bytes, "
-            f"more than the {limit} bytes allowed for one tensor"
-        )
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Base):
     """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata."""
 
@@ -107,8 +86,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
         inputs = {}
         for key, proto in request.inputs.items():
             try:
-                check_tensor_size(proto, key, self.max_tensor_bytes)
-                inputs[key] = to_numpy(proto, key)
+                inputs[key] = to_numpy(proto, key, self.max_tensor_bytes)
             except InvalidArgument as e:
                 sig = signature_or_default(spec.signature_name)
                 raise InvalidArgument(f"model '{spec.name}' signature '{sig}': {e.message}") from e

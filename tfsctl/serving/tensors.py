@@ -7,6 +7,8 @@ accepts from clients: an empty field gives zeros, a shorter one is padded with i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
@@ -67,15 +69,26 @@ def shape_of(proto: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...] | None
     return tuple(int(d.size) for d in proto.dim)
 
 
-def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
-    """Decode a TensorProto; raise InvalidArgument naming ``name`` when it is malformed."""
+def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int | None = None) -> np.ndarray:
+    """Decode a TensorProto; raise InvalidArgument naming ``name`` when it is malformed.
+
+    ``max_bytes`` bounds the decoded size before anything is allocated: typed ``*_val`` fields are padded to the
+    shape, so a tiny message can claim a huge shape. The element count is exact (Python ints), so absurd
+    dimensions cannot overflow into a small size.
+    """
     np_dtype = NP_BY_DTYPE.get(proto.dtype)
     if np_dtype is None:
         raise InvalidArgument(f"input '{name}': unsupported dtype {dtype_name(proto.dtype)}")
     shape = shape_of(proto.tensor_shape) or ()
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has an unknown dimension")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
+    itemsize = 8 if np_dtype.kind == "O" else np_dtype.itemsize
+    if max_bytes is not None and count * itemsize > max_bytes:
+        raise InvalidArgument(
+            f"input '{name}': shape {list(shape)} of {dtype_name(proto.dtype)} needs {count * itemsize} bytes, "
+            f"more than the {max_bytes} bytes allowed for one tensor"
+        )
     if proto.tensor_content:
         if proto.dtype == types_pb2.DT_STRING:
             raise InvalidArgument(f"input '{name}': DT_STRING cannot be sent in tensor_content")
