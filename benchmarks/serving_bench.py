@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,17 +45,12 @@ max_enqueued_batches {{ value: 100 }}
 """
 
 
-def free_port() -> int:
-    """An OS-chosen free port on 127.0.0.1 (closed again; the server binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerProcess:
     """``tfsctl serve`` in a child process on 127.0.0.1, ready when /v1/health/ready answers 200."""
 
     def __init__(self, base_path: Path, model: str, extra: list[str], log: Path) -> None:
+        from tfsctl.testing import free_port
+
         self.grpc_port, self.rest_port = free_port(), free_port()
         cmd = [
             sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1",

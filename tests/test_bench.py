@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import threading
 import time
 from concurrent import futures
@@ -25,6 +24,7 @@ from tfsctl.cli import app  # noqa: E402
 from tfsctl.client import bench  # noqa: E402
 from tfsctl.errors import ClientError  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.testing import free_port  # noqa: E402
 
 runner = CliRunner()
 
@@ -162,9 +162,7 @@ def test_errors_are_counted_not_fatal(grpc_server, rest_server):
     assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"INVALID_ARGUMENT"}
     (r,) = bench.run_sweep(rest_server, [1], 0.0, 0.3, inputs=inputs, model="nosuch", protocol="rest")
     assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"HTTP 404"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()
     (r,) = bench.run_sweep(f"127.0.0.1:{closed}", [1], 0.0, 0.3, inputs=inputs, model="toy", timeout=1.0)
     assert r.requests == 0 and r.errors > 0 and set(r.error_kinds) == {"UNAVAILABLE"}
     assert r.errors <= 0.3 / bench.ERROR_PAUSE_S + 1  # paced, not a hot loop
@@ -267,9 +265,7 @@ def test_against_tfsctl_serve(tmp_path):
 
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=3.0)
-    with socket.socket() as s:  # rest_api_port=0 means "no REST": pick a free port
-        s.bind(("127.0.0.1", 0))
-        rest_port = s.getsockname()[1]
+    rest_port = free_port()  # rest_api_port=0 means "no REST"
     server = ModelServer(ServerOptions(port=0, rest_api_port=rest_port, host="127.0.0.1", model_name="toy",
                                        model_base_path=str(base)))
     server.start()

@@ -7,7 +7,6 @@ wrapping at a non-terminal's 80 columns; these run the installed ``tfsctl`` in a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tfsctl.testing import free_port
+
 TFSCTL = [sys.executable, "-m", "tfsctl"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -40,9 +35,9 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "inspect missing path": (["inspect", str(odd)], [str(odd), "does not exist"]),
         "serve bad config": (["serve", "--port", "0", "--rest-api-port", "0", "--model-config-file", str(bad_config)],
                              [str(bad_config), "Expected"]),
-        "status unreachable": (["status", "--server", f"127.0.0.1:{_closed_port()}", "--model", "m", "--timeout", "5"],
+        "status unreachable": (["status", "--server", f"127.0.0.1:{free_port()}", "--model", "m", "--timeout", "5"],
                                ["cannot reach server", "UNAVAILABLE"]),
-        "predict bad image": (["predict", str(image), "--server", f"127.0.0.1:{_closed_port()}"],
+        "predict bad image": (["predict", str(image), "--server", f"127.0.0.1:{free_port()}"],
                               [str(image)]),
     }
 
@@ -98,7 +93,7 @@ def test_non_positive_timeout_is_refused_before_any_rpc(command: list[str]) -> N
     from tfsctl.cli import app
 
     for value in ("0", "-1"):
-        res = CliRunner().invoke(app, [*command, "--server", f"127.0.0.1:{_closed_port()}", "--timeout", value])
+        res = CliRunner().invoke(app, [*command, "--server", f"127.0.0.1:{free_port()}", "--timeout", value])
         assert res.exit_code == 1, res.output
         assert f"--timeout must be positive, got {value}" in res.stderr, res.stderr
 

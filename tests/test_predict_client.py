@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import threading
 import time
@@ -39,6 +38,7 @@ from tfsctl.client.render import LEGEND_SWATCH, PALETTE, blend, legend_swatch_bo
 from tfsctl.client.rpc import get_model_status, parse_target, reload_config  # noqa: E402
 from tfsctl.errors import ClientError  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.testing import free_port  # noqa: E402
 
 PERSON, CAT, DOG = 15, 8, 12
 runner = CliRunner()
@@ -162,12 +162,6 @@ def server():
     srv.start()
     yield f"127.0.0.1:{port}", seg, reg
     srv.stop(0)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stripes(h: int = 48, w: int = 90) -> np.ndarray:
@@ -344,7 +338,7 @@ def test_decompression_bomb(server, tmp_path):
 
 
 def test_unreachable_server(png, tmp_path):
-    port = closed_port()
+    port = free_port()
     msg = _cli_error(["predict", str(png), "--server", f"127.0.0.1:{port}", "--timeout", "5"])
     assert f"cannot reach server at 127.0.0.1:{port} (UNAVAILABLE)" in msg
 
@@ -392,7 +386,7 @@ def test_status_table_and_errors(server):
 
     msg = _cli_error(["status", "--server", target, "--model", "nosuch"])
     assert "NOT_FOUND" in msg and "nosuch" in msg
-    port = closed_port()
+    port = free_port()
     msg = _cli_error(["status", "--server", f"127.0.0.1:{port}", "--model", "deeplab"])
     assert f"cannot reach server at 127.0.0.1:{port}" in msg
 

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfsctl.errors import ConfigError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
@@ -338,12 +338,6 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 # --- REST beside gRPC ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
     import json
     import urllib.error
@@ -352,7 +346,7 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
-    server = _start(tmp_path, rest_api_port=_free_port(), monitoring_config_file=str(monitoring))
+    server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
     try:
         assert server.wait_until_ready(60)
         rest = f"http://127.0.0.1:{server.rest_port}"
@@ -394,7 +388,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
-    server = _start(tmp_path, rest_api_port=_free_port(), enable_batching=True, batching_parameters_file=str(params))
+    server = _start(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params))
     try:
         assert server.wait_until_ready(60)
         channel, stub = _stub(server.grpc_port)
@@ -447,7 +441,7 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
     caplog.set_level(logging.WARNING, logger="tfsctl.core.manager")
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    server = _start(tmp_path, rest_api_port=_free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05)
+    server = _start(tmp_path, rest_api_port=free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05)
     try:
         assert server.wait_until_ready(60)
         bad = base / "2"
@@ -495,7 +489,7 @@ def test_monitoring_config_can_disable_the_metrics_page(tmp_path):
     write_toy_model(tmp_path / "toy", 1)
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: false }\n")
-    server = _start(tmp_path, rest_api_port=_free_port(), monitoring_config_file=str(monitoring))
+    server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
     try:
         assert server.wait_until_ready(60)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -159,3 +160,11 @@ def write_warmup_requests(model_dir: str | Path, logs: Iterable) -> Path:
             writer.write(log.SerializeToString())
     tmp.replace(path)
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS just handed out on ``host`` and released: nothing listens there (an unreachable server for
+    client tests), and a server started a moment later can bind it (a REST port, where 0 means "off")."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
