@@ -16,6 +16,33 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 SAVED_MODEL_FILENAMES = ("saved_model.pb", "saved_model.pbtxt")
+DEFAULT_SIGNATURE = "serving_default"
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+_INT64_MAX = 2**63 - 1
+_ASCII_SPACE = " \t\n\v\f\r"
+
+
+def parse_version_dir(name: str) -> int | None:
+    """The version number a directory name stands for, or None: the one rule for server, export and inspect.
+
+    TF Serving parses version directories with ``absl::SimpleAtoi`` into an int64: ASCII digits with an optional
+    sign and surrounding ASCII white space, within int64. Negative numbers are not versions here. Anything else
+    ("٣", "1e3", "99999999999999999999") is not a version directory and is ignored.
+    """
+    text = name.strip(_ASCII_SPACE)
+    if text[:1] == "+":
+        text = text[1:]
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= _INT64_MAX else None
+
+
+def warmup_path(version_dir: str | Path) -> Path:
+    """Where TF Serving looks for a version's warmup records: ``assets.extra/tf_serving_warmup_requests``."""
+    return Path(version_dir) / WARMUP_DIR / WARMUP_FILE
 
 
 def is_saved_model_dir(path: str | Path) -> bool:
