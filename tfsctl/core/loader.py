@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,23 @@ def disk_bytes(path: str | Path) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every version is loaded and warmed: tensorflow_model_server's session and warmup flags.
+
+    ``session_config`` is a serialized ``tensorflow.ConfigProto`` (from ``--tensorflow_session_config_file`` or the
+    platform config); the parallelism fields override its thread counts when non-zero, as in TF Serving.
+    """
+
+    saved_model_tags: frozenset[str] = frozenset({"serve"})
+    session_config: bytes = b""
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+    per_process_gpu_memory_fraction: float = 0.0
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+
+
 class Loader:
     """Loads ``path`` as version ``version`` of model ``name``; one Loader per version."""
 
@@ -68,7 +86,9 @@ class Loader:
         *,
         max_warmup_records: int = MAX_WARMUP_RECORDS,
         warmup_iterations: int = 1,
+        options: LoadOptions | None = None,
     ) -> None:
+        self.options = options or LoadOptions()
         self.name = name
         self.version = int(version)
         self.path = Path(path)

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +127,13 @@ class Manager:
         num_load_threads: int = 4,
         unload_timeout_seconds: float = 60.0,
         freeze_gc: bool = True,
+        loader_factory: Callable[[str, int, Path], Loader] | None = None,
+        allow_version_labels_for_unavailable_models: bool = False,
+        num_unload_threads: int = 1,
     ) -> None:
+        self.loader_factory: Callable[[str, int, Path], Loader] = loader_factory or Loader
+        self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
+        self.num_unload_threads = max(1, int(num_unload_threads))
         self.metrics = metrics
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_seconds = max(0.0, float(load_retry_interval_seconds))
@@ -411,7 +417,7 @@ class Manager:
                     break
                 log.info("retrying load of model %s version %d (attempt %d)", model.name, rec.version, attempt + 1)
             rec.stamp = _dir_stamp(rec.path)
-            loader = Loader(model.name, rec.version, rec.path)
+            loader = self.loader_factory(model.name, rec.version, rec.path)
             try:
                 servable = loader.load()
                 error = ""

@@ -125,7 +125,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
 
 
 def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None, *,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> health.HealthServicer:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 tensor_content: bool = False) -> health.HealthServicer:
     """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
 
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.

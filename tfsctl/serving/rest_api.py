@@ -415,7 +415,13 @@ class RestServer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_workers: int = DEFAULT_WORKERS,
         shutdown_timeout: float = 10.0,
+        timeout_ms: int = 30000,
+        num_threads: int = 0,
+        enable_cors: bool = False,
     ) -> None:
+        self.timeout_ms = timeout_ms
+        self.num_threads = num_threads
+        self.enable_cors = enable_cors
         self.core = core
         self.manager = manager
         self.metrics = metrics

@@ -76,7 +76,8 @@ class PredictionCore:
     """
 
     def __init__(self, manager: Any, batcher: Any = None, metrics: Any = None, *,
-                 reload_wait_seconds: float = 30.0) -> None:
+                 reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False) -> None:
+        self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
         self.batcher = batcher
         self.metrics = metrics
