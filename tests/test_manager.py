@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core.config import single_model_config
+from tfsctl.core.events import START, ServableStateEvent
 from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
 from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -31,6 +32,19 @@ def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def poll(m: Manager, times: int = 3) -> None:
+    """Synchronous Source polls: what the Manager decides on them (load, unload, nothing) is decided on return."""
+    for _ in range(times):
+        m.server_core().source.poll_once()
+
+
+def recorded(m: Manager) -> list[ServableStateEvent]:
+    """Every state event the manager publishes from now on."""
+    seen: list[ServableStateEvent] = []
+    m.events.subscribe(seen.append)
+    return seen
 
 
 def states(m: Manager, name: str) -> dict[int, int]:
@@ -102,16 +116,17 @@ def test_source_emits_each_poll(tmp_path: Path) -> None:
     src = FileSystemSource(Target(), poll_wait_seconds=0)
     src.set_models({"m": (tmp_path, VersionPolicy())}, poll=False)
     src.start()  # poll_wait 0: one poll at start, no thread
-    (tmp_path / "2").mkdir()
-    time.sleep(0.1)
-    src.stop()
     assert [sorted(s) for s in seen] == [[1]]
+    assert not [t for t in threading.enumerate() if t.name == "tfsctl-fs-source"]  # nothing polls again
+    src.poll_once()  # an explicit poll (a config change) still sees the disk
+    src.stop()
+    assert [sorted(s) for s in seen] == [[1], [1]]
 
     never = FileSystemSource(Target(), poll_wait_seconds=-1)  # as TF Serving: negative disables polling
     never.set_models({"m": (tmp_path, VersionPolicy())})
     never.start()
     never.stop()
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 def test_missing_base_path_is_reported_once_until_it_appears(tmp_path: Path, caplog) -> None:
@@ -174,7 +189,7 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
                version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 3 }} }}
       config {{ name: 'two' base_path: '{base}' model_version_policy {{ latest {{ num_versions: 2 }} }} }}
     }}"""
-    m = make_manager(config(text))
+    m = make_manager(config(text), allow_version_labels_for_unavailable_models=True)  # labels at start-up
     assert m.wait_until_ready(15)
     wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 3: AVAILABLE}, what="specific versions")
     wait_for(lambda: states(m, "two") == {2: AVAILABLE, 3: AVAILABLE}, what="latest 2")
@@ -183,7 +198,8 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
     assert served(m, label="canary") == (3, 3.0)
     assert served(m) == (3, 3.0)
     assert served(m, "two", version=2) == (2, 2.0)
-    with pytest.raises(InvalidArgument, match=r"unknown version label 'beta' \(labels: canary, stable\)"):
+    with pytest.raises(InvalidArgument, match=r"Unrecognized servable version label: beta \(model 'toy' has labels: "
+                       r"canary, stable\)"):
         served(m, label="beta")
     with pytest.raises(NotFound, match=r"Specific\(toy, 2\)"):
         served(m, version=2)
@@ -194,7 +210,8 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
 
     # Moving an existing label to a version that is not AVAILABLE is refused and changes nothing.
     moved = text.replace("key: 'canary' value: 3", "key: 'canary' value: 2")
-    with pytest.raises(FailedPrecondition, match="cannot move label 'canary' to version 2"):
+    with pytest.raises(FailedPrecondition, match="Request to assign label to version 2 of model toy, which is not "
+                       "currently available for inference"):
         m.apply_config(config(moved))
     assert m.labels("toy") == {"stable": 1, "canary": 3}
     # Moving it to an AVAILABLE version works; a new label may point at a version not loaded yet.
@@ -213,7 +230,8 @@ def test_labels_may_point_to_unloaded_versions_at_startup(make_manager, tmp_path
     base = tmp_path / "toy"
     write_toy_model(base, 1)
     m = make_manager(config(f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
-                            "version_labels { key: 'canary' value: 2 } } }"))
+                            "version_labels { key: 'canary' value: 2 } } }"),
+                     allow_version_labels_for_unavailable_models=True)
     assert m.wait_until_ready(15)
     with pytest.raises(NotFound):
         served(m, label="canary")
@@ -241,7 +259,9 @@ def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -
     assert states(m, "toy")[1] == AVAILABLE
     failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
     assert failures() == 3  # first try + max_num_load_retries
-    time.sleep(6 * POLL)  # more polls: an unchanged failed version is not retried
+    events = recorded(m)
+    poll(m)  # more polls: an unchanged failed version is not retried (a retry starts with a START event)
+    assert not [e for e in events if e.version == 2 and e.state == START]
     assert failures() == 3
 
     # Missing variables: never AVAILABLE either, and version 1 still serves.
@@ -288,7 +308,7 @@ def test_base_path_gone_keeps_last_version(make_manager, tmp_path: Path, how: st
         shutil.rmtree(base / "1")
     else:
         shutil.rmtree(base)
-    time.sleep(6 * POLL)
+    poll(m)  # an unload would be decided (UNLOADING) within these polls
     assert states(m, "toy") == {1: AVAILABLE}
     assert served(m) == (1, 1.0)  # the loaded graph keeps serving from memory
     assert m.is_ready()
@@ -306,8 +326,8 @@ def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
         write_toy_model(base, 2, scale=2.0)
         wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
         wait_for(lambda: states(m, "toy").get(1) == UNLOADING, what="version 1 unloading")
-        time.sleep(4 * POLL)
-        assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request
+        poll(m)
+        assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request (it waits for the release)
         assert float(old.run("", {"x": X})["y"][0, 0]) == 1.0  # the request finishes on its version
         assert served(m) == (2, 2.0)  # new requests go to the new version
     wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded once released")
@@ -317,7 +337,8 @@ def test_unavailable_until_a_version_loads(make_manager, tmp_path: Path) -> None
     base = tmp_path / "toy"
     base.mkdir()
     m = make_manager(single_model_config("toy", base))
-    assert not m.wait_until_ready(0.2)
+    poll(m)
+    assert not m.wait_until_ready(0) and m.version_states("toy") == []
     with pytest.raises(Unavailable, match="model 'toy' has no AVAILABLE version"):
         served(m)
     write_toy_model(base, 5)
@@ -366,9 +387,10 @@ def test_apply_config_adds_and_removes_models(make_manager, tmp_path: Path) -> N
     wait_for(lambda: events("b", "unload") == 1.0, what="model b unloaded")
     assert events("a", "load") == 1.0 and events("b", "load") == 1.0
     assert served(m, "a") == (1, 1.0)
+    seen = recorded(m)
     m.apply_config(m.config())  # same config again: nothing reloads
-    time.sleep(4 * POLL)
-    assert events("a", "load") == 1.0
+    poll(m)
+    assert events("a", "load") == 1.0 and seen == []
 
 
 def test_apply_config_rejects_bad_config(make_manager, tmp_path: Path) -> None:
