@@ -15,10 +15,11 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core.config import single_model_config
-from tfsctl.core.events import START, ServableStateEvent
+from tfsctl.core.events import LOADING, START, ServableStateEvent
+from tfsctl.core.loader import Loader, LoadError
 from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
-from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unknown
 from tfsctl.serving.metrics import Metrics
 from tfsctl.testing import write_toy_model
 
@@ -450,3 +451,202 @@ def test_concurrent_requests_during_swaps(make_manager, tmp_path: Path) -> None:
         t.join(10)
     assert not errors, errors[:3]
     assert served(m) == (3, 3.0)
+
+
+# --- version directories, events, retries, unload threads (issue 11, issue 12) ---
+
+
+def test_directory_beyond_int64_is_ignored_and_does_not_unload(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    write_toy_model(tmp_path / "stage", 2, scale=2.0).rename(base / "99999999999999999999")
+    events = recorded(m)
+    poll(m)
+    assert events == [] and states(m, "toy") == {1: AVAILABLE}
+    assert served(m) == (1, 1.0)
+
+
+def test_duplicate_version_directories_load_the_later_sorted_name(make_manager, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="tfsctl.core.source")
+    base = tmp_path / "toy"
+    write_toy_model(base, 7, scale=1.0).rename(base / "0007")
+    write_toy_model(base, 7, scale=3.0)  # "7" sorts after "0007": it wins, as in TF Serving
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    assert served(m) == (7, 3.0)
+    assert any("will be loaded from 7; 0007 is ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_swap_events_are_load_before_unload(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    events = recorded(m)
+    write_toy_model(base, 2, scale=2.0)
+    assert m.wait_for_state("toy", 1, {END}, 15)
+    got = [(e.version, e.state_name) for e in events]
+    assert got == [(2, "START"), (2, "LOADING"), (2, "AVAILABLE"), (1, "UNLOADING"), (1, "END")], got
+    assert events[2].previous == LOADING and events[2].seconds > 0
+    assert events[4].previous == UNLOADING and not events[4].error
+
+
+class _Flaky:
+    """A loader factory over the real Loader whose first ``failures`` loads fail (a version still being copied)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+
+    def __call__(self, name: str, version: int, path: Path) -> Loader:
+        self.calls.append(time.monotonic())
+        loader = Loader(name, version, path)
+        if len(self.calls) <= self.failures:
+            def fail() -> None:
+                raise LoadError(f"model '{name}' version {version}: not complete yet")
+            loader.load = fail  # type: ignore[method-assign]
+        return loader
+
+
+def test_injected_loader_factory_and_load_retries_with_interval(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    factory = _Flaky(failures=2)
+    m = make_manager(single_model_config("toy", base), loader_factory=factory, max_num_load_retries=2,
+                     load_retry_interval_seconds=0.2)
+    assert m.wait_until_ready(15)
+    assert len(factory.calls) == 3 and served(m) == (1, 1.0)
+    gaps = [b - a for a, b in zip(factory.calls, factory.calls[1:], strict=False)]
+    assert min(gaps) >= 0.2, gaps  # each retry waits the retry interval
+
+    base2 = tmp_path / "two"
+    write_toy_model(base2, 1)
+    gives_up = _Flaky(failures=10)
+    m2 = make_manager(single_model_config("two", base2), loader_factory=gives_up, max_num_load_retries=1)
+    assert m2.wait_for_state("two", 1, {END}, 15)
+    assert len(gives_up.calls) == 2  # first try + max_num_load_retries
+    assert "not complete yet" in m2.version_states("two")[0].error
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_num_unload_threads_bounds_concurrent_unloads(make_manager, tmp_path: Path, threads: int) -> None:
+    lock = threading.Lock()
+    running, peak = [0], [0]
+    gate = threading.Event()
+
+    class SlowUnload(Loader):
+        def unload(self) -> None:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            gate.wait(15)
+            super().unload()
+            with lock:
+                running[0] -= 1
+
+    for name in ("a", "b"):
+        write_toy_model(tmp_path / name, 1)
+    both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} "
+                  f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' }} }}")
+    m = make_manager(both, loader_factory=SlowUnload, num_unload_threads=threads)
+    assert m.wait_until_ready(15)
+    m.apply_config(model_server_config_pb2.ModelServerConfig())  # remove both models at once
+    if threads == 2:
+        wait_for(lambda: peak[0] == 2, what="two unloads running together")
+    else:
+        wait_for(lambda: peak[0] == 1, what="one unload running")
+    gate.set()
+    assert m.wait_for_state("a", 1, {END}, 15) and m.wait_for_state("b", 1, {END}, 15)
+    assert peak[0] == threads
+
+
+# --- ServerCore: model status after removal, labels, reload (issue 8 item 7) ---
+
+
+def test_removed_model_reports_its_versions_in_end(make_manager, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_toy_model(tmp_path / name, 1)
+        write_toy_model(tmp_path / name, 2)
+    both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} "
+                  f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' model_version_policy {{ all {{}} }} }} }}")
+    m = make_manager(both)
+    assert m.wait_for_state("b", 1, {AVAILABLE}, 15) and m.wait_for_state("b", 2, {AVAILABLE}, 15)
+    assert [(s.version, s.state) for s in m.model_status("b")] == [(2, AVAILABLE), (1, AVAILABLE)]
+    m.apply_config(config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} }}"))
+    assert m.model_names() == ["a"]
+    assert m.wait_for_state("b", 1, {END}, 15) and m.wait_for_state("b", 2, {END}, 15)
+    # As get_model_status_impl over the ServableStateMonitor: the versions stay, newest first, in END.
+    assert [(s.version, s.state, s.error) for s in m.model_status("b")] == [(2, END, ""), (1, END, "")]
+    assert [(s.version, s.state) for s in m.model_status("b", 1)] == [(1, END)]
+    assert [s.version for s in m.version_states("b")] == [1, 2]
+    with pytest.raises(NotFound, match="^Could not find version 3 of model b$"):
+        m.model_status("b", 3)
+    with pytest.raises(NotFound, match="^Could not find any versions of model nope$"):
+        m.model_status("nope")
+    with pytest.raises(NotFound, match="no model named 'b'"):
+        served(m, "b")
+
+
+def test_labels_must_point_to_available_versions_without_the_flag(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    for v in (1, 2):
+        write_toy_model(base, v, scale=float(v))
+    text = (f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
+            "model_version_policy { specific { versions: 1 } } LABELS } }")
+    # As tensorflow_model_server without --allow_version_labels_for_unavailable_models: labels in the first config
+    # point to versions not loaded yet, so they are refused (and nothing is configured).
+    m = Manager(poll_wait_seconds=POLL)
+    with pytest.raises(FailedPrecondition, match="Request to assign label to version 1 of model toy, which is not "
+                       "currently available for inference"):
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'stable' value: 1 }")))
+    assert m.model_names() == []
+    m.stop()
+
+    m = make_manager(config(text.replace("LABELS", "")))
+    assert m.wait_until_ready(15)
+    m.apply_config(config(text.replace("LABELS", "version_labels { key: 'stable' value: 1 }")))
+    assert m.labels("toy") == {"stable": 1} and served(m, label="stable") == (1, 1.0)
+    with pytest.raises(FailedPrecondition, match="version 2 of model toy"):  # a new label, version not loaded
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 2 }")))
+    assert m.labels("toy") == {"stable": 1}
+
+
+def test_labels_with_the_flag_may_be_new_but_not_moved_to_unavailable(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    text = f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' LABELS }} }}"
+    m = make_manager(config(text.replace("LABELS", "version_labels { key: 'canary' value: 5 }")),
+                     allow_version_labels_for_unavailable_models=True)
+    assert m.wait_until_ready(15)
+    assert m.labels("toy") == {"canary": 5}
+    with pytest.raises(FailedPrecondition, match="version 6 of model toy"):  # an existing label moves: refused
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 6 }")))
+    m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 1 }")))  # AVAILABLE: fine
+    assert served(m, label="canary")[0] == 1
+
+
+def test_reload_config_waits_for_added_models_and_reports_failures(make_manager, tmp_path: Path) -> None:
+    good, broken = tmp_path / "good", tmp_path / "broken"
+    write_toy_model(good, 1)
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"junk")
+    m = make_manager(model_server_config_pb2.ModelServerConfig(), max_num_load_retries=0)
+    one = config(f"model_config_list {{ config {{ name: 'good' base_path: '{good}' }} }}")
+    m.reload_config(one, timeout=30)
+    assert m.model_status("good")[0].state == AVAILABLE  # returned only once it was AVAILABLE
+    two = config(f"model_config_list {{ config {{ name: 'good' base_path: '{good}' }} "
+                 f"config {{ name: 'broken' base_path: '{broken}' }} }}")
+    with pytest.raises(Unknown, match="model 'broken' did not become available: version 1: .*cannot parse"):
+        m.reload_config(two, timeout=30)
+    # Removed and added again: judged by what happens after the reload, not by the END states of its past (its
+    # base path is gone now: nothing new happens, so it is still pending at the deadline, which is not an error).
+    m.reload_config(one, timeout=30)
+    shutil.rmtree(broken)
+    m.reload_config(two, timeout=0.2)
+    assert m.model_names() == ["broken", "good"]
+    m.reload_config(model_server_config_pb2.ModelServerConfig(), timeout=30)
+    assert m.wait_for_state("good", 1, {END}, 15)
+    m.reload_config(one, timeout=30)
+    assert m.model_status("good")[0].state == AVAILABLE

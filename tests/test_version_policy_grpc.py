@@ -58,7 +58,8 @@ def server(tmp_path):
         "}\n"
     )
     srv = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(cfg),
-                                    file_system_poll_wait_seconds=0.1))
+                                    file_system_poll_wait_seconds=0.1,
+                                    allow_version_labels_for_unavailable_models=True))  # labels at start-up
     srv.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
     try:
