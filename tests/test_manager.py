@@ -552,7 +552,7 @@ def test_num_unload_threads_bounds_concurrent_unloads(make_manager, tmp_path: Pa
                   f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' }} }}")
     m = make_manager(both, loader_factory=SlowUnload, num_unload_threads=threads)
     assert m.wait_until_ready(15)
-    m.apply_config(model_server_config_pb2.ModelServerConfig())  # remove both models at once
+    m.apply_config(config("model_config_list {}"))  # remove both models at once
     if threads == 2:
         wait_for(lambda: peak[0] == 2, what="two unloads running together")
     else:
@@ -646,7 +646,10 @@ def test_reload_config_waits_for_added_models_and_reports_failures(make_manager,
     shutil.rmtree(broken)
     m.reload_config(two, timeout=0.2)
     assert m.model_names() == ["broken", "good"]
-    m.reload_config(model_server_config_pb2.ModelServerConfig(), timeout=30)
+    with pytest.raises(FailedPrecondition, match="only legal to transition from one ModelConfigList to another"):
+        m.reload_config(model_server_config_pb2.ModelServerConfig(), timeout=30)  # as TF Serving
+    assert m.model_names() == ["broken", "good"]
+    m.reload_config(config("model_config_list {}"), timeout=30)  # this removes every model
     assert m.wait_for_state("good", 1, {END}, 15)
     m.reload_config(one, timeout=30)
     assert m.model_status("good")[0].state == AVAILABLE

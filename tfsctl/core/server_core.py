@@ -3,6 +3,7 @@
 As TF Serving's ServerCore (model_servers/server_core.cc):
 
 - :meth:`ServerCore.apply_config` validates the config (nothing changes when it is bad), checks the version labels,
+  (a config with no ``model_config_list`` set is no change at first and FAILED_PRECONDITION later, as TF Serving),
   hands the Manager the models and labels to serve, and points the Source at their base paths and policies.
   Models missing from the new config are removed: no new requests, their versions unload once in-flight ones
   finish, and their states stay reported (END).
@@ -63,11 +64,11 @@ class ServerCore:
         self.source.stop()
 
     def config(self) -> model_server_config_pb2.ModelServerConfig:
-        """A copy of the config in force."""
-        with self._lock:
-            copy = model_server_config_pb2.ModelServerConfig()
-            copy.CopyFrom(self._config)
-            return copy
+        """A copy of the config in force (lock-free: safe to call from a state-event subscriber)."""
+        current = self._config  # replaced whole, never mutated
+        copy = model_server_config_pb2.ModelServerConfig()
+        copy.CopyFrom(current)
+        return copy
 
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Serve what ``config`` lists; InvalidArgument / FailedPrecondition (and no change) when it cannot be."""
@@ -75,12 +76,19 @@ class ServerCore:
             validate_model_server_config(config, "model config")
         except ConfigError as e:
             raise InvalidArgument(str(e)) from None
+        if config.WhichOneof("config") is None:
+            current = self._config
+            if current.WhichOneof("config") is None or current == config:
+                return  # TF Serving: "Taking no action for empty config"
+            raise FailedPrecondition("Cannot transition to requested config. It is only legal to transition from "
+                                     "one ModelConfigList to another (an empty model_config_list removes every model)")
         wanted = {mc.name: mc for mc in config.model_config_list.config}
         with self._lock:
             labels = {name: self._checked_labels(mc) for name, mc in wanted.items()}
             self.manager.configure(labels)
-            self._config = model_server_config_pb2.ModelServerConfig()
-            self._config.CopyFrom(config)
+            applied = model_server_config_pb2.ModelServerConfig()
+            applied.CopyFrom(config)
+            self._config = applied
             watched = {
                 name: (mc.base_path, VersionPolicy.from_proto(mc.model_version_policy)) for name, mc in wanted.items()
             }
