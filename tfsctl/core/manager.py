@@ -48,7 +48,7 @@ from tfsctl.core.events import (
 from tfsctl.core.loader import Loader
 from tfsctl.core.policy import Action, Harness, VersionSnapshot, next_action
 from tfsctl.core.servable import Servable
-from tfsctl.core.servable_request import require_version_or_label, resolve_label
+from tfsctl.core.servable_request import has_available_version, require_version_or_label, resolve_label
 from tfsctl.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -277,9 +277,7 @@ class Manager:
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""
         with self._lock:
-            return all(
-                any(r.harness is Harness.READY for r in m.versions.values()) for m in self._models.values()
-            )
+            return all(has_available_version(r.state for r in m.versions.values()) for m in self._models.values())
 
     def wait_until_ready(self, timeout: float) -> bool:
         """Block (on state events, no polling) until :meth:`is_ready`; False on timeout."""

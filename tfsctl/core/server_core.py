@@ -26,6 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from tfsctl.core.config import validate_model_server_config
 from tfsctl.core.events import AVAILABLE, END
 from tfsctl.core.manager import Manager
+from tfsctl.core.servable_request import has_available_version
 from tfsctl.core.source import FileSystemSource, VersionPolicy
 from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, Unknown
 
@@ -135,14 +136,13 @@ class ServerCore:
             return []
 
         def settled() -> bool:
-            return all(any(s.state == AVAILABLE for s in monitor.version_states(n, since)) or failed(n)
-                       for n in names)
+            return all(has_available_version(monitor.version_states(n, since)) or failed(n) for n in names)
 
         if names:
             monitor.wait_until(settled, max(0.0, timeout))
         for name in names:
             errors = failed(name)
-            if errors and not any(s.state == AVAILABLE for s in monitor.version_states(name, since)):
+            if errors and not has_available_version(monitor.version_states(name, since)):
                 # TF Serving's WaitUntilModelsAvailable answers UNKNOWN "... did not become available"
                 raise Unknown(f"model '{name}' did not become available: {'; '.join(errors)}")
 
