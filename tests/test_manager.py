@@ -653,3 +653,14 @@ def test_reload_config_waits_for_added_models_and_reports_failures(make_manager,
     assert m.wait_for_state("good", 1, {END}, 15)
     m.reload_config(one, timeout=30)
     assert m.model_status("good")[0].state == AVAILABLE
+
+
+def test_emptied_base_path_unloads_with_tf_servings_default(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    m = make_manager(single_model_config("toy", base), servable_versions_always_present=False)
+    assert m.wait_until_ready(15)
+    shutil.rmtree(base / "1")
+    poll(m, 1)  # the empty set is emitted: nothing aspired, so the policy unloads
+    assert m.wait_for_state("toy", 1, {END}, 15)
+    assert not m.is_ready()

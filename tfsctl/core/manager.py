@@ -120,16 +120,19 @@ class Manager:
         allow_version_labels_for_unavailable_models: bool = False,
         num_unload_threads: int = 1,
         event_bus: EventBus | None = None,
+        servable_versions_always_present: bool = True,
     ) -> None:
         """``metrics``: anything with ``on_servable_state(event)`` (subscribed to :attr:`events`), or None.
 
-        ``poll_wait_seconds`` and ``allow_version_labels_for_unavailable_models`` configure the ServerCore that
-        :meth:`apply_config` creates; ``unload_timeout_seconds`` bounds how long :meth:`stop` waits for held
-        handles before unloading anyway.
+        ``poll_wait_seconds``, ``allow_version_labels_for_unavailable_models`` and
+        ``servable_versions_always_present`` (False: an emptied base path unloads the model, TF Serving's default)
+        configure the ServerCore that :meth:`apply_config` creates. ``unload_timeout_seconds`` bounds how long
+        :meth:`stop` waits for held handles before unloading anyway.
         """
         self.loader_factory: LoaderFactory = loader_factory or Loader
         self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
         self.poll_wait_seconds = float(poll_wait_seconds)
+        self.servable_versions_always_present = servable_versions_always_present
         self.num_unload_threads = max(1, int(num_unload_threads))
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_seconds = max(0.0, float(load_retry_interval_seconds))
@@ -295,7 +298,8 @@ class Manager:
         if self._server_core is None:
             from tfsctl.core.server_core import ServerCore  # the wiring sits above the Manager
 
-            ServerCore(self, poll_wait_seconds=self.poll_wait_seconds)
+            ServerCore(self, poll_wait_seconds=self.poll_wait_seconds,
+                       servable_versions_always_present=self.servable_versions_always_present)
         assert self._server_core is not None
         return self._server_core
 
