@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,11 +55,15 @@ def run(cycles: int, every: int = 10, workdir: Path | None = None) -> dict:
     m.apply_config(single_model_config("toy", base))
     m.start()
     samples: list[tuple[int, int]] = []
+    unloaded: list[weakref.ref] = []  # every unloaded version's Servable: each must be garbage once collected
     started = time.monotonic()
     try:
         _wait(m, 1, AVAILABLE)
         for cycle in range(1, cycles + 1):
             new = cycle + 1
+            with m.handle("toy") as old:
+                unloaded.append(weakref.ref(old))
+            del old
             write_toy_model(base, new, scale=_scale(new))
             _wait(m, new, AVAILABLE)
             _wait(m, new - 1, END)
@@ -73,8 +78,10 @@ def run(cycles: int, every: int = 10, workdir: Path | None = None) -> dict:
         m.stop(timeout=30)
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+    gc.collect()
     first, last = samples[0][1], samples[-1][1]
     return {
+        "unloaded_servables_alive": sum(ref() is not None for ref in unloaded),
         "cycles": cycles,
         "seconds": round(time.monotonic() - started, 1),
         "rss_before_first_load_mb": round(rss_start / MB, 1),
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RSS after cycle 1: {result['rss_after_first_cycle_mb']} MiB")
         print(f"RSS after cycle {result['cycles']}: {result['rss_after_last_cycle_mb']} MiB")
         print(f"growth: {result['growth_mb']} MiB ({result['growth_per_cycle_kb']} KiB per cycle)")
+        print(f"unloaded versions still in memory: {result['unloaded_servables_alive']}")
         print("samples (cycle: MiB):", ", ".join(f"{c}: {r}" for c, r in result["samples_mb"].items()))
     return 0
 

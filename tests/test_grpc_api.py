@@ -66,6 +66,7 @@ def served(tmp_path_factory):
     server = ModelServer(ServerOptions(
         port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(cfg),
         file_system_poll_wait_seconds=0.2, grpc_max_message_bytes=MAX_BYTES,
+        allow_version_labels_for_unavailable_models=True,  # labels at start-up need it, as in TF Serving
     ))
     server.start()
     try:

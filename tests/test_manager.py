@@ -15,9 +15,11 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core.config import single_model_config
+from tfsctl.core.events import LOADING, START, ServableStateEvent
+from tfsctl.core.loader import Loader, LoadError
 from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
-from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unknown
 from tfsctl.serving.metrics import Metrics
 from tfsctl.testing import write_toy_model
 
@@ -31,6 +33,19 @@ def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def poll(m: Manager, times: int = 3) -> None:
+    """Synchronous Source polls: what the Manager decides on them (load, unload, nothing) is decided on return."""
+    for _ in range(times):
+        m.server_core().source.poll_once()
+
+
+def recorded(m: Manager) -> list[ServableStateEvent]:
+    """Every state event the manager publishes from now on."""
+    seen: list[ServableStateEvent] = []
+    m.events.subscribe(seen.append)
+    return seen
 
 
 def states(m: Manager, name: str) -> dict[int, int]:
@@ -102,16 +117,17 @@ def test_source_emits_each_poll(tmp_path: Path) -> None:
     src = FileSystemSource(Target(), poll_wait_seconds=0)
     src.set_models({"m": (tmp_path, VersionPolicy())}, poll=False)
     src.start()  # poll_wait 0: one poll at start, no thread
-    (tmp_path / "2").mkdir()
-    time.sleep(0.1)
-    src.stop()
     assert [sorted(s) for s in seen] == [[1]]
+    assert not [t for t in threading.enumerate() if t.name == "tfsctl-fs-source"]  # nothing polls again
+    src.poll_once()  # an explicit poll (a config change) still sees the disk
+    src.stop()
+    assert [sorted(s) for s in seen] == [[1], [1]]
 
     never = FileSystemSource(Target(), poll_wait_seconds=-1)  # as TF Serving: negative disables polling
     never.set_models({"m": (tmp_path, VersionPolicy())})
     never.start()
     never.stop()
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 def test_missing_base_path_is_reported_once_until_it_appears(tmp_path: Path, caplog) -> None:
@@ -174,7 +190,7 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
                version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 3 }} }}
       config {{ name: 'two' base_path: '{base}' model_version_policy {{ latest {{ num_versions: 2 }} }} }}
     }}"""
-    m = make_manager(config(text))
+    m = make_manager(config(text), allow_version_labels_for_unavailable_models=True)  # labels at start-up
     assert m.wait_until_ready(15)
     wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 3: AVAILABLE}, what="specific versions")
     wait_for(lambda: states(m, "two") == {2: AVAILABLE, 3: AVAILABLE}, what="latest 2")
@@ -183,7 +199,8 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
     assert served(m, label="canary") == (3, 3.0)
     assert served(m) == (3, 3.0)
     assert served(m, "two", version=2) == (2, 2.0)
-    with pytest.raises(InvalidArgument, match=r"unknown version label 'beta' \(labels: canary, stable\)"):
+    with pytest.raises(InvalidArgument, match=r"Unrecognized servable version label: beta \(model 'toy' has labels: "
+                       r"canary, stable\)"):
         served(m, label="beta")
     with pytest.raises(NotFound, match=r"Specific\(toy, 2\)"):
         served(m, version=2)
@@ -194,7 +211,8 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
 
     # Moving an existing label to a version that is not AVAILABLE is refused and changes nothing.
     moved = text.replace("key: 'canary' value: 3", "key: 'canary' value: 2")
-    with pytest.raises(FailedPrecondition, match="cannot move label 'canary' to version 2"):
+    with pytest.raises(FailedPrecondition, match="Request to assign label to version 2 of model toy, which is not "
+                       "currently available for inference"):
         m.apply_config(config(moved))
     assert m.labels("toy") == {"stable": 1, "canary": 3}
     # Moving it to an AVAILABLE version works; a new label may point at a version not loaded yet.
@@ -213,7 +231,8 @@ def test_labels_may_point_to_unloaded_versions_at_startup(make_manager, tmp_path
     base = tmp_path / "toy"
     write_toy_model(base, 1)
     m = make_manager(config(f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
-                            "version_labels { key: 'canary' value: 2 } } }"))
+                            "version_labels { key: 'canary' value: 2 } } }"),
+                     allow_version_labels_for_unavailable_models=True)
     assert m.wait_until_ready(15)
     with pytest.raises(NotFound):
         served(m, label="canary")
@@ -241,7 +260,9 @@ def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -
     assert states(m, "toy")[1] == AVAILABLE
     failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
     assert failures() == 3  # first try + max_num_load_retries
-    time.sleep(6 * POLL)  # more polls: an unchanged failed version is not retried
+    events = recorded(m)
+    poll(m)  # more polls: an unchanged failed version is not retried (a retry starts with a START event)
+    assert not [e for e in events if e.version == 2 and e.state == START]
     assert failures() == 3
 
     # Missing variables: never AVAILABLE either, and version 1 still serves.
@@ -288,7 +309,7 @@ def test_base_path_gone_keeps_last_version(make_manager, tmp_path: Path, how: st
         shutil.rmtree(base / "1")
     else:
         shutil.rmtree(base)
-    time.sleep(6 * POLL)
+    poll(m)  # an unload would be decided (UNLOADING) within these polls
     assert states(m, "toy") == {1: AVAILABLE}
     assert served(m) == (1, 1.0)  # the loaded graph keeps serving from memory
     assert m.is_ready()
@@ -306,8 +327,8 @@ def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
         write_toy_model(base, 2, scale=2.0)
         wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
         wait_for(lambda: states(m, "toy").get(1) == UNLOADING, what="version 1 unloading")
-        time.sleep(4 * POLL)
-        assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request
+        poll(m)
+        assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request (it waits for the release)
         assert float(old.run("", {"x": X})["y"][0, 0]) == 1.0  # the request finishes on its version
         assert served(m) == (2, 2.0)  # new requests go to the new version
     wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded once released")
@@ -317,7 +338,8 @@ def test_unavailable_until_a_version_loads(make_manager, tmp_path: Path) -> None
     base = tmp_path / "toy"
     base.mkdir()
     m = make_manager(single_model_config("toy", base))
-    assert not m.wait_until_ready(0.2)
+    poll(m)
+    assert not m.wait_until_ready(0) and m.version_states("toy") == []
     with pytest.raises(Unavailable, match="model 'toy' has no AVAILABLE version"):
         served(m)
     write_toy_model(base, 5)
@@ -366,9 +388,10 @@ def test_apply_config_adds_and_removes_models(make_manager, tmp_path: Path) -> N
     wait_for(lambda: events("b", "unload") == 1.0, what="model b unloaded")
     assert events("a", "load") == 1.0 and events("b", "load") == 1.0
     assert served(m, "a") == (1, 1.0)
+    seen = recorded(m)
     m.apply_config(m.config())  # same config again: nothing reloads
-    time.sleep(4 * POLL)
-    assert events("a", "load") == 1.0
+    poll(m)
+    assert events("a", "load") == 1.0 and seen == []
 
 
 def test_apply_config_rejects_bad_config(make_manager, tmp_path: Path) -> None:
@@ -428,3 +451,216 @@ def test_concurrent_requests_during_swaps(make_manager, tmp_path: Path) -> None:
         t.join(10)
     assert not errors, errors[:3]
     assert served(m) == (3, 3.0)
+
+
+# --- version directories, events, retries, unload threads (issue 11, issue 12) ---
+
+
+def test_directory_beyond_int64_is_ignored_and_does_not_unload(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    write_toy_model(tmp_path / "stage", 2, scale=2.0).rename(base / "99999999999999999999")
+    events = recorded(m)
+    poll(m)
+    assert events == [] and states(m, "toy") == {1: AVAILABLE}
+    assert served(m) == (1, 1.0)
+
+
+def test_duplicate_version_directories_load_the_later_sorted_name(make_manager, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="tfsctl.core.source")
+    base = tmp_path / "toy"
+    write_toy_model(base, 7, scale=1.0).rename(base / "0007")
+    write_toy_model(base, 7, scale=3.0)  # "7" sorts after "0007": it wins, as in TF Serving
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    assert served(m) == (7, 3.0)
+    assert any("will be loaded from 7; 0007 is ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_swap_events_are_load_before_unload(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    m = make_manager(single_model_config("toy", base))
+    assert m.wait_until_ready(15)
+    events = recorded(m)
+    write_toy_model(base, 2, scale=2.0)
+    assert m.wait_for_state("toy", 1, {END}, 15)
+    got = [(e.version, e.state_name) for e in events]
+    assert got == [(2, "START"), (2, "LOADING"), (2, "AVAILABLE"), (1, "UNLOADING"), (1, "END")], got
+    assert events[2].previous == LOADING and events[2].seconds > 0
+    assert events[4].previous == UNLOADING and not events[4].error
+
+
+class _Flaky:
+    """A loader factory over the real Loader whose first ``failures`` loads fail (a version still being copied)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+
+    def __call__(self, name: str, version: int, path: Path) -> Loader:
+        self.calls.append(time.monotonic())
+        loader = Loader(name, version, path)
+        if len(self.calls) <= self.failures:
+            def fail() -> None:
+                raise LoadError(f"model '{name}' version {version}: not complete yet")
+            loader.load = fail  # type: ignore[method-assign]
+        return loader
+
+
+def test_injected_loader_factory_and_load_retries_with_interval(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, scale=1.0)
+    factory = _Flaky(failures=2)
+    m = make_manager(single_model_config("toy", base), loader_factory=factory, max_num_load_retries=2,
+                     load_retry_interval_seconds=0.2)
+    assert m.wait_until_ready(15)
+    assert len(factory.calls) == 3 and served(m) == (1, 1.0)
+    gaps = [b - a for a, b in zip(factory.calls, factory.calls[1:], strict=False)]
+    assert min(gaps) >= 0.2, gaps  # each retry waits the retry interval
+
+    base2 = tmp_path / "two"
+    write_toy_model(base2, 1)
+    gives_up = _Flaky(failures=10)
+    m2 = make_manager(single_model_config("two", base2), loader_factory=gives_up, max_num_load_retries=1)
+    assert m2.wait_for_state("two", 1, {END}, 15)
+    assert len(gives_up.calls) == 2  # first try + max_num_load_retries
+    assert "not complete yet" in m2.version_states("two")[0].error
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_num_unload_threads_bounds_concurrent_unloads(make_manager, tmp_path: Path, threads: int) -> None:
+    lock = threading.Lock()
+    running, peak = [0], [0]
+    gate = threading.Event()
+
+    class SlowUnload(Loader):
+        def unload(self) -> None:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            gate.wait(15)
+            super().unload()
+            with lock:
+                running[0] -= 1
+
+    for name in ("a", "b"):
+        write_toy_model(tmp_path / name, 1)
+    both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} "
+                  f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' }} }}")
+    m = make_manager(both, loader_factory=SlowUnload, num_unload_threads=threads)
+    assert m.wait_until_ready(15)
+    m.apply_config(config("model_config_list {}"))  # remove both models at once
+    if threads == 2:
+        wait_for(lambda: peak[0] == 2, what="two unloads running together")
+    else:
+        wait_for(lambda: peak[0] == 1, what="one unload running")
+    gate.set()
+    assert m.wait_for_state("a", 1, {END}, 15) and m.wait_for_state("b", 1, {END}, 15)
+    assert peak[0] == threads
+
+
+# --- ServerCore: model status after removal, labels, reload (issue 8 item 7) ---
+
+
+def test_removed_model_reports_its_versions_in_end(make_manager, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_toy_model(tmp_path / name, 1)
+        write_toy_model(tmp_path / name, 2)
+    both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} "
+                  f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' model_version_policy {{ all {{}} }} }} }}")
+    m = make_manager(both)
+    assert m.wait_for_state("b", 1, {AVAILABLE}, 15) and m.wait_for_state("b", 2, {AVAILABLE}, 15)
+    assert [(s.version, s.state) for s in m.model_status("b")] == [(2, AVAILABLE), (1, AVAILABLE)]
+    m.apply_config(config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} }}"))
+    assert m.model_names() == ["a"]
+    assert m.wait_for_state("b", 1, {END}, 15) and m.wait_for_state("b", 2, {END}, 15)
+    # As get_model_status_impl over the ServableStateMonitor: the versions stay, newest first, in END.
+    assert [(s.version, s.state, s.error) for s in m.model_status("b")] == [(2, END, ""), (1, END, "")]
+    assert [(s.version, s.state) for s in m.model_status("b", 1)] == [(1, END)]
+    assert [s.version for s in m.version_states("b")] == [1, 2]
+    with pytest.raises(NotFound, match="^Could not find version 3 of model b$"):
+        m.model_status("b", 3)
+    with pytest.raises(NotFound, match="^Could not find any versions of model nope$"):
+        m.model_status("nope")
+    with pytest.raises(NotFound, match="no model named 'b'"):
+        served(m, "b")
+
+
+def test_labels_must_point_to_available_versions_without_the_flag(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    for v in (1, 2):
+        write_toy_model(base, v, scale=float(v))
+    text = (f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
+            "model_version_policy { specific { versions: 1 } } LABELS } }")
+    # As tensorflow_model_server without --allow_version_labels_for_unavailable_models: labels in the first config
+    # point to versions not loaded yet, so they are refused (and nothing is configured).
+    m = Manager(poll_wait_seconds=POLL)
+    with pytest.raises(FailedPrecondition, match="Request to assign label to version 1 of model toy, which is not "
+                       "currently available for inference"):
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'stable' value: 1 }")))
+    assert m.model_names() == []
+    m.stop()
+
+    m = make_manager(config(text.replace("LABELS", "")))
+    assert m.wait_until_ready(15)
+    m.apply_config(config(text.replace("LABELS", "version_labels { key: 'stable' value: 1 }")))
+    assert m.labels("toy") == {"stable": 1} and served(m, label="stable") == (1, 1.0)
+    with pytest.raises(FailedPrecondition, match="version 2 of model toy"):  # a new label, version not loaded
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 2 }")))
+    assert m.labels("toy") == {"stable": 1}
+
+
+def test_labels_with_the_flag_may_be_new_but_not_moved_to_unavailable(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    text = f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' LABELS }} }}"
+    m = make_manager(config(text.replace("LABELS", "version_labels { key: 'canary' value: 5 }")),
+                     allow_version_labels_for_unavailable_models=True)
+    assert m.wait_until_ready(15)
+    assert m.labels("toy") == {"canary": 5}
+    with pytest.raises(FailedPrecondition, match="version 6 of model toy"):  # an existing label moves: refused
+        m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 6 }")))
+    m.apply_config(config(text.replace("LABELS", "version_labels { key: 'canary' value: 1 }")))  # AVAILABLE: fine
+    assert served(m, label="canary")[0] == 1
+
+
+def test_reload_config_waits_for_added_models_and_reports_failures(make_manager, tmp_path: Path) -> None:
+    good, broken = tmp_path / "good", tmp_path / "broken"
+    write_toy_model(good, 1)
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"junk")
+    m = make_manager(model_server_config_pb2.ModelServerConfig(), max_num_load_retries=0)
+    one = config(f"model_config_list {{ config {{ name: 'good' base_path: '{good}' }} }}")
+    m.reload_config(one, timeout=30)
+    assert m.model_status("good")[0].state == AVAILABLE  # returned only once it was AVAILABLE
+    two = config(f"model_config_list {{ config {{ name: 'good' base_path: '{good}' }} "
+                 f"config {{ name: 'broken' base_path: '{broken}' }} }}")
+    with pytest.raises(Unknown, match="model 'broken' did not become available: version 1: .*cannot parse"):
+        m.reload_config(two, timeout=30)
+    # Removed and added again: judged by what happens after the reload, not by the END states of its past (its
+    # base path is gone now: nothing new happens, so it is still pending at the deadline, which is not an error).
+    m.reload_config(one, timeout=30)
+    shutil.rmtree(broken)
+    m.reload_config(two, timeout=0.2)
+    assert m.model_names() == ["broken", "good"]
+    with pytest.raises(FailedPrecondition, match="only legal to transition from one ModelConfigList to another"):
+        m.reload_config(model_server_config_pb2.ModelServerConfig(), timeout=30)  # as TF Serving
+    assert m.model_names() == ["broken", "good"]
+    m.reload_config(config("model_config_list {}"), timeout=30)  # this removes every model
+    assert m.wait_for_state("good", 1, {END}, 15)
+    m.reload_config(one, timeout=30)
+    assert m.model_status("good")[0].state == AVAILABLE
+
+
+def test_emptied_base_path_unloads_with_tf_servings_default(make_manager, tmp_path: Path) -> None:
+    base = tmp_path / "toy"
+    write_toy_model(base, 1)
+    m = make_manager(single_model_config("toy", base), servable_versions_always_present=False)
+    assert m.wait_until_ready(15)
+    shutil.rmtree(base / "1")
+    poll(m, 1)  # the empty set is emitted: nothing aspired, so the policy unloads
+    assert m.wait_for_state("toy", 1, {END}, 15)
+    assert not m.is_ready()

@@ -104,7 +104,8 @@ def server(tmp_path_factory):
     write_toy_model(tmp / "toy", 2, scale=2.0)
     _save_multi(tmp / "multi" / "1")
     srv = Served(ServerOptions(model_config_file=str(_config(tmp, tmp / "toy", tmp / "multi")),
-                               file_system_poll_wait_seconds=0.5))
+                               file_system_poll_wait_seconds=0.5,
+                               allow_version_labels_for_unavailable_models=True))  # labels at start-up
     try:
         assert srv.wait_until_ready(120), "models did not become AVAILABLE"
         # Ready means one AVAILABLE version per model; the status tests need both toy versions loaded.

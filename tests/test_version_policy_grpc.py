@@ -58,7 +58,8 @@ def server(tmp_path):
         "}\n"
     )
     srv = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(cfg),
-                                    file_system_poll_wait_seconds=0.1))
+                                    file_system_poll_wait_seconds=0.1,
+                                    allow_version_labels_for_unavailable_models=True))  # labels at start-up
     srv.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
     try:
@@ -164,3 +165,22 @@ def test_reload_with_a_model_that_cannot_load_is_unknown_and_serving_goes_on(tmp
     finally:
         channel.close()
         srv.stop(2)
+
+
+def test_reload_assigning_a_label_to_an_unavailable_version_is_failed_precondition(server):
+    _wait(lambda: _states(server, "pinned") == {1: AVAILABLE, 3: AVAILABLE}, "pinned: versions 1 and 3")
+    config = model_server_config_pb2.ModelServerConfig()
+    mc = config.model_config_list.config.add(name="pinned", base_path=str(server["base"]), model_platform="tensorflow")
+    mc.model_version_policy.specific.versions.extend([1, 3])
+    mc.version_labels["stable"] = 1
+    mc.version_labels["canary"] = 2  # an existing label moved to a version that is not loaded: refused
+    reload = model_management_pb2.ReloadConfigRequest(config=config)
+    with pytest.raises(grpc.RpcError) as info:
+        server["model"].HandleReloadConfigRequest(reload, timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Request to assign label to version 2 of model pinned, which is not currently available for inference" \
+        in info.value.details()
+    assert _predict(server, "pinned", label="canary") == 3  # nothing changed
+    mc.version_labels["canary"] = 1  # to an AVAILABLE version: fine
+    server["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+    assert _predict(server, "pinned", label="canary") == 1

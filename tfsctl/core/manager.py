@@ -1,24 +1,23 @@
-"""Aspired-versions Manager: loads what the Source asks for, preserving availability, and hands out handles.
+"""Aspired-versions Manager: loads what the Source asks for, as the policy says, and hands out handles.
 
-The rules, as TF Serving's AspiredVersionsManager with the availability-preserving policy:
+As TF Serving's AspiredVersionsManager + BasicManager:
 
-- Each version goes START -> LOADING -> AVAILABLE -> UNLOADING -> END (``ModelVersionStatus.State`` values).
-  A failed load ends in END with its error kept in :meth:`Manager.version_states`.
-- A new version is loaded before an old one is unloaded: a version that is no longer aspired is unloaded only
-  once some aspired version of the model is AVAILABLE. So a corrupt new version (it fails every retry) and a base
-  path that went empty or vanished both leave the last AVAILABLE version serving.
+- A Source (wired by :class:`tfsctl.core.server_core.ServerCore`) calls :meth:`Manager.set_aspired_versions`.
+  After every change the Manager asks the pure policy (:func:`tfsctl.core.policy.next_action`) what to do next
+  and does it: load on the load pool (``num_load_threads``), unload on the unload pool (``num_unload_threads``).
+  Availability-preserving: a new version is loaded before a non-aspired one is unloaded.
+- Each version goes START -> LOADING -> AVAILABLE -> UNLOADING -> END (a failed load: LOADING -> END with its
+  error); every change is published on :attr:`Manager.events` (:mod:`tfsctl.core.events`). Status reports,
+  readiness, metrics and reload waiters all read or subscribe to those events; nothing polls.
 - A failed load is retried ``max_num_load_retries`` times, ``load_retry_interval_seconds`` apart (a version being
   copied in gets time to finish). After that the version stays in END and is not retried while it stays on disk
   unchanged; it is tried again when its directory changes (new mtime/inode) or disappears and comes back.
-- :meth:`Manager.handle` holds a reference count on a version for a ``with`` block; unloading waits for it, so an
-  in-flight request finishes on the version it started on.
-- Version labels come from the config. A label may point to a version that is not AVAILABLE only while the label
-  is new (not yet assigned, e.g. at start-up); moving an existing label to a version that is not AVAILABLE is
-  rejected, as TF Serving does with ``allow_version_labels_for_unavailable_models``.
-- Removing a model from the config unloads all of its versions (after in-flight requests finish). Changing a
-  model's base_path does not reload versions that are already AVAILABLE under the same number.
+- :meth:`Manager.handle` holds a reference on a version for a ``with`` block (TF Serving's ServableHandle); an
+  UNLOADING version takes no new handles and is unloaded once the last one is released.
+- The loader factory is injected (``loader_factory(name, version, path) -> Loader``).
 
-Loads run on a small thread pool so one slow model does not hold up the others.
+The Manager knows the served models and their labels but not the config file: :meth:`apply_config`,
+:meth:`config` and :meth:`reload_config` are kept for callers and hand over to the ServerCore wiring.
 """
 
 from __future__ import annotations
@@ -29,48 +28,37 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.config import model_server_config_pb2
-
-from tfsctl.core.config import validate_model_server_config
+from tfsctl.core.events import (
+    AVAILABLE,
+    END,
+    LOADING,
+    START,
+    UNLOADING,
+    EventBus,
+    ServableStateEvent,
+    ServableStateMonitor,
+    VersionState,
+    state_name,
+)
 from tfsctl.core.loader import Loader
+from tfsctl.core.policy import Action, Harness, VersionSnapshot, next_action
 from tfsctl.core.servable import Servable
-from tfsctl.core.source import FileSystemSource, VersionPolicy
-from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from tfsctl.serving.metrics import Metrics
+from tfsctl.core.servable_request import has_available_version, require_version_or_label, resolve_label
+from tfsctl.errors import NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from tfsctl.core.server_core import ServerCore
 
 log = logging.getLogger("tfsctl.core.manager")
 
-_State = get_model_status_pb2.ModelVersionStatus.State
-START = _State.Value("START")
-LOADING = _State.Value("LOADING")
-AVAILABLE = _State.Value("AVAILABLE")
-UNLOADING = _State.Value("UNLOADING")
-END = _State.Value("END")
-_MAX_ENDED_RECORDS = 32  # ended versions kept per model for status reports
-
-
-def state_name(state: int) -> str:
-    """``AVAILABLE`` style name of a ModelVersionStatus.State value."""
-    return _State.Name(state)
-
-
-@dataclass(frozen=True)
-class VersionState:
-    """One version's state for status reports; ``error`` is the load error ("" when none)."""
-
-    version: int
-    state: int
-    error: str = ""
-
-    @property
-    def state_name(self) -> str:
-        return state_name(self.state)
+LoaderFactory = Callable[[str, int, Path], Loader]
 
 
 def _dir_stamp(path: Path) -> tuple | None:
@@ -86,40 +74,41 @@ def _dir_stamp(path: Path) -> tuple | None:
 class _Version:
     """Book-keeping for one version of one model (guarded by the Manager's lock)."""
 
-    __slots__ = ("version", "path", "state", "error", "servable", "loader", "refs", "aspired", "cancelled", "stamp",
-                 "unload_requested")
+    __slots__ = ("version", "path", "harness", "state", "error", "servable", "loader", "refs", "aspired", "cancel",
+                 "stamp", "unload_pending", "unload_started")
 
     def __init__(self, version: int, path: Path) -> None:
         self.version = version
         self.path = path
-        self.state = START
+        self.harness = Harness.NEW
+        self.state: int | None = None  # last published ModelVersionStatus.State
         self.error = ""
         self.servable: Servable | None = None
         self.loader: Loader | None = None
         self.refs = 0
         self.aspired = True
-        self.cancelled = False
-        self.unload_requested = False
+        self.cancel = threading.Event()  # set: stop retrying this load
         self.stamp = _dir_stamp(path)
+        self.unload_pending = False  # UNLOADING, waiting for the last handle
+        self.unload_started = 0.0
 
 
 class _Model:
-    __slots__ = ("name", "config", "versions", "labels", "removed")
+    __slots__ = ("name", "versions", "labels", "removed")
 
-    def __init__(self, config: model_server_config_pb2.ModelConfig) -> None:
-        self.name = config.name
-        self.config = config
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.versions: dict[int, _Version] = {}
-        self.labels: dict[str, int] = dict(config.version_labels)
+        self.labels: dict[str, int] = {}
         self.removed = False
 
 
 class Manager:
-    """Owns the models of one server: their Source, loads, unloads, labels and handles."""
+    """Owns the served models' versions: loads, unloads, handles, labels, and their state events."""
 
     def __init__(
         self,
-        metrics: Metrics | None = None,
+        metrics: Any = None,
         *,
         poll_wait_seconds: float = 1.0,
         max_num_load_retries: int = 5,
@@ -127,32 +116,46 @@ class Manager:
         num_load_threads: int = 4,
         unload_timeout_seconds: float = 60.0,
         freeze_gc: bool = True,
-        loader_factory: Callable[[str, int, Path], Loader] | None = None,
+        loader_factory: LoaderFactory | None = None,
         allow_version_labels_for_unavailable_models: bool = False,
         num_unload_threads: int = 1,
+        event_bus: EventBus | None = None,
+        servable_versions_always_present: bool = True,
     ) -> None:
-        self.loader_factory: Callable[[str, int, Path], Loader] = loader_factory or Loader
+        """``metrics``: anything with ``on_servable_state(event)`` (subscribed to :attr:`events`), or None.
+
+        ``poll_wait_seconds``, ``allow_version_labels_for_unavailable_models`` and
+        ``servable_versions_always_present`` (False: an emptied base path unloads the model, TF Serving's default)
+        configure the ServerCore that :meth:`apply_config` creates. ``unload_timeout_seconds`` bounds how long
+        :meth:`stop` waits for held handles before unloading anyway.
+        """
+        self.loader_factory: LoaderFactory = loader_factory or Loader
         self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
+        self.poll_wait_seconds = float(poll_wait_seconds)
+        self.servable_versions_always_present = servable_versions_always_present
         self.num_unload_threads = max(1, int(num_unload_threads))
-        self.metrics = metrics
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_seconds = max(0.0, float(load_retry_interval_seconds))
         self.unload_timeout_seconds = unload_timeout_seconds
         self.freeze_gc = freeze_gc
+        self.events = event_bus or EventBus()
+        self.monitor = ServableStateMonitor(self.events)  # before any event: it is what status reports read
+        if metrics is not None:
+            self.events.subscribe(metrics.on_servable_state)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._models: dict[str, _Model] = {}
-        self._config = model_server_config_pb2.ModelServerConfig()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads), thread_name_prefix="tfsctl-load")
+        self._pending_unloads: set[tuple[_Model, _Version]] = set()
+        self._load_pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads), thread_name_prefix="tfsctl-load")
+        self._unload_pool = ThreadPoolExecutor(max_workers=self.num_unload_threads,
+                                               thread_name_prefix="tfsctl-unload")
         self._stopping = threading.Event()
-        self._started = False
-        self._background: set[threading.Thread] = set()
-        self.source = FileSystemSource(self, poll_wait_seconds)
+        self._server_core: ServerCore | None = None
 
     # --- lifecycle ---
 
     def start(self) -> None:
-        """Start polling the base paths of the configured models (loads begin at once).
+        """Start the Source polling (loads begin at once).
 
         With ``freeze_gc`` the objects alive now (TensorFlow's own module state, mostly) are moved out of the
         garbage collector's reach first: the full collection each unload runs then scans only what models
@@ -161,207 +164,205 @@ class Manager:
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
-        self._started = True
-        self.source.start()
+        self.server_core().start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling, stop retrying, unload every version (waiting up to ``timeout`` for in-flight handles)."""
+        """Stop polling and retrying, unload every version (in-flight handles get up to ``timeout`` s)."""
         self._stopping.set()
-        self.source.stop()
+        if self._server_core is not None:
+            self._server_core.stop()
         with self._lock:
             for model in self._models.values():
                 for rec in model.versions.values():
-                    rec.cancelled = True
-                    if rec.state == AVAILABLE:
-                        self._begin_unload(model, rec)
-            self._changed.notify_all()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+                    rec.aspired = False
+                    rec.cancel.set()
+                self._manage(model)
+        self._load_pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for model in self._models.values():
                 for rec in model.versions.values():
-                    if rec.state in (START, LOADING):  # queued loads that the shutdown cancelled
-                        rec.state = END
-            self._changed.notify_all()
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            pending = list(self._background)
-        for t in pending:
-            t.join(max(0.0, deadline - time.monotonic()))
+                    if rec.harness is Harness.LOADING:  # queued loads that the shutdown cancelled
+                        rec.harness = Harness.DISABLED
+                        self._publish(model, rec, END, error="the server is shutting down")
+            wait = min(timeout, self.unload_timeout_seconds)
+            if not self._changed.wait_for(lambda: not self._pending_unloads, timeout=max(0.0, wait)):
+                for model, rec in list(self._pending_unloads):
+                    log.warning("model %s version %d: unloading with %d handle(s) still held",
+                                model.name, rec.version, rec.refs)
+                    self._submit_unload(model, rec)
+        self._unload_pool.shutdown(wait=True)
 
-    # --- configuration ---
+    # --- the served models (ServerCore calls these) ---
 
-    def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Add, change and remove models to match ``config``; InvalidArgument (nothing changed) if it is bad."""
-        try:
-            validate_model_server_config(config, "model config")
-        except ConfigError as e:
-            raise InvalidArgument(str(e)) from None
-        wanted = {mc.name: mc for mc in config.model_config_list.config}
+    def configure(self, models: Mapping[str, Mapping[str, int]]) -> None:
+        """Serve exactly ``models`` ({name: {label: version}}): new names are added, absent ones removed.
+
+        A removed model takes no new handles at once; its versions are unaspired, so the policy unloads them
+        once in-flight handles are released. Its states stay in :attr:`monitor` (END) for status reports.
+        """
         with self._lock:
-            for name, mc in wanted.items():
+            for name in [n for n in self._models if n not in models]:
+                model = self._models.pop(name)
+                model.removed = True
+                for rec in model.versions.values():
+                    rec.aspired = False
+                    rec.cancel.set()
+                self._manage(model)
+            for name, labels in models.items():
                 model = self._models.get(name)
                 if model is None:
-                    continue
-                for label, version in mc.version_labels.items():
-                    if model.labels.get(label) == version:
-                        continue
-                    rec = model.versions.get(version)
-                    if label in model.labels and (rec is None or rec.state != AVAILABLE):
-                        raise FailedPrecondition(  # TF Serving's code for "not currently available"
-                            f"model '{name}': cannot move label '{label}' to version {version}, which is not "
-                            f"AVAILABLE (a label may point to a version that is not loaded only when it is new)"
-                        )
-            for name in list(self._models):
-                if name not in wanted:
-                    self._remove_model(self._models.pop(name))
-            for name, mc in wanted.items():
-                copy = model_server_config_pb2.ModelConfig()
-                copy.CopyFrom(mc)
-                model = self._models.get(name)
-                if model is None:
-                    self._models[name] = _Model(copy)
-                else:
-                    model.config = copy
-                    model.labels = dict(copy.version_labels)
-            self._config = model_server_config_pb2.ModelServerConfig()
-            self._config.CopyFrom(config)
-            watched = {
-                name: (mc.base_path, VersionPolicy.from_proto(mc.model_version_policy)) for name, mc in wanted.items()
-            }
+                    model = self._models[name] = _Model(name)
+                model.labels = dict(labels)
             self._changed.notify_all()
-        # Polling outside the lock: the Source calls back into set_aspired_versions.
-        self.source.set_models(watched, poll=self._started)
 
-    def config(self) -> model_server_config_pb2.ModelServerConfig:
-        """A copy of the config in force."""
-        with self._lock:
-            copy = model_server_config_pb2.ModelServerConfig()
-            copy.CopyFrom(self._config)
-            return copy
-
-    # --- Source target ---
-
-    def set_aspired_versions(self, name: str, versions: dict[int, Path]) -> None:
-        """The Source's view of which versions of ``name`` should be served now."""
+    def set_aspired_versions(self, name: str, versions: Mapping[int, Path]) -> None:
+        """The Source's view of which versions of ``name`` should be served now (TF Serving's callback)."""
         with self._lock:
             model = self._models.get(name)
-            if model is None or model.removed or self._stopping.is_set():
+            if model is None or self._stopping.is_set():
                 return
-            was_aspired = {v: r.aspired for v, r in model.versions.items()}
             for v, rec in model.versions.items():
-                rec.aspired = v in versions
-                if not rec.aspired and rec.state in (START, LOADING):
-                    rec.cancelled = True  # stop retrying a version that left the disk or the policy
+                was_aspired, rec.aspired = rec.aspired, v in versions
+                if not rec.aspired and rec.harness is Harness.LOADING:
+                    rec.cancel.set()  # stop retrying a version that left the disk or the policy
+                elif rec.aspired and not was_aspired and rec.harness is Harness.LOADING:
+                    rec.cancel.clear()
             for v, path in versions.items():
                 rec = model.versions.get(v)
-                if rec is not None:
-                    if rec.state == END and (
-                        not rec.error or not was_aspired[v] or _dir_stamp(path) != rec.stamp
-                    ):
-                        rec = None  # unloaded earlier, came back, or its directory changed since it failed: retry
-                    elif rec.state in (START, LOADING) and rec.cancelled:
-                        rec.cancelled = False
+                if rec is not None and (
+                    rec.harness is Harness.DISABLED
+                    or (rec.harness is Harness.ERROR and _dir_stamp(Path(path)) != rec.stamp)
+                ):
+                    rec = None  # unloaded earlier and came back, or its directory changed since it failed: retry
                 if rec is None:
-                    rec = _Version(v, Path(path))
-                    model.versions[v] = rec
-                    self._schedule_load(model, rec)
-            self._reconcile(model)
+                    rec = model.versions[v] = _Version(int(v), Path(path))
+                    self._publish(model, rec, START)
+            self._manage(model)
 
     # --- queries ---
 
     def model_names(self) -> list[str]:
+        """The models being served (configured now), sorted."""
         with self._lock:
             return sorted(self._models)
 
     def version_states(self, name: str) -> list[VersionState]:
-        """Every known version of ``name`` (ascending); NotFound for an unknown model."""
-        with self._lock:
-            model = self._model(name)
-            return [VersionState(v, r.state, r.error) for v, r in sorted(model.versions.items())]
+        """Every known version of ``name`` (ascending), also after the model was removed (then in END).
+
+        NotFound only for a model that is not configured and was never seen.
+        """
+        states = self.monitor.version_states(name)
+        if not states:
+            self._model(name)
+        return states
+
+    def model_status(self, name: str, version: int | None = None) -> list[VersionState]:
+        """GetModelStatus as TF Serving's get_model_status_impl answers it: newest first.
+
+        Reads the state monitor, so a model removed by a reload reports its versions in END. NotFound "Could
+        not find any versions of model M" / "Could not find version V of model M" otherwise. (TF Serving
+        ignores a version label here: the label's model reports all its versions.)
+        """
+        if version is not None:
+            state = self.monitor.state(name, int(version))
+            if state is None:
+                raise NotFound(f"Could not find version {version} of model {name}")
+            return [state]
+        states = self.monitor.version_states(name)
+        if not states:
+            raise NotFound(f"Could not find any versions of model {name}")
+        return states[::-1]
 
     def labels(self, name: str) -> dict[str, int]:
         with self._lock:
             return dict(self._model(name).labels)
 
-    def available_versions(self, name: str) -> list[int]:
-        with self._lock:
-            return sorted(v for v, r in self._model(name).versions.items() if r.state == AVAILABLE)
-
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""
         with self._lock:
-            return all(any(r.state == AVAILABLE for r in m.versions.values()) for m in self._models.values())
+            return all(has_available_version(r.state for r in m.versions.values()) for m in self._models.values())
 
     def wait_until_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+        """Block (on state events, no polling) until :meth:`is_ready`; False on timeout."""
         with self._changed:
-            while not self.is_ready():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
-            return True
+            return self._changed.wait_for(self.is_ready, timeout=max(0.0, timeout))
 
     def wait_for_state(self, name: str, version: int, states: set[int] | frozenset[int], timeout: float) -> bool:
         """Block until ``version`` of ``name`` is in one of ``states`` (False on timeout)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                model = self._models.get(name)
-                rec = model.versions.get(version) if model else None
-                if rec is not None and rec.state in states:
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
+        return self.monitor.wait_for_state(name, version, states, timeout)
+
+    # --- the config (ServerCore) ---
+
+    def server_core(self) -> ServerCore:
+        """The ServerCore wiring this Manager to its Source; created on first use for callers of the Manager."""
+        if self._server_core is None:
+            from tfsctl.core.server_core import ServerCore  # the wiring sits above the Manager
+
+            ServerCore(self, poll_wait_seconds=self.poll_wait_seconds,
+                       servable_versions_always_present=self.servable_versions_always_present)
+        assert self._server_core is not None
+        return self._server_core
+
+    def attach(self, core: ServerCore) -> None:
+        """Called by ServerCore: the one that wires this Manager."""
+        if self._server_core is not None and self._server_core is not core:
+            raise RuntimeError("this Manager is already wired to a ServerCore")
+        self._server_core = core
+
+    def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """:meth:`ServerCore.apply_config`: add, change and remove models to match ``config``."""
+        self.server_core().apply_config(config)
+
+    def config(self) -> model_server_config_pb2.ModelServerConfig:
+        """A copy of the config in force."""
+        return self.server_core().config()
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig, timeout: float) -> None:
+        """:meth:`ServerCore.reload_config`: apply, then wait up to ``timeout`` s for the models it adds."""
+        self.server_core().reload_config(config, timeout)
 
     # --- handles ---
 
     @contextlib.contextmanager
     def handle(self, name: str, version: int | None = None, label: str | None = None) -> Iterator[Servable]:
         """The Servable for a request, held (not unloadable) for the ``with`` block: TF Serving's ServableHandle."""
-        rec = self._acquire(name, version, label)
+        model, rec = self._acquire(name, version, label)
         try:
             yield rec.servable  # type: ignore[misc]
         finally:
             with self._lock:
                 rec.refs -= 1
-                if rec.refs == 0:
-                    self._changed.notify_all()
+                if rec.refs == 0 and rec.unload_pending:
+                    self._submit_unload(model, rec)
 
-    def _acquire(self, name: str, version: int | None, label: str | None) -> _Version:
+    def _acquire(self, name: str, version: int | None, label: str | None) -> tuple[_Model, _Version]:
         with self._lock:
             if self._stopping.is_set():
                 raise Unavailable(f"model '{name}': the server is shutting down")
             model = self._model(name)
-            if version is not None and label:
-                raise InvalidArgument(f"model '{name}': give a version or a version label, not both")
+            require_version_or_label(name, version, label)
             if label:
-                if label not in model.labels:  # TF Serving: "Unrecognized servable version label", INVALID_ARGUMENT
-                    known = ", ".join(sorted(model.labels)) or "none"
-                    raise InvalidArgument(f"model '{name}': unknown version label '{label}' (labels: {known})")
-                version = model.labels[label]
+                version = resolve_label(name, label, model.labels)
                 rec = model.versions.get(version)
-                if rec is None or rec.state != AVAILABLE:
+                if rec is None or rec.harness is not Harness.READY:
                     raise NotFound(
                         f"Servable not found for request: Specific({name}, {version}) "
                         f"(label '{label}' points to version {version}, which is not AVAILABLE)"
                     )
             elif version is not None:
                 rec = model.versions.get(int(version))
-                if rec is None or rec.state != AVAILABLE:
-                    state = state_name(rec.state) if rec is not None else "not found"
+                if rec is None or rec.harness is not Harness.READY:
+                    state = state_name(rec.state) if rec is not None and rec.state is not None else "not found"
                     raise NotFound(f"Servable not found for request: Specific({name}, {version}) ({state})")
             else:
-                ready = [r for r in model.versions.values() if r.state == AVAILABLE]
+                ready = [r for r in model.versions.values() if r.harness is Harness.READY]
                 if not ready:
-                    errors = [f"version {r.version}: {r.error}" for r in model.versions.values() if r.error]
+                    errors = [f"version {s.version}: {s.error}" for s in self.monitor.version_states(name) if s.error]
                     detail = f"; load errors: {'; '.join(errors)}" if errors else ""
                     raise Unavailable(f"model '{name}' has no AVAILABLE version yet{detail}")
                 rec = max(ready, key=lambda r: r.version)
             rec.refs += 1
-            return rec
+            return model, rec
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)
@@ -369,131 +370,121 @@ class Manager:
             raise NotFound(f"Servable not found for request: Latest({name}) (no model named '{name}')")
         return model
 
-    # --- policy (caller holds the lock) ---
+    # --- applying the policy (caller holds the lock) ---
 
-    def _reconcile(self, model: _Model) -> None:
-        """Unload versions that are no longer aspired, but only once an aspired version is AVAILABLE."""
-        if any(r.aspired and r.state == AVAILABLE for r in model.versions.values()):
-            for rec in list(model.versions.values()):
-                if not rec.aspired and rec.state == AVAILABLE:
-                    self._begin_unload(model, rec)
-        ended = [v for v, r in model.versions.items() if r.state == END]
-        for v in sorted(ended)[:-_MAX_ENDED_RECORDS] if len(ended) > _MAX_ENDED_RECORDS else []:
-            del model.versions[v]
+    def _manage(self, model: _Model) -> None:
+        """Apply the policy's actions until it has none, then forget versions that ended and are not aspired."""
+        while True:
+            action = next_action(VersionSnapshot(v, r.harness, r.aspired) for v, r in model.versions.items())
+            if action is None:
+                break
+            rec = model.versions[action.version]
+            if action.action is Action.LOAD:
+                self._start_load(model, rec)
+            else:
+                self._start_unload(model, rec)
+        for v in [v for v, r in model.versions.items()
+                  if not r.aspired and r.harness in (Harness.DISABLED, Harness.ERROR)]:
+            del model.versions[v]  # its END state stays in the monitor
         self._changed.notify_all()
 
-    def _remove_model(self, model: _Model) -> None:
-        model.removed = True
-        for rec in model.versions.values():
-            rec.cancelled = True
-            if rec.state == AVAILABLE:
-                self._begin_unload(model, rec)
+    def _publish(self, model: _Model, rec: _Version, state: int, *, error: str = "", seconds: float = 0.0) -> None:
+        previous, rec.state, rec.error = rec.state, state, error
+        self.events.publish(ServableStateEvent(model.name, rec.version, state, error, previous, seconds))
         self._changed.notify_all()
 
     # --- loading ---
 
-    def _schedule_load(self, model: _Model, rec: _Version) -> None:
-        rec.state = START
+    def _start_load(self, model: _Model, rec: _Version) -> None:
+        rec.harness = Harness.LOADING
         try:
-            self._pool.submit(self._load, model, rec)
+            self._load_pool.submit(self._load, model, rec)
         except RuntimeError:  # pool shut down: the manager is stopping
-            rec.state, rec.error = END, "the server is shutting down"
+            rec.harness = Harness.DISABLED
+            self._publish(model, rec, END, error="the server is shutting down")
 
     def _load(self, model: _Model, rec: _Version) -> None:
+        with self._lock:
+            if rec.cancel.is_set() or not rec.aspired:
+                rec.harness = Harness.DISABLED
+                self._publish(model, rec, END)
+                self._manage(model)
+                return
+            self._publish(model, rec, LOADING)
         started = time.monotonic()
         servable: Servable | None = None
         loader: Loader | None = None
         error = ""
-        with self._lock:
-            if rec.cancelled or model.removed:
-                rec.state, rec.error = END, ""
-                self._changed.notify_all()
-                return
-            rec.state = LOADING
-            self._changed.notify_all()
+        attempts = 0
         for attempt in range(self.max_num_load_retries + 1):
             if attempt:
-                if self._stopping.wait(self.load_retry_interval_seconds) or rec.cancelled or model.removed:
+                if rec.cancel.wait(self.load_retry_interval_seconds) or self._stopping.is_set():
                     break
                 log.info("retrying load of model %s version %d (attempt %d)", model.name, rec.version, attempt + 1)
+            attempts += 1
             rec.stamp = _dir_stamp(rec.path)
-            loader = self.loader_factory(model.name, rec.version, rec.path)
             try:
+                loader = self.loader_factory(model.name, rec.version, rec.path)
                 servable = loader.load()
-                error = ""
                 break
             except Exception as e:  # noqa: BLE001 - a load error of any kind is reported, never raised
                 error = str(e) or type(e).__name__
+                loader = None
                 log.warning("load of model %s version %d failed: %s", model.name, rec.version, error)
         seconds = time.monotonic() - started
         with self._lock:
             if servable is None:
-                cancelled = rec.cancelled or model.removed or self._stopping.is_set()
-                rec.state = END
-                rec.error = error
-                if error and cancelled and attempt < self.max_num_load_retries:
-                    rec.error += " (load cancelled before all retries ran)"
-                self._observe(model.name, "load_error", seconds)
-                self._reconcile(model)
-                return
-            rec.servable, rec.loader, rec.state, rec.error = servable, loader, AVAILABLE, ""
-            log.info("model %s version %d is AVAILABLE (%.2fs)", model.name, rec.version, seconds)
-            self._observe(model.name, "load", seconds)
-            if model.removed or self._stopping.is_set():
-                self._begin_unload(model, rec)
-            self._reconcile(model)
+                cut_short = attempts <= self.max_num_load_retries
+                rec.harness = Harness.DISABLED if cut_short else Harness.ERROR  # cut short: tried again if aspired
+                if error and cut_short:
+                    error += " (load cancelled before all retries ran)"
+                self._publish(model, rec, END, error=error, seconds=seconds)
+            else:
+                rec.servable, rec.loader, rec.harness = servable, loader, Harness.READY
+                log.info("model %s version %d is AVAILABLE (%.2fs)", model.name, rec.version, seconds)
+                self._publish(model, rec, AVAILABLE, seconds=seconds)
+                if self._stopping.is_set() or model.removed:
+                    rec.aspired = False
+            self._manage(model)
 
     # --- unloading ---
 
-    def _begin_unload(self, model: _Model, rec: _Version) -> None:
-        """Mark UNLOADING now (no new handles) and finish in the background once in-flight handles are released."""
-        if rec.state != AVAILABLE:
-            return
-        rec.state = UNLOADING
+    def _start_unload(self, model: _Model, rec: _Version) -> None:
+        """UNLOADING now (no new handles); the unload itself runs once the last handle is released."""
+        rec.harness = Harness.UNLOADING
+        rec.unload_started = time.monotonic()
+        self._publish(model, rec, UNLOADING)
+        if rec.refs == 0:
+            self._submit_unload(model, rec)
+        else:
+            rec.unload_pending = True
+            self._pending_unloads.add((model, rec))
+
+    def _submit_unload(self, model: _Model, rec: _Version) -> None:
+        rec.unload_pending = False
+        self._pending_unloads.discard((model, rec))
         self._changed.notify_all()
-        t = threading.Thread(target=self._unload, args=(model, rec), name="tfsctl-unload", daemon=True)
-        self._background.add(t)
-        t.start()
+        try:
+            self._unload_pool.submit(self._unload, model, rec)
+        except RuntimeError:  # the pool is gone (after stop): unload on this thread
+            self._unload(model, rec)
 
     def _unload(self, model: _Model, rec: _Version) -> None:
-        started = time.monotonic()
-        try:
-            with self._changed:
-                deadline = started + self.unload_timeout_seconds
-                while rec.refs > 0:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        log.warning("model %s version %d: unloading with %d handle(s) still held",
-                                    model.name, rec.version, rec.refs)
-                        break
-                    self._changed.wait(min(left, 0.5))
-                loader, rec.loader = rec.loader, None
-                rec.servable = None
-            if loader is not None:
-                loader.unload()
-            with self._lock:
-                rec.state = END
-                self._observe(model.name, "unload", time.monotonic() - started)
-                log.info("model %s version %d unloaded", model.name, rec.version)
-                self._changed.notify_all()
-        finally:
-            with self._lock:
-                self._background.discard(threading.current_thread())
-
-    def _observe(self, name: str, event: str, seconds: float) -> None:
-        if self.metrics is not None:
+        with self._lock:
+            loader, rec.loader, rec.servable = rec.loader, None, None
+        if loader is not None:
             try:
-                self.metrics.observe_model_event(name, event, seconds)
-            except Exception:  # noqa: BLE001 - metrics must never break serving
-                log.exception("metrics hook failed")
+                loader.unload()
+            except Exception:  # noqa: BLE001 - a failing unload must not stop the others
+                log.exception("unload of model %s version %d failed", model.name, rec.version)
+        del loader
+        with self._lock:
+            rec.harness = Harness.DISABLED
+            log.info("model %s version %d unloaded", model.name, rec.version)
+            self._publish(model, rec, END, seconds=time.monotonic() - rec.unload_started)
+            self._manage(model)
 
 
-def state_counts(states: list[VersionState]) -> dict[str, int]:
-    """Count of versions by state name (for logs and status summaries)."""
-    out: dict[str, int] = {}
-    for s in states:
-        out[s.state_name] = out.get(s.state_name, 0) + 1
-    return out
-
-
-__all__ = ["AVAILABLE", "END", "LOADING", "START", "UNLOADING", "Manager", "VersionState", "state_name"]
+__all__ = [
+    "AVAILABLE", "END", "LOADING", "START", "UNLOADING", "LoaderFactory", "Manager", "VersionState", "state_name",
+]

@@ -3,8 +3,13 @@
 Like TF Serving's FileSystemStoragePathSource, a version is a directory whose name is a non-negative integer
 directly under the base path (other names, such as an exporter's ``.tmp-*`` directory, are ignored). The model's
 VersionPolicy picks the aspired versions among those present; the Source hands them to the Manager with
-``manager.set_aspired_versions(name, {version: path})`` on every poll. An empty or missing base path is emitted as
-an empty set: the Manager decides what that means (it keeps the last AVAILABLE version).
+``manager.set_aspired_versions(name, {version: path})`` on every poll.
+
+A missing base path emits nothing (TF Serving: a file-system error, no callback). A base path with no version the
+policy selects emits nothing either by default: that is TF Serving's ``servable_versions_always_present: true``
+("will not unload existing servables"), so an emptied directory never takes a model offline. With
+``servable_versions_always_present=False`` the empty set is emitted and the Manager unloads every version, which
+is tensorflow_model_server's default.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from tfsctl.savedmodel import parse_version_dir
 
 log = logging.getLogger("tfsctl.core.source")
 
@@ -47,33 +54,52 @@ class VersionPolicy:
         keep = sorted(on_disk, reverse=True)[: self.num_versions]
         return {v: on_disk[v] for v in keep}
 
-    def describe(self) -> str:
-        if self.kind == "latest":
-            return f"latest {{ num_versions: {self.num_versions} }}"
-        if self.kind == "specific":
-            return "specific { " + " ".join(f"versions: {v}" for v in sorted(self.versions)) + " }"
-        return "all {}"
-
 
 def list_versions(base_path: str | Path) -> dict[int, Path]:
-    """Numeric version directories under ``base_path`` ({} when it is missing, empty or unreadable)."""
+    """Version directories under ``base_path`` ({} when it is missing, empty or unreadable).
+
+    A child is a version when :func:`tfsctl.savedmodel.parse_version_dir` says so (TF Serving's int64 rule):
+    ``.tmp-*``, ``latest`` or a name beyond int64 are ignored. Two names for one number (``123`` and
+    ``00000123``) are resolved as TF Serving's IndexChildrenByVersion does: children are taken in sorted name
+    order and the later one wins; a warning names both.
+    """
     found: dict[int, Path] = {}
     try:
         with os.scandir(base_path) as it:
-            for entry in it:
-                name = entry.name
-                if name.isascii() and name.isdigit():
-                    try:
-                        if entry.is_dir():
-                            found[int(name)] = Path(entry.path)
-                    except OSError:
-                        continue
+            entries = sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
         return {}
     except OSError as e:
         log.warning("cannot list model base path %s: %s", base_path, e)
         return {}
+    for entry in entries:
+        version = parse_version_dir(entry.name)
+        if version is None:
+            continue
+        try:
+            if not entry.is_dir():
+                continue
+        except OSError:
+            continue
+        if version in found:
+            _warn_duplicate(base_path, version, found[version].name, entry.name)
+        found[version] = Path(entry.path)
     return found
+
+
+_warned_duplicates: set[tuple[str, int, str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_duplicate(base_path: str | Path, version: int, ignored: str, chosen: str) -> None:
+    """Once per (base path, version, pair of names), not on every poll."""
+    key = (str(base_path), version, ignored, chosen)
+    with _warned_lock:
+        if key in _warned_duplicates or len(_warned_duplicates) > 10_000:
+            return
+        _warned_duplicates.add(key)
+    log.warning("duplicate version directories under %s: version %d will be loaded from %s; %s is ignored",
+                base_path, version, chosen, ignored)
 
 
 class AspiredVersionsTarget(Protocol):
@@ -94,9 +120,11 @@ class FileSystemSource:
     changed), a negative value never polls (nothing is ever loaded).
     """
 
-    def __init__(self, target: AspiredVersionsTarget, poll_wait_seconds: float = 1.0) -> None:
+    def __init__(self, target: AspiredVersionsTarget, poll_wait_seconds: float = 1.0, *,
+                 servable_versions_always_present: bool = True) -> None:
         self.target = target
         self.poll_wait_seconds = float(poll_wait_seconds)
+        self.servable_versions_always_present = servable_versions_always_present
         self._models: dict[str, WatchedModel] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -119,23 +147,28 @@ class FileSystemSource:
             models = [m for n, m in self._models.items() if names is None or n in names]
         with self._poll_lock:
             for m in models:
+                if not self._report_missing(m):
+                    continue
                 aspired = m.policy.select(list_versions(m.base_path))
                 if not aspired:
                     log.debug("no aspired versions of model %s under %s", m.name, m.base_path)
-                self._report_missing(m)
+                    if self.servable_versions_always_present:
+                        continue
                 try:
                     self.target.set_aspired_versions(m.name, aspired)
                 except Exception:  # noqa: BLE001 - one model's trouble must not stop polling the others
                     log.exception("setting aspired versions of model %s failed", m.name)
 
-    def _report_missing(self, m: WatchedModel) -> None:
-        """Warn once (not every poll) while a model's base path does not exist: a typo would otherwise look idle."""
+    def _report_missing(self, m: WatchedModel) -> bool:
+        """True when the base path exists; warns once (not every poll) while it does not, else a typo looks idle."""
         key = (m.name, m.base_path)
         if os.path.isdir(m.base_path):
             self._missing.discard(key)
-        elif key not in self._missing:
+            return True
+        if key not in self._missing:
             self._missing.add(key)
             log.warning("model %s: base path %s does not exist; waiting for it to appear", m.name, m.base_path)
+        return False
 
     def start(self) -> None:
         """Poll once now, then keep polling in a daemon thread (unless ``poll_wait_seconds`` <= 0)."""

@@ -15,7 +15,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """All server metrics; the front ends, batcher and manager report into one instance."""
+    """All server metrics; the front ends and batcher report into one instance, the manager's events feed it."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -61,6 +61,21 @@ class Metrics:
         """A load/unload: ``event`` one of load, load_error, unload."""
         self.model_events.labels(model_name, event).inc()
         self.model_event_latency.labels(model_name, event).observe(seconds)
+
+    def on_servable_state(self, event) -> None:
+        """Subscriber of the Manager's state events (``manager.events.subscribe(metrics.on_servable_state)``).
+
+        AVAILABLE counts a load, END after a failed load a load_error, END after UNLOADING an unload; each with
+        the time the phase took.
+        """
+        from tfsctl.core.events import AVAILABLE, END, UNLOADING
+
+        if event.state == AVAILABLE:
+            self.observe_model_event(event.name, "load", event.seconds)
+        elif event.state == END and event.error:
+            self.observe_model_event(event.name, "load_error", event.seconds)
+        elif event.state == END and event.previous == UNLOADING:
+            self.observe_model_event(event.name, "unload", event.seconds)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""

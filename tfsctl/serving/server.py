@@ -49,6 +49,7 @@ class ServerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     grpc_max_threads: int = 0
+    allow_version_labels_for_unavailable_models: bool = False
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
@@ -95,6 +96,7 @@ def _make_manager(options: ServerOptions, metrics: Any) -> Any:
         poll_wait_seconds=options.file_system_poll_wait_seconds,
         max_num_load_retries=options.max_num_load_retries,
         load_retry_interval_seconds=options.load_retry_interval_seconds,
+        allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
     )
 
 
