@@ -344,6 +344,7 @@ def _checkpoint_prefix(p: Path) -> Path | None:
 def _variables(prefix: Path) -> list[VariableInfo]:
     import numpy as np
     import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
 
     try:
         reader = tf.train.load_checkpoint(str(prefix))
@@ -358,7 +359,8 @@ def _variables(prefix: Path) -> list[VariableInfo]:
         dtype = dtypes[name]
         count = int(np.prod(shapes[name])) if shapes[name] else 1
         size = count * dtype.size if dtype.name not in ("string", "resource", "variant") else 0
-        result.append(VariableInfo(name=name, dtype=f"DT_{dtype.name.upper()}", shape=list(shapes[name]),
+        result.append(VariableInfo(name=name, dtype=types_pb2.DataType.Name(dtype.as_datatype_enum),
+                                   shape=list(shapes[name]),
                                    size=size))
     return result
 

@@ -52,7 +52,7 @@ def load_deeplab_dir(ckpt_dir: Path, scratch: Path) -> Any:
     return model
 
 
-def restore_checked(ckpt: Any, prefix: Path, scratch: Path, against: str) -> None:
+def restore_checked(ckpt: Any, prefix: Path, scratch: Path, against: str, under: str = "") -> None:
     """Restore ``ckpt`` from ``prefix`` after naming every missing / unexpected / reshaped variable.
 
     The model's own keys come from writing its (fresh) weights to a scratch checkpoint (inside the export's staging
@@ -60,23 +60,28 @@ def restore_checked(ckpt: Any, prefix: Path, scratch: Path, against: str) -> Non
     """
     import tensorflow as tf
 
-    problems = checkpoint_mismatch(ckpt, prefix, scratch)
+    problems = checkpoint_mismatch(ckpt, prefix, scratch, under)
     if problems:
         raise ExportError(f"checkpoint {prefix} does not match {against}: {problems}")
     try:
-        ckpt.read(str(prefix)).assert_consumed()
+        ckpt.read(str(prefix)).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as exc:
         raise ExportError(f"checkpoint {prefix} does not match {against}: {first_line(exc)}") from None
 
 
-def checkpoint_mismatch(ckpt: Any, prefix: Path, scratch: Path) -> str:
-    """'' when the checkpoint holds exactly the variables of ``ckpt``'s objects, else a one-line description."""
+def checkpoint_mismatch(ckpt: Any, prefix: Path, scratch: Path, under: str = "") -> str:
+    """'' when the checkpoint holds exactly the variables of ``ckpt``'s objects, else a one-line description.
+
+    ``under`` (``model/``) compares only the keys below that attribute: the rest (an optimizer's slots, a step
+    counter saved beside the model) is training state a server does not need.
+    """
     import shutil
 
     import tensorflow as tf
 
     try:
-        stored = {k: tuple(s) for k, s in tf.train.list_variables(str(prefix)) if not k.startswith(_CKPT_INTERNAL)}
+        stored = {k: tuple(s) for k, s in tf.train.list_variables(str(prefix))
+                  if not k.startswith(_CKPT_INTERNAL) and k.startswith(under)}
     except (tf.errors.OpError, ValueError) as exc:
         raise ExportError(f"cannot read checkpoint {prefix}: {first_line(exc)}") from None
     scratch.mkdir(parents=True, exist_ok=True)
@@ -176,18 +181,16 @@ def restore_tf2(obj: Any, prefix: Path, scratch: Path, factory: str) -> None:
         keys = [k for k, _ in tf.train.list_variables(str(prefix)) if not k.startswith(_CKPT_INTERNAL)]
     except (tf.errors.OpError, ValueError) as exc:
         raise ExportError(f"cannot read checkpoint {prefix}: {first_line(exc)}") from None
-    candidates = []
-    heads = {k.split("/", 1)[0] for k in keys}
-    if len(heads) == 1:
-        candidates.append(tf.train.Checkpoint(**{heads.pop(): obj}))
-    candidates.append(tf.train.Checkpoint(root=obj))
+    candidates = [(tf.train.Checkpoint(**{head: obj}), f"{head}/")
+                  for head in sorted({k.split("/", 1)[0] for k in keys if "/" in k})]
+    candidates.append((tf.train.Checkpoint(root=obj), ""))
     if hasattr(obj, "layers"):  # the layout tfsctl's own DeepLab checkpoints use
-        candidates.append(tf.train.Checkpoint(**{layer.name: layer for layer in obj.layers if layer.weights}))
+        candidates.append((tf.train.Checkpoint(**{layer.name: layer for layer in obj.layers if layer.weights}), ""))
     problems = []
-    for ckpt in candidates:
-        problem = checkpoint_mismatch(ckpt, prefix, scratch)
+    for ckpt, under in candidates:
+        problem = checkpoint_mismatch(ckpt, prefix, scratch, under)
         if not problem:
-            restore_checked(ckpt, prefix, scratch, f"the model from {factory}")
+            restore_checked(ckpt, prefix, scratch, f"the model from {factory}", under)
             return
         problems.append(problem)
     raise ExportError(f"checkpoint {prefix} does not match the model from {factory}: "

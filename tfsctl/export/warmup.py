@@ -109,18 +109,21 @@ def _log(method: str, model_name: str, signature: str, *, inputs: dict[str, Any]
     if method == CLASSIFY_METHOD:
         req = classification_pb2.ClassificationRequest()
         req.input.example_list.examples.extend(examples or [])
-        log = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=req))
     elif method == REGRESS_METHOD:
         req = regression_pb2.RegressionRequest()
         req.input.example_list.examples.extend(examples or [])
-        log = prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(request=req))
     else:
         req = predict_pb2.PredictRequest()
         for key, value in (inputs or {}).items():
             req.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
     req.model_spec.name = model_name
     req.model_spec.signature_name = signature
+    if method == CLASSIFY_METHOD:
+        log = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=req))
+    elif method == REGRESS_METHOD:
+        log = prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(request=req))
+    else:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
     return log
 
 
