@@ -22,10 +22,14 @@ from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, SERVE_TAG, W
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line (TF errors carry node dumps and tracebacks after it)."""
+    """An exception's first non-empty line, without TF's ``{{function_node ...}}`` and ``[Op:...]`` decorations
+    (TF errors carry node dumps and tracebacks after it)."""
     text = getattr(exc, "message", None) or str(exc)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", lines[0])
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", line) or type(exc).__name__
 
 
 def export_checkpoint_graph(prefix: Path, export_dir: Path, specs: list[SignatureSpec],
@@ -42,10 +46,11 @@ def export_checkpoint_graph(prefix: Path, export_dir: Path, specs: list[Signatur
             raise ExportError(f"cannot import graph {prefix}.meta: {first_line(exc)}") from None
         if saver is None:
             raise ExportError(f"{prefix}.meta holds no variables to restore (no Saver); export it as a frozen graph")
+        _check_variables(graph, prefix)
         try:
             saver.restore(sess, str(prefix))
         except (tf.errors.OpError, ValueError) as exc:
-            raise ExportError(f"cannot restore {where}: {first_line(exc)}") from None
+            raise ExportError(f"cannot restore {where}: {_restore_reason(exc)}") from None
         if not specs:
             specs = _stored_signatures(prefix)
         if not specs:
@@ -55,6 +60,40 @@ def export_checkpoint_graph(prefix: Path, export_dir: Path, specs: list[Signatur
         defs = build_signature_defs(graph, specs, where)
         _build(sess, export_dir, defs, tags)
     return sorted(defs)
+
+
+def _check_variables(graph: Any, prefix: Path) -> None:
+    """Name the graph's variables the checkpoint lacks, or holds with another shape, before restoring."""
+    import tensorflow as tf
+
+    try:
+        stored = dict(tf.train.list_variables(str(prefix)))
+    except (tf.errors.OpError, ValueError) as exc:
+        raise ExportError(f"cannot read checkpoint {prefix}: {first_line(exc)}") from None
+    missing, reshaped = [], []
+    for var in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+        name = var.op.name
+        if name not in stored:
+            missing.append(name)
+        elif var.shape.is_fully_defined() and list(var.shape) != list(stored[name]):
+            reshaped.append(f"{name} graph {list(var.shape)} vs checkpoint {list(stored[name])}")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} variable(s) of the graph not found in checkpoint: "
+                        + ", ".join(missing[:8]) + (f", ... ({len(missing) - 8} more)" if len(missing) > 8 else ""))
+    if reshaped:
+        problems.append(f"{len(reshaped)} variable(s) with another shape: " + ", ".join(reshaped[:8]))
+    if problems:
+        raise ExportError(f"checkpoint {prefix} does not match {prefix.name}.meta: " + "; ".join(problems))
+
+
+def _restore_reason(exc: BaseException) -> str:
+    """The informative line of a Saver.restore error (TF puts a generic paragraph first)."""
+    lines = [line.strip() for line in str(getattr(exc, "message", exc)).splitlines() if line.strip()]
+    for line in lines:
+        if "not found in checkpoint" in line or "shape" in line.lower():
+            return line
+    return lines[0] if lines else type(exc).__name__
 
 
 def _stored_signatures(prefix: Path) -> list[SignatureSpec]:
