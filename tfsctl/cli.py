@@ -74,6 +74,15 @@ def quiet_tensorflow(devices: bool = False) -> None:
 # owner: tfsctl/export/
 
 
+def _quiet_tf_python_logs() -> None:
+    """Keep TF's Python deprecation notices (the TF1 loader and Builder are what TF Serving itself uses) off the
+    terminal, unless ``TF_CPP_MIN_LOG_LEVEL`` 0/1 asks for TensorFlow's logs."""
+    import logging
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") not in ("0", "1"):
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT`` (as image sizes are usually written, e.g. 320x240) -> (height, width)."""
     parts = text.lower().split("x")
@@ -126,6 +135,7 @@ def export(
 ) -> None:
     """Export a checkpoint, graph, Keras file or SavedModel as a versioned SavedModel a model server can load."""
     quiet_tensorflow(devices=True)
+    _quiet_tf_python_logs()
     import json
     import time
 
@@ -334,6 +344,7 @@ def run(
 ) -> None:
     """Run one signature of a SavedModel on given inputs (like saved_model_cli run)."""
     quiet_tensorflow(devices=True)
+    _quiet_tf_python_logs()
     import json
 
     import numpy as np
