@@ -283,3 +283,49 @@ def test_run_errors_name_the_input(tf1_model, tmp_path) -> None:
     np.save(tmp_path / "ex.npy", np.array([ex], dtype=object), allow_pickle=True)
     res = runner.invoke(app, ["run", str(result.path), "--input", f"inputs={tmp_path / 'ex.npy'}", "--json"])
     assert "allow_pickle" in res.output or res.exit_code == 0
+
+
+MODULE_FACTORY = '''
+import tensorflow as tf
+
+
+class Scaler(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable([1.0, 2.0, 3.0])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="values")])
+    def __call__(self, values):
+        return {"scaled": values * self.w}
+
+
+def make():
+    return Scaler()
+'''
+
+
+def test_tf2_checkpoint_of_a_tf_module_uses_its_call_signature(tmp_path) -> None:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "scaler_factory.py").write_text(MODULE_FACTORY)
+    ckpt = tf.train.Checkpoint(w=tf.Variable([2.0, -1.0, 0.5]))  # the module itself as the checkpoint's root
+    prefix = ckpt.write(str(tmp_path / "ckpt" / "scaler"))
+    result = export_model(prefix, tmp_path / "m", model_factory="scaler_factory:make",
+                          model_factory_path=tmp_path / "mods")
+    sig = inspect_path(result.path).meta_graph().signature("serving_default")
+    assert [t.key for t in sig.inputs] == ["values"] and [t.key for t in sig.outputs] == ["scaled"]
+    res = CliRunner().invoke(app, ["run", str(result.path), "--input", "values=[[1, 1, 2]]", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["outputs"]["scaled"]["value"] == [[2.0, -1.0, 1.0]]
+    with pytest.raises(ExportError, match=r"1 variable\(s\) with another shape: w model \[3\] vs checkpoint \[2\]"):
+        bad = tf.train.Checkpoint(w=tf.Variable([2.0, -1.0])).write(str(tmp_path / "ckpt2" / "scaler"))
+        export_model(bad, tmp_path / "m2", model_factory="scaler_factory:make", model_factory_path=tmp_path / "mods")
+    assert not (tmp_path / "m2").exists()
+
+
+def test_cli_inspect_renders_graphs(tf1_model, tmp_path) -> None:
+    (tmp_path / "empty.pb").write_bytes(b"")  # parses as an empty GraphDef: no nodes
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "empty.pb")])
+    assert "is not a GraphDef" in one_line_error(res)
+    res = CliRunner().invoke(app, ["inspect", f"{tf1_model['prefix']}.meta"])
+    assert res.exit_code == 0, res.output
+    assert "tf_example:0" in res.stdout and "DT_STRING" in res.stdout and "scores:0" in res.stdout
