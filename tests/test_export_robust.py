@@ -138,6 +138,8 @@ def test_warmup_request_file_of_rest_bodies(tf1_model, tmp_path) -> None:
      "needs exactly one input 'inputs'"),
     (["--input", "x=tf_example", "--output", "y=value", "--method", "predictt"], "--method must be"),
     (["--input", "x=tf_example", "--output", "y=value", "--warmup-shape", "zz=1x2"], "--warmup-shape 'zz'"),
+    (["--method", "classify"], "--method applies to the signature --input/--output describe"),
+    (["--input", "x=tf_example", "--output", "y=value", "--input", "x=value"], "--input 'x' is given twice"),
 ])
 def test_graph_signature_errors_are_one_line(tf1_model, tmp_path, args, needle) -> None:
     res = CliRunner().invoke(app, ["export", str(tf1_model["prefix"]), str(tmp_path / "m"), *args])
@@ -329,3 +331,12 @@ def test_cli_inspect_renders_graphs(tf1_model, tmp_path) -> None:
     res = CliRunner().invoke(app, ["inspect", f"{tf1_model['prefix']}.meta"])
     assert res.exit_code == 0, res.output
     assert "tf_example:0" in res.stdout and "DT_STRING" in res.stdout and "scores:0" in res.stdout
+
+
+@pytest.mark.parametrize("form", ["prefix", "meta", "dir"])
+def test_tf1_checkpoint_given_as_prefix_meta_or_directory(tf1_model, tmp_path, form) -> None:
+    prefix = tf1_model["prefix"]
+    source = {"prefix": prefix, "meta": Path(f"{prefix}.meta"), "dir": prefix.parent}[form]
+    result = export_model(source, tmp_path / "m", inputs=["inputs=tf_example"], outputs=["value=value"])
+    assert result.kind == "tf1-checkpoint" and result.signatures == ["serving_default"]
+    assert [v.name for v in inspect_path(result.path).variables] == ["w"]

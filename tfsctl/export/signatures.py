@@ -75,6 +75,8 @@ def specs_from_flags(inputs: list[str] | None, outputs: list[str] | None, signat
     """The one signature the flags describe ([] when no --input/--output was given)."""
     ins, outs = parse_pairs(inputs, "--input"), parse_pairs(outputs, "--output")
     if not ins and not outs:
+        if method is not None:
+            raise ExportError("--method applies to the signature --input/--output describe; give them too")
         return []
     if not outs:
         raise ExportError("--input given without --output: name the signature's outputs with --output KEY=TENSOR")
