@@ -201,7 +201,7 @@ def test_classify_png_and_jpeg(deeplab_export: tuple) -> None:
     (b"definitely not an image", "neither a PNG nor a JPEG"),
     (encode(np.zeros((8, 8, 3), np.uint8), "GIF"), "neither a PNG nor a JPEG"),
     (encode(np.zeros((8, 8, 3), np.uint8), "PNG")[:20], "truncated PNG"),
-    (encode(np.full((8, 8, 3), 9, np.uint8), "PNG")[:40], "Invalid PNG data"),  # header fine, data cut
+    (encode(np.full((8, 8, 3), 9, np.uint8), "PNG")[:40], "Invalid PNG"),  # header fine, data cut: decoder error
 ])
 def test_classify_rejects_big_and_garbage_images(deeplab_export: tuple, payload: bytes, message: str) -> None:
     _, _, loaded = deeplab_export

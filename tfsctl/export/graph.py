@@ -18,7 +18,7 @@ from typing import Any
 
 from tfsctl.errors import ExportError
 from tfsctl.export.signatures import SignatureSpec, build_signature_defs
-from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, SERVE_TAG, WARMUP_DIR
+from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, WARMUP_DIR
 
 
 def first_line(exc: BaseException) -> str:
@@ -216,4 +216,3 @@ def reexport_saved_model(source: Path, export_dir: Path, specs: list[SignatureSp
     return sorted(n for n in mg.signature_def if n != INIT_OP_SIGNATURE)
 
 
-SERVE_TAGS = [SERVE_TAG]
