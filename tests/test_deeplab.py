@@ -112,6 +112,12 @@ def test_exported_sample_measures_up_on_held_out_images(tmp_path: Path) -> None:
     miou, per_class = mean_iou(conf, cfg.class_ids)
     assert miou >= 0.75, f"held-out mIoU {miou:.3f} ({per_class})"
     assert abs(miou - cfg.metrics["eval_mean_iou"]) < 0.1, "far from the mIoU training recorded in model.json"
+    # and a committed sample image, at another size than training's, through the same signature
+    image = np.asarray(Image.open(SAMPLE_IMAGES / "shapes_256.png").convert("RGB"))
+    label = np.asarray(Image.open(SAMPLE_IMAGES / "labels" / "shapes_256.png"))
+    seg = predict(images=tf.constant(image[None]), height=tf.constant([256]), width=tf.constant([256]))
+    miou, _ = mean_iou(confusion_matrix(label, seg["segmentation_map"].numpy()[0]), cfg.class_ids)
+    assert miou >= 0.75, f"sample image mIoU {miou:.3f}"
 
 
 def test_sample_checkpoint_restores_and_segments_sample_images() -> None:
