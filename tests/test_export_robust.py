@@ -280,11 +280,15 @@ def test_run_errors_name_the_input(tf1_model, tmp_path) -> None:
     assert "--input inputs: cannot read missing.npy" in one_line_error(res)
     res = runner.invoke(app, ["run", str(result.path), "--input", 'inputs=["garbage"]'])
     assert "signature 'serving_default' failed" in one_line_error(res)
-    ex = tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(
-        float_list=tf.train.FloatList(value=[1.0, 2.0]))})).SerializeToString()
-    np.save(tmp_path / "ex.npy", np.array([ex], dtype=object), allow_pickle=True)
-    res = runner.invoke(app, ["run", str(result.path), "--input", f"inputs={tmp_path / 'ex.npy'}", "--json"])
-    assert "allow_pickle" in res.output or res.exit_code == 0
+    # serialized tf.Examples from JSON, as saved_model_cli's --input_examples: sum(x @ w) = [5.0, 0.0]
+    res = runner.invoke(app, ["run", str(result.path), "--input-examples",
+                              'inputs=[{"x": [1.0, 2.0]}, {"x": [0.5, 0.0]}]', "--json"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(json.loads(res.stdout)["outputs"]["value"]["value"], [5.0, 0.0])
+    res = runner.invoke(app, ["run", str(result.path), "--input-examples", 'inputs=[{"x": [1, 2]}]'])  # int64s
+    assert "Key: x, Index: 0.  Data types don't match" in one_line_error(res)
+    res = runner.invoke(app, ["run", str(result.path), "--input-examples", 'inputs=[{"x": [true]}]'])
+    assert "feature 'x' must be a list of numbers or of strings" in one_line_error(res)
 
 
 MODULE_FACTORY = '''

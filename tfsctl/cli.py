@@ -337,6 +337,8 @@ def run(
     signature: str = typer.Option("serving_default", "--signature", help="Signature to run."),
     input_: list[str] = typer.Option(None, "--input", help="KEY=VALUE: file.npy, file.npz[key], @image.png or a "
                                      "JSON literal; repeatable."),
+    input_examples: list[str] = typer.Option(None, "--input-examples", help='KEY=[{"feature": [values]}, ...]: '
+                                             "serialized tf.Examples for KEY; repeatable."),
     tag_set: str = typer.Option("serve", "--tag-set", help="Tags of the meta graph to load (comma-separated)."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Write each output as KEY.npy here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing .npy files in --output-dir."),
@@ -355,7 +357,8 @@ def run(
 
     try:
         result = run_signature(path, signature, parse_inputs(input_ or []), tags=set(_tag_set(tag_set) or []),
-                               output_dir=output_dir, overwrite=overwrite)
+                               output_dir=output_dir, overwrite=overwrite,
+                               examples=parse_inputs(input_examples or [], "--input-examples"))
     except RunError as e:
         fail(str(e))
     if as_json:

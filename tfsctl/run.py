@@ -8,6 +8,9 @@ VALUE is
 * ``@image.png`` (or any image PIL reads): uint8 [1, H, W, 3] for a numeric input, the encoded bytes [1] for a
   DT_STRING input,
 * otherwise a JSON literal (``[[1, 2, 3, 4]]``, ``"text"``, ``3.5``), cast to the input's dtype.
+
+``--input-examples KEY=[{"x": [1.0, 2.0]}, ...]`` feeds serialized tf.Examples built from JSON objects of feature
+lists (ints -> int64_list, floats -> float_list, strings -> bytes_list), as ``saved_model_cli run --input_examples``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from tfsctl.errors import RunError
 from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, SERVE_TAG, find_meta_graph, read_saved_model
+from tfsctl.tf_messages import tf_error_line
 
 _NPZ_RE = re.compile(r"^(?P<file>.+\.npz)\[(?P<key>[^\]]+)\]$")
 
@@ -48,17 +52,46 @@ def _jsonable(value: np.ndarray) -> Any:
     return value.tolist()
 
 
-def parse_inputs(items: list[str]) -> dict[str, str]:
+def parse_inputs(items: list[str], flag: str = "--input") -> dict[str, str]:
     """``["KEY=VALUE", ...]`` -> {KEY: VALUE}; RunError naming the flag for a malformed or repeated item."""
     result: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise RunError(f"--input {item!r} is not KEY=VALUE")
+            raise RunError(f"{flag} {item!r} is not KEY=VALUE")
         if key.strip() in result:
-            raise RunError(f"--input {key.strip()!r} is given twice")
+            raise RunError(f"{flag} {key.strip()!r} is given twice")
         result[key.strip()] = value
     return result
+
+
+def examples_value(key: str, text: str) -> np.ndarray:
+    """``[{"feature": [values]}, ...]`` -> serialized tf.Examples, a DT_STRING [N] array."""
+    from tensorflow.core.example import example_pb2
+
+    where = f"--input-examples {key}"
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise RunError(f"{where}: expected a JSON list of objects (feature name: list of values)")
+    serialized = []
+    for row in rows:
+        example = example_pb2.Example()
+        for name, raw in row.items():
+            values = raw if isinstance(raw, list) else [raw]
+            feature = example.features.feature[name]
+            if all(isinstance(v, str) for v in values):
+                feature.bytes_list.value.extend(v.encode() for v in values)
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                feature.int64_list.value.extend(values)
+            elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                feature.float_list.value.extend(float(v) for v in values)
+            else:
+                raise RunError(f"{where}: feature {name!r} must be a list of numbers or of strings")
+        serialized.append(example.SerializeToString())
+    return np.array(serialized, dtype=object)
 
 
 def load_value(key: str, text: str, dtype: Any) -> np.ndarray:
@@ -132,8 +165,10 @@ def _image(path: Path, dtype: Any, where: str) -> np.ndarray:
 
 def run_signature(path: str | Path, signature: str = DEFAULT_SIGNATURE, inputs: dict[str, str] | None = None,
                   *, tags: set[str] | frozenset[str] = frozenset({SERVE_TAG}),
-                  output_dir: str | Path | None = None, overwrite: bool = False) -> RunResult:
-    """Load ``path`` (tag-set ``tags``), run ``signature`` on ``inputs`` ({key: VALUE}); RunError on any failure."""
+                  output_dir: str | Path | None = None, overwrite: bool = False,
+                  examples: dict[str, str] | None = None) -> RunResult:
+    """Load ``path`` (tag-set ``tags``), run ``signature`` on ``inputs`` ({key: VALUE}) and ``examples``
+    ({key: JSON list of feature objects}); RunError on any failure."""
     import tensorflow as tf
 
     p = Path(path)
@@ -149,7 +184,11 @@ def run_signature(path: str | Path, signature: str = DEFAULT_SIGNATURE, inputs: 
     if signature not in mg.signature_def or signature == INIT_OP_SIGNATURE:
         raise RunError(f"{p}: no signature {signature!r} (signatures: {', '.join(names)})")
     sig = mg.signature_def[signature]
-    given = inputs or {}
+    given = dict(inputs or {})
+    for key in examples or {}:
+        if key in given:
+            raise RunError(f"input {key!r} is given by both --input and --input-examples")
+        given[key] = ""
     missing = sorted(set(sig.inputs) - set(given))
     extra = sorted(set(given) - set(sig.inputs))
     if missing:
@@ -157,7 +196,8 @@ def run_signature(path: str | Path, signature: str = DEFAULT_SIGNATURE, inputs: 
     if extra:
         raise RunError(f"signature {signature!r} has no input(s) {', '.join(extra)} (inputs: "
                        f"{', '.join(sorted(sig.inputs))})")
-    feeds = {k: load_value(k, v, tf.as_dtype(sig.inputs[k].dtype)) for k, v in given.items()}
+    feeds = {k: examples_value(k, examples[k]) if examples and k in examples else
+             load_value(k, v, tf.as_dtype(sig.inputs[k].dtype)) for k, v in given.items()}
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None and not overwrite:
         clash = [k for k in sig.outputs if (out_dir / f"{k}.npy").exists()]
@@ -170,9 +210,7 @@ def run_signature(path: str | Path, signature: str = DEFAULT_SIGNATURE, inputs: 
             fetched = sess.run({k: v.name for k, v in sig.outputs.items()},
                                feed_dict={sig.inputs[k].name: v for k, v in feeds.items()})
         except Exception as exc:  # noqa: BLE001 - TF runtime errors of every kind
-            text = getattr(exc, "message", None) or str(exc)
-            first = next((line.strip() for line in str(text).splitlines() if line.strip()), type(exc).__name__)
-            raise RunError(f"signature {signature!r} failed: {first}") from None
+            raise RunError(f"signature {signature!r} failed: {tf_error_line(exc)}") from None
     result = RunResult(path=str(p), signature=signature, outputs={k: np.asarray(v) for k, v in fetched.items()})
     if out_dir is not None:
         result.written = _write_outputs(out_dir, result.outputs)

@@ -19,17 +19,12 @@ from typing import Any
 from tfsctl.errors import ExportError
 from tfsctl.export.signatures import SignatureSpec, build_signature_defs
 from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, WARMUP_DIR
+from tfsctl.tf_messages import tf_error_line
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line, without TF's ``{{function_node ...}}`` and ``[Op:...]`` decorations
-    (TF errors carry node dumps and tracebacks after it)."""
-    text = getattr(exc, "message", None) or str(exc)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", lines[0])
-    return re.sub(r"\s*\[Op:\w+\]\s*$", "", line) or type(exc).__name__
+    """An exception's informative line (see :func:`tfsctl.tf_messages.tf_error_line`)."""
+    return tf_error_line(exc)
 
 
 def export_checkpoint_graph(prefix: Path, export_dir: Path, specs: list[SignatureSpec],
