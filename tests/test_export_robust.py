@@ -344,3 +344,17 @@ def test_tf1_checkpoint_given_as_prefix_meta_or_directory(tf1_model, tmp_path, f
     result = export_model(source, tmp_path / "m", inputs=["inputs=tf_example"], outputs=["value=value"])
     assert result.kind == "tf1-checkpoint" and result.signatures == ["serving_default"]
     assert [v.name for v in inspect_path(result.path).variables] == ["w"]
+
+
+def test_tf2_saved_model_reexported_with_warmup_keeps_its_signature(small_keras, tmp_path) -> None:
+    first = export_model(small_keras, tmp_path / "a", warmup=False)
+    assert not warmup_path(first.path).exists()
+    again = export_model(first.path, tmp_path / "b", warmup_shapes=["features=3x4"])
+    assert again.kind == "saved-model" and again.signatures == ["serving_default"] and again.warmup_records == 1
+    log = prediction_log_pb2.PredictionLog.FromString(
+        next(iter(tf.data.TFRecordDataset(str(warmup_path(again.path))))).numpy())
+    assert tf.make_ndarray(log.predict_log.request.inputs["features"]).shape == (3, 4)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    want = keras.saving.load_model(small_keras)(x)
+    got = tf.saved_model.load(str(again.path)).signatures["serving_default"](features=tf.constant(x))["score"]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
