@@ -358,3 +358,23 @@ def test_tf2_saved_model_reexported_with_warmup_keeps_its_signature(small_keras,
     want = keras.saving.load_model(small_keras)(x)
     got = tf.saved_model.load(str(again.path)).signatures["serving_default"](features=tf.constant(x))["score"]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_frozen_pbtxt_without_flags_gets_its_placeholders_and_unconsumed_ops(tmp_path) -> None:
+    from google.protobuf import text_format
+
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, [None, 2], name="a")
+        tf.multiply(a, 3.0, name="tripled")
+    path = tmp_path / "graph.pbtxt"
+    path.write_text(text_format.MessageToString(graph.as_graph_def()))
+    result = export_model(path, tmp_path / "m")
+    sig = inspect_path(result.path).meta_graph().signature("serving_default")
+    assert [(t.key, t.name) for t in sig.inputs] == [("a", "a:0")]
+    assert [(t.key, t.name) for t in sig.outputs] == [("tripled", "tripled:0")]
+    res = CliRunner().invoke(app, ["run", str(result.path), "--input", "a=[[1, 2]]", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["outputs"]["tripled"]["value"] == [[3.0, 6.0]]
+    res = CliRunner().invoke(app, ["export", "--help"])
+    assert res.exit_code == 0 and "--model-factory" in res.stdout and "--warmup-request" in res.stdout
