@@ -15,7 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from tfsctl.cli import app  # noqa: E402
 from tfsctl.errors import InspectError  # noqa: E402
-from tfsctl.inspect import BasePathInfo, SavedModelInfo, inspect_path  # noqa: E402
+from tfsctl.inspection import BasePathInfo, SavedModelInfo, inspect_path  # noqa: E402
 
 
 class _Plain(tf.Module):

@@ -71,7 +71,16 @@ def quiet_tensorflow(devices: bool = False) -> None:
 
 
 # --- export ---
-# owner: tfsctl/export.py
+# owner: tfsctl/export/
+
+
+def _quiet_tf_python_logs() -> None:
+    """Keep TF's Python deprecation notices (the TF1 loader and Builder are what TF Serving itself uses) off the
+    terminal, unless ``TF_CPP_MIN_LOG_LEVEL`` 0/1 asks for TensorFlow's logs."""
+    import logging
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") not in ("0", "1"):
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -82,20 +91,51 @@ def _parse_size(text: str) -> tuple[int, int]:
     return int(parts[1]), int(parts[0])
 
 
+def _tag_set(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 @app.command()
 def export(
-    source: Path = typer.Argument(..., help="Checkpoint directory holding model.json, or a Keras .keras file."),
+    source: Path = typer.Argument(..., help="DeepLab checkpoint dir (model.json), TF1 checkpoint (prefix, dir or "
+                                  ".meta), frozen graph (.pb/.pbtxt), TF2 checkpoint (with --model-factory), "
+                                  ".keras/.h5 file, or a SavedModel dir."),
     out: Path = typer.Argument(..., help="Model base path (the next integer version is used) or BASE/VERSION."),
     force: bool = typer.Option(False, "--force", help="Replace an existing version (swapped in atomically)."),
+    source_kind: str = typer.Option(None, "--source-kind", help="Force the source kind: deeplab, tf1-checkpoint, "
+                                    "frozen-graph, tf2-checkpoint, keras, saved-model."),
+    input_: list[str] = typer.Option(None, "--input", help="KEY=TENSOR signature input (graph sources); "
+                                     "repeatable."),
+    output: list[str] = typer.Option(None, "--output", help="KEY=TENSOR signature output (graph sources); "
+                                     "repeatable."),
+    signature: str = typer.Option(None, "--signature", help="Name of the signature --input/--output describe "
+                                  "(default serving_default)."),
+    method: str = typer.Option(None, "--method", help="predict (default), classify or regress."),
+    signatures_file: Path = typer.Option(None, "--signatures", help="JSON file of several signatures "
+                                         "(docs/EXPORT.md)."),
+    replace_signatures: bool = typer.Option(False, "--replace-signatures", help="SavedModel source: drop its "
+                                            "signatures, keep only the ones given."),
+    tag_set: str = typer.Option(None, "--tag-set", help="Tags of the meta graph to write / re-export "
+                                "(comma-separated; default serve)."),
+    model_factory: str = typer.Option(None, "--model-factory", help="module:callable returning the built model "
+                                      "a TF2 checkpoint restores into."),
+    model_factory_path: Path = typer.Option(None, "--model-factory-path", help="Directory the factory module "
+                                            "is imported from."),
     warmup_size: list[str] = typer.Option(
-        None, "--warmup-size", help="WIDTHxHEIGHT of a predict_images warmup request; repeatable (default 256x256; "
-        "'none' for no warmup file)."),
+        None, "--warmup-size", help="WIDTHxHEIGHT of a predict_images warmup request (DeepLab); repeatable "
+        "(default 256x256; 'none' for no warmup file)."),
+    warmup_shape: list[str] = typer.Option(None, "--warmup-shape", help="KEY=1x224x224x3: shape of input KEY in "
+                                           "the generated warmup requests; repeatable."),
+    warmup_request: Path = typer.Option(None, "--warmup-request", help="File of TF Serving REST JSON bodies to "
+                                        "record as warmup requests."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Write no warmup file."),
     max_image_pixels: int = typer.Option(
-        2048 * 2048, "--max-image-pixels", help="Largest image (pixels) the signatures accept."),
+        2048 * 2048, "--max-image-pixels", help="Largest image (pixels) the DeepLab signatures accept."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Export a checkpoint (or .keras model) as a versioned SavedModel that a model server can load."""
+    """Export a checkpoint, graph, Keras file or SavedModel as a versioned SavedModel a model server can load."""
     quiet_tensorflow(devices=True)
+    _quiet_tf_python_logs()
     import json
     import time
 
@@ -107,16 +147,20 @@ def export(
         sizes: list[tuple[int, int]] = []
     else:
         sizes = [_parse_size(s) for s in (warmup_size or ["256x256"])]
+    kwargs = dict(force=force, warmup_sizes=sizes, max_image_pixels=max_image_pixels, source_kind=source_kind,
+                  inputs=input_, outputs=output, signature=signature, method=method, signatures_file=signatures_file,
+                  model_factory=model_factory, model_factory_path=model_factory_path, warmup_shapes=warmup_shape,
+                  warmup_request=warmup_request, warmup=not no_warmup, tags=_tag_set(tag_set) or ["serve"],
+                  replace_signatures=replace_signatures)
     started = time.perf_counter()
     try:
         from tfsctl.export import export_model
 
         if as_json:
-            result = export_model(source, out, force=force, warmup_sizes=sizes, max_image_pixels=max_image_pixels)
+            result = export_model(source, out, **kwargs)
         else:
             with err_console.status(f"Exporting {source} ..."):
-                result = export_model(source, out, force=force, warmup_sizes=sizes,
-                                      max_image_pixels=max_image_pixels)
+                result = export_model(source, out, **kwargs)
     except ExportError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -125,7 +169,7 @@ def export(
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "seconds": round(elapsed, 2)}))
         return
-    from tfsctl.inspect import inspect_saved_model
+    from tfsctl.inspection import inspect_saved_model
 
     done = "replaced" if result.replaced else "exported"
     table = Table(title=f"{done} version {result.version}: {escape(str(result.path))}")
@@ -133,19 +177,43 @@ def export(
     table.add_column("method", overflow="fold")
     table.add_column("inputs")
     table.add_column("outputs")
-    serve = inspect_saved_model(result.path).meta_graph()
-    for sig in serve.signatures if serve else []:
+    info = inspect_saved_model(result.path)
+    mg = info.meta_graph(set(_tag_set(tag_set) or ["serve"])) or info.meta_graphs[0]
+    for sig in mg.signatures:
         if sig.name in result.signatures:
             table.add_row(sig.name, sig.method_name,
                           "\n".join(f"{t.key} {t.dtype} {t.shape_str}" for t in sig.inputs),
                           "\n".join(f"{t.key} {t.dtype} {t.shape_str}" for t in sig.outputs))
     console.print(table)
-    warm = ", ".join(f"{w}x{h}" for h, w in result.warmup_sizes) or "none"
-    console.print(f"source {escape(str(result.source))}; warmup requests: {warm}; {elapsed:.1f} s")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    console.print(f"source {escape(str(result.source))} ({result.kind}); warmup records: {result.warmup_records}; "
+                  f"{elapsed:.1f} s")
 
 
 # --- inspect ---
-# owner: tfsctl/inspect.py
+# owner: tfsctl/inspection.py
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _variables_table(title: str, variables) -> None:  # noqa: ANN001 - list[VariableInfo]
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("variable", overflow="fold")
+    table.add_column("dtype")
+    table.add_column("shape", no_wrap=True)
+    table.add_column("size", justify="right")
+    for v in variables:
+        table.add_row(escape(v.name), v.dtype, str(tuple(v.shape)), _size(v.size))
+    console.print(table)
 
 
 def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, imported lazily
@@ -182,24 +250,55 @@ def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, importe
                     name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"
                     table.add_row(role, t.key, t.dtype, t.shape_str, name)
             console.print(table)
+    console.print(f"variables: {len(info.variables)} ({_size(info.variables_bytes)} on disk)")
+    if info.variables and len(info.variables) <= 50:
+        _variables_table("variables", info.variables)
+    if info.assets:
+        console.print("assets: " + ", ".join(f"{escape(a.path)} ({_size(a.size)})" for a in info.assets))
+
+
+def _render_graph(info) -> None:  # noqa: ANN001 - GraphInfo
+    from rich.table import Table
+
+    console.print(f"[bold]{'meta graph' if info.kind == 'meta_graph' else 'GraphDef'}[/] {escape(info.path)}: "
+                  f"{info.num_nodes} nodes")
+    for title, tensors in (("candidate inputs (placeholders)", info.inputs),
+                           ("candidate outputs (ops nothing consumes)", info.outputs)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("tensor", overflow="fold")
+        table.add_column("dtype")
+        table.add_column("shape", no_wrap=True)
+        for t in tensors:
+            table.add_row(escape(t.name), t.dtype, t.shape_str)
+        console.print(table)
+    if info.variables:
+        console.print(f"variables: {len(info.variables)}")
+    for sig in info.signatures:
+        console.print(f"stored signature {sig.name!r} ({sig.method_name}): "
+                      + ", ".join(f"{t.key}={t.name}" for t in sig.inputs) + " -> "
+                      + ", ".join(f"{t.key}={t.name}" for t in sig.outputs))
 
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A SavedModel directory, or a model base path with version directories."),
+    path: Path = typer.Argument(..., help="A SavedModel, a model base path, a checkpoint, or a graph "
+                                "(.pb/.pbtxt/.meta)."),
+    tag_set: str = typer.Option(None, "--tag-set", help="Only the meta graph with these tags (comma-separated)."),
+    signature: str = typer.Option(None, "--signature", help="Only this signature."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
-    """Show tag-sets, signatures, method names and tensors of any SavedModel (like saved_model_cli show --all)."""
+    """Show what a model holds: signatures of a SavedModel, variables of a checkpoint, tensors of a graph."""
     quiet_tensorflow()
     import json
 
     from rich.table import Table
 
     from tfsctl.errors import InspectError
-    from tfsctl.inspect import BasePathInfo, inspect_path
+    from tfsctl.inspection import BasePathInfo, CheckpointInfo, GraphInfo, inspect_path
 
     try:
-        info = inspect_path(path)
+        tags = _tag_set(tag_set)
+        info = inspect_path(path, tag_set=set(tags) if tags else None, signature=signature)
     except InspectError as e:
         fail(str(e))
     if as_json:
@@ -218,8 +317,64 @@ def inspect(
             fail(f"{info.path} has no valid SavedModel version")
         console.print(f"latest valid version: {info.latest.version}")
         _render_saved_model(info.latest)
+    elif isinstance(info, CheckpointInfo):
+        meta = "with" if info.has_meta_graph else "without"
+        _variables_table(f"checkpoint {escape(info.prefix)} ({meta} a .meta graph): {len(info.variables)} "
+                         f"variables, {_size(info.total_bytes)}", info.variables)
+    elif isinstance(info, GraphInfo):
+        _render_graph(info)
     else:
         _render_saved_model(info)
+
+
+# --- run ---
+# owner: tfsctl/run.py
+
+
+@app.command()
+def run(
+    path: Path = typer.Argument(..., help="A SavedModel directory."),
+    signature: str = typer.Option("serving_default", "--signature", help="Signature to run."),
+    input_: list[str] = typer.Option(None, "--input", help="KEY=VALUE: file.npy, file.npz[key], @image.png or a "
+                                     "JSON literal; repeatable."),
+    input_examples: list[str] = typer.Option(None, "--input-examples", help='KEY=[{"feature": [values]}, ...]: '
+                                             "serialized tf.Examples for KEY; repeatable."),
+    tag_set: str = typer.Option("serve", "--tag-set", help="Tags of the meta graph to load (comma-separated)."),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Write each output as KEY.npy here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing .npy files in --output-dir."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
+) -> None:
+    """Run one signature of a SavedModel on given inputs (like saved_model_cli run)."""
+    quiet_tensorflow(devices=True)
+    _quiet_tf_python_logs()
+    import json
+
+    import numpy as np
+    from rich.table import Table
+
+    from tfsctl.errors import RunError
+    from tfsctl.run import parse_inputs, run_signature
+
+    try:
+        result = run_signature(path, signature, parse_inputs(input_ or []), tags=set(_tag_set(tag_set) or []),
+                               output_dir=output_dir, overwrite=overwrite,
+                               examples=parse_inputs(input_examples or [], "--input-examples"))
+    except RunError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{escape(result.path)} signature {result.signature!r}")
+    table.add_column("output")
+    table.add_column("dtype")
+    table.add_column("shape", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in result.outputs.items():
+        with np.printoptions(threshold=20, edgeitems=3, precision=6):
+            table.add_row(key, str(value.dtype), str(tuple(value.shape)), escape(str(value)))
+    console.print(table)
+    for written in result.written:
+        console.print(f"wrote {escape(written)}")
 
 
 # --- serve / status / reload ---

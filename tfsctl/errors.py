@@ -119,3 +119,7 @@ class ClientError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class RunError(Exception):
+    """`tfsctl run` could not run the signature (bad SavedModel, missing input, unreadable value, runtime error)."""
