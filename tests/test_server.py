@@ -54,6 +54,25 @@ def _start(tmp_path: Path, **kwargs) -> ModelServer:
     return server
 
 
+def _poll(condition, message: str, timeout: float = 60.0) -> None:
+    """Wait for ``condition()`` with a deadline (short waits between checks; never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def _in_flight(rest_port: int) -> float:
+    """The server's tfsctl_grpc_requests_in_flight gauge, read from its Prometheus page."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("tfsctl_grpc_requests_in_flight "):
+                return float(line.split()[1])
+    return -1.0
+
+
 # --- hot swap ---------------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +158,7 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
     stub.Predict(_request(), timeout=20)  # connection up
     port = server.grpc_port
     futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
-    time.sleep(0.5)  # all six are queued in the batcher now
+    _poll(lambda: server.batcher.pending() == 6, "the six requests never all reached the batch queue")
     assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
     server.stop(10)
     for i, f in enumerate(futures):
@@ -156,11 +175,12 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
 def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    batching = _slow_batching_file(tmp_path)
+    batching = _slow_batching_file(tmp_path, timeout_micros=2_000_000)
+    rest_port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", "--rest_api_port", "0", "--host", "127.0.0.1",
-         "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
+        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", f"--rest_api_port={rest_port}", "--host",
+         "127.0.0.1", "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
          "--batching_parameters_file", str(batching)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
@@ -192,7 +212,7 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
                 assert time.monotonic() < deadline, "model never became available"
                 time.sleep(0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
-        time.sleep(0.5)  # queued in the batcher, i.e. in flight
+        _poll(lambda: _in_flight(rest_port) == 8, "the eight requests never all reached the server")
         assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
         proc.send_signal(signal.SIGTERM)
         for i, f in enumerate(futures):
@@ -279,7 +299,10 @@ def test_tls_server_only(tmp_path):
 # --- config file polling, flags ------------------------------------------------------------------------------------
 
 
-def test_model_config_file_is_polled(tmp_path):
+def test_model_config_file_is_polled(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="tfsctl.serving.server")
     a, b = tmp_path / "a", tmp_path / "b"
     write_toy_model(a, 1, scale=1.0)
     write_toy_model(b, 1, scale=4.0)
@@ -309,7 +332,8 @@ def test_model_config_file_is_polled(tmp_path):
                 assert time.monotonic() < deadline, "model b never served after the config file changed"
                 time.sleep(0.1)
         cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
-        time.sleep(0.4)
+        _poll(lambda: any("not applied" in r.getMessage() for r in caplog.records),
+              "the broken config file was never read")
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
         channel.close()
     finally:
@@ -317,9 +341,9 @@ def test_model_config_file_is_polled(tmp_path):
 
 
 def test_bad_options_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="model-base-path"):
+    with pytest.raises(ConfigError, match="model_base_path"):
         ModelServer(ServerOptions(port=0, rest_api_port=0)).start()
-    with pytest.raises(ConfigError, match="rest-api-port"):
+    with pytest.raises(ConfigError, match="rest_api_port"):
         ModelServer(ServerOptions(rest_api_port=70000, model_base_path=str(tmp_path))).start()
     with pytest.raises(ConfigError):
         ModelServer(ServerOptions(port=0, rest_api_port=0, model_config_file=str(tmp_path / "missing.config"))).start()
@@ -514,7 +538,17 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
         def status(service: str) -> int:
             return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
-        time.sleep(0.3)  # a few source polls and health updates over the empty base path
+        # "toy" is unknown to the health service until the server's health update has looked at the model:
+        # waiting for it proves an update ran over the empty base path and computed NOT_SERVING.
+        def toy_known() -> bool:
+            try:
+                status("toy")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND, e.details()
+                return False
+            return True
+
+        _poll(toy_known, "the health service never heard of model toy")
         assert status("") == not_serving and status("toy") == not_serving
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(), timeout=5)
@@ -540,7 +574,7 @@ def test_cli_serve_reports_bad_flags():
     assert result.exit_code == 1
     assert "no models to serve" in result.output
     result = CliRunner().invoke(app, ["serve", "--rest-api-port", "99999", "--model-base-path", "/tmp"])
-    assert result.exit_code == 1 and "rest-api-port" in result.output
+    assert result.exit_code == 2 and "--rest_api_port must be in 0..65535" in result.output
 
 
 def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
