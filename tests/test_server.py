@@ -592,3 +592,74 @@ def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
         channel.close()
     finally:
         server.stop(2)
+
+
+def _serve_subprocess(args: list[str]) -> tuple[subprocess.Popen, list[str], list[int], threading.Thread]:
+    """`tfsctl serve ARGS` in a subprocess; its output lines and (once logged) its gRPC port, read by a thread."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tfsctl", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    lines: list[str] = []
+    port_box: list[int] = []
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"serving gRPC on \S+ \(port (\d+)\)", line)
+            if m:
+                port_box.append(int(m.group(1)))
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    return proc, lines, port_box, t
+
+
+def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
+    """Issue 11 item 8: many clients keep calling while `tfsctl serve` gets SIGTERM; every answer is OK (served,
+    or in flight and finished) or UNAVAILABLE (refused while draining, or nothing listening) - never CANCELLED."""
+    write_toy_model(tmp_path / "toy", 1)
+    proc, lines, port_box, reader = _serve_subprocess(
+        ["--port=0", "--rest_api_port=0", "--host=127.0.0.1", "--model_name=toy",
+         f"--model_base_path={tmp_path / 'toy'}"])
+    codes: list[grpc.StatusCode] = []
+    details: list[str] = []
+    t0: list[float] = []
+    stop = threading.Event()
+    try:
+        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        assert port_box, "".join(lines)
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port_box[0]}") for _ in range(4)]
+
+        def client(i: int) -> None:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channels[i % len(channels)])
+            refused_after_exit = 0
+            while not stop.is_set() and refused_after_exit < 3:
+                try:
+                    stub.Predict(_request(), timeout=20)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                    if e.code() == grpc.StatusCode.CANCELLED:
+                        details.append(f"{time.monotonic() - t0[0]:.3f} {e.details()} {e.debug_error_string()}")
+                    if proc.poll() is not None:
+                        refused_after_exit += 1
+
+        with ThreadPoolExecutor(12) as pool:
+            futs = [pool.submit(client, i) for i in range(12)]
+            _poll(lambda: codes.count(grpc.StatusCode.OK) >= 300, "the clients were never served")
+            t0.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, "".join(lines)
+            for f in futs:
+                f.result(timeout=60)
+        for ch in channels:
+            ch.close()
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(5)
+    seen = {c: codes.count(c) for c in set(codes)}
+    assert set(seen) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (seen, details[:3], "".join(lines[-8:]))
+    assert seen.get(grpc.StatusCode.UNAVAILABLE, 0) > 0 and seen[grpc.StatusCode.OK] >= 300, seen

@@ -263,6 +263,7 @@ def serve(ctx: typer.Context) -> None:
         fail(str(e))
     quiet_tensorflow(devices=True)
     import logging
+    import sys
 
     from rich.panel import Panel
 
@@ -280,12 +281,17 @@ def serve(ctx: typer.Context) -> None:
             "SIGTERM / Ctrl-C stops gracefully", title="tfsctl serve", border_style="green"))
 
     try:
-        code = ModelServer(options).serve_forever(on_started=banner)
+        # The process exits right after: leaving gRPC's listener to the exit means a call arriving at the very end
+        # sees its connection close (UNAVAILABLE) rather than gRPC's shutdown cancelling it (CANCELLED).
+        code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
     except FlagError as e:
         fail(str(e), code=2)
     except (ConfigError, OSError) as e:
         fail(str(e))
-    raise typer.Exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: it would shut the gRPC server down after all
 
 
 # --- predict ---

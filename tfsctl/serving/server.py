@@ -566,9 +566,14 @@ class ModelServer:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
-    def stop(self, grace: float | None = 10.0) -> None:
+    def stop(self, grace: float | None = 10.0, *, close_grpc: bool = True) -> None:
         """Stop gracefully; idempotent. New RPCs and REST requests are refused (UNAVAILABLE / 503) from now on,
-        those in flight get up to ``grace`` seconds to finish; then the ports close and the models unload."""
+        those in flight get up to ``grace`` seconds to finish; then the ports close and the models unload.
+
+        ``close_grpc=False`` leaves the gRPC listener refusing (UNAVAILABLE) instead of shutting it down, for a
+        process about to exit: gRPC's own shutdown cancels the calls it has accepted but not handed over yet
+        (CANCELLED), while a process exit closes the connections, which clients see as UNAVAILABLE.
+        """
         with self._stop_lock:
             if self._stopped.is_set() or not self._started:
                 return
@@ -583,9 +588,10 @@ class ModelServer:
             if self._grpc is not None:
                 if not self._gate.drain(grace):
                     log.warning("gRPC requests still running after the %.1f s grace period are cancelled", grace)
-                left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                # Nothing of ours runs now; a short grace lets the RPCs the gate is refusing get their answer.
-                self._grpc.stop(min(left, 1.0)).wait()
+                if close_grpc:
+                    left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    # Nothing of ours runs now; a short grace lets the RPCs the gate is refusing get their answer.
+                    self._grpc.stop(min(left, 1.0)).wait()
             if rest_stop is not None:
                 rest_stop.join()
             for t in self._threads:
@@ -603,7 +609,8 @@ class ModelServer:
         except Exception:  # noqa: BLE001 - keep shutting down the rest
             log.exception("stopping the REST server failed")
 
-    def serve_forever(self, grace: float = 10.0, on_started: Callable[[ModelServer], None] | None = None) -> int:
+    def serve_forever(self, grace: float = 10.0, on_started: Callable[[ModelServer], None] | None = None, *,
+                      close_grpc: bool = True) -> int:
         """Start (unless started), serve until SIGTERM/SIGINT or :meth:`stop`, stop gracefully; returns 0.
 
         The signal handlers go in before :meth:`start`, so a SIGTERM during start-up (while the initial models
@@ -626,7 +633,7 @@ class ModelServer:
                 on_started(self)
             while not self._stop_event.wait(0.5):
                 pass
-            self.stop(grace)
+            self.stop(grace, close_grpc=close_grpc)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
