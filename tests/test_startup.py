@@ -247,8 +247,8 @@ def test_enable_batching_true_and_unix_socket_from_the_command_line(tmp_path):
     lines: list[str] = []
     try:
         _wait_serving(proc, lines)
-        out = "".join(lines)
-        assert re.search(r"batching\W+on", out), out
+        _poll(lambda: re.search(r"batching\W+(on|off)", "".join(lines)), "no banner")
+        assert re.search(r"batching\W+on", "".join(lines)), "".join(lines)
         np.testing.assert_allclose(to_numpy(_predict(f"unix:{sock}").outputs["y"]), X)
     finally:
         _stop(proc, lines)
