@@ -44,6 +44,15 @@ def test_every_main_cc_flag_is_known_and_every_option_has_a_flag():
     assert {n for n in BY_NAME if n != "version"} == fields
 
 
+def test_defaults_are_tensorflow_model_servers():
+    o = options()
+    assert (o.port, o.rest_api_port, o.model_name, o.rest_api_timeout_in_ms, o.max_num_load_retries) == (
+        8500, 0, "default", 30000, 5)
+    assert (o.load_retry_interval_micros, o.file_system_poll_wait_seconds, o.num_load_threads) == (60_000_000, 1, 0)
+    assert o.enable_model_warmup and o.flush_filesystem_caches and not o.enable_batching
+    assert not o.enable_serialization_as_tensor_content and not o.enable_signature_method_name_check
+
+
 def test_kserve_command_line():
     o = options(*KSERVE)
     assert (o.model_name, o.port, o.rest_api_port, o.model_base_path, o.rest_api_timeout_in_ms) == (

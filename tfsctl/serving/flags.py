@@ -45,7 +45,7 @@ class Flag:
 FLAGS: tuple[Flag, ...] = (
     Flag("port", "int32", 8500, "gRPC port (0 = an OS-chosen port, or none with --grpc_socket_path)"),
     Flag("grpc_socket_path", "str", "", "also serve gRPC on this UNIX socket"),
-    Flag("rest_api_port", "int32", 8501, "HTTP/REST port; 0 = no REST (TF Serving's binary: 0)"),
+    Flag("rest_api_port", "int32", 0, "HTTP/REST port (0 = no REST; the Docker image uses 8501)"),
     Flag("rest_api_num_threads", "int32", 0, "REST worker threads (0 = from the CPU count)"),
     Flag("rest_api_timeout_in_ms", "int32", 30000, "timeout of a REST call"),
     Flag("rest_api_enable_cors_support", "bool", False, "send CORS headers on REST responses"),

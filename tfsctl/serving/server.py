@@ -48,12 +48,12 @@ class ServerOptions:
 
     Where tfsctl's default differs it says so in the flag's help and in docs/SERVER_FLAGS.md. ``port`` 0 means an
     OS-chosen port (TF Serving: no TCP port, allowed only with ``grpc_socket_path``; that combination still means
-    "socket only" here); ``rest_api_port`` 0 turns REST off.
+    "socket only" here); ``rest_api_port`` 0 (the default, as TF Serving) turns REST off.
     """
 
     port: int = 8500
     grpc_socket_path: str = ""
-    rest_api_port: int = 8501
+    rest_api_port: int = 0
     rest_api_num_threads: int = 0
     rest_api_timeout_in_ms: int = 30000
     rest_api_enable_cors_support: bool = False
