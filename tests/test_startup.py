@@ -274,3 +274,32 @@ def test_an_inapplicable_flag_is_one_clear_error():
     assert res.returncode == 2 and res.stdout == ""
     (line,) = res.stderr.splitlines()
     assert line.startswith("error: --prefer_tflite_model=true cannot apply in tfsctl"), res.stderr
+
+
+def test_sigterm_while_the_initial_models_load_exits_without_opening_ports(tmp_path):
+    bad = tmp_path / "bad" / "1"
+    bad.mkdir(parents=True)
+    (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff")
+    proc = _serve(["--port=0", "--host=127.0.0.1", "--model_name=bad", f"--model_base_path={tmp_path / 'bad'}",
+                   "--max_num_load_retries=1000", "--load_retry_interval_micros=100000"])
+    lines: list[str] = []
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        _poll(lambda: "".join(lines).count("load of model bad version 1 failed") >= 2 or proc.poll() is not None,
+              "the load never failed and retried")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        t.join(5)
+    out = "".join(lines)
+    assert "received SIGTERM" in out and "server stopped" in out, out
+    assert "serving gRPC" not in out, out
