@@ -242,13 +242,16 @@ def serve(ctx: typer.Context) -> None:
         typer.echo(help_text())
         raise typer.Exit(0)
     if parsed.version:
+        from importlib import metadata
+
         from tfsctl import __version__
 
-        quiet_tensorflow()
-        import tensorflow as tf
-
+        try:  # the installed distribution's version: importing TensorFlow just to print it would take seconds
+            tf_version = metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            tf_version = "not installed"
         # tensorflow_model_server's two lines: its own version, then TensorFlow's
-        typer.echo(f"TensorFlow ModelServer: tfsctl-{__version__}\nTensorFlow Library: {tf.__version__}")
+        typer.echo(f"TensorFlow ModelServer: tfsctl-{__version__}\nTensorFlow Library: {tf_version}")
         raise typer.Exit(0)
 
     from tfsctl.errors import ConfigError
