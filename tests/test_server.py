@@ -121,9 +121,11 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
                 write_toy_model(base, 3, scale=3.0)
                 wait_for(3)
                 shutil.rmtree(base / "1")
-                time.sleep(0.5)  # a few polls with version 1 gone from disk
+                for _ in range(3):  # the Source sees version 1 gone from disk (synchronously)
+                    server.manager.source.poll_once()
                 tail = [len(s) for s in seen]
-                time.sleep(0.3)
+                _poll(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
+                      "clients stopped being served after version 1 left the disk")
             finally:
                 stop.set()
             for f in futs:
@@ -490,13 +492,18 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         resp = stub.Predict(_request(), timeout=20)
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
-        time.sleep(1.0)  # ten more polls of the unchanged corrupt directory: no further attempts
+        for _ in range(10):  # ten more polls of the unchanged corrupt directory: no further attempts
+            server.manager.source.poll_once()
+        states = {v.version: v.state for v in server.manager.version_states("toy")}
+        assert states[2] == get_model_status_pb2.ModelVersionStatus.END, states  # a new attempt would be START
         assert failures() == 3  # first try + max_num_load_retries
         assert server.metrics.registry.get_sample_value(
             "tfserving_model_events_total", {"model_name": "toy", "event": "load_error"}) == 1
 
         shutil.rmtree(base)  # the whole base path vanishes
-        time.sleep(1.0)
+        for _ in range(3):
+            server.manager.source.poll_once()
+        assert server.manager.available_versions("toy") == [1]
         resp = stub.Predict(_request(), timeout=20)
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
