@@ -62,6 +62,12 @@ def _poll(condition, message: str, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def _poll_source_once(server: ModelServer) -> None:
+    """One synchronous poll of every base path (the Source hangs off the Manager or, with ServerCore, off it)."""
+    source = getattr(server.manager, "source", None) or server.manager.server_core().source
+    source.poll_once()
+
+
 def _in_flight(rest_port: int) -> float:
     """The server's tfsctl_grpc_requests_in_flight gauge, read from its Prometheus page."""
     import urllib.request
@@ -122,7 +128,7 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
                 wait_for(3)
                 shutil.rmtree(base / "1")
                 for _ in range(3):  # the Source sees version 1 gone from disk (synchronously)
-                    server.manager.source.poll_once()
+                    _poll_source_once(server)
                 tail = [len(s) for s in seen]
                 _poll(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
                       "clients stopped being served after version 1 left the disk")
@@ -493,7 +499,7 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
         for _ in range(10):  # ten more polls of the unchanged corrupt directory: no further attempts
-            server.manager.source.poll_once()
+            _poll_source_once(server)
         states = {v.version: v.state for v in server.manager.version_states("toy")}
         assert states[2] == get_model_status_pb2.ModelVersionStatus.END, states  # a new attempt would be START
         assert failures() == 3  # first try + max_num_load_retries
@@ -502,8 +508,9 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
 
         shutil.rmtree(base)  # the whole base path vanishes
         for _ in range(3):
-            server.manager.source.poll_once()
-        assert server.manager.available_versions("toy") == [1]
+            _poll_source_once(server)
+        assert [(v.version, v.state) for v in server.manager.version_states("toy") if v.version == 1] == [
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
         resp = stub.Predict(_request(), timeout=20)
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:

@@ -39,6 +39,7 @@ from tfsctl.testing import free_port, write_toy_model  # noqa: E402
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
 def _poll(condition, message: str, timeout: float = 60.0) -> None:
@@ -120,7 +121,7 @@ def test_load_timeout_bounds_the_wait(tmp_path):
         assert time.monotonic() - started < 30
         assert _loading(server, "bad"), "start() should have returned while 'bad' still retries"
         assert server.wait_until_ready(0) is False
-        _poll(lambda: bool(server.manager.available_versions("toy")), "toy never loaded")
+        _poll(lambda: any(v.state == AVAILABLE for v in server.manager.version_states("toy")), "toy never loaded")
         np.testing.assert_allclose(to_numpy(_predict(f"127.0.0.1:{server.grpc_port}").outputs["y"]), X * 2)
     finally:
         server.stop(2)
