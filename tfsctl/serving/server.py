@@ -376,6 +376,7 @@ class ModelServer:
         self._health: Any = None
         self._started = False
         self._stop_event = threading.Event()
+        self._health_changed = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -580,6 +581,7 @@ class ModelServer:
             self._stop_event.set()
             if self._health is not None:
                 self._health.enter_graceful_shutdown()
+            self._health_changed.set()  # wakes the health loop, which sees the stop
             deadline = None if grace is None else time.monotonic() + grace
             rest_stop = None
             if self.rest is not None:  # REST drains on its own thread meanwhile
@@ -642,15 +644,27 @@ class ModelServer:
     # --- background loops ----------------------------------------------------------------------------------------
 
     def _health_loop(self) -> None:
+        """Keep grpc.health.v1 in step with the manager: on each of its state events where it publishes them
+        (``manager.events``), else (and as a backstop) every ``_HEALTH_PERIOD_S``."""
         from tfsctl.serving.grpc_api import update_health
 
+        changed = self._health_changed
+        events = getattr(self.manager, "events", None)
+        unsubscribe = events.subscribe(lambda _event: changed.set()) if events is not None else None
+        period = _HEALTH_PERIOD_S * (10 if events is not None else 1)
         known: set[str] = set()
-        while not self._stop_event.is_set():
-            try:
-                known = update_health(self._health, self.manager, known)
-            except Exception:  # noqa: BLE001 - health must never kill the server
-                log.exception("health update failed")
-            self._stop_event.wait(_HEALTH_PERIOD_S)
+        try:
+            while not self._stop_event.is_set():
+                changed.clear()
+                try:
+                    known = update_health(self._health, self.manager, known)
+                except Exception:  # noqa: BLE001 - health must never kill the server
+                    log.exception("health update failed")
+                if changed.wait(period):
+                    continue
+        finally:
+            if callable(unsubscribe):
+                unsubscribe()
 
     def _config_loop(self) -> None:
         """Re-read ``--model_config_file`` every poll period; apply it when its text changed."""
