@@ -54,6 +54,31 @@ def _start(tmp_path: Path, **kwargs) -> ModelServer:
     return server
 
 
+def _poll(condition, message: str, timeout: float = 60.0) -> None:
+    """Wait for ``condition()`` with a deadline (short waits between checks; never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def _poll_source_once(server: ModelServer) -> None:
+    """One synchronous poll of every base path (the Source hangs off the Manager or, with ServerCore, off it)."""
+    source = getattr(server.manager, "source", None) or server.manager.server_core().source
+    source.poll_once()
+
+
+def _in_flight(rest_port: int) -> float:
+    """The server's tfsctl_grpc_requests_in_flight gauge, read from its Prometheus page."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("tfsctl_grpc_requests_in_flight "):
+                return float(line.split()[1])
+    return -1.0
+
+
 # --- hot swap ---------------------------------------------------------------------------------------------------------
 
 
@@ -102,9 +127,11 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
                 write_toy_model(base, 3, scale=3.0)
                 wait_for(3)
                 shutil.rmtree(base / "1")
-                time.sleep(0.5)  # a few polls with version 1 gone from disk
+                for _ in range(3):  # the Source sees version 1 gone from disk (synchronously)
+                    _poll_source_once(server)
                 tail = [len(s) for s in seen]
-                time.sleep(0.3)
+                _poll(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
+                      "clients stopped being served after version 1 left the disk")
             finally:
                 stop.set()
             for f in futs:
@@ -139,7 +166,7 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
     stub.Predict(_request(), timeout=20)  # connection up
     port = server.grpc_port
     futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
-    time.sleep(0.5)  # all six are queued in the batcher now
+    _poll(lambda: server.batcher.pending() == 6, "the six requests never all reached the batch queue")
     assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
     server.stop(10)
     for i, f in enumerate(futures):
@@ -156,11 +183,12 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
 def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    batching = _slow_batching_file(tmp_path)
+    batching = _slow_batching_file(tmp_path, timeout_micros=2_000_000)
+    rest_port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", "--rest_api_port", "0", "--host", "127.0.0.1",
-         "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
+        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", f"--rest_api_port={rest_port}", "--host",
+         "127.0.0.1", "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
          "--batching_parameters_file", str(batching)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
@@ -192,7 +220,7 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
                 assert time.monotonic() < deadline, "model never became available"
                 time.sleep(0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
-        time.sleep(0.5)  # queued in the batcher, i.e. in flight
+        _poll(lambda: _in_flight(rest_port) == 8, "the eight requests never all reached the server")
         assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
         proc.send_signal(signal.SIGTERM)
         for i, f in enumerate(futures):
@@ -279,7 +307,10 @@ def test_tls_server_only(tmp_path):
 # --- config file polling, flags ------------------------------------------------------------------------------------
 
 
-def test_model_config_file_is_polled(tmp_path):
+def test_model_config_file_is_polled(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="tfsctl.serving.server")
     a, b = tmp_path / "a", tmp_path / "b"
     write_toy_model(a, 1, scale=1.0)
     write_toy_model(b, 1, scale=4.0)
@@ -309,7 +340,8 @@ def test_model_config_file_is_polled(tmp_path):
                 assert time.monotonic() < deadline, "model b never served after the config file changed"
                 time.sleep(0.1)
         cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
-        time.sleep(0.4)
+        _poll(lambda: any("not applied" in r.getMessage() for r in caplog.records),
+              "the broken config file was never read")
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
         channel.close()
     finally:
@@ -317,9 +349,9 @@ def test_model_config_file_is_polled(tmp_path):
 
 
 def test_bad_options_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="model-base-path"):
+    with pytest.raises(ConfigError, match="model_base_path"):
         ModelServer(ServerOptions(port=0, rest_api_port=0)).start()
-    with pytest.raises(ConfigError, match="rest-api-port"):
+    with pytest.raises(ConfigError, match="rest_api_port"):
         ModelServer(ServerOptions(rest_api_port=70000, model_base_path=str(tmp_path))).start()
     with pytest.raises(ConfigError):
         ModelServer(ServerOptions(port=0, rest_api_port=0, model_config_file=str(tmp_path / "missing.config"))).start()
@@ -466,13 +498,19 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         resp = stub.Predict(_request(), timeout=20)
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         failures = lambda: sum("load of model toy version 2 failed" in r.getMessage() for r in caplog.records)  # noqa: E731
-        time.sleep(1.0)  # ten more polls of the unchanged corrupt directory: no further attempts
+        for _ in range(10):  # ten more polls of the unchanged corrupt directory: no further attempts
+            _poll_source_once(server)
+        states = {v.version: v.state for v in server.manager.version_states("toy")}
+        assert states[2] == get_model_status_pb2.ModelVersionStatus.END, states  # a new attempt would be START
         assert failures() == 3  # first try + max_num_load_retries
         assert server.metrics.registry.get_sample_value(
             "tfserving_model_events_total", {"model_name": "toy", "event": "load_error"}) == 1
 
         shutil.rmtree(base)  # the whole base path vanishes
-        time.sleep(1.0)
+        for _ in range(3):
+            _poll_source_once(server)
+        assert [(v.version, v.state) for v in server.manager.version_states("toy") if v.version == 1] == [
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
         resp = stub.Predict(_request(), timeout=20)
         assert resp.model_spec.version.value == 1 and np.allclose(to_numpy(resp.outputs["y"]), X)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
@@ -514,11 +552,23 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
         def status(service: str) -> int:
             return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
-        time.sleep(0.3)  # a few source polls and health updates over the empty base path
+        # "toy" is unknown to the health service until the server's health update has looked at the model:
+        # waiting for it proves an update ran over the empty base path and computed NOT_SERVING.
+        def toy_known() -> bool:
+            try:
+                status("toy")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND, e.details()
+                return False
+            return True
+
+        _poll(toy_known, "the health service never heard of model toy")
         assert status("") == not_serving and status("toy") == not_serving
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(), timeout=5)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "toy" in info.value.details()
+        # TF Serving answers NOT_FOUND for a configured model with no version yet; tfsctl said UNAVAILABLE
+        assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+        assert "toy" in info.value.details()
         write_toy_model(tmp_path / "toy", 1)
         deadline = time.monotonic() + 60
         while status("") != serving:
@@ -540,7 +590,7 @@ def test_cli_serve_reports_bad_flags():
     assert result.exit_code == 1
     assert "no models to serve" in result.output
     result = CliRunner().invoke(app, ["serve", "--rest-api-port", "99999", "--model-base-path", "/tmp"])
-    assert result.exit_code == 1 and "rest-api-port" in result.output
+    assert result.exit_code == 2 and "--rest_api_port must be in 0..65535" in result.output
 
 
 def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
@@ -558,3 +608,74 @@ def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
         channel.close()
     finally:
         server.stop(2)
+
+
+def _serve_subprocess(args: list[str]) -> tuple[subprocess.Popen, list[str], list[int], threading.Thread]:
+    """`tfsctl serve ARGS` in a subprocess; its output lines and (once logged) its gRPC port, read by a thread."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tfsctl", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    lines: list[str] = []
+    port_box: list[int] = []
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"serving gRPC on \S+ \(port (\d+)\)", line)
+            if m:
+                port_box.append(int(m.group(1)))
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    return proc, lines, port_box, t
+
+
+def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
+    """Issue 11 item 8: many clients keep calling while `tfsctl serve` gets SIGTERM; every answer is OK (served,
+    or in flight and finished) or UNAVAILABLE (refused while draining, or nothing listening) - never CANCELLED."""
+    write_toy_model(tmp_path / "toy", 1)
+    proc, lines, port_box, reader = _serve_subprocess(
+        ["--port=0", "--rest_api_port=0", "--host=127.0.0.1", "--model_name=toy",
+         f"--model_base_path={tmp_path / 'toy'}"])
+    codes: list[grpc.StatusCode] = []
+    details: list[str] = []
+    t0: list[float] = []
+    stop = threading.Event()
+    try:
+        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        assert port_box, "".join(lines)
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port_box[0]}") for _ in range(4)]
+
+        def client(i: int) -> None:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channels[i % len(channels)])
+            refused_after_exit = 0
+            while not stop.is_set() and refused_after_exit < 3:
+                try:
+                    stub.Predict(_request(), timeout=20)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                    if e.code() == grpc.StatusCode.CANCELLED:
+                        details.append(f"{time.monotonic() - t0[0]:.3f} {e.details()} {e.debug_error_string()}")
+                    if proc.poll() is not None:
+                        refused_after_exit += 1
+
+        with ThreadPoolExecutor(12) as pool:
+            futs = [pool.submit(client, i) for i in range(12)]
+            _poll(lambda: codes.count(grpc.StatusCode.OK) >= 300, "the clients were never served")
+            t0.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, "".join(lines)
+            for f in futs:
+                f.result(timeout=60)
+        for ch in channels:
+            ch.close()
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(5)
+    seen = {c: codes.count(c) for c in set(codes)}
+    assert set(seen) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (seen, details[:3], "".join(lines[-8:]))
+    assert seen.get(grpc.StatusCode.UNAVAILABLE, 0) > 0 and seen[grpc.StatusCode.OK] >= 300, seen

@@ -381,70 +381,75 @@ def run(
 # owner: tfsctl/serving/server.py
 
 
-def _opt(default, *names: str, help: str):  # noqa: A002 - typer's keyword
-    """An option accepted both as --kebab-case and as tensorflow_model_server's --snake_case."""
-    decls = []
-    for n in names:
-        decls += [f"--{n}", f"--{n.replace('-', '_')}"] if "-" in n else [f"--{n}"]
-    return typer.Option(default, *decls, help=help)
+@app.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve SavedModels over TF Serving's gRPC and REST APIs (tensorflow_model_server's flags; see --help)."""
+    from tfsctl.serving.flags import FlagError, help_text, parse_args
 
+    try:
+        parsed = parse_args(list(ctx.args))
+    except FlagError as e:
+        fail(str(e), code=2)
+    if parsed.help:
+        typer.echo(help_text())
+        raise typer.Exit(0)
+    if parsed.version:
+        from importlib import metadata
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
-def serve(
-    port: int = _opt(8500, "port", help="gRPC port (0 = any free port)."),
-    rest_api_port: int = _opt(8501, "rest-api-port", help="REST port (0 = off)."),
-    host: str = _opt("0.0.0.0", "host", help="Address to bind."),
-    model_name: str = _opt("default", "model-name", help="Name of the model given by --model-base-path."),
-    model_base_path: str = _opt("", "model-base-path", help="Directory holding numeric version subdirectories."),
-    model_config_file: str = _opt("", "model-config-file", help="ModelServerConfig text proto (many models)."),
-    model_config_file_poll_wait_seconds: float = _opt(
-        0.0, "model-config-file-poll-wait-seconds", help="Re-read --model-config-file this often (0 = never)."),
-    file_system_poll_wait_seconds: float = _opt(
-        1.0, "file-system-poll-wait-seconds", help="Poll model base paths for new versions this often."),
-    enable_batching: bool = _opt(False, "enable-batching", help="Merge concurrent requests into batches."),
-    batching_parameters_file: str = _opt("", "batching-parameters-file", help="BatchingParameters text proto."),
-    monitoring_config_file: str = _opt("", "monitoring-config-file", help="MonitoringConfig text proto."),
-    grpc_max_message_bytes: int = _opt(
-        64 * 1024 * 1024, "grpc-max-message-bytes", help="Largest gRPC message in and out (bytes)."),
-    ssl_config_file: str = _opt("", "ssl-config-file", help="SSLConfig text proto: TLS (and mTLS) for gRPC."),
-    max_num_load_retries: int = _opt(5, "max-num-load-retries", help="Retries of a failed version load."),
-    load_retry_interval_seconds: float = _opt(
-        60.0, "load-retry-interval-seconds", help="Wait between load retries."),
-    grpc_max_threads: int = _opt(0, "grpc-max-threads", help="gRPC worker threads (0 = automatic)."),
-) -> None:
-    """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
-    quiet_tensorflow(devices=True)
-    import logging
+        from tfsctl import __version__
 
-    from rich.panel import Panel
+        try:  # the installed distribution's version: importing TensorFlow just to print it would take seconds
+            tf_version = metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            tf_version = "not installed"
+        # tensorflow_model_server's two lines: its own version, then TensorFlow's
+        typer.echo(f"TensorFlow ModelServer: tfsctl-{__version__}\nTensorFlow Library: {tf_version}")
+        raise typer.Exit(0)
 
     from tfsctl.errors import ConfigError
     from tfsctl.serving.server import ModelServer, ServerOptions
 
+    options = ServerOptions(**parsed.values)
+    try:
+        options.validate()  # flag mistakes before TensorFlow loads: usage errors, exit code 2
+    except FlagError as e:
+        fail(str(e), code=2)
+    except ConfigError as e:
+        fail(str(e))
+    quiet_tensorflow(devices=True)
+    import logging
+    import sys
+
+    from rich.panel import Panel
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = ServerOptions(
-        port=port, rest_api_port=rest_api_port, host=host, model_name=model_name, model_base_path=model_base_path,
-        model_config_file=model_config_file, model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
-        file_system_poll_wait_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching,
-        batching_parameters_file=batching_parameters_file, monitoring_config_file=monitoring_config_file,
-        grpc_max_message_bytes=grpc_max_message_bytes, ssl_config_file=ssl_config_file,
-        max_num_load_retries=max_num_load_retries, load_retry_interval_seconds=load_retry_interval_seconds,
-        grpc_max_threads=grpc_max_threads,
-    )
 
     def banner(server: ModelServer) -> None:
         models = ", ".join(server.manager.model_names()) or "none"
-        rest = f"{host}:{server.rest_port}" if server.rest_port else "off"
+        rest = f"{options.host}:{server.rest_port}" if server.rest_port else "off"
+        grpc_at = f"{options.host}:{server.grpc_port}" if server.grpc_port else "off"
+        if options.grpc_socket_path:
+            grpc_at += f" + unix:{options.grpc_socket_path}"
         console.print(Panel.fit(
-            f"[bold]gRPC[/] {host}:{server.grpc_port}{' (TLS)' if ssl_config_file else ''}   [bold]REST[/] {rest}\n"
-            f"[bold]models[/] {models}   [bold]batching[/] {'on' if enable_batching else 'off'}\n"
+            f"[bold]gRPC[/] {escape(grpc_at)}{' (TLS)' if options.ssl_config_file else ''}   [bold]REST[/] {rest}\n"
+            f"[bold]models[/] {escape(models)}   [bold]batching[/] {'on' if server.batcher is not None else 'off'}\n"
             "SIGTERM / Ctrl-C stops gracefully", title="tfsctl serve", border_style="green"))
 
     try:
-        code = ModelServer(options).serve_forever(on_started=banner)
+        # The process exits right after: leaving gRPC's listener to the exit means a call arriving at the very end
+        # sees its connection close (UNAVAILABLE) rather than gRPC's shutdown cancelling it (CANCELLED).
+        code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
+    except FlagError as e:
+        fail(str(e), code=2)
     except (ConfigError, OSError) as e:
         fail(str(e))
-    raise typer.Exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: it would shut the gRPC server down after all
 
 
 # --- predict ---

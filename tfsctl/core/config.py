@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -197,3 +198,104 @@ def parse_ssl_config(text: str, source: str = "<ssl config>") -> Message:
 def load_ssl_config(path: str | Path) -> Message:
     """Read ``--ssl_config_file`` (SSLConfig: server_key, server_cert, custom_ca, client_verify)."""
     return parse_ssl_config(_read(path, "SSL config"), str(path))
+
+
+# --- TensorFlow session config and platform config ---
+
+
+def parse_session_config(text: str, source: str = "<session config>") -> bytes:
+    """``--tensorflow_session_config_file``: a text ``tensorflow.ConfigProto`` -> its serialized bytes."""
+    from tensorflow.core.protobuf import config_pb2
+
+    return _parse(text, config_pb2.ConfigProto(), source).SerializeToString()
+
+
+def load_session_config(path: str | Path) -> bytes:
+    """Read ``--tensorflow_session_config_file`` (e.g. ``intra_op_parallelism_threads: 4``)."""
+    return parse_session_config(_read(path, "TensorFlow session config"), str(path))
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """What the ``tensorflow`` platform's SavedModelBundleSourceAdapterConfig sets (its ``legacy_config``)."""
+
+    session_config: bytes
+    batching_parameters: Message | None
+    saved_model_tags: frozenset[str]
+    enable_model_warmup: bool
+    num_request_iterations_for_warmup: int
+    per_process_gpu_memory_fraction: float
+    enable_per_model_batching_params: bool
+
+
+# SessionBundleConfig fields with no meaning here: refused when set, so a platform config never half-applies.
+_UNSUPPORTED_BUNDLE_FIELDS = {
+    "session_target": "remote TensorFlow sessions are not supported",
+    "experimental_fixed_input_tensors": "fixed input tensors are not supported",
+    "prefer_tflite_model": "TensorFlow Lite models are not served",
+    "num_tflite_interpreters_per_pool": "TensorFlow Lite models are not served",
+    "num_tflite_pools": "TensorFlow Lite models are not served",
+    "mixed_precision": "load-time mixed precision is not supported",
+    "session_run_load_threadpool_index": "C++ session thread pools do not exist here",
+    "enable_saved_model_config": "saved_model_config.pb is not read",
+}
+
+
+def parse_platform_config(text: str, source: str = "<platform config>") -> PlatformSettings:
+    """``--platform_config_file``: a PlatformConfigMap whose only platform is ``tensorflow``.
+
+    Its ``source_adapter_config`` is an Any holding TF Serving's ``SavedModelBundleSourceAdapterConfig``; the
+    ``legacy_config`` (SessionBundleConfig) inside sets the session config, batching, tags and warmup, as it does in
+    tensorflow_model_server (which then ignores --enable_batching and the parallelism flags).
+    """
+    from tensorflow_serving.config import platform_config_pb2
+
+    from tfsctl.core.protos import message_pool, platform_config_messages
+
+    messages = platform_config_messages()
+    platform_map = platform_config_pb2.PlatformConfigMap()
+    try:
+        text_format.Parse(text, platform_map, descriptor_pool=message_pool())
+    except text_format.ParseError as e:
+        reason = re.sub(r"^\d+:\d+ : ", "", str(e))
+        line = e.GetLine()
+        raise ConfigError(f"{source}{f':{line}' if line is not None and line >= 0 else ''}: {reason}") from None
+    others = sorted(set(platform_map.platform_configs) - {"tensorflow"})
+    if others:
+        raise ConfigError(f"{source}{_line_of(text, others[0])}: platform {others[0]!r} is not supported "
+                          "(tfsctl serves the 'tensorflow' platform only)")
+    if "tensorflow" not in platform_map.platform_configs:
+        raise ConfigError(f"{source}: PlatformConfigMap has no entry for platform tensorflow")
+    any_config = platform_map.platform_configs["tensorflow"].source_adapter_config
+    adapter = messages["SavedModelBundleSourceAdapterConfig"]()
+    if not any_config.Unpack(adapter):
+        raise ConfigError(f"{source}: the tensorflow platform's source_adapter_config must be a "
+                          f"tensorflow.serving.SavedModelBundleSourceAdapterConfig, got {any_config.type_url!r}")
+    bundle = adapter.legacy_config
+    for field, reason in _UNSUPPORTED_BUNDLE_FIELDS.items():
+        value = getattr(bundle, field)
+        is_set = bundle.HasField(field) if field == "session_run_load_threadpool_index" else bool(
+            len(value) if field == "experimental_fixed_input_tensors" else value)
+        if is_set:
+            raise ConfigError(
+                f"{source}{_line_of(text, field)}: legacy_config.{field} cannot apply in tfsctl: {reason}")
+    batching = None
+    if bundle.HasField("batching_parameters"):
+        batching = parse_batching_parameters(text_format.MessageToString(bundle.batching_parameters),
+                                             f"{source} (legacy_config.batching_parameters)")
+    iterations = bundle.model_warmup_options.num_request_iterations.value \
+        if bundle.model_warmup_options.HasField("num_request_iterations") else 0
+    return PlatformSettings(
+        session_config=bundle.session_config.SerializeToString(),
+        batching_parameters=batching,
+        saved_model_tags=frozenset(t for t in bundle.saved_model_tags if t) or frozenset({"serve"}),
+        enable_model_warmup=bundle.enable_model_warmup,
+        num_request_iterations_for_warmup=iterations,
+        per_process_gpu_memory_fraction=bundle.session_config.gpu_options.per_process_gpu_memory_fraction,
+        enable_per_model_batching_params=bundle.enable_per_model_batching_params,
+    )
+
+
+def load_platform_config(path: str | Path) -> PlatformSettings:
+    """Read ``--platform_config_file`` (TF Serving's PlatformConfigMap text format)."""
+    return parse_platform_config(_read(path, "platform config"), str(path))

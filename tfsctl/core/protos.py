@@ -83,3 +83,88 @@ SSLConfig = _cls("SSLConfig")
 """``tensorflow.serving.SSLConfig``: server_key, server_cert, custom_ca (PEM contents), client_verify."""
 
 __all__ = ["BatchingParameters", "MonitoringConfig", "PrometheusConfig", "SSLConfig"]
+
+
+# --- platform config (``--platform_config_file``) ----------------------------------------------------------------
+# SessionBundleConfig embeds TensorFlow's ConfigProto, so these messages are declared on first use: only a server
+# given --platform_config_file pays for importing TensorFlow's protos here.
+
+_platform_messages: dict[str, type] = {}
+
+
+def _add_with_dependencies(file_descriptor) -> None:
+    """Copy a generated module's file (and, first, everything it imports) into the private pool."""
+    try:
+        _pool.FindFileByName(file_descriptor.name)
+        return
+    except KeyError:
+        pass
+    for dep in file_descriptor.dependencies:
+        _add_with_dependencies(dep)
+    _pool.AddSerializedFile(file_descriptor.serialized_pb)
+
+
+def platform_config_messages() -> dict[str, type]:
+    """``SessionBundleConfig``, ``ModelWarmupOptions`` and ``SavedModelBundleSourceAdapterConfig`` (TF Serving's
+    names, field names and numbers), plus ``ConfigProto``, all from the private pool.
+
+    ``session_bundle_config.proto``'s ``in_graph_batching_parameters`` (7) and the deprecated
+    ``num_tflite_interpreters`` (785) are left out: a file setting them fails to parse with the field's name.
+    """
+    if _platform_messages:
+        return _platform_messages
+    from tensorflow.core.protobuf import config_pb2, named_tensor_pb2
+
+    _add_with_dependencies(config_pb2.DESCRIPTOR)
+    _add_with_dependencies(named_tensor_pb2.DESCRIPTOR)
+    bundle = descriptor_pb2.FileDescriptorProto(
+        name="tfsctl/tensorflow_serving/session_bundle_config.proto", package=_PACKAGE, syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto", config_pb2.DESCRIPTOR.name, named_tensor_pb2.DESCRIPTOR.name,
+                    "tfsctl/tensorflow_serving/batching_parameters.proto"],
+    )
+    i32 = ".google.protobuf.Int32Value"
+    wo = bundle.message_type.add(name="ModelWarmupOptions")
+    _field(wo, "num_request_iterations", 1, _F.TYPE_MESSAGE, type_name=i32)
+    _field(wo, "num_model_warmup_threads", 2, _F.TYPE_MESSAGE, type_name=i32)
+    _field(wo, "model_name", 3, _F.TYPE_STRING)
+    _field(wo, "model_version", 4, _F.TYPE_INT64)
+    _field(wo, "enable_all_batch_sizes_warmup", 5, _F.TYPE_BOOL)
+    sb = bundle.message_type.add(name="SessionBundleConfig")
+    _field(sb, "session_target", 1, _F.TYPE_STRING)
+    _field(sb, "session_config", 2, _F.TYPE_MESSAGE, type_name=".tensorflow.ConfigProto")
+    _field(sb, "batching_parameters", 3, _F.TYPE_MESSAGE, type_name=f".{_PACKAGE}.BatchingParameters")
+    _field(sb, "session_run_load_threadpool_index", 4, _F.TYPE_MESSAGE, type_name=i32)
+    _field(sb, "experimental_transient_ram_bytes_during_load", 5, _F.TYPE_UINT64)
+    _field(sb, "saved_model_tags", 6, _F.TYPE_STRING, repeated=True)
+    _field(sb, "experimental_fixed_input_tensors", 778, _F.TYPE_MESSAGE, type_name=".tensorflow.NamedTensorProto",
+           repeated=True)
+    _field(sb, "enable_model_warmup", 779, _F.TYPE_BOOL)
+    _field(sb, "model_warmup_options", 780, _F.TYPE_MESSAGE, type_name=f".{_PACKAGE}.ModelWarmupOptions")
+    _field(sb, "enable_session_metadata", 781, _F.TYPE_BOOL)
+    _field(sb, "remove_unused_fields_from_bundle_metagraph", 782, _F.TYPE_BOOL)
+    _field(sb, "prefer_tflite_model", 783, _F.TYPE_BOOL)
+    _field(sb, "resource_estimation_uses_validation_result", 784, _F.TYPE_BOOL)
+    _field(sb, "num_tflite_interpreters_per_pool", 786, _F.TYPE_INT32)
+    _field(sb, "num_tflite_pools", 787, _F.TYPE_INT32)
+    _field(sb, "wrap_session_with_no_threading_params", 788, _F.TYPE_BOOL)
+    _field(sb, "enable_per_model_batching_params", 789, _F.TYPE_BOOL)
+    _field(sb, "enable_saved_model_config", 790, _F.TYPE_BOOL)
+    _field(sb, "mixed_precision", 791, _F.TYPE_STRING)
+    _pool.Add(bundle)
+    adapter = descriptor_pb2.FileDescriptorProto(
+        name="tfsctl/tensorflow_serving/saved_model_bundle_source_adapter.proto", package=_PACKAGE,
+        syntax="proto3", dependency=[bundle.name],
+    )
+    sa = adapter.message_type.add(name="SavedModelBundleSourceAdapterConfig")
+    _field(sa, "legacy_config", 1000, _F.TYPE_MESSAGE, type_name=f".{_PACKAGE}.SessionBundleConfig")
+    _pool.Add(adapter)
+    for name in ("ModelWarmupOptions", "SessionBundleConfig", "SavedModelBundleSourceAdapterConfig"):
+        _platform_messages[name] = _cls(name)
+    _platform_messages["ConfigProto"] = message_factory.GetMessageClass(
+        _pool.FindMessageTypeByName("tensorflow.ConfigProto"))
+    return _platform_messages
+
+
+def message_pool() -> descriptor_pool.DescriptorPool:
+    """The private pool (text_format needs it to expand ``[type.googleapis.com/...]`` Any values)."""
+    return _pool

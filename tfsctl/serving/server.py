@@ -8,13 +8,15 @@ accepting, let in-flight requests finish, then unload the models.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,81 +29,336 @@ log = logging.getLogger(__name__)
 # A 1080p float32 RGB image is 1920*1080*3*4 = 24.9 MB; 64 MiB leaves room for batches of a few and for replies.
 DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _HEALTH_PERIOD_S = 0.1
+_LOAD_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """The flags' (or the platform config's) word on loading and batching."""
+
+    load_options: Any  # tfsctl.core.loader.LoadOptions
+    enable_batching: bool
+    batching_parameters: Any  # BatchingParameters or None (TF Serving's defaults)
+    enable_per_model_batching_params: bool
 
 
 @dataclass
 class ServerOptions:
-    """tensorflow_model_server's flags (snake_case names as there); 0 disables the REST port."""
+    """tensorflow_model_server's flags: same snake_case names, types and defaults (see :mod:`tfsctl.serving.flags`).
+
+    Where tfsctl's default differs it says so in the flag's help and in docs/SERVER_FLAGS.md. ``port`` 0 means an
+    OS-chosen port (TF Serving: no TCP port, allowed only with ``grpc_socket_path``; that combination still means
+    "socket only" here); ``rest_api_port`` 0 (the default, as TF Serving) turns REST off.
+    """
 
     port: int = 8500
-    rest_api_port: int = 8501
-    host: str = "0.0.0.0"
-    model_name: str = "default"
-    model_base_path: str = ""
+    grpc_socket_path: str = ""
+    rest_api_port: int = 0
+    rest_api_num_threads: int = 0
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    enable_batching: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+    batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
-    file_system_poll_wait_seconds: float = 1.0
-    enable_batching: bool = False
-    batching_parameters_file: str = ""
-    monitoring_config_file: str = ""
-    grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
-    ssl_config_file: str = ""
+    model_name: str = "default"
+    model_base_path: str = ""
+    num_load_threads: int = 0
+    num_unload_threads: int = 0
     max_num_load_retries: int = 5
-    load_retry_interval_seconds: float = 60.0
+    load_retry_interval_micros: int = 60_000_000
+    file_system_poll_wait_seconds: float = 1.0
+    flush_filesystem_caches: bool = True
+    tensorflow_session_parallelism: int = 0
+    tensorflow_session_config_file: str = ""
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    use_alts_credentials: bool = False
+    ssl_config_file: str = ""
+    platform_config_file: str = ""
+    per_process_gpu_memory_fraction: float = 0.0
+    saved_model_tags: str = ""
+    grpc_channel_arguments: str = ""
     grpc_max_threads: int = 0
-    allow_version_labels_for_unavailable_models: bool = False
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    monitoring_config_file: str = ""
+    remove_unused_fields_from_bundle_metagraph: bool = True
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = field(default_factory=lambda: os.cpu_count() or 1)
+    num_tflite_interpreters_per_pool: int = 1
+    enable_signature_method_name_check: bool = False
+    xla_cpu_compilation_enabled: bool = False
+    xla_gpu_compilation_enabled: bool = False
+    enable_profiler: bool = True
+    thread_pool_factory_config_file: str = ""
+    mixed_precision: str = ""
+    skip_initialize_tpu: bool = False
+    enable_grpc_healthcheck_service: bool = True
+    enable_serialization_as_tensor_content: bool = False
+    # tfsctl's own
+    host: str = "0.0.0.0"
+    grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
+    load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
+
+    @classmethod
+    def from_args(cls, argv: list[str]) -> ServerOptions:
+        """Options from a tensorflow_model_server command line (FlagError on a mistake; no --help/--version)."""
+        from tfsctl.serving.flags import FlagError, parse_args
+
+        parsed = parse_args(argv)
+        if parsed.help or parsed.version:
+            raise FlagError("--help and --version are handled by the command line, not ServerOptions")
+        return cls(**parsed.values)
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
         from tfsctl.core.config import load_model_server_config, single_model_config
 
-        if self.model_config_file and self.model_base_path:
-            raise ConfigError("give either --model-config-file or --model-base-path, not both")
         if self.model_config_file:
+            if self.model_base_path:  # as tensorflow_model_server: the config file wins
+                log.warning("--model_base_path and --model_name are ignored: --model_config_file is set")
             return load_model_server_config(self.model_config_file)
         if self.model_base_path:
             if not self.model_name:
-                raise ConfigError("--model-name must not be empty")
+                raise ConfigError("--model_name must not be empty")
             return single_model_config(self.model_name, Path(self.model_base_path).expanduser().absolute())
-        raise ConfigError("no models to serve: give --model-base-path (with --model-name) or --model-config-file")
+        raise ConfigError("no models to serve: give --model_base_path (with --model_name) or --model_config_file")
 
     def validate(self) -> None:
-        """Reject flag values tensorflow_model_server would reject, with the flag's name."""
+        """Reject flag values tensorflow_model_server would reject (and those that cannot apply), naming the flag."""
+        from tfsctl.serving.flags import BY_NAME, FlagError, check_applicable
+
+        check_applicable({f.name: getattr(self, f.name) for f in BY_NAME.values() if hasattr(self, f.name)})
         for name in ("port", "rest_api_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in 0..65535, got {value}")
+                raise FlagError(f"--{name} must be in 0..65535, got {value}")
         if self.grpc_max_message_bytes < 1024:
-            raise ConfigError(f"--grpc-max-message-bytes must be >= 1024, got {self.grpc_max_message_bytes}")
-        if self.file_system_poll_wait_seconds < 0 or self.model_config_file_poll_wait_seconds < 0:
-            raise ConfigError("poll wait seconds must be >= 0")
-        if self.max_num_load_retries < 0 or self.load_retry_interval_seconds < 0:
-            raise ConfigError("--max-num-load-retries and --load-retry-interval-seconds must be >= 0")
-        if self.grpc_max_threads < 0:
-            raise ConfigError(f"--grpc-max-threads must be >= 0, got {self.grpc_max_threads}")
+            raise FlagError(f"--grpc_max_message_bytes must be >= 1024, got {self.grpc_max_message_bytes}")
+        for name in ("rest_api_num_threads", "num_load_threads", "num_unload_threads", "max_num_load_retries",
+                     "grpc_max_threads", "num_request_iterations_for_warmup", "tensorflow_session_parallelism",
+                     "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+                     "model_config_file_poll_wait_seconds"):
+            if getattr(self, name) < 0:
+                raise FlagError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.rest_api_timeout_in_ms <= 0:
+            raise FlagError(f"--rest_api_timeout_in_ms must be > 0, got {self.rest_api_timeout_in_ms}")
+        if self.load_retry_interval_seconds is not None and self.load_retry_interval_seconds < 0:
+            raise FlagError(f"--load_retry_interval_seconds must be >= 0, got {self.load_retry_interval_seconds}")
+        if not 0.0 <= self.per_process_gpu_memory_fraction <= 1.0:
+            raise FlagError("--per_process_gpu_memory_fraction must be in 0.0..1.0, got "
+                            f"{self.per_process_gpu_memory_fraction}")
+        if min(self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism,
+               self.tensorflow_session_parallelism) > 0:
+            raise FlagError("configure either --tensorflow_session_parallelism or --tensorflow_intra_op_parallelism "
+                            "and --tensorflow_inter_op_parallelism, not all three")
         if self.batching_parameters_file and not self.enable_batching:
-            raise ConfigError("--batching-parameters-file needs --enable-batching")
+            raise FlagError("--batching_parameters_file is set without --enable_batching")
+        parse_channel_arguments(self.grpc_channel_arguments)
+
+    def load_settings(self) -> LoadSettings:
+        """How versions load and whether requests batch, as server.cc builds its SessionBundleConfig.
+
+        Reads --tensorflow_session_config_file, --batching_parameters_file or --platform_config_file
+        (ConfigError for a bad file).
+        """
+        from tfsctl.core.config import load_batching_parameters, load_platform_config, load_session_config
+        from tfsctl.core.loader import LoadOptions
+
+        if self.platform_config_file:
+            for name in ("enable_batching", "tensorflow_session_config_file", "tensorflow_session_parallelism",
+                         "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism", "saved_model_tags",
+                         "per_process_gpu_memory_fraction"):
+                if getattr(self, name):  # ignored by tensorflow_model_server too; say so rather than stay silent
+                    log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
+            platform = load_platform_config(self.platform_config_file)
+            options = LoadOptions(
+                saved_model_tags=platform.saved_model_tags,
+                session_config=platform.session_config,
+                per_process_gpu_memory_fraction=platform.per_process_gpu_memory_fraction,
+                enable_model_warmup=platform.enable_model_warmup,
+                num_request_iterations_for_warmup=platform.num_request_iterations_for_warmup or 1,
+            )
+            return LoadSettings(options, platform.batching_parameters is not None, platform.batching_parameters,
+                                platform.enable_per_model_batching_params)
+        session_config = b""
+        if self.tensorflow_session_config_file:
+            session_config = load_session_config(self.tensorflow_session_config_file)
+        if self.tensorflow_intra_op_parallelism > 0 or self.tensorflow_inter_op_parallelism > 0:
+            intra, inter = self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism
+        else:
+            intra = inter = self.tensorflow_session_parallelism
+        tags = frozenset(t.strip() for t in self.saved_model_tags.split(",") if t.strip()) or frozenset({"serve"})
+        options = LoadOptions(
+            saved_model_tags=tags,
+            session_config=session_config,
+            intra_op_parallelism=intra,
+            inter_op_parallelism=inter,
+            per_process_gpu_memory_fraction=self.per_process_gpu_memory_fraction,
+            enable_model_warmup=self.enable_model_warmup,
+            num_request_iterations_for_warmup=self.num_request_iterations_for_warmup or 1,
+        )
+        batching = None
+        if self.enable_batching and self.batching_parameters_file:
+            batching = load_batching_parameters(self.batching_parameters_file)
+        return LoadSettings(options, self.enable_batching, batching,
+                            self.enable_batching and self.enable_per_model_batching_parameters)
+
+    @property
+    def load_retry_interval(self) -> float:
+        """Seconds between load retries (negative micros = no wait, as TF Serving)."""
+        if self.load_retry_interval_seconds is not None:
+            return self.load_retry_interval_seconds
+        return max(0, self.load_retry_interval_micros) / 1e6
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """``--grpc_channel_arguments``: ``key=value,key=value`` -> gRPC server options; ints as ints (server.cc).
+
+    A key given twice keeps its last value (TF Serving's test harness appends ``grpc.so_reuseaddr=1`` that way).
+    """
+    from tfsctl.serving.flags import FlagError
+
+    args: dict[str, int | str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise FlagError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        value = value.strip()
+        try:
+            number = int(value, 10)
+        except ValueError:
+            args[key.strip()] = value
+        else:
+            args[key.strip()] = number if -(2**31) <= number < 2**31 else value
+    return list(args.items())
 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def _make_manager(options: ServerOptions, metrics: Any) -> Any:
-    """The Manager with the polling and load-retry flags."""
+def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable[..., Any]) -> Any:
+    """The Manager with the polling, loading and label flags (as ServerCore::Options)."""
     from tfsctl.core.manager import Manager
 
     return Manager(
         metrics,
         poll_wait_seconds=options.file_system_poll_wait_seconds,
         max_num_load_retries=options.max_num_load_retries,
-        load_retry_interval_seconds=options.load_retry_interval_seconds,
+        load_retry_interval_seconds=options.load_retry_interval,
+        num_load_threads=max(1, options.num_load_threads),  # 0 = TF Serving's serial loads = one thread
+        num_unload_threads=max(1, options.num_unload_threads),
+        loader_factory=loader_factory,
         allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
     )
 
 
+def _make_batcher(settings: LoadSettings, metrics: Any) -> Any:
+    """The Batcher; per-model batching_params.pbtxt is the Batcher's keyword ``enable_per_model_batching_params``."""
+    import inspect
+
+    from tfsctl.serving.batcher import Batcher
+
+    if not settings.enable_per_model_batching_params:
+        return Batcher(settings.batching_parameters, metrics)
+    if "enable_per_model_batching_params" not in inspect.signature(Batcher).parameters:
+        from tfsctl.serving.flags import FlagError
+
+        raise FlagError("--enable_per_model_batching_parameters is not supported by this build's batcher")
+    return Batcher(settings.batching_parameters, metrics, enable_per_model_batching_params=True)
+
+
+_HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+_SERVING_METHOD_PREFIX = "/tensorflow.serving."
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class _Gate(grpc.ServerInterceptor):
+    """Counts the TF Serving RPCs in flight and, once the server drains, answers new ones UNAVAILABLE itself.
+
+    gRPC's own shutdown cancels RPCs it has accepted but not yet handed to a servicer (the client sees CANCELLED).
+    Draining first, with the server still up, lets every RPC that arrives during the grace period be answered
+    UNAVAILABLE (retryable elsewhere) by this gate while the ones already running finish.
+    Also hides grpc.health.v1 when ``--enable_grpc_healthcheck_service=false``.
+    """
+
+    def __init__(self, health_enabled: bool = True) -> None:
+        self.health_enabled = health_enabled
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._draining = False
+        self.gauge: Any = None  # prometheus Gauge of the RPCs in flight, once the server has its metrics
+
+    def _count(self, delta: int) -> None:
+        self._in_flight += delta
+        if self.gauge is not None:
+            self.gauge.set(self._in_flight)
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if not self.health_enabled and method.startswith(_HEALTH_METHOD_PREFIX):
+            return None  # not exported: UNIMPLEMENTED, as tensorflow_model_server without the flag
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or not method.startswith(_SERVING_METHOD_PREFIX):
+            return handler
+        inner = handler.unary_unary
+
+        def gated(request, context):
+            with self._cond:
+                refuse = self._draining
+                if not refuse:
+                    self._count(1)
+            if refuse:
+                context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            try:
+                return inner(request, context)
+            finally:
+                with self._cond:
+                    self._count(-1)
+                    if self._in_flight == 0:
+                        self._cond.notify_all()
+
+        return grpc.unary_unary_rpc_method_handler(
+            gated, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def drain(self, timeout: float | None) -> bool:
+        """Refuse new RPCs from now on; wait (up to ``timeout``) until none is in flight. True if none is."""
+        with self._cond:
+            self._draining = True
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+def _in_flight_gauge(metrics: Any) -> Any:
+    """``tfsctl_grpc_requests_in_flight`` on the server's Prometheus page (tfsctl's own; TF Serving has none)."""
+    from prometheus_client import Gauge
+
+    return Gauge("tfsctl_grpc_requests_in_flight", "TF Serving gRPC requests being handled (queued ones too).",
+                 registry=metrics.registry)
+
+
+def _malloc_trim() -> None:
+    """Give the heap pages freed while loading back to the OS (glibc only; elsewhere nothing to do)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ModelServer:
-    """One serving process: gRPC (and REST) front ends over one Manager."""
+    """One serving process: gRPC (and REST) front ends over one Manager, started as TF Serving's ServerCore."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
@@ -113,9 +370,13 @@ class ModelServer:
         self.core: Any = None
         self.rest: Any = None
         self.monitoring_config: Any = None
+        self.load_settings: LoadSettings | None = None
         self._grpc: grpc.Server | None = None
+        self._gate = _Gate(options.enable_grpc_healthcheck_service)
         self._health: Any = None
+        self._started = False
         self._stop_event = threading.Event()
+        self._health_changed = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -123,80 +384,139 @@ class ModelServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Validate flags, bind the ports and start loading the models; returns once the ports are bound.
+    def start(self, load_timeout: float | None = None) -> None:
+        """Validate flags, load the initial models, then open the gRPC (and REST) ports, as ServerCore::Create.
 
+        Returns once the ports are bound. The ports open only after every configured model whose base path holds
+        versions has loaded them or failed all its retries, so a client that connects is served at once (a model
+        with no version on disk yet does not hold the ports closed: health and status report it).
+        ``load_timeout`` bounds that wait (None: as long as it takes, as TF Serving); the ports then open anyway.
+        A stop request (SIGTERM under :meth:`serve_forever`) during the wait returns without opening them.
         Raises ConfigError for bad flags or files and OSError when a port cannot be bound.
         """
-        from tfsctl.serving.grpc_api import add_services
+        from tfsctl.core.loader import Loader
         from tfsctl.serving.metrics import Metrics
         from tfsctl.serving.service import PredictionCore
 
-        if self._grpc is not None or self._stopped.is_set():
+        if self._started or self._stopped.is_set():
             raise RuntimeError("a ModelServer starts once; create a new one")
+        self._started = True
         opts = self.options
-        opts.validate()
-        config = opts.model_config()
-        if opts.model_config_file:
-            self._config_text = Path(opts.model_config_file).read_text()
-        credentials = self._credentials()
-        batching_params = None
-        if opts.enable_batching and opts.batching_parameters_file:
-            from tfsctl.core.config import load_batching_parameters
-
-            batching_params = load_batching_parameters(opts.batching_parameters_file)
-        if opts.monitoring_config_file:
-            from tfsctl.core.config import load_monitoring_config
-
-            self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
-
-        self.metrics = Metrics()
-        self.manager = _make_manager(opts, self.metrics)
-        if opts.enable_batching:
-            from tfsctl.serving.batcher import Batcher
-
-            self.batcher = Batcher(batching_params, self.metrics)
-        self.core = PredictionCore(self.manager, self.batcher, self.metrics)
-
-        # Batched requests block a worker while they wait in the queue: allow enough of them to fill batches.
-        threads = opts.grpc_max_threads or max(64, 8 * (os.cpu_count() or 1))
-        max_bytes = int(opts.grpc_max_message_bytes)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc"),
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes)
-        address = _address(opts.host, opts.port)
         try:
-            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        except RuntimeError:  # grpc raises instead of returning 0 in some versions
-            port = 0
-        if port == 0:
-            reason = "address in use or not available"
-            if credentials is not None:
-                reason += ", or the SSL config's server_key/server_cert are not a valid PEM key and certificate"
-            self._abort_start()
-            raise OSError(f"cannot bind gRPC port {address}: {reason}")
-        self.grpc_port = port
-        self._grpc = server
+            opts.validate()
+            config = opts.model_config()
+            if opts.model_config_file:
+                self._config_text = Path(opts.model_config_file).read_text()
+            credentials = self._credentials()
+            settings = self.load_settings = opts.load_settings()
+            if opts.monitoring_config_file:
+                from tfsctl.core.config import load_monitoring_config
 
-        try:
+                self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
+
+            self.metrics = Metrics()
+            self._gate.gauge = _in_flight_gauge(self.metrics)
+            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
+            if settings.enable_batching:
+                self.batcher = _make_batcher(settings, self.metrics)
+            self.core = PredictionCore(self.manager, self.batcher, self.metrics,
+                                       enable_signature_method_name_check=opts.enable_signature_method_name_check)
             self.manager.apply_config(config)
             self.manager.start()
-            server.start()
+        except BaseException:
+            self._abort_start()
+            raise
+        self._wait_for_initial_loads(load_timeout)
+        if self._stop_event.is_set():
+            return  # stopped while loading: the ports never open
+        if opts.flush_filesystem_caches:
+            _malloc_trim()
+        try:
+            self._start_grpc(credentials)
             if opts.rest_api_port > 0:
-                self._start_rest()
+                if opts.rest_api_port == opts.port:  # as tensorflow_model_server: logged, REST skipped
+                    log.error("--rest_api_port cannot be the same as --port; REST is not started")
+                else:
+                    self._start_rest()
         except BaseException:
             self._abort_start()
             raise
         self._spawn(self._health_loop, "tfsctl-health")
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._spawn(self._config_loop, "tfsctl-config-poll")
-        log.info("serving gRPC on %s (port %s), REST on %s", address, self.grpc_port, self.rest_port or "off")
+        where = f"{_address(opts.host, opts.port)} (port {self.grpc_port})" if self.grpc_port else "no TCP port"
+        if opts.grpc_socket_path:
+            where += f" and unix:{opts.grpc_socket_path}"
+        log.info("serving gRPC on %s, REST on %s", where, self.rest_port or "off")
+
+    def _wait_for_initial_loads(self, timeout: float | None) -> None:
+        """Block until no initial version is still START/LOADING (or ``timeout``, or a stop request)."""
+        from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
+
+        pending = (ModelVersionStatus.START, ModelVersionStatus.LOADING)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            states = {name: self.manager.version_states(name) for name in self.manager.model_names()}
+            loading = [n for n, vs in states.items() if any(v.state in pending for v in vs)]
+            if not loading:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("opening the ports while model(s) %s still load (load timeout %.1f s)",
+                            ", ".join(loading), timeout)
+                return
+            if self._stop_event.wait(_LOAD_POLL_S):
+                return
+        failed = [f"{{name: {n} version: {v.version}}} due to error: {v.error}" for n, vs in states.items()
+                  if not any(x.state == ModelVersionStatus.AVAILABLE for x in vs) for v in vs if v.error]
+        if failed:  # tensorflow_model_server exits here; tfsctl serves the rest and reports these in status
+            log.error("%d model(s) did not become available: %s", len(failed), "; ".join(failed))
+
+    def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> None:
+        from tfsctl.serving.grpc_api import add_services
+
+        opts = self.options
+        # Batched requests block a worker while they wait in the queue: allow enough of them to fill batches.
+        threads = opts.grpc_max_threads or max(64, 8 * (os.cpu_count() or 1))
+        max_bytes = int(opts.grpc_max_message_bytes)
+        channel_options: dict[str, int | str] = {
+            "grpc.max_receive_message_length": max_bytes,
+            "grpc.max_send_message_length": max_bytes,
+            "grpc.so_reuseport": 0,
+        }
+        channel_options.update(parse_channel_arguments(opts.grpc_channel_arguments))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc"),
+            interceptors=[self._gate],
+            options=list(channel_options.items()),
+        )
+        self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes,
+                                    tensor_content=opts.enable_serialization_as_tensor_content)
+        if opts.enable_grpc_healthcheck_service:  # the service names tensorflow_model_server reports SERVING
+            from grpc_health.v1 import health_pb2
+
+            for name in ("ModelService", "PredictionService"):
+                self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        addresses = []
+        if opts.port != 0 or not opts.grpc_socket_path:
+            addresses.append(_address(opts.host, opts.port))
+        if opts.grpc_socket_path:
+            addresses.append(f"unix:{opts.grpc_socket_path}")
+        self._grpc = server
+        for address in addresses:
+            try:
+                port = server.add_secure_port(address, credentials) if credentials else \
+                    server.add_insecure_port(address)
+            except RuntimeError:  # grpc raises instead of returning 0 in some versions
+                port = 0
+            if port == 0:
+                reason = "address in use or not available"
+                if credentials is not None:
+                    reason += ", or the SSL config's server_key/server_cert are not a valid PEM key and certificate"
+                what = address if address.startswith("unix:") else f"port {address}"
+                raise OSError(f"cannot bind gRPC {what}: {reason}")
+            if not address.startswith("unix:"):
+                self.grpc_port = port
+        server.start()
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         if not self.options.ssl_config_file:
@@ -213,12 +533,14 @@ class ModelServer:
     def _start_rest(self) -> None:
         from tfsctl.serving.rest_api import RestServer
 
+        opts = self.options
         kwargs: dict[str, Any] = {}
         if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
             prom = self.monitoring_config.prometheus_config
             kwargs["metrics_path"] = prom.path if prom.enable else None
-        self.rest = RestServer(self.core, self.manager, self.metrics, self.options.host, self.options.rest_api_port,
-                               **kwargs)
+        self.rest = RestServer(self.core, self.manager, self.metrics, opts.host, opts.rest_api_port,
+                               timeout_ms=opts.rest_api_timeout_in_ms, num_threads=opts.rest_api_num_threads,
+                               enable_cors=opts.rest_api_enable_cors_support, **kwargs)
         self.rest.start()
         self.rest_port = self.rest.port
 
@@ -245,34 +567,57 @@ class ModelServer:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
-    def stop(self, grace: float | None = 10.0) -> None:
-        """Stop accepting requests, let in-flight ones finish (up to ``grace`` s), then unload models. Idempotent."""
+    def stop(self, grace: float | None = 10.0, *, close_grpc: bool = True) -> None:
+        """Stop gracefully; idempotent. New RPCs and REST requests are refused (UNAVAILABLE / 503) from now on,
+        those in flight get up to ``grace`` seconds to finish; then the ports close and the models unload.
+
+        ``close_grpc=False`` leaves the gRPC listener refusing (UNAVAILABLE) instead of shutting it down, for a
+        process about to exit: gRPC's own shutdown cancels the calls it has accepted but not handed over yet
+        (CANCELLED), while a process exit closes the connections, which clients see as UNAVAILABLE.
+        """
         with self._stop_lock:
-            if self._stopped.is_set() or self._grpc is None:
+            if self._stopped.is_set() or not self._started:
                 return
             self._stop_event.set()
             if self._health is not None:
                 self._health.enter_graceful_shutdown()
-            grpc_done = self._grpc.stop(grace)  # refuses new RPCs now; in-flight ones run on
-            if self.rest is not None:
-                try:
-                    self.rest.stop()  # same for REST: stop accepting, drain
-                except Exception:  # noqa: BLE001 - keep shutting down the rest
-                    log.exception("stopping the REST server failed")
-            grpc_done.wait()
+            self._health_changed.set()  # wakes the health loop, which sees the stop
+            deadline = None if grace is None else time.monotonic() + grace
+            rest_stop = None
+            if self.rest is not None:  # REST drains on its own thread meanwhile
+                rest_stop = threading.Thread(target=self._stop_rest, name="tfsctl-rest-stop", daemon=True)
+                rest_stop.start()
+            if self._grpc is not None:
+                if not self._gate.drain(grace):
+                    log.warning("gRPC requests still running after the %.1f s grace period are cancelled", grace)
+                if close_grpc:
+                    left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    # Nothing of ours runs now; a short grace lets the RPCs the gate is refusing get their answer.
+                    self._grpc.stop(min(left, 1.0)).wait()
+            if rest_stop is not None:
+                rest_stop.join()
             for t in self._threads:
                 t.join(timeout=5)
             if self.batcher is not None:
                 self.batcher.stop()
-            self.manager.stop()
+            if self.manager is not None:
+                self.manager.stop()
             self._stopped.set()
             log.info("server stopped")
 
-    def serve_forever(self, grace: float = 10.0, on_started: Callable[[ModelServer], None] | None = None) -> int:
+    def _stop_rest(self) -> None:
+        try:
+            self.rest.stop()  # stop accepting, drain
+        except Exception:  # noqa: BLE001 - keep shutting down the rest
+            log.exception("stopping the REST server failed")
+
+    def serve_forever(self, grace: float = 10.0, on_started: Callable[[ModelServer], None] | None = None, *,
+                      close_grpc: bool = True) -> int:
         """Start (unless started), serve until SIGTERM/SIGINT or :meth:`stop`, stop gracefully; returns 0.
 
-        The signal handlers go in before :meth:`start`, so a SIGTERM during start-up also ends in a graceful stop.
-        ``on_started`` runs once the ports are bound (the CLI prints its banner there).
+        The signal handlers go in before :meth:`start`, so a SIGTERM during start-up (while the initial models
+        load) also ends in a graceful stop. ``on_started`` runs once the ports are bound (the CLI prints its
+        banner there).
         """
         previous = {}
 
@@ -284,13 +629,13 @@ class ModelServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
         try:
-            if self._grpc is None:
+            if not self._started:
                 self.start()
-            if on_started is not None:
+            if on_started is not None and not self._stop_event.is_set():
                 on_started(self)
             while not self._stop_event.wait(0.5):
                 pass
-            self.stop(grace)
+            self.stop(grace, close_grpc=close_grpc)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -299,15 +644,27 @@ class ModelServer:
     # --- background loops ----------------------------------------------------------------------------------------
 
     def _health_loop(self) -> None:
+        """Keep grpc.health.v1 in step with the manager: on each of its state events where it publishes them
+        (``manager.events``), else (and as a backstop) every ``_HEALTH_PERIOD_S``."""
         from tfsctl.serving.grpc_api import update_health
 
+        changed = self._health_changed
+        events = getattr(self.manager, "events", None)
+        unsubscribe = events.subscribe(lambda _event: changed.set()) if events is not None else None
+        period = _HEALTH_PERIOD_S * (10 if events is not None else 1)
         known: set[str] = set()
-        while not self._stop_event.is_set():
-            try:
-                known = update_health(self._health, self.manager, known)
-            except Exception:  # noqa: BLE001 - health must never kill the server
-                log.exception("health update failed")
-            self._stop_event.wait(_HEALTH_PERIOD_S)
+        try:
+            while not self._stop_event.is_set():
+                changed.clear()
+                try:
+                    known = update_health(self._health, self.manager, known)
+                except Exception:  # noqa: BLE001 - health must never kill the server
+                    log.exception("health update failed")
+                if changed.wait(period):
+                    continue
+        finally:
+            if callable(unsubscribe):
+                unsubscribe()
 
     def _config_loop(self) -> None:
         """Re-read ``--model_config_file`` every poll period; apply it when its text changed."""
