@@ -600,6 +600,8 @@ def bench(
             raise ClientError("give either --input-image or --input-shape, not both")
         if version is not None and label is not None:
             raise ClientError("give either --version or --label, not both")
+        if batch_size < 1:
+            raise ClientError(f"--batch-size must be >= 1, got {batch_size}")
         if protocol == "rest" and (ssl_ca or ssl_cert or ssl_key):
             raise ClientError("--ssl-* apply to gRPC only; bench's REST client speaks plain HTTP")
         ep = endpoint(server or "localhost", ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key,
