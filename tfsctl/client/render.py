@@ -5,8 +5,8 @@
 - The overlay keeps each class's hue: labelled pixels mix the class colour with the *grey* (luminance) of the image
   rather than its colours, so VOC's dark green (bicycle) stays green instead of drifting to the grey of a car, and
   region outlines are drawn in the class colour lifted to full brightness.
-- The legend (swatch, name, pixel share) scales with the image: its font is about 1/48 of the image's longer side
-  (40 px on a 1920-px image, never under 14 px).
+- The legend (swatch, name, pixel share) scales with the image: its font is 1/40 of the image's longer side
+  (48 px on a 1920-px image, never under 14 px).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def outline_width(shape: tuple[int, ...]) -> int:
 
 
 def font_size(shape: tuple[int, ...]) -> int:
-    """Legend font size for an image: 1/48 of its longer side, at least 14 px (40 px on a 1920-px image)."""
-    return max(MIN_FONT, round(max(shape[:2]) / 48))
+    """Legend font size for an image: 1/40 of its longer side, at least 14 px (48 px on a 1920-px image)."""
+    return max(MIN_FONT, round(max(shape[:2]) / 40))
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
