@@ -31,6 +31,7 @@ class _Grammar(typer.core.TyperGroup):
                 name = param.metavar or (param.name or "").upper()
                 param.metavar = name
                 param._usage_display_name = lambda name=name: name  # "SOURCE", not typer's "{source}"
+                param.display_type_rich = lambda ctx: None  # "SOURCE  help", not "SOURCE <path>  help"
             elif param.metavar is None and not getattr(param, "is_flag", False):
                 shown = str(param.display_type(ctx) or "").strip("<>")
                 shown = shown[5:-1] if shown.startswith("list[") else shown
