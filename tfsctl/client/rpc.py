@@ -3,9 +3,10 @@
 One :class:`Endpoint` (target + TLS files) serves predict, status, reload and bench alike. ``--server`` takes any gRPC
 target: ``host[:port]``, ``[v6]:port``, ``dns:///host:port``, ``unix:/path``, ``unix-abstract:name``,
 ``ipv4:a:p,b:p`` / ``ipv6:[a]:p,...``. Targets that can name several backends (``dns:``, ``ipv4:``, ``ipv6:``) use
-gRPC's ``round_robin`` policy, so requests spread over replicas. Every failure becomes a
-:class:`~tfsctl.errors.ClientError` whose message names the server and, for RPCs, the gRPC code and the server's
-own message, so the CLI prints one clear line.
+gRPC's ``round_robin`` policy, so requests spread over replicas, and retry UNAVAILABLE answers (up to 3 attempts).
+
+Every failure becomes a :class:`~tfsctl.errors.ClientError` whose message names the server and, for RPCs, the gRPC
+code and the server's own message, so the CLI prints one clear line.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
 ]
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Balanced targets: spread calls over every resolved backend, and retry a call that a backend refused with
+# UNAVAILABLE (a replica shutting down or gone) on another one, as TF Serving deployments behind DNS expect.
+_ROUND_ROBIN = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "tensorflow.serving.PredictionService"}, {"service": "tensorflow.serving.ModelService"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
 _URI_SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock")
 _BALANCED_SCHEMES = ("dns", "ipv4", "ipv6")
 _CONNECT_HINTS = (
