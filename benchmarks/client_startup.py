@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,11 +36,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
 
 
+CPU: list[float] = []  # CPU seconds (user + system) of each timed process, in order
+
+
 def _time(code: str, args: list[str]) -> float:
+    """Wall seconds of one fresh process; its CPU seconds go to CPU (less sensitive to a busy machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=_env(),
                          timeout=120)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if res.returncode != 0:
         raise SystemExit(f"predict failed ({res.returncode}): {res.stderr.strip()}")
     return elapsed
@@ -76,7 +84,9 @@ def main() -> None:
                     raise SystemExit(f"server did not become ready: {res.stderr.decode()[-500:]}")
                 time.sleep(0.5)
             plain = [_time(PLAIN, cmd) for _ in range(args.runs)]
+            plain_cpu = list(CPU)
             with_tf = [_time(WITH_TF, cmd) for _ in range(max(3, args.runs // 2))]
+            tf_cpu = CPU[len(plain_cpu):]
             res = subprocess.run([sys.executable, "-c", PLAIN, *cmd], capture_output=True, text=True, env=_env())
             report = json.loads(res.stdout)
         finally:
@@ -88,6 +98,9 @@ def main() -> None:
         "predict_wall_s_median": round(p, 3),
         "predict_wall_s_min": round(min(plain), 3),
         "predict_with_tf_runtime_wall_s_median": round(t, 3),
+        "predict_cpu_s_median": round(statistics.median(plain_cpu), 3),
+        "predict_with_tf_runtime_cpu_s_median": round(statistics.median(tf_cpu), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "saved_s": round(t - p, 3),
         "ratio": round(t / p, 2),
         "rpc_ms": round(report["rpc_ms"], 1),
@@ -99,6 +112,9 @@ def main() -> None:
     print(f"  predict:                 {p:.3f} s wall (min {min(plain):.3f} s; request round trip "
           f"{report['rpc_ms']:.1f} ms, in-process total {report['total_ms']:.1f} ms)")
     print(f"  predict + TF runtime:    {t:.3f} s wall")
+    print(f"  CPU time per process:    {figures['predict_cpu_s_median']:.3f} s without, "
+          f"{figures['predict_with_tf_runtime_cpu_s_median']:.3f} s with the TF runtime "
+          f"(load average {figures['load_average_1min']} on {os.cpu_count()} cores)")
     print(f"  saved {t - p:.3f} s ({t / p:.2f}x); goal <= {GOAL_S} s: {'met' if p <= GOAL_S else 'NOT met'}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")

@@ -16,16 +16,81 @@ from rich.markup import escape
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+class _PlainCoercion:
+    """Value coercion for str/int/float/Path options (and lists of them) without pydantic.
+
+    Typer 0.29 builds a pydantic TypeAdapter per parameter on first use, and importing pydantic costs about 0.3 s of
+    CPU on every command start (half of a ``tfsctl predict``). These types need only their constructor; every other
+    annotation keeps Typer's own coercion.
+    """
+
+    KINDS = {int: "integer", float: "float", str: "text", Path: "path", bool: "boolean"}
+    _BOOLS = {"true": True, "1": True, "yes": True, "y": True, "on": True, "t": True,
+              "false": False, "0": False, "no": False, "n": False, "off": False, "f": False}
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def coerce(self, value, param, ctx):  # noqa: ANN001, ANN201 - typer's RuntimeParam.coerce
+        multi = param.multiple or param.nargs == -1
+        if value is None:
+            return () if multi else None
+        if multi:
+            if isinstance(value, str):
+                raise typer.BadParameter("Value must be an iterable.", ctx=ctx, param=param)
+            return [self._one(v, param, ctx) for v in value]
+        return self._one(value, param, ctx)
+
+    def _one(self, value, param, ctx):  # noqa: ANN001, ANN202
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in self._BOOLS:
+                return self._BOOLS[str(value).strip().lower()]
+            raise typer.BadParameter(f"{value!r} is not a valid boolean.", ctx=ctx, param=param)
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{value!r} is not a valid {self.KINDS[self.kind]}.", ctx=ctx,
+                                     param=param) from None
+
+    @classmethod
+    def install(cls, param) -> None:  # noqa: ANN001
+        """Give ``param`` this coercion when its annotation is a plain type (else leave Typer's)."""
+        desc = getattr(param, "type_descriptor", None)
+        if desc is None or getattr(param, "_runtime_param", False) is not None or desc.file_annotation is not None:
+            return
+        info = desc.parameter_info
+        if getattr(info, "min", None) is not None or getattr(info, "max", None) is not None:
+            return
+        kind = desc.annotation
+        args = getattr(kind, "__args__", ())
+        if getattr(kind, "__origin__", None) is list and len(args) == 1:
+            kind = args[0]
+        if kind in cls.KINDS:
+            param._runtime_param = cls(kind)
+
+
 class _Grammar(typer.core.TyperGroup):
     """One help grammar for every command: classic metavars (SOURCE, PATH, INTEGER) where a command gives none.
 
     Typer would print ``{source}`` in usage lines and ``<list[str]>`` after options; explicit metavars win.
+    Plain option types are coerced without pydantic (:class:`_PlainCoercion`).
     """
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        for param in self.get_params(ctx):  # with the help option
+            _PlainCoercion.install(param)
+        return super().parse_args(ctx, args)
 
     _CLASSIC = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "bool": "BOOLEAN"}
 
     def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201 - click's signature
         cmd = super().get_command(ctx, cmd_name)
+        for param in cmd.get_params(ctx) if cmd is not None else ():
+            _PlainCoercion.install(param)
         for param in getattr(cmd, "params", []):
             if param.param_type_name == "argument":
                 name = param.metavar or (param.name or "").upper()
