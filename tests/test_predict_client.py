@@ -184,7 +184,7 @@ def test_large_photo_is_scaled_down_and_the_mask_back_up(served):
     Image.fromarray(big).save(jpg, quality=92)
     decoded = load_image(jpg)
     result = predict_image(jpg, server=target, model="official", output=tmp / "photo.png")
-    assert result.image_size == (2250, 3000) and result.sent_size == (768, 1024)
+    assert result.image_size == (2250, 3000) and result.sent_size == (385, 513)
     assert result.segmentation.shape == (2250, 3000)
     expected = colour_rule(decoded)
     for c in (PERSON, BICYCLE, CAR):

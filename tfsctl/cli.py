@@ -449,7 +449,7 @@ def predict(
         None, "--labels", metavar="FILE", help="Class names, one per line (line i = id i); default VOC."),
     alpha: float = typer.Option(0.5, "--alpha", metavar="0..1", help="Mask opacity in the overlay."),
     max_side: int = typer.Option(
-        1024, "--max-side", metavar="PX", help="Scale larger images down to this before sending (0 = never)."),
+        513, "--max-side", metavar="PX", help="Scale larger images down to this before sending (0 = never)."),
     input_key: str | None = typer.Option(
         None, "--input-key", metavar="KEY", help="Image input (default: the 4-D [N,H,W,3] input)."),
     output_key: str | None = typer.Option(
@@ -629,7 +629,7 @@ def bench(
         help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable). Default: random inputs shaped "
         "after the signature's metadata."),
     batch_size: int = typer.Option(1, "--batch-size", metavar="N", help="Unknown first dims (metadata inputs)."),
-    max_side: int = typer.Option(1024, "--max-side", metavar="PX", help="As predict's, for --input-image."),
+    max_side: int = typer.Option(513, "--max-side", metavar="PX", help="As predict's, for --input-image."),
     concurrency: str = typer.Option("1,4,16,32", "--concurrency", "-c", metavar="LEVELS",
                                     help="Levels: 1,4,16,32 or 1:32."),
     warmup_seconds: float = typer.Option(2.0, "--warmup-seconds", metavar="SECONDS", help="Warm-up per level."),

@@ -50,7 +50,7 @@ from tfsctl.errors import ClientError
 # Decompression-bomb guard: images above this many pixels are refused before any pixel is decoded.
 # (A 1080p frame is 2.1 Mpx, 8K UHD 33 Mpx.) PIL's own, larger guard still applies as a second line.
 DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_SIDE = 1024
+DEFAULT_MAX_SIDE = 513  # DeepLab's training crop size (its official export resizes to 513 internally)
 _LIMIT_WORDS = re.compile(r"pixel|too (large|big)|larger than|exceed|size|limit", re.IGNORECASE)
 
 
