@@ -121,3 +121,25 @@ def test_class_maps_and_sizes():
         to_class_map(np.full((2, 2), -1), "k")
     assert fit_size(2250, 3000, 1024) == (768, 1024)
     assert fit_size(100, 50, 1024) == (100, 50) and fit_size(4000, 10, 0) == (4000, 10)
+
+
+def test_protos_without_tf_runtime_then_real_tensorflow():
+    """apis first (no TF runtime), then the real `import tensorflow`: one set of message classes, package intact."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from tfsctl.client import apis\n"
+        "assert 'tensorflow.python' not in sys.modules and 'tensorflow' not in sys.modules\n"
+        "import tensorflow as tf\n"
+        "assert tf.core.framework.tensor_pb2.TensorProto is apis.tensor_pb2.TensorProto\n"
+        "assert type(tf.make_tensor_proto([1.0, 2.0])) is apis.tensor_pb2.TensorProto\n"
+        "assert int(tf.constant(2) * 3) == 6\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
