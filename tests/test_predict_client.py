@@ -50,6 +50,7 @@ SAMPLE_CKPT = ROOT / "samples" / "deeplab" / "checkpoint"
 SAMPLE_IMAGE = ROOT / "samples" / "images" / "shapes_256.png"
 SAMPLE_LABELS = ROOT / "samples" / "images" / "labels" / "shapes_256.png"
 runner = CliRunner()
+RUNNING: dict[str, object] = {}  # the module's ModelServer, for tests that add front ends to it
 
 
 def flat(text: str) -> str:
@@ -81,6 +82,7 @@ def served(tmp_path_factory):
                                        model_config_file=str(tmp / "models.config"),
                                        file_system_poll_wait_seconds=0.2))
     server.start()
+    RUNNING["server"] = server
     try:
         assert server.wait_until_ready(180), "models did not become AVAILABLE"
         img = scene(120, 160)
@@ -219,6 +221,28 @@ def test_dns_and_ipv4_list_targets(served):
     for bad in ("a:b:c", "ipv4:1.2.3:80", "dns:///", "host:99999"):
         with pytest.raises(ClientError, match="invalid server address"):
             parse_target(bad)
+
+
+@pytest.mark.parametrize("tensor_content", [False, True])
+def test_unix_socket_target_and_both_reply_encodings(served, tmp_path, tensor_content):
+    """A `unix:` target, and replies in typed *_val fields (TF Serving's default) or in tensor_content."""
+    from concurrent import futures
+
+    from tfsctl.serving.grpc_api import add_services
+
+    _, _, png, img = served
+    model_server = RUNNING["server"]
+    sock = tmp_path / "tfs.sock"
+    front = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    add_services(front, model_server.core, None, tensor_content=tensor_content)
+    assert front.add_insecure_port(f"unix:{sock}")
+    front.start()
+    try:
+        for model in ("official", "sthalles"):
+            result = predict_image(png, server=f"unix:{sock}", model=model, output=None)
+            np.testing.assert_array_equal(result.segmentation, colour_rule(img))
+    finally:
+        front.stop(0)
 
 
 # --- CLI over the real server ---
