@@ -167,7 +167,9 @@ def draw_legend(
     font = _font(layout.font)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((int(probe.textlength(t, font=font)) for _, t in rows), default=0)
-    width = layout.pad * 3 + layout.swatch + text_w
+    swatches = any(colour is not None for colour, _ in rows)
+    text_x = layout.pad * 2 + layout.swatch if swatches else layout.pad
+    width = text_x + layout.pad + text_w
     height = max(min_height, layout.pad * 2 + layout.row * len(rows))
     panel = Image.new("RGB", (width, height), BG)
     draw = ImageDraw.Draw(panel)
@@ -177,7 +179,7 @@ def draw_legend(
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour, outline=(96, 96, 96))
             draw.rectangle([x0 + 1, y0 + 1, x1 - 2, y1 - 2], fill=colour)
         top = layout.pad + i * layout.row
-        draw.text((layout.pad * 2 + layout.swatch, top + layout.row // 2), text, fill=FG, font=font, anchor="lm")
+        draw.text((text_x, top + layout.row // 2), text, fill=FG, font=font, anchor="lm")
     return panel
 
 
