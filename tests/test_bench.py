@@ -181,20 +181,19 @@ def test_rest_sweep(rest_server, fmt):
 
 
 def test_cli_bench_writes_json_csv_plot(grpc_server, tmp_path):
-    target, _ = grpc_server
-    img = tmp_path / "in.png"
-    Image.fromarray(np.full((16, 24, 3), 7, np.uint8)).save(img)
+    target, servicer = grpc_server
     js, cs, png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
     res = runner.invoke(app, [
-        "bench", "--server", target, "--model", "toy", "--input-image", str(img), "--concurrency", "1,2",
-        "--warmup-seconds", "0.1", "--measure-seconds", "0.3", "--json", str(js), "--csv", str(cs), "--plot", str(png),
-        "--output-filter", "total",
+        "bench", "--server", target, "--model", "toy", "--input-shape", "x:2x4:float32", "--concurrency", "1,2",
+        "--warmup-seconds", "0.1", "--measure-seconds", "0.3", "--json-out", str(js), "--csv-out", str(cs),
+        "--plot-out", str(png), "--output-key", "y",
     ])
     assert res.exit_code == 0, res.output
     assert "req/s" in res.stdout and "p99" in res.stdout
+    assert servicer.last_filter == ["y"]
     doc = json.loads(js.read_text())
-    assert doc["meta"]["inputs"]["images"] == {"shape": [1, 16, 24, 3], "dtype": "uint8"}
-    assert doc["meta"]["output_filter"] == ["total"]
+    assert doc["meta"]["inputs"]["x"] == {"shape": [2, 4], "dtype": "float32"}
+    assert doc["meta"]["output_key"] == ["y"]
     assert [lv["concurrency"] for lv in doc["levels"]] == [1, 2]
     for lv in doc["levels"]:
         assert lv["requests"] > 0 and lv["errors"] == 0 and lv["p50_ms"] <= lv["p99_ms"]
@@ -203,6 +202,15 @@ def test_cli_bench_writes_json_csv_plot(grpc_server, tmp_path):
     assert all(float(r["throughput"]) > 0 and float(r["p50_ms"]) <= float(r["p99_ms"]) for r in rows)
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (1000, 400)
+
+    # --json is the same switch as in every command: the JSON document on stdout, nothing else there.
+    res = runner.invoke(app, [
+        "bench", "--server", target, "--model", "toy", "--input-shape", "x:1x4:float32", "--concurrency", "1",
+        "--warmup-seconds", "0", "--measure-seconds", "0.2", "--json",
+    ])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [lv["concurrency"] for lv in doc["levels"]] == [1] and doc["levels"][0]["requests"] > 0
 
 
 def test_cli_bench_bad_options(grpc_server):

@@ -37,7 +37,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                              [str(bad_config), "Expected"]),
         "status unreachable": (["status", "--server", f"127.0.0.1:{free_port()}", "--model", "m", "--timeout", "5"],
                                ["cannot reach server", "UNAVAILABLE"]),
-        "predict bad image": (["predict", str(image), "--server", f"127.0.0.1:{free_port()}"],
+        "predict bad image": (["predict", str(image), "--server", f"127.0.0.1:{free_port()}", "--model", "m"],
                               [str(image)]),
     }
 
@@ -137,3 +137,48 @@ def test_error_with_line_breaks_prints_as_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["inspect", str(odd)])
     assert res.exit_code == 1, res.output
     assert res.stderr.splitlines() == [f"error: {tmp_path}/first second does not exist"], res.stderr
+
+
+# --- one grammar across commands ---
+
+COMMANDS = ["export", "inspect", "serve", "predict", "status", "reload", "bench"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_h_and_reads_in_80_columns(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+
+    res = CliRunner().invoke(app, [command, "-h"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("Usage: ") and "-h, --help" in res.stdout
+    assert "{" not in res.stdout.splitlines()[0] and "<" not in res.stdout, res.stdout  # SOURCE, not {source}
+    if command != "serve":  # serve's paired --kebab/--snake names are the server helper's to lay out
+        long = [line for line in res.stdout.splitlines() if len(line) > 80]
+        assert not long, long
+
+
+def test_shared_options_mean_the_same_everywhere() -> None:
+    """--json is a switch; --server/-s, --model/-m (required), --timeout, --ssl-* and --output-key are shared."""
+    import typer.main
+
+    from tfsctl.cli import app
+
+    group = typer.main.get_command(app)
+    by_command = {name: {opt: p for p in cmd.params for opt in p.opts}
+                  for name, cmd in group.commands.items()}  # type: ignore[attr-defined]
+    for name in ("export", "inspect", "predict", "status", "reload", "bench"):
+        assert by_command[name]["--json"].is_flag, name
+    for name in ("predict", "status", "reload", "bench"):
+        opts = by_command[name]
+        for flag in ("--server", "-s", "--timeout", "--ssl-ca", "--ssl-cert", "--ssl-key"):
+            assert flag in opts, (name, flag)
+        assert opts["--server"].metavar == "TARGET" and opts["--timeout"].metavar == "SECONDS"
+    for name in ("predict", "status", "bench"):
+        assert by_command[name]["--model"].required and "-m" in by_command[name]
+        assert "--label" in by_command[name] and "--version" in by_command[name]
+    for name in ("predict", "bench"):
+        assert "--output-key" in by_command[name] and "--signature" in by_command[name]
+        assert by_command[name]["--signature"].default == ""
+    assert "--output-filter" not in by_command["bench"] and "--json-out" in by_command["bench"]

@@ -10,15 +10,107 @@ import os
 from pathlib import Path
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+class _PlainCoercion:
+    """Value coercion for str/int/float/Path options (and lists of them) without pydantic.
+
+    Typer 0.29 builds a pydantic TypeAdapter per parameter on first use, and importing pydantic costs about 0.3 s of
+    CPU on every command start (half of a ``tfsctl predict``). These types need only their constructor; every other
+    annotation keeps Typer's own coercion.
+    """
+
+    KINDS = {int: "integer", float: "float", str: "text", Path: "path", bool: "boolean"}
+    _BOOLS = {"true": True, "1": True, "yes": True, "y": True, "on": True, "t": True,
+              "false": False, "0": False, "no": False, "n": False, "off": False, "f": False}
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def coerce(self, value, param, ctx):  # noqa: ANN001, ANN201 - typer's RuntimeParam.coerce
+        multi = param.multiple or param.nargs == -1
+        if value is None:
+            return () if multi else None
+        if multi:
+            if isinstance(value, str):
+                raise typer.BadParameter("Value must be an iterable.", ctx=ctx, param=param)
+            return [self._one(v, param, ctx) for v in value]
+        return self._one(value, param, ctx)
+
+    def _one(self, value, param, ctx):  # noqa: ANN001, ANN202
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in self._BOOLS:
+                return self._BOOLS[str(value).strip().lower()]
+            raise typer.BadParameter(f"{value!r} is not a valid boolean.", ctx=ctx, param=param)
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{value!r} is not a valid {self.KINDS[self.kind]}.", ctx=ctx,
+                                     param=param) from None
+
+    @classmethod
+    def install(cls, param) -> None:  # noqa: ANN001
+        """Give ``param`` this coercion when its annotation is a plain type (else leave Typer's)."""
+        desc = getattr(param, "type_descriptor", None)
+        if desc is None or getattr(param, "_runtime_param", False) is not None or desc.file_annotation is not None:
+            return
+        info = desc.parameter_info
+        if getattr(info, "min", None) is not None or getattr(info, "max", None) is not None:
+            return
+        kind = desc.annotation
+        args = getattr(kind, "__args__", ())
+        if getattr(kind, "__origin__", None) is list and len(args) == 1:
+            kind = args[0]
+        if kind in cls.KINDS:
+            param._runtime_param = cls(kind)
+
+
+class _Grammar(typer.core.TyperGroup):
+    """One help grammar for every command: classic metavars (SOURCE, PATH, INTEGER) where a command gives none.
+
+    Typer would print ``{source}`` in usage lines and ``<list[str]>`` after options; explicit metavars win.
+    Plain option types are coerced without pydantic (:class:`_PlainCoercion`).
+    """
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        for param in self.get_params(ctx):  # with the help option
+            _PlainCoercion.install(param)
+        return super().parse_args(ctx, args)
+
+    _CLASSIC = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "bool": "BOOLEAN"}
+
+    def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201 - click's signature
+        cmd = super().get_command(ctx, cmd_name)
+        for param in cmd.get_params(ctx) if cmd is not None else ():
+            _PlainCoercion.install(param)
+        for param in getattr(cmd, "params", []):
+            if param.param_type_name == "argument":
+                name = param.metavar or (param.name or "").upper()
+                param.metavar = name
+                param._usage_display_name = lambda name=name: name  # "SOURCE", not typer's "{source}"
+                param.display_type_rich = lambda ctx: None  # "SOURCE  help", not "SOURCE <path>  help"
+            elif param.metavar is None and not getattr(param, "is_flag", False):
+                shown = str(param.display_type(ctx) or "").strip("<>")
+                shown = shown[5:-1] if shown.startswith("list[") else shown
+                param.metavar = self._CLASSIC.get(shown, shown.upper() or "VALUE")
+        return cmd
+
+
 app = typer.Typer(
+    cls=_Grammar,
     help="TensorFlow Serving's toolchain as one CLI: export, inspect, serve, predict, status, reload, bench.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -452,97 +544,174 @@ def serve(ctx: typer.Context) -> None:
     os._exit(code)  # no interpreter teardown: it would shut the gRPC server down after all
 
 
-# --- predict ---
-# owner: tfsctl/client/predict.py
+# --- client commands: predict, status, reload, bench ---
+# owner: tfsctl/client/. One grammar: --server/-s TARGET, --ssl-ca/--ssl-cert/--ssl-key, --timeout SECONDS,
+# --model/-m (required), --version or --label, --signature ('' = serving_default unless the model has another
+# single signature), --output-key, --json (print JSON on stdout); files written are named by *-out or --output.
+# These commands never import the TensorFlow runtime (tfsctl.client.apis loads the protos without it).
+
+_TARGET_HELP = "gRPC target: HOST:PORT, dns:///HOST:PORT, unix:PATH, ipv4:A:P,B:P."
+
+
+def _server_opt(default: str | None = "localhost:8500", help: str = _TARGET_HELP):  # noqa: A002
+    return typer.Option(default, "--server", "-s", metavar="TARGET", help=help)
+
+
+def _model_opt():
+    return typer.Option(..., "--model", "-m", metavar="NAME", help="Model name.")
+
+
+def _version_opt(help: str = "Model version (default: the latest).") -> typer.models.OptionInfo:  # noqa: A002
+    return typer.Option(None, "--version", metavar="N", help=help)
+
+
+def _label_opt():
+    return typer.Option(None, "--label", metavar="LABEL", help="Version label (e.g. stable, canary).")
+
+
+def _timeout_opt(default: float = 30.0, help: str = "RPC deadline in seconds."):  # noqa: A002
+    return typer.Option(default, "--timeout", metavar="SECONDS", help=help)
+
+
+def _ssl_opts():
+    return (
+        typer.Option(None, "--ssl-ca", metavar="FILE", help="PEM CA that signed the server (turns TLS on)."),
+        typer.Option(None, "--ssl-cert", metavar="FILE", help="PEM client certificate (mutual TLS)."),
+        typer.Option(None, "--ssl-key", metavar="FILE", help="PEM key of --ssl-cert."),
+    )
+
+
+_SSL_CA, _SSL_CERT, _SSL_KEY = _ssl_opts()
+
+
+def _json_opt():
+    return typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+def _signature_opt():
+    return typer.Option("", "--signature", metavar="NAME",
+                        help="Signature (default: serving_default, or the model's only one).")
 
 
 @app.command()
 def predict(
-    image: Path = typer.Argument(..., help="Image file (JPEG, PNG, WebP, ...); EXIF orientation is applied."),
-    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
-    model: str = typer.Option("deeplab", "--model", "-m", help="Model name."),
-    version: int | None = typer.Option(None, "--version", help="Model version (default: latest available)."),
-    label: str | None = typer.Option(None, "--label", help="Version label (e.g. stable, canary)."),
-    signature: str = typer.Option("predict_images", "--signature", help="Signature name."),
-    output: Path = typer.Option(Path("mask.png"), "--output", "-o", help="Overlay PNG to write."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Mask opacity over the image, 0..1."),
-    use_async: bool = typer.Option(False, "--async", help="Send via the gRPC future API with a live progress line."),
-    timeout: float = typer.Option(30.0, "--timeout", help="RPC deadline in seconds."),
-    output_key: str = typer.Option("segmentation_map", "--output-key", help="Output tensor holding class ids."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="JPEG, PNG, WebP, ... (EXIF orientation applied)."),
+    server: str = _server_opt(),
+    model: str = _model_opt(),
+    version: int | None = _version_opt(),
+    label: str | None = _label_opt(),
+    signature: str = _signature_opt(),
+    output: Path = typer.Option(Path("mask.png"), "--output", "-o", metavar="FILE", help="PNG picture to write."),
+    overlay_only: bool = typer.Option(False, "--overlay-only", help="Only the overlay panel (no image, no mask)."),
+    save_labels: Path | None = typer.Option(
+        None, "--save-labels", metavar="FILE", help="Also write the class map as a palette PNG (values = ids)."),
+    labels: Path | None = typer.Option(
+        None, "--labels", metavar="FILE", help="Class names, one per line (line i = id i); default VOC."),
+    alpha: float = typer.Option(0.5, "--alpha", metavar="0..1", help="Mask opacity in the overlay."),
+    max_side: int = typer.Option(
+        513, "--max-side", metavar="PX", help="Scale larger images down to this before sending (0 = never)."),
+    input_key: str | None = typer.Option(
+        None, "--input-key", metavar="KEY", help="Image input (default: the 4-D [N,H,W,3] input)."),
+    output_key: str | None = typer.Option(
+        None, "--output-key", metavar="KEY", help="Output to read (default: the class map or scores)."),
+    scale: str = typer.Option("0-255", "--scale", metavar="RANGE", help="Float pixel range: 0-255, 0-1, -1-1."),
+    top_k: int = typer.Option(5, "--top-k", metavar="K", help="Rows shown for a classification."),
+    timeout: float = _timeout_opt(),
+    use_async: bool = typer.Option(False, "--async", help="Send with the gRPC future API, live progress."),
+    ssl_ca: Path | None = _SSL_CA,
+    ssl_cert: Path | None = _SSL_CERT,
+    ssl_key: Path | None = _SSL_KEY,
+    as_json: bool = _json_opt(),
 ) -> None:
-    """Segment IMAGE on a model server and write the VOC-palette overlay with a legend to --output."""
-    quiet_tensorflow()
+    """Send IMAGE to an image model; draw the segmentation or list the top classes."""
     import json
 
     from rich.table import Table
 
     from tfsctl.client.predict import predict_image
+    from tfsctl.client.rpc import endpoint
     from tfsctl.errors import ClientError
 
+    def run(on_wait=None):  # noqa: ANN001, ANN202
+        return predict_image(
+            image, server=ep, model=model, version=version, label=label, signature=signature, output=output,
+            alpha=alpha, timeout=timeout, use_async=use_async, input_key=input_key, output_key=output_key,
+            scale=scale, max_side=max_side, labels=labels, save_labels=save_labels, overlay_only=overlay_only,
+            k=top_k, on_wait=on_wait,
+        )
+
     try:
+        ep = endpoint(server, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
         if use_async and not as_json:
-            with err_console.status(f"Predict on {server} ...") as spinner:
-                result = predict_image(
-                    image, server=server, model=model, version=version, label=label, signature=signature,
-                    output=output, alpha=alpha, timeout=timeout, use_async=True, output_key=output_key,
-                    on_wait=lambda s: spinner.update(f"Predict on {server}: waiting {s:.1f} s"),
-                )
+            with err_console.status(f"Predict on {ep} ...") as spinner:
+                result = run(lambda s: spinner.update(f"Predict on {ep}: waiting {s:.1f} s"))
         else:
-            result = predict_image(
-                image, server=server, model=model, version=version, label=label, signature=signature,
-                output=output, alpha=alpha, timeout=timeout, use_async=use_async, output_key=output_key,
-            )
+            result = run()
     except ClientError as e:
         fail(e.message)
     except KeyboardInterrupt:
         fail("cancelled", 130)
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
+        typer.echo(json.dumps(result.to_dict()))
         return
     served = f"{result.model} v{result.version}" if result.version is not None else result.model
     size = f"{result.image_size[1]}x{result.image_size[0]}"
-    console.print(f"{escape(image.name)} ({size}) on {escape(served)}, {escape(result.signature)}")
+    if result.sent_size != result.image_size:
+        size += f", sent as {result.sent_size[1]}x{result.sent_size[0]}"
+    console.print(f"{escape(image.name)} ({size}) on {escape(served)}, {escape(result.signature)}", soft_wrap=True)
     table = Table()
-    table.add_column("id", justify="right")
-    table.add_column("class")
-    table.add_column("pixels", justify="right")
-    table.add_column("share", justify="right")
-    for s in result.shares:
-        table.add_row(str(s.class_id), s.name, f"{s.pixels:,}", f"{s.share * 100:.1f}%")
+    if result.kind == "segmentation":
+        for col, just in (("id", "right"), ("class", "left"), ("pixels", "right"), ("share", "right")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for s in result.shares:
+            table.add_row(str(s.class_id), escape(s.name), f"{s.pixels:,}", f"{s.share * 100:.1f}%")
+    else:
+        for col, just in (("#", "right"), ("id", "right"), ("class", "left"), ("score", "right")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for t in result.top:
+            table.add_row(str(t.rank), "-" if t.class_id is None else str(t.class_id), escape(t.name),
+                          f"{t.score:.4f}")
     console.print(table)
     t = result.timings_ms
     console.print(
         f"latency: request round trip {result.rpc_ms:.1f} ms, total {result.total_ms:.1f} ms "
-        f"(decode {t['decode']:.1f}, encode {t['encode']:.1f}, render {t['render']:.1f})"
+        f"(decode {t['decode']:.1f}, metadata {t['metadata']:.1f}, encode {t['encode']:.1f}, "
+        f"render {t['render']:.1f})"
     )
-    console.print(f"wrote {escape(str(result.output))}")
-
-
-# --- status / reload (ModelService client) ---
-# owner: tfsctl/client/rpc.py
+    for path in (result.output, result.labels_output):
+        if path is not None:
+            console.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 @app.command()
 def status(
-    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
-    model: str = typer.Option(..., "--model", "-m", help="Model name."),
-    version: int | None = typer.Option(None, "--version", help="Only this version."),
-    timeout: float = typer.Option(10.0, "--timeout", help="RPC deadline in seconds."),
+    server: str = _server_opt(),
+    model: str = _model_opt(),
+    version: int | None = _version_opt("Only this version."),
+    label: str | None = typer.Option(None, "--label", metavar="LABEL", help="Only the version of this label."),
+    timeout: float = _timeout_opt(),
+    ssl_ca: Path | None = _SSL_CA,
+    ssl_cert: Path | None = _SSL_CERT,
+    ssl_key: Path | None = _SSL_KEY,
+    as_json: bool = _json_opt(),
 ) -> None:
     """Show GetModelStatus for a model: each version's state and error."""
-    quiet_tensorflow()
+    import json
+
     from rich.table import Table
 
-    from tfsctl.client.rpc import get_model_status, parse_target
+    from tfsctl.client.rpc import endpoint, get_model_status
     from tfsctl.errors import ClientError
 
     try:
-        target = parse_target(server)
-        rows = get_model_status(target, model, version, timeout)
+        ep = endpoint(server, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
+        rows = get_model_status(ep, model, version, timeout, label=label)
     except ClientError as e:
         fail(e.message)
-    table = Table(title=f"model '{model}' on {target}")
+    if as_json:
+        typer.echo(json.dumps({"model": model, "versions": [r.to_dict() for r in rows]}))
+        return
+    table = Table(title=escape(f"model '{model}' on {ep}"))
     table.add_column("version", justify="right")
     table.add_column("state")
     table.add_column("error")
@@ -555,88 +724,101 @@ def status(
 
 @app.command()
 def reload(
-    server: str = typer.Option("localhost:8500", "--server", "-s", help="gRPC HOST:PORT of the model server."),
-    model_config_file: Path = typer.Option(..., "--model-config-file", help="ModelServerConfig text proto."),
-    timeout: float = typer.Option(30.0, "--timeout", help="RPC deadline in seconds."),
+    server: str = _server_opt(),
+    model_config_file: Path = typer.Option(
+        ..., "--model-config-file", metavar="FILE", help="ModelServerConfig text proto."),
+    timeout: float = _timeout_opt(),
+    ssl_ca: Path | None = _SSL_CA,
+    ssl_cert: Path | None = _SSL_CERT,
+    ssl_key: Path | None = _SSL_KEY,
+    as_json: bool = _json_opt(),
 ) -> None:
-    """Send a ModelServerConfig to the server (HandleReloadConfigRequest) and show the result."""
-    quiet_tensorflow()
-    from tfsctl.client.rpc import parse_target, reload_config
+    """Send a ModelServerConfig to the server (HandleReloadConfigRequest)."""
+    import json
+
+    from tfsctl.client.rpc import endpoint, get_model_status, reload_config
     from tfsctl.errors import ClientError
 
     try:
-        target = parse_target(server)
-        result = reload_config(target, model_config_file, timeout)
+        ep = endpoint(server, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
+        result = reload_config(ep, model_config_file, timeout)
     except ClientError as e:
         fail(e.message)
     names = ", ".join(f"{name} ({path})" for name, path in result.models) or "no models"
     if not result.ok:
-        fail(f"reload rejected by {target}: {result.error_code}: {result.error_message}")
-    console.print(f"[green]reloaded[/] {target} with {len(result.models)} model(s): {escape(names)}")
+        fail(f"reload rejected by {ep}: {result.error_code}: {result.error_message}")
+    if not as_json:
+        console.print(f"[green]reloaded[/] {escape(str(ep))} with {len(result.models)} model(s): {escape(names)}")
     # A server answers once the new models loaded or its wait ran out: say which models serve nothing yet
     # (a mistyped base_path looks like success otherwise).
-    from tfsctl.client.rpc import get_model_status
-
+    report = {**result.to_dict(), "available": {}}
     for name, _path in result.models:
         try:
-            rows = get_model_status(target, name, None, timeout)
+            rows = get_model_status(ep, name, None, timeout)
         except ClientError as e:
             err_console.print(f"[yellow]warning:[/] model '{escape(name)}' has no version yet: {escape(e.message)}",
                               soft_wrap=True)
+            report["available"][name] = []
             continue
-        available = [str(r.version) for r in rows if r.state == "AVAILABLE"]
+        available = [r.version for r in rows if r.state == "AVAILABLE"]
+        report["available"][name] = available
         if available:
-            console.print(f"  {escape(name)}: version(s) {', '.join(available)} AVAILABLE")
+            if not as_json:
+                console.print(f"  {escape(name)}: version(s) {', '.join(map(str, available))} AVAILABLE")
         else:
             states = ", ".join(f"{r.version} {r.state}" + (f" ({r.error_message})" if r.error_message else "")
                                for r in rows) or "the server reports no versions"
             err_console.print(f"[yellow]warning:[/] model '{escape(name)}' has no AVAILABLE version yet: "
                               f"{escape(states)}", soft_wrap=True)
-
-
-# --- bench ---
-# owner: tfsctl/client/bench.py
+    if as_json:
+        typer.echo(json.dumps(report))
 
 
 @app.command()
 def bench(
-    server: str | None = typer.Option(None, "--server", "-s", help="HOST:PORT (default localhost:8500 / :8501)."),
-    protocol: str = typer.Option("grpc", "--protocol", help="grpc or rest."),
-    model: str = typer.Option(..., "--model", "-m", help="Model name."),
-    signature: str = typer.Option("", "--signature", help="Signature name (default serving_default)."),
-    version: int | None = typer.Option(None, "--version", help="Model version."),
-    label: str | None = typer.Option(None, "--label", help="Version label."),
-    input_image: Path | None = typer.Option(None, "--input-image", help="Image sent as images/height/width."),
+    server: str | None = _server_opt(None, "Target (default localhost:8500; REST: localhost:8501)."),
+    protocol: str = typer.Option("grpc", "--protocol", metavar="grpc|rest", help="Wire protocol."),
+    model: str = _model_opt(),
+    signature: str = _signature_opt(),
+    version: int | None = _version_opt(),
+    label: str | None = _label_opt(),
+    input_image: Path | None = typer.Option(
+        None, "--input-image", metavar="FILE", help="Send this image, prepared as tfsctl predict does."),
     input_shape: list[str] | None = typer.Option(
-        None, "--input-shape", help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable). Without "
-        "--input-image or --input-shape, inputs are shaped after the signature's metadata."
-    ),
-    batch_size: int = typer.Option(
-        1, "--batch-size", help="Size of unknown first dims when inputs come from the model's metadata."
-    ),
-    concurrency: str = typer.Option("1,4,16,32", "--concurrency", "-c", help="Levels: 1,4,16,32 or 1:32."),
-    warmup_seconds: float = typer.Option(2.0, "--warmup-seconds", help="Warm-up per level (not measured)."),
-    measure_seconds: float = typer.Option(5.0, "--measure-seconds", help="Length of each measurement window."),
-    windows: int = typer.Option(1, "--windows", help="Measurement windows per level."),
-    max_requests: int | None = typer.Option(None, "--max-requests", help="Cap on requests per level."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Per-request deadline in seconds."),
-    grpc_channels: str = typer.Option("shared", "--grpc-channels", help="shared or per-thread."),
-    rest_format: str = typer.Option("inputs", "--rest-format", help="REST body: inputs (columnar) or instances."),
-    output_filter: list[str] | None = typer.Option(
-        None, "--output-filter", help="gRPC only: request just this output (repeatable)."
-    ),
-    json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON."),
-    csv_out: Path | None = typer.Option(None, "--csv", help="Write results as CSV."),
-    plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG plot (throughput, latency)."),
+        None, "--input-shape", metavar="SPEC",
+        help="Random input NAME:D1xD2:DTYPE, e.g. x:1x4:float32 (repeatable). Default: random inputs shaped "
+        "after the signature's metadata."),
+    batch_size: int = typer.Option(1, "--batch-size", metavar="N", help="Unknown first dims (metadata inputs)."),
+    max_side: int = typer.Option(513, "--max-side", metavar="PX", help="As predict's, for --input-image."),
+    concurrency: str = typer.Option("1,4,16,32", "--concurrency", "-c", metavar="LEVELS",
+                                    help="Levels: 1,4,16,32 or 1:32."),
+    warmup_seconds: float = typer.Option(2.0, "--warmup-seconds", metavar="SECONDS", help="Warm-up per level."),
+    measure_seconds: float = typer.Option(5.0, "--measure-seconds", metavar="SECONDS", help="Measurement window."),
+    windows: int = typer.Option(1, "--windows", metavar="N", help="Measurement windows per level."),
+    max_requests: int | None = typer.Option(None, "--max-requests", metavar="N", help="Cap on requests per level."),
+    timeout: float = _timeout_opt(30.0, "Per-request deadline in seconds."),
+    grpc_channels: str = typer.Option("shared", "--grpc-channels", metavar="MODE", help="shared or per-thread."),
+    rest_format: str = typer.Option("inputs", "--rest-format", metavar="FMT", help="REST body: inputs or instances."),
+    output_key: list[str] | None = typer.Option(
+        None, "--output-key", metavar="KEY", help="gRPC: ask only for this output (repeatable)."),
+    ssl_ca: Path | None = _SSL_CA,
+    ssl_cert: Path | None = _SSL_CERT,
+    ssl_key: Path | None = _SSL_KEY,
+    as_json: bool = _json_opt(),
+    json_out: Path | None = typer.Option(None, "--json-out", metavar="FILE", help="Write results as JSON."),
+    csv_out: Path | None = typer.Option(None, "--csv-out", metavar="FILE", help="Write results as CSV."),
+    plot_out: Path | None = typer.Option(None, "--plot-out", metavar="FILE", help="Write a PNG plot."),
 ) -> None:
-    """Closed-loop load sweep over concurrency levels: throughput and p50/p90/p99 latency per level."""
-    quiet_tensorflow()
+    """Closed-loop load sweep: throughput and p50/p90/p99 latency per concurrency level."""
+    import json
+
     from rich.table import Table
 
     from tfsctl.client import bench as b
-    from tfsctl.client.rpc import parse_target
+    from tfsctl.client.rpc import endpoint
     from tfsctl.errors import ClientError
 
+    say = err_console if as_json else console  # with --json, stdout carries only the JSON document
     try:
         if protocol not in ("grpc", "rest"):
             raise ClientError(f"--protocol must be grpc or rest, got {protocol!r}")
@@ -644,41 +826,45 @@ def bench(
             raise ClientError("give either --input-image or --input-shape, not both")
         if version is not None and label is not None:
             raise ClientError("give either --version or --label, not both")
-        target = parse_target(server or "localhost", 8500 if protocol == "grpc" else 8501)
-        if input_image is not None:
-            inputs = b.image_inputs(input_image)
-        elif input_shape:
+        if batch_size < 1:
+            raise ClientError(f"--batch-size must be >= 1, got {batch_size}")
+        if protocol == "rest" and (ssl_ca or ssl_cert or ssl_key):
+            raise ClientError("--ssl-* apply to gRPC only; bench's REST client speaks plain HTTP")
+        ep = endpoint(server or "localhost", ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key,
+                      default_port=8500 if protocol == "grpc" else 8501)
+        if input_shape:
             inputs = b.synthetic_inputs(input_shape)
-        else:  # like perf_analyzer: random data shaped after the signature's metadata
-            inputs = b.inputs_from_metadata(
-                target, model, protocol=protocol, signature=signature, version=version, label=label,
-                batch=batch_size, timeout=timeout,
-            )
+        else:
+            sigs = b.signature_defs(ep, model, protocol=protocol, version=version, label=label, timeout=timeout)
+            if input_image is not None:
+                inputs = b.image_inputs(input_image, sigs, signature=signature, model=model, max_side=max_side)
+            else:  # like perf_analyzer: random data shaped after the signature's metadata
+                inputs = b.inputs_from_signature(sigs, signature, model, batch=batch_size)
         levels = b.parse_levels(concurrency)
         span = len(levels) * (warmup_seconds + windows * measure_seconds)
-        console.print(
-            f"bench {protocol}://{target} model '{model}': levels {levels}, about {span:.0f} s "
-            f"({warmup_seconds:g} s warm-up + {windows} x {measure_seconds:g} s per level)"
+        say.print(
+            f"bench {protocol}://{escape(str(ep))} model '{escape(model)}': levels {levels}, about {span:.0f} s "
+            f"({warmup_seconds:g} s warm-up + {windows} x {measure_seconds:g} s per level)", soft_wrap=True,
         )
 
         def show(r: b.LevelResult) -> None:
-            console.print(
+            say.print(
                 f"  c={r.concurrency}: {r.throughput:.1f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, "
                 f"{r.errors} errors"
             )
 
         results = b.run_sweep(
-            target, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
+            ep, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
             signature=signature, version=version, label=label, windows=windows, timeout=timeout,
             grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests,
-            output_filter=output_filter or (), on_level=show,
+            output_filter=output_key or (), on_level=show,
         )
         meta = {
-            "target": target, "protocol": protocol, "model": model, "signature": signature, "version": version,
+            "target": str(ep), "protocol": protocol, "model": model, "signature": signature, "version": version,
             "label": label, "warmup_s": warmup_seconds, "measure_s": measure_seconds, "windows": windows,
             "grpc_channels": grpc_channels if protocol == "grpc" else None,
             "rest_format": rest_format if protocol == "rest" else None,
-            "output_filter": list(output_filter or ()),
+            "output_key": list(output_key or ()),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
         }
         written = []
@@ -687,22 +873,25 @@ def bench(
         if csv_out:
             written.append(b.write_csv(csv_out, results))
         if plot_out:
-            written.append(b.write_plot(plot_out, results, f"{model} over {protocol} ({target})"))
+            written.append(b.write_plot(plot_out, results, f"{model} over {protocol} ({ep})"))
     except ClientError as e:
         fail(e.message)
     except KeyboardInterrupt:
         fail("interrupted", 130)
-    table = Table(title=f"{model} over {protocol} ({target})")
-    for col in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "errors", "stable"):
-        table.add_column(col, justify="right")
-    for r in results:
-        kinds = ", ".join(f"{k}: {n}" for k, n in r.error_kinds.items())
-        errs = f"{r.errors} ({kinds})" if kinds else str(r.errors)
-        table.add_row(
-            str(r.concurrency), f"{r.throughput:.1f}", f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
-            str(r.requests), errs, "yes" if r.stable else "no",
-        )
-    console.print(table)
+    if as_json:
+        typer.echo(json.dumps(b.report_document(results, meta)))
+    else:
+        table = Table(title=escape(f"{model} over {protocol} ({ep})"))
+        for col in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "errors", "stable"):
+            table.add_column(col, justify="right")
+        for r in results:
+            kinds = ", ".join(f"{k}: {n}" for k, n in r.error_kinds.items())
+            errs = f"{r.errors} ({kinds})" if kinds else str(r.errors)
+            table.add_row(
+                str(r.concurrency), f"{r.throughput:.1f}", f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+                str(r.requests), errs, "yes" if r.stable else "no",
+            )
+        console.print(table)
     for r in results:
         if r.requests == 0 and r.errors == 0:
             err_console.print(
@@ -710,7 +899,7 @@ def bench(
                 f"({r.late_requests} finished later); use a longer --measure-seconds"
             )
     for path in written:
-        console.print(f"wrote {path}")
+        say.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
 
 def main() -> None:

@@ -1,40 +1,57 @@
-"""``tfsctl predict``: decode an image, send a PredictRequest, render the segmentation it gets back.
+"""``tfsctl predict``: send an image to any TF Serving image model and render what comes back.
 
-Works against any server that speaks TF Serving's PredictionService (``tfsctl serve`` or ``tensorflow_model_server``).
-The request follows the DeepLab sample's signature: ``images`` uint8 ``[1, H, W, 3]`` in ``tensor_content``,
-``height`` and ``width`` int32 ``[1]``; the response's ``segmentation_map`` (int ``[1, H, W]``) is rendered.
+The request is shaped after the model's own SignatureDef (GetModelMetadata; rules in
+:mod:`tfsctl.client.signature`), so tfsctl's sample, the official DeepLab export (``ImageTensor`` ->
+``SemanticPredictions``), sthalles-style float exports with scalar ``height``/``width`` and image classifiers all
+work. A segmentation becomes a picture (image | colour mask | overlay, legend); a classification a top-k table.
 
-``--async`` sends with the gRPC future API: the CLI shows a live elapsed-time spinner while the call is in flight,
-the round trip is timed by the completion callback (not by the polling), and Ctrl-C cancels the RPC on the server
-instead of abandoning it.
+Large photos are scaled down to ``max_side`` before sending and the class map is scaled back (nearest) to the
+original size, so the picture and ``--save-labels`` match the file the user gave.
+
+``use_async`` sends with the gRPC future API: the CLI shows a live elapsed-time spinner while the call is in flight,
+the round trip is timed by the completion callback, and Ctrl-C cancels the RPC on the server.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import grpc
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tfsctl.client.render import ClassShare, class_shares, render_overlay, save_png_atomic
-from tfsctl.client.rpc import fill_model_spec, open_channel, parse_target, rpc_error
+from tfsctl.client.outputs import ClassNames, TopClass, is_class_map, to_class_map, top_k
+from tfsctl.client.render import (
+    ClassShare,
+    class_shares,
+    render_classification,
+    render_segmentation,
+    save_label_png,
+    save_png_atomic,
+)
+from tfsctl.client.rpc import (
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    check_timeout,
+    endpoint,
+    fill_model_spec,
+    get_signature_defs,
+    rpc_error,
+)
+from tfsctl.client.signature import ImagePlan, plan_image_request, resolve_signature
 from tfsctl.errors import ClientError
-
-if TYPE_CHECKING:
-    from tensorflow_serving.apis.predict_pb2 import PredictRequest, PredictResponse
 
 # Decompression-bomb guard: images above this many pixels are refused before any pixel is decoded.
 # (A 1080p frame is 2.1 Mpx, 8K UHD 33 Mpx.) PIL's own, larger guard still applies as a second line.
 DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_SIGNATURE = "predict_images"
-DEFAULT_OUTPUT_KEY = "segmentation_map"
-IMAGE_INPUT, HEIGHT_INPUT, WIDTH_INPUT = "images", "height", "width"
+DEFAULT_MAX_SIDE = 513  # DeepLab's training crop size (its official export resizes to 513 internally)
+_LIMIT_WORDS = re.compile(r"pixel|too (large|big)|larger than|exceed|size|limit", re.IGNORECASE)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -90,120 +107,141 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def fit_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) scaled down so the longer side is at most ``max_side`` (0 = no limit), aspect ratio kept."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def prepare_image(image: np.ndarray, plan: ImagePlan, max_side: int) -> np.ndarray:
+    """The pixels to send: resized to the signature's fixed size or within ``max_side``; grey for 1 channel."""
+    h, w = image.shape[:2]
+    size = plan.fixed_size or fit_size(h, w, max_side)
+    pil = Image.fromarray(image, "RGB")
+    if size != (h, w):
+        pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    if plan.channels == 1:
+        return np.asarray(pil.convert("L"), dtype=np.uint8)[..., None]
+    return np.asarray(pil, dtype=np.uint8)
+
+
+def resize_map(seg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class map scaled (nearest neighbour, ids kept) to ``size`` = (h, w)."""
+    if seg.shape == size:
+        return seg
+    small = int(seg.max(initial=0)) <= 255
+    img = Image.fromarray(seg.astype(np.uint8 if small else np.int32), "L" if small else "I")
+    out = np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST))
+    return out.astype(np.int32)
+
+
 def build_request(
-    image: np.ndarray,
+    inputs: dict[str, np.ndarray],
     model: str,
     *,
-    signature: str = DEFAULT_SIGNATURE,
+    signature: str = "",
     version: int | None = None,
     label: str | None = None,
     output_filter: tuple[str, ...] = (),
-) -> PredictRequest:
-    """PredictRequest for one ``[H, W, 3]`` uint8 image (``tensor_content``), with ``height``/``width`` ``[1]``."""
-    from tensorflow_serving.apis import predict_pb2
-
-    from tfsctl.serving.tensors import from_numpy
+) -> Any:
+    """PredictRequest with ``inputs`` (numbers in ``tensor_content``) and the given ModelSpec and output filter."""
+    from tfsctl.client.apis import from_numpy, predict_pb2
 
     request = predict_pb2.PredictRequest()
     fill_model_spec(request.model_spec, model, signature, version, label)
-    h, w = image.shape[:2]
-    request.inputs[IMAGE_INPUT].CopyFrom(from_numpy(np.ascontiguousarray(image, dtype=np.uint8)[None]))
-    request.inputs[HEIGHT_INPUT].CopyFrom(from_numpy(np.array([h], dtype=np.int32)))
-    request.inputs[WIDTH_INPUT].CopyFrom(from_numpy(np.array([w], dtype=np.int32)))
+    for key, arr in inputs.items():
+        request.inputs[key].CopyFrom(from_numpy(arr))
     request.output_filter.extend(output_filter)
     return request
 
 
 def send(
-    target: str,
-    request: PredictRequest,
+    target: str | Endpoint,
+    request: Any,
     *,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
     use_async: bool = False,
     on_wait: Callable[[float], None] | None = None,
     poll_s: float = 0.1,
-) -> tuple[PredictResponse, float]:
+    channel: grpc.Channel | None = None,
+) -> tuple[Any, float]:
     """Send one Predict; returns ``(response, round_trip_seconds)``.
 
     With ``use_async`` the call goes through ``Predict.future``: ``on_wait(elapsed_s)`` runs every ``poll_s``
-    while it is in flight, and KeyboardInterrupt cancels the RPC before re-raising.
+    while it is in flight, and KeyboardInterrupt cancels the RPC before re-raising. ``channel`` reuses an open
+    channel (else one is opened and closed here).
     """
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tfsctl.client.apis import prediction_service_pb2_grpc
 
+    ep = endpoint(target)
+    if channel is None:
+        with ep.channel() as own:
+            return send(ep, request, timeout=timeout, use_async=use_async, on_wait=on_wait, poll_s=poll_s,
+                        channel=own)
     what = f"Predict for model '{request.model_spec.name}'"
-    with open_channel(target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        start = time.perf_counter()
-        if not use_async:
-            try:
-                response = stub.Predict(request, timeout=timeout)
-            except grpc.RpcError as e:
-                raise rpc_error(e, target, what, timeout) from None
-            return response, time.perf_counter() - start
-        future = stub.Predict.future(request, timeout=timeout)
-        done_at: list[float] = []
-        future.add_done_callback(lambda _f: done_at.append(time.perf_counter()))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    start = time.perf_counter()
+    if not use_async:
         try:
-            while True:
-                try:
-                    response = future.result(timeout=poll_s)
-                    break
-                except grpc.FutureTimeoutError:
-                    if on_wait is not None:
-                        on_wait(time.perf_counter() - start)
+            response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise rpc_error(e, target, what, timeout) from None
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
-        end = done_at[0] if done_at else time.perf_counter()
-        return response, end - start
-
-
-def segmentation_from_response(response: PredictResponse, output_key: str, size: tuple[int, int]) -> np.ndarray:
-    """The response's class map as int ``[H, W]`` at the image ``size`` (h, w).
-
-    Accepts ``[1, H, W]``, ``[H, W]`` or ``[1, H, W, 1]`` integer maps, or float scores ``[1, H, W, C]`` (argmax).
-    A map at another resolution is resized (nearest) to the image.
-    """
-    from tfsctl.errors import ServingError
-    from tfsctl.serving.tensors import to_numpy
-
-    if output_key not in response.outputs:
-        have = ", ".join(sorted(response.outputs)) or "none"
-        raise ClientError(f"response has no output '{output_key}' (outputs: {have}); pick one with --output-key")
+            raise rpc_error(e, ep, what, timeout) from None
+        return response, time.perf_counter() - start
+    future = stub.Predict.future(request, timeout=timeout)
+    done_at: list[float] = []
+    future.add_done_callback(lambda _f: done_at.append(time.perf_counter()))
     try:
-        arr = to_numpy(response.outputs[output_key], output_key)
-    except ServingError as e:
-        raise ClientError(f"cannot decode output '{output_key}': {e}") from None
-    if arr.dtype.kind == "f" and arr.ndim >= 3 and arr.shape[-1] > 1:
-        arr = np.argmax(arr, axis=-1)
-    if arr.dtype.kind not in "iu":
-        raise ClientError(f"output '{output_key}' has dtype {arr.dtype}, expected integer class ids")
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise ClientError(f"output '{output_key}' has shape {list(arr.shape)}, expected [1, H, W]")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ClientError(f"output '{output_key}' holds class ids {int(arr.min())}..{int(arr.max())}, not in 0..255")
-    seg = arr.astype(np.uint8)
-    if seg.shape != size:
-        seg = np.asarray(Image.fromarray(seg, "L").resize((size[1], size[0]), Image.Resampling.NEAREST))
-    return seg
+        while True:
+            try:
+                response = future.result(timeout=poll_s)
+                break
+            except grpc.FutureTimeoutError:
+                if on_wait is not None:
+                    on_wait(time.perf_counter() - start)
+    except grpc.RpcError as e:
+        raise rpc_error(e, ep, what, timeout) from None
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+    end = done_at[0] if done_at else time.perf_counter()
+    return response, end - start
+
+
+def decode_outputs(response: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The asked-for outputs as numpy arrays (typed ``*_val`` fields or ``tensor_content``)."""
+    from tfsctl.client.apis import to_numpy
+    from tfsctl.errors import ServingError
+
+    arrays = {}
+    for key in keys:
+        if key not in response.outputs:
+            have = ", ".join(sorted(response.outputs)) or "none"
+            raise ClientError(f"response has no output '{key}' (outputs: {have}); pick one with --output-key")
+        try:
+            arrays[key] = to_numpy(response.outputs[key], key)
+        except ServingError as e:
+            raise ClientError(f"cannot decode output '{key}': {e}") from None
+    return arrays
 
 
 @dataclass
 class PredictResult:
-    """What ``tfsctl predict`` did: served model/version, class shares, output path and timings (ms)."""
+    """What ``tfsctl predict`` did: served model/version/signature, classes found, files written, timings (ms)."""
 
-    image_size: tuple[int, int]  # (height, width)
+    image_size: tuple[int, int]  # (height, width) of the image file
+    sent_size: tuple[int, int]  # (height, width) sent to the model
     model: str
     version: int | None
     signature: str
+    kind: str  # "segmentation" or "classification"
+    input_key: str
+    output_keys: tuple[str, ...]
     shares: list[ClassShare]
+    top: list[TopClass]
     output: Path | None
+    labels_output: Path | None
     rpc_ms: float
     total_ms: float
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -212,76 +250,145 @@ class PredictResult:
     def to_dict(self) -> dict:
         return {
             "image_size": list(self.image_size),
+            "sent_size": list(self.sent_size),
             "model": self.model,
             "version": self.version,
             "signature": self.signature,
+            "kind": self.kind,
+            "input_key": self.input_key,
+            "output_keys": list(self.output_keys),
             "classes": [s.to_dict() for s in self.shares],
+            "top": [t.to_dict() for t in self.top],
             "output": str(self.output) if self.output else None,
+            "labels_output": str(self.labels_output) if self.labels_output else None,
             "rpc_ms": self.rpc_ms,
             "total_ms": self.total_ms,
             "timings_ms": self.timings_ms,
         }
 
 
+def _writable(path: str | Path | None, flag: str) -> None:
+    if path is not None and not Path(path).absolute().parent.is_dir():
+        raise ClientError(f"cannot write {flag} {path}: directory {Path(path).parent} does not exist")
+
+
 def predict_image(
     image_path: str | Path,
     *,
-    server: str = "localhost:8500",
+    server: str | Endpoint = "localhost:8500",
     model: str = "deeplab",
     version: int | None = None,
     label: str | None = None,
-    signature: str = DEFAULT_SIGNATURE,
+    signature: str = "",
     output: str | Path | None = "mask.png",
     alpha: float = 0.5,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
     use_async: bool = False,
-    output_key: str = DEFAULT_OUTPUT_KEY,
+    input_key: str | None = None,
+    output_key: str | tuple[str, ...] | None = None,
+    scale: str = "0-255",
+    max_side: int = DEFAULT_MAX_SIDE,
+    labels: str | Path | None = None,
+    save_labels: str | Path | None = None,
+    overlay_only: bool = False,
+    k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_wait: Callable[[float], None] | None = None,
 ) -> PredictResult:
-    """Decode ``image_path``, predict on ``server``, write the overlay PNG to ``output`` (unless None)."""
-    # The TF Serving protos import TensorFlow (seconds); do it before the clock starts so timings mean the request.
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: F401
-
+    """Decode ``image_path``, predict on ``server``, write the picture to ``output`` (unless None)."""
     t0 = time.perf_counter()
     if version is not None and label is not None:
         raise ClientError("give either --version or --label, not both")
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"--alpha must be between 0 and 1, got {alpha:g}")
-    if timeout <= 0:
-        raise ClientError(f"--timeout must be positive, got {timeout:g}")
-    target = parse_target(server)
-    if output is not None and not Path(output).absolute().parent.is_dir():
-        raise ClientError(f"cannot write {output}: directory {Path(output).parent} does not exist")
+    if max_side < 0:
+        raise ClientError(f"--max-side must be 0 (no limit) or positive, got {max_side}")
+    if k < 1:
+        raise ClientError(f"--top-k must be at least 1, got {k}")
+    check_timeout(timeout)
+    ep = endpoint(server)
+    _writable(output, "--output")
+    _writable(save_labels, "--save-labels")
+    names = ClassNames.from_file(labels) if labels is not None else None
     image = load_image(image_path, max_pixels)
     t_decoded = time.perf_counter()
-    request = build_request(
-        image, model, signature=signature, version=version, label=label, output_filter=(output_key,)
-    )
-    t_built = time.perf_counter()
-    response, rpc_s = send(target, request, timeout=timeout, use_async=use_async, on_wait=on_wait)
+    keys = (output_key,) if isinstance(output_key, str) else tuple(output_key or ())
+    with ep.channel() as channel:
+        spec, sig_defs = get_signature_defs(ep, model, version=version, label=label, timeout=timeout,
+                                            channel=channel)
+        sig = resolve_signature(sig_defs, signature, model)
+        plan = plan_image_request(sig_defs[sig], sig, model=model, input_key=input_key, output_keys=keys,
+                                  scale=scale)
+        t_meta = time.perf_counter()
+        sent = prepare_image(image, plan, max_side)
+        # The version the metadata resolved, so a new version appearing in between cannot mix the two calls.
+        pinned = int(spec.version.value) if spec.HasField("version") and label is None else version
+        request = build_request(plan.inputs(sent), model, signature=sig, version=pinned, label=label,
+                                output_filter=plan.outputs)
+        t_built = time.perf_counter()
+        try:
+            response, rpc_s = send(ep, request, timeout=timeout, use_async=use_async, on_wait=on_wait,
+                                   channel=channel)
+        except ClientError as e:
+            raise _limit_error(e, sent.shape[:2], max_side) from None
     t_sent = time.perf_counter()
-    seg = segmentation_from_response(response, output_key, image.shape[:2])
-    shares = class_shares(seg)
-    written = None
-    if output is not None:
-        written = save_png_atomic(render_overlay(image, seg, alpha), output)
+    arrays = decode_outputs(response, plan.outputs)
+    h, w = image.shape[:2]
+    map_keys = [key for key in plan.outputs if is_class_map(arrays[key])]
+    seg = None
+    shares: list[ClassShare] = []
+    top: list[TopClass] = []
+    written = labels_written = None
+    if map_keys:
+        kind = "segmentation"
+        seg = resize_map(to_class_map(arrays[map_keys[0]], map_keys[0]), (h, w))
+        shares = class_shares(seg, names)
+        if output is not None:
+            written = save_png_atomic(render_segmentation(image, seg, alpha=alpha, names=names,
+                                                          overlay_only=overlay_only), output)
+        if save_labels is not None:
+            labels_written = save_label_png(seg, save_labels)
+    else:
+        kind = "classification"
+        if save_labels is not None:
+            raise ClientError("--save-labels needs a segmentation output; this model answered with class scores")
+        top = top_k(arrays, plan.outputs, names or ClassNames(), k)
+        if output is not None:
+            written = save_png_atomic(render_classification(image, top), output)
     t_end = time.perf_counter()
-    spec = response.model_spec
+    rspec = response.model_spec
     return PredictResult(
-        image_size=(int(image.shape[0]), int(image.shape[1])),
-        model=spec.name or model,
-        version=int(spec.version.value) if spec.HasField("version") else None,
-        signature=spec.signature_name or signature,
+        image_size=(h, w),
+        sent_size=(int(sent.shape[0]), int(sent.shape[1])),
+        model=rspec.name or model,
+        version=int(rspec.version.value) if rspec.HasField("version") else pinned,
+        signature=rspec.signature_name or sig,
+        kind=kind,
+        input_key=plan.image.key,
+        output_keys=plan.outputs,
         shares=shares,
+        top=top,
         output=written,
+        labels_output=labels_written,
         rpc_ms=rpc_s * 1e3,
         total_ms=(t_end - t0) * 1e3,
         timings_ms={
             "decode": (t_decoded - t0) * 1e3,
-            "encode": (t_built - t_decoded) * 1e3,
+            "metadata": (t_meta - t_decoded) * 1e3,
+            "encode": (t_built - t_meta) * 1e3,
             "rpc": rpc_s * 1e3,
             "render": (t_end - t_sent) * 1e3,
         },
         segmentation=seg,
     )
+
+
+def _limit_error(err: ClientError, size: tuple[int, int], max_side: int) -> ClientError:
+    """A server-side size limit as one clear line that says what to do; other errors unchanged."""
+    limit_codes = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    if err.code not in limit_codes or not _LIMIT_WORDS.search(err.message):
+        return err
+    h, w = size
+    smaller = max(64, max(h, w) // 2)
+    return ClientError(f"the server refused the {w}x{h} image ({err.message}); send it smaller, "
+                       f"e.g. --max-side {smaller}", err.code)
