@@ -210,7 +210,7 @@ def test_health_and_metrics_count_requests(server):
     assert status == 200 and "tfserving_request_latency_seconds" in before
     for _ in range(2):
         assert _predict(port, {"instances": X})[0] == 200
-    assert _predict(port, {"instances": [[1]]})[0] == 400
+    assert _predict(port, {"instances": [["a"]]})[0] == 400
     _, after = http_call(port, "GET", "/monitoring/prometheus/metrics")
     assert _count(after, "rest_predict", "OK") - _count(before, "rest_predict", "OK") == 2
     assert _count(after, "rest_predict", "INVALID_ARGUMENT") - _count(before, "rest_predict", "INVALID_ARGUMENT") == 1

@@ -97,7 +97,8 @@ def test_string_input_dtype_checked(servable: Servable) -> None:
 
 
 def test_unknown_signature(servable: Servable) -> None:
-    with pytest.raises(FailedPrecondition, match='Serving signature key "nope" not found.*classify,regress,serving_default'):
+    with pytest.raises(FailedPrecondition,
+                       match='Serving signature key "nope" not found.*classify,regress,serving_default'):
         servable.run("nope", {"x": X})
     with pytest.raises(FailedPrecondition):
         servable.method_name("nope")

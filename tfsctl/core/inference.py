@@ -71,16 +71,19 @@ def decode_inputs(servable: Servable, spec: SignatureSpec, protos: Mapping[str, 
     """
     servable.check_input_keys(spec, protos)
     if max_bytes is not None:
-        total = 0
+        total, biggest, most = 0, "", -1
         for key, proto in protos.items():
             try:
-                total += decoded_bytes(proto, key)
+                need = decoded_bytes(proto, key)
             except InvalidArgument as e:
                 raise InvalidArgument(f"{_where(servable, spec.name)}: {e.message}") from None
+            total += need
+            if need > most:
+                biggest, most = key, need
         if total > max_bytes:
             raise InvalidArgument(
-                f"{_where(servable, spec.name)}: the inputs need {total} bytes once decoded, more than the "
-                f"{max_bytes} bytes allowed for a request"
+                f"{_where(servable, spec.name)}: the inputs need {total} bytes once decoded (input "
+                f"'{capped_names([biggest], 1)}' {most} bytes), more than the {max_bytes} bytes allowed for a request"
             )
     out = {}
     for key, proto in protos.items():
