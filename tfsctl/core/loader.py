@@ -155,11 +155,12 @@ class Loader:
     def _open_session(self, tags: list[str], config):
         """A session over a fresh graph with the tagged meta graph imported, variables restored, init op run."""
         import tensorflow as tf
+        from tensorflow.python.util import deprecation
 
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:
-            with graph.as_default():
+            with graph.as_default(), deprecation.silence():  # the v1 loader is the SavedModelBundle path
                 tf.compat.v1.saved_model.loader.load(session, tags, str(self.path))
         except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
             session.close()
