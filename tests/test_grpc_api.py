@@ -332,6 +332,12 @@ def _huge_shape(dims, content: bytes = b""):
     return req
 
 
+def _raw_x(proto):
+    req = _predict_request(x=None)
+    req.inputs["x"].CopyFrom(proto)
+    return req
+
+
 def _multi(*tasks):
     req = inference_pb2.MultiInferenceRequest()
     for sig, method in tasks:
@@ -402,6 +408,12 @@ ERROR_CASES = {
                           grpc.StatusCode.INVALID_ARGUMENT, ["toy", "'x'"]),
     "negative dimension": ("Predict", lambda: _huge_shape([-1, 4]), grpc.StatusCode.INVALID_ARGUMENT,
                            ["toy", "tensor parsing error: x"]),
+    "odd scomplex_val": ("Predict", lambda: _raw_x(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_COMPLEX64, tensor_shape=make_shape((1,)), scomplex_val=[1.0, 2.0, 3.0])),
+        grpc.StatusCode.INVALID_ARGUMENT, ["toy", "pairs"]),
+    "rank over 64": ("Predict", lambda: _raw_x(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=make_shape((1,) * 65), float_val=[1.0])),
+        grpc.StatusCode.INVALID_ARGUMENT, ["toy", "rank 65"]),
     "message too large": ("Predict", lambda: _predict_request(x=np.zeros((MAX_BYTES // 16 + 1, 4), np.float32)),
                           grpc.StatusCode.RESOURCE_EXHAUSTED, []),
 }
@@ -521,3 +533,26 @@ def test_reload_moving_a_label_to_an_unavailable_version_is_failed_precondition(
     assert "canary" in info.value.details() and "3" in info.value.details()
     resp = served["predict"].Predict(_predict_request(label="canary"), timeout=10)  # nothing changed
     assert resp.model_spec.version.value == 2
+
+
+def test_100k_unexpected_keys_get_a_capped_message(served):
+    """Issue 11: an error listing names lists a few and a count, so it fits gRPC's metadata limit."""
+    req = _predict_request()
+    for i in range(100_000):
+        req.inputs[f"e{i:05d}"].dtype = types_pb2.DT_FLOAT  # ~16 bytes each: the message fits in 2 MB
+    with pytest.raises(grpc.RpcError) as info:
+        served["predict"].Predict(req, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details()
+    assert len(details) < 2000
+    assert "Sent extra: {e00000,e00001,e00002,e00003,e00004 and 99995 more}" in details
+    _good_predict(served)
+
+
+def test_tensor_content_inputs_and_typed_inputs_agree(served):
+    typed = _predict_request(x=None)
+    typed.inputs["x"].CopyFrom(from_numpy(X, typed=True))
+    a = served["predict"].Predict(typed, timeout=10)
+    b = served["predict"].Predict(_predict_request(), timeout=10)
+    assert a.outputs["y"] == b.outputs["y"]
+    np.testing.assert_allclose(a.outputs["y"].float_val, (X * 2).ravel())
