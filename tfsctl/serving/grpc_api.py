@@ -57,7 +57,9 @@ class _Base:
         try:
             return fn()
         except ServingError as e:
-            error = e
+            # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
+            error = e.with_traceback(None)
+            error.__context__ = error.__cause__ = None
         except Exception as e:  # noqa: BLE001 - anything unexpected is INTERNAL, and the server keeps serving
             log.exception("%s on model %r failed", api, model_name)
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
