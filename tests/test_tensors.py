@@ -108,3 +108,33 @@ def test_examples_are_bounded():
     with pytest.raises(InvalidArgument, match="30000 examples need"):
         examples_from_input(inp, "Classify", max_bytes=1_000_000)
     assert len(examples_from_input(inp, "Classify", max_bytes=None)) == 30_000
+
+
+@pytest.mark.parametrize("arr", [
+    np.random.default_rng(1).standard_normal((3, 300)).astype(np.float32),
+    np.random.default_rng(1).standard_normal(1000),
+    np.random.default_rng(1).integers(-2**31, 2**31, 1000).astype(np.int32),
+    np.random.default_rng(1).integers(-2**63, 2**63 - 1, 1000, dtype=np.int64),
+    np.random.default_rng(1).integers(0, 21, (1, 40, 40)).astype(np.int64),
+    np.random.default_rng(1).integers(0, 255, 1000).astype(np.uint8),
+    np.random.default_rng(1).integers(-128, 127, 1000).astype(np.int8),
+    np.random.default_rng(1).integers(0, 2**64 - 1, 1000, dtype=np.uint64),
+    np.random.default_rng(1).integers(0, 2**32 - 1, 1000).astype(np.uint32),
+    np.random.default_rng(1).random(1000) > 0.5,
+    np.random.default_rng(1).standard_normal(1000).astype(np.float16),
+    (np.random.default_rng(1).standard_normal(600) + 1j).astype(np.complex64),
+    (np.random.default_rng(1).standard_normal(600) - 2j).astype(np.complex128),
+], ids=lambda a: f"{a.dtype}-{a.size}")
+def test_packed_fast_path_equals_value_by_value(arr):
+    """Large arrays go through numpy-built wire bytes: the proto must equal the one built value by value."""
+    import tfsctl.tensors as tensors
+
+    fast = as_proto_field(arr)
+    old = tensors.PACKED_MIN_ELEMENTS
+    tensors.PACKED_MIN_ELEMENTS = 10**12
+    try:
+        slow = as_proto_field(arr)
+    finally:
+        tensors.PACKED_MIN_ELEMENTS = old
+    assert fast == slow
+    np.testing.assert_array_equal(tf.make_ndarray(fast), arr)

@@ -197,22 +197,95 @@ def as_proto_field(array: np.ndarray | bytes | str | int | float, out: tensor_pb
                    ) -> tensor_pb2.TensorProto:
     """Encode as TF's ``Tensor::AsProtoField`` does: values in the typed ``*_val`` field of the dtype.
 
-    ``out`` is an empty TensorProto to fill in place (a reply's map entry), saving a copy."""
+    ``out`` is an empty TensorProto to fill in place (a reply's map entry), saving a copy. Large arrays are
+    written as the packed field's wire bytes built with numpy (:func:`packed_field_bytes`) and merged in, which
+    is many times faster than converting each value to a Python object.
+    """
     arr = np.asarray(array)
     proto, dtype = _start(arr, out)
     if dtype is None:
         return proto
+    if arr.size >= PACKED_MIN_ELEMENTS:
+        proto.MergeFromString(packed_field_bytes(arr, dtype))
+        return proto
     field = getattr(proto, VAL_FIELD[dtype])
     if dtype in _COMPLEX:
-        pairs = np.empty(arr.shape + (2,), dtype=np.float64 if dtype == types_pb2.DT_COMPLEX128 else np.float32)
-        pairs[..., 0] = arr.real
-        pairs[..., 1] = arr.imag
-        field.extend(pairs.ravel().tolist())
+        field.extend(_complex_pairs(arr, dtype).ravel().tolist())
     elif dtype == types_pb2.DT_HALF:
         field.extend(np.ascontiguousarray(arr).view(np.uint16).ravel().tolist())
     else:
         field.extend(arr.ravel().tolist())
     return proto
+
+
+# Arrays of at least this many elements are encoded through packed wire bytes.
+PACKED_MIN_ELEMENTS = 256
+_FIELD_NUMBER = {name: f.number for name, f in tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name.items()}
+_FIXED_WIDTH = {
+    types_pb2.DT_FLOAT: np.dtype("<f4"), types_pb2.DT_DOUBLE: np.dtype("<f8"),
+    types_pb2.DT_COMPLEX64: np.dtype("<f4"), types_pb2.DT_COMPLEX128: np.dtype("<f8"),
+}
+
+
+def _complex_pairs(arr: np.ndarray, dtype: int) -> np.ndarray:
+    pairs = np.empty(arr.shape + (2,), dtype=np.float64 if dtype == types_pb2.DT_COMPLEX128 else np.float32)
+    pairs[..., 0] = arr.real
+    pairs[..., 1] = arr.imag
+    return pairs
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def varints(values: np.ndarray) -> bytes:
+    """Protobuf varint encoding of uint64 values, vectorized (negative ints arrive as their 64-bit two's complement,
+    ten bytes each, as protobuf writes them)."""
+    v = np.ascontiguousarray(values, dtype=np.uint64).ravel()
+    if not v.size:
+        return b""
+    n = np.ones(v.shape, np.int64)
+    rest = v >> np.uint64(7)
+    while True:
+        more = rest != 0
+        if not more.any():
+            break
+        n += more
+        rest >>= np.uint64(7)
+    ends = np.cumsum(n)
+    starts = ends - n
+    out = np.empty(int(ends[-1]), np.uint8)
+    for k in range(int(n.max())):
+        sel = n > k if k else slice(None)
+        chunk = ((v[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        chunk[n[sel] - 1 > k] |= 0x80
+        out[starts[sel] + k] = chunk
+    return out.tobytes()
+
+
+def packed_field_bytes(arr: np.ndarray, dtype: int) -> bytes:
+    """Wire bytes of the packed typed field holding ``arr`` (tag, length, payload), for ``MergeFromString``."""
+    field = VAL_FIELD[dtype]
+    if dtype in _FIXED_WIDTH:
+        src = _complex_pairs(arr, dtype) if dtype in _COMPLEX else arr
+        payload = np.ascontiguousarray(src, dtype=_FIXED_WIDTH[dtype]).tobytes()
+    elif dtype == types_pb2.DT_BOOL:
+        payload = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    elif dtype == types_pb2.DT_HALF:
+        payload = varints(np.ascontiguousarray(arr).view(np.uint16).astype(np.uint64))
+    elif dtype in (types_pb2.DT_UINT32, types_pb2.DT_UINT64):
+        payload = varints(arr.astype(np.uint64))
+    else:  # int_val / int64_val: signed, sign-extended to 64 bits
+        payload = varints(arr.astype(np.int64).view(np.uint64))
+    return _varint((_FIELD_NUMBER[field] << 3) | 2) + _varint(len(payload)) + payload
 
 
 def as_proto_content(array: np.ndarray | bytes | str | int | float, out: tensor_pb2.TensorProto | None = None

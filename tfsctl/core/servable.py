@@ -215,9 +215,10 @@ class Servable:
     def check_input_keys(self, spec: SignatureSpec, keys: Any) -> None:
         """predict_util's key check: no extra input, none missing unless the signature has a default for it."""
         expected = spec.inputs
-        if len(keys) == len(expected) and all(k in expected for k in keys):
+        if not isinstance(keys, (set, frozenset, type({}.keys()))):
+            keys = set(keys)  # a protobuf map's keys
+        if keys == expected.keys():
             return
-        keys = set(keys)
         extra = keys - expected.keys()
         missing = expected.keys() - keys - spec.defaults.keys()
         if extra or missing:
