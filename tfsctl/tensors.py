@@ -80,52 +80,61 @@ def shape_of(proto: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...] | None
 
 
 def _checked_shape(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
-    dims = proto.tensor_shape.dim
+    shape_proto = proto.tensor_shape
+    dims = shape_proto.dim
     if len(dims) > MAX_RANK:
         raise InvalidArgument(f"tensor parsing error: {name}: rank {len(dims)} exceeds the maximum of {MAX_RANK}")
-    if proto.tensor_shape.unknown_rank:
+    if shape_proto.unknown_rank:
         raise InvalidArgument(f"tensor parsing error: {name}: the shape has unknown rank")
-    shape = tuple(int(d.size) for d in dims)
-    if any(d < 0 for d in shape):
+    shape = tuple([d.size for d in dims])
+    if shape and min(shape) < 0:
         raise InvalidArgument(f"tensor parsing error: {name}: shape {list(shape)} has a negative dimension")
     return shape
 
 
-def decoded_bytes(proto: tensor_pb2.TensorProto, name: str = "tensor") -> int:
-    """Bytes :func:`to_numpy` would allocate for ``proto``, computed without decoding it.
+def header(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple[np.dtype, tuple[int, ...], int]:
+    """(numpy dtype, shape, decoded bytes) of a TensorProto, checked, without decoding its values.
 
-    Exact Python integers, so absurd dimensions cannot overflow into a small number. Strings count their payload
-    (the message's own size bounds it) plus a fixed per-element overhead.
+    The byte count uses exact Python integers, so absurd dimensions cannot overflow into a small number. Strings
+    count their payload (the message's own size bounds it) plus a fixed per-element overhead.
     """
     np_dtype = NP_BY_DTYPE.get(proto.dtype)
     if np_dtype is None:
         raise InvalidArgument(f"tensor parsing error: {name}: unsupported dtype {dtype_name(proto.dtype)}")
-    count = math.prod(_checked_shape(proto, name))
+    shape = _checked_shape(proto, name)
+    count = math.prod(shape)
     if proto.dtype == types_pb2.DT_STRING:
-        return count * STRING_OVERHEAD + (proto.ByteSize() if proto.string_val else 0)
-    return count * np_dtype.itemsize
+        return np_dtype, shape, count * STRING_OVERHEAD + (proto.ByteSize() if proto.string_val else 0)
+    return np_dtype, shape, count * np_dtype.itemsize
 
 
-def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int | None = None) -> np.ndarray:
-    """Decode a TensorProto; raise InvalidArgument naming ``name`` when it is malformed or over ``max_bytes``."""
-    need = decoded_bytes(proto, name)
+def decoded_bytes(proto: tensor_pb2.TensorProto, name: str = "tensor") -> int:
+    """Bytes :func:`to_numpy` would allocate for ``proto``, computed without decoding it."""
+    return header(proto, name)[2]
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: int | None = None,
+             checked: tuple[np.dtype, tuple[int, ...], int] | None = None) -> np.ndarray:
+    """Decode a TensorProto; raise InvalidArgument naming ``name`` when it is malformed or over ``max_bytes``.
+
+    ``checked`` is this proto's :func:`header` when the caller already computed it.
+    """
+    np_dtype, shape, need = checked or header(proto, name)
     if max_bytes is not None and need > max_bytes:
         raise InvalidArgument(
             f"input '{name}': decoding it needs {need} bytes, more than the {max_bytes} bytes allowed for a request"
         )
-    np_dtype = NP_BY_DTYPE[proto.dtype]
-    shape = _checked_shape(proto, name)
-    count = math.prod(shape)
-    if proto.tensor_content:
+    content = proto.tensor_content
+    if content:
         if proto.dtype == types_pb2.DT_STRING:
             raise InvalidArgument(f"tensor parsing error: {name}: DT_STRING cannot be sent in tensor_content")
-        expected = count * np_dtype.itemsize
-        if len(proto.tensor_content) != expected:
+        if len(content) != need:
             raise InvalidArgument(
-                f"tensor parsing error: {name}: tensor_content has {len(proto.tensor_content)} bytes, shape "
-                f"{list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
+                f"tensor parsing error: {name}: tensor_content has {len(content)} bytes, shape "
+                f"{list(shape)} of {dtype_name(proto.dtype)} needs {need}"
             )
-        return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape)
+        return np.frombuffer(content, dtype=np_dtype).reshape(shape)
+    count = math.prod(shape)
     values = getattr(proto, VAL_FIELD[proto.dtype])
     n = len(values)
     if proto.dtype in _COMPLEX:

@@ -20,7 +20,7 @@ from tfsctl.core.examples import DEFAULT_MAX_BYTES, examples_from_input
 from tfsctl.core.servable import Servable, SignatureSpec, capped_message, capped_names
 from tfsctl.errors import Internal, InvalidArgument, Unimplemented
 from tfsctl.savedmodel import CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD
-from tfsctl.tensors import decoded_bytes, to_numpy
+from tfsctl.tensors import header, to_numpy
 
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_CLASSES = "classes"
@@ -70,27 +70,28 @@ def decode_inputs(servable: Servable, spec: SignatureSpec, protos: Mapping[str, 
     Keys are checked first, so an extra input of millions of strings is refused without decoding it.
     """
     servable.check_input_keys(spec, protos)
-    if max_bytes is not None:
-        total, biggest, most = 0, "", -1
-        for key, proto in protos.items():
-            try:
-                need = decoded_bytes(proto, key)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"{_where(servable, spec.name)}: {e.message}") from None
-            total += need
-            if need > most:
-                biggest, most = key, need
-        if total > max_bytes:
-            raise InvalidArgument(
-                f"{_where(servable, spec.name)}: the inputs need {total} bytes once decoded (input "
-                f"'{capped_names([biggest], 1)}' {most} bytes), more than the {max_bytes} bytes allowed for a request"
-            )
+    where = _where(servable, spec.name)
+    headers = {}
+    total, biggest, most = 0, "", -1
+    for key, proto in protos.items():
+        try:
+            headers[key] = head = header(proto, key)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{where}: {e.message}") from None
+        total += head[2]
+        if head[2] > most:
+            biggest, most = key, head[2]
+    if max_bytes is not None and total > max_bytes:
+        raise InvalidArgument(
+            f"{where}: the inputs need {total} bytes once decoded (input '{capped_names([biggest], 1)}' {most} "
+            f"bytes), more than the {max_bytes} bytes allowed for a request"
+        )
     out = {}
     for key, proto in protos.items():
         try:
-            out[key] = to_numpy(proto, key)
+            out[key] = to_numpy(proto, key, checked=headers[key])
         except InvalidArgument as e:
-            raise InvalidArgument(f"{_where(servable, spec.name)}: {e.message}") from None
+            raise InvalidArgument(f"{where}: {e.message}") from None
     return out
 
 
