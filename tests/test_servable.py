@@ -218,3 +218,59 @@ def test_unload_closes(tmp_path: Path) -> None:
     loader.unload()
     with pytest.raises(FailedPrecondition, match="unloaded"):
         s.run("", {"x": X})
+
+
+def test_warmup_options_and_log_kinds(tmp_path: Path) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tfsctl.core.loader import LoadOptions
+
+    path = write_toy_model(tmp_path / "m", 1)
+    multi = prediction_log_pb2.PredictionLog()
+    req = multi.multi_inference_log.request
+    for sig, method in (("classify", CLASSIFY_METHOD), ("regress", REGRESS_METHOD)):
+        task = req.tasks.add(method_name=method)
+        task.model_spec.name = "toy"
+        task.model_spec.signature_name = sig
+    req.input.example_list.examples.add().features.feature["x"].float_list.value.extend([1, 2, 3, 4])
+    write_warmup_requests(path, [multi])
+    assert Loader("toy", 1, path, options=LoadOptions(num_request_iterations_for_warmup=3)).load().warmup_records == 1
+    session_run = prediction_log_pb2.PredictionLog()
+    session_run.session_run_log.SetInParent()
+    write_warmup_requests(path, [multi, session_run])
+    with pytest.raises(LoadError, match="warmup record 1: Unsupported log_type for warmup: session_run_log"):
+        Loader("toy", 1, path).load()
+    # --enable_model_warmup=false: the records are not even read
+    s = Loader("toy", 1, path, options=LoadOptions(enable_model_warmup=False)).load()
+    assert s.warmup_records == 0
+    s.close()
+
+
+def test_concurrent_runs_with_different_output_filters(servable: Servable) -> None:
+    """No lock around the session: many threads, several cached callables, every result right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = np.array([toy_example([1, 2, 3, 4])], dtype=object)
+
+    def call(i: int) -> bool:
+        x = np.full((1, 4), float(i), np.float32)
+        if i % 3 == 0:
+            return servable.run("", {"x": x})["y"].tolist() == (x * 2).tolist()
+        filt = ["scores"] if i % 3 == 1 else ["classes", "scores"]
+        out = servable.run("classify", {"inputs": ex}, filt)
+        return list(out) == filt and out["scores"].tolist() == [[2.0, 4.0]]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(300)))
+
+
+def test_tf_error_codes_are_kept() -> None:
+    import grpc
+
+    from tfsctl.core.servable import serving_error
+
+    assert isinstance(serving_error(3, "m"), InvalidArgument)
+    assert isinstance(serving_error(9, "m"), FailedPrecondition)
+    assert serving_error(11, "m").grpc_code == grpc.StatusCode.OUT_OF_RANGE
+    assert serving_error(4, "m").grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert serving_error(8, "m").grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
