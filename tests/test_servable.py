@@ -274,3 +274,15 @@ def test_tf_error_codes_are_kept() -> None:
     assert serving_error(11, "m").grpc_code == grpc.StatusCode.OUT_OF_RANGE
     assert serving_error(4, "m").grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert serving_error(8, "m").grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_signature_defaults_fill_missing_inputs(servable: Servable) -> None:
+    """SignatureDef.defaults (TF's GetInputValues): a missing input with a default is fed its default."""
+    from tfsctl.serving.tensors import from_numpy
+
+    sig = type(servable.signature_defs["serving_default"])()
+    sig.CopyFrom(servable.signature_defs["serving_default"])
+    sig.defaults["x"].CopyFrom(from_numpy(np.full((1, 4), 3.0, np.float32)))
+    other = Servable("toy", 9, servable.path, {"serving_default": sig}, session=servable.session)
+    assert other.run("", {})["y"].tolist() == [[6.0] * 4]
+    assert other.run("", {"x": X})["y"].tolist() == (X * 2).tolist()
