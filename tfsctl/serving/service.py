@@ -134,9 +134,12 @@ class PredictionCore:
     def predict_with(self, servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
                      output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
         """Predict on a version the caller already holds (one handle per request, from decode to reply)."""
-        name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=self._run,
-                                                 method_check=self.enable_signature_method_name_check)
-        return make_model_spec(servable.name, servable.version, name), outputs
+        try:
+            name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=self._run,
+                                                     method_check=self.enable_signature_method_name_check)
+            return make_model_spec(servable.name, servable.version, name), outputs
+        finally:
+            self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
     # --- Classify / Regress / MultiInference ----------------------------------------------------------------------
 
