@@ -87,6 +87,7 @@ class PredictionCore:
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
         self._run = self._batched_run if batcher is not None else inference.servable_run
+        self._specs: dict[tuple[str, int, str], model_pb2.ModelSpec] = {}
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -102,6 +103,16 @@ class PredictionCore:
 
     def _batched_run(self, servable: Any, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
         return self.batcher.run(servable, signature_name, inputs, output_filter)
+
+    def _resolved(self, servable: Any, signature_name: str) -> model_pb2.ModelSpec:
+        """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
+        key = (servable.name, servable.version, signature_name)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            spec = self._specs[key] = make_model_spec(servable.name, servable.version, signature_name)
+        return spec
 
     @staticmethod
     def _trim_after(nbytes: int) -> None:
@@ -121,7 +132,7 @@ class PredictionCore:
                 name, outputs = inference.run_predict(
                     servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
-                return make_model_spec(servable.name, servable.version, name), outputs
+                return self._resolved(servable, name), outputs
         finally:
             self._trim_after(size)
 
@@ -137,7 +148,7 @@ class PredictionCore:
         try:
             name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=self._run,
                                                      method_check=self.enable_signature_method_name_check)
-            return make_model_spec(servable.name, servable.version, name), outputs
+            return self._resolved(servable, name), outputs
         finally:
             self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
