@@ -286,3 +286,22 @@ def test_signature_defaults_fill_missing_inputs(servable: Servable) -> None:
     other = Servable("toy", 9, servable.path, {"serving_default": sig}, session=servable.session)
     assert other.run("", {})["y"].tolist() == [[6.0] * 4]
     assert other.run("", {"x": X})["y"].tolist() == (X * 2).tolist()
+
+
+def test_method_name_check_on_predict(servable: Servable) -> None:
+    """With --enable_signature_method_name_check, Predict refuses other methods with INTERNAL (predict_util.cc)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.core import inference
+    from tfsctl.errors import Internal
+    from tfsctl.serving.tensors import from_numpy
+
+    sig = type(servable.signature_defs["serving_default"])()
+    sig.CopyFrom(servable.signature_defs["serving_default"])
+    sig.method_name = "custom/method"
+    other = Servable("toy", 9, servable.path, {"serving_default": sig}, session=servable.session)
+    req = predict_pb2.PredictRequest()
+    req.inputs["x"].CopyFrom(from_numpy(X))
+    assert inference.run_predict(other, req)[1]["y"].tolist() == (X * 2).tolist()  # check off: runs
+    with pytest.raises(Internal, match="Expected prediction signature method_name to be one of"):
+        inference.run_predict(other, req, method_check=True)
