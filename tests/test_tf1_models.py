@@ -85,7 +85,7 @@ class Stack:
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tf1_models")
     write_tf1_half_plus(root / "half_plus_two", 123, plus=2.0, gpu_meta_graph=True)
-    write_tf1_half_plus(root / "half_plus_three", 1, plus=3.0, main_op=True)
+    write_tf1_half_plus(root / "half_plus_three", 1, plus=3.0, main_op=True, unknown_example_shape=True)
     write_tf2_half_plus_two(root / "tf2", 1)
     write_keras_model(root / "keras", 1)
     return {"half_plus_two": root / "half_plus_two", "half_plus_three": root / "half_plus_three",
@@ -171,7 +171,7 @@ def test_runtime_error_keeps_tf_code(stack):
 # --- Classify / Regress / MultiInference (tensorflow_model_server_test.py's cases) ------------------------------------
 
 
-@pytest.mark.parametrize("model", ["half_plus_two", "tf2"])
+@pytest.mark.parametrize("model", ["half_plus_two", "tf2", "half_plus_three"])
 def test_classify_regress_multi_inference(stack, model):
     """TF1 ParseExample signatures, and TF2 ones whose method name is predict (method-name check off)."""
     creq = classification_pb2.ClassificationRequest()
@@ -179,7 +179,8 @@ def test_classify_regress_multi_inference(stack, model):
     creq.model_spec.signature_name = "classify_x_to_y"
     _examples(creq, 2.0)
     cres = stack.stub.Classify(creq, timeout=10)
-    assert [[c.score for c in r.classes] for r in cres.result.classifications] == [[3.0]]
+    plus = 3.0 if model == "half_plus_three" else 2.0
+    assert [[c.score for c in r.classes] for r in cres.result.classifications] == [[1.0 + plus]]
     assert cres.model_spec.signature_name == "classify_x_to_y"
 
     rreq = regression_pb2.RegressionRequest()
@@ -187,7 +188,7 @@ def test_classify_regress_multi_inference(stack, model):
     rreq.model_spec.signature_name = "regress_x_to_y"
     _examples(rreq, 2.0, 4.0)
     rres = stack.stub.Regress(rreq, timeout=10)
-    assert [r.value for r in rres.result.regressions] == [3.0, 4.0]
+    assert [r.value for r in rres.result.regressions] == [1.0 + plus, 2.0 + plus]
 
     mreq = inference_pb2.MultiInferenceRequest()
     for sig, method in (("regress_x_to_y", "tensorflow/serving/regress"),
@@ -197,8 +198,8 @@ def test_classify_regress_multi_inference(stack, model):
         task.model_spec.signature_name = sig
     _examples(mreq, 2.0)
     mres = stack.stub.MultiInference(mreq, timeout=10)
-    assert mres.results[0].regression_result.regressions[0].value == 3.0
-    assert mres.results[1].classification_result.classifications[0].classes[0].score == 3.0
+    assert mres.results[0].regression_result.regressions[0].value == 1.0 + plus
+    assert mres.results[1].classification_result.classifications[0].classes[0].score == 1.0 + plus
     assert [r.model_spec.signature_name for r in mres.results] == ["regress_x_to_y", "classify_x_to_y"]
 
 

@@ -192,6 +192,7 @@ def _atomic_version_dir(base_path: str | Path, version: int, write) -> Path:
 
 def write_tf1_half_plus(
     base_path: str | Path, version: int, *, plus: float = 2.0, gpu_meta_graph: bool = False, main_op: bool = False,
+    unknown_example_shape: bool = False,
 ) -> Path:
     """A TF1 export like TF Serving's ``saved_model_half_plus_two`` (``plus=3`` for half_plus_three).
 
@@ -203,7 +204,8 @@ def write_tf1_half_plus(
     (classify, ``inputs`` -> ``scores`` = y), ``regress_x_to_y`` / ``regress_x_to_y2`` (regress, ``inputs`` ->
     ``outputs`` = 0.5 x + b / + c), ``regress_x2_to_y3`` (regress over the float ``x2`` tensor).
     ``gpu_meta_graph`` adds a second MetaGraphDef tagged {serve, gpu} whose ``serving_default`` returns
-    y2 = 0.5 x + c, so a test can tell which meta graph was loaded.
+    y2 = 0.5 x + c, so a test can tell which meta graph was loaded. ``unknown_example_shape`` leaves the
+    ``tf_example`` placeholder without a shape, as older TF1 exports do.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -223,7 +225,7 @@ def write_tf1_half_plus(
             a = v1.Variable(0.5, name="a")
             b = v1.Variable(float(plus), name="b")
             c = v1.Variable(float(plus) + 1.0, name="c")
-            serialized = v1.placeholder(tf.string, name="tf_example", shape=[None])
+            serialized = v1.placeholder(tf.string, name="tf_example", shape=None if unknown_example_shape else [None])
             feats = tf.io.parse_example(serialized, {
                 "x": tf.io.FixedLenFeature([1], tf.float32),
                 "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
