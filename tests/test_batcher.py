@@ -171,7 +171,8 @@ def test_invalid_request_is_rejected_before_queueing(toy):
     batcher = Batcher(BatchOptions(max_batch_size=4), metrics)
     try:
         with pytest.raises(InvalidArgument, match="x"):
-            batcher.run(toy, "", {"x": np.zeros((1, 5), np.float32)})
+            # a wrong dtype (shapes are the graph's business, as in TF Serving)
+            batcher.run(toy, "", {"x": np.zeros((1, 4), np.float64)})
         assert _batches(metrics) == (0.0, 0.0)
     finally:
         batcher.stop()

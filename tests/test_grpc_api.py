@@ -112,14 +112,23 @@ def _good_predict(served) -> None:
 # --- Predict ---------------------------------------------------------------------------------------------------------
 
 
-def test_predict_tensor_content_resolves_latest_version(served):
+def test_predict_typed_reply_resolves_latest_version(served):
     resp = served["predict"].Predict(_predict_request(), timeout=10)
     assert resp.model_spec.name == "toy"
     assert resp.model_spec.version.value == 2
     assert resp.model_spec.signature_name == "serving_default"
-    assert resp.outputs["y"].tensor_content, "outputs travel in tensor_content"
+    # TF Serving's default reply: typed fields (AsProtoField), as clients reading .float_val expect
+    assert not resp.outputs["y"].tensor_content
     assert resp.outputs["y"].dtype == types_pb2.DT_FLOAT
-    np.testing.assert_allclose(to_numpy(resp.outputs["y"]), X * 2.0)
+    assert [d.size for d in resp.outputs["y"].tensor_shape.dim] == [2, 4]
+    np.testing.assert_allclose(resp.outputs["y"].float_val, (X * 2.0).ravel())
+
+
+def test_shape_left_to_the_graph(served):
+    """x of shape [4] into a signature declaring x:[-1, 4] runs, as Session::Run in TF Serving does."""
+    resp = served["predict"].Predict(_predict_request(x=X[0]), timeout=10)
+    assert [d.size for d in resp.outputs["y"].tensor_shape.dim] == [4]
+    np.testing.assert_allclose(resp.outputs["y"].float_val, X[0] * 2.0)
 
 
 def test_predict_with_float_val(served):
@@ -324,6 +333,12 @@ def _huge_shape(dims, content: bytes = b""):
     return req
 
 
+def _raw_x(proto):
+    req = _predict_request(x=None)
+    req.inputs["x"].CopyFrom(proto)
+    return req
+
+
 def _multi(*tasks):
     req = inference_pb2.MultiInferenceRequest()
     for sig, method in tasks:
@@ -352,34 +367,36 @@ ERROR_CASES = {
     "unknown signature": ("Predict", lambda: _predict_request(signature="nosig"),
                           grpc.StatusCode.FAILED_PRECONDITION, ["toy", "nosig"]),
     "missing input": ("Predict", lambda: _predict_request(x=None), grpc.StatusCode.INVALID_ARGUMENT,
-                      ["toy", "serving_default", "'x'"]),
+                      ["toy", "serving_default", "Missing but required: {x}"]),
     "extra input": ("Predict", lambda: _with_extra(_predict_request()), grpc.StatusCode.INVALID_ARGUMENT,
-                    ["toy", "serving_default", "'z'"]),
+                    ["toy", "serving_default", "Sent extra: {z}"]),
     "wrong dtype": ("Predict", lambda: _predict_request(x=X.astype(np.int32)), grpc.StatusCode.INVALID_ARGUMENT,
                     ["toy", "serving_default", "'x'", "DT_FLOAT"]),
-    "wrong rank": ("Predict", lambda: _predict_request(x=X[0]), grpc.StatusCode.INVALID_ARGUMENT,
-                   ["toy", "serving_default", "'x'", "rank"]),
-    "wrong fixed dim": ("Predict", lambda: _predict_request(x=X[:, :3]), grpc.StatusCode.INVALID_ARGUMENT,
-                        ["toy", "'x'"]),
     "truncated tensor_content": ("Predict", lambda: _bad_content(_predict_request()),
-                                 grpc.StatusCode.INVALID_ARGUMENT, ["toy", "'x'", "tensor_content"]),
+                                 grpc.StatusCode.INVALID_ARGUMENT,
+                                 ["toy", "tensor parsing error: x", "tensor_content"]),
     "no model name": ("Predict", lambda: _predict_request(name=""), grpc.StatusCode.INVALID_ARGUMENT, ["name"]),
     "unknown output_filter": ("Predict", lambda: _with_filter(_predict_request(), "nope"),
                               grpc.StatusCode.INVALID_ARGUMENT, ["toy", "nope"]),
+    # TF Serving (method-name check off): a predict signature whose input is not 'inputs' does not fit Classify
     "classify on a predict signature": ("Classify", lambda: _classify_on("serving_default"),
-                                        grpc.StatusCode.FAILED_PRECONDITION, ["toy", "serving_default", "classify"]),
+                                        grpc.StatusCode.INVALID_ARGUMENT,
+                                        ["toy", "serving_default", "No classification inputs found"]),
     "classify unknown signature": ("Classify", lambda: _classify_on("nosig"),
-                                   grpc.StatusCode.FAILED_PRECONDITION, ["toy", "nosig"]),
+                                   grpc.StatusCode.INVALID_ARGUMENT,
+                                   ["toy", "No signature was found with the name: nosig"]),
     "classify empty input": ("Classify", lambda: classification_pb2.ClassificationRequest(
         model_spec={"name": "toy", "signature_name": "classify"}), grpc.StatusCode.INVALID_ARGUMENT, ["empty"]),
     "metadata field": ("GetModelMetadata", lambda: _metadata("graph"), grpc.StatusCode.INVALID_ARGUMENT,
                        ["toy", "graph"]),
     "regress on a classify signature": ("Regress", lambda: _regress_on("classify"),
-                                        grpc.StatusCode.FAILED_PRECONDITION, ["toy", "classify", "regress"]),
+                                        grpc.StatusCode.INVALID_ARGUMENT,
+                                        ["toy", "classify", "Expected one output Tensor."]),
     "metadata without fields": ("GetModelMetadata", lambda: get_model_metadata_pb2.GetModelMetadataRequest(
         model_spec={"name": "toy"}), grpc.StatusCode.INVALID_ARGUMENT, ["toy", "signature_def"]),
     "multi inference duplicate signature": ("MultiInference", lambda: _multi(
-        ("regress", REGRESS), ("regress", REGRESS)), grpc.StatusCode.INVALID_ARGUMENT, ["toy", "regress"]),
+        ("regress", REGRESS), ("regress", REGRESS)), grpc.StatusCode.INVALID_ARGUMENT,
+        ["Duplicate evaluation of signature: regress"]),
     "multi inference unknown method": ("MultiInference", lambda: _multi(("regress", "tensorflow/serving/predict")),
                                        grpc.StatusCode.UNIMPLEMENTED, ["toy", "tensorflow/serving/predict"]),
     "multi inference no tasks": ("MultiInference", inference_pb2.MultiInferenceRequest,
@@ -391,7 +408,13 @@ ERROR_CASES = {
     "overflowing shape": ("Predict", lambda: _huge_shape([2**40, 2**40, 4], b"\0" * 16),
                           grpc.StatusCode.INVALID_ARGUMENT, ["toy", "'x'"]),
     "negative dimension": ("Predict", lambda: _huge_shape([-1, 4]), grpc.StatusCode.INVALID_ARGUMENT,
-                           ["toy", "'x'"]),
+                           ["toy", "tensor parsing error: x"]),
+    "odd scomplex_val": ("Predict", lambda: _raw_x(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_COMPLEX64, tensor_shape=make_shape((1,)), scomplex_val=[1.0, 2.0, 3.0])),
+        grpc.StatusCode.INVALID_ARGUMENT, ["toy", "pairs"]),
+    "rank over 64": ("Predict", lambda: _raw_x(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=make_shape((1,) * 65), float_val=[1.0])),
+        grpc.StatusCode.INVALID_ARGUMENT, ["toy", "rank 65"]),
     "message too large": ("Predict", lambda: _predict_request(x=np.zeros((MAX_BYTES // 16 + 1, 4), np.float32)),
                           grpc.StatusCode.RESOURCE_EXHAUSTED, []),
 }
@@ -511,3 +534,26 @@ def test_reload_moving_a_label_to_an_unavailable_version_is_failed_precondition(
     assert "canary" in info.value.details() and "3" in info.value.details()
     resp = served["predict"].Predict(_predict_request(label="canary"), timeout=10)  # nothing changed
     assert resp.model_spec.version.value == 2
+
+
+def test_100k_unexpected_keys_get_a_capped_message(served):
+    """Issue 11: an error listing names lists a few and a count, so it fits gRPC's metadata limit."""
+    req = _predict_request()
+    for i in range(100_000):
+        req.inputs[f"e{i:05d}"].dtype = types_pb2.DT_FLOAT  # ~16 bytes each: the message fits in 2 MB
+    with pytest.raises(grpc.RpcError) as info:
+        served["predict"].Predict(req, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details()
+    assert len(details) < 2000
+    assert "Sent extra: {e00000,e00001,e00002,e00003,e00004 and 99995 more}" in details
+    _good_predict(served)
+
+
+def test_tensor_content_inputs_and_typed_inputs_agree(served):
+    typed = _predict_request(x=None)
+    typed.inputs["x"].CopyFrom(from_numpy(X, typed=True))
+    a = served["predict"].Predict(typed, timeout=10)
+    b = served["predict"].Predict(_predict_request(), timeout=10)
+    assert a.outputs["y"] == b.outputs["y"]
+    np.testing.assert_allclose(a.outputs["y"].float_val, (X * 2).ravel())

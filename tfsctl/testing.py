@@ -168,3 +168,173 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# --- models as TF Serving's testdata builds them (written by the tests, never copied) ------------------------------
+
+
+def _atomic_version_dir(base_path: str | Path, version: int, write) -> Path:
+    """Run ``write(tmp_dir)`` and rename the result to ``base_path/version`` (FileExistsError if it exists)."""
+    base = Path(base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / str(int(version))
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    tmp = base / f".tmp-{int(version)}-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def write_tf1_half_plus(
+    base_path: str | Path, version: int, *, plus: float = 2.0, gpu_meta_graph: bool = False, main_op: bool = False,
+    unknown_example_shape: bool = False,
+) -> Path:
+    """A TF1 export like TF Serving's ``saved_model_half_plus_two`` (``plus=3`` for half_plus_three).
+
+    Built with ``tf.compat.v1`` graph APIs and ``SavedModelBuilder``: variables ``a``=0.5, ``b``=``plus``,
+    ``c``=``plus``+1; a ``tf_example`` string placeholder parsed with ``tf.io.parse_example`` (features ``x`` [1]
+    and ``x2`` [1], default 0); an asset file whose name a variable is assigned by the init op (``main_op=True``:
+    through ``main_op`` with the standard table/variable initialisation, else as the legacy init op).
+    Signatures: ``serving_default`` (predict, ``x`` float [-1, 1] -> ``y`` = 0.5 x + b), ``classify_x_to_y``
+    (classify, ``inputs`` -> ``scores`` = y), ``regress_x_to_y`` / ``regress_x_to_y2`` (regress, ``inputs`` ->
+    ``outputs`` = 0.5 x + b / + c), ``regress_x2_to_y3`` (regress over the float ``x2`` tensor).
+    ``gpu_meta_graph`` adds a second MetaGraphDef tagged {serve, gpu} whose ``serving_default`` returns
+    y2 = 0.5 x + c, so a test can tell which meta graph was loaded. ``unknown_example_shape`` leaves the
+    ``tf_example`` placeholder without a shape, as older TF1 exports do.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    sm = v1.saved_model
+
+    def write(export_dir: Path) -> None:
+        from tensorflow.python.util import deprecation
+
+        with deprecation.silence():
+            _build(export_dir)
+
+    def _build(export_dir: Path) -> None:
+        builder = sm.builder.SavedModelBuilder(str(export_dir))
+        with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+            a = v1.Variable(0.5, name="a")
+            b = v1.Variable(float(plus), name="b")
+            c = v1.Variable(float(plus) + 1.0, name="c")
+            serialized = v1.placeholder(tf.string, name="tf_example", shape=None if unknown_example_shape else [None])
+            feats = tf.io.parse_example(serialized, {
+                "x": tf.io.FixedLenFeature([1], tf.float32),
+                "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+            })
+            x = tf.identity(feats["x"], name="x")
+            y = tf.identity(a * x + b, name="y")
+            y2 = tf.identity(a * x + c, name="y2")
+            x2 = tf.identity(feats["x2"], name="x2")
+            y3 = tf.identity(v1.Variable(0.5, name="a2") * x2 + v1.Variable(float(plus) + 1.0, name="c2"), name="y3")
+            # An asset whose file name an init op assigns to a variable (exercises assets + init op on load).
+            assets_src = export_dir.parent / f".assets-{uuid.uuid4().hex[:8]}"
+            assets_src.mkdir()
+            (assets_src / "foo.txt").write_text("asset-file-contents")
+            asset_path = tf.constant(str(assets_src / "foo.txt"))
+            v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, asset_path)
+            filename = v1.Variable("foo.txt", name="filename_tensor", trainable=False, collections=[])
+            assign_filename = filename.assign("foo.txt")
+            info = sm.utils.build_tensor_info
+
+            def sig(inputs, outputs, method):
+                return sm.signature_def_utils.build_signature_def(
+                    {k: info(t) for k, t in inputs.items()}, {k: info(t) for k, t in outputs.items()}, method)
+
+            signatures = {
+                "serving_default": sig({"x": x}, {"y": y}, sm.signature_constants.PREDICT_METHOD_NAME),
+                "classify_x_to_y": sig({"inputs": serialized}, {"scores": y}, CLASSIFY_METHOD),
+                "regress_x_to_y": sig({"inputs": serialized}, {"outputs": y}, REGRESS_METHOD),
+                "regress_x_to_y2": sig({"inputs": serialized}, {"outputs": y2}, REGRESS_METHOD),
+                "regress_x2_to_y3": sig({"inputs": x2}, {"outputs": y3}, REGRESS_METHOD),
+            }
+            sess.run(v1.global_variables_initializer())
+            init = tf.group(sm.main_op.main_op(), assign_filename) if main_op else tf.group(assign_filename)
+            builder.add_meta_graph_and_variables(
+                sess, [sm.tag_constants.SERVING], signature_def_map=signatures,
+                assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS), main_op=init)
+            if gpu_meta_graph:
+                gpu_sigs = dict(signatures)
+                gpu_sigs["serving_default"] = sig({"x": x}, {"y": y2}, sm.signature_constants.PREDICT_METHOD_NAME)
+                # the graph's main-op collection (and assets) travel with this meta graph too
+                builder.add_meta_graph([sm.tag_constants.SERVING, sm.tag_constants.GPU], signature_def_map=gpu_sigs)
+        builder.save()
+        shutil.rmtree(assets_src, ignore_errors=True)
+
+    return _atomic_version_dir(base_path, version, write)
+
+
+def write_tf2_half_plus_two(base_path: str | Path, version: int) -> Path:
+    """A native TF2 ``tf.saved_model.save`` export like TF Serving's half_plus_two TF2 model.
+
+    Every signature has the predict method name (TF2 writes no other); Classify/Regress must still serve
+    ``classify_x_to_y`` (``inputs`` -> ``scores``) and ``regress_x_to_y`` (``inputs`` -> ``outputs``) when the
+    method-name check is off. ``serving_default``: ``x`` float [1] -> ``y`` = 0.5 x + 2.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    spec = {"x": tf.io.FixedLenFeature([1], tf.float32)}
+
+    class HalfPlusTwo(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = tf.Variable(0.5, name="a")
+            self.b = tf.Variable(2.0, name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": self.a * x + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, serialized):
+            return {"outputs": self.a * tf.io.parse_example(serialized, spec)["x"] + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, serialized):
+            return {"scores": self.a * tf.io.parse_example(serialized, spec)["x"] + self.b}
+
+    def write(export_dir: Path) -> None:
+        m = HalfPlusTwo()
+        tf.saved_model.save(m, str(export_dir), signatures={
+            "serving_default": m.predict, "regress_x_to_y": m.regress, "classify_x_to_y": m.classify})
+
+    return _atomic_version_dir(base_path, version, write)
+
+
+def write_keras_model(base_path: str | Path, version: int) -> Path:
+    """A Keras export (Sequential: input ``x`` float [None, 1] -> Dense(1) with weight 2, bias 0)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    def write(export_dir: Path) -> None:
+        model = tf.keras.Sequential([
+            tf.keras.Input(shape=(1,), dtype="float32", name="x"),
+            tf.keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", name="y"),
+        ])
+        model.layers[-1].kernel.assign([[2.0]])
+        if hasattr(model, "export"):  # Keras 3: SavedModel export with a serving_default signature
+            model.export(str(export_dir), format="tf_saved_model", verbose=False)
+        else:  # pragma: no cover - Keras 2
+            tf.saved_model.save(model, str(export_dir))
+
+    return _atomic_version_dir(base_path, version, write)
+
+
+def half_plus_example(x: float, x2: float | None = None) -> bytes:
+    """A serialized tf.Example with float feature ``x`` (and ``x2``) for the half_plus models."""
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example()
+    ex.features.feature["x"].float_list.value.append(float(x))
+    if x2 is not None:
+        ex.features.feature["x2"].float_list.value.append(float(x2))
+    return ex.SerializeToString()

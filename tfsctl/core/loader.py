@@ -1,10 +1,14 @@
-"""Loads one SavedModel version: checks the directory, loads the ``serve`` graph, replays warmup requests.
+"""Loads one SavedModel version as TF Serving's SavedModelBundle: the meta graph chosen by tags, in its own session.
 
-A version is only handed to the Manager once all of this succeeded, so a corrupt or half-copied directory, or a
-warmup request the model cannot answer, is a load error and never an AVAILABLE version that fails requests.
-Warmup follows TF Serving: ``assets.extra/tf_serving_warmup_requests`` is a TFRecord file of ``PredictionLog``
-(predict / classify / regress / multi_inference logs), at most :data:`MAX_WARMUP_RECORDS` records, each replayed
-``num_request_iterations`` times.
+The MetaGraphDef whose tag set equals ``LoadOptions.saved_model_tags`` (default {"serve"}) is imported into a fresh
+``tf.Graph`` and run in a ``tf.compat.v1.Session`` configured from the options (ConfigProto, thread pools, GPU
+memory fraction), with variables restored and the init op (``__saved_model_init_op``, legacy init op or main_op)
+run — TF1 exports, Estimator graphs, TF2 ``tf.saved_model.save`` and Keras exports alike.
+A version is only handed to the Manager once all of this and the warmup replay succeeded, so a corrupt or
+half-copied directory, or a warmup request the model cannot answer, is a load error and never an AVAILABLE version
+that fails requests. Warmup follows TF Serving: ``assets.extra/tf_serving_warmup_requests`` is a TFRecord file of
+``PredictionLog`` records (at most :data:`MAX_WARMUP_RECORDS`), each replayed ``num_request_iterations_for_warmup``
+times through the same request-core functions as live requests (:mod:`tfsctl.core.inference`).
 """
 
 from __future__ import annotations
@@ -15,35 +19,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from tfsctl.core import inference
+from tfsctl.core.memory import rss_bytes
+from tfsctl.core.servable import Resources, Servable
+from tfsctl.errors import ServingError
+from tfsctl.savedmodel import WARMUP_DIR, WARMUP_FILE, is_saved_model_dir, read_saved_model, warmup_path
 
-from tfsctl.core.servable import Resources, Servable, example_input_key, examples_from_input
-from tfsctl.savedmodel import (
-    CLASSIFY_METHOD,
-    REGRESS_METHOD,
-    SERVE_TAG,
-    find_meta_graph,
-    is_saved_model_dir,
-    read_saved_model,
-)
-
-WARMUP_DIR = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; a longer file is a load error.
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+__all__ = ["MAX_WARMUP_RECORDS", "WARMUP_DIR", "WARMUP_FILE", "LoadError", "LoadOptions", "Loader", "disk_bytes",
+           "rss_bytes"]
 
 
 class LoadError(Exception):
     """A version could not be loaded; the message says which version and why."""
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def disk_bytes(path: str | Path) -> int:
@@ -64,6 +53,7 @@ class LoadOptions:
 
     ``session_config`` is a serialized ``tensorflow.ConfigProto`` (from ``--tensorflow_session_config_file`` or the
     platform config); the parallelism fields override its thread counts when non-zero, as in TF Serving.
+    ``enable_signature_method_name_check`` applies to warmup replay as it does to live requests.
     """
 
     saved_model_tags: frozenset[str] = frozenset({"serve"})
@@ -73,6 +63,21 @@ class LoadOptions:
     per_process_gpu_memory_fraction: float = 0.0
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
+    enable_signature_method_name_check: bool = False
+
+    def config_proto(self):
+        """The session's ConfigProto: ``session_config`` with the parallelism and GPU overrides applied."""
+        from tensorflow.core.protobuf import config_pb2
+
+        config = config_pb2.ConfigProto()
+        if self.session_config:
+            config.ParseFromString(self.session_config)
+        if self.intra_op_parallelism > 0 or self.inter_op_parallelism > 0:
+            config.intra_op_parallelism_threads = max(0, self.intra_op_parallelism)
+            config.inter_op_parallelism_threads = max(0, self.inter_op_parallelism)
+        if self.per_process_gpu_memory_fraction > 0:
+            config.gpu_options.per_process_gpu_memory_fraction = self.per_process_gpu_memory_fraction
+        return config
 
 
 class Loader:
@@ -85,7 +90,7 @@ class Loader:
         path: str | Path,
         *,
         max_warmup_records: int = MAX_WARMUP_RECORDS,
-        warmup_iterations: int = 1,
+        warmup_iterations: int | None = None,
         options: LoadOptions | None = None,
     ) -> None:
         self.options = options or LoadOptions()
@@ -93,7 +98,8 @@ class Loader:
         self.version = int(version)
         self.path = Path(path)
         self.max_warmup_records = max_warmup_records
-        self.warmup_iterations = max(1, warmup_iterations)
+        iterations = self.options.num_request_iterations_for_warmup if warmup_iterations is None else warmup_iterations
+        self.warmup_iterations = max(1, iterations)
         self._servable: Servable | None = None
         self._where = f"model '{name}' version {self.version} ({self.path})"
 
@@ -102,7 +108,7 @@ class Loader:
         return Resources(disk_bytes=disk_bytes(self.path))
 
     def load(self) -> Servable:
-        """Load the SavedModel and run its warmup records; raises LoadError with a clear reason."""
+        """Load the SavedModel bundle and run its warmup records; raises LoadError with a clear reason."""
         started = time.monotonic()
         rss_before = rss_bytes()
         if not self.path.is_dir():
@@ -112,21 +118,25 @@ class Loader:
         try:
             proto = read_saved_model(self.path)
         except Exception as e:  # noqa: BLE001 - garbage on disk in any form is a load error
-            raise LoadError(f"{self._where}: cannot parse the SavedModel proto: {type(e).__name__}: {e}") from None
-        meta_graph = find_meta_graph(proto, {SERVE_TAG})
+            raise LoadError(f"{self._where}: cannot parse the SavedModel proto: {type(e).__name__}: {_short(e)}"
+                            ) from None
+        tags = set(self.options.saved_model_tags) or {"serve"}
+        meta_graph = next((mg for mg in proto.meta_graphs if set(mg.meta_info_def.tags) == tags), None)
         if meta_graph is None:
-            tags = [sorted(mg.meta_info_def.tags) for mg in proto.meta_graphs]
-            raise LoadError(f"{self._where}: no meta graph tagged ['serve'] (tag-sets: {tags})")
-
-        import tensorflow as tf
-
+            available = [sorted(mg.meta_info_def.tags) for mg in proto.meta_graphs]
+            raise LoadError(
+                f"{self._where}: MetaGraphDef associated with tags {sorted(tags)} could not be found in SavedModel; "
+                f"available tag-sets: {available} (choose one with --saved_model_tags, comma-separated)"
+            )
         try:
-            loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
-        except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
-            raise LoadError(f"{self._where}: TensorFlow could not load it: {type(e).__name__}: {_short(e)}") from None
-        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, loaded)
+            config = self.options.config_proto()
+        except Exception as e:  # noqa: BLE001 - unparsable session_config bytes
+            raise LoadError(f"{self._where}: invalid session config: {_short(e)}") from None
+        session = self._open_session(sorted(tags), config)
+        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session)
+        del proto, meta_graph  # the graph lives in the session; keep only the SignatureDefs
         try:
-            count = self._warmup(servable)
+            count = self._warmup(servable) if self.options.enable_model_warmup else 0
         except LoadError:
             servable.close()
             raise
@@ -142,6 +152,23 @@ class Loader:
         self._servable = servable
         return servable
 
+    def _open_session(self, tags: list[str], config):
+        """A session over a fresh graph with the tagged meta graph imported, variables restored, init op run."""
+        import tensorflow as tf
+        from tensorflow.python.util import deprecation
+
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default(), deprecation.silence():  # the v1 loader is the SavedModelBundle path
+                tf.compat.v1.saved_model.loader.load(session, tags, str(self.path))
+        except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
+            session.close()
+            raise LoadError(f"{self._where}: TensorFlow could not load it: {type(e).__name__}: {_short(e)}"
+                            ) from None
+        graph.finalize()  # the request path never adds ops; a finalized graph makes that a bug, not a leak
+        return session
+
     def unload(self) -> None:
         """Release the loaded version (the Manager calls this once no handle holds it)."""
         if self._servable is not None:
@@ -152,59 +179,43 @@ class Loader:
     # --- warmup ---
 
     def _warmup(self, servable: Servable) -> int:
-        path = self.path / WARMUP_DIR / WARMUP_FILE
+        path = warmup_path(self.path)
         if not path.is_file():
             return 0
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
-        from tfsctl.serving.tensors import to_numpy
-
-        count = 0
         try:
             records = list(tf.data.TFRecordDataset(str(path)).take(self.max_warmup_records + 1).as_numpy_iterator())
         except Exception as e:  # noqa: BLE001
-            raise LoadError(f"{self._where}: warmup file {path} is unreadable: {_short(e)}") from None
+            raise LoadError(f"{self._where}: warmup file {path} is unreadable (not TFRecord?): {_short(e)}") from None
         if len(records) > self.max_warmup_records:
             raise LoadError(
                 f"{self._where}: warmup file has more than the maximum of {self.max_warmup_records} records"
             )
+        check = self.options.enable_signature_method_name_check
         for index, raw in enumerate(records):
             log = prediction_log_pb2.PredictionLog()
             try:
                 log.ParseFromString(raw)
             except Exception as e:  # noqa: BLE001
                 raise LoadError(f"{self._where}: warmup record {index} is not a PredictionLog: {e}") from None
-            where = f"{self._where}: warmup record {index}"
             kind = log.WhichOneof("log_type")
-            calls: list[tuple[str, dict[str, np.ndarray], list[str]]] = []
-            if kind == "predict_log":
-                req = log.predict_log.request
-                inputs = {k: to_numpy(v, k) for k, v in req.inputs.items()}
-                calls.append((req.model_spec.signature_name, inputs, list(req.output_filter)))
-            elif kind in ("classify_log", "regress_log"):
-                req = log.classify_log.request if kind == "classify_log" else log.regress_log.request
-                method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
-                spec = servable.signature(req.model_spec.signature_name)
-                key = example_input_key(spec, method, where)
-                calls.append((spec.name, {key: examples_from_input(req.input, where)}, []))
-            elif kind == "multi_inference_log":
-                req = log.multi_inference_log.request
-                examples = examples_from_input(req.input, where)
-                for task in req.tasks:
-                    spec = servable.signature(task.model_spec.signature_name)
-                    key = example_input_key(spec, task.method_name or spec.method_name, where)
-                    calls.append((spec.name, {key: examples}, []))
-            else:
-                raise LoadError(f"{where}: unsupported warmup log type {kind or 'empty'}")
+            if kind in ("session_run_log", "predict_streamed_log"):
+                raise LoadError(f"{self._where}: warmup record {index}: Unsupported log_type for warmup: {kind}")
             for _ in range(self.warmup_iterations):
-                for signature_name, inputs, output_filter in calls:
-                    try:
-                        servable.run(signature_name, inputs, output_filter)
-                    except Exception as e:  # noqa: BLE001
-                        raise LoadError(f"{where} failed: {getattr(e, 'message', None) or e}") from None
-            count += 1
-        return count
+                try:
+                    if kind == "predict_log":
+                        inference.run_predict(servable, log.predict_log.request, method_check=check)
+                    elif kind == "classify_log":
+                        inference.run_classify(servable, log.classify_log.request, method_check=check)
+                    elif kind == "regress_log":
+                        inference.run_regress(servable, log.regress_log.request, method_check=check)
+                    elif kind == "multi_inference_log":
+                        inference.run_multi_inference(servable, log.multi_inference_log.request, method_check=check)
+                except ServingError as e:
+                    raise LoadError(f"{self._where}: warmup record {index} failed: {e.message}") from None
+        return len(records)
 
 
 def _short(e: BaseException, limit: int = 500) -> str:

@@ -1,38 +1,71 @@
-"""One loaded SavedModel version: its SignatureDefs and a validated, thread-safe ``run``.
+"""One loaded SavedModel version, run as TF Serving's SavedModelBundle runs it: a session over the meta graph.
 
-Validation happens here, once, for every front end: a request is checked against the SignatureDef on disk
-(missing / extra inputs, dtype, rank, fixed dimensions) before TensorFlow sees it, so clients get TF Serving's
-INVALID_ARGUMENT with a message naming model, signature and input instead of a runtime trace. The checks use
-per-signature specs computed at load time, so the request path does a few dict lookups and comparisons.
+``run`` follows TF Serving's ``predict_util``: the request's input keys must match the signature (missing inputs
+may come from the signature's ``defaults``), dtypes must match, and shapes are left to the graph — a session
+callable built from ``CallableOptions`` does not check feed shapes against the placeholders (Python's
+``Session.run`` would), exactly like the C++ ``Session::Run`` TF Serving calls. Callables are built once per
+(signature, output list) and cached; calling one costs tens of microseconds, with no Python lock around it.
+TF runtime errors keep their TF status code, as TF Serving returns ``Session::Run``'s status.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from tfsctl.errors import FailedPrecondition, Internal, InvalidArgument, ServingError
-from tfsctl.savedmodel import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
-from tfsctl.serving.tensors import NP_BY_DTYPE, dtype_name, shape_of
+from tfsctl.core.examples import examples_from_input
+from tfsctl.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from tfsctl.savedmodel import CLASSIFY_METHOD, DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD
+from tfsctl.tensors import NP_BY_DTYPE, dtype_name, shape_of, to_numpy
 
-DEFAULT_SIGNATURE = "serving_default"
-INIT_OP_SIGNATURE = "__saved_model_init_op"
+# Error messages list at most this many names (an input map of 100k keys must not make a 1 MB message).
+MAX_NAMES_IN_MESSAGE = 5
+MAX_NAME_CHARS = 64
+MAX_MESSAGE_CHARS = 4096
+# Distinct output lists a version keeps callables for; further ones are built per call and released.
+MAX_CACHED_CALLABLES = 256
+
+
+def capped_names(names: Iterable[str], limit: int = MAX_NAMES_IN_MESSAGE) -> str:
+    """``a,b,c`` for a few names; ``a,b,c,d,e and 99995 more`` for many; long names cut."""
+    items = sorted(names)
+    shown = [n if len(n) <= MAX_NAME_CHARS else n[: MAX_NAME_CHARS - 3] + "..." for n in items[:limit]]
+    text = ",".join(shown)
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def capped_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """One line, at most ``limit`` characters (gRPC status messages travel in metadata)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """What a signature expects of one tensor: numpy dtype, DataType enum, shape (-1 = any; None = any rank)."""
+    """What a signature says of one tensor: numpy dtype, DataType enum, shape (-1 = any; None = any rank)."""
 
     key: str
     dtype: np.dtype
     dtype_enum: int
     shape: tuple[int, ...] | None
+    tensor_name: str = ""
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else "[" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + "]"
@@ -41,13 +74,13 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class SignatureSpec:
-    """A runnable signature: its specs and the concrete function that runs it (None if not callable)."""
+    """A signature as the request path needs it, computed once at load time."""
 
     name: str
     method_name: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
-    fn: Any = None
+    defaults: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,169 +92,56 @@ class Resources:
     load_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Runner:
+    fn: Callable[..., list]
+    feed_keys: tuple[str, ...]
+    aliases: tuple[str, ...]
+
+
 def _spec(key: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
-    return TensorSpec(key, NP_BY_DTYPE.get(info.dtype, np.dtype(object)), info.dtype, shape_of(info.tensor_shape))
+    return TensorSpec(key, NP_BY_DTYPE.get(info.dtype, np.dtype(object)), info.dtype, shape_of(info.tensor_shape),
+                      info.name)
 
 
-def _signature_spec(name: str, sig: meta_graph_pb2.SignatureDef, fn: Any) -> SignatureSpec:
+def signature_spec(name: str, sig: meta_graph_pb2.SignatureDef) -> SignatureSpec:
+    """The precomputed spec of a SignatureDef (defaults decoded once)."""
+    defaults = {}
+    for key, proto in getattr(sig, "defaults", {}).items():
+        try:
+            defaults[key] = to_numpy(proto, key)
+        except InvalidArgument:
+            continue  # an unusable default is as good as none: the input is then required
     return SignatureSpec(
         name=name,
-        method_name=sig.method_name or PREDICT_METHOD,
+        method_name=sig.method_name,
         inputs={k: _spec(k, v) for k, v in sig.inputs.items()},
         outputs={k: _spec(k, v) for k, v in sig.outputs.items()},
-        fn=fn,
+        defaults=defaults,
     )
 
 
-class Servable:
-    """A loaded model version; ``run`` may be called from many threads at once.
+_ERROR_BY_CODE: dict[int, type[ServingError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT.value[0]: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION.value[0]: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND.value[0]: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
+    grpc.StatusCode.UNIMPLEMENTED.value[0]: Unimplemented,
+    grpc.StatusCode.UNKNOWN.value[0]: Unknown,
+    grpc.StatusCode.INTERNAL.value[0]: Internal,
+}
+_GRPC_BY_CODE = {c.value[0]: c for c in grpc.StatusCode}
 
-    ``loaded`` is the object returned by ``tf.saved_model.load`` (kept alive here; :meth:`close` drops it).
-    """
 
-    def __init__(
-        self,
-        name: str,
-        version: int,
-        path: str | Path,
-        signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
-        loaded: Any = None,
-        resources: Resources | None = None,
-    ) -> None:
-        self.name = name
-        self.version = int(version)
-        self.path = Path(path)
-        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(signature_defs)
-        self.resources = resources or Resources()
-        self.warmup_records = 0
-        self._loaded = loaded
-        self._lock = threading.Lock()
-        fns = dict(getattr(loaded, "signatures", {}) or {}) if loaded is not None else {}
-        self._specs: dict[str, SignatureSpec] = {
-            k: _signature_spec(k, v, fns.get(k)) for k, v in self.signature_defs.items()
-        }
-        self._where = f"model '{name}' version {self.version}"
-
-    # --- introspection ---
-
-    def __repr__(self) -> str:
-        return f"Servable({self.name!r}, version={self.version}, path='{self.path}')"
-
-    def resolve_signature(self, signature_name: str) -> str:
-        """``""`` means ``serving_default``; unknown names raise FailedPrecondition (as TF Serving)."""
-        name = signature_name or DEFAULT_SIGNATURE
-        if name not in self._specs:
-            known = ", ".join(sorted(k for k in self._specs if k != INIT_OP_SIGNATURE)) or "none"
-            raise FailedPrecondition(
-                f"{self._where}: serving signature name '{name}' not found in signature def (known: {known})"
-            )
-        return name
-
-    def signature(self, signature_name: str) -> SignatureSpec:
-        """Precomputed spec of a signature (``""`` = serving_default); FailedPrecondition if unknown."""
-        return self._specs[self.resolve_signature(signature_name)]
-
-    def method_name(self, signature_name: str) -> str:
-        """``tensorflow/serving/predict|classify|regress`` of a signature; FailedPrecondition if unknown."""
-        return self.signature(signature_name).method_name
-
-    # --- request path ---
-
-    def validate(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> SignatureSpec:
-        """Check ``inputs`` against the SignatureDef; returns the spec, raises FailedPrecondition/InvalidArgument."""
-        spec = self.signature(signature_name)
-        where = f"{self._where}, signature '{spec.name}'"
-        expected = spec.inputs
-        if inputs.keys() != expected.keys():
-            missing = sorted(expected.keys() - inputs.keys())
-            extra = sorted(inputs.keys() - expected.keys())
-            parts = []
-            if missing:
-                parts.append("missing input(s) " + ", ".join(f"'{k}' ({expected[k].describe()})" for k in missing))
-            if extra:
-                parts.append("unexpected input(s) " + ", ".join(f"'{k}'" for k in extra))
-            raise InvalidArgument(
-                f"{where}: {'; '.join(parts)}; the signature expects {', '.join(repr(k) for k in sorted(expected))}"
-            )
-        for key, ts in expected.items():
-            arr = inputs[key]
-            if not isinstance(arr, np.ndarray):
-                raise InvalidArgument(f"{where}: input '{key}' must be an array, got {type(arr).__name__}")
-            if ts.dtype.kind == "O":
-                if arr.dtype.kind not in "OSU":
-                    raise InvalidArgument(
-                        f"{where}: input '{key}' expects {dtype_name(ts.dtype_enum)} but got {arr.dtype.name}"
-                    )
-            elif arr.dtype != ts.dtype:
-                got = arr.dtype.name if arr.dtype.kind != "O" else "string"
-                raise InvalidArgument(
-                    f"{where}: input '{key}' expects {dtype_name(ts.dtype_enum)} ({ts.dtype.name}) but got {got}"
-                )
-            shape = ts.shape
-            if shape is None:
-                continue
-            if arr.ndim != len(shape):
-                raise InvalidArgument(
-                    f"{where}: input '{key}' expects rank {len(shape)} {ts.describe()} but got rank {arr.ndim} "
-                    f"shape {list(arr.shape)}"
-                )
-            for axis, (want, got) in enumerate(zip(shape, arr.shape, strict=True)):
-                if want >= 0 and want != got:
-                    raise InvalidArgument(
-                        f"{where}: input '{key}' expects shape {ts.describe()} but got {list(arr.shape)} "
-                        f"(dimension {axis} must be {want})"
-                    )
-        return spec
-
-    def run(
-        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
-    ) -> dict[str, np.ndarray]:
-        """Validate, run the signature, return the requested outputs (all when ``output_filter`` is empty)."""
-        spec = self.validate(signature_name, inputs)
-        where = f"{self._where}, signature '{spec.name}'"
-        if output_filter:
-            unknown = [k for k in output_filter if k not in spec.outputs]
-            if unknown:
-                raise InvalidArgument(
-                    f"{where}: output_filter names unknown output '{unknown[0]}' "
-                    f"(outputs: {', '.join(sorted(spec.outputs))})"
-                )
-            if len(set(output_filter)) != len(output_filter):
-                raise InvalidArgument(f"{where}: output_filter names an output more than once")
-        fn = spec.fn
-        if fn is None:
-            if self._loaded is None:
-                raise FailedPrecondition(f"{self._where} has been unloaded")
-            raise FailedPrecondition(f"{where}: the signature is not callable")
-        import tensorflow as tf
-
-        try:
-            feed = {}
-            for key, arr in inputs.items():
-                if arr.dtype.kind == "U":
-                    arr = np.char.encode(arr, "utf-8").astype(object)
-                feed[key] = tf.convert_to_tensor(arr)
-        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-            raise InvalidArgument(f"{where}: cannot convert inputs to tensors: {e}") from None
-        try:
-            result = fn(**feed)
-        except tf.errors.InvalidArgumentError as e:
-            raise InvalidArgument(f"{where}: {tf_error_text(e.message)}") from None
-        except ServingError:
-            raise
-        except Exception as e:  # noqa: BLE001 - anything else is a server-side failure
-            raise Internal(f"{where}: execution failed: {type(e).__name__}: {e}") from None
-        keys = output_filter or result.keys()
-        return {k: result[k].numpy() for k in keys}
-
-    # --- lifecycle ---
-
-    def close(self) -> None:
-        """Drop the TensorFlow objects so their memory can be freed; later ``run`` calls fail cleanly."""
-        with self._lock:
-            self._loaded = None
-            self._specs = {k: SignatureSpec(v.name, v.method_name, v.inputs, v.outputs, None)
-                           for k, v in self._specs.items()}
+def serving_error(code: int, message: str) -> ServingError:
+    """A ServingError carrying TF status ``code`` (TF's codes are gRPC's)."""
+    cls = _ERROR_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    err = ServingError(message)
+    err.grpc_code = _GRPC_BY_CODE.get(code, grpc.StatusCode.UNKNOWN)
+    return err
 
 
 def tf_error_text(message: str) -> str:
@@ -231,48 +151,209 @@ def tf_error_text(message: str) -> str:
     return " ".join(lines) or message.strip()
 
 
-# --- tf.Example input (Classify / Regress / warmup) ---
+class Servable:
+    """A loaded model version; ``run`` may be called from many threads at once.
 
-
-def examples_from_input(input_proto: Any, where: str = "request") -> np.ndarray:
-    """Serialized ``tf.Example`` strings (object array of bytes) from a ``tensorflow.serving.Input``.
-
-    With ``example_list_with_context`` the context's bytes are prepended to each example's: protobuf parsing of the
-    concatenation merges the two, example features winning over the context's, as in TF Serving.
+    ``session`` is the ``tf.compat.v1.Session`` holding the version's graph (None for a servable without one);
+    :meth:`close` closes it.
     """
-    kind = input_proto.WhichOneof("kind")
-    if kind == "example_list":
-        out = [ex.SerializeToString() for ex in input_proto.example_list.examples]
-    elif kind == "example_list_with_context":
-        ctx = input_proto.example_list_with_context.context.SerializeToString()
-        out = [ctx + ex.SerializeToString() for ex in input_proto.example_list_with_context.examples]
-    else:
-        raise InvalidArgument(f"{where}: input is empty (neither example_list nor example_list_with_context)")
-    if not out:
-        raise InvalidArgument(f"{where}: input holds no examples")
-    arr = np.empty(len(out), dtype=object)
-    arr[:] = out
-    return arr
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: str | Path,
+        signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
+        session: Any = None,
+        resources: Resources | None = None,
+    ) -> None:
+        self.name = name
+        self.version = int(version)
+        self.path = Path(path)
+        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(signature_defs)
+        self.resources = resources or Resources()
+        self.warmup_records = 0
+        self._session = session
+        self._lock = threading.Lock()  # guards building callables and closing, never a run
+        self._runners: dict[tuple[str, tuple[str, ...]], _Runner] = {}
+        self._specs: dict[str, SignatureSpec] = {k: signature_spec(k, v) for k, v in self.signature_defs.items()}
+        self._where = f"model '{name}' version {self.version}"
+
+    # --- introspection ---
+
+    def __repr__(self) -> str:
+        return f"Servable({self.name!r}, version={self.version}, path='{self.path}')"
+
+    @property
+    def session(self) -> Any:
+        return self._session
+
+    def resolve_signature(self, signature_name: str) -> str:
+        """``""`` means ``serving_default``; unknown names raise FailedPrecondition (TF Serving's Predict code)."""
+        name = signature_name or DEFAULT_SIGNATURE
+        if name not in self._specs:
+            known = capped_names(k for k in self._specs if k != INIT_OP_SIGNATURE) or "none"
+            raise FailedPrecondition(
+                f"{self._where}: Serving signature key \"{name}\" not found. (signatures: {known})"
+            )
+        return name
+
+    def has_signature(self, signature_name: str) -> bool:
+        return (signature_name or DEFAULT_SIGNATURE) in self._specs
+
+    def signature(self, signature_name: str) -> SignatureSpec:
+        """Precomputed spec of a signature (``""`` = serving_default); FailedPrecondition if unknown."""
+        spec = self._specs.get(signature_name or DEFAULT_SIGNATURE)
+        return spec if spec is not None else self._specs[self.resolve_signature(signature_name)]
+
+    def method_name(self, signature_name: str) -> str:
+        """``tensorflow/serving/predict|classify|regress`` of a signature; FailedPrecondition if unknown."""
+        return self.signature(signature_name).method_name or PREDICT_METHOD
+
+    # --- request path ---
+
+    def check_input_keys(self, spec: SignatureSpec, keys: Any) -> None:
+        """predict_util's key check: no extra input, none missing unless the signature has a default for it."""
+        expected = spec.inputs
+        if not isinstance(keys, (set, frozenset, type({}.keys()))):
+            keys = set(keys)  # a protobuf map's keys
+        if keys == expected.keys():
+            return
+        extra = keys - expected.keys()
+        missing = expected.keys() - keys - spec.defaults.keys()
+        if extra or missing:
+            raise InvalidArgument(
+                f"{self._where}, signature '{spec.name}': input size does not match signature: "
+                f"{len(keys)}!={len(expected)} len({{{capped_names(keys)}}}) != "
+                f"len({{{capped_names(expected)}}}). Sent extra: {{{capped_names(extra)}}}. "
+                f"Missing but required: {{{capped_names(missing)}}}."
+            )
+
+    def validate(self, signature_name: str, inputs: Mapping[str, Any]) -> SignatureSpec:
+        """predict_util's checks: input keys match the signature (defaults fill gaps), dtypes match."""
+        spec = self.signature(signature_name)
+        expected = spec.inputs
+        self.check_input_keys(spec, inputs.keys())
+        for key, arr in inputs.items():
+            ts = expected[key]
+            kind = getattr(arr, "dtype", None)
+            if kind is None:
+                raise InvalidArgument(f"{self._where}, signature '{spec.name}': input '{key}' must be an array, "
+                                      f"got {type(arr).__name__}")
+            if ts.dtype.kind == "O":
+                if arr.dtype.kind not in "OSU":
+                    raise InvalidArgument(f"{self._where}, signature '{spec.name}': input '{key}' expects "
+                                          f"{dtype_name(ts.dtype_enum)} but got {arr.dtype.name}")
+            elif arr.dtype != ts.dtype:
+                got = arr.dtype.name if arr.dtype.kind not in "OSU" else "string"
+                raise InvalidArgument(f"{self._where}, signature '{spec.name}': input '{key}' expects "
+                                      f"{dtype_name(ts.dtype_enum)} ({ts.dtype.name}) but got {got}")
+        return spec
+
+    def _runner(self, spec: SignatureSpec, output_filter: tuple[str, ...]) -> _Runner:
+        key = (spec.name, output_filter)
+        runner = self._runners.get(key)
+        if runner is not None:
+            return runner
+        where = f"{self._where}, signature '{spec.name}'"
+        if output_filter:
+            seen: set[str] = set()
+            for alias in output_filter:
+                if alias not in spec.outputs:
+                    raise InvalidArgument(
+                        f"{where}: output tensor alias not found in signature: {capped_names([alias], 1)} "
+                        f"Outputs expected to be in the set {{{capped_names(spec.outputs)}}}."
+                    )
+                if alias in seen:
+                    raise InvalidArgument(f"{where}: duplicate output tensor alias: {capped_names([alias], 1)}")
+                seen.add(alias)
+            aliases = output_filter
+        else:
+            aliases = tuple(spec.outputs)
+        from tensorflow.core.protobuf import config_pb2
+
+        feed_keys = tuple(spec.inputs)
+        options = config_pb2.CallableOptions()
+        options.feed.extend(spec.inputs[k].tensor_name for k in feed_keys)
+        options.fetch.extend(spec.outputs[a].tensor_name for a in aliases)
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is not None:
+                return runner
+            if self._session is None:
+                raise FailedPrecondition(f"{self._where} has been unloaded")
+            try:
+                fn = self._session._make_callable_from_options(options)
+            except Exception as e:  # noqa: BLE001 - a signature naming tensors the graph lacks
+                raise FailedPrecondition(f"{where}: the signature cannot be run: {capped_message(str(e), 500)}"
+                                         ) from None
+            runner = _Runner(fn, feed_keys, aliases)
+            if len(self._runners) < MAX_CACHED_CALLABLES:
+                self._runners[key] = runner
+        return runner
+
+    def run(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        """Check, run the signature, return the requested outputs (all when ``output_filter`` is empty)."""
+        spec = self.validate(signature_name, inputs)
+        runner = self._runner(spec, tuple(output_filter))
+        feeds = []
+        for key in runner.feed_keys:
+            arr = inputs.get(key)
+            if arr is None:
+                arr = spec.defaults[key]
+            elif arr.dtype.kind in "SU":
+                arr = _as_bytes_objects(arr)
+            feeds.append(arr)
+        if self._session is None:
+            raise FailedPrecondition(f"{self._where} has been unloaded")
+        try:
+            values = runner.fn(*feeds)
+        except ServingError:
+            raise
+        except UnicodeDecodeError as e:
+            # TF's message quoted the client's non-UTF-8 bytes; the client sent them, so it is theirs to fix.
+            text = e.object.decode("utf-8", "replace") if isinstance(e.object, bytes) else str(e)
+            raise InvalidArgument(capped_message(f"{self._where}, signature '{spec.name}': {tf_error_text(text)}")
+                                  ) from None
+        except Exception as e:  # noqa: BLE001
+            raise self._error(spec, e) from None
+        return dict(zip(runner.aliases, values, strict=True))
+
+    def _error(self, spec: SignatureSpec, e: Exception) -> ServingError:
+        where = f"{self._where}, signature '{spec.name}'"
+        code = getattr(e, "error_code", None)
+        if isinstance(code, int):  # tf.errors.OpError: keep TF's status code, as TF Serving does
+            return serving_error(code, capped_message(f"{where}: {tf_error_text(getattr(e, 'message', str(e)))}"))
+        if isinstance(e, (TypeError, ValueError)):  # numpy/TF could not convert a feed
+            return InvalidArgument(capped_message(f"{where}: cannot feed the inputs: {e}"))
+        if self._session is None or isinstance(e, RuntimeError) and "closed" in str(e).lower():
+            return FailedPrecondition(f"{self._where} has been unloaded")
+        return Internal(capped_message(f"{where}: execution failed: {type(e).__name__}: {e}"))
+
+    # --- lifecycle ---
+
+    def close(self) -> None:
+        """Release the callables and close the session so its memory can be freed; later runs fail cleanly."""
+        with self._lock:
+            session, self._session = self._session, None
+            self._runners = {}
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - closing twice or a dead session: nothing left to free
+                pass
 
 
-EXAMPLE_INPUTS = "inputs"
-
-
-def example_input_key(spec: SignatureSpec, method: str, where: str) -> str:
-    """The input of a classify/regress signature: exactly one, named ``inputs``, DT_STRING (TF Serving's rule)."""
-    if spec.method_name != method:
-        raise FailedPrecondition(
-            f"{where}: signature '{spec.name}' has method_name '{spec.method_name}', expected '{method}'"
-        )
-    if len(spec.inputs) != 1 or EXAMPLE_INPUTS not in spec.inputs:
-        kind = method.rsplit("/", 1)[-1]
-        raise FailedPrecondition(f"{where}: a {kind} signature needs exactly one input named '{EXAMPLE_INPUTS}'")
-    if spec.inputs[EXAMPLE_INPUTS].dtype_enum != 7:  # DT_STRING
-        raise FailedPrecondition(f"{where}: signature '{spec.name}' input '{EXAMPLE_INPUTS}' must be DT_STRING")
-    return EXAMPLE_INPUTS
+def _as_bytes_objects(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind == "U":
+        arr = np.char.encode(arr, "utf-8")
+    return arr.astype(object)
 
 
 __all__ = [
     "CLASSIFY_METHOD", "DEFAULT_SIGNATURE", "PREDICT_METHOD", "REGRESS_METHOD", "Resources", "Servable",
-    "SignatureSpec", "TensorSpec", "example_input_key", "examples_from_input",
+    "SignatureSpec", "TensorSpec", "capped_message", "capped_names", "examples_from_input", "serving_error",
+    "signature_spec", "tf_error_text",
 ]

@@ -1,6 +1,8 @@
 """TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.service.PredictionCore`.
 
-The servicers only decode TensorProtos to numpy and encode results back (``tensor_content`` both ways). Every
+The servicers only hand requests to the core and encode results: outputs in the typed ``*_val`` fields as TF
+Serving's ``AsProtoField`` (its default), or in ``tensor_content`` with ``tensor_content=True``
+(``--enable_serialization_as_tensor_content``); requests may use either form. Every
 ``ServingError`` becomes a gRPC status in :meth:`_Base._call`, the one place that also counts request metrics.
 The grpc.health.v1 service and server reflection are registered beside them by :func:`add_services`.
 """
@@ -23,9 +25,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfsctl.errors import Internal, InvalidArgument, ServingError
-from tfsctl.serving.service import PredictionCore, signature_or_default
-from tfsctl.serving.tensors import from_numpy, to_numpy
+from tfsctl.core.servable import capped_message
+from tfsctl.errors import Internal, ServingError
+from tfsctl.serving.service import PredictionCore
+from tfsctl.tensors import as_proto_content, as_proto_field
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,10 +44,11 @@ UNKNOWN_MODEL_LABEL = "<unknown>"
 
 class _Base:
     def __init__(self, core: PredictionCore, metrics: Any = None, *,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False) -> None:
         self.core = core
         self.metrics = metrics
         self.max_tensor_bytes = max_tensor_bytes
+        self._encode = as_proto_content if tensor_content else as_proto_field
 
     def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         """Run ``fn``; map errors to a gRPC status (the only place that does) and record the request metric."""
@@ -53,7 +57,9 @@ class _Base:
         try:
             return fn()
         except ServingError as e:
-            error = e
+            # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
+            error = e.with_traceback(None)
+            error.__context__ = error.__cause__ = None
         except Exception as e:  # noqa: BLE001 - anything unexpected is INTERNAL, and the server keeps serving
             log.exception("%s on model %r failed", api, model_name)
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
@@ -64,7 +70,7 @@ class _Base:
                 if error is not None and model_name and model_name not in self._known_models():
                     model_name = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
                 self.metrics.observe_request(model_name, api, code, seconds)
-        context.abort(error.grpc_code, error.message)
+        context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def _known_models(self) -> set[str]:
@@ -82,18 +88,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
         return self._call("grpc_predict", request.model_spec.name, context, lambda: self._predict(request))
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        spec = request.model_spec
-        inputs = {}
-        for key, proto in request.inputs.items():
-            try:
-                inputs[key] = to_numpy(proto, key, self.max_tensor_bytes)
-            except InvalidArgument as e:
-                sig = signature_or_default(spec.signature_name)
-                raise InvalidArgument(f"model '{spec.name}' signature '{sig}': {e.message}") from e
-        resolved, outputs = self.core.predict(spec, inputs, list(request.output_filter))
+        resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes)
         response = predict_pb2.PredictResponse(model_spec=resolved)
+        encode = self._encode
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(from_numpy(value))
+            encode(value, response.outputs[key])
         return response
 
     def Classify(self, request, context):  # noqa: N802 - gRPC method name
@@ -132,7 +131,7 @@ def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None,
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
     """
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes), server)
+        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes, tensor_content=tensor_content), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -21,24 +21,23 @@ from tensorflow_serving.apis import (
     inference_pb2,
     model_management_pb2,
     model_pb2,
+    predict_pb2,
     regression_pb2,
 )
 
-from tfsctl.core.servable import example_input_key, examples_from_input
-from tfsctl.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ServingError,
-    Unimplemented,
-    Unknown,
+from tfsctl.core import inference
+from tfsctl.core.examples import DEFAULT_MAX_BYTES
+from tfsctl.core.inference import (  # noqa: F401 - re-exported for callers of the old names
+    CLASSIFY_CLASSES,
+    CLASSIFY_SCORES,
+    REGRESS_OUTPUTS,
+    classification_result,
+    regression_result,
 )
-from tfsctl.savedmodel import CLASSIFY_METHOD, REGRESS_METHOD
+from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
+from tfsctl.errors import InvalidArgument, NotFound, Unknown
+from tfsctl.savedmodel import DEFAULT_SIGNATURE
 
-DEFAULT_SIGNATURE = "serving_default"
-CLASSIFY_CLASSES = "classes"
-CLASSIFY_SCORES = "scores"
-REGRESS_OUTPUTS = "outputs"
 SIGNATURE_DEF_FIELD = "signature_def"
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 _END = get_model_status_pb2.ModelVersionStatus.END
@@ -69,19 +68,26 @@ def make_model_spec(name: str, version: int, signature_name: str | None = None) 
 
 
 class PredictionCore:
-    """Resolves ModelSpecs against the manager and runs signatures (through the batcher when there is one).
+    """Resolves ModelSpecs against the manager and runs the request core (:mod:`tfsctl.core.inference`) on the
+    held version, through the batcher when there is one.
 
     ``manager`` follows the Manager contract (``handle``, ``model_names``, ``version_states``, ``labels``,
     ``apply_config``); ``batcher`` the Batcher contract (``run`` with ``Servable.run``'s signature).
+    ``enable_signature_method_name_check`` is TF Serving's flag of that name (default off: Classify/Regress run
+    any signature whose inputs and outputs fit). ``max_request_bytes`` bounds what one request may decode to.
     """
 
     def __init__(self, manager: Any, batcher: Any = None, metrics: Any = None, *,
-                 reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False) -> None:
+                 reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False,
+                 max_request_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
         self.batcher = batcher
         self.metrics = metrics
         self.reload_wait_seconds = reload_wait_seconds
+        self.max_request_bytes = max_request_bytes
+        self._run = self._batched_run if batcher is not None else inference.servable_run
+        self._specs: dict[tuple[str, int, str], model_pb2.ModelSpec] = {}
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -95,126 +101,100 @@ class PredictionCore:
         """``manager.handle`` for the spec's name and version/label."""
         return self.manager.handle(self._require_name(spec), _version_of(spec), _label_of(spec))
 
-    def _run(self, servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
-             output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Run one signature of a held servable; errors get the model name and version in front."""
-        try:
-            if self.batcher is not None:
-                return self.batcher.run(servable, signature_name, dict(inputs), tuple(output_filter))
-            return servable.run(signature_name, dict(inputs), tuple(output_filter))
-        except ServingError as e:
-            prefix = f"model '{servable.name}' version {servable.version}"
-            if servable.name in e.message:
-                raise
-            raise type(e)(f"{prefix}: {e.message}") from e
+    def _batched_run(self, servable: Any, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+        return self.batcher.run(servable, signature_name, inputs, output_filter)
+
+    def _resolved(self, servable: Any, signature_name: str) -> model_pb2.ModelSpec:
+        """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
+        key = (servable.name, servable.version, signature_name)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            spec = self._specs[key] = make_model_spec(servable.name, servable.version, signature_name)
+        return spec
 
     @staticmethod
-    def _signature(servable: Any, signature_name: str, method: str | None = None):
-        """SignatureDef by name: unknown -> FAILED_PRECONDITION; wrong method -> FAILED_PRECONDITION."""
-        sig = servable.signature_defs.get(signature_name)
-        if sig is None:
-            known = ", ".join(sorted(servable.signature_defs)) or "none"
-            raise FailedPrecondition(
-                f"model '{servable.name}' version {servable.version}: serving signature '{signature_name}' "
-                f"not found (signatures: {known})"
-            )
-        if method is not None and sig.method_name != method:
-            raise FailedPrecondition(
-                f"model '{servable.name}' version {servable.version}: signature '{signature_name}' has "
-                f"method_name '{sig.method_name}', expected {method}"
-            )
-        return sig
+    def _trim_after(nbytes: int) -> None:
+        if nbytes >= LARGE_REQUEST_BYTES:
+            TRIMMER.request()
 
     # --- Predict -----------------------------------------------------------------------------------------------
 
+    def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None
+                        ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+        """A PredictRequest as TF Serving's RunPredict: the key check comes before any input is decoded, and the
+        decoded size is bounded (``max_bytes``, default ``max_request_bytes``). Returns the resolved ModelSpec
+        and the outputs."""
+        size = request.ByteSize()
+        try:
+            with self._handle(request.model_spec) as servable:
+                name, outputs = inference.run_predict(
+                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
+                    max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
+                return self._resolved(servable, name), outputs
+        finally:
+            self._trim_after(size)
+
     def predict(self, model_spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
                 output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
-        """Run a predict signature; returns the resolved ModelSpec (version actually used) and the outputs."""
-        signature_name = signature_or_default(model_spec.signature_name)
+        """Predict with decoded inputs; returns the resolved ModelSpec (version actually used) and the outputs."""
         with self._handle(model_spec) as servable:
-            outputs = self._run(servable, signature_name, inputs, output_filter)
-            return make_model_spec(servable.name, servable.version, signature_name), outputs
+            return self.predict_with(servable, model_spec.signature_name, inputs, output_filter)
 
-    # --- Classify / Regress --------------------------------------------------------------------------------------
+    def predict_with(self, servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
+                     output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+        """Predict on a version the caller already holds (one handle per request, from decode to reply)."""
+        try:
+            name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=self._run,
+                                                     method_check=self.enable_signature_method_name_check)
+            return self._resolved(servable, name), outputs
+        finally:
+            self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
-    def _classify_on(self, servable: Any, signature_name: str, examples: np.ndarray
-                     ) -> classification_pb2.ClassificationResult:
-        sig = self._signature(servable, signature_name, CLASSIFY_METHOD)
-        where = f"model '{servable.name}' signature '{signature_name}'"
-        key = example_input_key(servable.signature(signature_name), CLASSIFY_METHOD, where)
-        wanted = [k for k in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if k in sig.outputs]
-        if not wanted:
-            raise FailedPrecondition(f"{where}: classify signature has neither '{CLASSIFY_CLASSES}' nor "
-                                     f"'{CLASSIFY_SCORES}' output")
-        out = self._run(servable, signature_name, {key: examples}, wanted)
-        return classification_result(out.get(CLASSIFY_CLASSES), out.get(CLASSIFY_SCORES), len(examples), where)
-
-    def _regress_on(self, servable: Any, signature_name: str, examples: np.ndarray
-                    ) -> regression_pb2.RegressionResult:
-        sig = self._signature(servable, signature_name, REGRESS_METHOD)
-        where = f"model '{servable.name}' signature '{signature_name}'"
-        key = example_input_key(servable.signature(signature_name), REGRESS_METHOD, where)
-        if REGRESS_OUTPUTS not in sig.outputs:
-            raise FailedPrecondition(f"{where}: regress signature has no '{REGRESS_OUTPUTS}' output")
-        out = self._run(servable, signature_name, {key: examples}, [REGRESS_OUTPUTS])
-        return regression_result(out[REGRESS_OUTPUTS], len(examples), where)
+    # --- Classify / Regress / MultiInference ----------------------------------------------------------------------
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        """Classify serialized tf.Examples with a ``tensorflow/serving/classify`` signature."""
-        signature_name = signature_or_default(request.model_spec.signature_name)
-        with self._handle(request.model_spec) as servable:
-            examples = examples_from_input(request.input, "ClassificationRequest.input")
-            result = self._classify_on(servable, signature_name, examples)
-            return classification_pb2.ClassificationResponse(
-                model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
+        """TF Serving's RunClassify on the version the request's ModelSpec resolves to."""
+        size = request.input.ByteSize()
+        try:
+            with self._handle(request.model_spec) as servable:
+                name, result = inference.run_classify(
+                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
+                    max_bytes=self.max_request_bytes)
+                return classification_pb2.ClassificationResponse(
+                    model_spec=make_model_spec(servable.name, servable.version, name), result=result)
+        finally:
+            self._trim_after(size)
 
     def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
-        """Regress serialized tf.Examples with a ``tensorflow/serving/regress`` signature."""
-        signature_name = signature_or_default(request.model_spec.signature_name)
-        with self._handle(request.model_spec) as servable:
-            examples = examples_from_input(request.input, "RegressionRequest.input")
-            result = self._regress_on(servable, signature_name, examples)
-            return regression_pb2.RegressionResponse(
-                model_spec=make_model_spec(servable.name, servable.version, signature_name), result=result)
+        """TF Serving's RunRegress on the version the request's ModelSpec resolves to."""
+        size = request.input.ByteSize()
+        try:
+            with self._handle(request.model_spec) as servable:
+                name, result = inference.run_regress(
+                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
+                    max_bytes=self.max_request_bytes)
+                return regression_pb2.RegressionResponse(
+                    model_spec=make_model_spec(servable.name, servable.version, name), result=result)
+        finally:
+            self._trim_after(size)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
-        """Several classify/regress tasks over one input, all on the same model (and the same version)."""
+        """Several classify/regress tasks over one input on the version the first task's ModelSpec resolves to."""
         if not request.tasks:
             raise InvalidArgument("MultiInferenceRequest has no tasks")
-        first = request.tasks[0].model_spec
-        seen: set[str] = set()
-        for task in request.tasks:
-            spec = task.model_spec
-            if not spec.name:
-                raise InvalidArgument("Found ModelSpec with an empty model name in MultiInferenceRequest")
-            if spec.name != first.name:
-                raise InvalidArgument(
-                    f"All ModelSpecs in a MultiInferenceRequest must access the same model name "
-                    f"(got '{first.name}' and '{spec.name}')")
-            if (_version_of(spec), _label_of(spec)) != (_version_of(first), _label_of(first)):
-                raise InvalidArgument(f"model '{first.name}': all tasks of a MultiInferenceRequest must ask for "
-                                      "the same version or version_label")
-            sig_name = signature_or_default(spec.signature_name)
-            if sig_name in seen:
-                raise InvalidArgument(f"model '{first.name}': duplicate evaluation of signature '{sig_name}'")
-            seen.add(sig_name)
-            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-                raise Unimplemented(f"model '{first.name}' signature '{sig_name}': unsupported method_name "
-                                    f"'{task.method_name}' (use {CLASSIFY_METHOD} or {REGRESS_METHOD})")
-        response = inference_pb2.MultiInferenceResponse()
-        with self._handle(first) as servable:
-            examples = examples_from_input(request.input, "MultiInferenceRequest.input")
-            for task in request.tasks:
-                sig_name = signature_or_default(task.model_spec.signature_name)
-                result = response.results.add()
-                if task.method_name == CLASSIFY_METHOD:
-                    result.classification_result.CopyFrom(self._classify_on(servable, sig_name, examples))
-                else:
-                    result.regression_result.CopyFrom(self._regress_on(servable, sig_name, examples))
-                result.model_spec.CopyFrom(make_model_spec(servable.name, servable.version, sig_name))
-        return response
+        inference.check_multi_inference_tasks(request)
+        size = request.input.ByteSize()
+        try:
+            with self._handle(request.tasks[0].model_spec) as servable:
+                return inference.run_multi_inference(
+                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
+                    max_bytes=self.max_request_bytes)
+        finally:
+            self._trim_after(size)
 
     # --- metadata / status / config --------------------------------------------------------------------------------
 
@@ -320,49 +300,3 @@ class PredictionCore:
                 time.sleep(0.02)
 
 
-def classification_result(classes: np.ndarray | None, scores: np.ndarray | None, num_examples: int,
-                          where: str) -> classification_pb2.ClassificationResult:
-    """Build a ClassificationResult from ``classes`` (string [N, C]) and/or ``scores`` (float [N, C])."""
-    num_classes = 0
-    for key, arr, kind in ((CLASSIFY_CLASSES, classes, "O"), (CLASSIFY_SCORES, scores, "f")):
-        if arr is None:
-            continue
-        if arr.ndim != 2:
-            raise InvalidArgument(
-                f"{where}: expected '{key}' of shape [batch_size, num_classes], got {list(arr.shape)}")
-        if arr.dtype.kind not in (kind, "S"):
-            raise InvalidArgument(f"{where}: '{key}' has unexpected dtype {arr.dtype}")
-        if arr.shape[0] != num_examples:
-            raise InvalidArgument(f"{where}: expected '{key}' batch size {num_examples}, got {arr.shape[0]}")
-        num_classes = arr.shape[1]
-    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise InvalidArgument(f"{where}: classes and scores disagree in dim 1: {classes.shape[1]} vs {scores.shape[1]}")
-    result = classification_pb2.ClassificationResult()
-    for i in range(num_examples):
-        row = result.classifications.add()
-        for c in range(num_classes):
-            cl = row.classes.add()
-            if classes is not None:
-                label = classes[i, c]
-                cl.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-            if scores is not None:
-                cl.score = float(scores[i, c])
-    return result
-
-
-def regression_result(outputs: np.ndarray, num_examples: int, where: str) -> regression_pb2.RegressionResult:
-    """Build a RegressionResult from ``outputs`` (float [N] or [N, 1])."""
-    if outputs.ndim == 2 and outputs.shape[1] == 1:
-        outputs = outputs[:, 0]
-    if outputs.ndim != 1:
-        raise InvalidArgument(f"{where}: expected '{REGRESS_OUTPUTS}' of shape [batch_size] or [batch_size, 1], "
-                              f"got {list(outputs.shape)}")
-    if outputs.dtype.kind != "f":
-        raise InvalidArgument(f"{where}: '{REGRESS_OUTPUTS}' has unexpected dtype {outputs.dtype}")
-    if outputs.shape[0] != num_examples:
-        raise InvalidArgument(f"{where}: expected '{REGRESS_OUTPUTS}' batch size {num_examples}, "
-                              f"got {outputs.shape[0]}")
-    result = regression_pb2.RegressionResult()
-    for v in outputs.tolist():
-        result.regressions.add(value=float(v))
-    return result
