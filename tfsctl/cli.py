@@ -256,6 +256,8 @@ def serve(
     load_retry_interval_seconds: float = _opt(
         60.0, "load-retry-interval-seconds", help="Wait between load retries."),
     grpc_max_threads: int = _opt(0, "grpc-max-threads", help="gRPC worker threads (0 = automatic)."),
+    model_cache_dir: str = _opt("", "model-cache-dir", help="Local copies of s3:// and gs:// versions "
+                                "(default $TFSCTL_MODEL_CACHE_DIR, else a temporary directory)."),  # cloud
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
     quiet_tensorflow(devices=True)
@@ -275,6 +277,7 @@ def serve(
         grpc_max_message_bytes=grpc_max_message_bytes, ssl_config_file=ssl_config_file,
         max_num_load_retries=max_num_load_retries, load_retry_interval_seconds=load_retry_interval_seconds,
         grpc_max_threads=grpc_max_threads,
+        model_cache_dir=model_cache_dir,  # cloud
     )
 
     def banner(server: ModelServer) -> None:

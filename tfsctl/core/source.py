@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tfsctl.core import storage  # cloud: object-storage base paths
+from tfsctl.errors import StorageError  # cloud
+
 log = logging.getLogger("tfsctl.core.source")
 
 
@@ -57,6 +60,9 @@ class VersionPolicy:
 
 def list_versions(base_path: str | Path) -> dict[int, Path]:
     """Numeric version directories under ``base_path`` ({} when it is missing, empty or unreadable)."""
+    if storage.is_remote(base_path):  # cloud: s3:// gs:// listed through fsspec (raises StorageError)
+        return storage.list_versions(base_path)
+    base_path = storage.normalize(base_path)  # cloud: file:// is a local path
     found: dict[int, Path] = {}
     try:
         with os.scandir(base_path) as it:
@@ -119,7 +125,12 @@ class FileSystemSource:
             models = [m for n, m in self._models.items() if names is None or n in names]
         with self._poll_lock:
             for m in models:
-                aspired = m.policy.select(list_versions(m.base_path))
+                try:  # cloud: an unreadable object store keeps what is loaded (no empty set emitted)
+                    on_disk = list_versions(m.base_path)
+                except StorageError as e:
+                    storage.report_error(m.name, m.base_path, e)
+                    continue
+                aspired = m.policy.select(on_disk)
                 if not aspired:
                     log.debug("no aspired versions of model %s under %s", m.name, m.base_path)
                 self._report_missing(m)
@@ -131,7 +142,7 @@ class FileSystemSource:
     def _report_missing(self, m: WatchedModel) -> None:
         """Warn once (not every poll) while a model's base path does not exist: a typo would otherwise look idle."""
         key = (m.name, m.base_path)
-        if os.path.isdir(m.base_path):
+        if storage.isdir(m.base_path):  # cloud: was os.path.isdir
             self._missing.discard(key)
         elif key not in self._missing:
             self._missing.add(key)

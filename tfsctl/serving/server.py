@@ -49,6 +49,7 @@ class ServerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     grpc_max_threads: int = 0
+    model_cache_dir: str = ""  # cloud: local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
@@ -61,7 +62,11 @@ class ServerOptions:
         if self.model_base_path:
             if not self.model_name:
                 raise ConfigError("--model-name must not be empty")
-            return single_model_config(self.model_name, Path(self.model_base_path).expanduser().absolute())
+            from tfsctl.core.storage import split_url  # cloud: a URL base path stays a URL
+
+            base = self.model_base_path if split_url(self.model_base_path)[0] else \
+                Path(self.model_base_path).expanduser().absolute()
+            return single_model_config(self.model_name, base)
         raise ConfigError("no models to serve: give --model-base-path (with --model-name) or --model-config-file")
 
     def validate(self) -> None:
@@ -89,9 +94,11 @@ def _address(host: str, port: int) -> str:
 def _make_manager(options: ServerOptions, metrics: Any) -> Any:
     """The Manager with the polling and load-retry flags."""
     from tfsctl.core.manager import Manager
+    from tfsctl.core.remote_loader import remote_aware_factory  # cloud
 
     return Manager(
         metrics,
+        loader_factory=remote_aware_factory(None, cache=options.model_cache_dir or None),  # cloud: wrap the factory
         poll_wait_seconds=options.file_system_poll_wait_seconds,
         max_num_load_retries=options.max_num_load_retries,
         load_retry_interval_seconds=options.load_retry_interval_seconds,
@@ -135,6 +142,10 @@ class ModelServer:
         opts = self.options
         opts.validate()
         config = opts.model_config()
+        from tfsctl.core.storage import check_path  # cloud: unknown scheme / missing tfsctl[cloud] -> ConfigError
+
+        for mc in config.model_config_list.config:
+            check_path(mc.base_path)
         if opts.model_config_file:
             self._config_text = Path(opts.model_config_file).read_text()
         credentials = self._credentials()
