@@ -32,7 +32,7 @@ KSERVE_TF_ARGS = ["--model_name={{.Name}}", "--port=9000", "--rest_api_port=8080
                   "--rest_api_timeout_in_ms=60000"]
 
 
-# --- Dockerfile --------------------------------------------------------------------------------------------------------
+# --- Dockerfile -------------------------------------------------------------------------------------------------------
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -83,7 +83,7 @@ def test_dockerfile_structure():
     assert ("STOPSIGNAL", "SIGTERM") in ins
 
 
-# --- entrypoint --------------------------------------------------------------------------------------------------------
+# --- entrypoint -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_entrypoint_runs_real_tfsctl_and_stops_on_sigterm(tmp_path):
             proc.wait()
 
 
-# --- Kubernetes --------------------------------------------------------------------------------------------------------
+# --- Kubernetes -------------------------------------------------------------------------------------------------------
 
 
 def _docs(directory: str) -> list[dict]:
@@ -263,7 +263,7 @@ def test_every_flag_in_the_manifests_is_a_tfsctl_serve_flag():
     assert not missing, f"tfsctl serve does not accept {missing}"
 
 
-# --- KServe ------------------------------------------------------------------------------------------------------------
+# --- KServe -----------------------------------------------------------------------------------------------------------
 
 # The ClusterServingRuntime spec as KServe's CRD (config/crd/full/serving.kserve.io_clusterservingruntimes.yaml,
 # v1alpha1) declares it: its property names (unknown ones are pruned by the API server, so a typo is an error
