@@ -39,6 +39,7 @@ moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
 BUCKET = "models"
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
 
 
 # --- pure rules ------------------------------------------------------------------------------------------------------
@@ -68,6 +69,24 @@ def test_server_refuses_an_unknown_scheme_at_start():
     server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_base_path="ftp://h/m"))
     with pytest.raises(ConfigError, match="unknown scheme 'ftp://'"):
         server.start()
+
+
+def test_s3_settings_from_the_environment(monkeypatch):
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT", "S3_USE_HTTPS", "S3_VERIFY_SSL",
+              "AWS_REGION", "AWS_DEFAULT_REGION", "S3_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("S3_ENDPOINT", "minio.local:9000")  # TF Serving's S3 variables
+    monkeypatch.setenv("S3_USE_HTTPS", "0")
+    monkeypatch.setenv("S3_VERIFY_SSL", "0")
+    monkeypatch.setenv("S3_REGION", "eu-west-1")
+    client = storage._s3_options()["client_kwargs"]
+    assert client == {"endpoint_url": "http://minio.local:9000", "region_name": "eu-west-1", "verify": False}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.example.com")  # the AWS variables win
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    client = storage._s3_options()["client_kwargs"]
+    assert client["endpoint_url"] == "https://s3.example.com" and client["region_name"] == "us-west-2"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    assert storage._s3_options()["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:1"
 
 
 @pytest.mark.parametrize(("names", "why"), [
@@ -183,6 +202,20 @@ def test_list_versions_waits_for_a_complete_and_stable_upload(s3, toys):
     assert storage.list_versions(Path(base)) == {1: f"{base}/1", 2: f"{base}/2"}  # as the Source passes it
 
 
+def test_tf_serving_s3_endpoint_variables_reach_the_server(s3, toys, monkeypatch):
+    endpoint, client = s3
+    _upload(client, toys[1.0], "tfvars/1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("S3_ENDPOINT", endpoint.removeprefix("http://"))  # host:port, as TF Serving takes it
+    monkeypatch.setenv("S3_USE_HTTPS", "0")
+    storage.reset_filesystems()
+    try:
+        assert storage.list_versions("s3://models/tfvars") == {1: "s3://models/tfvars/1"}
+    finally:
+        monkeypatch.undo()
+        storage.reset_filesystems()
+
+
 def test_download_is_atomic_and_complete(s3, toys, tmp_path):
     _, client = s3
     _upload(client, toys[1.0], "dl/5")
@@ -207,6 +240,14 @@ def _predict(port: int, name: str = "m") -> tuple[int, float]:
     return resp.model_spec.version.value, float(to_numpy(resp.outputs["y"], "y")[0, 0])
 
 
+def _status(port: int, name: str = "m") -> dict[int, get_model_status_pb2.ModelVersionStatus]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = name
+        resp = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(req, timeout=10)
+    return {s.version: s for s in resp.model_version_status}
+
+
 def _states(port: int, name: str = "m") -> dict[int, int]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         req = get_model_status_pb2.GetModelStatusRequest()
@@ -221,6 +262,7 @@ def _states(port: int, name: str = "m") -> dict[int, int]:
 def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog):
     _, client = s3
     caplog.set_level(logging.INFO, logger="tfsctl.core.storage")
+    caplog.set_level(logging.INFO, logger="tfsctl.core.source")
     _upload(client, toys[1.0], "serve/m/1")
     cache = tmp_path / "cache"
     server = ModelServer(ServerOptions(
@@ -254,6 +296,25 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
         _wait(lambda: _states(port).get(3) not in (AVAILABLE, None) and _predict(port) == (2, 2.0),
               what="version 3 to unload and 2 to serve")
         _wait(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], what="v3 copy deleted")
+
+        # A complete but corrupt version: its load error is in GetModelStatus, its copy is gone, 2 keeps serving.
+        client.put_object(Bucket=BUCKET, Key="serve/m/4/saved_model.pb", Body=b"not a SavedModel")
+        _wait(lambda: 4 in _status(port) and _status(port)[4].state == END, what="version 4's load to fail")
+        status = _status(port)[4]
+        assert "s3://models/serve/m/4" in status.status.error_message
+        assert "cannot parse the SavedModel proto" in status.status.error_message
+        assert _predict(port) == (2, 2.0)
+        assert [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"]
+
+        # Credentials that stop working: a clear error in the log, and the loaded version keeps serving.
+        os.environ["AWS_SECRET_ACCESS_KEY"], good = "revoked", os.environ["AWS_SECRET_ACCESS_KEY"]
+        storage.reset_filesystems()
+        try:
+            _wait(lambda: "serve/m: access denied" in caplog.text, what="the credentials error")
+            assert _predict(port) == (2, 2.0) and _states(port)[2] == AVAILABLE
+        finally:
+            os.environ["AWS_SECRET_ACCESS_KEY"] = good
+            storage.reset_filesystems()
     finally:
         server.stop(grace=1)
     assert list((cache / "m").iterdir()) == []  # every copy dropped after the final unload

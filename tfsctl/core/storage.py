@@ -146,6 +146,8 @@ def reset_filesystems() -> None:
     with _seen_lock:
         _seen.clear()
         _reported.clear()
+    with _errors_lock:
+        _errors.clear()
 
 
 def _explain(url: str, what: str, e: BaseException) -> StorageError:
