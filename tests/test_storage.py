@@ -359,3 +359,23 @@ def test_remote_aware_factory_keeps_local_paths_local(tmp_path):
     assert made == [("m", 1, Path("/srv/m/1"))]
     loader = factory("m", 2, Path("s3://b/m/2"))
     assert isinstance(loader, remote_loader.CachingLoader) and loader.url == "s3://b/m/2"
+
+
+def test_cache_dir_is_claimed_and_only_stale_copies_are_removed(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    for stale in ("m/3.deadbeef", "m/.partial-3.deadbeef-x1y2", "other%2Fname/12.0123abcd"):
+        (root / stale / "variables").mkdir(parents=True)
+    (root / "m" / "notes").mkdir()
+    (root / "m" / "README").write_text("not ours")
+    monkeypatch.setattr(remote_loader, "_roots", {})
+    monkeypatch.setattr(remote_loader, "_held", [])
+    assert remote_loader.cache_dir(root) == root
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        ".tfsctl-cache.lock", "m", "m/README", "m/notes", "other%2Fname"]
+    # A second claim of the same directory (another server process) must not delete the first one's copies.
+    (root / "m" / "4.00aa11bb").mkdir()
+    private = remote_loader._claim(root)
+    assert private.parent == root and private.name.startswith("process-")
+    assert (root / "m" / "4.00aa11bb").is_dir()
+    for fd in remote_loader._held:
+        os.close(fd)

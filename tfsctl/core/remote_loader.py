@@ -9,8 +9,11 @@ wrapped factory: :func:`remote_aware_factory` is safe to install unconditionally
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -29,20 +32,55 @@ log = logging.getLogger("tfsctl.core.remote_loader")
 CACHE_ENV = "TFSCTL_MODEL_CACHE_DIR"
 LoaderFactory = Callable[[str, int, Any], Any]
 
-_default_lock = threading.Lock()
-_default_cache: Path | None = None
+_lock = threading.Lock()
+_roots: dict[str, Path] = {}  # configured cache dir -> the directory this process uses
+_held: list[int] = []  # lock file descriptors kept open for the life of the process
+_COPY = re.compile(r"^(\d+\.[0-9a-f]{8}|\.partial-\d+\.[0-9a-f]{8}-.*)$")  # what CachingLoader creates
 
 
 def cache_dir(explicit: str | Path | None = None) -> Path:
-    """The model cache: ``explicit``, else ``$TFSCTL_MODEL_CACHE_DIR``, else one temporary directory per process."""
-    global _default_cache
-    chosen = explicit or os.environ.get(CACHE_ENV)
-    if chosen:
-        return Path(chosen).expanduser()
-    with _default_lock:
-        if _default_cache is None:
-            _default_cache = Path(tempfile.mkdtemp(prefix="tfsctl-model-cache-"))
-        return _default_cache
+    """The model cache: ``explicit``, else ``$TFSCTL_MODEL_CACHE_DIR``, else one temporary directory per process.
+
+    A configured directory is claimed with a lock file; the first process to claim it deletes the copies a
+    previous (crashed or restarted) process left there, and only those (names this module creates). A second live
+    process pointed at the same directory works in a private subdirectory instead of deleting the first one's
+    copies.
+    """
+    chosen = str(explicit or os.environ.get(CACHE_ENV) or "")
+    with _lock:
+        root = _roots.get(chosen)
+        if root is None:
+            root = _claim(Path(chosen).expanduser()) if chosen else _temporary()
+            _roots[chosen] = root
+        return root
+
+
+def _temporary() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="tfsctl-model-cache-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+def _claim(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".tfsctl-cache.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        private = Path(tempfile.mkdtemp(prefix=f"process-{os.getpid()}-", dir=root))
+        atexit.register(shutil.rmtree, private, True)
+        log.warning("model cache %s is in use by another process; using %s", root, private)
+        return private
+    _held.append(fd)
+    for model_dir in root.iterdir():
+        if not model_dir.is_dir() or model_dir.name.startswith("process-"):
+            continue
+        for entry in model_dir.iterdir():
+            if entry.is_dir() and _COPY.match(entry.name):
+                log.info("removing %s, left in the model cache by an earlier process", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+    return root
 
 
 class CachingLoader:
