@@ -89,6 +89,31 @@ def test_s3_settings_from_the_environment(monkeypatch):
     assert storage._s3_options()["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:1"
 
 
+def test_config_files_and_reloads_refuse_an_unknown_scheme(tmp_path):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from tfsctl.core.config import load_model_server_config
+    from tfsctl.core.manager import Manager
+    from tfsctl.errors import InvalidArgument
+
+    path = tmp_path / "models.config"
+    path.write_text('model_config_list {\n  config {\n    name: "m"\n    base_path: "hdfs://nn/m"\n'
+                    '    model_platform: "tensorflow"\n  }\n}\n')
+    with pytest.raises(ConfigError, match=r"models.config.*model 'm': base path hdfs://nn/m: unknown scheme"):
+        load_model_server_config(path)
+    config = model_server_config_pb2.ModelServerConfig()
+    mc = config.model_config_list.config.add(name="m", base_path="ftp://host/m", model_platform="tensorflow")
+    manager = Manager(freeze_gc=False)
+    try:
+        with pytest.raises(InvalidArgument, match="unknown scheme 'ftp://'"):  # HandleReloadConfigRequest's answer
+            manager.apply_config(config)
+        mc.base_path = "s3://bucket/m"  # a known scheme is accepted (nothing is listed before start)
+        manager.apply_config(config)
+        assert manager.model_names() == ["m"]
+    finally:
+        manager.stop(timeout=1)
+
+
 @pytest.mark.parametrize(("names", "why"), [
     ({"variables/variables.index", "variables/variables.data-00000-of-00001"}, "no saved_model.pb"),
     ({"saved_model.pb", "variables/variables.data-00000-of-00001"}, "no variables/variables.index"),

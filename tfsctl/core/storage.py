@@ -90,13 +90,13 @@ def check_path(path: str | Path) -> None:
     package = REMOTE_SCHEMES.get(scheme)
     if package is None:
         known = ", ".join(["file"] + sorted(REMOTE_SCHEMES))
-        raise ConfigError(f"model base path {path}: unknown scheme '{scheme}://' (supported: {known})")
+        raise ConfigError(f"base path {path}: unknown scheme '{scheme}://' (supported: {known})")
     try:
         __import__(package)
         __import__("fsspec")
     except ImportError:
         raise ConfigError(
-            f"model base path {path}: '{scheme}://' needs the {package} package: {EXTRA_HINT}"
+            f"base path {path}: '{scheme}://' needs the {package} package: {EXTRA_HINT}"
         ) from None
 
 
@@ -226,6 +226,10 @@ def list_versions(base_path: str | Path, settle_seconds: float | None = None) ->
     Raises StorageError (access denied, endpoint unreachable): the Source logs it and keeps what is loaded.
     """
     base = normalize(base_path)
+    try:
+        check_path(base)
+    except ConfigError as e:  # e.g. a scheme that a reload brought in and this installation cannot read
+        raise StorageError(str(e)) from None
     settle = SETTLE_SECONDS if settle_seconds is None else settle_seconds
     listing = _scan(base)
     with _errors_lock:

@@ -142,10 +142,6 @@ class ModelServer:
         opts = self.options
         opts.validate()
         config = opts.model_config()
-        from tfsctl.core.storage import check_path  # cloud: unknown scheme / missing tfsctl[cloud] -> ConfigError
-
-        for mc in config.model_config_list.config:
-            check_path(mc.base_path)
         if opts.model_config_file:
             self._config_text = Path(opts.model_config_file).read_text()
         credentials = self._credentials()
