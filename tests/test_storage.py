@@ -404,3 +404,43 @@ def test_cache_dir_is_claimed_and_only_stale_copies_are_removed(tmp_path, monkey
     assert (root / "m" / "4.00aa11bb").is_dir()
     for fd in remote_loader._held:
         os.close(fd)
+
+
+# --- gs:// against a GCS emulator -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+    """gcp-storage-emulator (JSON API, in memory) on 127.0.0.1 with bucket `models`; yields an fsspec filesystem."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    pytest.importorskip("gcsfs")
+    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    host, port = server._api._httpd.server_address[:2]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{host}:{port}")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    storage.reset_filesystems()
+    try:
+        yield storage.filesystem("gs")
+    finally:
+        storage.reset_filesystems()
+        server.stop()
+
+
+def test_serving_from_gcs(gcs, toys, tmp_path):
+    def upload(local: Path, prefix: str) -> None:
+        for rel in sorted(_files(local), key=lambda n: (n != "saved_model.pb", n)):
+            gcs.put_file(str(local / rel), f"{BUCKET}/{prefix}/{rel}")
+
+    upload(toys[1.0], "gcs/m/1")
+    server = ModelServer(ServerOptions(
+        port=0, rest_api_port=0, host="127.0.0.1", model_name="m", model_base_path=f"gs://{BUCKET}/gcs/m",
+        file_system_poll_wait_seconds=0.2, model_cache_dir=str(tmp_path / "cache")))
+    server.start()
+    try:
+        assert server.wait_until_ready(30)
+        assert _predict(server.grpc_port) == (1, 1.0)
+        upload(toys[2.0], "gcs/m/2")
+        _wait(lambda: _predict(server.grpc_port) == (2, 2.0), what="version 2 from gs:// to serve")
+    finally:
+        server.stop(grace=1)

@@ -125,16 +125,29 @@ def _s3_options() -> dict[str, Any]:
     }
 
 
+def _gcs_filesystem() -> Any:
+    """gcsfs's core filesystem: the plain JSON API (gcsfs's default class also probes each bucket's layout through
+    the gRPC control plane, which an emulator does not offer and a read-only model path does not need)."""
+    from gcsfs.core import GCSFileSystem
+
+    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        options["token"] = "anon"  # emulators take unauthenticated requests
+    return GCSFileSystem(**options)
+
+
 def filesystem(scheme: str) -> Any:
     """One fsspec filesystem per scheme for this process (built from the environment on first use)."""
     check_path(f"{scheme}://x")
     with _fs_lock:
         fs = _filesystems.get(scheme)
         if fs is None:
-            import fsspec
+            if REMOTE_SCHEMES[scheme] == "s3fs":
+                import fsspec
 
-            options = _s3_options() if REMOTE_SCHEMES[scheme] == "s3fs" else {"skip_instance_cache": True}
-            fs = fsspec.filesystem("s3" if scheme == "s3a" else scheme, **options)
+                fs = fsspec.filesystem("s3", **_s3_options())
+            else:
+                fs = _gcs_filesystem()
             _filesystems[scheme] = fs
         return fs
 
