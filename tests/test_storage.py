@@ -243,6 +243,8 @@ def test_tf_serving_s3_endpoint_variables_reach_the_server(s3, toys, monkeypatch
 
 def test_download_is_atomic_and_complete(s3, toys, tmp_path):
     _, client = s3
+    client.put_object(Bucket=BUCKET, Key="dl/5/", Body=b"")  # folder markers, as consoles create them
+    client.put_object(Bucket=BUCKET, Key="dl/5/variables/", Body=b"")
     _upload(client, toys[1.0], "dl/5")
     dest = tmp_path / "cache" / "m" / "5"
     storage.download("s3://models/dl/5", dest)

@@ -191,7 +191,8 @@ def _find(url: str) -> dict[str, dict]:
     out = {}
     for key, info in found.items():
         key = key.lstrip("/")
-        if key.startswith(prefix) and info.get("type", "file") != "directory":
+        # Zero-byte "folder" markers (keys ending in "/", made by consoles and some tools) are not files.
+        if key.startswith(prefix) and not key.endswith("/") and info.get("type", "file") != "directory":
             out[key[len(prefix):]] = info
     return out
 
