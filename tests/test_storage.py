@@ -378,6 +378,21 @@ def test_bad_credentials_are_a_clear_error_and_the_server_keeps_serving(s3, toys
         storage.reset_filesystems()
 
 
+def test_serving_a_file_url_loads_in_place(tmp_path):
+    write_toy_model(tmp_path / "toy", 1, scale=1.0)
+    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="m",
+                                       model_base_path=(tmp_path / "toy").as_uri(), file_system_poll_wait_seconds=0.2,
+                                       model_cache_dir=str(tmp_path / "cache")))
+    server.start()
+    try:
+        assert server.wait_until_ready(30)
+        assert _predict(server.grpc_port) == (1, 1.0)
+        with server.manager.handle("m") as servable:
+            assert Path(servable.path) == tmp_path / "toy" / "1"  # no copy for file://
+    finally:
+        server.stop(grace=1)
+
+
 def test_remote_aware_factory_keeps_local_paths_local(tmp_path):
     made = []
     factory = remote_loader.remote_aware_factory(lambda n, v, p: made.append((n, v, p)) or "local-loader",
