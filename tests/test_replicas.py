@@ -37,12 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 # UNAVAILABLE (a replica shutting down, or its connection gone) is retried on the next replica of the round robin.
+# So is CANCELLED: when a gRPC server stops, calls that reached its gRPC core but were not yet picked up by the
+# application are cancelled (seen about once per thousand calls racing a stop, with grpcio's own server too).
+# Predict is idempotent, so retrying it is safe.
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
         "name": [{"service": "tensorflow.serving.PredictionService"}],
         "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
     }],
 }
 
@@ -57,6 +60,14 @@ def _status(port: int) -> dict[int, int]:
         except grpc.RpcError:
             return {}
     return {s.version: s.state for s in resp.model_version_status}
+
+
+def _rest_ready(rest_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _predict_count(rest_port: int) -> float:
@@ -83,21 +94,30 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
     base.mkdir()
     (staging / "1").rename(base / "1")
 
-    ports, rest_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    chosen: list[int] = []
+    while len(chosen) < 6:  # six distinct ports (the OS may hand out a just-released port twice)
+        port = free_port()
+        if port not in chosen:
+            chosen.append(port)
+    ports, rest_ports = chosen[:3], chosen[3:]
+    logs = [tmp_path / f"replica{i}.log" for i in range(3)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     replicas = [
         subprocess.Popen(
             [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", f"--port={p}", f"--rest_api_port={r}",
              "--model_name=toy", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for p, r in zip(ports, rest_ports, strict=True)
+            env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        for p, r, log in zip(ports, rest_ports, logs, strict=True)
     ]
     stop = threading.Event()
     results: Counter = Counter()
     errors: list[str] = []
     lock = threading.Lock()
+    phase = ["start"]  # which step of the test a failure happened in, for the assertion message
     try:
-        _wait(lambda: all(_status(p).get(1) == AVAILABLE for p in ports), 60, "3 replicas serving version 1")
+        pairs = list(zip(ports, rest_ports, strict=True))  # REST binds after gRPC: wait for both
+        _wait(lambda: all(_status(p).get(1) == AVAILABLE and _rest_ready(r) for p, r in pairs),
+              60, "3 replicas serving version 1 over gRPC and REST")
 
         target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
         channel = grpc.insecure_channel(target, options=[
@@ -119,29 +139,38 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
                         results[(resp.model_spec.version.value, y)] += 1
                 except grpc.RpcError as e:
                     with lock:
-                        errors.append(f"{e.code().name}: {e.details()}")
+                        errors.append(f"{e.code().name}: {e.details()} (during {phase[0]})")
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
         for t in threads:
             t.start()
         _wait(lambda: sum(results.values()) >= 100 or errors, 20, "load to run")
-        assert all(_predict_count(r) > 0 for r in rest_ports)  # round robin: every replica takes requests
+        counts = [_predict_count(r) for r in rest_ports]
+        assert all(c > 0 for c in counts), counts  # round robin: every replica takes requests
 
+        phase[0] = "SIGTERM of replica 0"
         replicas[0].send_signal(signal.SIGTERM)
         (staging / "2").rename(base / "2")  # atomic, as `tfsctl export` writes a version
         assert replicas[0].wait(timeout=30) == 0  # graceful stop: in-flight requests finished
+        phase[0] = "the move to version 2"
 
         def moved(port: int) -> bool:
             states = _status(port)
             return states.get(2) == AVAILABLE and states.get(1) != AVAILABLE
 
         _wait(lambda: all(moved(p) for p in ports[1:]), 30, "live replicas to move to version 2")
+        phase[0] = "load on version 2"
         seen = sum(results.values())
         _wait(lambda: sum(results.values()) >= seen + 100 or errors, 20, "load on the new version")
+        phase[0] = "the end of the load"
         stop.set()
         for t in threads:
             t.join(15)
         channel.close()
+    except BaseException:
+        for i, log in enumerate(logs):
+            print(f"--- replica {i} (gRPC {ports[i]}, REST {rest_ports[i]}) ---\n" + log.read_text()[-3000:])
+        raise
     finally:
         stop.set()
         for r in replicas:
