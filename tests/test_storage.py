@@ -325,6 +325,8 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
         _wait(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], what="v3 copy deleted")
 
         # A complete but corrupt version: its load error is in GetModelStatus, its copy is gone, 2 keeps serving.
+        variables = [n for n in _files(toys[3.0]) if n != "saved_model.pb"]
+        _upload(client, toys[3.0], "serve/m/4", only=variables)
         client.put_object(Bucket=BUCKET, Key="serve/m/4/saved_model.pb", Body=b"not a SavedModel")
         _wait(lambda: 4 in _status(port) and _status(port)[4].state == END, what="version 4's load to fail")
         status = _status(port)[4]
@@ -332,13 +334,17 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
         assert "cannot parse the SavedModel proto" in status.status.error_message
         assert _predict(port) == (2, 2.0)
         assert [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"]
+        # Fixing it in place (the version never leaves the listing) makes the server try again, as a changed
+        # local directory does.
+        _upload(client, toys[3.0], "serve/m/4", only=["saved_model.pb"])
+        _wait(lambda: _predict(port) == (4, 3.0), what="the re-uploaded version 4 to serve")
 
         # Credentials that stop working: a clear error in the log, and the loaded version keeps serving.
         os.environ["AWS_SECRET_ACCESS_KEY"], good = "revoked", os.environ["AWS_SECRET_ACCESS_KEY"]
         storage.reset_filesystems()
         try:
             _wait(lambda: "serve/m: access denied" in caplog.text, what="the credentials error")
-            assert _predict(port) == (2, 2.0) and _states(port)[2] == AVAILABLE
+            assert _predict(port) == (4, 3.0) and _states(port)[4] == AVAILABLE
         finally:
             os.environ["AWS_SECRET_ACCESS_KEY"] = good
             storage.reset_filesystems()

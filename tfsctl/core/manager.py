@@ -37,6 +37,7 @@ from pathlib import Path
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from tfsctl.core import storage  # cloud
 from tfsctl.core.config import validate_model_server_config
 from tfsctl.core.loader import Loader
 from tfsctl.core.servable import Servable
@@ -75,6 +76,8 @@ class VersionState:
 
 def _dir_stamp(path: Path) -> tuple | None:
     """Identity of a version directory's top level, to notice that a failed version was replaced or completed."""
+    if storage.is_remote(path):  # cloud: no directory stamp on object storage; its last stable listing instead
+        return storage.version_stamp(path)
     try:
         st = os.stat(path)
         names = tuple(sorted(os.listdir(path)))

@@ -53,7 +53,8 @@ _PB_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _fs_lock = threading.Lock()
 _filesystems: dict[str, Any] = {}
 _seen_lock = threading.Lock()
-_seen: dict[str, tuple[dict[int, tuple], frozenset[int]]] = {}  # base URL -> (fingerprints, complete versions)
+# base URL -> (last listing's fingerprints, versions found complete, last fingerprint seen twice in a row)
+_seen: dict[str, tuple[dict[int, tuple], frozenset[int], dict[int, tuple]]] = {}
 _reported: dict[tuple[str, int], str] = {}  # (base URL, version) -> last "incomplete" reason logged
 
 
@@ -249,7 +250,7 @@ def list_versions(base_path: str | Path, settle_seconds: float | None = None) ->
     with _errors_lock:
         _errors.pop(base, None)
     with _seen_lock:
-        previous, confirmed = _seen.get(base, ({}, frozenset()))
+        previous, confirmed, stable = _seen.get(base, ({}, frozenset(), {}))
     prints = _fingerprints(listing)
     unconfirmed = [v for v, (_, why) in listing.items()
                    if not why and v not in confirmed and previous.get(v) != prints[v]]
@@ -271,8 +272,23 @@ def list_versions(base_path: str | Path, settle_seconds: float | None = None) ->
             if _reported.pop(key, None) is not None:
                 log.info("%s/%d is complete", base, v)
             complete[v] = f"{base}/{v}"
-        _seen[base] = (prints, frozenset(complete))
+        stable = {v: prints[v] if previous.get(v) == prints[v] else stable.get(v) for v in prints}
+        _seen[base] = (prints, frozenset(complete), stable)
     return complete
+
+
+def version_stamp(url: str | Path) -> tuple | None:
+    """The identity of a remote version's content as of its last stable listing (None if not listed).
+
+    The Manager compares it to decide that a version whose load failed was re-uploaded and deserves a new try, as
+    it does with a local directory's stamp; it changes only once the new upload's listing is stable (rule 3), so a
+    re-upload in progress does not trigger loads of half-replaced files.
+    """
+    base, _, name = normalize(url).rpartition("/")
+    version = parse_version_dir(name)
+    with _seen_lock:
+        history = _seen.get(base)
+    return None if history is None or version is None else history[2].get(version)
 
 
 def _fingerprints(listing: dict[int, tuple[dict[str, dict], str]]) -> dict[int, tuple]:
