@@ -467,3 +467,15 @@ def test_serving_from_gcs(gcs, toys, tmp_path):
         _wait(lambda: _predict(server.grpc_port) == (2, 2.0), what="version 2 from gs:// to serve")
     finally:
         server.stop(grace=1)
+
+
+def test_an_unusable_cache_dir_is_a_load_error_of_the_version(tmp_path, monkeypatch):
+    from tfsctl.core.loader import LoadError
+
+    monkeypatch.setattr(remote_loader, "_roots", {})
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file where the cache directory should be")
+    factory = remote_loader.remote_aware_factory(cache=not_a_dir)
+    loader = factory("m", 1, Path("s3://b/m/1"))  # building the loader never fails: the Manager reports load()
+    with pytest.raises(LoadError, match=r"model 'm' version 1 \(s3://b/m/1\): .*File exists"):
+        loader.load()

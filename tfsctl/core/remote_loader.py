@@ -86,7 +86,8 @@ def _claim(root: Path) -> Path:
 class CachingLoader:
     """The Loader of one remote version: download, delegate, and delete the copy after unload."""
 
-    def __init__(self, name: str, version: int, url: str, *, cache: Path, inner_factory: LoaderFactory) -> None:
+    def __init__(self, name: str, version: int, url: str, *, cache: str | Path | None,
+                 inner_factory: LoaderFactory) -> None:
         self.name = name
         self.version = int(version)
         self.url = storage.normalize(url)
@@ -104,9 +105,9 @@ class CachingLoader:
 
     def load(self) -> Servable:
         """Copy the version into the cache and load the copy; LoadError (copy removed) when either fails."""
-        dest = self.cache / quote(self.name, safe="") / f"{self.version}.{uuid.uuid4().hex[:8]}"
         where = f"model '{self.name}' version {self.version} ({self.url})"
         try:
+            dest = cache_dir(self.cache) / quote(self.name, safe="") / f"{self.version}.{uuid.uuid4().hex[:8]}"
             storage.download(self.url, dest)
         except Exception as e:  # noqa: BLE001 - StorageError, or an OSError of the cache disk
             raise LoadError(f"{where}: {e}") from None
@@ -145,7 +146,8 @@ def remote_aware_factory(inner: LoaderFactory | None = None, *, cache: str | Pat
 
     def factory(name: str, version: int, path: Any) -> Any:
         if storage.is_remote(path):
-            return CachingLoader(name, version, str(path), cache=cache_dir(cache), inner_factory=make)
+            # The cache directory is resolved in load(): a bad one is then that version's load error.
+            return CachingLoader(name, version, str(path), cache=cache, inner_factory=make)
         return make(name, version, Path(storage.normalize(path)))
 
     return factory
