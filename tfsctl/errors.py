@@ -109,6 +109,10 @@ class ConfigError(Exception):
     """A ModelServerConfig, batching or monitoring config file could not be parsed or is inconsistent."""
 
 
+class StorageError(Exception):
+    """A model base path on object storage could not be listed or copied (access denied, unreachable endpoint)."""
+
+
 class ClientError(Exception):
     """A client command (predict, status, reload, bench) failed: bad image, unreachable server, server error.
 

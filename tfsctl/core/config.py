@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core.protos import BatchingParameters, MonitoringConfig, SSLConfig
+from tfsctl.core.storage import check_path  # cloud
 from tfsctl.errors import ConfigError
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -95,6 +96,10 @@ def validate_model_server_config(
         if "://" not in mc.base_path and not os.path.isabs(mc.base_path):  # resolved against whose cwd? (as TF Serving)
             raise ConfigError(f"{where}: model '{mc.name}': base_path '{mc.base_path}' is relative; "
                               "give an absolute path (as tensorflow_model_server requires)")
+        try:  # cloud: an unknown scheme, or s3:// / gs:// without the tfsctl[cloud] extra
+            check_path(mc.base_path)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: model '{mc.name}': {e}") from None
         if mc.model_platform not in _PLATFORMS:
             raise ConfigError(
                 f"{where}: model '{mc.name}': model_platform '{mc.model_platform}' is not supported (only tensorflow)"

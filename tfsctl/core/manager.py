@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tfsctl.core import storage
 from tfsctl.core.events import (
     AVAILABLE,
     END,
@@ -63,6 +64,8 @@ LoaderFactory = Callable[[str, int, Path], Loader]
 
 def _dir_stamp(path: Path) -> tuple | None:
     """Identity of a version directory's top level, to notice that a failed version was replaced or completed."""
+    if storage.is_remote(path):  # cloud: no directory stamp on object storage; its last stable listing instead
+        return storage.version_stamp(path)
     try:
         st = os.stat(path)
         names = tuple(sorted(os.listdir(path)))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tfsctl.core import storage  # object-storage base paths
+from tfsctl.errors import StorageError
 from tfsctl.savedmodel import parse_version_dir
 
 log = logging.getLogger("tfsctl.core.source")
@@ -63,6 +65,9 @@ def list_versions(base_path: str | Path) -> dict[int, Path]:
     ``00000123``) are resolved as TF Serving's IndexChildrenByVersion does: children are taken in sorted name
     order and the later one wins; a warning names both.
     """
+    if storage.is_remote(base_path):  # cloud: s3:// gs:// listed through fsspec (raises StorageError)
+        return storage.list_versions(base_path)
+    base_path = storage.normalize(base_path)  # cloud: file:// is a local path
     found: dict[int, Path] = {}
     try:
         with os.scandir(base_path) as it:
@@ -149,7 +154,12 @@ class FileSystemSource:
             for m in models:
                 if not self._report_missing(m):
                     continue
-                aspired = m.policy.select(list_versions(m.base_path))
+                try:  # an unreadable object store keeps what is loaded (no empty set emitted)
+                    on_disk = list_versions(m.base_path)
+                except StorageError as e:
+                    storage.report_error(m.name, m.base_path, e)
+                    continue
+                aspired = m.policy.select(on_disk)
                 if not aspired:
                     log.debug("no aspired versions of model %s under %s", m.name, m.base_path)
                     if self.servable_versions_always_present:
@@ -162,7 +172,7 @@ class FileSystemSource:
     def _report_missing(self, m: WatchedModel) -> bool:
         """True when the base path exists; warns once (not every poll) while it does not, else a typo looks idle."""
         key = (m.name, m.base_path)
-        if os.path.isdir(m.base_path):
+        if storage.isdir(m.base_path):  # cloud: was os.path.isdir
             self._missing.discard(key)
             return True
         if key not in self._missing:

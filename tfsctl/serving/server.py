@@ -102,6 +102,7 @@ class ServerOptions:
     host: str = "0.0.0.0"
     grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
     load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
+    model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
 
     @classmethod
     def from_args(cls, argv: list[str]) -> ServerOptions:
@@ -124,7 +125,11 @@ class ServerOptions:
         if self.model_base_path:
             if not self.model_name:
                 raise ConfigError("--model_name must not be empty")
-            return single_model_config(self.model_name, Path(self.model_base_path).expanduser().absolute())
+            from tfsctl.core.storage import split_url  # cloud: a URL base path stays a URL
+
+            base = self.model_base_path if split_url(self.model_base_path)[0] else \
+                Path(self.model_base_path).expanduser().absolute()
+            return single_model_config(self.model_name, base)
         raise ConfigError("no models to serve: give --model_base_path (with --model_name) or --model_config_file")
 
     def validate(self) -> None:
@@ -246,6 +251,7 @@ def _address(host: str, port: int) -> str:
 def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable[..., Any]) -> Any:
     """The Manager with the polling, loading and label flags (as ServerCore::Options)."""
     from tfsctl.core.manager import Manager
+    from tfsctl.core.remote_loader import remote_aware_factory
 
     return Manager(
         metrics,
@@ -254,7 +260,8 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
         load_retry_interval_seconds=options.load_retry_interval,
         num_load_threads=max(1, options.num_load_threads),  # 0 = TF Serving's serial loads = one thread
         num_unload_threads=max(1, options.num_unload_threads),
-        loader_factory=loader_factory,
+        # s3:// and gs:// versions are copied into the local cache, then loaded by the ordinary Loader
+        loader_factory=remote_aware_factory(loader_factory, cache=options.model_cache_dir or None),
         allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
     )
 
