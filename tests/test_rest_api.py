@@ -190,7 +190,8 @@ def test_predict_b64_in_and_out_and_named_outputs(server):
 def test_classify_and_regress(server):
     port = server.rest_port
     status, body = http_call(port, "POST", "/v1/models/toy:classify",
-                             {"signature_name": "classify", "examples": [{"x": [1.0, 2.0, 3.0, 4.0]}, {"x": [0.5, 1.0, 0.0, 0.0]}]})
+                             {"signature_name": "classify",
+                              "examples": [{"x": [1.0, 2.0, 3.0, 4.0]}, {"x": [0.5, 1.0, 0.0, 0.0]}]})
     assert status == 200, body
     assert body["results"] == [[["class0", 2.0], ["class1", 4.0]], [["class0", 1.0], ["class1", 2.0]]]
     status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
@@ -198,7 +199,8 @@ def test_classify_and_regress(server):
     assert status == 200 and body["results"] == [10.5]
     # Context features are shared by every example.
     status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
-                             {"signature_name": "regress", "context": {"x": [1.0, 1.0, 1.0, 1.0]}, "examples": [{}, {}]})
+                             {"signature_name": "regress", "context": {"x": [1.0, 1.0, 1.0, 1.0]},
+                              "examples": [{}, {}]})
     assert status == 200 and body["results"] == [4.0, 4.0]
 
 
