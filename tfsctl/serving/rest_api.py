@@ -77,6 +77,7 @@ _CORS_HEADERS = {  # AddCORSHeaders
 _HEALTH_LIVE, _HEALTH_READY = "/v1/health/live", "/v1/health/ready"
 _INT64_MAX = 2**63 - 1
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_QUIET_SECONDS = 30.0  # accept() failures this close together are one episode, logged once
 
 
 class _HttpError(Exception):
@@ -228,7 +229,9 @@ class RestServer:
         self.open_connections = 0
         self.refused_connections = 0
         self.header_timeouts = 0
-        self._accept_failing = False
+        self.accept_failures = 0
+        self._last_accept_failure = -float("inf")
+        self._stopping = False
         self._refusing = False
 
     # --- lifecycle ---
@@ -280,6 +283,7 @@ class RestServer:
             return
 
         async def shutdown() -> None:
+            self._stopping = True
             if self._server is not None:
                 self._server.close()
             if self._runner is not None:
@@ -298,9 +302,6 @@ class RestServer:
 
     def _protocol(self) -> asyncio.Protocol:
         """Protocol factory, called once per accepted connection."""
-        if self._accept_failing:
-            self._accept_failing = False
-            log.warning("REST: accepting connections again (%d open)", self.open_connections)
         if self.open_connections >= self.max_connections:
             self.refused_connections += 1
             if not self._refusing:
@@ -321,11 +322,16 @@ class RestServer:
         """Out of file descriptors: asyncio retries accept() every second and reports each failure; log it once."""
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS and "accept" in str(context.get("message", "")):
-            if not self._accept_failing:
-                self._accept_failing = True
-                log.error("REST: cannot accept connections: %s (%d open); not logged again until accepting works",
-                          exc, self.open_connections)
+            self.accept_failures += 1
+            now = time.monotonic()
+            if now - self._last_accept_failure > _ACCEPT_QUIET_SECONDS:  # a new episode: log it once
+                log.error("REST: cannot accept connections: %s (%d open); asyncio retries every second, further "
+                          "failures are not logged until none occurred for %g s", exc, self.open_connections,
+                          _ACCEPT_QUIET_SECONDS)
+            self._last_accept_failure = now
             return
+        if self._stopping and isinstance(exc, ValueError) and "_start_serving" in repr(context.get("handle")):
+            return  # asyncio's accept retry timer firing after the listening socket was closed by stop()
         loop.default_exception_handler(context)
 
     # --- dispatch ---
