@@ -20,6 +20,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any, Protocol
 
 import numpy as np
@@ -215,6 +216,28 @@ def _walk(value: Any, shape: list[int], leaf: Callable[[Any], Any], out: list) -
         stack.extend((item, level + 1) for item in reversed(v))
 
 
+def _flat_leaves(value: Any) -> tuple[list, list[int]] | None:
+    """The leaves of a dense nested list and its shape, level by level in C (map/chain); None when the nesting
+    is not dense (or too deep), so the exact walk can say where."""
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        if not probe:
+            break
+        probe = probe[0]
+    if len(shape) > _MAX_RANK:
+        return None
+    items = [value]
+    for n in shape:
+        if set(map(type, items)) != {list} or set(map(len, items)) != {n}:
+            return None if items else ([], shape)
+        items = list(chain.from_iterable(items))
+    if list in set(map(type, items)):
+        return None
+    return items, shape
+
+
 def _leaves(value: Any, leaf: Callable[[Any], Any]) -> tuple[list, list[int]]:
     shape = _dense_shape(value)
     out: list = []
@@ -263,31 +286,27 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
         while isinstance(first, list) and first:
             first = first[0]
         raise Unimplemented(f"Conversion of JSON Value: {debug_string(first)} to type: {dtype_string(enum)}")
-    try:
-        src = np.asarray(value)
-    except (ValueError, OverflowError):
-        src = None
-    if src is not None and src.ndim <= _MAX_RANK:
-        kind = src.dtype.kind
-        if src.size == 0 and kind != "O":
-            return src.astype(dtype)
+    flat = _flat_leaves(value)
+    if flat is not None:
+        leaves, shape = flat
+        types = set(map(type, leaves))
         if dtype.kind == "b":
-            if kind == "b":
-                return src
+            ok = types <= {bool}
         elif dtype.kind == "f":
-            if kind in "iuf":
-                with np.errstate(over="ignore"):  # TF Serving's GetFloat(): out of range becomes +-inf
-                    return src.astype(dtype)
-            if kind == "O":
-                _leaves(value, _check_leaf(_is_number, enum))  # raises at the first value that is not a number
-                with np.errstate(over="ignore"):  # integers beyond 64 bits: rapidjson reads them as doubles
-                    return src.astype(np.float64).astype(dtype)
-        elif kind in "iu":
-            info = np.iinfo(dtype)
-            if int(src.min()) >= info.min and int(src.max()) <= info.max:
-                return src.astype(dtype)
-            bad = src[(src < info.min) | (src > info.max)].flat[0]
-            raise _type_error(int(bad), enum, f" (out of range [{info.min}, {info.max}])")
+            ok = types <= {int, float}
+        else:
+            ok = types <= {int}
+        if ok:
+            src = np.asarray(leaves) if leaves else np.zeros(0, dtype)
+            if src.dtype.kind == "O":  # integers beyond 64 bits: rapidjson reads them as doubles
+                src = src.astype(np.float64) if dtype.kind == "f" else src
+            if dtype.kind in "iu" and src.size:
+                info = np.iinfo(dtype)
+                if src.dtype.kind == "O" or int(src.min()) < info.min or int(src.max()) > info.max:
+                    bad = next(v for v in leaves if not info.min <= v <= info.max)
+                    raise _type_error(bad, enum, f" (out of range [{info.min}, {info.max}])")
+            with np.errstate(over="ignore"):  # TF Serving's GetFloat(): out of range becomes +-inf
+                return src.astype(dtype).reshape(shape)
     # Slow path: find the first offending value the way TF Serving walks the DOM (structure, then types).
     if dtype.kind == "b":
         _leaves(value, _check_leaf(lambda v: isinstance(v, bool), enum))
