@@ -146,6 +146,21 @@ def dtype_string(dtype_enum: int) -> str:
         return f"type {dtype_enum}"
 
 
+def _dt(dtype_enum: int) -> str:
+    try:
+        return types_pb2.DataType.Name(dtype_enum)
+    except ValueError:
+        return f"type {dtype_enum}"
+
+
+def _named(name: str, spec: InputSpec, convert: Callable[[], np.ndarray]) -> np.ndarray:
+    """Run a conversion for input ``name``; errors keep TF Serving's text and get the input named after it."""
+    try:
+        return convert()
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{e.message} [input '{name}', {_dt(spec.dtype_enum)}]") from None
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "Null"
@@ -304,7 +319,7 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
                 info = np.iinfo(dtype)
                 if src.dtype.kind == "O" or int(src.min()) < info.min or int(src.max()) > info.max:
                     bad = next(v for v in leaves if not info.min <= v <= info.max)
-                    raise _type_error(bad, enum, f" (out of range [{info.min}, {info.max}])")
+                    raise _type_error(bad, enum, f" (out of range for {_dt(enum)} [{info.min}, {info.max}])")
             with np.errstate(over="ignore"):  # TF Serving's GetFloat(): out of range becomes +-inf
                 return src.astype(dtype).reshape(shape)
     # Slow path: find the first offending value the way TF Serving walks the DOM (structure, then types).
@@ -316,7 +331,7 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
         _leaves(value, _check_leaf(_is_integer, enum))
         info = np.iinfo(dtype)
         _leaves(value, _check_leaf(lambda v: info.min <= v <= info.max, enum,
-                                   f" (out of range [{info.min}, {info.max}])"))
+                                   f" (out of range for {_dt(enum)} [{info.min}, {info.max}])"))
     raise InvalidArgument(f"JSON Value: {debug_string(value)} does not form a {dtype_string(enum)} tensor")
 
 
@@ -362,7 +377,8 @@ def _from_instances(instances: list, specs: Mapping[str, InputSpec]) -> dict[str
             if _is_element_object(item):
                 raise InvalidArgument(f"Expecting value/list but got object at item {i} of input list")
         name, spec = next(iter(specs.items()))
-        return {name: _batch(instances, spec, lambda i: f"Failed to process element: {i} of 'instances' list.")}
+        return {name: _named(name, spec, lambda: _batch(
+            instances, spec, lambda i: f"Failed to process element: {i} of 'instances' list."))}
     names = set(specs)
     for i, item in enumerate(instances):
         if not _is_element_object(item):
@@ -374,11 +390,13 @@ def _from_instances(instances: list, specs: Mapping[str, InputSpec]) -> dict[str
         if len(item) != len(names):
             raise InvalidArgument(f"Failed to process element: {i} of 'instances' list. JSON object: "
                                   f"{debug_string(item)} keys must be equal to: {','.join(sorted(names))}")
-    return {
-        name: _batch([item[name] for item in instances], spec,
-                     lambda i, n=name: f"Failed to process element: {i} key: {n} of 'instances' list.")
-        for name, spec in specs.items()
-    }
+    out = {}
+    for name, spec in specs.items():
+        def where(i: int, n: str = name) -> str:
+            return f"Failed to process element: {i} key: {n} of 'instances' list."
+
+        out[name] = _named(name, spec, lambda n=name, sp=spec, w=where: _batch([item[n] for item in instances], sp, w))
+    return out
 
 
 def _from_inputs(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.ndarray]:
@@ -387,12 +405,12 @@ def _from_inputs(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.nd
             raise InvalidArgument("inputs is a plain value/list, but expecting an object as multiple input tensors "
                                   "required as per tensorinfo_map")
         name, spec = next(iter(specs.items()))
-        return {name: json_to_tensor(inputs, spec)}
+        return {name: _named(name, spec, lambda: json_to_tensor(inputs, spec))}
     out = {}
     for name, spec in specs.items():  # TF Serving reads the signature's inputs; other keys are ignored
         if name not in inputs:
             raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
-        out[name] = json_to_tensor(inputs[name], spec)
+        out[name] = _named(name, spec, lambda n=name, sp=spec: json_to_tensor(inputs[n], sp))
     return out
 
 
