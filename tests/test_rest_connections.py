@@ -318,6 +318,10 @@ def test_hold_keeps_the_version_through_a_swap(served):
         write_toy_model(base, version + 1, scale=float(version + 1))
         shutil.rmtree(base / str(version))
         assert served.manager.wait_for_state("toy", version + 1, AVAILABLE, 60)
+        # The manager retires the old version at once, but cannot finish while this request holds it.
+        assert served.manager.wait_for_state("toy", version, {ModelVersionStatus.UNLOADING, *END}, 60)
+        assert {s.version: s.state for s in served.manager.version_states("toy")}[version] \
+            == ModelVersionStatus.UNLOADING
         inputs = {"x": np.array(X, np.float32)}
         resolved, outputs = held.predict(inputs)  # the old version is still loaded: its handle is held
         assert resolved.version.value == version and np.allclose(outputs["y"], np.array(X) * version)
