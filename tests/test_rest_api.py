@@ -163,6 +163,9 @@ def test_predict_row_and_columnar_formats(server):
     assert status == 200 and np.allclose(body["outputs"], x)
     status, body = _predict(port, {"inputs": X}, "/v1/models/toy/labels/stable")
     assert status == 200 and np.allclose(body["outputs"], x)
+    # Paths match case-insensitively and names are percent-decoded, as TF Serving's (?i) RE2 patterns and curl.
+    status, body = _predict(port, {"inputs": X}, "/V1/Models/t%6Fy/Labels/st%61ble")
+    assert status == 200 and np.allclose(body["outputs"], x), body
     # TF Serving reads the signature's inputs from an "inputs" object and ignores other keys.
     status, body = _predict(port, {"inputs": {"x": X, "z": [1]}}, "/v1/models/toy/labels/stable")
     assert status == 200 and np.allclose(body["outputs"], x)
