@@ -385,7 +385,8 @@ class RestServer:
             call = self._in_pool(handler, name, version, label, body)
             if timed:
                 try:
-                    encoded = await asyncio.wait_for(call, self.timeout_ms / 1000)
+                    async with asyncio.timeout(self.timeout_ms / 1000):  # no extra task, unlike wait_for
+                        encoded = await call
                 except TimeoutError:
                     raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
                                           f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",
