@@ -140,8 +140,12 @@ def test_metadata(server):
     status, body = http_call(server.rest_port, "GET", "/v1/models/toy/versions/1/metadata")
     assert status == 200
     assert body["model_spec"]["name"] == "toy" and body["model_spec"]["version"] == "1"
+    assert set(body) == {"model_spec", "metadata"} and set(body["metadata"]) == {"signature_def"}
+    assert set(body["metadata"]["signature_def"]) == {"signature_def"}  # TF Serving's keys: no "@type"
+    assert body["model_spec"] == {"name": "toy", "signature_name": "", "version": "1"}
     sigs = body["metadata"]["signature_def"]["signature_def"]
-    assert body["metadata"]["signature_def"]["@type"].endswith("tensorflow.serving.SignatureDefMap")
+    assert sigs["serving_default"]["inputs"]["x"]["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}, {"size": "4", "name": ""}], "unknown_rank": False}
     assert sigs["serving_default"]["inputs"]["x"]["dtype"] == "DT_FLOAT"
     assert sigs["classify"]["method_name"] == "tensorflow/serving/classify"
     status, body = http_call(server.rest_port, "GET", "/v1/models/toy/metadata")
@@ -159,6 +163,12 @@ def test_predict_row_and_columnar_formats(server):
     status, body = _predict(port, {"inputs": {"x": X}}, "/v1/models/toy/versions/1")
     assert status == 200 and np.allclose(body["outputs"], x)
     status, body = _predict(port, {"inputs": X}, "/v1/models/toy/labels/stable")
+    assert status == 200 and np.allclose(body["outputs"], x)
+    # Paths match case-insensitively and names are percent-decoded, as TF Serving's (?i) RE2 patterns and curl.
+    status, body = _predict(port, {"inputs": X}, "/V1/Models/t%6Fy/Labels/st%61ble")
+    assert status == 200 and np.allclose(body["outputs"], x), body
+    # TF Serving reads the signature's inputs from an "inputs" object and ignores other keys.
+    status, body = _predict(port, {"inputs": {"x": X, "z": [1]}}, "/v1/models/toy/labels/stable")
     assert status == 200 and np.allclose(body["outputs"], x)
     status, body = _predict(port, {"instances": [[1, 2, 3, 4]]}, "/v1/models/toy/labels/canary")  # ints -> float
     assert status == 200 and body["predictions"] == [[2.0, 4.0, 6.0, 8.0]]
@@ -184,15 +194,17 @@ def test_predict_b64_in_and_out_and_named_outputs(server):
 def test_classify_and_regress(server):
     port = server.rest_port
     status, body = http_call(port, "POST", "/v1/models/toy:classify",
-                             {"signature_name": "classify", "examples": [{"x": [1.0, 2, 3, 4]}, {"x": [0.5, 1, 0, 0]}]})
+                             {"signature_name": "classify",
+                              "examples": [{"x": [1.0, 2.0, 3.0, 4.0]}, {"x": [0.5, 1.0, 0.0, 0.0]}]})
     assert status == 200, body
     assert body["results"] == [[["class0", 2.0], ["class1", 4.0]], [["class0", 1.0], ["class1", 2.0]]]
     status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
-                             {"signature_name": "regress", "examples": [{"x": [1, 2, 3, 4.5]}]})
+                             {"signature_name": "regress", "examples": [{"x": [1.0, 2.0, 3.0, 4.5]}]})
     assert status == 200 and body["results"] == [10.5]
     # Context features are shared by every example.
     status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
-                             {"signature_name": "regress", "context": {"x": [1.0, 1, 1, 1]}, "examples": [{}, {}]})
+                             {"signature_name": "regress", "context": {"x": [1.0, 1.0, 1.0, 1.0]},
+                              "examples": [{}, {}]})
     assert status == 200 and body["results"] == [4.0, 4.0]
 
 
@@ -235,57 +247,85 @@ def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
 
 # --- bad input matrix -------------------------------------------------------------------------------------------
 
-BAD = [
-    ("unknown model", "POST", "/v1/models/nope:predict", {"instances": X}, 404, "nope"),
+BAD = [  # (case, method, path, body, HTTP status, needle): TF Serving's codes and key phrases
+    ("unknown model", "POST", "/v1/models/nope:predict", {"instances": X}, 404, "Servable not found"),
     ("unknown version", "POST", "/v1/models/toy/versions/9:predict", {"instances": X}, 404, "9"),
     ("unknown label", "POST", "/v1/models/toy/labels/nolabel:predict", {"instances": X}, 400, "nolabel"),
     ("unknown model status", "GET", "/v1/models/nope", None, 404, "nope"),
     ("unknown signature", "POST", "/v1/models/toy:predict", {"signature_name": "nosig", "instances": X}, 400,
      "nosig"),
-    ("missing input", "POST", "/v1/models/multi:predict", {"instances": [{"s": "a", "u": 1}]}, 400, "{i}"),
-    ("extra input", "POST", "/v1/models/toy:predict", {"inputs": {"x": X, "z": [1]}}, 400, "'z'"),
-    ("wrong dtype value", "POST", "/v1/models/toy:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "DT_FLOAT"),
+    ("signature_name not a string", "POST", "/v1/models/toy:predict", {"signature_name": 100}, 400,
+     "'signature_name' key must be a string value."),
+    ("missing input", "POST", "/v1/models/multi:predict", {"instances": [{"s": "a", "u": 1}]}, 400,
+     "keys must be equal to: i,s,u"),
+    ("missing columnar input", "POST", "/v1/models/multi:predict", {"inputs": {"s": ["a"], "u": [1]}}, 400,
+     "Missing named input: i in 'inputs' object."),
+    ("unknown named instance input", "POST", "/v1/models/toy:predict", {"instances": [{"z": [1.0] * 4}]}, 400,
+     "does not have named input: z"),
+    ("wrong dtype value", "POST", "/v1/models/toy:predict", {"instances": [["a", "b", "c", "d"]]}, 400,
+     "not of expected type: float"),
     ("uint8 out of range", "POST", "/v1/models/multi:predict", {"inputs": {"s": ["a"], "u": [300], "i": [1]}}, 400,
      "300"),
     ("int32 given 1.5", "POST", "/v1/models/multi:predict", {"inputs": {"s": ["a"], "u": [1], "i": [1.5]}}, 400,
-     "1.5"),
+     "not of expected type: int32"),
+    ("int32 given 2.0 (a JSON double)", "POST", "/v1/models/multi:predict",
+     {"inputs": {"s": ["a"], "u": [1], "i": [2.0]}}, 400, "not of expected type: int32"),
     ("number for string", "POST", "/v1/models/multi:predict", {"inputs": {"s": [7], "u": [1], "i": [1]}}, 400,
-     "DT_STRING"),
+     "not of expected type: string"),
     # shapes are left to the graph, as in TF Serving: [4] or [1, 3] into x:[-1, 4] run (see test_servable)
     ("ragged instances", "POST", "/v1/models/toy:predict", {"instances": [[1, 2, 3, 4], [1, 2]]}, 400,
-     "same length"),
-    ("instances not a list", "POST", "/v1/models/toy:predict", {"instances": {"x": 1}}, 400, "must be a list"),
-    ("both formats", "POST", "/v1/models/toy:predict", {"instances": X, "inputs": X}, 400, "not both"),
-    ("no inputs", "POST", "/v1/models/toy:predict", {"signature_name": ""}, 400, "'instances' or 'inputs'"),
-    ("malformed JSON", "POST", "/v1/models/toy:predict", b'{"instances": [1,', 400, "malformed JSON"),
+     "Expecting tensor size: 4 but got: 2"),
+    ("ragged columnar", "POST", "/v1/models/toy:predict", {"inputs": [[1, 2, 3, 4], [1, 2]]}, 400,
+     "Encountered list at unexpected size: 2 at level: 1 expected size: 4"),
+    ("instances not a list", "POST", "/v1/models/toy:predict", {"instances": {"x": 1}}, 400,
+     "Expecting 'instances' to be an list/array"),
+    ("empty instances", "POST", "/v1/models/toy:predict", {"instances": []}, 400, "No values in 'instances' array"),
+    ("both formats", "POST", "/v1/models/toy:predict", {"instances": X, "inputs": X}, 400,
+     "expecting only one of 'inputs' or 'instances' keys"),
+    ("no inputs", "POST", "/v1/models/toy:predict", {"signature_name": ""}, 400, "Missing 'inputs' or 'instances' key"),
+    ("empty body", "POST", "/v1/models/toy:predict", b"", 400, "JSON Parse error: The document is empty"),
+    ("malformed JSON", "POST", "/v1/models/toy:predict", b"instances = [1, 2]", 400,
+     "JSON Parse error: Invalid value"),
+    ("truncated JSON", "POST", "/v1/models/toy:predict", b'{"instances": [1,', 400, "JSON Parse error"),
     ("JSON nested too deeply", "POST", "/v1/models/toy:predict", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000
      + b"}", 400, "nested too deeply"),
     ("tensor of rank 70", "POST", "/v1/models/toy:predict", b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
      400, "levels deep"),
-    ("JSON not an object", "POST", "/v1/models/toy:predict", b"[1, 2]", 400, "must be an object"),
+    ("JSON not an object", "POST", "/v1/models/toy:predict", b"[1, 2]", 400, "Is not object"),
     ("bad b64", "POST", "/v1/models/multi:predict", {"inputs": {"s": [{"b64": "!!notb64"}], "u": [1], "i": [1]}},
-     400, "base64"),
-    ("b64 for a float input", "POST", "/v1/models/toy:predict", {"instances": [[{"b64": "AAAA"}] * 4]}, 400, "b64"),
-    ("classify on predict signature", "POST", "/v1/models/toy:classify", {"examples": [{"x": [1, 2, 3, 4]}]}, 400,
-     "method"),
+     400, "Unable to base64 decode"),
+    ("b64 for a float input", "POST", "/v1/models/toy:predict", {"instances": [[{"b64": "AAAA"}] * 4]}, 400,
+     "not of expected type: float"),
+    ("classify on predict signature", "POST", "/v1/models/toy:classify", {"examples": [{"x": [1.0, 2, 3, 4]}]}, 400,
+     "expecting type"),
+    ("classify on predict signature, floats", "POST", "/v1/models/toy:classify",
+     {"examples": [{"x": [1.0, 2.0, 3.0, 4.0]}]}, 400, "method"),
     ("classify without examples", "POST", "/v1/models/toy:classify", {"signature_name": "classify"}, 400,
-     "'examples'"),
+     "key 'examples' is expected and was not found"),
     ("classify nested list feature", "POST", "/v1/models/toy:classify",
-     {"signature_name": "classify", "examples": [{"x": [[1, 2]]}]}, 400, "feature 'x'"),
-    ("bad route", "POST", "/v1/nothing", {}, 404, "Malformed request"),
-    ("bad version in path", "GET", "/v1/models/toy/versions/abc", None, 404, "Malformed request"),
-    ("version beyond int64", "POST", "/v1/models/toy/versions/99999999999999999999:predict", {"instances": X}, 404,
-     "99999999999999999999"),
-    ("status of version beyond int64", "GET", "/v1/models/toy/versions/99999999999999999999", None, 404,
-     "out of range"),
-    ("GET on predict", "GET", "/v1/models/toy:predict", None, 405, "not allowed"),
+     {"signature_name": "classify", "examples": [{"x": [[1, 2]]}]}, 400,
+     "Feature: x has element with unexpected JSON type: Array"),
+    ("unknown /v1 route", "POST", "/v1/nothing", {}, 400, "Malformed request: POST /v1/nothing"),
+    ("GET /v1/models", "GET", "/v1/models", None, 400, "Missing model name"),
+    ("POST /v1/models", "POST", "/v1/models", {}, 400, "Malformed request"),
+    ("bad version in path", "GET", "/v1/models/toy/versions/abc", None, 400, "Malformed request"),
+    ("negative version in path", "POST", "/v1/models/toy/versions/-1:predict", {"instances": X}, 400,
+     "Malformed request"),
+    ("version beyond int64", "POST", "/v1/models/toy/versions/99999999999999999999:predict", {"instances": X}, 400,
+     "Failed to convert version: 99999999999999999999 to numeric."),
+    ("status of version beyond int64", "GET", "/v1/models/toy/versions/18446744073709551615", None, 400,
+     "Failed to convert version"),
+    ("GET on predict", "GET", "/v1/models/toy:predict", None, 400, "Malformed request: GET /v1/models/toy:predict"),
+    ("PUT on status", "PUT", "/v1/models/toy", None, 400, "Malformed request"),
+    ("POST on metadata", "POST", "/v1/models/toy/metadata", {}, 400, "Malformed request"),
+    ("verb in capitals", "POST", "/v1/models/toy:PREDICT", {"instances": X}, 400, "Malformed request"),
 ]
 
 
 @pytest.mark.parametrize(("case", "method", "path", "body", "code", "needle"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case, method, path, body, code, needle):
     raw = body if isinstance(body, bytes) else None
-    status, reply = http_call(server.rest_port, method, path, None if raw else body, raw)
+    status, reply = http_call(server.rest_port, method, path, None if raw is not None else body, raw)
     assert status == code, (case, reply)
     assert set(reply) == {"error"} and needle in reply["error"], (case, reply)
     status, reply = _predict(server.rest_port, {"instances": X})
@@ -457,73 +497,3 @@ def _wait(cond, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)
     return False
-
-
-# --- codec units (pure functions, no server) ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("value", "dtype", "label", "expected"), [
-    ([[1, 2.5]], np.float32, "DT_FLOAT", [[1.0, 2.5]]),
-    (["NaN-free", "ok"], object, "DT_STRING", [b"NaN-free", b"ok"]),
-    ([True, False], np.bool_, "DT_BOOL", [True, False]),
-    ([255, 0], np.uint8, "DT_UINT8", [255, 0]),
-    ([2.0, -3], np.int32, "DT_INT32", [2, -3]),
-    (7, np.int64, "DT_INT64", 7),
-    ([], np.float32, "DT_FLOAT", []),
-])
-def test_json_to_tensor_converts_to_the_signature_dtype(value, dtype, label, expected):
-    from tfsctl.serving.rest_api import json_to_tensor
-
-    arr = json_to_tensor(value, np.dtype(dtype), label, "input 'v'")
-    assert arr.dtype == np.dtype(dtype) and arr.tolist() == expected
-
-
-@pytest.mark.parametrize(("value", "dtype", "label", "needle"), [
-    ([1e39], np.float32, "DT_FLOAT", "out of range"),
-    ([True], np.float32, "DT_FLOAT", "booleans"),
-    ([1], np.bool_, "DT_BOOL", "true/false"),
-    ([-1], np.uint8, "DT_UINT8", "-1"),
-    ([2**70], np.int64, "DT_INT64", "out of range"),
-    ([float("nan")], np.int32, "DT_INT32", "not an integer"),
-    ([None], np.float32, "DT_FLOAT", "null"),
-    ([["a"], ["a", "b"]], object, "DT_STRING", "same length"),
-    ([{"b64": 5}], object, "DT_STRING", "must be a string"),
-    (json.loads("[" * 70 + '"a"' + "]" * 70), object, "DT_STRING", "levels deep"),
-    ([1 + 0j], np.complex64, "DT_COMPLEX64", "not supported"),
-])
-def test_json_to_tensor_rejects_values_that_do_not_fit(value, dtype, label, needle):
-    from tfsctl.errors import InvalidArgument
-    from tfsctl.serving.rest_api import json_to_tensor
-
-    with pytest.raises(InvalidArgument, match=re.escape(needle)) as info:
-        json_to_tensor(value, np.dtype(dtype), label, "input 'v'")
-    assert "input 'v'" in info.value.message
-
-
-def test_examples_body_to_tf_examples():
-    from tensorflow_serving.apis import classification_pb2
-
-    from tfsctl.errors import InvalidArgument
-    from tfsctl.serving.rest_api import decode_examples_body
-
-    req = classification_pb2.ClassificationRequest()
-    decode_examples_body({"context": {"lang": "en"}, "examples": [
-        {"n": [1, 2], "f": 0.5, "s": "a", "b": {"b64": base64.b64encode(b"\x00\xff").decode()}, "mix": [1, 2.5]},
-    ]}, req, "test")
-    ctx = req.input.example_list_with_context.context.features.feature
-    assert list(ctx["lang"].bytes_list.value) == [b"en"]
-    feat = req.input.example_list_with_context.examples[0].features.feature
-    assert list(feat["n"].int64_list.value) == [1, 2]
-    assert list(feat["f"].float_list.value) == [0.5]
-    assert list(feat["s"].bytes_list.value) == [b"a"]
-    assert list(feat["b"].bytes_list.value) == [b"\x00\xff"]
-    assert list(feat["mix"].float_list.value) == [1.0, 2.5]
-    for body, needle in [
-        ({"context": {"x": 1}, "examples": [{"x": 2}]}, "both 'context' and the example"),
-        ({"examples": [{"x": [1, "a"]}]}, "mixes numbers and strings"),
-        ({"examples": [{"x": True}]}, "a boolean"),
-        ({"examples": []}, "empty"),
-        ({"examples": ["x"]}, "must be an object"),
-    ]:
-        with pytest.raises(InvalidArgument, match=re.escape(needle)):
-            decode_examples_body(body, classification_pb2.ClassificationRequest(), "test")

@@ -1,39 +1,44 @@
-"""TF Serving's REST API (``/v1/models/...``) on aiohttp, over the same :class:`PredictionCore` as gRPC.
+"""TF Serving's REST API (``/v1/...``, as ``http_rest_api_handler.cc`` and ``http_server.cc``) on aiohttp.
 
-Only encoding lives here: JSON bodies become numpy arrays (typed by the signature's input dtypes) or tf.Examples,
-and results become JSON the way TF Serving writes them. Model calls run in a thread pool so the event loop, which
-runs in a thread of its own, never blocks.
+Routes, connection handling and the worker pool live here; JSON <-> numpy is ``json_codec``; every model call goes
+through :class:`PredictionCore` like gRPC's, holding one servable handle for the whole request.
 
-Routes::
+Routes (paths are case-insensitive and percent-decoded, as TF Serving's RE2 ``(?i)`` patterns and curl unescape)::
 
     POST /v1/models/NAME[/versions/N|/labels/L]:predict|:classify|:regress
-    GET  /v1/models/NAME[/versions/N|/labels/L]            model status (GetModelStatusResponse as JSON)
-    GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   model metadata (GetModelMetadataResponse as JSON)
-    GET  /v1/health/ready   200 when every configured model has an AVAILABLE version, else 503
-    GET  /v1/health/live    200 while the process serves HTTP
+    GET  /v1/models/NAME[/versions/N|/labels/L]            GetModelStatusResponse as JSON
+    GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   GetModelMetadataResponse as JSON
+    OPTIONS /v1/...        CORS preflight: 200 when the Origin header names http(s)://, else 400
+    GET  /v1/health/ready  (tfsctl) 200 when every configured model has an AVAILABLE version, else 503
+    GET  /v1/health/live   (tfsctl) 200 while the process serves HTTP
     GET  /monitoring/prometheus/metrics   Prometheus text (path configurable, None disables)
 
-Errors are ``{"error": message}`` with the HTTP code of the typed error (tfsctl/errors.py).
+Any other ``/v1/`` request is 400 "Malformed request: METHOD PATH"; paths outside ``/v1/`` are 404. Errors are
+``{"error": message}`` with the HTTP code of the typed error (tfsctl/errors.py). A model call that takes longer
+than ``timeout_ms`` is answered 504 (DEADLINE_EXCEEDED, as TF Serving's RunOptions timeout).
+
+Hostile clients are bounded: a connection must deliver its first request head within ``header_timeout``, an idle
+keep-alive connection is closed after ``keepalive_timeout``, a body that makes no progress for ``body_timeout`` is
+dropped, at most ``max_connections`` connections are open (more are answered 503 and closed at once), and running
+out of file descriptors is logged once, not per accept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
+import errno
 import logging
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote
 
-import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
-from google.protobuf import json_format
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -42,7 +47,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfsctl.errors import Internal, InvalidArgument, NotFound, ServingError
+from tfsctl.errors import InvalidArgument, ServingError
+from tfsctl.serving import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +56,32 @@ DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 # A 1080p RGB image as JSON numbers is ~40-60 MB of text; 128 MiB leaves room and still bounds memory.
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 DEFAULT_WORKERS = 64
-
-_MODEL_POST = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?:(predict|classify|regress)$")
-_MODEL_GET = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(-?\d+)|/labels/([^/:]+))?(/metadata)?$")
-_JSON = "application/json"
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 60.0
 UNKNOWN_MODEL_LABEL = "<unknown>"  # metric label for requests naming a model that is not configured (as gRPC)
-_MAX_RANK = 64  # numpy's (and so TF's eager) limit on dimensions
+
+# TF Serving's kPredictionApiGegex and kModelStatusApiRegex (http_rest_api_util.cc), matched in full.
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+_V1 = re.compile(r"/v1/", re.I)  # kHTTPRestApiHandlerPathRegex "(?i)/v1/.*": everything under it is the handler's
+_ORIGIN = re.compile(r"https?://")
+_JSON = "application/json"
+_CORS_HEADERS = {  # AddCORSHeaders
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+_HEALTH_LIVE, _HEALTH_READY = "/v1/health/live", "/v1/health/ready"
+_INT64_MAX = 2**63 - 1
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_QUIET_SECONDS = 30.0  # accept() failures this close together are one episode, logged once
 
 
 class _HttpError(Exception):
-    """A front-end-only failure with its own HTTP status (413, 404, 405)."""
+    """A front-end-only failure with its own HTTP status (413, 408)."""
 
     def __init__(self, status: int, message: str, code_name: str = "INVALID_ARGUMENT") -> None:
         super().__init__(message)
@@ -68,340 +90,97 @@ class _HttpError(Exception):
         self.code_name = code_name
 
 
-# --- JSON -> numpy ------------------------------------------------------------------------------------------------
+def default_max_connections() -> int:
+    """Half the process's file-descriptor limit (the rest is for models, gRPC and logs), at most 10000."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10000
+    return max(16, min(10000, soft // 2))
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and value.keys() == {"b64"}
-
-
-def _b64decode(value: dict, where: str) -> bytes:
-    data = value["b64"]
-    if not isinstance(data, str):
-        raise InvalidArgument(f"{where}: the value of a {{\"b64\": ...}} object must be a string")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidArgument(f"{where}: invalid base64 in {{\"b64\": ...}} value: {e}") from None
-
-
-def _ragged(where: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{where}: values do not form a tensor: nested lists at the same depth must all have the same length "
-        "and hold values of one kind"
-    )
-
-
-def _string_tensor(value: Any, where: str) -> np.ndarray:
-    """Nested lists of strings / {"b64": ...} objects -> object array of bytes."""
-    shape: list[int] = []
-    probe = value
-    while isinstance(probe, list):
-        if len(shape) == _MAX_RANK:
-            raise InvalidArgument(f"{where}: nested more than {_MAX_RANK} levels deep (the most a tensor can have)")
-        shape.append(len(probe))
-        if not probe:
-            break
-        probe = probe[0]
-    flat: list[bytes] = []
-
-    def walk(v: Any, depth: int) -> None:
-        if depth == len(shape):
-            if isinstance(v, str):
-                flat.append(v.encode("utf-8"))
-            elif _is_b64(v):
-                flat.append(_b64decode(v, where))
-            elif isinstance(v, list):
-                raise _ragged(where)
-            else:
-                raise InvalidArgument(
-                    f"{where}: expects DT_STRING values (strings or {{\"b64\": ...}} objects), got {_kind(v)}"
-                )
-            return
-        if not isinstance(v, list) or len(v) != shape[depth]:
-            raise _ragged(where)
-        for item in v:
-            walk(item, depth + 1)
-
-    walk(value, 0)
-    arr = np.empty(len(flat), dtype=object)
-    arr[:] = flat
-    return arr.reshape(shape)
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return f"the number {v!r}"
-    if isinstance(v, str):
-        return "a string"
-    if _is_b64(v):
-        return "a {\"b64\": ...} object"
-    if isinstance(v, dict):
-        return "an object"
-    if v is None:
-        return "null"
-    return type(v).__name__
-
-
-def _first_bad(value: Any, ok: Callable[[Any], bool]) -> tuple[bool, Any]:
-    """(True, leaf) for the first leaf of a nested list for which ``ok`` is false, else (False, None)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(reversed(v))
-        elif not ok(v):
-            return True, v
-    return False, None
-
-
-def json_to_tensor(value: Any, dtype: np.dtype, dtype_label: str, where: str) -> np.ndarray:
-    """Convert a JSON value (scalar or nested lists) to an array of ``dtype``; InvalidArgument when it won't fit."""
-    if dtype.kind == "O":
-        return _string_tensor(value, where)
-    if dtype.kind == "c":
-        raise InvalidArgument(f"{where}: {dtype_label} inputs are not supported over REST")
-    try:
-        src = np.asarray(value)
-    except (ValueError, OverflowError) as e:
-        if "maximum number of dimension" in str(e):
-            too_deep = f"{where}: nested more than {_MAX_RANK} levels deep (the most a tensor can have)"
-            raise InvalidArgument(too_deep) from None
-        raise _ragged(where) from None
-    if src.dtype.kind == "O":
-        found, bad = _first_bad(value, lambda v: isinstance(v, int | float) and not isinstance(v, bool))
-        if not found:  # only numbers: integers too large for int64
-            raise InvalidArgument(f"{where}: a value is out of range for {dtype_label}")
-        if _is_b64(bad):
-            raise InvalidArgument(f"{where}: {{\"b64\": ...}} values are only accepted for DT_STRING inputs, "
-                                  f"this input is {dtype_label}")
-        raise InvalidArgument(f"{where}: expects {dtype_label} values, got {_kind(bad)}")
-    kind = src.dtype.kind
-    if kind == "U":
-        raise InvalidArgument(f"{where}: expects {dtype_label} values, got strings")
-    if dtype.kind == "b":
-        if kind != "b":
-            raise InvalidArgument(f"{where}: expects {dtype_label} values (true/false), got numbers")
-        return src
-    if kind == "b":
-        raise InvalidArgument(f"{where}: expects {dtype_label} values, got booleans")
-    if dtype.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported below
-            out = src.astype(dtype)
-        if kind == "f" and src.size:
-            overflow = np.isfinite(src) & ~np.isfinite(out)
-            if overflow.any():
-                raise InvalidArgument(
-                    f"{where}: value {src[overflow].flat[0]!r} is out of range for {dtype_label}"
-                )
-        return out
-    # integer target
-    if kind == "f":
-        frac = src != np.floor(src)
-        if frac.any() or not np.isfinite(src).all():
-            bad = src[frac | ~np.isfinite(src)].flat[0]
-            raise InvalidArgument(f"{where}: value {bad!r} is not an integer ({dtype_label} expected)")
-    info = np.iinfo(dtype)
-    if src.size:
-        low, high = src.min(), src.max()
-        if low < info.min or high > info.max:
-            bad = low if low < info.min else high
-            bad = int(bad) if kind != "f" else bad
-            raise InvalidArgument(
-                f"{where}: value {bad!r} is out of range for {dtype_label} [{info.min}, {info.max}]"
-            )
-    return src.astype(dtype)
-
-
-def decode_predict_body(body: dict, spec: Any, where: str) -> tuple[dict[str, np.ndarray], bool]:
-    """Row ("instances") or columnar ("inputs") body -> named arrays; returns (inputs, row_format)."""
-    has_rows, has_cols = "instances" in body, "inputs" in body
-    if has_rows and has_cols:
-        raise InvalidArgument(f"{where}: the body must hold 'instances' (row format) or 'inputs' (columnar), not both")
-    if not has_rows and not has_cols:
-        raise InvalidArgument(f"{where}: missing 'instances' or 'inputs' key in the JSON body")
-    expected = spec.inputs
-    named: dict[str, Any]
-    if has_rows:
-        instances = body["instances"]
-        if not isinstance(instances, list):
-            raise InvalidArgument(f"{where}: 'instances' must be a list, got {_kind(instances)}")
-        if not instances:
-            raise InvalidArgument(f"{where}: 'instances' is an empty list")
-        objects = [isinstance(i, dict) and not _is_b64(i) for i in instances]
-        if any(objects) and not all(objects):
-            raise InvalidArgument(f"{where}: 'instances' mixes objects (named inputs) and bare values")
-        if all(objects):
-            keys = set(instances[0])
-            for idx, inst in enumerate(instances):
-                if set(inst) != keys:
-                    raise InvalidArgument(
-                        f"{where}: instance {idx} names inputs {sorted(inst)} but instance 0 names {sorted(keys)}; "
-                        "every instance must give the same named inputs"
-                    )
-            named = {k: [inst[k] for inst in instances] for k in instances[0]}
-        else:
-            named = {_single_input(expected, where, "instances"): instances}
-    else:
-        inputs = body["inputs"]
-        if isinstance(inputs, dict) and not _is_b64(inputs):
-            named = inputs
-        else:
-            named = {_single_input(expected, where, "inputs"): inputs}
-    unknown = [k for k in named if k not in expected]
-    if unknown:
-        raise InvalidArgument(
-            f"{where}: unexpected input '{unknown[0]}'; the signature expects "
-            f"{', '.join(repr(k) for k in sorted(expected))}"
-        )
-    arrays = {
-        k: json_to_tensor(v, expected[k].dtype, _dtype_label(expected[k]), f"{where}, input '{k}'")
-        for k, v in named.items()
-    }
-    return arrays, has_rows
-
-
-def _dtype_label(ts: Any) -> str:
-    from tfsctl.serving.tensors import dtype_name
-
-    return dtype_name(ts.dtype_enum)
-
-
-def _single_input(expected: dict, where: str, key: str) -> str:
-    if len(expected) != 1:
-        raise InvalidArgument(
-            f"{where}: '{key}' holds bare values, which needs a signature with exactly one input; this one has "
-            f"{', '.join(repr(k) for k in sorted(expected)) or 'none'}: send named inputs as objects"
-        )
-    return next(iter(expected))
-
-
-# --- numpy -> JSON ------------------------------------------------------------------------------------------------
-
-
-def _bytes_to_json(arr: np.ndarray, binary: bool) -> Any:
-    def enc(v: Any) -> Any:
-        if isinstance(v, list):
-            return [enc(x) for x in v]
-        if isinstance(v, str):
-            return v
-        if not binary:
-            try:
-                return v.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        return {"b64": base64.b64encode(bytes(v)).decode("ascii")}
-
-    return enc(arr.tolist())
-
-
-def tensor_to_json(name: str, arr: np.ndarray) -> Any:
-    """An output as JSON: numbers/bools as is; strings as text, or {"b64": ...} for ``*_bytes`` / non-UTF-8."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind in "OS":
-        return _bytes_to_json(arr, name.endswith("_bytes"))
-    if arr.dtype.kind == "c":
-        raise Internal(f"output '{name}': complex values cannot be written as JSON")
-    return arr.tolist()
-
-
-def encode_predict_outputs(outputs: dict[str, np.ndarray], row_format: bool, where: str) -> dict[str, Any]:
-    """TF Serving's response: {"predictions": rows} for row requests, {"outputs": ...} for columnar ones."""
-    if not row_format:
-        values = {k: tensor_to_json(k, v) for k, v in outputs.items()}
-        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
-    batch = None
-    for k, v in outputs.items():
-        if np.ndim(v) == 0:
-            raise InvalidArgument(f"{where}: output '{k}' is a scalar and cannot be split into rows; "
-                                  "use the columnar format ('inputs')")
-        if batch is None:
-            batch = v.shape[0]
-        elif v.shape[0] != batch:
-            raise InvalidArgument(f"{where}: outputs have different batch sizes ({batch} vs {v.shape[0]} for "
-                                  f"'{k}'); use the columnar format ('inputs')")
-    values = {k: tensor_to_json(k, v) for k, v in outputs.items()}
-    if len(values) == 1:
-        return {"predictions": next(iter(values.values()))}
-    return {"predictions": [{k: values[k][i] for k in values} for i in range(batch or 0)]}
-
-
-# --- classify / regress bodies ------------------------------------------------------------------------------------
-
-
-def _fill_features(features: Any, obj: Any, where: str, skip: set[str] | None = None) -> None:
-    if not isinstance(obj, dict):
-        raise InvalidArgument(f"{where} must be an object of feature name -> value or list, got {_kind(obj)}")
-    for fname, value in obj.items():
-        if skip and fname in skip:
-            raise InvalidArgument(f"{where}: feature '{fname}' appears in both 'context' and the example")
-        vals = value if isinstance(value, list) else [value]
-        kinds = set()
-        for v in vals:
-            if isinstance(v, bool) or v is None or (isinstance(v, dict) and not _is_b64(v)) or isinstance(v, list):
-                raise InvalidArgument(f"{where}, feature '{fname}': unsupported value {_kind(v)} "
-                                      "(use numbers, strings or {\"b64\": ...})")
-            kinds.add("int" if isinstance(v, int) else "float" if isinstance(v, float) else "bytes")
-        feature = features.feature[fname]
-        if kinds == {"int"}:
-            if any(not -(2**63) <= v < 2**63 for v in vals):
-                raise InvalidArgument(f"{where}, feature '{fname}': integer out of int64 range")
-            feature.int64_list.value.extend(vals)
-        elif kinds and kinds <= {"int", "float"}:
-            feature.float_list.value.extend(float(v) for v in vals)
-        elif kinds == {"bytes"}:
-            feature.bytes_list.value.extend(
-                _b64decode(v, f"{where}, feature '{fname}'") if isinstance(v, dict) else v.encode("utf-8")
-                for v in vals
-            )
-        elif kinds:
-            raise InvalidArgument(f"{where}, feature '{fname}': mixes numbers and strings in one list")
-
-
-def decode_examples_body(body: dict, request: Any, where: str) -> None:
-    """Fill a Classification/RegressionRequest's signature_name and input from TF Serving's JSON body."""
-    examples = body.get("examples")
-    if not isinstance(examples, list):
-        raise InvalidArgument(f"{where}: the JSON body needs an 'examples' list")
-    if not examples:
-        raise InvalidArgument(f"{where}: 'examples' is an empty list")
-    context = body.get("context")
-    if context is not None:
-        target = request.input.example_list_with_context
-        _fill_features(target.context.features, context, f"{where}: 'context'")
-        skip = set(context)
-    else:
-        target = request.input.example_list
-        skip = None
-    for i, obj in enumerate(examples):
-        ex = target.examples.add()
-        _fill_features(ex.features, obj, f"{where}: example {i}", skip)
-
-
-# --- server -------------------------------------------------------------------------------------------------------
-
-
-def _proto_json(message: Any) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-
-
-def _model_spec(name: str, version: str | None, label: str | None, signature: str = "") -> model_pb2.ModelSpec:
+def model_spec(name: str, version: str | None, label: str | None, signature: str = "") -> model_pb2.ModelSpec:
+    """The ModelSpec of a route (FillModelSpecWithNameVersionAndLabel): version as TF Serving's SimpleAtoi int64."""
     spec = model_pb2.ModelSpec(name=name, signature_name=signature)
     if version is not None:
         number = int(version)
-        if not -(2**63) <= number < 2**63:  # ModelSpec.version is int64: no such version can exist
-            raise NotFound(f"Servable not found for request: Specific({name}, {version}) (version out of range)")
+        if number > _INT64_MAX:
+            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
         spec.version.value = number
     elif label is not None:
         spec.version_label = label
     return spec
 
 
+class _Connection(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: counts open connections and enforces the first request head's
+    deadline (aiohttp's keep-alive timer covers idle connections and later heads)."""
+
+    def __init__(self, server: RestServer, inner: asyncio.Protocol) -> None:
+        self._server = server
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._server.header_timeout, self._head_timed_out)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._deadline.cancel()
+                self._deadline = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._server._connection_closed()
+        self._inner.connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        self._server.header_timeouts += 1
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _Refused(asyncio.Protocol):
+    """Over the connection cap: answer 503 at once and close, instead of leaving the client hanging."""
+
+    BODY = json_codec.encode_error("Too many open connections to the REST server; retry later")
+    REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+             b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.REPLY)  # type: ignore[attr-defined]
+        transport.close()
+
+
 class RestServer:
-    """TF Serving's REST API in a thread of its own; ``start()`` returns once the port is bound."""
+    """TF Serving's REST API in a thread of its own; ``start()`` returns once the port is bound.
+
+    ``num_threads`` (``--rest_api_num_threads``) sizes the pool that runs model calls (0: ``max_workers``);
+    ``timeout_ms`` (``--rest_api_timeout_in_ms``, <= 0: none) bounds predict/classify/regress;
+    ``enable_cors`` (``--rest_api_enable_cors_support``) adds TF Serving's CORS headers to every ``/v1`` reply.
+    """
 
     def __init__(
         self,
@@ -418,6 +197,10 @@ class RestServer:
         timeout_ms: int = 30000,
         num_threads: int = 0,
         enable_cors: bool = False,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         self.timeout_ms = timeout_ms
         self.num_threads = num_threads
@@ -430,17 +213,31 @@ class RestServer:
         self.metrics_path = metrics_path
         self.max_body_bytes = max_body_bytes
         self.shutdown_timeout = shutdown_timeout
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="tfsctl-rest")
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections if max_connections is not None else default_max_connections()
+        self.workers = num_threads if num_threads > 0 else max_workers
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="tfsctl-rest")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        # Connection accounting (event-loop thread only; read by tests and the soak).
+        self.open_connections = 0
+        self.refused_connections = 0
+        self.header_timeouts = 0
+        self.accept_failures = 0
+        self._last_accept_failure = -float("inf")
+        self._stopping = False
+        self._refusing = False
 
     # --- lifecycle ---
 
     def start(self, timeout: float = 30.0) -> None:
-        """Bind and serve in a background thread; raises if the port cannot be bound."""
+        """Bind and serve in a background thread; raises OSError if the port cannot be bound."""
         self._thread = threading.Thread(target=self._serve, name="tfsctl-rest-loop", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -452,6 +249,7 @@ class RestServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._loop_exception)
         try:
             loop.run_until_complete(self._startup())
         except BaseException as e:  # noqa: BLE001 - reported to start()
@@ -470,11 +268,12 @@ class RestServer:
     async def _startup(self) -> None:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout,
+                                     keepalive_timeout=self.keepalive_timeout, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol, self.host, self.port, backlog=1024)
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by ``shutdown_timeout``), then stop the loop."""
@@ -482,95 +281,164 @@ class RestServer:
         if loop is None or thread is None or not thread.is_alive():
             self._executor.shutdown(wait=False)
             return
-        if self._runner is not None:
-            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
-            try:
-                fut.result(self.shutdown_timeout + 5)
-            except Exception:  # noqa: BLE001 - stop anyway
-                log.exception("REST server cleanup failed")
+
+        async def shutdown() -> None:
+            self._stopping = True
+            if self._server is not None:
+                self._server.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        try:
+            fut.result(self.shutdown_timeout + 5)
+        except Exception:  # noqa: BLE001 - stop anyway
+            log.exception("REST server cleanup failed")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         self._executor.shutdown(wait=True)
 
+    # --- connections ---
+
+    def _protocol(self) -> asyncio.Protocol:
+        """Protocol factory, called once per accepted connection."""
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            if not self._refusing:
+                self._refusing = True
+                log.warning("REST: %d connections open, the limit; refusing new ones with 503 until some close",
+                            self.open_connections)
+            return _Refused()
+        self.open_connections += 1
+        assert self._runner is not None and self._runner.server is not None
+        return _Connection(self, self._runner.server())
+
+    def _connection_closed(self) -> None:
+        self.open_connections -= 1
+        if self._refusing and self.open_connections < self.max_connections:
+            self._refusing = False
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """Out of file descriptors: asyncio retries accept() every second and reports each failure; log it once."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS and "accept" in str(context.get("message", "")):
+            self.accept_failures += 1
+            now = time.monotonic()
+            if now - self._last_accept_failure > _ACCEPT_QUIET_SECONDS:  # a new episode: log it once
+                log.error("REST: cannot accept connections: %s (%d open); asyncio retries every second, further "
+                          "failures are not logged until none occurred for %g s", exc, self.open_connections,
+                          _ACCEPT_QUIET_SECONDS)
+            self._last_accept_failure = now
+            return
+        if self._stopping and isinstance(exc, ValueError) and "_start_serving" in repr(context.get("handle")):
+            return  # asyncio's accept retry timer firing after the listening socket was closed by stop()
+        loop.default_exception_handler(context)
+
     # --- dispatch ---
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        path, method = request.path, request.method
-        if path == "/v1/health/live":
-            return self._json(200, {"status": "live"}) if method == "GET" else self._not_allowed(method, path)
-        if path == "/v1/health/ready":
-            if method != "GET":
-                return self._not_allowed(method, path)
-            ready = await self._in_pool(self.manager.is_ready)
-            if ready:
-                return self._json(200, {"status": "ready"})
-            return self._json(503, {"error": "not ready: not every configured model has an AVAILABLE version"})
+        path, method = request.rel_url.raw_path, request.method
         if self.metrics_path and path == self.metrics_path and self.metrics is not None:
-            if method != "GET":
-                return self._not_allowed(method, path)
             body = await self._in_pool(self.metrics.render)
             return web.Response(status=200, body=body, headers={"Content-Type": self.metrics.content_type})
-        m = _MODEL_POST.match(path)
-        if m:
-            if method != "POST":
-                return self._not_allowed(method, path)
-            name, version, label, verb = m.groups()
-            return await self._model_call(request, f"rest_{verb}", name, version, label, verb)
-        m = _MODEL_GET.match(path)
-        if m:
-            if method != "GET":
-                return self._not_allowed(method, path)
-            name, version, label, meta = m.groups()
-            api = "rest_metadata" if meta else "rest_status"
-            return await self._model_call(request, api, name, version, label, "metadata" if meta else "status")
-        return self._json(404, {"error": f"Malformed request: {method} {path} is not a TF Serving REST route"})
+        if not _V1.match(path):
+            return self._reply(404, json_codec.encode_error(f"Not found: {method} {path}"), cors=False)
+        if method == "OPTIONS":  # CORS preflight, answered whether or not CORS headers are on (http_server.cc)
+            ok = _ORIGIN.search(request.headers.get("Origin", "")) is not None
+            return self._reply(200 if ok else 400, b"", content_type=None)
+        if method == "GET" and path in (_HEALTH_LIVE, _HEALTH_READY):
+            return await self._health(path)
+        malformed = InvalidArgument(f"Malformed request: {method} {path}")
+        if method == "POST":
+            m = _PREDICT_PATH.fullmatch(path)
+            if m is not None:
+                name, version, label, verb = m.groups()
+                if verb in ("predict", "classify", "regress"):  # matched case-insensitively, compared exactly
+                    return await self._model_call(request, verb, name, version, label)
+        elif method == "GET":
+            m = _STATUS_PATH.fullmatch(path)
+            if m is not None:
+                name, version, label, sub = m.groups()
+                return await self._model_call(request, "metadata" if sub == "metadata" else "status",
+                                              name or "", version, label)
+        return self._error_reply(malformed)
 
-    async def _model_call(self, request: web.Request, api: str, name: str, version: str | None,
-                          label: str | None, verb: str) -> web.Response:
+    async def _health(self, path: str) -> web.Response:
+        if path == _HEALTH_LIVE:
+            return self._reply(200, b'{"status":"live"}')
+        if await self._in_pool(self.manager.is_ready):
+            return self._reply(200, b'{"status":"ready"}')
+        return self._reply(503, json_codec.encode_error(
+            "not ready: not every configured model has an AVAILABLE version"))
+
+    async def _model_call(self, request: web.Request, verb: str, name: str, version: str | None,
+                          label: str | None) -> web.Response:
         start = time.perf_counter()
+        api = f"rest_{verb}"
+        name = unquote(name)
+        label = unquote(label) if label is not None else None
         try:
-            body = b""
-            if request.method == "POST":
-                if request.content_length is not None and request.content_length > self.max_body_bytes:
-                    raise _HttpError(413, self._too_large(request.content_length), "RESOURCE_EXHAUSTED")
-                try:
-                    body = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED") from None
-                except RequestPayloadError as e:  # e.g. a Content-Encoding the body does not match
-                    detail = " ".join(str(e).split())
-                    raise InvalidArgument(f"cannot read the request body: {detail}") from None
+            model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
+            body = await self._read_body(request) if request.method == "POST" else b""
             handler = getattr(self, f"_do_{verb}")
-            encoded = await self._in_pool(self._encoded, handler, name, version, label, body)
-            code = "OK"
+            timed = verb in ("predict", "classify", "regress") and self.timeout_ms > 0
+            call = self._in_pool(handler, name, version, label, body)
+            if timed:
+                try:
+                    async with asyncio.timeout(self.timeout_ms / 1000):  # no extra task, unlike wait_for
+                        encoded = await call
+                except TimeoutError:
+                    raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
+                                          f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",
+                                     "DEADLINE_EXCEEDED") from None
+            else:
+                encoded = await call
+            status, code = 200, "OK"
         except ServingError as e:
-            status, payload, code = e.http_status, {"error": e.message}, e.grpc_code.name
+            status, encoded, code = e.http_status, json_codec.encode_error(e.message), e.grpc_code.name
         except _HttpError as e:
-            status, payload, code = e.status, {"error": e.message}, e.code_name
+            status, encoded, code = e.status, json_codec.encode_error(e.message), e.code_name
         except Exception as e:  # noqa: BLE001 - never leak a traceback to the client
             log.exception("REST %s %s failed", request.method, request.path)
-            status, payload, code = 500, {"error": f"internal error: {type(e).__name__}: {e}"}, "INTERNAL"
-        else:
-            status, payload = 200, None
+            status, code = 500, "INTERNAL"
+            encoded = json_codec.encode_error(f"internal error: {type(e).__name__}: {e}")
         if self.metrics is not None:
-            label = name
+            model = name
             if code != "OK" and name not in self._known_models():
-                label = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
-            self.metrics.observe_request(label, api, code, time.perf_counter() - start)
-        if payload is None:
-            return web.Response(status=200, body=encoded, content_type=_JSON)
-        return self._json(status, payload)
+                model = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
+            self.metrics.observe_request(model, api, code, time.perf_counter() - start)
+        response = self._reply(status, encoded)
+        if status in (408, 413):
+            response.force_close()
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole (decoded) body, bounded in size and in time without progress."""
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise _HttpError(413, self._too_large(request.content_length), "RESOURCE_EXHAUSTED")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = await asyncio.wait_for(request.content.readany(), self.body_timeout)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED")
+                chunks.append(chunk)
+        except TimeoutError:
+            raise _HttpError(408, f"request body: no data for {self.body_timeout:g} s", "DEADLINE_EXCEEDED") from None
+        except RequestPayloadError as e:  # e.g. a Content-Encoding the body does not match
+            detail = " ".join(str(e).split())
+            raise InvalidArgument(f"cannot read the request body: {detail}") from None
+        return b"".join(chunks)
 
     def _known_models(self) -> set[str]:
         try:
             return set(self.manager.model_names())
         except Exception:  # noqa: BLE001 - metrics must not fail a request
             return set()
-
-    @staticmethod
-    def _encoded(handler: Callable[..., dict], *args: Any) -> bytes:
-        """Run a handler and serialize its reply in the pool: big outputs never block the event loop."""
-        return json.dumps(handler(*args)).encode("utf-8")
 
     def _too_large(self, size: int | None) -> str:
         got = f" ({size} bytes)" if size is not None else ""
@@ -579,72 +447,49 @@ class RestServer:
     async def _in_pool(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    @staticmethod
-    def _json(status: int, payload: Any) -> web.Response:
-        return web.Response(status=status, body=json.dumps(payload).encode("utf-8"), content_type=_JSON)
+    def _reply(self, status: int, body: bytes, *, content_type: str | None = _JSON, cors: bool = True
+               ) -> web.Response:
+        headers = dict(_CORS_HEADERS) if cors and self.enable_cors else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return web.Response(status=status, body=body, headers=headers)
 
-    def _not_allowed(self, method: str, path: str) -> web.Response:
-        return self._json(405, {"error": f"Method {method} is not allowed for {path}"})
+    def _error_reply(self, error: ServingError) -> web.Response:
+        return self._reply(error.http_status, json_codec.encode_error(error.message))
 
-    # --- handlers (run in the thread pool) ---
+    # --- handlers (run in the thread pool; each returns the encoded JSON reply) ---
 
-    @staticmethod
-    def _parse_body(body: bytes) -> dict:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InvalidArgument(f"request body is not valid UTF-8: {e}") from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidArgument(f"malformed JSON body: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except RecursionError:
-            raise InvalidArgument("malformed JSON body: nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise InvalidArgument(f"the JSON body must be an object, got {_kind(obj)}")
-        return obj
+    def _do_predict(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
+        doc = json_codec.parse_json(raw)
+        sig = json_codec.signature_name(doc)
+        with self.core.hold(model_spec(name, version, label, sig)) as held:
+            inputs, row_format = json_codec.decode_predict(doc, held.signature.inputs, sig)
+            _, outputs = held.predict(inputs)
+        return json_codec.encode_predict(outputs, row_format)
 
-    @staticmethod
-    def _signature_name(body: dict) -> str:
-        sig = body.get("signature_name", "")
-        if not isinstance(sig, str):
-            raise InvalidArgument(f"'signature_name' must be a string, got {_kind(sig)}")
-        return sig
-
-    def _do_predict(self, name: str, version: str | None, label: str | None, raw: bytes) -> dict:
-        body = self._parse_body(raw)
-        spec = _model_spec(name, version, label, self._signature_name(body))
-        with self.manager.handle(name, int(version) if version is not None else None, label) as servable:
-            sig = servable.signature(spec.signature_name)
-            where = f"model '{name}' version {servable.version}, signature '{sig.name}'"
-        # Run on the version whose signature decoded the body, even if a newer one became latest meanwhile.
-        spec.version.value = servable.version
-        inputs, row = decode_predict_body(body, sig, where)
-        resolved, outputs = self.core.predict(spec, inputs, ())
-        return encode_predict_outputs(outputs, row, f"model '{name}', signature '{resolved.signature_name}'")
-
-    def _do_classify(self, name: str, version: str | None, label: str | None, raw: bytes) -> dict:
-        body = self._parse_body(raw)
+    def _do_classify(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
+        doc = json_codec.parse_json(raw)
         request = classification_pb2.ClassificationRequest(
-            model_spec=_model_spec(name, version, label, self._signature_name(body)))
-        decode_examples_body(body, request, f"model '{name}' classify")
-        result = self.core.classify(request).result
-        return {"results": [[[c.label, c.score] for c in cl.classes] for cl in result.classifications]}
+            model_spec=model_spec(name, version, label, json_codec.signature_name(doc)))
+        json_codec.decode_examples(doc, request)
+        return json_codec.encode_classification(self.core.classify(request).result)
 
-    def _do_regress(self, name: str, version: str | None, label: str | None, raw: bytes) -> dict:
-        body = self._parse_body(raw)
+    def _do_regress(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
+        doc = json_codec.parse_json(raw)
         request = regression_pb2.RegressionRequest(
-            model_spec=_model_spec(name, version, label, self._signature_name(body)))
-        decode_examples_body(body, request, f"model '{name}' regress")
-        result = self.core.regress(request).result
-        return {"results": [r.value for r in result.regressions]}
+            model_spec=model_spec(name, version, label, json_codec.signature_name(doc)))
+        json_codec.decode_examples(doc, request)
+        return json_codec.encode_regression(self.core.regress(request).result)
 
-    def _do_status(self, name: str, version: str | None, label: str | None, raw: bytes) -> dict:
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=_model_spec(name, version, label))
-        return _proto_json(self.core.get_model_status(request))
+    def _do_status(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
+        if not name:
+            raise InvalidArgument("Missing model name in request.")
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_spec(name, version, label))
+        return json_codec.encode_status(self.core.get_model_status(request))
 
-    def _do_metadata(self, name: str, version: str | None, label: str | None, raw: bytes) -> dict:
+    def _do_metadata(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
+        if not name:
+            raise InvalidArgument("Missing model name in request.")
         request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=_model_spec(name, version, label), metadata_field=["signature_def"])
-        return _proto_json(self.core.get_model_metadata(request))
-
+            model_spec=model_spec(name, version, label), metadata_field=["signature_def"])
+        return json_codec.encode_metadata(self.core.get_model_metadata(request))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -151,6 +152,13 @@ class PredictionCore:
             return self._resolved(servable, name), outputs
         finally:
             self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
+
+    @contextmanager
+    def hold(self, model_spec: model_pb2.ModelSpec) -> Iterator[HeldServable]:
+        """One servable handle for a whole front-end request (signature lookup, decode, run, encode), as gRPC holds
+        it: a version swap in between can neither fail the request nor mix two versions."""
+        with self._handle(model_spec) as servable:
+            yield HeldServable(self, servable, signature_or_default(model_spec.signature_name))
 
     # --- Classify / Regress / MultiInference ----------------------------------------------------------------------
 
@@ -300,3 +308,20 @@ class PredictionCore:
                 time.sleep(0.02)
 
 
+class HeldServable:
+    """A servable held by :meth:`PredictionCore.hold`: its signature spec and a predict that runs on it."""
+
+    def __init__(self, core: PredictionCore, servable: Any, signature_name: str) -> None:
+        self.servable = servable
+        self.signature_name = signature_name
+        self._core = core
+
+    @property
+    def signature(self) -> Any:
+        """The SignatureSpec (inputs/outputs TensorSpecs); unknown signature -> FAILED_PRECONDITION."""
+        return self.servable.signature(self.signature_name)
+
+    def predict(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+                ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+        """PredictionCore.predict on the held version (no second resolve)."""
+        return self._core.predict_with(self.servable, self.signature_name, inputs, output_filter)

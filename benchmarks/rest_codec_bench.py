@@ -1,0 +1,89 @@
+"""REST JSON codec: the orjson codec (tfsctl/serving/json_codec.py) against the previous stdlib one, in one run.
+
+The reply is DeepLab-sized: ``probabilities`` float32 [1, 256, 256, 21] plus ``segmentation_map`` int64
+[1, 256, 256] (row format, as a DeepLab client asks for it); the request is a 256x256 RGB image as JSON numbers.
+"Old" is what rest_api.py did before: ``json.dumps`` over ``ndarray.tolist()`` (Python floats, so float32 values
+come out with double digits), and ``json.loads`` + ``np.asarray`` for requests. The garbage collector is frozen
+after start-up as in ``tfsctl serve``; otherwise every parse of a big body pays for a scan of TensorFlow's objects.
+
+    PYTHONPATH=$PWD python benchmarks/rest_codec_bench.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfsctl.serving import json_codec  # noqa: E402
+
+
+def _old_encode(outputs: dict[str, np.ndarray]) -> bytes:
+    values = {k: v.tolist() for k, v in outputs.items()}
+    batch = len(next(iter(values.values())))
+    return json.dumps({"predictions": [{k: values[k][i] for k in values} for i in range(batch)]}).encode()
+
+
+def _old_decode(body: bytes) -> np.ndarray:
+    return np.asarray(json.loads(body)["instances"]).astype(np.uint8)
+
+
+class _Spec:
+    dtype = np.dtype(np.uint8)
+    dtype_enum = 4  # DT_UINT8
+
+
+def _new_decode(body: bytes) -> np.ndarray:
+    doc = json_codec.parse_json(body)
+    return json_codec.decode_predict(doc, {"images": _Spec()})[0]["images"]
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((1, 256, 256, 21)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    outputs = {"probabilities": probs.astype(np.float32), "segmentation_map": probs.argmax(-1).astype(np.int64)}
+    image = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    request = json.dumps({"instances": image.tolist()}).encode()
+
+    gc.freeze()  # as tfsctl serve does once models are loaded (Manager(freeze_gc=True)): TF's objects leave the GC
+    old_body, new_body = _old_encode(outputs), json_codec.encode_predict(outputs, row_format=True)
+    parsed = np.array(json.loads(new_body)["predictions"][0]["probabilities"], np.float64).astype(np.float32)
+    assert np.array_equal(parsed, outputs["probabilities"][0]), "new reply does not round-trip float32 exactly"
+    assert np.array_equal(_old_decode(request), _new_decode(request))
+
+    rows = [
+        ("encode reply (row format)", _time(lambda: _old_encode(outputs), args.repeats),
+         _time(lambda: json_codec.encode_predict(outputs, row_format=True), args.repeats)),
+        ("decode request (256x256x3 uint8)", _time(lambda: _old_decode(request), args.repeats),
+         _time(lambda: _new_decode(request), args.repeats)),
+    ]
+    print(f"reply: {len(old_body) / 1e6:.1f} MB old, {len(new_body) / 1e6:.1f} MB new; "
+          f"request: {len(request) / 1e6:.2f} MB; median of {args.repeats}")
+    print(f"{'':34} {'old ms':>9} {'new ms':>9} {'speed-up':>9}")
+    for name, old, new in rows:
+        print(f"{name:34} {old:9.1f} {new:9.1f} {old / new:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
