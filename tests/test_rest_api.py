@@ -358,7 +358,7 @@ def test_memory_stays_bounded_under_bad_requests(server):
     from tfsctl.core.loader import rss_bytes
 
     bodies = [
-        json.dumps({"inputs": {"x": [[1.0, 2.0, 3.0, 4.0]] * 4000, "z": [1]}}).encode(),  # extra input
+        json.dumps({"inputs": {"x": [[1.0, 2.0, 3.0, 4.0]] * 4000 + [[True] * 4]}}).encode(),  # a bool for DT_FLOAT
         b'{"instances": [' + b"1.5," * 25_000,  # truncated JSON
         json.dumps({"instances": [["a"] * 4] * 4000}).encode(),  # strings for DT_FLOAT
         json.dumps({"signature_name": "nosig", "instances": [[1.0] * 4] * 4000}).encode(),
