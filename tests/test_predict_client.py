@@ -80,6 +80,8 @@ def served(tmp_path_factory):
     (tmp / "models.config").write_text(config)
     server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0,
                                        model_config_file=str(tmp / "models.config"),
+                                       # labels in the start-up config need it, as in tensorflow_model_server
+                                       allow_version_labels_for_unavailable_models=True,
                                        file_system_poll_wait_seconds=0.2))
     server.start()
     RUNNING["server"] = server
