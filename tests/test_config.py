@@ -83,6 +83,13 @@ def test_parse_error_names_line(tmp_path: Path) -> None:
         config.load_model_server_config(path)
 
 
+def test_parse_error_keeps_tf_servings_words(tmp_path: Path) -> None:
+    """TF Serving's own test greps stderr for 'Error parsing text-format tensorflow.serving.ModelServerConfig'."""
+    path = write(tmp_path, "improperly formatted file\n")
+    with pytest.raises(ConfigError, match="Error parsing text-format tensorflow.serving.ModelServerConfig: "):
+        config.load_model_server_config(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model config file not found"):
         config.load_model_server_config(tmp_path / "absent.txt")

@@ -50,7 +50,8 @@ def _parse(text: str, message: Message, source: str) -> Message:
         reason = re.sub(r"^\d+:\d+ : ", "", str(e))
         line, col = e.GetLine(), e.GetColumn()
         where = f"{source}:{line}:{col}" if line is not None and line >= 0 else source
-        raise ConfigError(f"{where}: {reason}") from None
+        # TF Serving's words first ("Error parsing text-format tensorflow.serving.ModelServerConfig"): scripts grep them
+        raise ConfigError(f"{where}: Error parsing text-format {message.DESCRIPTOR.full_name}: {reason}") from None
     return message
 
 
