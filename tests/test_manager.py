@@ -334,13 +334,14 @@ def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
     wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded once released")
 
 
-def test_unavailable_until_a_version_loads(make_manager, tmp_path: Path) -> None:
+def test_not_found_until_a_version_loads(make_manager, tmp_path: Path) -> None:
+    """As TF Serving's handle lookup: NOT_FOUND 'Servable not found for request: Latest(toy)' until one loads."""
     base = tmp_path / "toy"
     base.mkdir()
     m = make_manager(single_model_config("toy", base))
     poll(m)
     assert not m.wait_until_ready(0) and m.version_states("toy") == []
-    with pytest.raises(Unavailable, match="model 'toy' has no AVAILABLE version"):
+    with pytest.raises(NotFound, match=r"Servable not found for request: Latest\(toy\) \(no version is AVAILABLE"):
         served(m)
     write_toy_model(base, 5)
     assert m.wait_until_ready(15)

@@ -123,7 +123,7 @@ class Manager:
         allow_version_labels_for_unavailable_models: bool = False,
         num_unload_threads: int = 1,
         event_bus: EventBus | None = None,
-        servable_versions_always_present: bool = True,
+        servable_versions_always_present: bool = False,
     ) -> None:
         """``metrics``: anything with ``on_servable_state(event)`` (subscribed to :attr:`events`), or None.
 
@@ -362,7 +362,9 @@ class Manager:
                 if not ready:
                     errors = [f"version {s.version}: {s.error}" for s in self.monitor.version_states(name) if s.error]
                     detail = f"; load errors: {'; '.join(errors)}" if errors else ""
-                    raise Unavailable(f"model '{name}' has no AVAILABLE version yet{detail}")
+                    # TF Serving's ServableHandle lookup: NOT_FOUND while no version is AVAILABLE
+                    raise NotFound(f"Servable not found for request: Latest({name}) (no version is AVAILABLE yet"
+                                   f"{detail})")
                 rec = max(ready, key=lambda r: r.version)
             rec.refs += 1
             return model, rec

@@ -9,8 +9,7 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,12 +35,10 @@ from tfsctl.core.inference import (  # noqa: F401 - re-exported for callers of t
     regression_result,
 )
 from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
-from tfsctl.errors import InvalidArgument, NotFound, Unknown
+from tfsctl.errors import InvalidArgument, NotFound
 from tfsctl.savedmodel import DEFAULT_SIGNATURE
 
 SIGNATURE_DEF_FIELD = "signature_def"
-_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-_END = get_model_status_pb2.ModelVersionStatus.END
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
 
@@ -228,26 +225,15 @@ class PredictionCore:
 
     def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest
                          ) -> get_model_status_pb2.GetModelStatusResponse:
-        """State of every version of a model (or the one version / label asked for), newest first."""
+        """TF Serving's get_model_status_impl: the asked version, else every version the state monitor knows
+        (a model removed by a reload reports its versions in END), newest first. A version label is ignored, as
+        there."""
         spec = request.model_spec
         name = self._require_name(spec)
-        if name not in set(self.manager.model_names()):
-            raise NotFound(f"Could not find any versions of model '{name}'")
-        states = sorted(self.manager.version_states(name), key=lambda s: s.version, reverse=True)
-        if not states:  # configured, but the Source has found no version yet: TF Serving answers NOT_FOUND
-            raise NotFound(f"Could not find any versions of model '{name}'{self._no_versions_hint(name)}")
-        version = _version_of(spec)
-        label = _label_of(spec)
-        if label is not None:
-            labels = self.manager.labels(name)
-            if label not in labels:
-                raise InvalidArgument(f"model '{name}': unknown version label '{label}' "
-                               f"(labels: {', '.join(sorted(labels)) or 'none'})")
-            version = labels[label]
-        if version is not None:
-            states = [s for s in states if s.version == version]
-            if not states:
-                raise NotFound(f"Could not find version {version} of model '{name}'")
+        try:
+            states = self.manager.model_status(name, _version_of(spec))
+        except NotFound as e:
+            raise NotFound(f"{e}{self._no_versions_hint(name)}") from None
         response = get_model_status_pb2.GetModelStatusResponse()
         for s in states:
             mvs = response.model_version_status.add(version=int(s.version), state=int(s.state))
@@ -276,36 +262,17 @@ class PredictionCore:
         """Apply a new ModelServerConfig, then wait for newly added models as TF Serving's ServerCore does.
 
         The wait is bounded by ``reload_wait_seconds`` and ``wait_seconds``; a model still loading after it
-        is not an error (its state shows in GetModelStatus), one whose every version failed is.
+        is not an error (its state shows in GetModelStatus), one whose every version failed is (UNKNOWN).
         """
         config = request.config
         if config.WhichOneof("config") != "model_config_list":
-            raise InvalidArgument("ReloadConfigRequest.config must hold a model_config_list "
-                                  "(custom_model_config is not supported)")
-        before = set(self.manager.model_names())
-        self.manager.apply_config(config)
-        added = [c.name for c in config.model_config_list.config if c.name not in before]
+            raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                  "ModelConfigList is currently supported")
         wait = self.reload_wait_seconds if wait_seconds is None else min(self.reload_wait_seconds, wait_seconds)
-        self._wait_for_models(added, wait)
+        self.manager.reload_config(config, wait)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = _CODE_OK
         return response
-
-    def _wait_for_models(self, names: Iterable[str], seconds: float) -> None:
-        """Wait until each model has an AVAILABLE version; a model whose every version failed is an error."""
-        pending = set(names)
-        deadline = time.monotonic() + max(0.0, seconds)
-        while pending and time.monotonic() < deadline:
-            for name in list(pending):
-                states = self.manager.version_states(name) if name in set(self.manager.model_names()) else []
-                if any(s.state == _AVAILABLE for s in states):
-                    pending.discard(name)
-                elif states and all(s.state == _END and s.error for s in states):
-                    errors = "; ".join(f"version {s.version}: {s.error}" for s in states)
-                    # TF Serving's WaitUntilModelsAvailable answers UNKNOWN "... did not become available"
-                    raise Unknown(f"model '{name}' did not become available: {errors}")
-            if pending:
-                time.sleep(0.02)
 
 
 class HeldServable:
