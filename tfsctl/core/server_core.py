@@ -39,7 +39,7 @@ class ServerCore:
         manager: Manager,
         *,
         poll_wait_seconds: float | None = None,
-        servable_versions_always_present: bool = True,
+        servable_versions_always_present: bool = False,
         allow_version_labels_for_unavailable_models: bool | None = None,
     ) -> None:
         """``None`` settings are taken from the Manager (its constructor carries the flags for older callers)."""

@@ -6,10 +6,9 @@ VersionPolicy picks the aspired versions among those present; the Source hands t
 ``manager.set_aspired_versions(name, {version: path})`` on every poll.
 
 A missing base path emits nothing (TF Serving: a file-system error, no callback). A base path with no version the
-policy selects emits nothing either by default: that is TF Serving's ``servable_versions_always_present: true``
-("will not unload existing servables"), so an emptied directory never takes a model offline. With
-``servable_versions_always_present=False`` the empty set is emitted and the Manager unloads every version, which
-is tensorflow_model_server's default.
+policy selects emits the empty set, so the Manager unloads every version: tensorflow_model_server's default. With
+``servable_versions_always_present=True`` (ServerCore's option of that name; ``tfsctl serve
+--servable_versions_always_present``) nothing is emitted then, so an emptied directory never takes a model offline.
 """
 
 from __future__ import annotations
@@ -126,7 +125,7 @@ class FileSystemSource:
     """
 
     def __init__(self, target: AspiredVersionsTarget, poll_wait_seconds: float = 1.0, *,
-                 servable_versions_always_present: bool = True) -> None:
+                 servable_versions_always_present: bool = False) -> None:
         self.target = target
         self.poll_wait_seconds = float(poll_wait_seconds)
         self.servable_versions_always_present = servable_versions_always_present

@@ -103,6 +103,8 @@ FLAGS: tuple[Flag, ...] = (
     # tfsctl's own
     Flag("host", "str", "0.0.0.0", "address to bind", tfsctl_only=True),
     Flag("grpc_max_message_bytes", "int32", 64 * 1024 * 1024, "largest gRPC message in and out", tfsctl_only=True),
+    Flag("servable_versions_always_present", "bool", False,
+         "keep the loaded versions when the base path empties (ServerCore's option)", tfsctl_only=True),
     Flag("model_cache_dir", "str", "",
          "local copies of s3:// and gs:// versions [$TFSCTL_MODEL_CACHE_DIR or a temp dir]", tfsctl_only=True),
     Flag("load_retry_interval_seconds", "float", None, "overrides --load_retry_interval_micros", tfsctl_only=True),

@@ -102,6 +102,7 @@ class ServerOptions:
     host: str = "0.0.0.0"
     grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
     load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
+    servable_versions_always_present: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
 
     @classmethod
@@ -263,6 +264,7 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
         # s3:// and gs:// versions are copied into the local cache, then loaded by the ordinary Loader
         loader_factory=remote_aware_factory(loader_factory, cache=options.model_cache_dir or None),
         allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+        servable_versions_always_present=options.servable_versions_always_present,
     )
 
 
