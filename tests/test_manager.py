@@ -301,9 +301,11 @@ def test_half_copied_version_loads_once_complete(make_manager, tmp_path: Path) -
 
 @pytest.mark.parametrize("how", ["emptied", "removed"])
 def test_base_path_gone_keeps_last_version(make_manager, tmp_path: Path, how: str) -> None:
+    """A vanished base path is a file-system error: nothing is emitted (TF Serving too). An emptied one keeps the
+    last version only with servable_versions_always_present (the default unloads it: see the test further on)."""
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    m = make_manager(single_model_config("toy", base))
+    m = make_manager(single_model_config("toy", base), servable_versions_always_present=how == "emptied")
     assert m.wait_until_ready(15)
     if how == "emptied":
         shutil.rmtree(base / "1")
@@ -355,7 +357,7 @@ def test_only_corrupt_versions_report_errors(make_manager, tmp_path: Path) -> No
     m = make_manager(single_model_config("toy", base), max_num_load_retries=0)
     wait_for(lambda: states(m, "toy").get(1) == END, what="failed load")
     assert not m.is_ready()
-    with pytest.raises(Unavailable, match="load errors: version 1: .*cannot parse"):
+    with pytest.raises(NotFound, match="load errors: version 1: .*cannot parse"):
         served(m)
 
 

@@ -48,10 +48,10 @@ def test_duplicate_version_names_later_sorted_child_wins_and_is_warned_once(tmp_
     assert list_versions(tmp_path) == {123: tmp_path / "0123"}
 
 
-def test_emptied_base_path_emits_nothing_by_default_and_the_empty_set_when_asked(tmp_path: Path) -> None:
+def test_emptied_base_path_emits_the_empty_set_by_default_and_nothing_when_asked(tmp_path: Path) -> None:
     (tmp_path / "1").mkdir()
     keep = Target()
-    src = FileSystemSource(keep, poll_wait_seconds=0)
+    src = FileSystemSource(keep, poll_wait_seconds=0, servable_versions_always_present=True)
     src.set_models({"m": (tmp_path, VersionPolicy())}, poll=False)
     src.poll_once()
     (tmp_path / "1").rmdir()
@@ -59,7 +59,7 @@ def test_emptied_base_path_emits_nothing_by_default_and_the_empty_set_when_asked
     assert keep.calls == [("m", {1: tmp_path / "1"})]  # servable_versions_always_present: nothing unloads
 
     tf_default = Target()
-    src = FileSystemSource(tf_default, poll_wait_seconds=0, servable_versions_always_present=False)
+    src = FileSystemSource(tf_default, poll_wait_seconds=0)
     src.set_models({"m": (tmp_path, VersionPolicy())}, poll=False)
     src.poll_once()
     assert tf_default.calls == [("m", {})]  # tensorflow_model_server's default: unload every version

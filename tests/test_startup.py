@@ -149,7 +149,7 @@ def test_flags_reach_the_servers_manager_and_loader(tmp_path):
         m = server.manager
         assert m.allow_version_labels_for_unavailable_models and m.num_unload_threads == 2
         assert m.load_retry_interval_seconds == 0.25
-        assert m.loader_factory.keywords["options"] == LoadOptions(
+        assert m.loader_factory.inner.keywords["options"] == LoadOptions(
             intra_op_parallelism=2, inter_op_parallelism=2, num_request_iterations_for_warmup=3)
         # gRPC on the UNIX socket as well as on TCP
         np.testing.assert_allclose(to_numpy(_predict(f"unix:{sock}").outputs["y"]), X)
