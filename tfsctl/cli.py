@@ -256,6 +256,8 @@ def serve(
     load_retry_interval_seconds: float = _opt(
         60.0, "load-retry-interval-seconds", help="Wait between load retries."),
     grpc_max_threads: int = _opt(0, "grpc-max-threads", help="gRPC worker threads (0 = automatic)."),
+    workers: int = typer.Option(1, "--workers", help="tfsctl-only: N serving processes sharing the ports (each holds "
+                                "its own copy of the models); see docs/PERFORMANCE.md."),
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
     quiet_tensorflow(devices=True)
@@ -286,7 +288,14 @@ def serve(
             "SIGTERM / Ctrl-C stops gracefully", title="tfsctl serve", border_style="green"))
 
     try:
-        code = ModelServer(options).serve_forever(on_started=banner)
+        if workers != 1:
+            from tfsctl.serving.workers import serve_workers
+
+            code = serve_workers(options, workers, on_started=lambda sup: console.print(
+                f"tfsctl serve: {workers} workers on gRPC {host}:{sup.grpc_port}, REST "
+                f"{f'{host}:{sup.rest_port}' if sup.rest_port else 'off'} (pids {sup.pids})"))
+        else:
+            code = ModelServer(options).serve_forever(on_started=banner)
     except (ConfigError, OSError) as e:
         fail(str(e))
     raise typer.Exit(code)

@@ -418,8 +418,10 @@ class RestServer:
         timeout_ms: int = 30000,
         num_threads: int = 0,
         enable_cors: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         self.timeout_ms = timeout_ms
+        self.reuse_port = reuse_port  # SO_REUSEPORT: several worker processes share the port (serve --workers)
         self.num_threads = num_threads
         self.enable_cors = enable_cors
         self.core = core
@@ -472,7 +474,7 @@ class RestServer:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_port=self.reuse_port or None)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 

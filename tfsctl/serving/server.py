@@ -49,6 +49,7 @@ class ServerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     grpc_max_threads: int = 0
+    workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/workers.py
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
@@ -164,7 +165,7 @@ class ModelServer:
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if opts.workers > 1 else 0),
             ],
         )
         self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes)
@@ -215,6 +216,8 @@ class ModelServer:
         if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
             prom = self.monitoring_config.prometheus_config
             kwargs["metrics_path"] = prom.path if prom.enable else None
+        if self.options.workers > 1:
+            kwargs["reuse_port"] = True
         self.rest = RestServer(self.core, self.manager, self.metrics, self.options.host, self.options.rest_api_port,
                                **kwargs)
         self.rest.start()
