@@ -131,9 +131,10 @@ class Batcher:
         self.options = BatchOptions.from_params(params)
         self.metrics = metrics
         self.per_model = per_model
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._queues: dict[tuple, _Queue] = {}
         self._model_options: weakref.WeakKeyDictionary[Any, BatchOptions | None] = weakref.WeakKeyDictionary()
+        self._dims: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
         self._stopping = False
         self._in_flight = 0  # batched requests queued or running (lone ones included)
         self._idle_streak = 0  # consecutive arrivals that found nothing in flight
@@ -164,10 +165,9 @@ class Batcher:
             return servable.run(signature_name, inputs, output_filter)
         assert opts is not None
         key, size = plan
-        where = f"model '{servable.name}' version {servable.version} signature '{signature_name}'"
         if size > opts.max_batch_size:  # TF Serving's check, before anything is queued
-            raise InvalidArgument(f"{where}: Task size {size} is larger than maximum input batch size "
-                                  f"{opts.max_batch_size} (max_batch_size); send smaller requests"
+            raise InvalidArgument(f"{_where(servable, signature_name)}: Task size {size} is larger than maximum "
+                                  f"input batch size {opts.max_batch_size} (max_batch_size); send smaller requests"
                                   + ("" if opts.enable_large_batch_splitting
                                      else " or enable enable_large_batch_splitting"))
         with self._cond:
@@ -187,7 +187,7 @@ class Batcher:
         validate = getattr(servable, "validate", None)
         if validate is not None:
             validate(signature_name, inputs)
-        tasks = self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size, where)
+        tasks = self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size)
         try:
             parts = [t.future.result() for t in tasks]
         finally:
@@ -219,7 +219,7 @@ class Batcher:
         return opts
 
     def _enqueue(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
-                 opts: BatchOptions, key: tuple, size: int, where: str) -> list[_Task]:
+                 opts: BatchOptions, key: tuple, size: int) -> list[_Task]:
         now = time.monotonic()
         limit = opts.execution_batch_size
         with self._cond:
@@ -236,8 +236,8 @@ class Batcher:
                 full = open_size + size > opts.max_batch_size and num_batches >= opts.max_enqueued_batches
             if full:
                 raise ResourceExhausted(
-                    f"batch queue for {where} is full ({queue.pending} examples pending in {len(queue.batches)} "
-                    f"batch(es), max_enqueued_batches {opts.max_enqueued_batches}); retry later"
+                    f"batch queue for {_where(servable, signature_name)} is full ({queue.pending} examples pending "
+                    f"in {len(queue.batches)} batch(es), max_enqueued_batches {opts.max_enqueued_batches}); retry later"
                 )
             chunks = [inputs]
             if opts.enable_large_batch_splitting and open_size + size > limit:
@@ -266,26 +266,34 @@ class Batcher:
         """Queue key and batch size for a request, or None when it cannot be batched."""
         if not inputs:
             return None
-        sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
-        if len(sizes) != 1 or None in sizes:
-            return None
-        size = sizes.pop()
-        if size == 0:
-            return None
-        sig = servable.signature_defs.get(signature_name)
+        try:
+            cache = self._dims[servable]
+        except KeyError:
+            cache = self._dims[servable] = {}
+        except TypeError:  # not weak-referenceable: no cache
+            cache = {}
+        size = None
         parts = []
         for name in sorted(inputs):
             arr = inputs[name]
-            variable = _variable_dims(sig, name, arr.ndim)
+            if not arr.ndim or (size is not None and arr.shape[0] != size):
+                return None
+            size = arr.shape[0]
+            key = (signature_name, name, arr.ndim)
+            variable = cache.get(key, _UNKNOWN)
+            if variable is _UNKNOWN:  # the SignatureDef (a proto: slow to walk) is read once per input and rank
+                variable = cache[key] = _variable_dims(servable.signature_defs.get(signature_name), name, arr.ndim)
             if variable is None:  # dimension 0 fixed by the signature: not batchable
                 return None
             if opts.pad_variable_length_inputs:
                 inner = tuple(-1 if (i + 1) in variable else d for i, d in enumerate(arr.shape[1:]))
             else:
-                inner = tuple(arr.shape[1:])
+                inner = arr.shape[1:]
             parts.append((name, arr.dtype.str, inner))
+        if not size:
+            return None
         key = (servable.name, servable.version, id(servable), signature_name, output_filter, tuple(parts))
-        return key, size
+        return key, int(size)
 
     def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
                    opts: BatchOptions, key: tuple, size: int) -> dict[str, np.ndarray]:
@@ -417,6 +425,13 @@ class Batcher:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+
+
+_UNKNOWN = object()
+
+
+def _where(servable: Any, signature_name: str) -> str:
+    return f"model '{servable.name}' version {servable.version} signature '{signature_name}'"
 
 
 def _variable_dims(sig: Any, name: str, ndim: int) -> set[int] | None:
