@@ -146,9 +146,9 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     serving = health_pb2.HealthCheckResponse.SERVING
-    # Overall health is SERVING only once every worker has the model; then every connection agrees.
-    _poll(lambda: _try(lambda: _fresh(port, _health)) == serving, "overall health SERVING")
-    assert {_fresh(port, _health) for _ in range(FRESH_CONNECTIONS)} == {serving}
+    # Overall health turns SERVING once every worker has the model (each learns it from the supervisor), and stays.
+    _poll(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
+          "overall health SERVING on every connection")
 
     # A reload received over one connection has been applied by every worker before it is answered.
     request = model_management_pb2.ReloadConfigRequest()
@@ -169,9 +169,18 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     counts = {_metric(rest, 'tfserving_request_count_total{api="grpc_predict",model_name="toy"') for _ in range(8)}
     assert counts == {before + FRESH_CONNECTIONS}
 
+    # A worker that dies is replaced; the new one catches up with the reload, and health waits for it.
+    os.kill(workers[0], signal.SIGKILL)
+    workers = _poll(lambda: (lambda now: now if len(now) == 2 and workers[0] not in now else None)(
+        _children(proc.pid)), "a replacement worker")
+    _poll(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
+          "overall health SERVING again")
+    statuses = {tuple(_fresh(port, lambda ch: _status(ch, "second"))) for _ in range(FRESH_CONNECTIONS)}
+    assert statuses == {((1, available),)}
+
     # SIGTERM to the supervisor stops both workers gracefully; it exits 0.
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0, cluster["log"].read_text()[-3000:]
     _poll(lambda: not any(_alive(p) for p in workers), "workers to exit", timeout=10)
     log = cluster["log"].read_text()
-    assert log.count("server stopped") == 2, log[-3000:]
+    assert log.count("server stopped") == 2 and "restarting it" in log, log[-3000:]

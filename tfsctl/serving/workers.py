@@ -191,6 +191,7 @@ class Supervisor:
                 w.process.join(5)
                 code = 1
             elif w.process.exitcode != 0:
+                log.error("worker %d (pid %s) exited with code %s", w.index, w.process.pid, w.process.exitcode)
                 code = 1
             w.conn.close()
         self._workers.clear()
