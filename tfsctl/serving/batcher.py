@@ -28,7 +28,7 @@ Semantics (TF Serving's, with its defaults; the knobs and their checks are :clas
   fixed, an empty batch) run directly, unbatched.
 
 One tfsctl addition, so batching does not tax a lone request: a request that arrives when the batcher is idle
-(nothing queued or running, so every batch thread is free), right after a request that also found it idle, runs at
+(nothing queued or running, so every batch thread is free), right after two requests that also found it idle, runs at
 once in the caller's thread as a batch of its own (padding and metrics as any batch) instead of waiting out
 ``batch_timeout_micros`` for partners that the traffic shows are not coming. Any overlap between requests switches
 back to TF Serving's waiting, so batches still form under concurrent load.
@@ -69,8 +69,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BatchOptions", "Batcher", "BatchableServable"]
 
-# Consecutive requests that found the batcher idle before a lone request runs at once (see the module docstring).
-_IDLE_STREAK_TO_RUN_ALONE = 2
+# Consecutive requests that found the batcher idle, this one included, before a lone request runs at once (see the
+# module docstring): the first two after any overlap still wait for partners, as TF Serving's batcher always does.
+_IDLE_STREAK_TO_RUN_ALONE = 3
 
 
 class BatchableServable(Protocol):
