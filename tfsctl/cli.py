@@ -260,7 +260,8 @@ def serve(
                                 "its own copy of the models); see docs/PERFORMANCE.md."),
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC (and REST) API until SIGTERM/SIGINT."""
-    quiet_tensorflow(devices=True)
+    if workers == 1:  # with --workers the supervisor never runs a model: each worker imports TensorFlow itself
+        quiet_tensorflow(devices=True)
     import logging
 
     from rich.panel import Panel

@@ -449,6 +449,8 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfsctl.serving.server import ModelServer
 
+    for sig in (signal.SIGTERM, signal.SIGINT):  # what serve_forever restores when it returns: ignore late signals
+        signal.signal(sig, lambda *_: None)
     link = _Link(conn)
     link.install()
     server = ModelServer(options)
@@ -468,5 +470,8 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
         code = 1
     finally:
         stop.set()
+        # A second SIGTERM/SIGINT may still come (Ctrl-C reaches the whole process group, then the supervisor's
+        # SIGTERM follows); the interpreter's shutdown restores default handlers, so block them: exit with our code.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     conn.close()
     sys.exit(code)
