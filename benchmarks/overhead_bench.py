@@ -88,7 +88,8 @@ class Report:
     machine: dict
     generator: str
     quick: bool
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)  # the median round of each (target, protocol, concurrency)
+    rounds: list[Run] = field(default_factory=list)  # every measurement
     in_process: dict = field(default_factory=dict)
     memory_mb: dict = field(default_factory=dict)
     ratios: dict = field(default_factory=dict)
@@ -251,15 +252,17 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool) -> dict:
-    cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-D", f"{max(1, int(seconds * 1000))}ms",
-           "-d", str(body)]
+def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool,
+           requests: int | None = None) -> dict:
+    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models)."""
+    cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
+    cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
     for h in headers:
         cmd += ["-H", h]
     if h1:
         cmd.append("--h1")
     cmd.append(url)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600).stdout
     m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -342,7 +345,9 @@ class Load:
             self._files[data] = path
         return self._files[data]
 
-    def run(self, server: Server, protocol: str, payload: bytes, concurrency: int, path: str = "") -> Run:
+    def run(self, server: Server, protocol: str, payload: bytes, concurrency: int, path: str = "", *,
+            label: str = "", requests: int | None = None, seconds: float | None = None) -> Run:
+        """One level; ``requests`` = a fixed number of requests (h2load), else ``seconds`` (default window)."""
         if protocol == "grpc":
             url, body, headers, h1 = (f"http://127.0.0.1:{server.grpc_port}{PREDICT_PATH}", grpc_frame(payload),
                                       ["content-type: application/grpc", "te: trailers"], False)
@@ -352,18 +357,18 @@ class Load:
                                       ["content-type: application/json"], True)
             py_target = url
 
-        def once(seconds: float) -> dict:
+        def once(seconds: float, requests: int | None = None) -> dict:
             if self.use_h2load:
-                return h2load(url, self._file(body), concurrency, seconds, headers, h1)
+                return h2load(url, self._file(body), concurrency, seconds, headers, h1, requests)
             return py_load(protocol, py_target, payload, concurrency, seconds)
 
-        if self.warmup > 0:
+        if self.warmup > 0 and not requests:
             once(self.warmup)
         cpu0, ctx0 = _cpu_and_ctx(server.pids())
-        res = once(self.seconds)
+        res = once(seconds or self.seconds, requests)
         cpu1, ctx1 = _cpu_and_ctx(server.pids())
         n = max(res["requests"], 1)
-        run = Run(server.name, protocol, concurrency, res["requests"], res["errors"], res["seconds"],
+        run = Run(label or server.name, protocol, concurrency, res["requests"], res["errors"], res["seconds"],
                   res["requests"] / res["seconds"], res["mean_ms"], 1e6 * (cpu1 - cpu0) / n, (ctx1 - ctx0) / n,
                   self.generator)
         print(f"  {run.target:<22} {protocol:<4} c={concurrency:<4} {run.throughput:9.1f} req/s  "
@@ -467,9 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         _kserve_server(int(args.kserve_server[0]), args.kserve_server[1], args.kserve_server[2])
         return 0
 
-    seconds = args.seconds or (2.0 if args.quick else 5.0)
-    warmup = 0.5 if args.quick else 1.0
+    seconds = args.seconds or (1.5 if args.quick else 2.5)
+    warmup = 0.3 if args.quick else 0.5
     levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
+    rounds = 1 if args.quick else 3
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
     load = Load(work, seconds, warmup)
     try:
@@ -495,66 +501,63 @@ def main(argv: list[str] | None = None) -> int:
     toy_json = json.dumps({"instances": TOY_X}).encode()
     servers: list[Server] = []
 
-    def start(name: str, cmd: list[str], grpc_port: int | None, rest_port: int | None, check) -> Server:
+    def launch(name: str, cmd: list[str], grpc_port: int | None, rest_port: int | None) -> Server:
         s = Server(name, cmd, work / f"{name}.log", grpc_port, rest_port)
         servers.append(s)
-        s.wait_ready(check)
         return s
 
-    def stop(s: Server) -> None:
-        s.stop()
-        servers.remove(s)
+    def rest_ready(port: int):
+        return lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5).status == 200
 
     try:
         print("in-process signature call (1 thread):", flush=True)
         report.in_process = _in_process(toy, seconds)
         print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
 
-        print("toy model over gRPC:", flush=True)
+        # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
+        # each round measures every target at every level, and the report keeps the median of the rounds.
         port = free_port()
-        bare = start("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None,
-                     lambda: _grpc_ok(port, payload))
-        for c in levels:
-            report.runs.append(load.run(bare, "grpc", payload, c))
-        report.memory_mb["bare-grpc"] = bare.memory_mb()
-        stop(bare)
-
+        bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+        tfs = {}
         for workers in (1, 2):
             g, r = free_port(), free_port()
-            name = f"tfsctl-{workers}w"
-            srv = start(name, _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r,
-                        lambda g=g: _grpc_ok(g, payload))
-            # REST readiness (every worker, when there are several) before measuring.
-            srv.wait_ready(lambda r=r: urllib.request.urlopen(
-                f"http://127.0.0.1:{r}/v1/health/ready", timeout=5).status == 200)
-            for c in levels:
-                report.runs.append(load.run(srv, "grpc", payload, c))
-            report.memory_mb[name] = srv.memory_mb()
-            if workers == 1:
-                print("toy model over REST:", flush=True)
-                report.runs.append(load.run(srv, "rest", toy_json, 32, "/v1/models/toy:predict"))
-                print("no batching at c=1, 4, 16 (gRPC):", flush=True)
-                for c in (1, 4, 16):
-                    report.runs.append(_renamed(load.run(srv, "grpc", payload, c), "nobatch"))
-            stop(srv)
-
-        print("batching (--enable_batching, timeout 1 ms) at c=1, 4, 16 (gRPC):", flush=True)
+            tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
         params = work / "batching.config"
         params.write_text(BATCHING % (os.cpu_count() or 1))
         g, r = free_port(), free_port()
-        srv = start("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching", "--batching-parameters-file",
-                                           str(params)), g, r, lambda: _grpc_ok(g, payload))
-        for c in (1, 4, 16):
-            report.runs.append(load.run(srv, "grpc", payload, c))
-        stop(srv)
-
+        batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching", "--batching-parameters-file",
+                                                 str(params)), g, r)
+        kserve_toy = None
         if have_kserve:
-            print("KServe, toy model over REST:", flush=True)
             r = free_port()
-            srv = start("kserve-toy", [sys.executable, __file__, "--kserve-server", str(r), "toy", str(toy / "1")],
-                        None, r, lambda: _rest_ok(r, "/v1/models/toy:predict", toy_json))
-            report.runs.append(load.run(srv, "rest", toy_json, 32, "/v1/models/toy:predict"))
-            stop(srv)
+            kserve_toy = launch("kserve-toy", [sys.executable, __file__, "--kserve-server", str(r), "toy",
+                                               str(toy / "1")], None, r)
+        bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
+        for srv in (*tfs.values(), batching):
+            srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
+            srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
+        if kserve_toy is not None:
+            kserve_toy.wait_ready(lambda: _rest_ok(kserve_toy.rest_port, "/v1/models/toy:predict", toy_json))
+
+        raw: list[Run] = []
+        for rnd in range(rounds):
+            print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
+            for c in levels:
+                for srv in (bare, tfs[1], tfs[2]):
+                    raw.append(load.run(srv, "grpc", payload, c))
+            print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
+            for c in (1, 4, 16):
+                raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
+                raw.append(load.run(batching, "grpc", payload, c))
+            print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
+            raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
+            if kserve_toy is not None:
+                raw.append(load.run(kserve_toy, "rest", toy_json, 32, "/v1/models/toy:predict"))
+        for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
+            report.memory_mb[name] = srv.memory_mb()
+        for srv in list(servers):
+            srv.stop()
+            servers.remove(srv)
 
         deeplab = None if args.no_deeplab else _deeplab(work)
         if deeplab is None:
@@ -562,24 +565,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             body = _deeplab_body()
             path = "/v1/models/deeplab:predict"
-            print("DeepLab 256x256 over REST:", flush=True)
+            print("DeepLab 256x256 over REST (fixed request counts):", flush=True)
             g, r = free_port(), free_port()
-            srv = start("tfsctl-deeplab", _serve_cmd(deeplab, "deeplab", g, r), g, r, lambda: _rest_ok(r, path, body))
-            for c in (1, 4):
-                report.runs.append(load.run(srv, "rest", body, c, path))
-            stop(srv)
+            targets = [launch("tfsctl-deeplab", _serve_cmd(deeplab, "deeplab", g, r), g, r)]
             if have_kserve:
                 r = free_port()
-                srv = start("kserve-deeplab", [sys.executable, __file__, "--kserve-server", str(r), "deeplab",
-                                               str(deeplab / "1")], None, r, lambda: _rest_ok(r, path, body))
-                for c in (1, 4):
-                    report.runs.append(load.run(srv, "rest", body, c, path))
-                stop(srv)
+                targets.append(launch("kserve-deeplab", [sys.executable, __file__, "--kserve-server", str(r),
+                                                         "deeplab", str(deeplab / "1")], None, r))
+            for srv in targets:
+                srv.wait_ready(lambda srv=srv: _rest_ok(srv.rest_port, path, body))
+            for c in (1, 4):
+                for srv in targets:
+                    raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 3) * c,
+                                        seconds=30.0))
     finally:
         for s in list(servers):
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    report.rounds = raw
+    report.runs = _median_runs(raw)
     _ratios(report)
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -589,9 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _renamed(run: Run, target: str) -> Run:
-    run.target = target
-    return run
+def _median_runs(raw: list[Run]) -> list[Run]:
+    """Per (target, protocol, concurrency): the round with the median throughput."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in raw:
+        groups.setdefault((r.target, r.protocol, r.concurrency), []).append(r)
+    return [sorted(g, key=lambda r: r.throughput)[len(g) // 2] for g in groups.values()]
 
 
 def _pick(report: Report, target: str, protocol: str, c: int | None = None) -> list[Run]:
