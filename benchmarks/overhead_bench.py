@@ -332,9 +332,9 @@ def py_load(kind: str, target: str, payload: bytes, concurrency: int, seconds: f
 class Load:
     """Runs one level with h2load when installed, else the Python client; samples server CPU around it."""
 
-    def __init__(self, work: Path, seconds: float, warmup: float) -> None:
+    def __init__(self, work: Path, seconds: float, warmup: float, force_python: bool = False) -> None:
         self.work, self.seconds, self.warmup = work, seconds, warmup
-        self.use_h2load = shutil.which("h2load") is not None
+        self.use_h2load = not force_python and shutil.which("h2load") is not None
         self.generator = "h2load" if self.use_h2load else "python multi-process closed loop"
         self._files: dict[bytes, Path] = {}
 
@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seconds", type=float, default=None, help="measurement window per level")
     ap.add_argument("--no-deeplab", action="store_true")
+    ap.add_argument("--generator", choices=("auto", "python"), default="auto",
+                    help="auto: h2load when installed, else the Python client; python: always the Python client")
     ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kserve-server", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
     rounds = 1 if args.quick else 3
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
-    load = Load(work, seconds, warmup)
+    load = Load(work, seconds, warmup, force_python=args.generator == "python")
     try:
         import kserve  # noqa: F401
 
