@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         have_kserve = False
     report = Report(machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+                             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                             "loadavg_at_start": round(os.getloadavg()[0], 2)},
                     generator=load.generator, quick=args.quick)
     print(f"load generator: {load.generator}" + ("" if load.use_h2load else
           "  (install h2load: apt-get update && apt-get install -y nghttp2-client)"))
@@ -587,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
 
     report.rounds = raw
     report.runs = _median_runs(raw)
+    report.machine["loadavg_at_end"] = round(os.getloadavg()[0], 2)
+    busy = max(report.machine["loadavg_at_start"], report.machine["loadavg_at_end"])
+    if busy > (os.cpu_count() or 1):
+        report.notes.append(f"the machine was busy (1-minute load average up to {busy:.1f} on {os.cpu_count()} CPUs): "
+                            "absolute figures and the 2-worker scaling are depressed; rerun on an idle machine")
     _ratios(report)
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
