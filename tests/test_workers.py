@@ -161,6 +161,13 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     assert statuses == {((1, available),)}
     for _ in range(FRESH_CONNECTIONS // 2):  # the label from the reload resolves on every worker
         np.testing.assert_allclose(_fresh(port, lambda ch: _predict(ch, "second", "stable")), X * 5.0)
+    # A bad reload is refused with the worker's own typed error, and changes nothing anywhere.
+    bad = model_management_pb2.ReloadConfigRequest()
+    bad.config.model_config_list.config.add(name="toy", base_path="relative/path", model_platform="tensorflow")
+    with pytest.raises(grpc.RpcError) as info:
+        _fresh(port, lambda ch: model_service_pb2_grpc.ModelServiceStub(ch).HandleReloadConfigRequest(bad, timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "relative" in info.value.details()
+    assert {tuple(_fresh(port, lambda ch: _status(ch, "second"))) for _ in range(8)} == {((1, available),)}
 
     # Metrics: whichever worker serves the page shows the sum over all workers.
     before = _metric(rest, 'tfserving_request_count_total{api="grpc_predict",model_name="toy"')

@@ -74,6 +74,7 @@ class _Reload:
     config: bytes
     wait_seconds: float | None
     waiting: set[int] = field(default_factory=set)
+    pids: set[int] = field(default_factory=set)  # the workers asked to apply it
     error: tuple[str, str] | None = None
     response: bytes = b""
 
@@ -251,13 +252,18 @@ class Supervisor:
 
     def _begin_reload(self) -> None:
         current = self._reloads[0]
-        self._config = current.config
         current.waiting = set(self._workers)
+        current.pids = {w.process.pid for w in self._workers.values()}
         for other in self._workers.values():
             self._send(other, ("apply", current.rid, current.config, current.wait_seconds))
 
     def _finish_reload(self) -> None:
         current = self._reloads.pop(0)
+        if current.error is None:  # the config restarted workers start from; a refused one changed nothing
+            self._config = current.config
+            for w in self._workers.values():  # a worker restarted meanwhile started from the previous config
+                if w.process.pid not in current.pids:
+                    self._send(w, ("apply", uuid.uuid4().hex, current.config, None))
         origin = self._workers.get(current.origin)
         if origin is not None:
             self._send(origin, ("reloaded", current.rid, current.error, current.response))
