@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench clean train
+.PHONY: install test lint demo bench bench-quick bench-serving clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,15 @@ demo: install
 train: install
 	$(BIN)/python samples/deeplab/train.py --out samples/deeplab/checkpoint
 
+# Serving overhead vs a bare gRPC server, workers, batching, REST (h2load when installed: apt-get install nghttp2-client).
 bench: install
+	$(BIN)/python benchmarks/overhead_bench.py
+
+bench-quick: install
+	$(BIN)/python benchmarks/overhead_bench.py --quick
+
+# DeepLab in process vs served, with and without batching (issue 4's figures).
+bench-serving: install
 	$(BIN)/python benchmarks/serving_bench.py
 
 clean:

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfsctl.core.protos import BatchingParameters  # noqa: E402
-from tfsctl.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable  # noqa: E402
+from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable  # noqa: E402
 from tfsctl.serving.batcher import Batcher, BatchOptions  # noqa: E402
 from tfsctl.serving.metrics import Metrics  # noqa: E402
 from tfsctl.testing import toy_example, write_toy_model  # noqa: E402
@@ -89,28 +89,112 @@ def test_allowed_batch_sizes_pad_then_drop_padding(toy):
         batcher.stop()
 
 
-def test_request_larger_than_max_batch_is_split_not_refused(toy):
+def test_request_larger_than_max_batch_size_is_refused_without_splitting(toy):
+    """TF Serving: without enable_large_batch_splitting, max_batch_size bounds a request (INVALID_ARGUMENT)."""
     metrics = Metrics()
-    batcher = Batcher(BatchOptions(max_batch_size=4, max_enqueued_batches=3, num_batch_threads=1), metrics)
+    batcher = Batcher(BatchOptions(max_batch_size=4, num_batch_threads=1), metrics)
     try:
-        x = _rows(7, 10)
-        out = batcher.run(toy, "", {"x": x}, ["y"])
-        np.testing.assert_allclose(out["y"], x * SCALE)
-        count, total = _batches(metrics)
-        assert count == 3 and total == 10  # chunks of 4, 4, 2
+        with pytest.raises(InvalidArgument, match="Task size 5 is larger than maximum input batch size 4") as info:
+            batcher.run(toy, "", {"x": _rows(0, 5)})
+        assert info.value.http_status == 400 and batcher.pending() == 0 and _batches(metrics) == (0.0, 0.0)
+        x = _rows(1, 4)  # exactly max_batch_size still runs, as one batch
+        np.testing.assert_allclose(batcher.run(toy, "", {"x": x})["y"], x * SCALE)
+        assert _batches(metrics) == (1.0, 4.0)
     finally:
         batcher.stop()
 
 
-def test_request_larger_than_the_whole_queue_is_invalid_not_retry_later(toy):
-    batcher = Batcher(BatchOptions(max_batch_size=4, max_enqueued_batches=2, num_batch_threads=1))
+class _Recording:
+    """A real servable that records the batch sizes it runs and the thread running them."""
+
+    def __init__(self, servable, gate: threading.Event | None = None):
+        self._servable = servable
+        self.gate = gate
+        self.calls: list[tuple[int, str]] = []
+        self.entered = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._servable, name)
+
+    def run(self, signature_name, inputs, output_filter=()):
+        self.calls.append((len(next(iter(inputs.values()))), threading.current_thread().name))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        return self._servable.run(signature_name, inputs, output_filter)
+
+
+def _poll(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_large_batch_splitting_fills_the_open_batch_then_runs_execution_sized_batches(toy):
+    """enable_large_batch_splitting: a request up to max_batch_size is split; its first part fills the open batch
+    (as TF Serving's InputSplitMetadata), the rest goes in batches of at most max_execution_batch_size."""
+    rec = _Recording(toy)
+    batcher = Batcher(BatchOptions(max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=4,
+                                   batch_timeout_micros=30_000_000, num_batch_threads=1))
+    with pytest.raises(InvalidArgument, match="Task size 9 is larger than maximum input batch size 8"):
+        batcher.run(rec, "", {"x": _rows(0, 9)})
+    a, b = _rows(100, 1), _rows(0, 6)
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(batcher.run, rec, "", {"x": a})
+        _poll(lambda: batcher.pending() == 1)
+        fb = pool.submit(batcher.run, rec, "", {"x": b})
+        _poll(lambda: len(rec.calls) == 1)  # 1 + first 3 rows of b: a full execution batch runs at once
+        assert rec.calls[0][0] == 4
+        _poll(lambda: batcher.pending() == 3)  # the last 3 rows wait in the open batch
+        batcher.stop()  # drains the open batch
+        np.testing.assert_allclose(fa.result(30)["y"], a * SCALE)
+        np.testing.assert_allclose(fb.result(30)["y"], b * SCALE)
+    assert [n for n, _ in rec.calls] == [4, 3]
+
+
+def test_splitting_queue_capacity_counts_execution_batches(toy):
+    batcher = Batcher(BatchOptions(max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=4,
+                                   max_enqueued_batches=1, batch_timeout_micros=30_000_000, num_batch_threads=1))
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.run, toy, "", {"x": _rows(5, 1)})
+        _poll(lambda: batcher.pending() == 1)
+        with pytest.raises(ResourceExhausted, match="is full"):  # room for 3 more rows in the only batch allowed
+            batcher.run(toy, "", {"x": _rows(0, 4)})
+        last = pool.submit(batcher.run, toy, "", {"x": _rows(9, 3)})  # exactly fills it: runs at once
+        np.testing.assert_allclose(last.result(30)["y"], _rows(9, 3) * SCALE)
+        np.testing.assert_allclose(first.result(30)["y"], _rows(5, 1) * SCALE)
+    batcher.stop()
+
+
+def test_lone_requests_run_at_once_in_the_callers_thread_and_overlap_restores_batching(toy):
+    """After two requests found the batcher idle, the next lone request skips batch_timeout_micros: it runs at once
+    in the caller's thread. A request arriving while another is in flight waits for partners again (TF Serving)."""
+    metrics = Metrics()
+    rec = _Recording(toy)
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1), metrics)
     try:
-        with pytest.raises(InvalidArgument, match=r"has 9 examples, more than the batch queue can ever hold \(8") \
-                as info:
-            batcher.run(toy, "", {"x": _rows(0, 9)})
-        assert info.value.http_status == 400 and batcher.pending() == 0
-        x = _rows(1, 8)  # exactly the queue's capacity still runs, split into two batches
-        np.testing.assert_allclose(batcher.run(toy, "", {"x": x})["y"], x * SCALE)
+        me = threading.current_thread().name
+        for i in range(5):
+            x = _rows(i, 1)
+            np.testing.assert_allclose(batcher.run(rec, "", {"x": x})["y"], x * SCALE)
+        # The first two waited their timeout in a batch thread (TF Serving); the next ones ran here, at once.
+        threads = [t for _, t in rec.calls]
+        assert me not in threads[:2] and threads[2:] == [me] * 3
+        assert _batches(metrics) == (5.0, 5.0)
+        rec.calls.clear()
+        rec.gate = threading.Event()
+        rec.entered.clear()
+        with ThreadPoolExecutor(3) as pool:
+            alone = pool.submit(batcher.run, rec, "", {"x": _rows(10, 1)})
+            assert rec.entered.wait(30)  # runs alone, held inside the model
+            second = pool.submit(batcher.run, rec, "", {"x": _rows(20, 1)})
+            third = pool.submit(batcher.run, rec, "", {"x": _rows(30, 1)})
+            _poll(lambda: batcher.pending() == 2)  # overlap: both wait for partners in the queue
+            rec.gate.set()
+            for f, start in ((alone, 10), (second, 20), (third, 30)):
+                np.testing.assert_allclose(f.result(30)["y"], _rows(start, 1) * SCALE)
+        assert [n for n, _ in rec.calls] == [1, 2] and rec.calls[1][1] != me  # the two shared one batch
     finally:
         batcher.stop()
 
@@ -248,5 +332,36 @@ def test_many_concurrent_callers_each_get_exactly_their_rows(toy):
             np.testing.assert_allclose(out["y"], x * SCALE, rtol=1e-6)
         count, total = _batches(metrics)
         assert total == sum(len(x) for x in jobs) and count < len(jobs)  # some requests were merged
+    finally:
+        batcher.stop()
+
+
+def test_per_model_batching_reads_each_versions_file_and_skips_models_without_one(tmp_path):
+    """--enable_per_model_batching_parameters: batching_params.pbtxt in the version directory sets that model's
+    queue; a model without it is not batched; a bad file is a clear error naming it (TF Serving fails the load)."""
+    with_file = write_toy_model(tmp_path / "a", 1, scale=SCALE)
+    (with_file / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 0 }\n")
+    without = write_toy_model(tmp_path / "b", 1, scale=SCALE)
+    bad = write_toy_model(tmp_path / "c", 1, scale=SCALE)
+    (bad / "batching_params.pbtxt").write_text("max_batch_size { value: 0 }\n")
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=100, num_batch_threads=1), metrics, per_model=True)
+    try:
+        a, b, c = _load(with_file, "a"), _load(without, "b"), _load(bad, "c")
+        with pytest.raises(InvalidArgument, match="larger than maximum input batch size 2"):
+            batcher.run(a, "", {"x": _rows(0, 3)})
+        np.testing.assert_allclose(batcher.run(a, "", {"x": _rows(0, 2)})["y"], _rows(0, 2) * SCALE)
+        assert _batches(metrics, "a") == (1.0, 2.0)
+        np.testing.assert_allclose(batcher.run(b, "", {"x": _rows(0, 3)})["y"], _rows(0, 3) * SCALE)
+        assert _batches(metrics, "b") == (0.0, 0.0)  # no file: run unbatched
+        with pytest.raises(FailedPrecondition, match=r"batching_params.pbtxt:1: max_batch_size must be >= 1"):
+            batcher.run(c, "", {"x": _rows(0, 1)})
+    finally:
+        batcher.stop()
+    # Off (the default): the global parameters apply to every model, files are ignored.
+    batcher = Batcher(BatchOptions(max_batch_size=100, num_batch_threads=1), metrics)
+    try:
+        batcher.run(a, "", {"x": _rows(0, 3)})
+        assert _batches(metrics, "a") == (2.0, 5.0)
     finally:
         batcher.stop()

@@ -118,15 +118,72 @@ def test_batching_parameters(tmp_path: Path) -> None:
     assert not empty.HasField("max_batch_size")
 
 
-def test_batching_field_numbers_match_tf_serving() -> None:
-    from tfsctl.core.protos import BatchingParameters
+# Field name -> (number, type) for every message tfsctl declares in tfsctl/core/protos.py, written down from TF
+# Serving's .proto sources (tensorflow_serving/servables/tensorflow/session_bundle_config.proto,
+# config/monitoring_config.proto, config/ssl_config.proto at TF Serving 2.21), not from tfsctl's descriptors.
+TF_SERVING_MESSAGES = {
+    "BatchingParameters": {
+        "max_batch_size": (1, "google.protobuf.Int64Value"),
+        "batch_timeout_micros": (2, "google.protobuf.Int64Value"),
+        "max_enqueued_batches": (3, "google.protobuf.Int64Value"),
+        "num_batch_threads": (4, "google.protobuf.Int64Value"),
+        "thread_pool_name": (5, "google.protobuf.StringValue"),
+        "enable_large_batch_splitting": (8, "google.protobuf.BoolValue"),
+        "max_execution_batch_size": (9, "google.protobuf.Int64Value"),
+        "allowed_batch_sizes": (6, "repeated int64"),
+        "pad_variable_length_inputs": (7, "bool"),
+    },
+    "PrometheusConfig": {"enable": (1, "bool"), "path": (2, "string")},
+    "MonitoringConfig": {"prometheus_config": (1, "tensorflow.serving.PrometheusConfig")},
+    "SSLConfig": {
+        "server_key": (1, "string"), "server_cert": (2, "string"), "custom_ca": (3, "string"),
+        "client_verify": (4, "bool"),
+    },
+}
 
-    numbers = {f.name: f.number for f in BatchingParameters.DESCRIPTOR.fields}
-    assert numbers == {
-        "max_batch_size": 1, "batch_timeout_micros": 2, "max_enqueued_batches": 3, "num_batch_threads": 4,
-        "thread_pool_name": 5, "allowed_batch_sizes": 6, "pad_variable_length_inputs": 7,
-    }
-    assert BatchingParameters.DESCRIPTOR.full_name == "tensorflow.serving.BatchingParameters"
+
+def _type_of(f) -> str:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if f.type == FieldDescriptor.TYPE_MESSAGE:
+        name = f.message_type.full_name
+    else:
+        name = {FieldDescriptor.TYPE_INT64: "int64", FieldDescriptor.TYPE_BOOL: "bool",
+                FieldDescriptor.TYPE_STRING: "string"}.get(f.type, f"type{f.type}")
+    repeated = getattr(f, "is_repeated", None)
+    repeated = repeated if repeated is not None else f.label == FieldDescriptor.LABEL_REPEATED
+    return f"repeated {name}" if repeated else name
+
+
+def test_declared_messages_match_tf_serving_protos() -> None:
+    """Every message in tfsctl.core.protos has TF Serving's package, field names, numbers and types, so text and
+    binary configs written for tensorflow_model_server read the same here."""
+    from tfsctl.core import protos
+
+    assert set(protos.__all__) == set(TF_SERVING_MESSAGES), "a declared message lacks its TF Serving reference"
+    for name, expected in TF_SERVING_MESSAGES.items():
+        desc = getattr(protos, name).DESCRIPTOR
+        assert desc.full_name == f"tensorflow.serving.{name}"
+        got = {f.name: (f.number, _type_of(f)) for f in desc.fields}
+        assert got == expected, name
+
+
+def test_large_batch_splitting_fields_parse_and_validate(tmp_path: Path) -> None:
+    p = config.parse_batching_parameters(
+        "max_batch_size { value: 64 }\nenable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 16 }\n")
+    assert p.enable_large_batch_splitting.value and p.max_execution_batch_size.value == 16
+    opts = config.BatchOptions.from_params(p)
+    assert (opts.max_batch_size, opts.execution_batch_size) == (64, 16)
+    # Without max_execution_batch_size, batches run at max_batch_size; without splitting it is ignored (TF Serving).
+    assert config.BatchOptions(max_batch_size=8, enable_large_batch_splitting=True).execution_batch_size == 8
+    assert config.BatchOptions(max_batch_size=8, max_execution_batch_size=2).execution_batch_size == 8
+    # max_enqueued_batches 0 is rewritten to 1 without splitting (TF Serving keeps old configs working).
+    assert config.BatchOptions(max_enqueued_batches=0).max_enqueued_batches == 1
+    path = write(tmp_path, "max_batch_size { value: 8 }\nenable_large_batch_splitting { value: true }\n"
+                           "max_execution_batch_size { value: 16 }\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: max_execution_batch_size must be between 1 and max_batch_size"):
+        config.load_batching_parameters(path)
 
 
 @pytest.mark.parametrize(
@@ -138,6 +195,10 @@ def test_batching_field_numbers_match_tf_serving() -> None:
         ("batch_timeout_micros { value: -5 }", "batch_timeout_micros must be >= 0"),
         ("max_batch_size { value: 32 } allowed_batch_sizes: 16 allowed_batch_sizes: 8", "strictly increasing"),
         ("max_batch_size { value: 32 } allowed_batch_sizes: 8 allowed_batch_sizes: 16", "must equal max_batch_size"),
+        ("allowed_batch_sizes: 8 allowed_batch_sizes: 16", "must equal max_batch_size (1000)"),
+        ("enable_large_batch_splitting { value: true } max_enqueued_batches { value: 0 }",
+         "max_enqueued_batches must be >= 1"),
+        ("max_enqueued_batches { value: -1 }", "max_enqueued_batches must be >= 1"),
     ],
 )
 def test_batching_errors(tmp_path: Path, text: str, needle: str) -> None:

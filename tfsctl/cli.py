@@ -511,7 +511,8 @@ def serve(ctx: typer.Context) -> None:
         fail(str(e), code=2)
     except ConfigError as e:
         fail(str(e))
-    quiet_tensorflow(devices=True)
+    if options.workers == 1:  # with --workers the supervisor never runs a model: each worker imports TensorFlow
+        quiet_tensorflow(devices=True)
     import logging
     import sys
 
@@ -533,7 +534,14 @@ def serve(ctx: typer.Context) -> None:
     try:
         # The process exits right after: leaving gRPC's listener to the exit means a call arriving at the very end
         # sees its connection close (UNAVAILABLE) rather than gRPC's shutdown cancelling it (CANCELLED).
-        code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
+        if options.workers > 1:
+            from tfsctl.serving.workers import serve_workers
+
+            code = serve_workers(options, options.workers, on_started=lambda sup: console.print(
+                f"tfsctl serve: {options.workers} workers on gRPC {options.host}:{sup.grpc_port}, REST "
+                f"{f'{options.host}:{sup.rest_port}' if sup.rest_port else 'off'} (pids {sup.pids})"))
+        else:
+            code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
     except FlagError as e:
         fail(str(e), code=2)
     except (ConfigError, OSError) as e:

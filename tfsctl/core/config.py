@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -133,33 +134,131 @@ def single_model_config(name: str, base_path: str | Path) -> model_server_config
 
 # --- BatchingParameters ---
 
+# TF Serving's defaults (SharedBatchScheduler::QueueOptions / Options) for fields a BatchingParameters leaves unset.
+DEFAULT_MAX_BATCH_SIZE = 1000
+DEFAULT_MAX_ENQUEUED_BATCHES = 10
+BATCHING_PARAMS_FILE = "batching_params.pbtxt"
+"""The per-model batching file TF Serving reads from a version dir (``--enable_per_model_batching_parameters``)."""
+
+
+def _batching_error(name: str, reason: str) -> ConfigError:
+    """A ConfigError naming the offending field, so a file's parser can point at its line."""
+    err = ConfigError(f"batching: {reason}")
+    err.field, err.reason = name, reason  # type: ignore[attr-defined]
+    return err
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """BatchingParameters resolved to plain values with TF Serving's defaults, and checked: THE batching rule set.
+
+    ``max_batch_size`` is TF Serving's input batch size limit (a bigger request is refused); with
+    ``enable_large_batch_splitting`` requests are split into chunks of at most ``max_execution_batch_size`` (default
+    ``max_batch_size``), which is then the size of the batches actually run. Without splitting the two are equal.
+    """
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_timeout_micros: int = 0
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
+    thread_pool_name: str = "batch_threads"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "num_batch_threads"):
+            if getattr(self, name) < 1:
+                raise _batching_error(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise _batching_error("batch_timeout_micros",
+                                  f"batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
+        if self.max_enqueued_batches < 0 or (self.max_enqueued_batches == 0 and self.enable_large_batch_splitting):
+            raise _batching_error("max_enqueued_batches",
+                                  f"max_enqueued_batches must be >= 1, got {self.max_enqueued_batches}")
+        if self.max_enqueued_batches == 0:  # TF Serving rewrites 0 to 1 when splitting is off (old configs rely on it)
+            object.__setattr__(self, "max_enqueued_batches", 1)
+        if self.max_execution_batch_size is not None and self.enable_large_batch_splitting:
+            if not 1 <= self.max_execution_batch_size <= self.max_batch_size:
+                raise _batching_error(
+                    "max_execution_batch_size",
+                    f"max_execution_batch_size must be between 1 and max_batch_size ({self.max_batch_size}), "
+                    f"got {self.max_execution_batch_size}",
+                )
+        sizes = list(self.allowed_batch_sizes)
+        if sizes:
+            if any(s < 1 for s in sizes):
+                raise _batching_error("allowed_batch_sizes", f"allowed_batch_sizes must be positive, got {sizes}")
+            if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+                raise _batching_error("allowed_batch_sizes",
+                                      f"allowed_batch_sizes must be strictly increasing, got {sizes}")
+            if sizes[-1] != self.max_batch_size:  # TF Serving's rule (bundle_factory_util), with or without splitting
+                raise _batching_error(
+                    "allowed_batch_sizes",
+                    f"the last allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size "
+                    f"({self.max_batch_size})",
+                )
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The largest batch ever run: ``max_execution_batch_size`` when splitting, else ``max_batch_size``."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size is not None:
+            return self.max_execution_batch_size
+        return self.max_batch_size
+
+    @classmethod
+    def from_params(cls, params: Any, base: BatchOptions | None = None) -> BatchOptions:
+        """From a ``BatchingParameters`` message (unset wrapper fields keep TF Serving's defaults).
+
+        ``base`` gives the thread-pool fields (``num_batch_threads``, ``thread_pool_name``) for a per-model file: as in
+        TF Serving, those always come from the global parameters because the pool is shared by every model.
+        """
+        if params is None:
+            return base if base is not None else cls()
+        if isinstance(params, BatchOptions):
+            return params
+        kwargs: dict[str, Any] = {}
+        for name in ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches",
+                     "max_execution_batch_size"):
+            if params.HasField(name):
+                kwargs[name] = int(getattr(params, name).value)
+        if params.HasField("thread_pool_name"):
+            kwargs["thread_pool_name"] = params.thread_pool_name.value
+        if params.HasField("enable_large_batch_splitting"):
+            kwargs["enable_large_batch_splitting"] = bool(params.enable_large_batch_splitting.value)
+        sizes = tuple(int(s) for s in params.allowed_batch_sizes)
+        if sizes:
+            kwargs["allowed_batch_sizes"] = sizes
+        kwargs["pad_variable_length_inputs"] = bool(params.pad_variable_length_inputs)
+        if base is not None:
+            kwargs["num_batch_threads"] = base.num_batch_threads
+            kwargs["thread_pool_name"] = base.thread_pool_name
+        return cls(**kwargs)
+
 
 def parse_batching_parameters(text: str, source: str = "<batching parameters>") -> Message:
     """Parse and validate BatchingParameters text (``max_batch_size { value: 32 }`` ...)."""
     params = _parse(text, BatchingParameters(), source)
-    for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-        if params.HasField(name) and getattr(params, name).value < 1:
-            raise ConfigError(f"{source}{_line_of(text, name)}: {name} must be >= 1, got {getattr(params, name).value}")
-    if params.HasField("batch_timeout_micros") and params.batch_timeout_micros.value < 0:
-        raise ConfigError(f"{source}{_line_of(text, 'batch_timeout_micros')}: batch_timeout_micros must be >= 0")
-    sizes = list(params.allowed_batch_sizes)
-    if sizes:
-        where = f"{source}{_line_of(text, 'allowed_batch_sizes')}"
-        if any(s < 1 for s in sizes):
-            raise ConfigError(f"{where}: allowed_batch_sizes must be positive, got {sizes}")
-        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
-            raise ConfigError(f"{where}: allowed_batch_sizes must be strictly increasing, got {sizes}")
-        if params.HasField("max_batch_size") and sizes[-1] != params.max_batch_size.value:
-            raise ConfigError(
-                f"{where}: the last allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size "
-                f"({params.max_batch_size.value})"
-            )
+    try:
+        BatchOptions.from_params(params)
+    except ConfigError as e:
+        name = getattr(e, "field", "")
+        raise ConfigError(f"{source}{_line_of(text, name) if name else ''}: {e.reason}") from None
     return params
 
 
 def load_batching_parameters(path: str | Path) -> Message:
     """Read ``--batching_parameters_file`` (TF Serving's BatchingParameters text format)."""
     return parse_batching_parameters(_read(path, "batching parameters"), str(path))
+
+
+def load_model_batching_parameters(version_dir: str | Path) -> Message | None:
+    """The ``batching_params.pbtxt`` of one model version (per-model batching), or None when it has none."""
+    path = Path(version_dir) / BATCHING_PARAMS_FILE
+    if not path.is_file():
+        return None
+    return load_batching_parameters(path)
 
 
 # --- MonitoringConfig ---
@@ -278,13 +377,13 @@ def parse_platform_config(text: str, source: str = "<platform config>") -> Platf
         raise ConfigError(f"{source}: the tensorflow platform's source_adapter_config must be a "
                           f"tensorflow.serving.SavedModelBundleSourceAdapterConfig, got {any_config.type_url!r}")
     bundle = adapter.legacy_config
-    for field, reason in _UNSUPPORTED_BUNDLE_FIELDS.items():
-        value = getattr(bundle, field)
-        is_set = bundle.HasField(field) if field == "session_run_load_threadpool_index" else bool(
-            len(value) if field == "experimental_fixed_input_tensors" else value)
+    for name, reason in _UNSUPPORTED_BUNDLE_FIELDS.items():
+        value = getattr(bundle, name)
+        is_set = bundle.HasField(name) if name == "session_run_load_threadpool_index" else bool(
+            len(value) if name == "experimental_fixed_input_tensors" else value)
         if is_set:
             raise ConfigError(
-                f"{source}{_line_of(text, field)}: legacy_config.{field} cannot apply in tfsctl: {reason}")
+                f"{source}{_line_of(text, name)}: legacy_config.{name} cannot apply in tfsctl: {reason}")
     batching = None
     if bundle.HasField("batching_parameters"):
         batching = parse_batching_parameters(text_format.MessageToString(bundle.batching_parameters),

@@ -33,12 +33,15 @@ def _build() -> None:
         dependency=["google/protobuf/wrappers.proto"],
     )
     bp = batching.message_type.add(name="BatchingParameters")
-    i64, string = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
+    i64, string, boolean = (".google.protobuf.Int64Value", ".google.protobuf.StringValue",
+                            ".google.protobuf.BoolValue")
     _field(bp, "max_batch_size", 1, _F.TYPE_MESSAGE, type_name=i64)
     _field(bp, "batch_timeout_micros", 2, _F.TYPE_MESSAGE, type_name=i64)
     _field(bp, "max_enqueued_batches", 3, _F.TYPE_MESSAGE, type_name=i64)
     _field(bp, "num_batch_threads", 4, _F.TYPE_MESSAGE, type_name=i64)
     _field(bp, "thread_pool_name", 5, _F.TYPE_MESSAGE, type_name=string)
+    _field(bp, "enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, type_name=boolean)
+    _field(bp, "max_execution_batch_size", 9, _F.TYPE_MESSAGE, type_name=i64)
     _field(bp, "allowed_batch_sizes", 6, _F.TYPE_INT64, repeated=True)
     _field(bp, "pad_variable_length_inputs", 7, _F.TYPE_BOOL)
     _pool.Add(batching)
@@ -73,8 +76,8 @@ def _cls(name: str) -> type:
 
 BatchingParameters = _cls("BatchingParameters")
 """``tensorflow.serving.BatchingParameters``: max_batch_size, batch_timeout_micros, max_enqueued_batches,
-num_batch_threads, thread_pool_name (wrapper messages: ``{ value: N }``), allowed_batch_sizes,
-pad_variable_length_inputs."""
+num_batch_threads, thread_pool_name, enable_large_batch_splitting, max_execution_batch_size (wrapper messages:
+``{ value: N }``), allowed_batch_sizes, pad_variable_length_inputs."""
 PrometheusConfig = _cls("PrometheusConfig")
 """``tensorflow.serving.PrometheusConfig``: enable, path."""
 MonitoringConfig = _cls("MonitoringConfig")

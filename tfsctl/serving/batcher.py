@@ -1,40 +1,50 @@
-"""Server-side dynamic batching, after TF Serving's BasicBatchScheduler + BatchingSession.
+"""Server-side dynamic batching, after TF Serving's SharedBatchScheduler + BatchingSession.
 
 Why: one model call on a batch of N costs far less than N calls of one, so concurrent requests of compatible shape
 are merged along dimension 0, run once, and the outputs are split back to each caller.
 
-Semantics (TF Serving's, with its defaults):
+Semantics (TF Serving's, with its defaults; the knobs and their checks are :class:`tfsctl.core.config.BatchOptions`):
 
-- One queue per (servable, signature, output filter, non-batch dims and dtype of every input). A batch is formed
-  when a batch thread is free and either the queue holds ``max_batch_size`` examples or its oldest request has waited
-  ``batch_timeout_micros`` (0: form a batch as soon as a thread is free; batches then grow under load by themselves).
+- One queue per (servable, signature, output filter, non-batch dims and dtype of every input). Each queue holds a
+  list of batches; the last one is open. A request joins the open batch, or closes it and opens a new one when it
+  does not fit. A batch runs when a batch thread is free and it is closed, or full, or its first request has waited
+  ``batch_timeout_micros`` (0: as soon as a thread is free; batches then grow under load by themselves).
 - ``num_batch_threads`` threads run batches, shared by every queue.
-- A queue holds at most ``max_enqueued_batches * max_batch_size`` examples not yet taken by a thread; more is refused
-  at once with ``ResourceExhausted`` (HTTP 429) instead of growing without bound.
+- ``max_batch_size`` bounds a request: a bigger one is refused with INVALID_ARGUMENT ("Task size N is larger than
+  maximum input batch size M"), as TF Serving. With ``enable_large_batch_splitting`` such a request (up to
+  ``max_batch_size``) is split instead: its first part fills what is left of the open batch, the rest goes in chunks of
+  ``max_execution_batch_size``, and the outputs are concatenated again.
+- At most ``max_enqueued_batches`` batches wait per queue; a request that does not fit is refused at once with
+  RESOURCE_EXHAUSTED (HTTP 429; TF Serving answers UNAVAILABLE) instead of growing without bound.
 - ``allowed_batch_sizes``: a batch is padded up to the next allowed size by repeating its last row; the padding rows
   are dropped from the outputs.
-- A request with more than ``max_batch_size`` examples is split into chunks of at most ``max_batch_size`` (each may
-  share a batch with others) and its outputs are concatenated again. Only a request larger than the whole queue
-  (``max_enqueued_batches * max_batch_size``) is refused, with ``InvalidArgument``: retrying could never help.
 - ``pad_variable_length_inputs``: requests whose inputs differ only in dimensions the signature declares variable
   (``-1``) share a queue; each input is zero-padded (``b""`` for strings) to the largest size in the batch. As in
-  TF Serving, outputs are only split along dimension 0, never cropped: a caller may get outputs sized for the padded
-  inputs. Without this flag such requests simply go to different queues.
-- Each request is validated against the signature before it is queued. Data that passes validation can still fail
-  inside the graph (a corrupt image, a bad height): when a batch of several requests fails with INVALID_ARGUMENT,
-  each request is run again on its own, so only the bad one gets the error and its neighbours get their outputs
-  (TF Serving fails the whole batch). Any other batch error is delivered to every request in it.
+  TF Serving, outputs are only split along dimension 0, never cropped.
+- Each request is validated against the signature before it is queued. When a batch of several requests fails with
+  INVALID_ARGUMENT (data that passed validation but fails in the graph), each request is run again on its own, so
+  only the bad one gets the error (TF Serving fails the whole batch). Any other batch error reaches every request.
 - Requests that cannot be batched (scalar inputs, inputs whose dimension 0 differs, a signature whose dimension 0 is
   fixed, an empty batch) run directly, unbatched.
+
+One tfsctl addition, so batching does not tax a lone request: a request that arrives when the batcher is idle
+(nothing queued or running, so every batch thread is free), right after two requests that also found it idle, runs at
+once in the caller's thread as a batch of its own (padding and metrics as any batch) instead of waiting out
+``batch_timeout_micros`` for partners that the traffic shows are not coming. Any overlap between requests switches
+back to TF Serving's waiting, so batches still form under concurrent load.
+
+Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
+``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
+is not batched, as TF Serving.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -43,11 +53,25 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tfsctl.errors import ConfigError, Internal, InvalidArgument, ResourceExhausted, ServingError, Unavailable
+from tfsctl.core.config import BatchOptions, load_model_batching_parameters
+from tfsctl.errors import (
+    ConfigError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    Unavailable,
+)
+from tfsctl.savedmodel import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
+__all__ = ["BatchOptions", "Batcher", "BatchableServable"]
+
+# Consecutive requests that found the batcher idle, this one included, before a lone request runs at once (see the
+# module docstring): the first two after any overlap still wait for partners, as TF Serving's batcher always does.
+_IDLE_STREAK_TO_RUN_ALONE = 3
 
 
 class BatchableServable(Protocol):
@@ -62,53 +86,6 @@ class BatchableServable(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    """Batching knobs with TF Serving's defaults (BasicBatchScheduler::Options)."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_enqueued_batches: int = 10
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"batching: {name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_timeout_micros < 0:
-            raise ConfigError(f"batching: batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
-        sizes = list(self.allowed_batch_sizes)
-        if sizes:
-            if any(s < 1 for s in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
-                raise ConfigError(f"batching: allowed_batch_sizes must be positive and increasing, got {sizes}")
-            if sizes[-1] != self.max_batch_size:
-                raise ConfigError(
-                    f"batching: the last allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size "
-                    f"({self.max_batch_size})"
-                )
-
-    @classmethod
-    def from_params(cls, params: Any) -> BatchOptions:
-        """From TF Serving's ``BatchingParameters`` message (wrapper fields; unset ones keep the defaults)."""
-        if params is None:
-            return cls()
-        if isinstance(params, BatchOptions):
-            return params
-        kwargs: dict[str, Any] = {}
-        for name in ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches"):
-            if params.HasField(name):
-                kwargs[name] = int(getattr(params, name).value)
-        sizes = tuple(int(s) for s in params.allowed_batch_sizes)
-        if sizes:
-            kwargs["allowed_batch_sizes"] = sizes
-            # TF Serving requires the last allowed size to be max_batch_size; derive it when only the sizes are set.
-            kwargs.setdefault("max_batch_size", sizes[-1])
-        kwargs["pad_variable_length_inputs"] = bool(params.pad_variable_length_inputs)
-        return cls(**kwargs)
-
-
 @dataclass
 class _Task:
     inputs: dict[str, np.ndarray]
@@ -118,26 +95,52 @@ class _Task:
 
 
 @dataclass
+class _Batch:
+    tasks: list[_Task] = field(default_factory=list)
+    size: int = 0
+    started: float = 0.0  # when its first task arrived
+
+
+@dataclass
 class _Queue:
     key: tuple
     servable: Any
     signature_name: str
     output_filter: tuple[str, ...]
-    tasks: deque[_Task] = field(default_factory=deque)
+    options: BatchOptions
+    batches: deque[_Batch] = field(default_factory=deque)  # the last one is open
     pending: int = 0  # examples queued, not yet taken by a batch thread
+
+    def ready(self, now: float, stopping: bool) -> bool:
+        if not self.batches:
+            return False
+        if len(self.batches) > 1 or stopping:
+            return True
+        head = self.batches[0]
+        return (head.size >= self.options.execution_batch_size
+                or now - head.started >= self.options.batch_timeout_micros / 1e6)
 
 
 class Batcher:
-    """Merges compatible concurrent ``run`` calls into batches; same contract as ``Servable.run``."""
+    """Merges compatible concurrent ``run`` calls into batches; same contract as ``Servable.run``.
 
-    def __init__(self, params: Any = None, metrics: Any = None) -> None:
+    ``params``: TF Serving's ``BatchingParameters`` message, a ``BatchOptions``, or None (TF Serving's defaults).
+    ``per_model``: read each version's ``batching_params.pbtxt`` (``--enable_per_model_batching_parameters``).
+    """
+
+    def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False) -> None:
         self.options = BatchOptions.from_params(params)
         self.metrics = metrics
-        self._cond = threading.Condition()
+        self.per_model = per_model
+        self._cond = threading.Condition(threading.Lock())
         self._queues: dict[tuple, _Queue] = {}
+        self._model_options: weakref.WeakKeyDictionary[Any, BatchOptions | None] = weakref.WeakKeyDictionary()
+        self._dims: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
         self._stopping = False
+        self._in_flight = 0  # batched requests queued or running (lone ones included)
+        self._idle_streak = 0  # consecutive arrivals that found nothing in flight
         self._threads = [
-            threading.Thread(target=self._worker, name=f"tfsctl-batch-{i}", daemon=True)
+            threading.Thread(target=self._worker, name=f"{self.options.thread_pool_name}-{i}", daemon=True)
             for i in range(self.options.num_batch_threads)
         ]
         for t in self._threads:
@@ -154,111 +157,185 @@ class Batcher:
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` on ``servable`` as part of a batch; blocks until this request's outputs are ready."""
         signature_name = signature_name or DEFAULT_SIGNATURE
-        validate = getattr(servable, "validate", None)
-        if validate is not None:
-            validate(signature_name, inputs)
-        plan = self._plan(servable, signature_name, inputs, tuple(output_filter))
+        output_filter = tuple(output_filter)
+        opts = self._options_for(servable)
+        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
         if plan is None:
             if self._stopping:
                 raise Unavailable("server is shutting down: batcher stopped")
             return servable.run(signature_name, inputs, output_filter)
+        assert opts is not None
         key, size = plan
-        opts = self.options
-        chunks = (
-            [inputs]
-            if size <= opts.max_batch_size
-            else [
-                {k: v[i : i + opts.max_batch_size] for k, v in inputs.items()}
-                for i in range(0, size, opts.max_batch_size)
-            ]
-        )
+        if size > opts.max_batch_size:  # TF Serving's check, before anything is queued
+            raise InvalidArgument(f"{_where(servable, signature_name)}: Task size {size} is larger than maximum "
+                                  f"input batch size {opts.max_batch_size} (max_batch_size); send smaller requests"
+                                  + ("" if opts.enable_large_batch_splitting
+                                     else " or enable enable_large_batch_splitting"))
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("server is shutting down: batcher stopped")
+            idle = self._in_flight == 0
+            self._idle_streak = self._idle_streak + 1 if idle else 0
+            alone = idle and self._idle_streak >= _IDLE_STREAK_TO_RUN_ALONE and size <= opts.execution_batch_size
+            if alone:
+                self._in_flight += 1
+        if alone:
+            try:
+                return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+        validate = getattr(servable, "validate", None)
+        if validate is not None:
+            validate(signature_name, inputs)
+        tasks = self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size)
+        try:
+            parts = [t.future.result() for t in tasks]
+        finally:
+            with self._cond:
+                self._in_flight -= len(tasks)
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def _options_for(self, servable: Any) -> BatchOptions | None:
+        """Queue options for ``servable``: the global ones, or (per-model) its version's file; None = unbatched."""
+        if not self.per_model:
+            return self.options
+        try:
+            return self._model_options[servable]
+        except (KeyError, TypeError):
+            pass
+        path = getattr(servable, "path", None)
+        try:
+            params = load_model_batching_parameters(path) if path is not None else None
+            opts = None if params is None else BatchOptions.from_params(params, base=self.options)
+        except ConfigError as e:
+            raise FailedPrecondition(f"model '{servable.name}' version {servable.version}: bad per-model batching "
+                                     f"parameters: {e}") from None
+        try:
+            self._model_options[servable] = opts
+        except TypeError:  # not weak-referenceable: read the file each time
+            pass
+        return opts
+
+    def _enqueue(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
+                 opts: BatchOptions, key: tuple, size: int) -> list[_Task]:
         now = time.monotonic()
-        tasks = [_Task(c, int(next(iter(c.values())).shape[0]), now) for c in chunks]
+        limit = opts.execution_batch_size
         with self._cond:
             if self._stopping:
                 raise Unavailable("server is shutting down: batcher stopped")
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(key, servable, signature_name, tuple(output_filter))
-            limit = opts.max_enqueued_batches * opts.max_batch_size
-            if size > limit:  # could never fit, however long the caller waits: not a "retry later"
-                if not queue.tasks:
-                    del self._queues[key]
-                raise InvalidArgument(
-                    f"request for model '{servable.name}' version {servable.version} signature '{signature_name}' "
-                    f"has {size} examples, more than the batch queue can ever hold ({limit} = max_enqueued_batches "
-                    f"{opts.max_enqueued_batches} x max_batch_size {opts.max_batch_size}); send smaller requests"
-                )
-            if queue.pending + size > limit:
+                queue = _Queue(key, servable, signature_name, output_filter, opts)
+            open_size = queue.batches[-1].size if queue.batches else 0
+            num_batches = max(len(queue.batches), 1)  # TF Serving's queue always has an open batch, maybe empty
+            if opts.enable_large_batch_splitting:
+                full = size > (opts.max_enqueued_batches - num_batches) * limit + (limit - open_size)
+            else:
+                full = open_size + size > opts.max_batch_size and num_batches >= opts.max_enqueued_batches
+            if full:
                 raise ResourceExhausted(
-                    f"batch queue for model '{servable.name}' version {servable.version} signature "
-                    f"'{signature_name}' is full ({queue.pending} examples pending, limit {limit}); retry later"
+                    f"batch queue for {_where(servable, signature_name)} is full ({queue.pending} examples pending "
+                    f"in {len(queue.batches)} batch(es), max_enqueued_batches {opts.max_enqueued_batches}); retry later"
                 )
-            queue.tasks.extend(tasks)
+            chunks = [inputs]
+            if opts.enable_large_batch_splitting and open_size + size > limit:
+                # The first part fills what is left of the open batch, the rest goes in full execution batches.
+                first = limit - open_size
+                bounds = [0, *range(first if first > 0 else limit, size, limit), size]
+                chunks = [{k: v[lo:hi] for k, v in inputs.items()} for lo, hi in zip(bounds, bounds[1:], strict=False)]
+            tasks = []
+            for chunk in chunks:
+                n = int(next(iter(chunk.values())).shape[0])
+                task = _Task(chunk, n, now)
+                if not queue.batches or queue.batches[-1].size + n > limit:
+                    queue.batches.append(_Batch(started=now))
+                batch = queue.batches[-1]
+                batch.tasks.append(task)
+                batch.size += n
+                tasks.append(task)
             queue.pending += size
+            self._queues[key] = queue
+            self._in_flight += len(tasks)
             self._cond.notify()
-        parts = [t.future.result() for t in tasks]
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+        return tasks
 
-    def _plan(
-        self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple
-    ) -> tuple[tuple, int] | None:
+    def _plan(self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray],
+              output_filter: tuple, opts: BatchOptions) -> tuple[tuple, int] | None:
         """Queue key and batch size for a request, or None when it cannot be batched."""
         if not inputs:
             return None
-        sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
-        if len(sizes) != 1 or None in sizes:
-            return None
-        size = sizes.pop()
-        if size == 0:
-            return None
-        sig = servable.signature_defs.get(signature_name)
+        try:
+            cache = self._dims[servable]
+        except KeyError:
+            cache = self._dims[servable] = {}
+        except TypeError:  # not weak-referenceable: no cache
+            cache = {}
+        size = None
         parts = []
         for name in sorted(inputs):
             arr = inputs[name]
-            variable = _variable_dims(sig, name, arr.ndim)
+            if not arr.ndim or (size is not None and arr.shape[0] != size):
+                return None
+            size = arr.shape[0]
+            key = (signature_name, name, arr.ndim)
+            variable = cache.get(key, _UNKNOWN)
+            if variable is _UNKNOWN:  # the SignatureDef (a proto: slow to walk) is read once per input and rank
+                variable = cache[key] = _variable_dims(servable.signature_defs.get(signature_name), name, arr.ndim)
             if variable is None:  # dimension 0 fixed by the signature: not batchable
                 return None
-            if self.options.pad_variable_length_inputs:
+            if opts.pad_variable_length_inputs:
                 inner = tuple(-1 if (i + 1) in variable else d for i, d in enumerate(arr.shape[1:]))
             else:
-                inner = tuple(arr.shape[1:])
+                inner = arr.shape[1:]
             parts.append((name, arr.dtype.str, inner))
+        if not size:
+            return None
         key = (servable.name, servable.version, id(servable), signature_name, output_filter, tuple(parts))
-        return key, size
+        return key, int(size)
+
+    def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
+                   opts: BatchOptions, key: tuple, size: int) -> dict[str, np.ndarray]:
+        """A lone request on an idle batcher: a batch of its own, run in the caller's thread (no hand-off, no wait)."""
+        allowed = opts.allowed_batch_sizes
+        if not allowed or size in allowed or size > allowed[-1]:
+            outputs = servable.run(signature_name, inputs, output_filter)
+            if self.metrics is not None:
+                self.metrics.observe_batch(servable.name, size, [0.0])
+            return outputs
+        validate = getattr(servable, "validate", None)
+        if validate is not None:
+            validate(signature_name, inputs)
+        queue = _Queue(key, servable, signature_name, output_filter, opts)
+        outputs, _ = self._run_batch(queue, [_Task(inputs, size, time.monotonic())])
+        return {k: v[:size] for k, v in outputs.items()}
 
     # --- batch threads ---
 
     def _ready_queue(self, now: float) -> tuple[_Queue | None, float | None]:
-        """The ready queue with the oldest head request, else the seconds until one becomes ready."""
-        timeout = self.options.batch_timeout_micros / 1e6
+        """The ready queue with the oldest head batch, else the seconds until one becomes ready."""
         best: _Queue | None = None
         wait: float | None = None
         for q in self._queues.values():
-            if not q.tasks:
+            if not q.batches:
                 continue
-            head = q.tasks[0].enqueued
-            if self._stopping or q.pending >= self.options.max_batch_size or now - head >= timeout:
-                if best is None or head < best.tasks[0].enqueued:
+            head = q.batches[0].started
+            if q.ready(now, self._stopping):
+                if best is None or head < best.batches[0].started:
                     best = q
             else:
-                left = head + timeout - now
+                left = head + q.options.batch_timeout_micros / 1e6 - now
                 wait = left if wait is None else min(wait, left)
         return best, wait
 
     def _take(self, queue: _Queue) -> list[_Task]:
-        tasks: list[_Task] = []
-        total = 0
-        while queue.tasks and (not tasks or total + queue.tasks[0].size <= self.options.max_batch_size):
-            task = queue.tasks.popleft()
-            tasks.append(task)
-            total += task.size
-        queue.pending -= total
-        if not queue.tasks:
+        batch = queue.batches.popleft()
+        queue.pending -= batch.size
+        if not queue.batches:
             del self._queues[queue.key]
-        return tasks
+        return batch.tasks
 
     def _worker(self) -> None:
         while True:
@@ -309,14 +386,15 @@ class Batcher:
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[dict[str, np.ndarray], list[int]]:
         sizes = [t.size for t in tasks]
         total = sum(sizes)
+        opts = queue.options
         merged: dict[str, np.ndarray] = {}
         for name in tasks[0].inputs:
             arrays = [t.inputs[name] for t in tasks]
-            if self.options.pad_variable_length_inputs:
+            if opts.pad_variable_length_inputs:
                 arrays = _pad_to_common_shape(arrays)
             merged[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
         padded = total
-        allowed = self.options.allowed_batch_sizes
+        allowed = opts.allowed_batch_sizes
         if allowed and total <= allowed[-1]:
             padded = allowed[bisect.bisect_left(allowed, total)]
             if padded > total:
@@ -348,6 +426,13 @@ class Batcher:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+
+
+_UNKNOWN = object()
+
+
+def _where(servable: Any, signature_name: str) -> str:
+    return f"model '{servable.name}' version {servable.version} signature '{signature_name}'"
 
 
 def _variable_dims(sig: Any, name: str, ndim: int) -> set[int] | None:

@@ -201,8 +201,10 @@ class RestServer:
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         max_connections: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.timeout_ms = timeout_ms
+        self.reuse_port = reuse_port  # SO_REUSEPORT: several worker processes share the port (serve --workers)
         self.num_threads = num_threads
         self.enable_cors = enable_cors
         self.core = core
@@ -272,7 +274,7 @@ class RestServer:
                                      keepalive_timeout=self.keepalive_timeout, handle_signals=False)
         await self._runner.setup()
         self._server = await asyncio.get_running_loop().create_server(
-            self._protocol, self.host, self.port, backlog=1024)
+            self._protocol, self.host, self.port, backlog=1024, reuse_port=self.reuse_port or None)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     def stop(self) -> None:

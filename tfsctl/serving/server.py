@@ -114,6 +114,7 @@ class ServerOptions:
         if parsed.help or parsed.version:
             raise FlagError("--help and --version are handled by the command line, not ServerOptions")
         return cls(**parsed.values)
+    workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/workers.py
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
@@ -152,6 +153,8 @@ class ServerOptions:
                 raise FlagError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.rest_api_timeout_in_ms <= 0:
             raise FlagError(f"--rest_api_timeout_in_ms must be > 0, got {self.rest_api_timeout_in_ms}")
+        if not 1 <= self.workers <= 64:
+            raise FlagError(f"--workers must be in 1..64, got {self.workers}")
         if self.load_retry_interval_seconds is not None and self.load_retry_interval_seconds < 0:
             raise FlagError(f"--load_retry_interval_seconds must be >= 0, got {self.load_retry_interval_seconds}")
         if not 0.0 <= self.per_process_gpu_memory_fraction <= 1.0:
@@ -269,18 +272,10 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
 
 
 def _make_batcher(settings: LoadSettings, metrics: Any) -> Any:
-    """The Batcher; per-model batching_params.pbtxt is the Batcher's keyword ``enable_per_model_batching_params``."""
-    import inspect
-
+    """The Batcher; ``--enable_per_model_batching_parameters`` reads each version's batching_params.pbtxt."""
     from tfsctl.serving.batcher import Batcher
 
-    if not settings.enable_per_model_batching_params:
-        return Batcher(settings.batching_parameters, metrics)
-    if "enable_per_model_batching_params" not in inspect.signature(Batcher).parameters:
-        from tfsctl.serving.flags import FlagError
-
-        raise FlagError("--enable_per_model_batching_parameters is not supported by this build's batcher")
-    return Batcher(settings.batching_parameters, metrics, enable_per_model_batching_params=True)
+    return Batcher(settings.batching_parameters, metrics, per_model=settings.enable_per_model_batching_params)
 
 
 _HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
@@ -490,7 +485,7 @@ class ModelServer:
         channel_options: dict[str, int | str] = {
             "grpc.max_receive_message_length": max_bytes,
             "grpc.max_send_message_length": max_bytes,
-            "grpc.so_reuseport": 0,
+            "grpc.so_reuseport": 1 if opts.workers > 1 else 0,  # serve --workers: one port, N processes
         }
         channel_options.update(parse_channel_arguments(opts.grpc_channel_arguments))
         server = grpc.server(
@@ -547,6 +542,8 @@ class ModelServer:
         if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
             prom = self.monitoring_config.prometheus_config
             kwargs["metrics_path"] = prom.path if prom.enable else None
+        if opts.workers > 1:
+            kwargs["reuse_port"] = True  # serve --workers: every worker process listens on the same port
         self.rest = RestServer(self.core, self.manager, self.metrics, opts.host, opts.rest_api_port,
                                timeout_ms=opts.rest_api_timeout_in_ms, num_threads=opts.rest_api_num_threads,
                                enable_cors=opts.rest_api_enable_cors_support, **kwargs)

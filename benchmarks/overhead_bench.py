@@ -1,0 +1,706 @@
+"""Serving overhead against its floor, in one run with every anchor started by this script (issue 14).
+
+Measures on 127.0.0.1, each server in a process of its own:
+  - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse;
+  - the toy model's signature called in process (single thread);
+  - ``tfsctl serve`` with 1 and 2 workers (``--workers``) on the toy model over gRPC at concurrency 8..128;
+  - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python server on
+    the same models when ``kserve`` is importable (optional; reported as skipped otherwise);
+  - batching (``--enable_batching``) at concurrency 1, 4, 16 against no batching;
+  - server CPU per request (utime+stime from /proc/PID/stat) and context switches per request
+    (voluntary/nonvoluntary from /proc/PID/task/*/status), summed over the server's processes;
+  - the resident memory of each server process (the cost of an extra worker).
+It prints the figures and the ratios against the goals, and writes benchmarks/results/overhead.json and .png.
+
+Load generator: h2load (Debian: ``apt-get install -y nghttp2-client``), driving gRPC with a length-prefixed
+serialized request and ``content-type: application/grpc``, and REST over HTTP/1.1. Without h2load a Python
+multi-process closed-loop client is used; the report says which. h2load counts HTTP 200 as success, so every
+gRPC target is first checked with a real call.
+
+    python benchmarks/overhead_bench.py [--quick] [--out benchmarks/results]
+
+Default run: about 5 minutes; ``--quick``: about 1-2 minutes (shorter windows, fewer levels). The machine's other
+load shows in absolute figures; the ratios compare anchors measured minutes apart in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+TOY_X = [[1.0, 2.0, 3.0, 4.0]]
+BATCHING = """max_batch_size { value: 64 }
+batch_timeout_micros { value: 1000 }
+max_enqueued_batches { value: 1000 }
+num_batch_threads { value: %d }
+"""
+GOALS = {
+    "toy_grpc_vs_bare": 0.6,
+    "cpu_per_request_vs_bare": 2.0,
+    "two_workers_vs_one_c32": 1.8,
+    "deeplab_rest_vs_kserve": 3.0,
+    "toy_rest_vs_kserve": 1.5,
+    "batching_c1_vs_none": 0.9,
+    "batching_c4_vs_none": 1.0,
+    "batching_c16_vs_none": 1.0,
+}
+
+
+@dataclass
+class Run:
+    """One load level against one target."""
+
+    target: str
+    protocol: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float
+    mean_ms: float
+    cpu_us_per_request: float | None = None
+    ctx_per_request: float | None = None
+    generator: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict
+    generator: str
+    quick: bool
+    runs: list[Run] = field(default_factory=list)  # the median round of each (target, protocol, concurrency)
+    rounds: list[Run] = field(default_factory=list)  # every measurement
+    in_process: dict = field(default_factory=dict)
+    memory_mb: dict = field(default_factory=dict)
+    ratios: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- servers --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bare_server(port: int, threads: int) -> None:
+    """The floor: parse each PredictRequest, answer a response serialized once (same bytes tfsctl would send)."""
+    from concurrent import futures
+
+    import grpc
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.serving.tensors import from_numpy
+
+    reply = predict_pb2.PredictResponse()
+    reply.model_spec.name = "toy"
+    reply.model_spec.version.value = 1
+    reply.model_spec.signature_name = "serving_default"
+    reply.outputs["y"].CopyFrom(from_numpy(np.array(TOY_X, np.float32) * 2))
+    payload = reply.SerializeToString()
+
+    def predict(request: bytes, context: grpc.ServicerContext) -> bytes:
+        predict_pb2.PredictRequest.FromString(request)
+        return payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(1))
+    server.wait_for_termination()
+
+
+def _kserve_server(port: int, name: str, model_dir: str) -> None:
+    """KServe's Python model server (v1 protocol) on the same SavedModel, as its docs describe a custom model."""
+    import kserve
+    import numpy as np
+    import tensorflow as tf
+
+    class SavedModel(kserve.Model):
+        def __init__(self) -> None:
+            super().__init__(name)
+            self.fn = None
+            self.load()
+
+        def load(self) -> bool:
+            self.fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+            self.ready = True
+            return True
+
+        def predict(self, payload: dict, headers: dict | None = None) -> dict:
+            rows = payload["instances"]
+            spec = self.fn.structured_input_signature[1]
+            if isinstance(rows[0], dict):
+                feed = {k: tf.constant(np.array([r[k] for r in rows]), dtype=spec[k].dtype) for k in rows[0]}
+            else:
+                (key,) = spec
+                feed = {key: tf.constant(np.array(rows), dtype=spec[key].dtype)}
+            out = {k: v.numpy() for k, v in self.fn(**feed).items()}
+            if len(out) == 1:
+                return {"predictions": next(iter(out.values())).tolist()}
+            return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(rows))]}
+
+    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([SavedModel()])
+
+
+class Server:
+    """A server process on 127.0.0.1; ``pids()`` are its processes (supervisor and workers)."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, grpc_port: int | None, rest_port: int | None) -> None:
+        self.name, self.grpc_port, self.rest_port = name, grpc_port, rest_port
+        self.log = log.open("w")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def pids(self) -> list[int]:
+        out = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            for child in children.read_text().split():
+                try:
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        out.append(int(child))
+                except OSError:
+                    pass
+        return out
+
+    def wait_ready(self, check, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.log.name}")
+            try:
+                if check():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready within {timeout}s: see {self.log.name}")
+            time.sleep(0.25)
+
+    def memory_mb(self) -> list[dict]:
+        """RSS, PSS (shared pages split between the processes mapping them) and USS (private) of each process."""
+        out = []
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            kb = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB", text, re.M)}
+            out.append({"pid": pid, "rss": kb.get("Rss", 0) / 1024, "pss": kb.get("Pss", 0) / 1024,
+                        "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024})
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def _cpu_and_ctx(pids: list[int]) -> tuple[float, int]:
+    """(CPU seconds, context switches) summed over ``pids`` and all their threads."""
+    cpu, ctx = 0.0, 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                text = (task / "status").read_text()
+                ctx += sum(int(v) for v in re.findall(r"(?:non)?voluntary_ctxt_switches:\s+(\d+)", text))
+        except OSError:
+            continue
+    return cpu, ctx
+
+
+# --- load generators ------------------------------------------------------------------------------------------
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, 4-byte big-endian length, bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool,
+           requests: int | None = None) -> dict:
+    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models)."""
+    cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
+    cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
+    for h in headers:
+        cmd += ["-H", h]
+    if h1:
+        cmd.append("--h1")
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600).stdout
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    if not (m and done):
+        raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # to milliseconds
+    return {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": int(done.group(2)),
+            "errors": int(done.group(3)) + int(done.group(4)),
+            "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
+
+
+def _py_worker(args: tuple) -> tuple[int, int, float]:
+    """Closed loop for ``seconds`` with ``threads`` threads in this process: (ok, errors, summed latency)."""
+    import threading
+
+    kind, target, payload, threads, seconds = args
+    stop_at = time.monotonic() + seconds
+    counts = [0, 0, 0.0]
+    lock = threading.Lock()
+
+    def loop() -> None:
+        ok = err = 0
+        lat = 0.0
+        if kind == "grpc":
+            import grpc
+
+            channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            call = channel.unary_unary(PREDICT_PATH)
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                if kind == "grpc":
+                    call(payload, timeout=60)
+                else:
+                    req = urllib.request.Request(target, data=payload, headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        r.read()
+                ok += 1
+                lat += time.perf_counter() - t0
+            except Exception:  # noqa: BLE001 - counted
+                err += 1
+        with lock:
+            counts[0] += ok
+            counts[1] += err
+            counts[2] += lat
+
+    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return counts[0], counts[1], counts[2]
+
+
+def py_load(kind: str, target: str, payload: bytes, concurrency: int, seconds: float) -> dict:
+    procs = min(concurrency, os.cpu_count() or 1, 4)
+    per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(procs) as pool:
+        results = list(pool.map(_py_worker, [(kind, target, payload, n, seconds) for n in per]))
+    elapsed = time.monotonic() - t0
+    ok = sum(r[0] for r in results)
+    return {"seconds": max(seconds, 1e-9), "requests": ok, "errors": sum(r[1] for r in results),
+            "mean_ms": 1e3 * sum(r[2] for r in results) / max(ok, 1), "wall": elapsed}
+
+
+class Load:
+    """Runs one level with h2load when installed, else the Python client; samples server CPU around it."""
+
+    def __init__(self, work: Path, seconds: float, warmup: float, force_python: bool = False) -> None:
+        self.work, self.seconds, self.warmup = work, seconds, warmup
+        self.use_h2load = not force_python and shutil.which("h2load") is not None
+        self.generator = "h2load" if self.use_h2load else "python multi-process closed loop"
+        self._files: dict[bytes, Path] = {}
+
+    def _file(self, data: bytes) -> Path:
+        if data not in self._files:
+            path = self.work / f"body{len(self._files)}.bin"
+            path.write_bytes(data)
+            self._files[data] = path
+        return self._files[data]
+
+    def run(self, server: Server, protocol: str, payload: bytes, concurrency: int, path: str = "", *,
+            label: str = "", requests: int | None = None, seconds: float | None = None) -> Run:
+        """One level; ``requests`` = a fixed number of requests (h2load), else ``seconds`` (default window)."""
+        if protocol == "grpc":
+            url, body, headers, h1 = (f"http://127.0.0.1:{server.grpc_port}{PREDICT_PATH}", grpc_frame(payload),
+                                      ["content-type: application/grpc", "te: trailers"], False)
+            py_target = f"127.0.0.1:{server.grpc_port}"
+        else:
+            url, body, headers, h1 = (f"http://127.0.0.1:{server.rest_port}{path}", payload,
+                                      ["content-type: application/json"], True)
+            py_target = url
+
+        def once(seconds: float, requests: int | None = None) -> dict:
+            if self.use_h2load:
+                return h2load(url, self._file(body), concurrency, seconds, headers, h1, requests)
+            return py_load(protocol, py_target, payload, concurrency, seconds)
+
+        if self.warmup > 0 and not requests:
+            once(self.warmup)
+        cpu0, ctx0 = _cpu_and_ctx(server.pids())
+        res = once(seconds or self.seconds, requests)
+        cpu1, ctx1 = _cpu_and_ctx(server.pids())
+        n = max(res["requests"], 1)
+        run = Run(label or server.name, protocol, concurrency, res["requests"], res["errors"], res["seconds"],
+                  res["requests"] / res["seconds"], res["mean_ms"], 1e6 * (cpu1 - cpu0) / n, (ctx1 - ctx0) / n,
+                  self.generator)
+        print(f"  {run.target:<22} {protocol:<4} c={concurrency:<4} {run.throughput:9.1f} req/s  "
+              f"mean {run.mean_ms:8.2f} ms  cpu {run.cpu_us_per_request:7.0f} us/req  "
+              f"ctx {run.ctx_per_request:5.1f}/req  errors {run.errors}", flush=True)
+        return run
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+
+
+def _toy_request() -> bytes:
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.serving.tensors import from_numpy
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "toy"
+    req.inputs["x"].CopyFrom(from_numpy(np.array(TOY_X, np.float32)))
+    return req.SerializeToString()
+
+
+def _grpc_ok(port: int, payload: bytes) -> bool:
+    """A real call, checked: h2load would count a gRPC error (HTTP 200 + grpc-status) as a success."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        raw = channel.unary_unary(PREDICT_PATH)(payload, timeout=10)
+    return "y" in predict_pb2.PredictResponse.FromString(raw).outputs
+
+
+def _rest_ok(port: int, path: str, body: bytes) -> bool:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status == 200 and b"predictions" in r.read()
+
+
+def _serve_cmd(base: Path, name: str, grpc_port: int, rest_port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", "--port", str(grpc_port),
+            "--rest-api-port", str(rest_port), "--model-name", name, "--model-base-path", str(base), *extra]
+
+
+def _in_process(toy_dir: Path, seconds: float) -> dict:
+    import numpy as np
+
+    from tfsctl.core.loader import Loader
+
+    servable = Loader("toy", 1, toy_dir / "1").load()
+    x = {"x": np.array(TOY_X, np.float32)}
+    for _ in range(200):
+        servable.run("serving_default", x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        servable.run("serving_default", x)
+        n += 1
+    elapsed = time.perf_counter() - t0
+    return {"calls_per_s": n / elapsed, "us_per_call": 1e6 * elapsed / n}
+
+
+def _deeplab(work: Path) -> Path | None:
+    ckpt = ROOT / "samples" / "deeplab" / "checkpoint"
+    if not (ckpt / "model.json").exists():
+        return None
+    from tfsctl.export import export_model
+
+    export_model(ckpt, work / "deeplab", warmup_sizes=())
+    return work / "deeplab"
+
+
+def _deeplab_body() -> bytes:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    return json.dumps({"instances": [{"images": image.tolist(), "height": 256, "width": 256}]}).encode()
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="about a minute: short windows, fewer levels")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--seconds", type=float, default=None, help="measurement window per level")
+    ap.add_argument("--no-deeplab", action="store_true")
+    ap.add_argument("--generator", choices=("auto", "python"), default="auto",
+                    help="auto: h2load when installed, else the Python client; python: always the Python client")
+    ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--kserve-server", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    threads = max(64, 8 * (os.cpu_count() or 1))  # tfsctl serve's default gRPC pool
+    if args.bare_server is not None:
+        _bare_server(args.bare_server, threads)
+        return 0
+    if args.kserve_server is not None:
+        _kserve_server(int(args.kserve_server[0]), args.kserve_server[1], args.kserve_server[2])
+        return 0
+
+    seconds = args.seconds or (1.5 if args.quick else 2.5)
+    warmup = 0.3 if args.quick else 0.5
+    levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
+    rounds = 1 if args.quick else 3
+    work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
+    load = Load(work, seconds, warmup, force_python=args.generator == "python")
+    try:
+        import kserve  # noqa: F401
+
+        have_kserve = True
+    except ImportError:
+        have_kserve = False
+    report = Report(machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                             "loadavg_at_start": round(os.getloadavg()[0], 2)},
+                    generator=load.generator, quick=args.quick)
+    print(f"load generator: {load.generator}" + ("" if load.use_h2load else
+          "  (install h2load: apt-get update && apt-get install -y nghttp2-client)"))
+    if not have_kserve:
+        report.notes.append("KServe not installed (pip install kserve): the KServe anchors are skipped")
+        print(report.notes[-1])
+
+    from tfsctl.testing import write_toy_model
+
+    toy = work / "toy"
+    write_toy_model(toy, 1, scale=2.0)
+    payload = _toy_request()
+    toy_json = json.dumps({"instances": TOY_X}).encode()
+    servers: list[Server] = []
+
+    def launch(name: str, cmd: list[str], grpc_port: int | None, rest_port: int | None) -> Server:
+        s = Server(name, cmd, work / f"{name}.log", grpc_port, rest_port)
+        servers.append(s)
+        return s
+
+    def rest_ready(port: int):
+        return lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5).status == 200
+
+    try:
+        print("in-process signature call (1 thread):", flush=True)
+        report.in_process = _in_process(toy, seconds)
+        print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
+
+        # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
+        # each round measures every target at every level, and the report keeps the median of the rounds.
+        port = free_port()
+        bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+        tfs = {}
+        for workers in (1, 2):
+            g, r = free_port(), free_port()
+            tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
+        params = work / "batching.config"
+        params.write_text(BATCHING % (os.cpu_count() or 1))
+        g, r = free_port(), free_port()
+        batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching", "--batching-parameters-file",
+                                                 str(params)), g, r)
+        kserve_toy = None
+        if have_kserve:
+            r = free_port()
+            kserve_toy = launch("kserve-toy", [sys.executable, __file__, "--kserve-server", str(r), "toy",
+                                               str(toy / "1")], None, r)
+        bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
+        for srv in (*tfs.values(), batching):
+            srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
+            srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
+        if kserve_toy is not None:
+            kserve_toy.wait_ready(lambda: _rest_ok(kserve_toy.rest_port, "/v1/models/toy:predict", toy_json))
+
+        raw: list[Run] = []
+        for rnd in range(rounds):
+            print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
+            for c in levels:
+                for srv in (bare, tfs[1], tfs[2]):
+                    raw.append(load.run(srv, "grpc", payload, c))
+            print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
+            for c in (1, 4, 16):
+                raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
+                raw.append(load.run(batching, "grpc", payload, c))
+            print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
+            raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
+            if kserve_toy is not None:
+                raw.append(load.run(kserve_toy, "rest", toy_json, 32, "/v1/models/toy:predict"))
+        for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
+            report.memory_mb[name] = srv.memory_mb()
+        for srv in list(servers):
+            srv.stop()
+            servers.remove(srv)
+
+        deeplab = None if args.no_deeplab else _deeplab(work)
+        if deeplab is None:
+            report.notes.append("DeepLab skipped (--no-deeplab or no samples/deeplab/checkpoint)")
+        else:
+            body = _deeplab_body()
+            path = "/v1/models/deeplab:predict"
+            print("DeepLab 256x256 over REST (fixed request counts):", flush=True)
+            g, r = free_port(), free_port()
+            targets = [launch("tfsctl-deeplab", _serve_cmd(deeplab, "deeplab", g, r), g, r)]
+            if have_kserve:
+                r = free_port()
+                targets.append(launch("kserve-deeplab", [sys.executable, __file__, "--kserve-server", str(r),
+                                                         "deeplab", str(deeplab / "1")], None, r))
+            for srv in targets:
+                srv.wait_ready(lambda srv=srv: _rest_ok(srv.rest_port, path, body))
+            for c in (1, 4):
+                for srv in targets:
+                    raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 3) * c,
+                                        seconds=30.0))
+    finally:
+        for s in list(servers):
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report.rounds = raw
+    report.runs = _median_runs(raw)
+    report.machine["loadavg_at_end"] = round(os.getloadavg()[0], 2)
+    busy = max(report.machine["loadavg_at_start"], report.machine["loadavg_at_end"])
+    if busy > (os.cpu_count() or 1):
+        report.notes.append(f"the machine was busy (1-minute load average up to {busy:.1f} on {os.cpu_count()} CPUs): "
+                            "absolute figures and the 2-worker scaling are depressed; rerun on an idle machine")
+    _ratios(report)
+    _print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "overhead.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    _plot(report, args.out / "overhead.png")
+    print(f"wrote {args.out / 'overhead.json'} and {args.out / 'overhead.png'}")
+    return 0
+
+
+def _median_runs(raw: list[Run]) -> list[Run]:
+    """Per (target, protocol, concurrency): the round with the median throughput."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in raw:
+        groups.setdefault((r.target, r.protocol, r.concurrency), []).append(r)
+    return [sorted(g, key=lambda r: r.throughput)[len(g) // 2] for g in groups.values()]
+
+
+def _pick(report: Report, target: str, protocol: str, c: int | None = None) -> list[Run]:
+    return [r for r in report.runs if r.target == target and r.protocol == protocol
+            and (c is None or r.concurrency == c)]
+
+
+def _ratios(report: Report) -> None:
+    rt = report.ratios
+    bare = {r.concurrency: r for r in _pick(report, "bare-grpc", "grpc")}
+    one = {r.concurrency: r for r in _pick(report, "tfsctl-1w", "grpc")}
+    two = {r.concurrency: r for r in _pick(report, "tfsctl-2w", "grpc")}
+    rt["toy_grpc_vs_bare"] = {c: _ratio(one[c].throughput, bare[c].throughput) for c in one if c in bare}
+    rt["cpu_per_request_vs_bare"] = {c: _ratio(one[c].cpu_us_per_request, bare[c].cpu_us_per_request)
+                                     for c in one if c in bare}
+    rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
+    rt["two_workers_vs_one_c32"] = _ratio(two[32].throughput, one[32].throughput) if 32 in one and 32 in two else None
+    for c in (1, 4, 16):
+        b, n = _pick(report, "batching", "grpc", c), _pick(report, "nobatch", "grpc", c)
+        rt[f"batching_c{c}_vs_none"] = _ratio(b[0].throughput, n[0].throughput) if b and n else None
+    toy_rest, ks_toy = _pick(report, "tfsctl-1w", "rest"), _pick(report, "kserve-toy", "rest")
+    rt["toy_rest_vs_kserve"] = _ratio(toy_rest[0].throughput, ks_toy[0].throughput) if toy_rest and ks_toy else None
+    dl, ks_dl = _pick(report, "tfsctl-deeplab", "rest"), _pick(report, "kserve-deeplab", "rest")
+    rt["deeplab_rest_vs_kserve"] = (max(_ratio(a.throughput, b.throughput) for a, b in zip(dl, ks_dl, strict=True))
+                                    if dl and ks_dl else None)
+    one_mb, two_mb = report.memory_mb.get("tfsctl-1w"), report.memory_mb.get("tfsctl-2w")
+    if one_mb and two_mb:  # 2 workers = supervisor + 2 serving processes; 1 worker = one plain server process
+        report.memory_mb["one_worker_pss"] = round(sum(m["pss"] for m in one_mb), 1)
+        report.memory_mb["two_workers_pss"] = round(sum(m["pss"] for m in two_mb), 1)
+        report.memory_mb["worker_uss"] = round(max(m["uss"] for m in two_mb[1:]), 1) if len(two_mb) > 1 else None
+        report.memory_mb["supervisor_pss"] = round(two_mb[0]["pss"], 1)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _print(report: Report) -> None:
+    rt = report.ratios
+    print(f"\n== ratios ({report.machine['date']}, {report.machine['cpus']} CPUs, load: {report.generator}) ==")
+
+    def line(name: str, value: float | None, goal: float, lower_is_better: bool = False) -> None:
+        if value is None:
+            verdict = "skipped"
+        else:
+            verdict = "meets goal" if (value <= goal if lower_is_better else value >= goal) else "BELOW GOAL"
+            if lower_is_better and value > goal:
+                verdict = "ABOVE GOAL"
+        sign = "<=" if lower_is_better else ">="
+        print(f"  {name:<44} {_fmt(value):>8}   goal {sign} {goal:.2f}x   {verdict}")
+
+    for c, v in rt["toy_grpc_vs_bare"].items():
+        line(f"toy gRPC throughput vs bare server, c={c}", v, GOALS["toy_grpc_vs_bare"])
+    for c, v in rt["cpu_per_request_vs_bare"].items():
+        line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
+    line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
+    for c in (1, 4, 16):
+        line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])
+    line("toy REST vs KServe (c=32)", rt["toy_rest_vs_kserve"], GOALS["toy_rest_vs_kserve"])
+    line("DeepLab 256x256 REST vs KServe", rt["deeplab_rest_vs_kserve"], GOALS["deeplab_rest_vs_kserve"])
+    for c, v in rt["toy_grpc_vs_in_process"].items():
+        print(f"  {'toy gRPC vs in-process call, c=' + str(c):<44} {_fmt(v):>8}")
+    mem = report.memory_mb
+    if "two_workers_pss" in mem:
+        print(f"  memory (PSS, toy model): 1 worker {mem['one_worker_pss']:.0f} MB; 2 workers "
+              f"{mem['two_workers_pss']:.0f} MB (supervisor {mem['supervisor_pss']:.0f} MB); private memory per "
+              f"worker (USS) {mem['worker_uss']:.0f} MB")
+    for note in report.notes:
+        print(f"  note: {note}")
+
+
+def _plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for target in ("bare-grpc", "tfsctl-1w", "tfsctl-2w"):
+        runs = sorted(_pick(report, target, "grpc"), key=lambda r: r.concurrency)
+        if runs:
+            ax.plot([r.concurrency for r in runs], [r.throughput for r in runs], marker="o", label=target)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency")
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"toy model over gRPC ({report.machine['cpus']} CPUs, {report.generator})")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
