@@ -118,7 +118,7 @@ def _serve(base: Path, **options: object) -> ModelServer:
 def served(deeplab_base):
     """The tiny DeepLab served over gRPC and REST."""
     server = _serve(deeplab_base)
-    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0)
+    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0)
     rest.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     try:
@@ -279,7 +279,7 @@ def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_
     params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 5000000 }\n"
                       "num_batch_threads { value: 1 }\n")
     server = _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params))
-    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0)
+    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0)
     rest.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -66,7 +66,7 @@ class Served:
         opts.port, opts.rest_api_port, opts.host = 0, 0, "127.0.0.1"
         self.srv = ModelServer(opts)
         self.srv.start()
-        self.rest = RestServer(self.srv.core, self.srv.manager, self.srv.metrics, "127.0.0.1", 0)
+        self.rest = RestServer(self.srv.core, self.srv.metrics, "127.0.0.1", 0)
         self.rest.start()
         self.rest_port = self.rest.port
         self.core, self.manager, self.metrics = self.srv.core, self.srv.manager, self.srv.metrics
@@ -378,7 +378,7 @@ def test_memory_stays_bounded_under_bad_requests(server):
 
 
 def test_body_over_limit_is_413_and_next_request_succeeds(server):
-    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
+    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
     rest.start()
     try:
         big = {"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}  # ~0.5 MB of JSON
@@ -390,11 +390,11 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
         assert http_call(rest.port, "GET", "/monitoring/prometheus/metrics")[0] == 200
     finally:
         rest.stop()
-    busy = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", server.rest_port)
+    busy = RestServer(server.core, server.metrics, "127.0.0.1", server.rest_port)
     with pytest.raises(OSError, match=f"cannot serve REST on 127.0.0.1:{server.rest_port}"):
         busy.start()
     busy.stop()
-    moved = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")
+    moved = RestServer(server.core, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")
     moved.start()
     try:
         assert http_call(moved.port, "GET", "/metrics")[0] == 200
@@ -407,7 +407,7 @@ def test_gzip_bomb_and_chunked_body_over_limit_are_413(server):
     """The body limit holds for the decoded size: a 1 KB gzip that inflates past it, and a chunked upload."""
     import gzip
 
-    rest = RestServer(server.core, server.manager, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
+    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0, max_body_bytes=64 * 1024)
     rest.start()
     try:
         big = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}).encode()  # ~0.5 MB

@@ -114,7 +114,7 @@ def rest(served):
     started: list[RestServer] = []
 
     def make(**kwargs) -> RestServer:
-        server = RestServer(served.core, served.manager, served.metrics, "127.0.0.1", 0, **kwargs)
+        server = RestServer(served.core, served.metrics, "127.0.0.1", 0, **kwargs)
         server.start()
         started.append(server)
         return server
@@ -208,7 +208,7 @@ _EMFILE_SERVER = textwrap.dedent("""
     import json, logging, os, resource, sys, time
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     from tfsctl.serving.rest_api import RestServer
-    rest = RestServer(None, None, None, "127.0.0.1", 0, metrics_path=None, header_timeout=120, max_connections=10000)
+    rest = RestServer(None, None, "127.0.0.1", 0, metrics_path=None, header_timeout=120, max_connections=10000)
     rest.start()
     spare = 16
     resource.setrlimit(resource.RLIMIT_NOFILE,

@@ -1,9 +1,9 @@
-"""TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.service.PredictionCore`.
+"""TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.service.ServingCore`.
 
 The servicers only hand requests to the core and encode results: outputs in the typed ``*_val`` fields as TF
 Serving's ``AsProtoField`` (its default), or in ``tensor_content`` with ``tensor_content=True``
 (``--enable_serialization_as_tensor_content``); requests may use either form. Every
-``ServingError`` becomes a gRPC status in :meth:`_Base._call`, the one place that also counts request metrics.
+``ServingError`` becomes a gRPC status in :meth:`ServicerBase._call`, the one place that also counts request metrics.
 The grpc.health.v1 service and server reflection are registered beside them by :func:`add_services`.
 """
 
@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError
-from tfsctl.serving.service import PredictionCore
+from tfsctl.serving.service import ServingCore
 from tfsctl.tensors import as_proto_content, as_proto_field
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,11 @@ DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
 UNKNOWN_MODEL_LABEL = "<unknown>"
 
 
-class _Base:
-    def __init__(self, core: PredictionCore, metrics: Any = None, *,
+class ServicerBase:
+    """What both servicers share: the request core, the reply encoding and :meth:`_call`, which turns errors into
+    gRPC statuses and counts request metrics."""
+
+    def __init__(self, core: ServingCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False) -> None:
         self.core = core
         self.metrics = metrics
@@ -75,12 +78,12 @@ class _Base:
 
     def _known_models(self) -> set[str]:
         try:
-            return set(self.core.manager.model_names())
+            return set(self.core.model_names())
         except Exception:  # noqa: BLE001 - metrics must not fail a request
             return set()
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Base):
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, ServicerBase):
     """tensorflow.serving.PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata."""
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext  # noqa: N802
@@ -110,7 +113,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
                           lambda: self.core.get_model_metadata(request))
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
     """tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest."""
 
     def GetModelStatus(self, request, context):  # noqa: N802
@@ -123,7 +126,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Base):
         return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
 
 
-def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None, *,
+def add_services(server: grpc.Server, core: ServingCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
                  tensor_content: bool = False) -> health.HealthServicer:
     """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
@@ -141,23 +144,16 @@ def add_services(server: grpc.Server, core: PredictionCore, metrics: Any = None,
     return health_servicer
 
 
-def update_health(health_servicer: health.HealthServicer, manager: Any, known: set[str]) -> set[str]:
+def update_health(health_servicer: health.HealthServicer, core: ServingCore, known: set[str]) -> set[str]:
     """Set overall ("" = every configured model ready) and per-model health; returns the model names now set.
 
     Models removed from the config are set NOT_SERVING: grpc's servicer has no way to forget a name.
     """
-    from tensorflow_serving.apis import get_model_status_pb2
-
-    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    names = set(manager.model_names())
+    names = set(core.model_names())
     for name in names:
-        try:
-            ok = any(s.state == available for s in manager.version_states(name))
-        except ServingError:
-            ok = False
-        health_servicer.set(name, serving if ok else not_serving)
+        health_servicer.set(name, serving if core.model_available(name) else not_serving)
     for name in known - names:
         health_servicer.set(name, not_serving)
-    health_servicer.set("", serving if manager.is_ready() else not_serving)
+    health_servicer.set("", serving if core.is_ready() else not_serving)
     return names

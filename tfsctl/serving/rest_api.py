@@ -1,7 +1,7 @@
 """TF Serving's REST API (``/v1/...``, as ``http_rest_api_handler.cc`` and ``http_server.cc``) on aiohttp.
 
 Routes, connection handling and the worker pool live here; JSON <-> numpy is ``json_codec``; every model call goes
-through :class:`PredictionCore` like gRPC's, holding one servable handle for the whole request.
+through :class:`~tfsctl.serving.service.ServingCore` like gRPC's, holding one servable handle for the whole request.
 
 Routes (paths are case-insensitive and percent-decoded, as TF Serving's RE2 ``(?i)`` patterns and curl unescape)::
 
@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -49,6 +49,9 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
+
+if TYPE_CHECKING:
+    from tfsctl.serving.service import ServingCore
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +187,7 @@ class RestServer:
 
     def __init__(
         self,
-        core: Any,
-        manager: Any,
+        core: ServingCore,
         metrics: Any = None,
         host: str = "0.0.0.0",
         port: int = 8501,
@@ -208,7 +210,6 @@ class RestServer:
         self.num_threads = num_threads
         self.enable_cors = enable_cors
         self.core = core
-        self.manager = manager
         self.metrics = metrics
         self.host = host
         self.port = port
@@ -368,7 +369,7 @@ class RestServer:
     async def _health(self, path: str) -> web.Response:
         if path == _HEALTH_LIVE:
             return self._reply(200, b'{"status":"live"}')
-        if await self._in_pool(self.manager.is_ready):
+        if await self._in_pool(self.core.is_ready):
             return self._reply(200, b'{"status":"ready"}')
         return self._reply(503, json_codec.encode_error(
             "not ready: not every configured model has an AVAILABLE version"))
@@ -438,7 +439,7 @@ class RestServer:
 
     def _known_models(self) -> set[str]:
         try:
-            return set(self.manager.model_names())
+            return set(self.core.model_names())
         except Exception:  # noqa: BLE001 - metrics must not fail a request
             return set()
 

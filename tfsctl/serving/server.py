@@ -1,7 +1,7 @@
 """``tfsctl serve``: the model server process, wired the way ``tensorflow_model_server`` is.
 
 :class:`ServerOptions` carries tensorflow_model_server's flags (same names, same defaults where they make sense);
-:class:`ModelServer` builds Manager -> PredictionCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
+:class:`ModelServer` builds Manager -> ServingCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
 service in step with the manager, polls ``--model_config_file`` for changes and shuts down gracefully: stop
 accepting, let in-flight requests finish, then unload the models.
 """
@@ -400,7 +400,7 @@ class ModelServer:
         """
         from tfsctl.core.loader import Loader
         from tfsctl.serving.metrics import Metrics
-        from tfsctl.serving.service import PredictionCore
+        from tfsctl.serving.service import ServingCore
 
         if self._started or self._stopped.is_set():
             raise RuntimeError("a ModelServer starts once; create a new one")
@@ -423,8 +423,8 @@ class ModelServer:
             self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics)
-            self.core = PredictionCore(self.manager, self.batcher, self.metrics,
-                                       enable_signature_method_name_check=opts.enable_signature_method_name_check)
+            self.core = ServingCore(self.manager, self.batcher,
+                                    enable_signature_method_name_check=opts.enable_signature_method_name_check)
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -544,7 +544,7 @@ class ModelServer:
             kwargs["metrics_path"] = prom.path if prom.enable else None
         if opts.workers > 1:
             kwargs["reuse_port"] = True  # serve --workers: every worker process listens on the same port
-        self.rest = RestServer(self.core, self.manager, self.metrics, opts.host, opts.rest_api_port,
+        self.rest = RestServer(self.core, self.metrics, opts.host, opts.rest_api_port,
                                timeout_ms=opts.rest_api_timeout_in_ms, num_threads=opts.rest_api_num_threads,
                                enable_cors=opts.rest_api_enable_cors_support, **kwargs)
         self.rest.start()
@@ -663,7 +663,7 @@ class ModelServer:
             while not self._stop_event.is_set():
                 changed.clear()
                 try:
-                    known = update_health(self._health, self.manager, known)
+                    known = update_health(self._health, self.core, known)
                 except Exception:  # noqa: BLE001 - health must never kill the server
                     log.exception("health update failed")
                 if changed.wait(period):

@@ -1,7 +1,8 @@
-"""The one request path: every API (gRPC, REST) resolves models and runs signatures through :class:`PredictionCore`.
+"""The one request path: every API (gRPC, REST) resolves models and runs signatures through :class:`ServingCore`.
 
 Front ends only decode requests into numpy / protos and encode the results; model resolution, signature checks,
-tf.Example handling for Classify/Regress and the status codes all live here, so both wires behave the same way.
+tf.Example handling for Classify/Regress, status, metadata, reload, readiness and the status codes all live here,
+so both wires behave the same way and neither reaches past this class into the manager.
 Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, ``multi_inference``,
 ``get_model_metadata_impl`` and ``get_model_status_impl``.
 """
@@ -10,8 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
 from tensorflow_serving.apis import (
@@ -35,7 +35,10 @@ from tfsctl.core.inference import (  # noqa: F401 - re-exported for callers of t
     regression_result,
 )
 from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
-from tfsctl.errors import InvalidArgument, NotFound
+from tfsctl.core.protocols import ServableManager, SignatureRunner
+from tfsctl.core.servable import Servable, SignatureSpec
+from tfsctl.core.servable_request import has_available_version
+from tfsctl.errors import InvalidArgument, NotFound, ServingError
 from tfsctl.savedmodel import DEFAULT_SIGNATURE
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -65,23 +68,23 @@ def make_model_spec(name: str, version: int, signature_name: str | None = None) 
     return spec
 
 
-class PredictionCore:
-    """Resolves ModelSpecs against the manager and runs the request core (:mod:`tfsctl.core.inference`) on the
-    held version, through the batcher when there is one.
+class ServingCore:
+    """The request core of both front ends: resolves ModelSpecs against the manager and runs
+    :mod:`tfsctl.core.inference` on the held version (through the batcher when there is one); also answers
+    metadata, status, reload and readiness, so gRPC and REST never touch the manager.
 
-    ``manager`` follows the Manager contract (``handle``, ``model_names``, ``version_states``, ``labels``,
-    ``apply_config``); ``batcher`` the Batcher contract (``run`` with ``Servable.run``'s signature).
+    ``manager`` is a :class:`~tfsctl.core.protocols.ServableManager` (the Manager); ``batcher`` a
+    :class:`~tfsctl.core.protocols.SignatureRunner` (the Batcher, ``run`` with ``Servable.run``'s signature).
     ``enable_signature_method_name_check`` is TF Serving's flag of that name (default off: Classify/Regress run
     any signature whose inputs and outputs fit). ``max_request_bytes`` bounds what one request may decode to.
     """
 
-    def __init__(self, manager: Any, batcher: Any = None, metrics: Any = None, *,
+    def __init__(self, manager: ServableManager, batcher: SignatureRunner | None = None, *,
                  reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False,
                  max_request_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
         self.batcher = batcher
-        self.metrics = metrics
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
         self._run = self._batched_run if batcher is not None else inference.servable_run
@@ -95,14 +98,15 @@ class PredictionCore:
             raise InvalidArgument("Missing ModelSpec name: set model_spec.name to the model to call")
         return spec.name
 
-    def _handle(self, spec: model_pb2.ModelSpec):
+    def _handle(self, spec: model_pb2.ModelSpec) -> AbstractContextManager[Servable]:
         """``manager.handle`` for the spec's name and version/label."""
         return self.manager.handle(self._require_name(spec), _version_of(spec), _label_of(spec))
 
-    def _batched_run(self, servable: Any, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+    def _batched_run(self, servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+        assert self.batcher is not None
         return self.batcher.run(servable, signature_name, inputs, output_filter)
 
-    def _resolved(self, servable: Any, signature_name: str) -> model_pb2.ModelSpec:
+    def _resolved(self, servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
         """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
         key = (servable.name, servable.version, signature_name)
         spec = self._specs.get(key)
@@ -140,7 +144,7 @@ class PredictionCore:
         with self._handle(model_spec) as servable:
             return self.predict_with(servable, model_spec.signature_name, inputs, output_filter)
 
-    def predict_with(self, servable: Any, signature_name: str, inputs: Mapping[str, np.ndarray],
+    def predict_with(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
                      output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
         """Predict on a version the caller already holds (one handle per request, from decode to reply)."""
         try:
@@ -200,6 +204,23 @@ class PredictionCore:
                     max_bytes=self.max_request_bytes)
         finally:
             self._trim_after(size)
+
+    # --- models and readiness (what the front ends' health checks and metric labels ask) ---------------------------
+
+    def model_names(self) -> list[str]:
+        """The models configured now, sorted."""
+        return self.manager.model_names()
+
+    def is_ready(self) -> bool:
+        """True when every configured model has an AVAILABLE version (REST's /v1/health/ready, gRPC health "")."""
+        return bool(self.manager.is_ready())
+
+    def model_available(self, name: str) -> bool:
+        """True when ``name`` has an AVAILABLE version (gRPC health per model); False for an unknown model."""
+        try:
+            return has_available_version(self.manager.version_states(name))
+        except ServingError:
+            return False
 
     # --- metadata / status / config --------------------------------------------------------------------------------
 
@@ -276,19 +297,19 @@ class PredictionCore:
 
 
 class HeldServable:
-    """A servable held by :meth:`PredictionCore.hold`: its signature spec and a predict that runs on it."""
+    """A servable held by :meth:`ServingCore.hold`: its signature spec and a predict that runs on it."""
 
-    def __init__(self, core: PredictionCore, servable: Any, signature_name: str) -> None:
+    def __init__(self, core: ServingCore, servable: Servable, signature_name: str) -> None:
         self.servable = servable
         self.signature_name = signature_name
         self._core = core
 
     @property
-    def signature(self) -> Any:
+    def signature(self) -> SignatureSpec:
         """The SignatureSpec (inputs/outputs TensorSpecs); unknown signature -> FAILED_PRECONDITION."""
         return self.servable.signature(self.signature_name)
 
     def predict(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
                 ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
-        """PredictionCore.predict on the held version (no second resolve)."""
+        """ServingCore.predict on the held version (no second resolve)."""
         return self._core.predict_with(self.servable, self.signature_name, inputs, output_filter)

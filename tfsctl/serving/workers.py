@@ -327,14 +327,14 @@ class _Link:
         self._apply: Callable[..., Any] = lambda *_args: None
 
     def install(self) -> None:
-        """Hook this process's Manager, PredictionCore and Metrics (class level, before the server exists, so no
+        """Hook this process's Manager, ServingCore and Metrics (class level, before the server exists, so no
         request or health check can see an unhooked server; this process serves nothing else)."""
         from tfsctl.core.manager import Manager
         from tfsctl.serving.metrics import Metrics
-        from tfsctl.serving.service import PredictionCore
+        from tfsctl.serving.service import ServingCore
 
         link = self
-        self._own_ready, self._apply = Manager.is_ready, PredictionCore.reload_config
+        self._own_ready, self._apply = Manager.is_ready, ServingCore.reload_config
 
         def is_ready(manager: Any) -> bool:
             return bool(link._own_ready(manager)) and link.cluster_ready
@@ -343,7 +343,7 @@ class _Link:
             return link.reload_config(request, wait_seconds)
 
         Manager.is_ready = is_ready  # type: ignore[method-assign]
-        PredictionCore.reload_config = reload_config  # type: ignore[method-assign]
+        ServingCore.reload_config = reload_config  # type: ignore[method-assign]
         Metrics.render = lambda _metrics: _render_all_workers()  # type: ignore[method-assign]
 
     def attach(self, server: Any) -> None:
