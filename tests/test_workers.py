@@ -128,7 +128,9 @@ def cluster(tmp_path_factory):
     log = open(base / "serve.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "tfsctl", "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(grpc_port),
-         "--rest-api-port", str(rest_port), "--model-config-file", str(config_file)],
+         "--rest-api-port", str(rest_port), "--model-config-file", str(config_file),
+         # the reload below labels a version before it loads: tensorflow_model_server needs this flag for that
+         "--allow_version_labels_for_unavailable_models"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _poll(lambda: len(_children(proc.pid)) >= 2 or proc.poll() is not None, "two worker processes")
