@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfsctl.core.protos import BatchingParameters  # noqa: E402
-from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable  # noqa: E402
+from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, Unavailable  # noqa: E402
 from tfsctl.serving.batcher import Batcher, BatchOptions  # noqa: E402
 from tfsctl.serving.metrics import Metrics  # noqa: E402
 from tfsctl.testing import toy_example, write_toy_model  # noqa: E402
@@ -159,7 +159,7 @@ def test_splitting_queue_capacity_counts_execution_batches(toy):
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(batcher.run, toy, "", {"x": _rows(5, 1)})
         _poll(lambda: batcher.pending() == 1)
-        with pytest.raises(ResourceExhausted, match="is full"):  # room for 3 more rows in the only batch allowed
+        with pytest.raises(Unavailable, match="is full"):  # room for 3 more rows in the only batch allowed
             batcher.run(toy, "", {"x": _rows(0, 4)})
         last = pool.submit(batcher.run, toy, "", {"x": _rows(9, 3)})  # exactly fills it: runs at once
         np.testing.assert_allclose(last.result(30)["y"], _rows(9, 3) * SCALE)
@@ -211,10 +211,10 @@ def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
         time.sleep(0.01)
     assert batcher.pending() == 1
     t0 = time.monotonic()
-    with pytest.raises(ResourceExhausted, match="queue for model 'toy' .* is full") as info:
+    with pytest.raises(Unavailable, match="submitted is full: batch queue for model 'toy' .* is full") as info:
         batcher.run(toy, "", {"x": _rows(0, 2)})
     assert time.monotonic() - t0 < 5  # refused at once, not after the batch timeout
-    assert info.value.http_status == 429
+    assert info.value.http_status == 503  # TF Serving: UNAVAILABLE
     batcher.stop()  # drains: the queued request still completes
     first.join(10)
     np.testing.assert_allclose(waiting["out"]["y"], _rows(5, 1) * SCALE)

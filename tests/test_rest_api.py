@@ -472,13 +472,13 @@ def test_batching_over_rest_merges_refuses_when_full_and_drains_on_stop(tmp_path
         assert reg.get_sample_value("tfserving_batch_size_count", {"model_name": "toy"}) == 1.0
         assert reg.get_sample_value("tfserving_batch_size_sum", {"model_name": "toy"}) == 4.0
 
-        # One row waits in the queue (limit 4 examples); 4 more rows are refused at once with 429.
+        # One row waits in the queue (limit 4 examples); 4 more rows are refused at once with 503 (UNAVAILABLE).
         waiting: dict = {}
         t = threading.Thread(target=lambda: waiting.update(r=_predict(port, {"instances": [[1.0] * 4]})))
         t.start()
         assert _wait(lambda: srv.batcher.pending() == 1)
         status, reply = _predict(port, {"instances": X * 2})
-        assert status == 429 and "full" in reply["error"]
+        assert status == 503 and "full" in reply["error"]
         srv.stop(10)  # graceful: the queued request still gets its answer
         stopped = True
         t.join(30)

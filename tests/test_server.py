@@ -414,8 +414,8 @@ def _metric_samples(port: int, path: str = "/monitoring/prometheus/metrics") -> 
 
 
 def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
-    """gRPC with --enable-batching: a full queue answers RESOURCE_EXHAUSTED at once, the queued request still gets
-    its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads and unloads."""
+    """gRPC with --enable-batching: a full queue answers UNAVAILABLE at once (TF Serving's batch scheduler), the queued
+    request still gets its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads and unloads."""
     write_toy_model(tmp_path / "toy", 1, scale=3.0)
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
@@ -431,7 +431,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
             time.sleep(0.01)
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(x=np.ones((4, 4), np.float32)), timeout=10)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
         np.testing.assert_allclose(to_numpy(waiting.result(30).outputs["y"]), X * 3)
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=30).outputs["y"]), X * 3)
         channel.close()
@@ -447,7 +447,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
         s = _metric_samples(server.rest_port)  # no monitoring config: the page is on at TF Serving's path
         req = ("tfserving_request_count_total", (("api", "grpc_predict"), ("model_name", "toy")))
         assert s[(req[0], (*req[1], ("status", "OK")))] == 2
-        assert s[(req[0], (*req[1], ("status", "RESOURCE_EXHAUSTED")))] == 1
+        assert s[(req[0], (*req[1], ("status", "UNAVAILABLE")))] == 1
         toy = (("model_name", "toy"),)
         assert s[("tfserving_batch_size_count", toy)] == 2 and s[("tfserving_batch_size_sum", toy)] == 2
         assert s[("tfserving_batch_queue_latency_seconds_count", toy)] == 2

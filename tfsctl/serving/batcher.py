@@ -59,7 +59,6 @@ from tfsctl.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
-    ResourceExhausted,
     ServingError,
     Unavailable,
 )
@@ -236,8 +235,10 @@ class Batcher:
             else:
                 full = open_size + size > opts.max_batch_size and num_batches >= opts.max_enqueued_batches
             if full:
-                raise ResourceExhausted(
-                    f"batch queue for {_where(servable, signature_name)} is full ({queue.pending} examples pending "
+                # TF Serving's shared batch scheduler: UNAVAILABLE (retryable), not RESOURCE_EXHAUSTED
+                raise Unavailable(
+                    "The batch scheduling queue to which this task was submitted is full: batch queue for "
+                    f"{_where(servable, signature_name)} is full ({queue.pending} examples pending "
                     f"in {len(queue.batches)} batch(es), max_enqueued_batches {opts.max_enqueued_batches}); retry later"
                 )
             chunks = [inputs]
