@@ -14,6 +14,8 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
+from tfsctl.model_layout import DEFAULT_SIGNATURE
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 class _PlainCoercion:
@@ -201,7 +203,7 @@ def export(
     output: list[str] = typer.Option(None, "--output", help="KEY=TENSOR signature output (graph sources); "
                                      "repeatable."),
     signature: str = typer.Option(None, "--signature", help="Name of the signature --input/--output describe "
-                                  "(default serving_default)."),
+                                  f"(default {DEFAULT_SIGNATURE})."),
     method: str = typer.Option(None, "--method", help="predict (default), classify or regress."),
     signatures_file: Path = typer.Option(None, "--signatures", help="JSON file of several signatures "
                                          "(docs/EXPORT.md)."),
@@ -426,7 +428,7 @@ def inspect(
 @app.command()
 def run(
     path: Path = typer.Argument(..., help="A SavedModel directory."),
-    signature: str = typer.Option("serving_default", "--signature", help="Signature to run."),
+    signature: str = typer.Option(DEFAULT_SIGNATURE, "--signature", help="Signature to run."),
     input_: list[str] = typer.Option(None, "--input", help="KEY=VALUE: file.npy, file.npz[key], @image.png or a "
                                      "JSON literal; repeatable."),
     input_examples: list[str] = typer.Option(None, "--input-examples", help='KEY=[{"feature": [values]}, ...]: '
@@ -598,7 +600,7 @@ def _json_opt():
 
 def _signature_opt():
     return typer.Option("", "--signature", metavar="NAME",
-                        help="Signature (default: serving_default, or the model's only one).")
+                        help=f"Signature (default: {DEFAULT_SIGNATURE}, or the model's only one).")
 
 
 @app.command()
@@ -823,7 +825,7 @@ def bench(
     from rich.table import Table
 
     from tfsctl.client import bench as b
-    from tfsctl.client.rpc import endpoint
+    from tfsctl.client.rpc import check_version_or_label, endpoint
     from tfsctl.errors import ClientError
 
     say = err_console if as_json else console  # with --json, stdout carries only the JSON document
@@ -832,8 +834,7 @@ def bench(
             raise ClientError(f"--protocol must be grpc or rest, got {protocol!r}")
         if input_image is not None and input_shape:
             raise ClientError("give either --input-image or --input-shape, not both")
-        if version is not None and label is not None:
-            raise ClientError("give either --version or --label, not both")
+        check_version_or_label(version, label)
         if batch_size < 1:
             raise ClientError(f"--batch-size must be >= 1, got {batch_size}")
         if protocol == "rest" and (ssl_ca or ssl_cert or ssl_key):

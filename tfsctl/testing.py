@@ -28,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tfsctl.savedmodel import CLASSIFY_METHOD, REGRESS_METHOD
+from tfsctl.savedmodel import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, WARMUP_DIR, WARMUP_FILE
 
 TOY_CLASSES = (b"class0", b"class1")
-WARMUP_DIR = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 _templates: dict[float, Path] = {}
 _templates_lock = threading.Lock()
@@ -83,7 +81,7 @@ def _save_toy(export_dir: Path, scale: float) -> None:
     tf.saved_model.save(
         module,
         str(export_dir),
-        signatures={"serving_default": module.predict, "classify": module.classify, "regress": module.regress},
+        signatures={DEFAULT_SIGNATURE: module.predict, "classify": module.classify, "regress": module.regress},
     )
     set_method_names(export_dir, {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD})
 
@@ -133,7 +131,7 @@ def toy_example(x: Sequence[float]) -> bytes:
     return ex.SerializeToString()
 
 
-def toy_predict_log(x: np.ndarray, *, model_name: str = "toy", signature_name: str = "serving_default"):
+def toy_predict_log(x: np.ndarray, *, model_name: str = "toy", signature_name: str = DEFAULT_SIGNATURE):
     """A PredictionLog holding one PredictRequest for the toy model (a warmup record)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -250,7 +248,7 @@ def write_tf1_half_plus(
                     {k: info(t) for k, t in inputs.items()}, {k: info(t) for k, t in outputs.items()}, method)
 
             signatures = {
-                "serving_default": sig({"x": x}, {"y": y}, sm.signature_constants.PREDICT_METHOD_NAME),
+                DEFAULT_SIGNATURE: sig({"x": x}, {"y": y}, sm.signature_constants.PREDICT_METHOD_NAME),
                 "classify_x_to_y": sig({"inputs": serialized}, {"scores": y}, CLASSIFY_METHOD),
                 "regress_x_to_y": sig({"inputs": serialized}, {"outputs": y}, REGRESS_METHOD),
                 "regress_x_to_y2": sig({"inputs": serialized}, {"outputs": y2}, REGRESS_METHOD),
@@ -263,7 +261,7 @@ def write_tf1_half_plus(
                 assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS), main_op=init)
             if gpu_meta_graph:
                 gpu_sigs = dict(signatures)
-                gpu_sigs["serving_default"] = sig({"x": x}, {"y": y2}, sm.signature_constants.PREDICT_METHOD_NAME)
+                gpu_sigs[DEFAULT_SIGNATURE] = sig({"x": x}, {"y": y2}, sm.signature_constants.PREDICT_METHOD_NAME)
                 # the graph's main-op collection (and assets) travel with this meta graph too
                 builder.add_meta_graph([sm.tag_constants.SERVING, sm.tag_constants.GPU], signature_def_map=gpu_sigs)
         builder.save()
@@ -305,7 +303,7 @@ def write_tf2_half_plus_two(base_path: str | Path, version: int) -> Path:
     def write(export_dir: Path) -> None:
         m = HalfPlusTwo()
         tf.saved_model.save(m, str(export_dir), signatures={
-            "serving_default": m.predict, "regress_x_to_y": m.regress, "classify_x_to_y": m.classify})
+            DEFAULT_SIGNATURE: m.predict, "regress_x_to_y": m.regress, "classify_x_to_y": m.classify})
 
     return _atomic_version_dir(base_path, version, write)
 

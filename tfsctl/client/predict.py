@@ -39,6 +39,7 @@ from tfsctl.client.rpc import (
     DEFAULT_TIMEOUT,
     Endpoint,
     check_timeout,
+    check_version_or_label,
     endpoint,
     fill_model_spec,
     get_signature_defs,
@@ -297,8 +298,7 @@ def predict_image(
 ) -> PredictResult:
     """Decode ``image_path``, predict on ``server``, write the picture to ``output`` (unless None)."""
     t0 = time.perf_counter()
-    if version is not None and label is not None:
-        raise ClientError("give either --version or --label, not both")
+    check_version_or_label(version, label)
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"--alpha must be between 0 and 1, got {alpha:g}")
     if max_side < 0:

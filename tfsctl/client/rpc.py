@@ -177,12 +177,21 @@ def open_channel(target: str | Endpoint) -> grpc.Channel:
     return endpoint(target).channel()
 
 
+def check_version_or_label(version: int | None, label: str | None) -> None:
+    """The client's check that a request names a version or a version label, not both (ModelSpec's oneof).
+
+    The server decides this again (``tfsctl.core.servable_request``); checking here first lets every command fail
+    before it connects, with the flags' names in the message.
+    """
+    if version is not None and label is not None:
+        raise ClientError("give either --version or --label, not both")
+
+
 def fill_model_spec(
     spec: Any, model: str, signature: str = "", version: int | None = None, label: str | None = None
 ) -> None:
     """Set a request's ModelSpec: name, signature name, and the version or the version label (never both)."""
-    if version is not None and label is not None:
-        raise ClientError("give either --version or --label, not both")
+    check_version_or_label(version, label)
     if not model:
         raise ClientError("--model must not be empty")
     spec.name = model
@@ -282,9 +291,8 @@ def get_model_status(
 
     check_timeout(timeout)
     ep = endpoint(target)
+    check_version_or_label(version, label)
     if label is not None:
-        if version is not None:
-            raise ClientError("give either --version or --label, not both")
         spec, _ = get_signature_defs(ep, model, label=label, timeout=timeout)
         version = int(spec.version.value)
     request = get_model_status_pb2.GetModelStatusRequest()

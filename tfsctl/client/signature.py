@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from tfsctl.errors import ClientError
+from tfsctl.model_layout import DEFAULT_SIGNATURE  # pure Python: tfsctl.savedmodel would load TensorFlow's protos
 
-DEFAULT_SIGNATURE = "serving_default"
 HEIGHT_NAMES = ("height", "image_height", "img_height")
 WIDTH_NAMES = ("width", "image_width", "img_width")
 SCORE_NAMES = ("scores", "probabilities", "probs", "logits", "predictions")

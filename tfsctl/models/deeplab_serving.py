@@ -18,6 +18,8 @@ import io
 import types
 from typing import Any
 
+from tfsctl.model_layout import DEFAULT_SIGNATURE
+
 PREDICT_SIGNATURE = "predict_images"
 PROBABILITIES_SIGNATURE = "predict_probabilities"
 CLASSIFY_SIGNATURE = "classify"
@@ -43,7 +45,7 @@ def serving_signatures(model: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -
     """(module to save, {signature name: concrete function}) for ``tf.saved_model.save``."""
     module = _deeplab_module_class()(model, max_pixels)
     predict = module.fns.predict_images.get_concrete_function()
-    return module, {PREDICT_SIGNATURE: predict, "serving_default": predict,
+    return module, {PREDICT_SIGNATURE: predict, DEFAULT_SIGNATURE: predict,
                     PROBABILITIES_SIGNATURE: module.fns.predict_probabilities.get_concrete_function(),
                     CLASSIFY_SIGNATURE: module.fns.classify.get_concrete_function()}
 
@@ -73,7 +75,7 @@ def warmup_logs(model_name: str, sizes: list[tuple[int, int]]) -> list[Any]:
 
     logs = [predict(PREDICT_SIGNATURE, h, w) for h, w in sizes]
     h, w = sizes[0]
-    logs += [predict("serving_default", h, w), predict(PROBABILITIES_SIGNATURE, h, w)]
+    logs += [predict(DEFAULT_SIGNATURE, h, w), predict(PROBABILITIES_SIGNATURE, h, w)]
     png = io.BytesIO()
     Image.new("RGB", (w, h)).save(png, format="PNG")
     example = example_pb2.Example()

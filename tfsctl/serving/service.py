@@ -39,16 +39,11 @@ from tfsctl.core.protocols import ServableManager, SignatureRunner
 from tfsctl.core.servable import Servable, SignatureSpec
 from tfsctl.core.servable_request import has_available_version
 from tfsctl.errors import InvalidArgument, NotFound, ServingError
-from tfsctl.savedmodel import DEFAULT_SIGNATURE
+from tfsctl.model_layout import signature_or_default
 
 SIGNATURE_DEF_FIELD = "signature_def"
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
-
-
-def signature_or_default(name: str) -> str:
-    """TF Serving's rule: an empty signature name means ``serving_default``."""
-    return name or DEFAULT_SIGNATURE
 
 
 def _version_of(spec: model_pb2.ModelSpec) -> int | None:
