@@ -279,11 +279,16 @@ def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -
     wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded after 4 is AVAILABLE")
 
 
-def test_half_copied_version_loads_once_complete(make_manager, tmp_path: Path) -> None:
+@pytest.mark.parametrize("retry_on_change", [False, True])
+def test_half_copied_version_loads_once_complete_only_when_asked(make_manager, tmp_path: Path,
+                                                                 retry_on_change: bool) -> None:
+    """TF Serving never retries a version that failed every retry while it stays aspired; tfsctl's opt-in
+    retry_failed_versions_on_change loads it again once its directory changes (the copy completed)."""
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
     staged = write_toy_model(tmp_path / "staging", 2, scale=2.0)
-    m = make_manager(single_model_config("toy", base), max_num_load_retries=1)
+    m = make_manager(single_model_config("toy", base), max_num_load_retries=1,
+                     retry_failed_versions_on_change=retry_on_change)
     assert m.wait_until_ready(15)
     target = base / "2"
     target.mkdir()  # a copy in progress: the directory exists, saved_model.pb not yet
@@ -295,6 +300,10 @@ def test_half_copied_version_loads_once_complete(make_manager, tmp_path: Path) -
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
     shutil.copy2(staged / "saved_model.pb", target / "saved_model.pb.part")
     (target / "saved_model.pb.part").rename(target / "saved_model.pb")  # the directory changed: tried again
+    if not retry_on_change:
+        poll(m, 3)  # the completed copy is seen by these polls, and left alone
+        assert states(m, "toy").get(2) == END and served(m) == (1, 1.0)
+        return
     wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="completed version 2")
     assert served(m) == (2, 2.0)
 

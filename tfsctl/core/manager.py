@@ -124,14 +124,18 @@ class Manager:
         num_unload_threads: int = 1,
         event_bus: EventBus | None = None,
         servable_versions_always_present: bool = False,
+        retry_failed_versions_on_change: bool = False,
     ) -> None:
         """``metrics``: anything with ``on_servable_state(event)`` (subscribed to :attr:`events`), or None.
 
         ``poll_wait_seconds``, ``allow_version_labels_for_unavailable_models`` and
         ``servable_versions_always_present`` (False: an emptied base path unloads the model, TF Serving's default)
         configure the ServerCore that :meth:`apply_config` creates. ``unload_timeout_seconds`` bounds how long
-        :meth:`stop` waits for held handles before unloading anyway.
+        :meth:`stop` waits for held handles before unloading anyway. ``retry_failed_versions_on_change`` (tfsctl's
+        opt-in) loads a version that failed every retry again once its directory changes, so a half-copied version
+        serves when the copy completes; TF Serving (the default) retries it only after it leaves and comes back.
         """
+        self.retry_failed_versions_on_change = retry_failed_versions_on_change
         self.loader_factory: LoaderFactory = loader_factory or Loader
         self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
         self.poll_wait_seconds = float(poll_wait_seconds)
@@ -234,9 +238,10 @@ class Manager:
                 rec = model.versions.get(v)
                 if rec is not None and (
                     rec.harness is Harness.DISABLED
-                    or (rec.harness is Harness.ERROR and _dir_stamp(Path(path)) != rec.stamp)
+                    or (rec.harness is Harness.ERROR and self.retry_failed_versions_on_change
+                        and _dir_stamp(Path(path)) != rec.stamp)
                 ):
-                    rec = None  # unloaded earlier and came back, or its directory changed since it failed: retry
+                    rec = None  # unloaded earlier and came back, or (opt-in) its directory changed since it failed
                 if rec is None:
                     rec = model.versions[v] = _Version(int(v), Path(path))
                     self._publish(model, rec, START)
