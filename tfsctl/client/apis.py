@@ -127,9 +127,6 @@ __all__ = [
 ]
 
 # The TensorProto <-> numpy codec (typed ``*_val`` fields and ``tensor_content``), imported once the protos are in.
-try:  # its home after the layering change (issue 12); the serving package before it
-    from tfsctl.tensors import dtype_name, from_numpy, shape_of, to_numpy  # type: ignore[import-not-found]
-except ImportError:
-    from tfsctl.serving.tensors import dtype_name, from_numpy, shape_of, to_numpy
+from tfsctl.tensors import dtype_name, from_numpy, shape_of, to_numpy  # noqa: E402
 
 __all__ += ["dtype_name", "from_numpy", "shape_of", "to_numpy"]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsctl.errors import ConfigError, StorageError
-from tfsctl.savedmodel import parse_version_dir
+from tfsctl.model_layout import parse_version_dir  # pure: the client (reload) imports this module
 
 log = logging.getLogger("tfsctl.core.storage")
 

@@ -1,0 +1,225 @@
+"""The layer rules of docs/ARCHITECTURE.md, read from the source with ``ast`` (nothing is imported).
+
+- The bottom modules (errors, tensors, savedmodel, model_layout, voc, tf_messages) import no other tfsctl layer.
+- ``tfsctl/core`` imports only itself and the bottom: never serving, client, the CLI or the model side.
+- ``tfsctl/client`` never loads the TensorFlow runtime. Only ``client/apis.py`` imports TensorFlow's and TF
+  Serving's protos, through its shim (the modules in its ``_MODULES``); every tfsctl module the client reaches, at
+  any depth, may import at module level only those proto modules, never ``tensorflow`` itself. The client does not
+  import serving, the CLI or the model side either.
+
+Each checker returns the violations it found, and :func:`test_the_checkers_see_violations` feeds them a small tree
+that breaks every rule, so a checker that stops seeing imports fails too.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "tfsctl"
+BOTTOM = frozenset({"tfsctl.errors", "tfsctl.tensors", "tfsctl.savedmodel", "tfsctl.model_layout", "tfsctl.voc",
+                    "tfsctl.tf_messages"})
+TF_ROOTS = ("tensorflow", "tensorflow_serving")
+SHIM = "tfsctl.client.apis"
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target module(s): ``from a.b import c`` gives ``a.b`` and the candidate ``a.b.c``."""
+
+    module: str
+    names: tuple[str, ...]
+    top_level: bool  # runs when the module is imported (not inside a function, not under TYPE_CHECKING)
+    line: int
+
+    def targets(self) -> list[str]:
+        return [self.module] + [f"{self.module}.{n}" for n in self.names if n != "*"]
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(path: Path, name: str) -> list[Import]:
+    """Every import in the file, relative ones resolved, each marked top-level or not."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False)
+            elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                for stmt in child.body:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), False)
+                for stmt in child.orelse:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), top)
+            elif isinstance(child, ast.Import):
+                found.extend(Import(a.name, (), top, child.lineno) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                module = child.module or ""
+                if child.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (child.level - 1)]
+                    module = ".".join(base + ([module] if module else []))
+                found.append(Import(module, tuple(a.name for a in child.names), top, child.lineno))
+            else:
+                visit(child, top)
+
+    visit(ast.parse(path.read_text(), str(path)), True)
+    return found
+
+
+def scan(root: Path) -> dict[str, tuple[Path, list[Import]]]:
+    """{module name: (file, its imports)} for every module of the package at ``root``."""
+    return {module_name(p, root): (p, imports_of(p, module_name(p, root))) for p in sorted(root.rglob("*.py"))}
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _tfsctl_targets(imp: Import, modules: dict) -> list[str]:
+    """The tfsctl modules an import loads (a ``from pkg import name`` loads ``pkg.name`` when that is a module)."""
+    if not _in(imp.module, "tfsctl"):
+        return []
+    return [t for t in imp.targets()[1:] if t in modules] or [imp.module]
+
+
+def _is_tf(module: str) -> bool:
+    return any(_in(module, r) for r in TF_ROOTS)
+
+
+def shim_modules(modules: dict) -> frozenset[str]:
+    """The proto modules ``client/apis.py`` imports without the TF runtime (its ``_MODULES`` tuple)."""
+    path, _ = modules[SHIM]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_MODULES" for t in node.targets):
+            return frozenset(ast.literal_eval(node.value))
+    raise AssertionError(f"{path}: no _MODULES tuple")
+
+
+def bottom_violations(modules: dict) -> list[str]:
+    bad = []
+    for name, (path, imps) in modules.items():
+        if name not in BOTTOM:
+            continue
+        for imp in imps:
+            for target in _tfsctl_targets(imp, modules):
+                if target not in BOTTOM and target != "tfsctl":
+                    bad.append(f"{path}:{imp.line}: bottom module {name} imports {target}")
+    return bad
+
+
+def core_violations(modules: dict) -> list[str]:
+    bad = []
+    for name, (path, imps) in modules.items():
+        if not _in(name, "tfsctl.core"):
+            continue
+        for imp in imps:
+            for target in _tfsctl_targets(imp, modules):
+                if not (_in(target, "tfsctl.core") or target in BOTTOM or target == "tfsctl"):
+                    bad.append(f"{path}:{imp.line}: {name} (core) imports {target}")
+    return bad
+
+
+def client_violations(modules: dict) -> list[str]:
+    """Client imports that could load the TF runtime or reach above the client's allowed layers."""
+    bad = []
+    shim = shim_modules(modules)
+    allowed_below = ("tfsctl.client", "tfsctl.core")
+    client = [n for n in modules if _in(n, "tfsctl.client")]
+    for name in client:
+        path, imps = modules[name]
+        for imp in imps:
+            if _is_tf(imp.module) and name != SHIM:
+                bad.append(f"{path}:{imp.line}: {name} imports {imp.module} (take protos from {SHIM})")
+            for target in _tfsctl_targets(imp, modules):
+                if not (any(_in(target, p) for p in allowed_below) or target in BOTTOM or target == "tfsctl"):
+                    bad.append(f"{path}:{imp.line}: {name} (client) imports {target}")
+    # Everything the client loads: its own modules' imports at any depth, then module-level imports onwards.
+    seen: dict[str, str] = {}
+    todo = [(n, "client") for n in client]
+    while todo:
+        name, via = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen[name] = via
+        path, imps = modules[name]
+        parents = name.split(".")
+        todo += [(".".join(parents[:i]), name) for i in range(1, len(parents))]
+        in_client = _in(name, "tfsctl.client")
+        for imp in imps:
+            if not (imp.top_level or in_client):
+                continue
+            if _is_tf(imp.module) and name != SHIM and imp.top_level:
+                loaded = [t for t in imp.targets() if t in shim] or [imp.module]
+                if not all(t in shim for t in loaded):
+                    bad.append(f"{path}:{imp.line}: {name} (loaded by the client via {via}) imports {imp.module} "
+                               f"at module level, which loads the TensorFlow runtime")
+            todo += [(t, name) for t in _tfsctl_targets(imp, modules)]
+    return bad
+
+
+def test_bottom_modules_import_no_layer_above() -> None:
+    assert bottom_violations(scan(PACKAGE_DIR)) == []
+
+
+def test_core_imports_only_core_and_the_bottom() -> None:
+    assert core_violations(scan(PACKAGE_DIR)) == []
+
+
+def test_client_never_loads_tensorflow_and_stays_in_its_layers() -> None:
+    modules = scan(PACKAGE_DIR)
+    assert client_violations(modules) == []
+    assert "tfsctl.core.config" in modules  # the reload command's parser: reached, and checked, through rpc.py
+
+
+def test_the_checkers_see_violations(tmp_path: Path) -> None:
+    """A tree that breaks each rule once (at module level, inside a function, relatively, through a chain)."""
+    root = tmp_path / "tfsctl"
+    files = {
+        "__init__.py": "",
+        "errors.py": "from tfsctl.core import manager\n",
+        "savedmodel.py": "from tensorflow.core.protobuf import meta_graph_pb2\n",
+        "tensors.py": "",
+        "core/__init__.py": "",
+        "core/manager.py": "def f():\n    from tfsctl.serving import metrics\n",
+        "core/config.py": "from ..client import rpc\nfrom tfsctl.savedmodel import X\n",
+        "core/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import tensorflow\n",
+        "serving/__init__.py": "",
+        "serving/metrics.py": "",
+        "client/__init__.py": "",
+        "client/apis.py": "_MODULES = ('tensorflow_serving.apis.predict_pb2',)\n"
+                          "from tensorflow_serving.apis import predict_pb2\n",
+        "client/rpc.py": "def reload():\n    from tfsctl.core import config\n",
+        "client/render.py": "def f():\n    import tensorflow as tf\n",
+        "client/typed.py": "from tfsctl.core import typed\nfrom tfsctl.serving import metrics\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    modules = scan(root)
+
+    assert [v.split(": ", 1)[1] for v in bottom_violations(modules)] == [
+        "bottom module tfsctl.errors imports tfsctl.core.manager"]
+    assert sorted(v.split(": ", 1)[1] for v in core_violations(modules)) == [
+        "tfsctl.core.config (core) imports tfsctl.client.rpc",
+        "tfsctl.core.manager (core) imports tfsctl.serving.metrics",
+    ]
+    client = client_violations(modules)
+    assert any("tfsctl.client.render imports tensorflow" in v for v in client), client
+    assert any("tfsctl.client.typed (client) imports tfsctl.serving.metrics" in v for v in client), client
+    # rpc -> core.config -> savedmodel, which imports a TF proto the shim does not provide: found through the chain
+    assert any("tfsctl.savedmodel (loaded by the client via tfsctl.core.config) imports tensorflow.core.protobuf"
+               in v for v in client), client
+    assert not any(v.startswith((str(root / "core/typed.py"), str(root / "client/apis.py"))) for v in client), client
