@@ -2,6 +2,8 @@
 
 - The bottom modules (errors, tensors, savedmodel, model_layout, voc, tf_messages) import no other tfsctl layer.
 - ``tfsctl/core`` imports only itself and the bottom: never serving, client, the CLI or the model side.
+- The model side (export, models, inspection, run, testing) imports only itself and the bottom.
+- ``tfsctl/serving`` imports only itself, core and the bottom: never the client or the CLI.
 - ``tfsctl/client`` never loads the TensorFlow runtime. Only ``client/apis.py`` imports TensorFlow's and TF
   Serving's protos, through its shim (the modules in its ``_MODULES``); every tfsctl module the client reaches, at
   any depth, may import at module level only those proto modules, never ``tensorflow`` itself. The client does not
@@ -121,14 +123,22 @@ def bottom_violations(modules: dict) -> list[str]:
 
 
 def core_violations(modules: dict) -> list[str]:
+    return allowed_violations(modules, ("tfsctl.core",), ("tfsctl.core",), "core")
+
+
+MODEL_SIDE = ("tfsctl.export", "tfsctl.models", "tfsctl.inspection", "tfsctl.run", "tfsctl.testing")
+
+
+def allowed_violations(modules: dict, layer: tuple[str, ...], allowed: tuple[str, ...], what: str) -> list[str]:
+    """Imports (at any depth) from modules in ``layer`` of tfsctl modules outside ``allowed`` and the bottom."""
     bad = []
     for name, (path, imps) in modules.items():
-        if not _in(name, "tfsctl.core"):
+        if not any(_in(name, p) for p in layer):
             continue
         for imp in imps:
             for target in _tfsctl_targets(imp, modules):
-                if not (_in(target, "tfsctl.core") or target in BOTTOM or target == "tfsctl"):
-                    bad.append(f"{path}:{imp.line}: {name} (core) imports {target}")
+                if not (any(_in(target, p) for p in allowed) or target in BOTTOM or target == "tfsctl"):
+                    bad.append(f"{path}:{imp.line}: {name} ({what}) imports {target}")
     return bad
 
 
@@ -178,6 +188,12 @@ def test_core_imports_only_core_and_the_bottom() -> None:
     assert core_violations(scan(PACKAGE_DIR)) == []
 
 
+def test_model_side_and_serving_import_only_below() -> None:
+    modules = scan(PACKAGE_DIR)
+    assert allowed_violations(modules, MODEL_SIDE, MODEL_SIDE, "model side") == []
+    assert allowed_violations(modules, ("tfsctl.serving",), ("tfsctl.serving", "tfsctl.core"), "serving") == []
+
+
 def test_client_never_loads_tensorflow_and_stays_in_its_layers() -> None:
     modules = scan(PACKAGE_DIR)
     assert client_violations(modules) == []
@@ -204,6 +220,8 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
         "client/rpc.py": "def reload():\n    from tfsctl.core import config\n",
         "client/render.py": "def f():\n    import tensorflow as tf\n",
         "client/typed.py": "from tfsctl.core import typed\nfrom tfsctl.serving import metrics\n",
+        "export/__init__.py": "from tfsctl.serving import metrics\n",
+        "serving/grpc_api.py": "def f():\n    from tfsctl.client import rpc\n",
     }
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +234,11 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
         "tfsctl.core.config (core) imports tfsctl.client.rpc",
         "tfsctl.core.manager (core) imports tfsctl.serving.metrics",
     ]
+    assert [v.split(": ", 1)[1] for v in allowed_violations(modules, MODEL_SIDE, MODEL_SIDE, "model side")] == [
+        "tfsctl.export (model side) imports tfsctl.serving.metrics"]
+    assert [v.split(": ", 1)[1] for v in allowed_violations(
+        modules, ("tfsctl.serving",), ("tfsctl.serving", "tfsctl.core"), "serving")] == [
+        "tfsctl.serving.grpc_api (serving) imports tfsctl.client.rpc"]
     client = client_violations(modules)
     assert any("tfsctl.client.render imports tensorflow" in v for v in client), client
     assert any("tfsctl.client.typed (client) imports tfsctl.serving.metrics" in v for v in client), client

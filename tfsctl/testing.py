@@ -135,7 +135,7 @@ def toy_predict_log(x: np.ndarray, *, model_name: str = "toy", signature_name: s
     """A PredictionLog holding one PredictRequest for the toy model (a warmup record)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from tfsctl.serving.tensors import from_numpy
+    from tfsctl.tensors import from_numpy
 
     log = prediction_log_pb2.PredictionLog()
     req = log.predict_log.request
