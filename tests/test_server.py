@@ -415,7 +415,8 @@ def _metric_samples(port: int, path: str = "/monitoring/prometheus/metrics") -> 
 
 def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
     """gRPC with --enable-batching: a full queue answers UNAVAILABLE at once (TF Serving's batch scheduler), the queued
-    request still gets its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads and unloads."""
+    request still gets its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads
+    and unloads."""
     write_toy_model(tmp_path / "toy", 1, scale=3.0)
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"

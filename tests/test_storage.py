@@ -295,7 +295,7 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
     server = ModelServer(ServerOptions(
         port=0, rest_api_port=0, host="127.0.0.1", model_name="m", model_base_path=f"s3://{BUCKET}/serve/m",
         file_system_poll_wait_seconds=0.2, max_num_load_retries=1, load_retry_interval_seconds=0.2,
-        model_cache_dir=str(cache)))
+        model_cache_dir=str(cache), retry_failed_versions_on_change=True))  # the fix-in-place step below
     server.start()
     try:
         assert server.wait_until_ready(30)
@@ -334,8 +334,8 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
         assert "cannot parse the SavedModel proto" in status.status.error_message
         assert _predict(port) == (2, 2.0)
         assert [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"]
-        # Fixing it in place (the version never leaves the listing) makes the server try again, as a changed
-        # local directory does.
+        # Fixing it in place (the version never leaves the listing) makes the server try again with
+        # --retry_failed_versions_on_change, as a changed local directory does.
         _upload(client, toys[3.0], "serve/m/4", only=["saved_model.pb"])
         _wait(lambda: _predict(port) == (4, 3.0), what="the re-uploaded version 4 to serve")
 

@@ -103,6 +103,7 @@ class ServerOptions:
     grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
     load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
     servable_versions_always_present: bool = False
+    retry_failed_versions_on_change: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
 
     @classmethod
@@ -268,6 +269,7 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
         loader_factory=remote_aware_factory(loader_factory, cache=options.model_cache_dir or None),
         allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
         servable_versions_always_present=options.servable_versions_always_present,
+        retry_failed_versions_on_change=options.retry_failed_versions_on_change,
     )
 
 
