@@ -27,13 +27,6 @@ from tensorflow_serving.apis import (
 
 from tfsctl.core import inference
 from tfsctl.core.examples import DEFAULT_MAX_BYTES
-from tfsctl.core.inference import (  # noqa: F401 - re-exported for callers of the old names
-    CLASSIFY_CLASSES,
-    CLASSIFY_SCORES,
-    REGRESS_OUTPUTS,
-    classification_result,
-    regression_result,
-)
 from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
 from tfsctl.core.protocols import ServableManager, SignatureRunner
 from tfsctl.core.servable import Servable, SignatureSpec
@@ -132,12 +125,6 @@ class ServingCore:
                 return self._resolved(servable, name), outputs
         finally:
             self._trim_after(size)
-
-    def predict(self, model_spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
-                output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
-        """Predict with decoded inputs; returns the resolved ModelSpec (version actually used) and the outputs."""
-        with self._handle(model_spec) as servable:
-            return self.predict_with(servable, model_spec.signature_name, inputs, output_filter)
 
     def predict_with(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
                      output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
@@ -306,5 +293,5 @@ class HeldServable:
 
     def predict(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
                 ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
-        """ServingCore.predict on the held version (no second resolve)."""
+        """Predict on the held version (no second resolve)."""
         return self._core.predict_with(self.servable, self.signature_name, inputs, output_filter)
