@@ -503,7 +503,7 @@ def serve(ctx: typer.Context) -> None:
         typer.echo(f"TensorFlow ModelServer: tfsctl-{__version__}\nTensorFlow Library: {tf_version}")
         raise typer.Exit(0)
 
-    from tfsctl.errors import ConfigError
+    from tfsctl.errors import ConfigError, ServingError
     from tfsctl.serving.server import ModelServer, ServerOptions
 
     options = ServerOptions(**parsed.values)
@@ -546,7 +546,7 @@ def serve(ctx: typer.Context) -> None:
             code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
     except FlagError as e:
         fail(str(e), code=2)
-    except (ConfigError, OSError) as e:
+    except (ConfigError, OSError, ServingError) as e:  # ServingError: an initial model did not become available
         fail(str(e))
     logging.shutdown()
     sys.stdout.flush()

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from tfsctl.errors import ConfigError, ServingError
+from tfsctl.errors import ConfigError, ServingError, Unknown
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,11 @@ class ModelServer:
         except BaseException:
             self._abort_start()
             raise
-        self._wait_for_initial_loads(load_timeout)
+        try:
+            self._wait_for_initial_loads(load_timeout)
+        except BaseException:
+            self._abort_start()
+            raise
         if self._stop_event.is_set():
             return  # stopped while loading: the ports never open
         if opts.flush_filesystem_caches:
@@ -474,8 +478,8 @@ class ModelServer:
                 return
         failed = [f"{{name: {n} version: {v.version}}} due to error: {v.error}" for n, vs in states.items()
                   if not any(x.state == ModelVersionStatus.AVAILABLE for x in vs) for v in vs if v.error]
-        if failed:  # tensorflow_model_server exits here; tfsctl serves the rest and reports these in status
-            log.error("%d model(s) did not become available: %s", len(failed), "; ".join(failed))
+        if failed:  # as ServerCore::Create: the server does not start (tensorflow_model_server exits)
+            raise Unknown(f"{len(failed)} model(s) did not become available: {'; '.join(failed)}")
 
     def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> None:
         from tfsctl.serving.grpc_api import add_services
