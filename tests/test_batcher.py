@@ -222,11 +222,13 @@ def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
         batcher.run(toy, "", {"x": _rows(0, 1)})
 
 
-def test_bad_data_in_a_batch_fails_only_its_own_request(toy):
-    """Data that passes validation but fails in the graph: the batch is rerun per request, so the neighbour of a
-    bad request still gets its own result."""
+@pytest.mark.parametrize("isolate", [False, True])
+def test_bad_data_in_a_batch_fails_the_batch_or_with_isolation_only_its_own_request(toy, isolate: bool):
+    """Data that passes validation but fails in the graph: TF Serving fails the whole batch; with isolate_failures
+    the batch is rerun per request, so the neighbour of a bad request still gets its own result."""
     metrics = Metrics()
-    batcher = Batcher(BatchOptions(max_batch_size=2, batch_timeout_micros=10_000_000, num_batch_threads=1), metrics)
+    batcher = Batcher(BatchOptions(max_batch_size=2, batch_timeout_micros=10_000_000, num_batch_threads=1), metrics,
+                      isolate_failures=isolate)
     try:
         good = np.array([toy_example([1, 2, 3, 4])], dtype=object)
         bad = np.array([b"not a tf.Example"], dtype=object)  # passes validation, fails inside the graph
@@ -241,8 +243,11 @@ def test_bad_data_in_a_batch_fails_only_its_own_request(toy):
             results = list(pool.map(call, [good, bad]))
         assert _batches(metrics) == (1.0, 2.0), "the two requests should have shared one batch"
         assert isinstance(results[1], InvalidArgument), results
-        assert not isinstance(results[0], Exception), results
-        np.testing.assert_allclose(results[0]["scores"], [[1 * SCALE, 2 * SCALE]])
+        if not isolate:  # TF Serving: every request of the failed batch gets its error
+            assert isinstance(results[0], InvalidArgument), results
+        else:
+            assert not isinstance(results[0], Exception), results
+            np.testing.assert_allclose(results[0]["scores"], [[1 * SCALE, 2 * SCALE]])
         # The batcher keeps serving after a failed batch.
         out = batcher.run(toy, "classify", {"inputs": np.concatenate([good, good])})
         np.testing.assert_allclose(out["scores"], [[1 * SCALE, 2 * SCALE]] * 2)

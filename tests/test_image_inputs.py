@@ -274,11 +274,13 @@ def test_served_results_match_the_export(served, tmp_path: Path):
 
 
 def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_path):
-    """--enable-batching: a bad image or size sharing a batch with a good request fails alone (gRPC and REST)."""
+    """--enable_batching --batching_isolate_failures: a bad image or size sharing a batch with a good request fails
+    alone (gRPC and REST)."""
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 5000000 }\n"
                       "num_batch_threads { value: 1 }\n")
-    server = _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params))
+    server = _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params),
+                    batching_isolate_failures=True)
     rest = RestServer(server.core, server.metrics, "127.0.0.1", 0)
     rest.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")

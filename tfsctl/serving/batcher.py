@@ -127,7 +127,11 @@ class Batcher:
     ``per_model``: read each version's ``batching_params.pbtxt`` (``--enable_per_model_batching_parameters``).
     """
 
-    def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False) -> None:
+    def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False,
+                 isolate_failures: bool = False) -> None:
+        """``isolate_failures`` (tfsctl's opt-in): a batch that fails with INVALID_ARGUMENT is rerun request by
+        request, so only the bad request fails; TF Serving (the default) fails every request of the batch."""
+        self.isolate_failures = isolate_failures
         self.options = BatchOptions.from_params(params)
         self.metrics = metrics
         self.per_model = per_model
@@ -360,7 +364,7 @@ class Batcher:
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
-            if len(tasks) > 1 and isinstance(exc, InvalidArgument):
+            if self.isolate_failures and len(tasks) > 1 and isinstance(exc, InvalidArgument):
                 self._run_each(queue, tasks)  # one request's bad data must not fail its neighbours
                 return
             for t in tasks:

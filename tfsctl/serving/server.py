@@ -104,6 +104,7 @@ class ServerOptions:
     load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
     servable_versions_always_present: bool = False
     retry_failed_versions_on_change: bool = False
+    batching_isolate_failures: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
 
     @classmethod
@@ -273,11 +274,12 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
     )
 
 
-def _make_batcher(settings: LoadSettings, metrics: Any) -> Any:
+def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool = False) -> Any:
     """The Batcher; ``--enable_per_model_batching_parameters`` reads each version's batching_params.pbtxt."""
     from tfsctl.serving.batcher import Batcher
 
-    return Batcher(settings.batching_parameters, metrics, per_model=settings.enable_per_model_batching_params)
+    return Batcher(settings.batching_parameters, metrics, per_model=settings.enable_per_model_batching_params,
+                   isolate_failures=isolate_failures)
 
 
 _HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
@@ -424,7 +426,7 @@ class ModelServer:
             self._gate.gauge = _in_flight_gauge(self.metrics)
             self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
             if settings.enable_batching:
-                self.batcher = _make_batcher(settings, self.metrics)
+                self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
             self.core = ServingCore(self.manager, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check)
             self.manager.apply_config(config)
