@@ -465,6 +465,8 @@ class ModelServer:
         """Block until no initial version is still START/LOADING (or ``timeout``, or a stop request)."""
         from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
+        from tfsctl.core.servable_request import has_available_version
+
         pending = (ModelVersionStatus.START, ModelVersionStatus.LOADING)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -479,7 +481,7 @@ class ModelServer:
             if self._stop_event.wait(_LOAD_POLL_S):
                 return
         failed = [f"{{name: {n} version: {v.version}}} due to error: {v.error}" for n, vs in states.items()
-                  if not any(x.state == ModelVersionStatus.AVAILABLE for x in vs) for v in vs if v.error]
+                  if not has_available_version(vs) for v in vs if v.error]
         if failed:  # as ServerCore::Create: the server does not start (tensorflow_model_server exits)
             raise Unknown(f"{len(failed)} model(s) did not become available: {'; '.join(failed)}")
 
