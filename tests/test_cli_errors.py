@@ -105,17 +105,18 @@ def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
 
     from tfsctl.cli import app
     from tfsctl.serving.server import ModelServer, ServerOptions
-    from tfsctl.testing import write_toy_model
 
     base = tmp_path / "m[b]"
-    write_toy_model(base, 1)
-    (base / "2").mkdir()
-    (base / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    base.mkdir()  # no version yet: a start whose every model failed stops, as tensorflow_model_server
     server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="m",
                                        model_base_path=str(base), file_system_poll_wait_seconds=0.1,
                                        max_num_load_retries=0))
     server.start()
     try:
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        (staged / "saved_model.pb").write_bytes(b"not a SavedModel")
+        staged.rename(base / "2")  # a corrupt version arrives once the server runs
         deadline = time.monotonic() + 60
         while not any(s.error for s in server.manager.version_states("m")):
             assert time.monotonic() < deadline, server.manager.version_states("m")
