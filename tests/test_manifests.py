@@ -243,12 +243,9 @@ def test_deployment_probes_ports_metrics_and_shutdown():
 
 def test_every_flag_in_the_manifests_is_a_tfsctl_serve_flag():
     """The args given to the container must be options `tfsctl serve` knows (snake_case as TF Serving)."""
-    import typer.main
+    from tfsctl.serving.flags import BY_NAME  # serve parses its own flags (tensorflow_model_server's syntax)
 
-    from tfsctl.cli import app
-
-    command = typer.main.get_command(app).commands["serve"]
-    known = {opt for p in command.params for opt in p.opts}
+    known = {"--" + name for name in BY_NAME}
     deployment = next(d for d in _docs("k8s") if d["kind"] == "Deployment")
     runtime = _docs("kserve")[0]
     flags = [a.split("=")[0] for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]]
