@@ -10,8 +10,9 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import numpy as np
 from tensorflow_serving.apis import (
@@ -148,27 +149,21 @@ class ServingCore:
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
         """TF Serving's RunClassify on the version the request's ModelSpec resolves to."""
-        size = request.input.ByteSize()
-        try:
-            with self._handle(request.model_spec) as servable:
-                name, result = inference.run_classify(
-                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
-                    max_bytes=self.max_request_bytes)
-                return classification_pb2.ClassificationResponse(
-                    model_spec=make_model_spec(servable.name, servable.version, name), result=result)
-        finally:
-            self._trim_after(size)
+        return self._on_examples(request, inference.run_classify, classification_pb2.ClassificationResponse)
 
     def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
         """TF Serving's RunRegress on the version the request's ModelSpec resolves to."""
+        return self._on_examples(request, inference.run_regress, regression_pb2.RegressionResponse)
+
+    def _on_examples(self, request: Any, run: Callable[..., tuple[str, Any]], response_type: type) -> Any:
+        """Classify and Regress alike: one held version, TF Serving's rules in ``run``, memory trimmed after."""
         size = request.input.ByteSize()
         try:
             with self._handle(request.model_spec) as servable:
-                name, result = inference.run_regress(
-                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
-                    max_bytes=self.max_request_bytes)
-                return regression_pb2.RegressionResponse(
-                    model_spec=make_model_spec(servable.name, servable.version, name), result=result)
+                name, result = run(servable, request, run=self._run,
+                                   method_check=self.enable_signature_method_name_check,
+                                   max_bytes=self.max_request_bytes)
+                return response_type(model_spec=make_model_spec(servable.name, servable.version, name), result=result)
         finally:
             self._trim_after(size)
 
