@@ -111,6 +111,16 @@ def test_bad_output_filter(servable: Servable) -> None:
         servable.run("", {"x": X}, ["y", "y"])
 
 
+def test_a_filter_naming_every_output_reuses_the_warm_callable(servable: Servable) -> None:
+    """A client's output_filter listing all outputs (tfsctl predict asks for segmentation_map, DeepLab's only one)
+    runs on the callable warmup built for "all outputs": a new one costs about a second on DeepLab."""
+    everything = servable.run("", {"x": X})
+    before = dict(servable._runners)
+    out = servable.run("", {"x": X}, ["y"])
+    np.testing.assert_allclose(out["y"], everything["y"])
+    assert servable._runners == before
+
+
 def test_runtime_invalid_argument(servable: Servable) -> None:
     with pytest.raises(InvalidArgument, match="signature 'classify': .*Could not parse example input"):
         servable.run("classify", {"inputs": np.array([b"not an example"], dtype=object)})
