@@ -76,11 +76,12 @@ def release(fifo: Path, data: bytes = b"done", timeout: float = 30.0) -> None:
     os.close(fd)
 
 
-def http_call(port: int, method: str, path: str, body: object = None, headers: dict | None = None
-              ) -> tuple[int, dict, bytes]:
+def http_call(port: int, method: str, path: str, body: object = None, headers: dict | None = None,
+              raw: bytes | None = None) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers or {})
+        data = raw if raw is not None else json.dumps(body) if body is not None else None
+        conn.request(method, path, body=data, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -184,6 +185,28 @@ def test_a_stalled_body_gets_408(rest):
         s.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"instan")
         s.settimeout(10)
         assert s.recv(65536).startswith(b"HTTP/1.1 408")
+
+
+def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
+    """One large body holds the in-flight body budget while it uploads: a second large one waits for room and gets
+    503 when none comes; small bodies pass meanwhile; once the first is done, a large body is served again."""
+    server = rest(max_inflight_body_bytes=500_000, body_timeout=4.0, timeout_ms=500)
+    large = json.dumps({"instances": X * 20_000}).encode()
+    assert 256 * 1024 < len(large) <= 500_000
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stalled.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(large) + large[:1000])  # the rest never comes
+    assert wait_for(lambda: server._inflight_body_bytes == len(large))
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", raw=large)
+    assert status == 503 and b"busy with other large request bodies" in reply, reply
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", {"instances": X})
+    assert status == 200, reply
+    stalled.settimeout(10)
+    assert stalled.recv(65536).startswith(b"HTTP/1.1 408")  # the stalled body times out; its room is given back
+    stalled.close()
+    assert wait_for(lambda: server._inflight_body_bytes == 0)
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", raw=large)
+    assert status == 200 and len(json.loads(reply)["predictions"]) == 20_000
 
 
 def test_connections_beyond_the_cap_get_503_at_once(rest):

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 # A 1080p RGB image as JSON numbers is ~40-60 MB of text; 128 MiB leaves room and still bounds memory.
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
+_SMALL_BODY = 256 * 1024  # bodies up to this size skip the in-flight byte budget
 DEFAULT_WORKERS = 64
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
@@ -204,6 +205,7 @@ class RestServer:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         max_connections: int | None = None,
         reuse_port: bool = False,
+        max_inflight_body_bytes: int | None = None,
     ) -> None:
         self.timeout_ms = timeout_ms
         self.reuse_port = reuse_port  # SO_REUSEPORT: several worker processes share the port (serve --workers)
@@ -215,6 +217,12 @@ class RestServer:
         self.port = port
         self.metrics_path = metrics_path
         self.max_body_bytes = max_body_bytes
+        # Request bodies being read or decoded at once, in bytes: JSON decoding holds about ten times a body in
+        # Python objects, so concurrent large bodies wait for room instead of multiplying that. Small bodies
+        # (under _SMALL_BODY) never wait. Default: one largest body.
+        self.max_inflight_body_bytes = max(max_inflight_body_bytes or max_body_bytes, _SMALL_BODY)
+        self._inflight_body_bytes = 0  # event-loop thread only
+        self._body_waiters: list[asyncio.Future] = []
         self.shutdown_timeout = shutdown_timeout
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -382,20 +390,8 @@ class RestServer:
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
-            body = await self._read_body(request) if request.method == "POST" else b""
-            handler = getattr(self, f"_do_{verb}")
-            timed = verb in ("predict", "classify", "regress") and self.timeout_ms > 0
-            call = self._in_pool(handler, name, version, label, body)
-            if timed:
-                try:
-                    async with asyncio.timeout(self.timeout_ms / 1000):  # no extra task, unlike wait_for
-                        encoded = await call
-                except TimeoutError:
-                    raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
-                                          f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",
-                                     "DEADLINE_EXCEEDED") from None
-            else:
-                encoded = await call
+            reserved = await self._reserve_body(request) if request.method == "POST" else 0
+            encoded = await self._handle(request, verb, name, version, label, reserved)
             status, code = 200, "OK"
         except ServingError as e:
             status, encoded, code = e.http_status, json_codec.encode_error(e.message), e.grpc_code.name
@@ -414,6 +410,66 @@ class RestServer:
         if status in (408, 413):
             response.force_close()
         return response
+
+    async def _reserve_body(self, request: web.Request) -> int:
+        """Wait for room in the in-flight body budget for a large body (see ``max_inflight_body_bytes``), at most
+        ``timeout_ms``; returns the bytes reserved. A body without Content-Length reserves the largest one."""
+        size = request.content_length
+        if size is not None and size > self.max_body_bytes:
+            raise _HttpError(413, self._too_large(size), "RESOURCE_EXHAUSTED")
+        need = self.max_body_bytes if size is None else size
+        if need <= _SMALL_BODY:
+            return 0
+        need = min(need, self.max_inflight_body_bytes)
+        deadline = time.monotonic() + (self.timeout_ms / 1000 if self.timeout_ms > 0 else self.body_timeout)
+        while self._inflight_body_bytes + need > self.max_inflight_body_bytes:
+            room = asyncio.get_running_loop().create_future()
+            self._body_waiters.append(room)
+            try:
+                await asyncio.wait_for(room, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise _HttpError(503, "the server is busy with other large request bodies; retry later",
+                                 "UNAVAILABLE") from None
+            finally:
+                if room in self._body_waiters:
+                    self._body_waiters.remove(room)
+        self._inflight_body_bytes += need
+        return need
+
+    def _release_body(self, reserved: int) -> None:
+        """Give ``reserved`` bytes back and wake every waiter (event-loop thread only)."""
+        if reserved:
+            self._inflight_body_bytes -= reserved
+            waiters, self._body_waiters = self._body_waiters, []
+            for room in waiters:
+                if not room.done():
+                    room.set_result(None)
+
+    async def _handle(self, request: web.Request, verb: str, name: str, version: str | None,
+                      label: str | None, reserved: int = 0) -> bytes:
+        """Read the body, run the handler in the pool (bounded by ``timeout_ms``), return the encoded reply.
+
+        The ``reserved`` body bytes go back when the pool thread is done with the body: after a 504 the thread
+        may still hold it, so the release follows the thread, not the reply."""
+        loop = asyncio.get_running_loop()
+        try:
+            body = await self._read_body(request) if request.method == "POST" else b""
+            work = self._executor.submit(getattr(self, f"_do_{verb}"), name, version, label, body)
+        except BaseException:
+            self._release_body(reserved)
+            raise
+        if reserved:
+            work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_body, reserved))
+        call = asyncio.wrap_future(work)
+        if not (verb in ("predict", "classify", "regress") and self.timeout_ms > 0):
+            return await call
+        try:
+            async with asyncio.timeout(self.timeout_ms / 1000):  # no extra task, unlike wait_for
+                return await call
+        except TimeoutError:
+            raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
+                                  f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",
+                             "DEADLINE_EXCEEDED") from None
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole (decoded) body, bounded in size and in time without progress."""
