@@ -13,6 +13,7 @@ columns.
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,7 +240,7 @@ def help_text(width: int = 80) -> str:
                 lines.append(f"{left}  {text}")
             else:
                 lines.append(left)
-                lines.append(f"{'':6}{text}"[:width])
+                lines.extend(textwrap.wrap(text, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
         lines.append("")
     lines.append("  -h, --help  show this message and exit")
     return "\n".join(lines)

@@ -428,7 +428,8 @@ class ModelServer:
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
             self.core = ServingCore(self.manager, self.batcher,
-                                    enable_signature_method_name_check=opts.enable_signature_method_name_check)
+                                    enable_signature_method_name_check=opts.enable_signature_method_name_check,
+                                    max_request_bytes=int(opts.grpc_max_message_bytes))
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -439,20 +440,21 @@ class ModelServer:
         except BaseException:
             self._abort_start()
             raise
-        if self._stop_event.is_set():
-            return  # stopped while loading: the ports never open
         if opts.flush_filesystem_caches:
             _malloc_trim()
-        try:
-            self._start_grpc(credentials)
-            if opts.rest_api_port > 0:
-                if opts.rest_api_port == opts.port:  # as tensorflow_model_server: logged, REST skipped
-                    log.error("--rest_api_port cannot be the same as --port; REST is not started")
-                else:
-                    self._start_rest()
-        except BaseException:
-            self._abort_start()
-            raise
+        with self._stop_lock:  # a stop() from another thread either comes first (no ports) or sees them open
+            if self._stop_event.is_set():
+                return  # stopped while loading: the ports never open
+            try:
+                self._start_grpc(credentials)
+                if opts.rest_api_port > 0:
+                    if opts.rest_api_port == opts.port:  # as tensorflow_model_server: logged, REST skipped
+                        log.error("--rest_api_port cannot be the same as --port; REST is not started")
+                    else:
+                        self._start_rest()
+            except BaseException:
+                self._abort_start()
+                raise
         self._spawn(self._health_loop, "tfsctl-health")
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._spawn(self._config_loop, "tfsctl-config-poll")

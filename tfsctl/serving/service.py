@@ -9,7 +9,6 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tfsctl.core import inference
+from tfsctl.core import inference, storage
 from tfsctl.core.examples import DEFAULT_MAX_BYTES
 from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
 from tfsctl.core.protocols import ServableManager, SignatureRunner
@@ -250,7 +249,7 @@ class ServingCore:
             return ""
         for mc in configs:
             if mc.name == name:
-                if not os.path.isdir(mc.base_path):
+                if not storage.isdir(mc.base_path):
                     return f" (base path {mc.base_path} does not exist)"
                 return f" (no version directory under base path {mc.base_path} that its version policy selects)"
         return ""
