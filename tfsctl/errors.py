@@ -68,7 +68,7 @@ class FailedPrecondition(ServingError):
 
 
 class ResourceExhausted(ServingError):
-    """Batch queue full or message too large (RESOURCE_EXHAUSTED / 429)."""
+    """A message or body too large (RESOURCE_EXHAUSTED / 429)."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

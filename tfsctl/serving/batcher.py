@@ -15,15 +15,15 @@ Semantics (TF Serving's, with its defaults; the knobs and their checks are :clas
   ``max_batch_size``) is split instead: its first part fills what is left of the open batch, the rest goes in chunks of
   ``max_execution_batch_size``, and the outputs are concatenated again.
 - At most ``max_enqueued_batches`` batches wait per queue; a request that does not fit is refused at once with
-  RESOURCE_EXHAUSTED (HTTP 429; TF Serving answers UNAVAILABLE) instead of growing without bound.
+  UNAVAILABLE (HTTP 503), as TF Serving's batch scheduler, instead of growing without bound.
 - ``allowed_batch_sizes``: a batch is padded up to the next allowed size by repeating its last row; the padding rows
   are dropped from the outputs.
 - ``pad_variable_length_inputs``: requests whose inputs differ only in dimensions the signature declares variable
   (``-1``) share a queue; each input is zero-padded (``b""`` for strings) to the largest size in the batch. As in
   TF Serving, outputs are only split along dimension 0, never cropped.
-- Each request is validated against the signature before it is queued. When a batch of several requests fails with
-  INVALID_ARGUMENT (data that passed validation but fails in the graph), each request is run again on its own, so
-  only the bad one gets the error (TF Serving fails the whole batch). Any other batch error reaches every request.
+- Each request is validated against the signature before it is queued. A batch error reaches every request in it,
+  as in TF Serving; with ``isolate_failures`` (``--batching_isolate_failures``) a batch of several requests that
+  fails with INVALID_ARGUMENT is run again request by request, so only the bad one gets the error.
 - Requests that cannot be batched (scalar inputs, inputs whose dimension 0 differs, a signature whose dimension 0 is
   fixed, an empty batch) run directly, unbatched.
 
