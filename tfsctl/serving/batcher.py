@@ -48,6 +48,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -195,6 +196,9 @@ class Batcher:
         try:
             parts = [t.future.result() for t in tasks]
         finally:
+            # Every part of a split request is in flight until it ran, even after another part failed: the
+            # count must not drop while parts still sit in a queue (the lone-request path reads it as "idle").
+            futures_wait([t.future for t in tasks])
             with self._cond:
                 self._in_flight -= len(tasks)
         if len(parts) == 1:
