@@ -93,7 +93,7 @@ FLAGS: tuple[Flag, ...] = (
          "Classify/Regress need the signature's method name"),
     Flag("xla_cpu_compilation_enabled", "bool", False, "XLA:CPU JIT (tfsctl never disables XLA)"),
     Flag("xla_gpu_compilation_enabled", "bool", False, "XLA:GPU JIT (tfsctl never disables XLA)"),
-    Flag("enable_profiler", "bool", True, "accepted; tfsctl has no ProfilerService either way"),
+    Flag("enable_profiler", "bool", True, "tensorflow.ProfilerService on the gRPC port"),
     Flag("thread_pool_factory_config_file", "str", "", "ThreadPoolConfig text proto",
          cannot="C++ thread pool factories do not exist here"),
     Flag("mixed_precision", "str", "", "mixed precision mode", cannot="load-time mixed precision is not supported"),

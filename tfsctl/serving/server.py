@@ -512,6 +512,10 @@ class ModelServer:
 
             for name in ("ModelService", "PredictionService"):
                 self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if opts.enable_profiler:  # TF Serving's ProfilerService, relayed to TensorFlow's profiler on first use
+            from tfsctl.serving.profiler import add_profiler_service
+
+            add_profiler_service(server)
         addresses = []
         if opts.port != 0 or not opts.grpc_socket_path:
             addresses.append(_address(opts.host, opts.port))
