@@ -14,6 +14,8 @@ times through the same request-core functions as live requests (:mod:`tfsctl.cor
 from __future__ import annotations
 
 import gc
+import importlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -78,6 +80,31 @@ class LoadOptions:
         if self.per_process_gpu_memory_fraction > 0:
             config.gpu_options.per_process_gpu_memory_fraction = self.per_process_gpu_memory_fraction
         return config
+
+log = logging.getLogger(__name__)
+
+
+# Op libraries tensorflow_model_server links in, by the prefix their op names carry in a graph.
+_OP_LIBRARIES = {"TFText>": "tensorflow_text"}
+_registered: set[str] = set()
+
+
+def register_op_libraries(error: str) -> bool:
+    """Import the op library an "Op type not registered" error names (tensorflow_text for ``TFText>`` ops, which
+    TF Serving's binary includes); True when one was newly imported, so loading again can succeed."""
+    if "Op type not registered" not in error:
+        return False
+    imported = False
+    for prefix, module in _OP_LIBRARIES.items():
+        if prefix in error and module not in _registered:
+            _registered.add(module)
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                log.warning("the model needs %s ops: pip install %s", module, module.replace("_", "-"))
+                continue
+            imported = True
+    return imported
 
 
 class Loader:
@@ -157,15 +184,19 @@ class Loader:
         import tensorflow as tf
         from tensorflow.python.util import deprecation
 
-        graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph, config=config)
-        try:
-            with graph.as_default(), deprecation.silence():  # the v1 loader is the SavedModelBundle path
-                tf.compat.v1.saved_model.loader.load(session, tags, str(self.path))
-        except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
-            session.close()
-            raise LoadError(f"{self._where}: TensorFlow could not load it: {type(e).__name__}: {_short(e)}"
-                            ) from None
+        for attempt in (1, 2):
+            graph = tf.Graph()
+            session = tf.compat.v1.Session(graph=graph, config=config)
+            try:
+                with graph.as_default(), deprecation.silence():  # the v1 loader is the SavedModelBundle path
+                    tf.compat.v1.saved_model.loader.load(session, tags, str(self.path))
+                break
+            except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
+                session.close()
+                if attempt == 1 and register_op_libraries(str(e)):
+                    continue  # the ops the graph needs are registered now: load again
+                raise LoadError(f"{self._where}: TensorFlow could not load it: {type(e).__name__}: {_short(e)}"
+                                ) from None
         graph.finalize()  # the request path never adds ops; a finalized graph makes that a bug, not a leak
         return session
 
