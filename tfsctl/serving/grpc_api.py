@@ -39,7 +39,6 @@ HEALTH_SERVICE = health.SERVICE_NAME
 # A decoded input may not exceed what one maximal gRPC message could carry in tensor_content.
 DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
 # Metric label for requests naming a model that is not configured.
-UNKNOWN_MODEL_LABEL = "<unknown>"
 
 
 class ServicerBase:
@@ -70,17 +69,10 @@ class ServicerBase:
             if self.metrics is not None:
                 seconds = time.perf_counter() - start
                 code = error.grpc_code.name if error is not None else "OK"
-                if error is not None and model_name and model_name not in self._known_models():
-                    model_name = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
-                self.metrics.observe_request(model_name, api, code, seconds)
+                label = self.core.metric_model_label(model_name, error is None)
+                self.metrics.observe_request(label, api, code, seconds)
         context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-    def _known_models(self) -> set[str]:
-        try:
-            return set(self.core.model_names())
-        except Exception:  # noqa: BLE001 - metrics must not fail a request
-            return set()
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, ServicerBase):

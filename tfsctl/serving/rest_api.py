@@ -63,7 +63,6 @@ DEFAULT_WORKERS = 64
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 DEFAULT_BODY_TIMEOUT = 60.0
-UNKNOWN_MODEL_LABEL = "<unknown>"  # metric label for requests naming a model that is not configured (as gRPC)
 
 # TF Serving's kPredictionApiGegex and kModelStatusApiRegex (http_rest_api_util.cc), matched in full.
 _PREDICT_PATH = re.compile(
@@ -402,9 +401,7 @@ class RestServer:
             status, code = 500, "INTERNAL"
             encoded = json_codec.encode_error(f"internal error: {type(e).__name__}: {e}")
         if self.metrics is not None:
-            model = name
-            if code != "OK" and name not in self._known_models():
-                model = UNKNOWN_MODEL_LABEL  # clients must not grow the metric label set without bound
+            model = self.core.metric_model_label(name, code == "OK")
             self.metrics.observe_request(model, api, code, time.perf_counter() - start)
         response = self._reply(status, encoded)
         if status in (408, 413):
@@ -492,12 +489,6 @@ class RestServer:
             detail = " ".join(str(e).split())
             raise InvalidArgument(f"cannot read the request body: {detail}") from None
         return b"".join(chunks)
-
-    def _known_models(self) -> set[str]:
-        try:
-            return set(self.core.model_names())
-        except Exception:  # noqa: BLE001 - metrics must not fail a request
-            return set()
 
     def _too_large(self, size: int | None) -> str:
         got = f" ({size} bytes)" if size is not None else ""

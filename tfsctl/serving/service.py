@@ -56,6 +56,9 @@ def make_model_spec(name: str, version: int, signature_name: str | None = None) 
     return spec
 
 
+UNKNOWN_MODEL_LABEL = "<unknown>"
+
+
 class ServingCore:
     """The request core of both front ends: resolves ModelSpecs against the manager and runs
     :mod:`tfsctl.core.inference` on the held version (through the batcher when there is one); also answers
@@ -186,6 +189,17 @@ class ServingCore:
     def model_names(self) -> list[str]:
         """The models configured now, sorted."""
         return self.manager.model_names()
+
+    def metric_model_label(self, name: str, ok: bool) -> str:
+        """The model label a request is counted under: a failed request naming a model that is not configured
+        counts as ``<unknown>``, so clients cannot grow the metric label set without bound (gRPC and REST alike)."""
+        if ok or not name:
+            return name
+        try:
+            known = name in self.manager.model_names()
+        except Exception:  # noqa: BLE001 - metrics must not fail a request
+            known = False
+        return name if known else UNKNOWN_MODEL_LABEL
 
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version (REST's /v1/health/ready, gRPC health "")."""
