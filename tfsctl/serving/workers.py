@@ -22,6 +22,7 @@ briefly serve different versions, exactly as two TF Serving replicas behind a lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 5
 _REPORT_PERIOD_S = 0.05
 _RELOAD_TIMEOUT_S = 3600.0
+_RESIGNAL_S = 1.0
 
 
 # --- supervisor ------------------------------------------------------------------------------------------------
@@ -179,11 +181,18 @@ class Supervisor:
     def stop(self) -> int:
         """SIGTERM every worker, wait for them (grace + unload time), kill stragglers; 0 when all exited 0."""
         self._stop.set()
-        for w in self._workers.values():
-            if w.process.is_alive():
-                os.kill(w.process.pid, signal.SIGTERM)
-        code = 0
         deadline = time.monotonic() + self.grace + 60
+        # Repeat the SIGTERM until each worker exits: one still between fork and exec, or still in interpreter
+        # start-up, may lose the first (a worker already stopping takes a repeat as the same request).
+        while time.monotonic() < deadline:
+            alive = [w for w in self._workers.values() if w.process.is_alive()]
+            if not alive:
+                break
+            for w in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.process.pid, signal.SIGTERM)
+            wait([w.process.sentinel for w in alive], min(_RESIGNAL_S, max(0.0, deadline - time.monotonic())))
+        code = 0
         for w in self._workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
@@ -191,6 +200,8 @@ class Supervisor:
                 w.process.kill()
                 w.process.join(5)
                 code = 1
+            elif w.process.exitcode == -signal.SIGTERM and not w.started:
+                pass  # ended by the stop's SIGTERM before it could install its handlers: nothing was served
             elif w.process.exitcode != 0:
                 log.error("worker %d (pid %s) exited with code %s", w.index, w.process.pid, w.process.exitcode)
                 code = 1
@@ -455,11 +466,24 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfsctl.serving.server import ModelServer
 
-    for sig in (signal.SIGTERM, signal.SIGINT):  # what serve_forever restores when it returns: ignore late signals
-        signal.signal(sig, lambda *_: None)
+    # Until serve_forever installs its own handlers (and again after it restores these), a SIGTERM/SIGINT is a
+    # request to stop: the supervisor may be stopping while this worker still starts (e.g. just restarted).
+    requested = threading.Event()
+    servers: list[Any] = []
+
+    def on_early_signal(_signum: int, _frame: Any) -> None:
+        requested.set()
+        for srv in servers:
+            srv._stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_early_signal)
     link = _Link(conn)
     link.install()
     server = ModelServer(options)
+    servers.append(server)
+    if requested.is_set():
+        server._stop_event.set()  # start() sees it and stops before binding; serve_forever returns 0
     stop = threading.Event()
 
     def on_started(srv: Any) -> None:
