@@ -315,3 +315,71 @@ def test_method_name_check_on_predict(servable: Servable) -> None:
     assert inference.run_predict(other, req)[1]["y"].tolist() == (X * 2).tolist()  # check off: runs
     with pytest.raises(Internal, match="Expected prediction signature method_name to be one of"):
         inference.run_predict(other, req, method_check=True)
+
+
+def _write_matmul_model(export_dir: Path, size: int, depth: int) -> Path:
+    """A TF1 SavedModel whose step is ``depth`` [n,size]x[size,size] matmuls: slow for a large ``size``."""
+    import tensorflow as tf
+    from tensorflow.python.util import deprecation
+
+    v1 = tf.compat.v1
+    with deprecation.silence(), tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        x = v1.placeholder(tf.float32, [None, size], name="x")
+        w = v1.Variable(np.full((size, size), 1.0 / size, np.float32), name="w")
+        y = x
+        for _ in range(depth):
+            y = tf.matmul(y, w)
+        sess.run(v1.global_variables_initializer())
+        info = v1.saved_model.utils.build_tensor_info
+        builder = v1.saved_model.builder.SavedModelBuilder(str(export_dir))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": v1.saved_model.signature_def_utils.build_signature_def(
+                {"x": info(x)}, {"y": info(tf.identity(y, name="y"))}, PREDICT_METHOD)})
+        builder.save()
+    return export_dir
+
+
+def _runner_of(servable: Servable):
+    (runner,) = servable._runners.values()
+    return runner
+
+
+def test_short_steps_move_to_the_callers_thread_and_long_ones_stay_pooled(tmp_path: Path) -> None:
+    """A toy step (microseconds) runs in the caller's thread after a few calls, with the same results; a step of
+    milliseconds keeps TF's inter-op pool; an explicit inter-op setting in the session config turns it off."""
+    from tensorflow.core.protobuf import config_pb2
+
+    from tfsctl.core.loader import LoadOptions
+
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    toy = write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    loader = Loader("toy", 1, toy, options=LoadOptions(enable_model_warmup=False))
+    small = loader.load()
+    try:
+        for _ in range(12):
+            np.testing.assert_allclose(small.run("", {"x": x})["y"], x * 2.0)
+        assert _runner_of(small).inline
+        np.testing.assert_allclose(small.run("", {"x": x})["y"], x * 2.0)
+    finally:
+        loader.unload()
+
+    config = config_pb2.ConfigProto(inter_op_parallelism_threads=2).SerializeToString()
+    loader = Loader("toy", 1, toy, options=LoadOptions(enable_model_warmup=False, session_config=config))
+    pinned = loader.load()
+    try:
+        for _ in range(12):
+            pinned.run("", {"x": x})
+        assert not _runner_of(pinned).inline
+    finally:
+        loader.unload()
+
+    big = _write_matmul_model(tmp_path / "big" / "1", 1024, 4)
+    loader = Loader("big", 1, big, options=LoadOptions(enable_model_warmup=False))
+    slow = loader.load()
+    try:
+        ones = np.ones((64, 1024), np.float32)
+        for _ in range(12):
+            np.testing.assert_allclose(slow.run("", {"x": ones})["y"], ones, rtol=1e-4)
+        assert not _runner_of(slow).inline
+    finally:
+        loader.unload()

@@ -67,6 +67,13 @@ class LoadOptions:
     num_request_iterations_for_warmup: int = 1
     enable_signature_method_name_check: bool = False
 
+    def inline_short_steps(self) -> bool:
+        """Whether short steps may run in the caller's thread (see :mod:`tfsctl.core.servable`): only when the session
+        config leaves the inter-op threads to TF (no explicit count, pools or per-session threads)."""
+        config = self.config_proto()
+        return (config.inter_op_parallelism_threads == 0 and not config.session_inter_op_thread_pool
+                and not config.use_per_session_threads)
+
     def config_proto(self):
         """The session's ConfigProto: ``session_config`` with the parallelism and GPU overrides applied."""
         from tensorflow.core.protobuf import config_pb2
@@ -160,7 +167,8 @@ class Loader:
         except Exception as e:  # noqa: BLE001 - unparsable session_config bytes
             raise LoadError(f"{self._where}: invalid session config: {_short(e)}") from None
         session = self._open_session(sorted(tags), config)
-        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session)
+        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session,
+                            inline_short_steps=self.options.inline_short_steps())
         del proto, meta_graph  # the graph lives in the session; keep only the SignatureDefs
         try:
             count = self._warmup(servable) if self.options.enable_model_warmup else 0
