@@ -45,11 +45,22 @@ class Metrics:
             "tfserving_model_event_seconds", "Time taken to load or unload a servable version.",
             ["model_name", "event"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, str], tuple] = {}
 
     def observe_request(self, model_name: str, api: str, status: str, seconds: float) -> None:
-        """One finished request; ``api`` e.g. "grpc_predict" / "rest_predict", ``status`` a gRPC code name."""
-        self.request_count.labels(model_name, api, status).inc()
-        self.request_latency.labels(model_name, api).observe(seconds)
+        """One finished request; ``api`` e.g. "grpc_predict" / "rest_predict", ``status`` a gRPC code name.
+
+        The labelled children are cached: prometheus_client's ``labels()`` lookup costs more than the update, on
+        every request. The labels are bounded (configured model names or "<unknown>", APIs, status codes).
+        """
+        key = (model_name, api, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.request_count.labels(model_name, api, status),
+                        self.request_latency.labels(model_name, api))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, model_name: str, size: int, queue_seconds: list[float]) -> None:
         """One executed batch and the queue wait of each request in it."""
