@@ -71,7 +71,6 @@ def decode_inputs(servable: Servable, spec: SignatureSpec, protos: Mapping[str, 
     """
     keys = list(protos)  # a protobuf map's own iterator; its items() view is the slow generic one
     servable.check_input_keys(spec, set(keys))
-    where = _where(servable, spec.name)
     entries = []
     total, biggest, most = 0, "", -1
     for key in keys:
@@ -79,22 +78,23 @@ def decode_inputs(servable: Servable, spec: SignatureSpec, protos: Mapping[str, 
         try:
             head = header(proto, key)
         except InvalidArgument as e:
-            raise InvalidArgument(f"{where}: {e.message}") from None
+            raise InvalidArgument(f"{_where(servable, spec.name)}: {e.message}") from None
         entries.append((key, proto, head))
         total += head[2]
         if head[2] > most:
             biggest, most = key, head[2]
     if max_bytes is not None and total > max_bytes:
         raise InvalidArgument(
-            f"{where}: the inputs need {total} bytes once decoded (input '{capped_names([biggest], 1)}' {most} "
-            f"bytes), more than the {max_bytes} bytes allowed for a request"
+            f"{_where(servable, spec.name)}: the inputs need {total} bytes once decoded "
+            f"(input '{capped_names([biggest], 1)}' {most} bytes), more than the {max_bytes} bytes allowed for a "
+            "request"
         )
     out = {}
     for key, proto, head in entries:
         try:
             out[key] = to_numpy(proto, key, checked=head)
         except InvalidArgument as e:
-            raise InvalidArgument(f"{where}: {e.message}") from None
+            raise InvalidArgument(f"{_where(servable, spec.name)}: {e.message}") from None
     return out
 
 

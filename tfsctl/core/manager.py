@@ -22,13 +22,12 @@ The Manager knows the served models and their labels but not the config file: :m
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +103,25 @@ class _Model:
         self.versions: dict[int, _Version] = {}
         self.labels: dict[str, int] = {}
         self.removed = False
+
+
+class _Handle:
+    """What :meth:`Manager.handle` returns: acquires on enter, releases on exit."""
+
+    __slots__ = ("_manager", "_name", "_version", "_label", "_held")
+
+    def __init__(self, manager: Manager, name: str, version: int | None, label: str | None) -> None:
+        self._manager, self._name, self._version, self._label = manager, name, version, label
+        self._held: tuple[_Model, _Version] | None = None
+
+    def __enter__(self) -> Servable:
+        self._held = self._manager._acquire(self._name, self._version, self._label)
+        return self._held[1].servable  # type: ignore[return-value]
+
+    def __exit__(self, *_exc: object) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._manager._release(*held)
 
 
 class Manager:
@@ -331,17 +349,18 @@ class Manager:
 
     # --- handles ---
 
-    @contextlib.contextmanager
-    def handle(self, name: str, version: int | None = None, label: str | None = None) -> Iterator[Servable]:
-        """The Servable for a request, held (not unloadable) for the ``with`` block: TF Serving's ServableHandle."""
-        model, rec = self._acquire(name, version, label)
-        try:
-            yield rec.servable  # type: ignore[misc]
-        finally:
-            with self._lock:
-                rec.refs -= 1
-                if rec.refs == 0 and rec.unload_pending:
-                    self._submit_unload(model, rec)
+    def handle(self, name: str, version: int | None = None, label: str | None = None) -> _Handle:
+        """The Servable for a request, held (not unloadable) for the ``with`` block: TF Serving's ServableHandle.
+
+        The version is resolved and held when the ``with`` block is entered (a plain class, not a generator
+        context manager: this runs on every request)."""
+        return _Handle(self, name, version, label)
+
+    def _release(self, model: _Model, rec: _Version) -> None:
+        with self._lock:
+            rec.refs -= 1
+            if rec.refs == 0 and rec.unload_pending:
+                self._submit_unload(model, rec)
 
     def _acquire(self, name: str, version: int | None, label: str | None) -> tuple[_Model, _Version]:
         with self._lock:
