@@ -10,6 +10,7 @@ The grpc.health.v1 service and server reflection are registered beside them by :
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -41,19 +42,71 @@ DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
 # Metric label for requests naming a model that is not configured.
 
 
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class RequestGate:
+    """Counts the TF Serving RPCs in flight and, once the server drains, has new ones answered UNAVAILABLE.
+
+    gRPC's own shutdown cancels RPCs it has accepted but not yet handed to a servicer (the client sees CANCELLED).
+    Draining first, with the server still up, lets every RPC that arrives during the grace period be answered
+    UNAVAILABLE (retryable elsewhere) while the ones already running finish. The servicers pass through it in
+    :meth:`ServicerBase._call` (no interceptor: that would cost a Python wrapper per RPC).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._draining = False
+        self.gauge: Any = None  # prometheus Gauge of the RPCs in flight, once the server has its metrics
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self) -> bool:
+        """Count one more RPC; False (not counted) once draining."""
+        with self._cond:
+            if self._draining:
+                return False
+            self._in_flight += 1
+            if self.gauge is not None:
+                self.gauge.set(self._in_flight)
+            return True
+
+    def exit(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if self.gauge is not None:
+                self.gauge.set(self._in_flight)
+            if self._in_flight == 0 and self._draining:
+                self._cond.notify_all()
+
+    def drain(self, timeout: float | None) -> bool:
+        """Refuse new RPCs from now on; wait (up to ``timeout``) until none is in flight. True if none is."""
+        with self._cond:
+            self._draining = True
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+
 class ServicerBase:
     """What both servicers share: the request core, the reply encoding and :meth:`_call`, which turns errors into
     gRPC statuses and counts request metrics."""
 
     def __init__(self, core: ServingCore, metrics: Any = None, *,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False) -> None:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
+                 gate: RequestGate | None = None) -> None:
         self.core = core
         self.metrics = metrics
+        self.gate = gate
         self.max_tensor_bytes = max_tensor_bytes
         self._encode = as_proto_content if tensor_content else as_proto_field
 
     def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         """Run ``fn``; map errors to a gRPC status (the only place that does) and record the request metric."""
+        gate = self.gate
+        if gate is not None and not gate.enter():
+            context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         start = time.perf_counter()
         error: ServingError | None = None
         try:
@@ -71,6 +124,8 @@ class ServicerBase:
                 code = error.grpc_code.name if error is not None else "OK"
                 label = self.core.metric_model_label(model_name, error is None)
                 self.metrics.observe_request(label, api, code, seconds)
+            if gate is not None:
+                gate.exit()
         context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -120,14 +175,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
 
 def add_services(server: grpc.Server, core: ServingCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                 tensor_content: bool = False) -> health.HealthServicer:
+                 tensor_content: bool = False, gate: RequestGate | None = None) -> health.HealthServicer:
     """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
 
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
     """
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes, tensor_content=tensor_content), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
+        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes, tensor_content=tensor_content,
+                           gate=gate), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics, gate=gate), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -283,64 +283,16 @@ def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool =
 
 
 _HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
-_SERVING_METHOD_PREFIX = "/tensorflow.serving."
-SHUTTING_DOWN = "the server is shutting down"
 
 
-class _Gate(grpc.ServerInterceptor):
-    """Counts the TF Serving RPCs in flight and, once the server drains, answers new ones UNAVAILABLE itself.
-
-    gRPC's own shutdown cancels RPCs it has accepted but not yet handed to a servicer (the client sees CANCELLED).
-    Draining first, with the server still up, lets every RPC that arrives during the grace period be answered
-    UNAVAILABLE (retryable elsewhere) by this gate while the ones already running finish.
-    Also hides grpc.health.v1 when ``--enable_grpc_healthcheck_service=false``.
-    """
-
-    def __init__(self, health_enabled: bool = True) -> None:
-        self.health_enabled = health_enabled
-        self._cond = threading.Condition()
-        self._in_flight = 0
-        self._draining = False
-        self.gauge: Any = None  # prometheus Gauge of the RPCs in flight, once the server has its metrics
-
-    def _count(self, delta: int) -> None:
-        self._in_flight += delta
-        if self.gauge is not None:
-            self.gauge.set(self._in_flight)
+class _HideHealth(grpc.ServerInterceptor):
+    """Hides grpc.health.v1 (UNIMPLEMENTED) under ``--enable_grpc_healthcheck_service=false``, as
+    tensorflow_model_server without the flag; installed only then, so the default path has no interceptor."""
 
     def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        if not self.health_enabled and method.startswith(_HEALTH_METHOD_PREFIX):
-            return None  # not exported: UNIMPLEMENTED, as tensorflow_model_server without the flag
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or not method.startswith(_SERVING_METHOD_PREFIX):
-            return handler
-        inner = handler.unary_unary
-
-        def gated(request, context):
-            with self._cond:
-                refuse = self._draining
-                if not refuse:
-                    self._count(1)
-            if refuse:
-                context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-            try:
-                return inner(request, context)
-            finally:
-                with self._cond:
-                    self._count(-1)
-                    if self._in_flight == 0:
-                        self._cond.notify_all()
-
-        return grpc.unary_unary_rpc_method_handler(
-            gated, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-
-    def drain(self, timeout: float | None) -> bool:
-        """Refuse new RPCs from now on; wait (up to ``timeout``) until none is in flight. True if none is."""
-        with self._cond:
-            self._draining = True
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+        if handler_call_details.method.startswith(_HEALTH_METHOD_PREFIX):
+            return None
+        return continuation(handler_call_details)
 
 
 def _in_flight_gauge(metrics: Any) -> Any:
@@ -380,7 +332,9 @@ class ModelServer:
         self.monitoring_config: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: grpc.Server | None = None
-        self._gate = _Gate(options.enable_grpc_healthcheck_service)
+        from tfsctl.serving.grpc_api import RequestGate
+
+        self._gate = RequestGate()
         self._health: Any = None
         self._started = False
         self._stop_event = threading.Event()
@@ -502,11 +456,11 @@ class ModelServer:
         channel_options.update(parse_channel_arguments(opts.grpc_channel_arguments))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc"),
-            interceptors=[self._gate],
+            interceptors=[] if opts.enable_grpc_healthcheck_service else [_HideHealth()],
             options=list(channel_options.items()),
         )
         self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes,
-                                    tensor_content=opts.enable_serialization_as_tensor_content)
+                                    tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate)
         if opts.enable_grpc_healthcheck_service:  # the service names tensorflow_model_server reports SERVING
             from grpc_health.v1 import health_pb2
 
