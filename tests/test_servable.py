@@ -12,7 +12,13 @@ from tfsctl.core.loader import Loader, LoadError
 from tfsctl.core.servable import Servable, examples_from_input
 from tfsctl.errors import FailedPrecondition, InvalidArgument
 from tfsctl.savedmodel import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
-from tfsctl.testing import toy_example, toy_predict_log, write_toy_model, write_warmup_requests
+from tfsctl.testing import (
+    toy_example,
+    toy_predict_log,
+    write_matmul_model,
+    write_toy_model,
+    write_warmup_requests,
+)
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -317,28 +323,6 @@ def test_method_name_check_on_predict(servable: Servable) -> None:
         inference.run_predict(other, req, method_check=True)
 
 
-def _write_matmul_model(export_dir: Path, size: int, depth: int) -> Path:
-    """A TF1 SavedModel whose step is ``depth`` [n,size]x[size,size] matmuls: slow for a large ``size``."""
-    import tensorflow as tf
-    from tensorflow.python.util import deprecation
-
-    v1 = tf.compat.v1
-    with deprecation.silence(), tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
-        x = v1.placeholder(tf.float32, [None, size], name="x")
-        w = v1.Variable(np.full((size, size), 1.0 / size, np.float32), name="w")
-        y = x
-        for _ in range(depth):
-            y = tf.matmul(y, w)
-        sess.run(v1.global_variables_initializer())
-        info = v1.saved_model.utils.build_tensor_info
-        builder = v1.saved_model.builder.SavedModelBuilder(str(export_dir))
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-            "serving_default": v1.saved_model.signature_def_utils.build_signature_def(
-                {"x": info(x)}, {"y": info(tf.identity(y, name="y"))}, PREDICT_METHOD)})
-        builder.save()
-    return export_dir
-
-
 def _runner_of(servable: Servable):
     (runner,) = servable._runners.values()
     return runner
@@ -373,7 +357,7 @@ def test_short_steps_move_to_the_callers_thread_and_long_ones_stay_pooled(tmp_pa
     finally:
         loader.unload()
 
-    big = _write_matmul_model(tmp_path / "big" / "1", 1024, 4)
+    big = write_matmul_model(tmp_path / "big", 1, 1024, 4)
     loader = Loader("big", 1, big, options=LoadOptions(enable_model_warmup=False))
     slow = loader.load()
     try:

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tfsctl.savedmodel import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, WARMUP_DIR, WARMUP_FILE
+from tfsctl.savedmodel import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    WARMUP_DIR,
+    WARMUP_FILE,
+)
 
 TOY_CLASSES = (b"class0", b"class1")
 
@@ -336,3 +343,33 @@ def half_plus_example(x: float, x2: float | None = None) -> bytes:
     if x2 is not None:
         ex.features.feature["x2"].float_list.value.append(float(x2))
     return ex.SerializeToString()
+
+
+def write_matmul_model(base_path: str | Path, version: int, size: int, depth: int) -> Path:
+    """A TF1 SavedModel ``base_path/version`` whose step is ``depth`` matmuls [n, size] x [size, size] (weights
+    1/size, so ones in give ones out): a model whose steps take milliseconds or more, for tests of slow models.
+    Signature ``serving_default``: ``x`` float [-1, size] -> ``y``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    from tensorflow.python.util import deprecation
+
+    v1 = tf.compat.v1
+    base = Path(base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / str(int(version))
+    tmp = base / f".tmp-{int(version)}-{uuid.uuid4().hex[:8]}"
+    with deprecation.silence(), tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+        x = v1.placeholder(tf.float32, [None, size], name="x")
+        w = v1.Variable(np.full((size, size), 1.0 / size, np.float32), name="w")
+        y = x
+        for _ in range(depth):
+            y = tf.matmul(y, w)
+        sess.run(v1.global_variables_initializer())
+        info = v1.saved_model.utils.build_tensor_info
+        builder = v1.saved_model.builder.SavedModelBuilder(str(tmp))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            DEFAULT_SIGNATURE: v1.saved_model.signature_def_utils.build_signature_def(
+                {"x": info(x)}, {"y": info(tf.identity(y, name="y"))}, PREDICT_METHOD)})
+        builder.save()
+    tmp.rename(target)
+    return target

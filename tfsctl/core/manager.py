@@ -49,7 +49,7 @@ from tfsctl.core.loader import Loader
 from tfsctl.core.policy import Action, Harness, VersionSnapshot, next_action
 from tfsctl.core.servable import Servable
 from tfsctl.core.servable_request import has_available_version, require_version_or_label, resolve_label
-from tfsctl.errors import NotFound, Unavailable
+from tfsctl.errors import NotFound, ServingError, Unavailable
 
 if TYPE_CHECKING:
     from tensorflow_serving.config import model_server_config_pb2
@@ -362,36 +362,50 @@ class Manager:
             if rec.refs == 0 and rec.unload_pending:
                 self._submit_unload(model, rec)
 
+    def peek(self, name: str, version: int | None = None, label: str | None = None) -> Servable | None:
+        """The Servable a request for (name, version/label) would get now, not held; None where it would fail.
+        For decisions about how to run a request, never for running it (it may unload at any moment)."""
+        try:
+            with self._lock:
+                return self._resolve(name, version, label)[1].servable
+        except ServingError:
+            return None
+
     def _acquire(self, name: str, version: int | None, label: str | None) -> tuple[_Model, _Version]:
         with self._lock:
-            if self._stopping.is_set():
-                raise Unavailable(f"model '{name}': the server is shutting down")
-            model = self._model(name)
-            require_version_or_label(name, version, label)
-            if label:
-                version = resolve_label(name, label, model.labels)
-                rec = model.versions.get(version)
-                if rec is None or rec.harness is not Harness.READY:
-                    raise NotFound(
-                        f"Servable not found for request: Specific({name}, {version}) "
-                        f"(label '{label}' points to version {version}, which is not AVAILABLE)"
-                    )
-            elif version is not None:
-                rec = model.versions.get(int(version))
-                if rec is None or rec.harness is not Harness.READY:
-                    state = state_name(rec.state) if rec is not None and rec.state is not None else "not found"
-                    raise NotFound(f"Servable not found for request: Specific({name}, {version}) ({state})")
-            else:
-                ready = [r for r in model.versions.values() if r.harness is Harness.READY]
-                if not ready:
-                    errors = [f"version {s.version}: {s.error}" for s in self.monitor.version_states(name) if s.error]
-                    detail = f"; load errors: {'; '.join(errors)}" if errors else ""
-                    # TF Serving's ServableHandle lookup: NOT_FOUND while no version is AVAILABLE
-                    raise NotFound(f"Servable not found for request: Latest({name}) (no version is AVAILABLE yet"
-                                   f"{detail})")
-                rec = max(ready, key=lambda r: r.version)
+            model, rec = self._resolve(name, version, label)
             rec.refs += 1
             return model, rec
+
+    def _resolve(self, name: str, version: int | None, label: str | None) -> tuple[_Model, _Version]:
+        """TF Serving's ServableHandle lookup (caller holds ``_lock``): latest, a version or a label."""
+        if self._stopping.is_set():
+            raise Unavailable(f"model '{name}': the server is shutting down")
+        model = self._model(name)
+        require_version_or_label(name, version, label)
+        if label:
+            version = resolve_label(name, label, model.labels)
+            rec = model.versions.get(version)
+            if rec is None or rec.harness is not Harness.READY:
+                raise NotFound(
+                    f"Servable not found for request: Specific({name}, {version}) "
+                    f"(label '{label}' points to version {version}, which is not AVAILABLE)"
+                )
+        elif version is not None:
+            rec = model.versions.get(int(version))
+            if rec is None or rec.harness is not Harness.READY:
+                state = state_name(rec.state) if rec is not None and rec.state is not None else "not found"
+                raise NotFound(f"Servable not found for request: Specific({name}, {version}) ({state})")
+        else:
+            ready = [r for r in model.versions.values() if r.harness is Harness.READY]
+            if not ready:
+                errors = [f"version {s.version}: {s.error}" for s in self.monitor.version_states(name) if s.error]
+                detail = f"; load errors: {'; '.join(errors)}" if errors else ""
+                # TF Serving's ServableHandle lookup: NOT_FOUND while no version is AVAILABLE
+                raise NotFound(f"Servable not found for request: Latest({name}) (no version is AVAILABLE yet"
+                               f"{detail})")
+            rec = max(ready, key=lambda r: r.version)
+        return model, rec
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)

@@ -32,6 +32,10 @@ class ServableManager(Protocol):
         """The Servable for a request, held (not unloadable) for the ``with`` block."""
         ...
 
+    def peek(self, name: str, version: int | None = None, label: str | None = None) -> Servable | None:
+        """The Servable a request would get now, not held (None where the request would fail)."""
+        ...
+
     def model_names(self) -> list[str]:
         """The models configured now, sorted."""
         ...

@@ -355,6 +355,12 @@ class Servable:
                 self._runners[key] = runner
         return runner
 
+    def runs_inline(self, signature_name: str, output_filter: Sequence[str] = ()) -> bool:
+        """Whether this signature's steps (with these outputs) are measured short and run in the caller's
+        thread: a request for them takes microseconds of TF time."""
+        runner = self._runners.get((signature_name or DEFAULT_SIGNATURE, tuple(output_filter)))
+        return runner is not None and runner.inline
+
     def _inline_maker(self, options: Any) -> Callable[[], Callable[..., list]]:
         """Builds the same callable with its steps in the caller's thread (``inter_op_thread_pool = -1``)."""
         def make() -> Callable[..., list]:

@@ -9,10 +9,12 @@ The grpc.health.v1 service and server reflection are registered beside them by :
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfsctl.core.servable import capped_message
-from tfsctl.errors import Internal, ServingError
+from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.service import ServingCore
 from tfsctl.tensors import as_proto_content, as_proto_field
 
@@ -103,14 +105,23 @@ class ServicerBase:
         self._encode = as_proto_content if tensor_content else as_proto_field
 
     def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-        """Run ``fn``; map errors to a gRPC status (the only place that does) and record the request metric."""
+        """Run ``fn``; an error becomes the RPC's gRPC status (see :meth:`_outcome`)."""
+        result, error = self._outcome(api, model_name, fn)
+        if error is None:
+            return result  # type: ignore[return-value]
+        context.abort(error.grpc_code, capped_message(error.message))
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def _outcome(self, api: str, model_name: str, fn: Callable[[], T]) -> tuple[T | None, ServingError | None]:
+        """Run ``fn`` through the drain gate; map errors to ServingErrors (the only place that does, for both
+        the thread-pool and the event-loop paths) and record the request metric."""
         gate = self.gate
         if gate is not None and not gate.enter():
-            context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            return None, Unavailable(SHUTTING_DOWN)
         start = time.perf_counter()
         error: ServingError | None = None
         try:
-            return fn()
+            return fn(), None
         except ServingError as e:
             # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
             error = e.with_traceback(None)
@@ -126,8 +137,7 @@ class ServicerBase:
                 self.metrics.observe_request(label, api, code, seconds)
             if gate is not None:
                 gate.exit()
-        context.abort(error.grpc_code, capped_message(error.message))
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+        return None, error
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, ServicerBase):
@@ -160,6 +170,29 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
                           lambda: self.core.get_model_metadata(request))
 
 
+class LoopPredictionServicer(PredictionServicer):
+    """PredictionService on a ``grpc.aio`` server (:mod:`tfsctl.serving.grpc_loop`): Predict is a coroutine that
+    runs a quick request inline on the event loop and any other in ``executor``; the other methods stay synchronous
+    and grpc runs them in its thread pool."""
+
+    def __init__(self, core: ServingCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
+        super().__init__(core, metrics, **kwargs)
+        self.executor = executor
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext  # noqa: N802
+                      ) -> predict_pb2.PredictResponse:
+        name = request.model_spec.name
+        if self.core.predict_is_quick(request):
+            result, error = self._outcome("grpc_predict", name, lambda: self._predict(request))
+        else:
+            result, error = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._outcome, "grpc_predict", name, lambda: self._predict(request))
+        if error is None:
+            return result  # type: ignore[return-value]
+        await context.abort(error.grpc_code, capped_message(error.message))
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
     """tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest."""
 
@@ -173,16 +206,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
         return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
 
 
-def add_services(server: grpc.Server, core: ServingCore, metrics: Any = None, *,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-                 tensor_content: bool = False, gate: RequestGate | None = None) -> health.HealthServicer:
+def add_services(server: grpc.Server | grpc.aio.Server, core: ServingCore, metrics: Any = None, *,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
+                 gate: RequestGate | None = None, executor: Executor | None = None) -> health.HealthServicer:
     """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
 
+    On a ``grpc.aio`` server, ``executor`` (its migration thread pool) runs the Predicts that are not quick.
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
     """
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, metrics, max_tensor_bytes=max_tensor_bytes, tensor_content=tensor_content,
-                           gate=gate), server)
+    kwargs: dict[str, Any] = {"max_tensor_bytes": max_tensor_bytes, "tensor_content": tensor_content, "gate": gate}
+    if isinstance(server, grpc.aio.Server):
+        if executor is None:
+            raise ValueError("a grpc.aio server needs the executor its slow Predicts run in")
+        predictions: PredictionServicer = LoopPredictionServicer(core, metrics, executor=executor, **kwargs)
+    else:
+        predictions = PredictionServicer(core, metrics, **kwargs)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics, gate=gate), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,14 +284,14 @@ def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool =
 _HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
-class _HideHealth(grpc.ServerInterceptor):
+class _HideHealth(grpc.aio.ServerInterceptor):
     """Hides grpc.health.v1 (UNIMPLEMENTED) under ``--enable_grpc_healthcheck_service=false``, as
     tensorflow_model_server without the flag; installed only then, so the default path has no interceptor."""
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(_HEALTH_METHOD_PREFIX):
             return None
-        return continuation(handler_call_details)
+        return await continuation(handler_call_details)
 
 
 def _in_flight_gauge(metrics: Any) -> Any:
@@ -331,7 +330,7 @@ class ModelServer:
         self.rest: Any = None
         self.monitoring_config: Any = None
         self.load_settings: LoadSettings | None = None
-        self._grpc: grpc.Server | None = None
+        self._grpc: Any = None  # a grpc_loop.LoopServer once started
         from tfsctl.serving.grpc_api import RequestGate
 
         self._gate = RequestGate()
@@ -443,6 +442,7 @@ class ModelServer:
 
     def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> None:
         from tfsctl.serving.grpc_api import add_services
+        from tfsctl.serving.grpc_loop import LoopServer
 
         opts = self.options
         # Batched requests block a worker while they wait in the queue: allow enough of them to fill batches.
@@ -454,13 +454,13 @@ class ModelServer:
             "grpc.so_reuseport": 1 if opts.workers > 1 else 0,  # serve --workers: one port, N processes
         }
         channel_options.update(parse_channel_arguments(opts.grpc_channel_arguments))
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc"),
-            interceptors=[] if opts.enable_grpc_healthcheck_service else [_HideHealth()],
-            options=list(channel_options.items()),
-        )
+        loop_server = LoopServer(threads=threads, options=list(channel_options.items()),
+                                 interceptors=[] if opts.enable_grpc_healthcheck_service else [_HideHealth()])
+        self._grpc = loop_server
+        server = loop_server.server
         self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes,
-                                    tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate)
+                                    tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate,
+                                    executor=loop_server.executor)
         if opts.enable_grpc_healthcheck_service:  # the service names tensorflow_model_server reports SERVING
             from grpc_health.v1 import health_pb2
 
@@ -475,13 +475,8 @@ class ModelServer:
             addresses.append(_address(opts.host, opts.port))
         if opts.grpc_socket_path:
             addresses.append(f"unix:{opts.grpc_socket_path}")
-        self._grpc = server
         for address in addresses:
-            try:
-                port = server.add_secure_port(address, credentials) if credentials else \
-                    server.add_insecure_port(address)
-            except RuntimeError:  # grpc raises instead of returning 0 in some versions
-                port = 0
+            port = loop_server.add_port(address, credentials)
             if port == 0:
                 reason = "address in use or not available"
                 if credentials is not None:
@@ -490,7 +485,7 @@ class ModelServer:
                 raise OSError(f"cannot bind gRPC {what}: {reason}")
             if not address.startswith("unix:"):
                 self.grpc_port = port
-        server.start()
+        loop_server.start()
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         if not self.options.ssl_config_file:
@@ -524,6 +519,7 @@ class ModelServer:
         """Undo a half-done start so a failed start leaves no threads or ports behind."""
         if self._grpc is not None:
             self._grpc.stop(None)
+            self._grpc = None
         for part in (self.rest, self.batcher, self.manager):
             if part is not None:
                 try:
@@ -569,7 +565,7 @@ class ModelServer:
                 if close_grpc:
                     left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                     # Nothing of ours runs now; a short grace lets the RPCs the gate is refusing get their answer.
-                    self._grpc.stop(min(left, 1.0)).wait()
+                    self._grpc.stop(min(left, 1.0))
             if rest_stop is not None:
                 rest_stop.join()
             for t in self._threads:

@@ -35,6 +35,8 @@ from tfsctl.errors import InvalidArgument, NotFound, ServingError
 from tfsctl.model_layout import signature_or_default
 
 SIGNATURE_DEF_FIELD = "signature_def"
+# A Predict request of at most this many bytes may run on the gRPC event loop (see predict_is_quick).
+QUICK_MAX_REQUEST_BYTES = 64 * 1024
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
 
@@ -113,6 +115,18 @@ class ServingCore:
             TRIMMER.request()
 
     # --- Predict -----------------------------------------------------------------------------------------------
+
+    def predict_is_quick(self, request: predict_pb2.PredictRequest) -> bool:
+        """Whether a Predict may run on the gRPC event loop (:mod:`tfsctl.serving.grpc_loop`) instead of a pool
+        thread: no batching (a batched request waits for others), a small request (at most
+        ``QUICK_MAX_REQUEST_BYTES``: decoding and encoding stay short), and a version whose signature steps are
+        measured short (:meth:`Servable.runs_inline`). A request that would fail is not quick either; it fails
+        in the pool, with its full error."""
+        if self.batcher is not None or request.ByteSize() > QUICK_MAX_REQUEST_BYTES:
+            return False
+        spec = request.model_spec
+        servable = self.manager.peek(spec.name, _version_of(spec), _label_of(spec))
+        return servable is not None and servable.runs_inline(spec.signature_name, tuple(request.output_filter))
 
     def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None
                         ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:

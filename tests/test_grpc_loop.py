@@ -1,0 +1,125 @@
+"""The gRPC front end on an event loop (tfsctl/serving/grpc_loop.py): quick Predicts run on the loop, slow ones,
+batched ones and large ones in the pool; results and errors are the same either way."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
+from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.testing import write_matmul_model, write_toy_model  # noqa: E402
+
+X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+BIG = 512
+
+
+def _request(name: str, x: np.ndarray) -> predict_pb2.PredictRequest:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = name
+    req.inputs["x"].CopyFrom(from_numpy(x))
+    return req
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("loop")
+    write_toy_model(base / "toy", 1, scale=2.0)
+    write_matmul_model(base / "big", 1, BIG, 8)
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in ("toy", "big"):
+        config.model_config_list.config.add(name=name, base_path=str(base / name), model_platform="tensorflow")
+    from google.protobuf import text_format
+
+    (base / "models.config").write_text(text_format.MessageToString(config))
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(base / "models.config")))
+    server.start()
+    # Record the thread each Predict runs on (the core's predict_request is what both paths call).
+    threads: list[tuple[str, str]] = []
+    real = server.core.predict_request
+
+    def recording(request, *args, **kwargs):
+        threads.append((request.model_spec.name, threading.current_thread().name))
+        return real(request, *args, **kwargs)
+
+    server.core.predict_request = recording
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
+                                    options=[("grpc.max_receive_message_length", 64 << 20)])
+    try:
+        yield server, prediction_service_pb2_grpc.PredictionServiceStub(channel), threads
+    finally:
+        channel.close()
+        server.stop(1)
+
+
+def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
+    server, stub, threads = served
+    for _ in range(12):  # the first steps are measured before a signature counts as quick
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", X), timeout=30).outputs["y"]), X * 2)
+    ones = np.ones((64, BIG), np.float32)
+    for _ in range(10):
+        np.testing.assert_allclose(to_numpy(stub.Predict(_request("big", ones), timeout=60).outputs["y"]), ones,
+                                   rtol=1e-4)
+    assert server.core.predict_is_quick(_request("toy", X))
+    assert not server.core.predict_is_quick(_request("big", ones))
+    threads.clear()
+    stub.Predict(_request("toy", X), timeout=30)
+    stub.Predict(_request("big", ones), timeout=60)
+    where = dict(threads)
+    assert where["toy"] == "tfsctl-grpc-loop", threads
+    assert where["big"].startswith("tfsctl-grpc"), threads
+    assert where["big"] != "tfsctl-grpc-loop", threads
+
+
+def test_a_large_request_is_not_quick_even_on_a_quick_model(served):
+    server, stub, _ = served
+    for _ in range(12):
+        stub.Predict(_request("toy", X), timeout=30)
+    assert server.core.predict_is_quick(_request("toy", X))
+    large = np.ones((20_000, 4), np.float32)  # 320 KB of tensor: decoding and encoding are no longer short
+    assert not server.core.predict_is_quick(_request("toy", large))
+    np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", large), timeout=30).outputs["y"]), large * 2)
+
+
+def test_errors_on_the_loop_keep_their_status_codes(served):
+    server, stub, _ = served
+    for _ in range(12):
+        stub.Predict(_request("toy", X), timeout=30)
+    bad = _request("toy", X.astype(np.float64))  # wrong dtype: INVALID_ARGUMENT, as TF Serving
+    assert server.core.predict_is_quick(bad)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(bad, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    missing = _request("nope", X)  # unknown model: not quick (fails in the pool), NOT_FOUND
+    assert not server.core.predict_is_quick(missing)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(missing, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_batching_keeps_every_predict_off_the_loop(tmp_path: Path):
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n")
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
+                                       model_base_path=str(tmp_path / "toy"), enable_batching=True,
+                                       batching_parameters_file=str(params)))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for _ in range(12):
+                np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", X), timeout=30).outputs["y"]), X * 2)
+        assert not server.core.predict_is_quick(_request("toy", X))
+    finally:
+        server.stop(1)
