@@ -10,9 +10,10 @@ TF runtime errors keep their TF status code, as TF Serving returns ``Session::Ru
 Short steps run in the caller's thread. A session step normally goes through TF's inter-op thread pool: the
 caller hands the step over and sleeps until a pool thread finishes it. For a step of a few microseconds (a small
 model) that hand-over costs more than the step itself (toy model: 7 µs in the caller's thread against 25 µs through
-the pool, and a third of the server's CPU per request). So each callable measures its steps: once they average under
-:data:`INLINE_STEP_S`, later calls run in the caller's thread (``RunOptions.inter_op_thread_pool = -1``); if they
-grow past :data:`POOLED_STEP_S` (bigger batches), calls go back to the pool, where independent ops run in parallel.
+the pool, and a third of the server's CPU per request). So each callable measures its steps in windows: once a
+window's median is under :data:`INLINE_STEP_S`, later calls run in the caller's thread
+(``RunOptions.inter_op_thread_pool = -1``); if it grows past :data:`POOLED_STEP_S` (bigger batches), calls go back to
+the pool, where independent ops run in parallel.
 Results are the same either way; intra-op parallelism is unaffected. A session config that sets the inter-op
 threads or pools explicitly turns this off (``inline_short_steps=False``): the user's choice stands.
 """
@@ -102,18 +103,17 @@ class Resources:
     load_seconds: float = 0.0
 
 
-# A step averaging under this runs in the caller's thread; one averaging over POOLED_STEP_S goes back to the pool.
+# Steps whose median is under this run in the caller's thread; over POOLED_STEP_S they go back to the pool.
 INLINE_STEP_S = 0.001
 POOLED_STEP_S = 0.004
-_STEP_SAMPLES = 8  # steps measured (after the first, which builds the executor) before the first decision
-_STEP_WEIGHT = 0.125  # weight of the newest step in the running average
+_STEP_SAMPLES = 8  # steps per decision window (after the first step, which builds the executor)
 
 
 class _Runner:
     """One session callable for a (signature, outputs) pair; with ``make_inline``, it picks where steps run (see
-    the module docstring). The bookkeeping is unlocked: a race only blurs the average, never a result."""
+    the module docstring). The bookkeeping is unlocked: a race only loses a sample, never a result."""
 
-    __slots__ = ("fn", "feed_keys", "aliases", "inline", "_make_inline", "_calls", "_avg", "_pooled", "_samples")
+    __slots__ = ("fn", "feed_keys", "aliases", "inline", "_make_inline", "_calls", "_pooled", "_samples")
 
     def __init__(self, fn: Callable[..., list], feed_keys: tuple[str, ...], aliases: tuple[str, ...],
                  make_inline: Callable[[], Callable[..., list]] | None = None) -> None:
@@ -123,7 +123,6 @@ class _Runner:
         self.inline = False
         self._make_inline = make_inline
         self._calls = 0
-        self._avg = 0.0
         self._samples: list[float] = []
         self._pooled = fn
 
@@ -140,22 +139,21 @@ class _Runner:
         self._calls += 1
         if self._calls == 1:
             return  # the first step builds the executor: not a step time
-        if self._calls <= _STEP_SAMPLES + 1:  # the first estimate is a median: early steps are often slow
-            self._samples.append(seconds)
-            if self._calls <= _STEP_SAMPLES:
-                return
-            self._avg = sorted(self._samples)[len(self._samples) // 2]
-            self._samples = []
-        else:
-            self._avg += _STEP_WEIGHT * (seconds - self._avg)
-        if not self.inline and self._avg < INLINE_STEP_S:
+        samples = self._samples
+        samples.append(seconds)
+        if len(samples) < _STEP_SAMPLES:
+            return
+        # A median over a window, not a mean: one step preempted for 50 ms on a busy machine must not count.
+        typical = sorted(samples)[len(samples) // 2]
+        self._samples = []
+        if not self.inline and typical < INLINE_STEP_S:
             try:
                 inline_fn = self._make_inline()
             except Exception:  # noqa: BLE001 - e.g. unloaded meanwhile: keep the pool, stop adapting
                 self._make_inline = None
                 return
             self.fn, self.inline, self._calls = inline_fn, True, 1
-        elif self.inline and self._avg > POOLED_STEP_S:
+        elif self.inline and typical > POOLED_STEP_S:
             self.fn, self.inline, self._calls = self._pooled, False, 1
 
 
