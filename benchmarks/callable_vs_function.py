@@ -2,7 +2,7 @@
 
 1. Running a half_plus_two-alike (TF2 ``tf.saved_model.save`` export, ``x`` float [1] -> ``y``):
    - the session callable tfsctl serves with (``Loader`` -> ``Servable.run``, the SavedModelBundle path), and its
-     bare ``_make_callable_from_options`` callable;
+     bare ``_make_callable_from_options`` callable, through TF's inter-op pool and in the caller's thread;
    - the TF2 signature call (``tf.saved_model.load(...).signatures[...]`` with ``convert_to_tensor``), what tfsctl
      used before.
 2. Encoding a reply tensor: typed ``*_val`` fields (TF Serving's default, ``AsProtoField``) against
@@ -58,17 +58,23 @@ def main() -> None:
         spec = servable.signature("")
         opts = config_pb2.CallableOptions(feed=[spec.inputs["x"].tensor_name], fetch=[spec.outputs["y"].tensor_name])
         bare = servable.session._make_callable_from_options(opts)
+        caller = config_pb2.CallableOptions()
+        caller.CopyFrom(opts)
+        caller.run_options.inter_op_thread_pool = -1  # the step in the caller's thread (what Servable.run adopts)
+        inline = servable.session._make_callable_from_options(caller)
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
         assert fn(x=tf.convert_to_tensor(x))["y"].numpy().tolist() == [3.0]
 
         run_us = per_call_us(lambda: servable.run("", {"x": x}), args.calls)
         bare_us = per_call_us(lambda: bare(x), args.calls)
+        inline_us = per_call_us(lambda: inline(x), args.calls)
         tf2_us = per_call_us(lambda: fn(x=tf.convert_to_tensor(x))["y"].numpy(), args.calls)
         servable.close()
 
     print(f"half_plus_two, one call ({args.calls} calls, best of 3):")
-    print(f"  session callable (bare)           {bare_us:8.1f} us")
+    print(f"  session callable (bare, pool)     {bare_us:8.1f} us")
+    print(f"  session callable (caller thread)  {inline_us:8.1f} us")
     print(f"  Servable.run (checks + callable)  {run_us:8.1f} us")
     print(f"  TF2 signature call                {tf2_us:8.1f} us")
     print(f"  TF2 call / Servable.run           {tf2_us / run_us:8.2f} x")
