@@ -698,8 +698,10 @@ def _ratios(report: Report) -> None:
     toy_rest, ks_toy = _pick(report, "tfsctl-1w", "rest"), _pick(report, "kserve-toy", "rest")
     rt["toy_rest_vs_kserve"] = _ratio(toy_rest[0].throughput, ks_toy[0].throughput) if toy_rest and ks_toy else None
     dl, ks_dl = _pick(report, "tfsctl-deeplab", "rest"), _pick(report, "kserve-deeplab", "rest")
-    rt["deeplab_rest_vs_kserve"] = (max(_ratio(a.throughput, b.throughput) for a, b in zip(dl, ks_dl, strict=True))
-                                    if dl and ks_dl else None)
+    by_c = {b.concurrency: b for b in ks_dl}
+    rt["deeplab_rest_vs_kserve_by_c"] = {a.concurrency: _ratio(a.throughput, by_c[a.concurrency].throughput)
+                                         for a in dl if a.concurrency in by_c}
+    rt["deeplab_rest_vs_kserve"] = max(rt["deeplab_rest_vs_kserve_by_c"].values(), default=None)  # the best level
     one_mb, two_mb = report.memory_mb.get("tfsctl-1w"), report.memory_mb.get("tfsctl-2w")
     if one_mb and two_mb:  # 2 workers = supervisor + 2 serving processes; 1 worker = one plain server process
         report.memory_mb["one_worker_pss"] = round(sum(m["pss"] for m in one_mb), 1)
@@ -737,6 +739,8 @@ def _print(report: Report) -> None:
             line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])
     line("toy REST vs KServe (c=32)", rt["toy_rest_vs_kserve"], GOALS["toy_rest_vs_kserve"])
     line("DeepLab 256x256 REST vs KServe", rt["deeplab_rest_vs_kserve"], GOALS["deeplab_rest_vs_kserve"])
+    for c, v in rt["deeplab_rest_vs_kserve_by_c"].items():
+        print(f"  {'  DeepLab REST vs KServe, c=' + str(c):<44} {_fmt(v):>8}")
     for c, v in rt["toy_grpc_vs_in_process"].items():
         print(f"  {'toy gRPC vs in-process call, c=' + str(c):<44} {_fmt(v):>8}")
     mem = report.memory_mb
