@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd + 1}/{rounds}: DeepLab 256x256 over REST (fixed request counts)", flush=True)
                 for c in (1, 4):
                     for srv in targets:
-                        raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 3) * c,
+                        raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 6) * c,
                                             seconds=30.0))
     finally:
         for s in list(servers):
