@@ -27,8 +27,9 @@ Without either, the current interpreter is used when it can import kserve. The a
 (kserve, TensorFlow and NumPy only: no tfsctl import). ``--only rest`` runs just the REST section (toy at c=32 and
 DeepLab, tfsctl against KServe) and writes overhead_rest.json instead of overhead.json.
 
-Default run: about 5 minutes; ``--quick``: about 1-2 minutes (shorter windows, fewer levels). The machine's other
-load shows in absolute figures; the ratios compare anchors measured minutes apart in the same run.
+Default run: about 5 minutes (6 with the KServe anchor); ``--quick``: about 1-2 minutes (shorter windows, fewer
+levels); ``--only rest``: about 2 minutes. The machine's other load shows in absolute figures; the ratios compare
+anchors measured minutes apart in the same run.
 """
 
 from __future__ import annotations
