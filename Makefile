@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench bench-quick bench-serving clean train
+.PHONY: install test lint demo bench bench-quick bench-serving bench-kserve-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,18 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/overhead_bench.py --quick
+
+# KServe 0.21's Python model server, the anchor of the REST goals, in a venv of its own (kserve pins protobuf 6,
+# the project's venv has 7): TensorFlow from PyPI, the project's version. overhead_bench.py finds it by itself.
+KSERVE_VENV ?= benchmarks/.kserve-venv
+
+$(KSERVE_VENV)/.installed:
+	$(PY) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/pip install -q 'kserve==0.21.0' 'tensorflow==2.21.*'
+	touch $@
+
+bench-kserve-env: $(KSERVE_VENV)/.installed
 
 # DeepLab in process vs served, with and without batching (issue 4's figures).
 bench-serving: install

@@ -4,8 +4,9 @@ Measures on 127.0.0.1, each server in a process of its own:
   - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse;
   - the toy model's signature called in process (single thread);
   - ``tfsctl serve`` with 1 and 2 workers (``--workers``) on the toy model over gRPC at concurrency 8..128;
-  - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python server on
-    the same models when ``kserve`` is importable (optional; reported as skipped otherwise);
+  - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python model
+    server (a custom ``kserve.Model`` on the same SavedModel signature, v1 protocol) on the same models and requests
+    when a KServe interpreter is found (reported as skipped otherwise; see below);
   - batching (``--enable_batching``) at concurrency 1, 4, 16 against no batching;
   - server CPU per request (utime+stime from /proc/PID/stat) and context switches per request
     (voluntary/nonvoluntary from /proc/PID/task/*/status), summed over the server's processes;
@@ -17,10 +18,18 @@ serialized request and ``content-type: application/grpc``, and REST over HTTP/1.
 multi-process closed-loop client is used; the report says which. h2load counts HTTP 200 as success, so every
 gRPC target is first checked with a real call.
 
-    python benchmarks/overhead_bench.py [--quick] [--out benchmarks/results]
+    python benchmarks/overhead_bench.py [--quick] [--only rest] [--kserve-python PATH] [--out benchmarks/results]
 
-Default run: about 5 minutes; ``--quick``: about 1-2 minutes (shorter windows, fewer levels). The machine's other
-load shows in absolute figures; the ratios compare anchors measured minutes apart in the same run.
+The KServe anchor runs in an interpreter of its own, because kserve pins a protobuf older than the project's:
+``make bench-kserve-env`` creates ``benchmarks/.kserve-venv`` (gitignored; kserve==0.21.0 and TensorFlow from PyPI,
+about 2.5 GB), which this script uses by default when it exists; ``--kserve-python PATH`` names another interpreter.
+Without either, the current interpreter is used when it can import kserve. The anchor's code is self-contained
+(kserve, TensorFlow and NumPy only: no tfsctl import). ``--only rest`` runs just the REST section (toy at c=32 and
+DeepLab, tfsctl against KServe) and writes overhead_rest.json instead of overhead.json.
+
+Default run: about 5 minutes (6 with the KServe anchor); ``--quick``: about 1-2 minutes (shorter windows, fewer
+levels); ``--only rest``: about 2 minutes. The machine's other load shows in absolute figures; the ratios compare
+anchors measured minutes apart in the same run.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
+KSERVE_PYTHON = ROOT / "benchmarks" / ".kserve-venv" / "bin" / "python"  # made by `make bench-kserve-env`
 sys.path.insert(0, str(ROOT))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
@@ -88,6 +98,8 @@ class Report:
     machine: dict
     generator: str
     quick: bool
+    only: str = "all"
+    kserve: dict = field(default_factory=dict)  # the KServe anchor's interpreter and versions, when it ran
     runs: list[Run] = field(default_factory=list)  # the median round of each (target, protocol, concurrency)
     rounds: list[Run] = field(default_factory=list)  # every measurement
     in_process: dict = field(default_factory=dict)
@@ -137,7 +149,11 @@ def _bare_server(port: int, threads: int) -> None:
 
 
 def _kserve_server(port: int, name: str, model_dir: str) -> None:
-    """KServe's Python model server (v1 protocol) on the same SavedModel, as its docs describe a custom model."""
+    """KServe's Python model server (v1 protocol) on the same SavedModel, as its docs describe a custom model.
+
+    Runs in the KServe interpreter (``--kserve-python``), which need not be able to import tfsctl: kserve,
+    TensorFlow and NumPy only. KServe's defaults otherwise (one uvicorn worker, per-request latency log lines).
+    """
     import kserve
     import numpy as np
     import tensorflow as tf
@@ -172,10 +188,16 @@ def _kserve_server(port: int, name: str, model_dir: str) -> None:
 class Server:
     """A server process on 127.0.0.1; ``pids()`` are its processes (supervisor and workers)."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path, grpc_port: int | None, rest_port: int | None) -> None:
+    def __init__(self, name: str, cmd: list[str], log: Path, grpc_port: int | None, rest_port: int | None,
+                 project_path: bool = True) -> None:
         self.name, self.grpc_port, self.rest_port = name, grpc_port, rest_port
         self.log = log.open("w")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        if project_path:
+            env["PYTHONPATH"] = str(ROOT)
+        else:  # another interpreter (the KServe anchor): nothing of the project's venv or tree on its path
+            env.pop("PYTHONPATH", None)
+            env.pop("VIRTUAL_ENV", None)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
@@ -362,8 +384,8 @@ class Load:
                 return h2load(url, self._file(body), concurrency, seconds, headers, h1, requests)
             return py_load(protocol, py_target, payload, concurrency, seconds)
 
-        if self.warmup > 0 and not requests:
-            once(self.warmup)
+        if self.warmup > 0:  # a fixed count (slow models) is preceded by one request per connection
+            once(self.warmup, concurrency if requests and self.use_h2load else None)
         cpu0, ctx0 = _cpu_and_ctx(server.pids())
         res = once(seconds or self.seconds, requests)
         cpu1, ctx1 = _cpu_and_ctx(server.pids())
@@ -449,6 +471,33 @@ def _deeplab_body() -> bytes:
     return json.dumps({"instances": [{"images": image.tolist(), "height": 256, "width": 256}]}).encode()
 
 
+_KSERVE_PROBE = ("import importlib.metadata as m, json, sys; import kserve, tensorflow as tf; "
+                 "print(json.dumps({'kserve': m.version('kserve'), 'tensorflow': tf.__version__, "
+                 "'protobuf': m.version('protobuf'), 'python': sys.version.split()[0]}))")
+
+
+def _kserve_interpreter(explicit: str | None) -> tuple[str | None, dict, str]:
+    """(interpreter, versions, note) for the KServe anchor: ``--kserve-python``, else benchmarks/.kserve-venv,
+    else this interpreter; the first that imports kserve and TensorFlow. An explicit one that cannot is an error."""
+    candidates = [explicit] if explicit else [str(KSERVE_PYTHON), sys.executable]
+    tried = []
+    for python in candidates:
+        if not Path(python).exists():
+            tried.append(f"{python}: missing")
+            continue
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        probe = subprocess.run([python, "-c", _KSERVE_PROBE], capture_output=True, text=True, env=env, timeout=300)
+        if probe.returncode == 0:
+            versions = json.loads(probe.stdout.strip().splitlines()[-1])
+            return python, {"python_path": python, **versions}, ""
+        tried.append(f"{python}: {probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'failed'}")
+    if explicit:
+        raise SystemExit(f"--kserve-python {explicit} cannot run the KServe anchor: {tried[0]}")
+    return None, {}, ("KServe not found (make bench-kserve-env, or --kserve-python PATH): the KServe anchors are "
+                      "skipped; tried " + "; ".join(tried))
+
+
 def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den == 0:
         return None
@@ -461,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seconds", type=float, default=None, help="measurement window per level")
     ap.add_argument("--no-deeplab", action="store_true")
+    ap.add_argument("--only", choices=("all", "rest"), default="all",
+                    help="rest: only the REST section (toy c=32 and DeepLab, tfsctl vs KServe), written to "
+                         "overhead_rest.json")
+    ap.add_argument("--kserve-python", default=None, metavar="PATH",
+                    help="interpreter with kserve and TensorFlow for the KServe anchor (default: "
+                         "benchmarks/.kserve-venv/bin/python when it exists, made by `make bench-kserve-env`)")
     ap.add_argument("--generator", choices=("auto", "python"), default="auto",
                     help="auto: h2load when installed, else the Python client; python: always the Python client")
     ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
@@ -478,22 +533,22 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 0.3 if args.quick else 0.5
     levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
     rounds = 1 if args.quick else 3
+    full = args.only == "all"
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
     load = Load(work, seconds, warmup, force_python=args.generator == "python")
-    try:
-        import kserve  # noqa: F401
-
-        have_kserve = True
-    except ImportError:
-        have_kserve = False
+    kserve_python, kserve_versions, kserve_note = _kserve_interpreter(args.kserve_python)
+    have_kserve = kserve_python is not None
     report = Report(machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                              "loadavg_at_start": round(os.getloadavg()[0], 2)},
-                    generator=load.generator, quick=args.quick)
+                    generator=load.generator, quick=args.quick, only=args.only, kserve=kserve_versions)
     print(f"load generator: {load.generator}" + ("" if load.use_h2load else
           "  (install h2load: apt-get update && apt-get install -y nghttp2-client)"))
-    if not have_kserve:
-        report.notes.append("KServe not installed (pip install kserve): the KServe anchors are skipped")
+    if have_kserve:
+        print("KServe anchor: kserve {kserve} (TensorFlow {tensorflow}, protobuf {protobuf}) in {python_path}"
+              .format(**kserve_versions))
+    else:
+        report.notes.append(kserve_note)
         print(report.notes[-1])
 
     from tfsctl.testing import write_toy_model
@@ -509,55 +564,65 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(s)
         return s
 
+    def launch_kserve(name: str, model: str, model_dir: Path) -> Server:
+        r = free_port()
+        s = Server(name, [kserve_python, __file__, "--kserve-server", str(r), model, str(model_dir)],
+                   work / f"{name}.log", None, r, project_path=False)
+        servers.append(s)
+        return s
+
     def rest_ready(port: int):
         return lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5).status == 200
 
+    raw: list[Run] = []
     try:
-        print("in-process signature call (1 thread):", flush=True)
-        report.in_process = _in_process(toy, seconds)
-        print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
+        if full:
+            print("in-process signature call (1 thread):", flush=True)
+            report.in_process = _in_process(toy, seconds)
+            print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
 
         # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
         # each round measures every target at every level, and the report keeps the median of the rounds.
-        port = free_port()
-        bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+        bare = batching = None
         tfs = {}
-        for workers in (1, 2):
+        if full:
+            port = free_port()
+            bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+        for workers in (1, 2) if full else (1,):
             g, r = free_port(), free_port()
             tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
-        params = work / "batching.config"
-        params.write_text(BATCHING % (os.cpu_count() or 1))
-        g, r = free_port(), free_port()
-        batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching", "--batching-parameters-file",
-                                                 str(params)), g, r)
-        kserve_toy = None
-        if have_kserve:
-            r = free_port()
-            kserve_toy = launch("kserve-toy", [sys.executable, __file__, "--kserve-server", str(r), "toy",
-                                               str(toy / "1")], None, r)
-        bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
-        for srv in (*tfs.values(), batching):
+        if full:
+            params = work / "batching.config"
+            params.write_text(BATCHING % (os.cpu_count() or 1))
+            g, r = free_port(), free_port()
+            batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching",
+                                                     "--batching-parameters-file", str(params)), g, r)
+        kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve else None
+        if bare is not None:
+            bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
+        for srv in (*tfs.values(), *([batching] if batching else [])):
             srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
             srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
         if kserve_toy is not None:
             kserve_toy.wait_ready(lambda: _rest_ok(kserve_toy.rest_port, "/v1/models/toy:predict", toy_json))
 
-        raw: list[Run] = []
         for rnd in range(rounds):
-            print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
-            for c in levels:
-                for srv in (bare, tfs[1], tfs[2]):
-                    raw.append(load.run(srv, "grpc", payload, c))
-            print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
-            for c in (1, 4, 16):
-                raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
-                raw.append(load.run(batching, "grpc", payload, c))
+            if full:
+                print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
+                for c in levels:
+                    for srv in (bare, tfs[1], tfs[2]):
+                        raw.append(load.run(srv, "grpc", payload, c))
+                print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
+                for c in (1, 4, 16):
+                    raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
+                    raw.append(load.run(batching, "grpc", payload, c))
             print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
             raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
             if kserve_toy is not None:
                 raw.append(load.run(kserve_toy, "rest", toy_json, 32, "/v1/models/toy:predict"))
-        for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
-            report.memory_mb[name] = srv.memory_mb()
+        if full:
+            for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
+                report.memory_mb[name] = srv.memory_mb()
         for srv in list(servers):
             srv.stop()
             servers.remove(srv)
@@ -568,19 +633,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             body = _deeplab_body()
             path = "/v1/models/deeplab:predict"
-            print("DeepLab 256x256 over REST (fixed request counts):", flush=True)
             g, r = free_port(), free_port()
             targets = [launch("tfsctl-deeplab", _serve_cmd(deeplab, "deeplab", g, r), g, r)]
             if have_kserve:
-                r = free_port()
-                targets.append(launch("kserve-deeplab", [sys.executable, __file__, "--kserve-server", str(r),
-                                                         "deeplab", str(deeplab / "1")], None, r))
+                targets.append(launch_kserve("kserve-deeplab", "deeplab", deeplab / "1"))
             for srv in targets:
                 srv.wait_ready(lambda srv=srv: _rest_ok(srv.rest_port, path, body))
-            for c in (1, 4):
-                for srv in targets:
-                    raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 3) * c,
-                                        seconds=30.0))
+            for rnd in range(rounds):  # interleaved like the toy rounds; the report keeps the medians
+                print(f"round {rnd + 1}/{rounds}: DeepLab 256x256 over REST (fixed request counts)", flush=True)
+                for c in (1, 4):
+                    for srv in targets:
+                        raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 6) * c,
+                                            seconds=30.0))
     finally:
         for s in list(servers):
             s.stop()
@@ -596,9 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     _ratios(report)
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overhead.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    _plot(report, args.out / "overhead.png")
-    print(f"wrote {args.out / 'overhead.json'} and {args.out / 'overhead.png'}")
+    out = args.out / ("overhead.json" if full else "overhead_rest.json")
+    out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if full:
+        _plot(report, args.out / "overhead.png")
+        print(f"wrote {out} and {args.out / 'overhead.png'}")
+    else:
+        print(f"wrote {out}")
     return 0
 
 
@@ -631,8 +699,10 @@ def _ratios(report: Report) -> None:
     toy_rest, ks_toy = _pick(report, "tfsctl-1w", "rest"), _pick(report, "kserve-toy", "rest")
     rt["toy_rest_vs_kserve"] = _ratio(toy_rest[0].throughput, ks_toy[0].throughput) if toy_rest and ks_toy else None
     dl, ks_dl = _pick(report, "tfsctl-deeplab", "rest"), _pick(report, "kserve-deeplab", "rest")
-    rt["deeplab_rest_vs_kserve"] = (max(_ratio(a.throughput, b.throughput) for a, b in zip(dl, ks_dl, strict=True))
-                                    if dl and ks_dl else None)
+    by_c = {b.concurrency: b for b in ks_dl}
+    rt["deeplab_rest_vs_kserve_by_c"] = {a.concurrency: _ratio(a.throughput, by_c[a.concurrency].throughput)
+                                         for a in dl if a.concurrency in by_c}
+    rt["deeplab_rest_vs_kserve"] = max(rt["deeplab_rest_vs_kserve_by_c"].values(), default=None)  # the best level
     one_mb, two_mb = report.memory_mb.get("tfsctl-1w"), report.memory_mb.get("tfsctl-2w")
     if one_mb and two_mb:  # 2 workers = supervisor + 2 serving processes; 1 worker = one plain server process
         report.memory_mb["one_worker_pss"] = round(sum(m["pss"] for m in one_mb), 1)
@@ -659,15 +729,19 @@ def _print(report: Report) -> None:
         sign = "<=" if lower_is_better else ">="
         print(f"  {name:<44} {_fmt(value):>8}   goal {sign} {goal:.2f}x   {verdict}")
 
+    full = report.only == "all"
     for c, v in rt["toy_grpc_vs_bare"].items():
         line(f"toy gRPC throughput vs bare server, c={c}", v, GOALS["toy_grpc_vs_bare"])
     for c, v in rt["cpu_per_request_vs_bare"].items():
         line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
-    line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
-    for c in (1, 4, 16):
-        line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])
+    if full:
+        line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
+        for c in (1, 4, 16):
+            line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])
     line("toy REST vs KServe (c=32)", rt["toy_rest_vs_kserve"], GOALS["toy_rest_vs_kserve"])
     line("DeepLab 256x256 REST vs KServe", rt["deeplab_rest_vs_kserve"], GOALS["deeplab_rest_vs_kserve"])
+    for c, v in rt["deeplab_rest_vs_kserve_by_c"].items():
+        print(f"  {'  DeepLab REST vs KServe, c=' + str(c):<44} {_fmt(v):>8}")
     for c, v in rt["toy_grpc_vs_in_process"].items():
         print(f"  {'toy gRPC vs in-process call, c=' + str(c):<44} {_fmt(v):>8}")
     mem = report.memory_mb

@@ -305,3 +305,34 @@ def test_status_and_metadata_json_have_tf_serving_keys():
     assert list(body["metadata"]) == ["signature_def"] and "@type" not in body["metadata"]["signature_def"]
     assert body["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["x"] == {
         "dtype": "DT_FLOAT", "name": "x:0"}
+
+
+def test_a_big_body_is_parsed_with_the_collector_paused_and_restored(monkeypatch):
+    import gc
+
+    seen = []
+    real_loads = json_codec.orjson.loads
+    monkeypatch.setattr(json_codec.orjson, "loads", lambda body: (seen.append(gc.isenabled()), real_loads(body))[1])
+    image = np.arange(128 * 128 * 3).reshape(128, 128, 3).tolist()
+    body = json.dumps({"instances": [{"images": image}]}).encode()
+    assert len(body) >= json_codec._GC_PAUSE_BYTES
+    small = b'{"instances": [[1.0, 2.0]]}'
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert json_codec.parse_json(body)["instances"][0]["images"] == image
+        json_codec.parse_json(small)
+        assert seen == [False, True] and gc.isenabled()
+        with pytest.raises(InvalidArgument):  # an error inside the pause still resumes the collector
+            json_codec.parse_json(b"[" + body + b"]")
+        assert gc.isenabled()
+        gc.disable()  # off before: stays off
+        json_codec.parse_json(body)
+        assert not gc.isenabled()
+        gc.enable()
+        with json_codec._gc_paused():  # nested (another thread's parse): the outermost one resumes it
+            json_codec.parse_json(body)
+            assert not gc.isenabled()
+        assert gc.isenabled() and json_codec._gc_pausers == 0
+    finally:
+        (gc.enable if was else gc.disable)()

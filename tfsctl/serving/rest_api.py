@@ -514,6 +514,7 @@ class RestServer:
         sig = json_codec.signature_name(doc)
         with self.core.hold(model_spec(name, version, label, sig)) as held:
             inputs, row_format = json_codec.decode_predict(doc, held.signature.inputs, sig)
+            del doc  # a big body's lists (65k for a 256x256 image) go now, not after the model call
             _, outputs = held.predict(inputs)
         return json_codec.encode_predict(outputs, row_format)
 
