@@ -49,3 +49,27 @@ def test_an_unloaded_servable_is_collected_and_the_serving_one_is_not(tmp_path: 
         assert second() is not None and second().version == 2  # the check can tell a live one
     finally:
         m.stop()
+
+
+def test_large_blocks_are_mapped_and_given_back_when_freed(monkeypatch) -> None:
+    """With the threshold pinned, a freed 16 MB block leaves RSS at once, every time (glibc's dynamic threshold
+    would serve the second one from the heap and keep it); an operator's MALLOC_MMAP_THRESHOLD_ is left alone."""
+    import sys
+
+    import numpy as np
+    import pytest
+
+    from tfsctl.core.memory import map_large_allocations, rss_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc and /proc only")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert map_large_allocations() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert map_large_allocations() is True
+    for _ in range(3):  # a freed mmapped block would raise glibc's dynamic threshold: pinned, it stays mapped
+        before = rss_bytes()
+        block = np.ones(16 << 20, np.uint8)
+        assert rss_bytes() - before > 15 << 20
+        del block
+        assert rss_bytes() - before < 4 << 20

@@ -10,6 +10,7 @@ The grpc.health.v1 service and server reflection are registered beside them by :
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -182,13 +183,17 @@ class LoopPredictionServicer(PredictionServicer):
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext  # noqa: N802
                       ) -> predict_pb2.PredictResponse:
         name = request.model_spec.name
+        run = functools.partial(self._predict, request)
         if self.core.predict_is_quick(request):
-            result, error = self._outcome("grpc_predict", name, lambda: self._predict(request))
+            result, error = self._outcome("grpc_predict", name, run)
         else:
             result, error = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._outcome, "grpc_predict", name, lambda: self._predict(request))
+                self.executor, self._outcome, "grpc_predict", name, run)
         if error is None:
             return result  # type: ignore[return-value]
+        # context.abort raises; the exception's traceback keeps this frame alive until a cyclic collection, so
+        # it must not hold the request (a rejected request can be tens of MB).
+        del request, run
         await context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
