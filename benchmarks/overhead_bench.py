@@ -18,6 +18,7 @@ multi-process closed-loop client is used; the report says which. h2load counts H
 gRPC target is first checked with a real call.
 
     python benchmarks/overhead_bench.py [--quick] [--out benchmarks/results]
+    python benchmarks/overhead_bench.py --only batching --rounds 5   # batching vs none only (about 2 minutes)
 
 Default run: about 5 minutes; ``--quick``: about 1-2 minutes (shorter windows, fewer levels). The machine's other
 load shows in absolute figures; the ratios compare anchors measured minutes apart in the same run.
@@ -461,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seconds", type=float, default=None, help="measurement window per level")
     ap.add_argument("--no-deeplab", action="store_true")
+    ap.add_argument("--only", choices=("batching",), default=None,
+                    help="batching: only batching vs no batching at c=1/4/16 (toy model, gRPC), interleaved")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per level (default 3, --quick 1)")
     ap.add_argument("--generator", choices=("auto", "python"), default="auto",
                     help="auto: h2load when installed, else the Python client; python: always the Python client")
     ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
@@ -477,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 2.5)
     warmup = 0.3 if args.quick else 0.5
     levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
-    rounds = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 3)
+    only_batching = args.only == "batching"
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
     load = Load(work, seconds, warmup, force_python=args.generator == "python")
     try:
@@ -513,16 +518,18 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=5).status == 200
 
     try:
-        print("in-process signature call (1 thread):", flush=True)
-        report.in_process = _in_process(toy, seconds)
-        print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
+        if not only_batching:
+            print("in-process signature call (1 thread):", flush=True)
+            report.in_process = _in_process(toy, seconds)
+            print(f"  {report.in_process['calls_per_s']:.0f} calls/s, {report.in_process['us_per_call']:.0f} us/call")
 
         # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
         # each round measures every target at every level, and the report keeps the median of the rounds.
         port = free_port()
-        bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+        bare = None if only_batching else launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)],
+                                                 port, None)
         tfs = {}
-        for workers in (1, 2):
+        for workers in (1,) if only_batching else (1, 2):
             g, r = free_port(), free_port()
             tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
         params = work / "batching.config"
@@ -531,11 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching", "--batching-parameters-file",
                                                  str(params)), g, r)
         kserve_toy = None
-        if have_kserve:
+        if have_kserve and not only_batching:
             r = free_port()
             kserve_toy = launch("kserve-toy", [sys.executable, __file__, "--kserve-server", str(r), "toy",
                                                str(toy / "1")], None, r)
-        bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
+        if bare is not None:
+            bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
         for srv in (*tfs.values(), batching):
             srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
             srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
@@ -544,25 +552,29 @@ def main(argv: list[str] | None = None) -> int:
 
         raw: list[Run] = []
         for rnd in range(rounds):
-            print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
-            for c in levels:
-                for srv in (bare, tfs[1], tfs[2]):
-                    raw.append(load.run(srv, "grpc", payload, c))
+            if not only_batching:
+                print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
+                for c in levels:
+                    for srv in (bare, tfs[1], tfs[2]):
+                        raw.append(load.run(srv, "grpc", payload, c))
             print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
             for c in (1, 4, 16):
                 raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
                 raw.append(load.run(batching, "grpc", payload, c))
+            if only_batching:
+                continue
             print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
             raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
             if kserve_toy is not None:
                 raw.append(load.run(kserve_toy, "rest", toy_json, 32, "/v1/models/toy:predict"))
-        for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
-            report.memory_mb[name] = srv.memory_mb()
+        for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs.get(2))):
+            if srv is not None:
+                report.memory_mb[name] = srv.memory_mb()
         for srv in list(servers):
             srv.stop()
             servers.remove(srv)
 
-        deeplab = None if args.no_deeplab else _deeplab(work)
+        deeplab = None if args.no_deeplab or only_batching else _deeplab(work)
         if deeplab is None:
             report.notes.append("DeepLab skipped (--no-deeplab or no samples/deeplab/checkpoint)")
         else:
@@ -596,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     _ratios(report)
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
+    if only_batching:  # a partial run: never overwrites the full report
+        (args.out / "overhead_batching.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        print(f"wrote {args.out / 'overhead_batching.json'}")
+        return 0
     (args.out / "overhead.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     _plot(report, args.out / "overhead.png")
     print(f"wrote {args.out / 'overhead.json'} and {args.out / 'overhead.png'}")
