@@ -31,13 +31,16 @@ tfsctl additions, so batching does not tax a lone request nor a closed loop of c
 
 - A batch does not wait out ``batch_timeout_micros`` for nobody. The batcher counts the requests on their way to it
   (the front ends announce each request as it enters the handler, :meth:`Batcher.arrival`; a bare ``run`` call
-  counts from its start); once two batches in a row waited out their timeout while none was on its way, a batch also
-  runs as soon as no request is on its way, i.e. when the queues hold every request that could join it. Requests
-  still decoding hold the batch open (up to the timeout), so concurrent requests still share batches. A batch that
-  fills up, or times out while requests are still arriving, before that point resets the count.
+  counts from its start). Once two batches in a row waited out their timeout while none was on its way, a batch also
+  runs as soon as no request is on its way and no batch is running. Requests still decoding hold the batch open
+  (up to the timeout), and so does a running batch, so requests arriving meanwhile share the next batch. Before
+  that point a batch that fills up, or times out while requests are still arriving, resets the count; after it the
+  rule stays on (``close_early_after`` sets the count; 0: from the start).
+- An idle batcher runs a request alone in its caller's thread, without a queue entry, merge or second validation.
 - The request whose arrival makes a batch ready runs it in its own thread when a batch slot is free (at most
-  ``num_batch_threads`` batches run at once, callers and batch threads together), so no thread hand-off is paid;
-  the batch threads run the batches that become ready by timeout or wait for a free slot.
+  ``num_batch_threads`` batches run at once, callers and batch threads together). A batch waiting for a slot is
+  handed, when one frees up, to its first request's thread (woken for its result anyway). The batch threads run
+  the batches that time out, and those whose first request is part of a split one.
 
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
