@@ -18,7 +18,9 @@ serialized request and ``content-type: application/grpc``, and REST over HTTP/1.
 multi-process closed-loop client is used; the report says which. h2load counts HTTP 200 as success, so every
 gRPC target is first checked with a real call.
 
-    python benchmarks/overhead_bench.py [--quick] [--only rest] [--kserve-python PATH] [--out benchmarks/results]
+    python benchmarks/overhead_bench.py [--quick] [--only rest|batching] [--rounds N] [--kserve-python PATH]
+                                        [--out benchmarks/results]
+    python benchmarks/overhead_bench.py --only batching --rounds 5   # batching vs none only (about 2 minutes)
 
 The KServe anchor runs in an interpreter of its own, because kserve pins a protobuf older than the project's:
 ``make bench-kserve-env`` creates ``benchmarks/.kserve-venv`` (gitignored; kserve==0.21.0 and TensorFlow from PyPI,
@@ -510,9 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seconds", type=float, default=None, help="measurement window per level")
     ap.add_argument("--no-deeplab", action="store_true")
-    ap.add_argument("--only", choices=("all", "rest"), default="all",
+    ap.add_argument("--only", choices=("all", "rest", "batching"), default="all",
                     help="rest: only the REST section (toy c=32 and DeepLab, tfsctl vs KServe), written to "
-                         "overhead_rest.json")
+                         "overhead_rest.json; batching: only batching vs no batching at c=1/4/16 (toy model, gRPC), "
+                         "written to overhead_batching.json")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per level (default 3, --quick 1)")
     ap.add_argument("--kserve-python", default=None, metavar="PATH",
                     help="interpreter with kserve and TensorFlow for the KServe anchor (default: "
                          "benchmarks/.kserve-venv/bin/python when it exists, made by `make bench-kserve-env`)")
@@ -532,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 2.5)
     warmup = 0.3 if args.quick else 0.5
     levels = (8, 32, 128) if args.quick else (8, 16, 32, 64, 128)
-    rounds = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 3)
     full = args.only == "all"
+    rest_part = args.only in ("all", "rest")
+    batching_part = args.only in ("all", "batching")
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
     load = Load(work, seconds, warmup, force_python=args.generator == "python")
     kserve_python, kserve_versions, kserve_note = _kserve_interpreter(args.kserve_python)
@@ -591,13 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (1, 2) if full else (1,):
             g, r = free_port(), free_port()
             tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
-        if full:
+        if batching_part:
             params = work / "batching.config"
             params.write_text(BATCHING % (os.cpu_count() or 1))
             g, r = free_port(), free_port()
             batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching",
                                                      "--batching-parameters-file", str(params)), g, r)
-        kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve else None
+        kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve and rest_part else None
         if bare is not None:
             bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
         for srv in (*tfs.values(), *([batching] if batching else [])):
@@ -612,10 +618,13 @@ def main(argv: list[str] | None = None) -> int:
                 for c in levels:
                     for srv in (bare, tfs[1], tfs[2]):
                         raw.append(load.run(srv, "grpc", payload, c))
+            if batching_part:
                 print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
                 for c in (1, 4, 16):
                     raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
                     raw.append(load.run(batching, "grpc", payload, c))
+            if not rest_part:
+                continue
             print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
             raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
             if kserve_toy is not None:
@@ -627,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             srv.stop()
             servers.remove(srv)
 
-        deeplab = None if args.no_deeplab else _deeplab(work)
+        deeplab = None if args.no_deeplab or not rest_part else _deeplab(work)
         if deeplab is None:
             report.notes.append("DeepLab skipped (--no-deeplab or no samples/deeplab/checkpoint)")
         else:
@@ -660,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     _ratios(report)
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / ("overhead.json" if full else "overhead_rest.json")
+    name = {"all": "overhead.json", "rest": "overhead_rest.json", "batching": "overhead_batching.json"}[args.only]
+    out = args.out / name  # a partial run never overwrites the full report
     out.write_text(json.dumps(asdict(report), indent=2) + "\n")
     if full:
         _plot(report, args.out / "overhead.png")
@@ -736,6 +746,7 @@ def _print(report: Report) -> None:
         line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
     if full:
         line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
+    if report.only in ("all", "batching"):
         for c in (1, 4, 16):
             line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])
     line("toy REST vs KServe (c=32)", rt["toy_rest_vs_kserve"], GOALS["toy_rest_vs_kserve"])

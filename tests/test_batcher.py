@@ -167,9 +167,9 @@ def test_splitting_queue_capacity_counts_execution_batches(toy):
     batcher.stop()
 
 
-def test_lone_requests_run_at_once_in_the_callers_thread_and_overlap_restores_batching(toy):
-    """After two requests found the batcher idle, the next lone request skips batch_timeout_micros: it runs at once
-    in the caller's thread. A request arriving while another is in flight waits for partners again (TF Serving)."""
+def test_after_two_wasted_waits_a_lone_request_runs_at_once_in_the_callers_thread(toy):
+    """The first two lone requests wait out batch_timeout_micros in a batch thread (TF Serving); that wait bought
+    nothing (no request was on its way), so the next ones run at once in the caller's thread."""
     metrics = Metrics()
     rec = _Recording(toy)
     batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1), metrics)
@@ -178,23 +178,74 @@ def test_lone_requests_run_at_once_in_the_callers_thread_and_overlap_restores_ba
         for i in range(5):
             x = _rows(i, 1)
             np.testing.assert_allclose(batcher.run(rec, "", {"x": x})["y"], x * SCALE)
-        # The first two waited their timeout in a batch thread (TF Serving); the next ones ran here, at once.
         threads = [t for _, t in rec.calls]
         assert me not in threads[:2] and threads[2:] == [me] * 3
         assert _batches(metrics) == (5.0, 5.0)
-        rec.calls.clear()
-        rec.gate = threading.Event()
-        rec.entered.clear()
+    finally:
+        batcher.stop()
+
+
+def test_a_batch_waits_while_a_request_is_on_its_way_and_runs_once_none_is(toy):
+    """Early close: queued requests wait (up to the timeout) while another request is still arriving (announced by
+    the front end with ``arrival()``), and run together, long before the timeout, as soon as it has arrived."""
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1), metrics,
+                      close_early_after=0)
+    decoded = threading.Event()
+    try:
         with ThreadPoolExecutor(3) as pool:
+            def late() -> dict:
+                with batcher.arrival():  # a request still decoding: the batch must wait for it
+                    assert decoded.wait(30)
+                    return batcher.run(toy, "", {"x": _rows(30, 1)})
+
+            third = pool.submit(late)
+            first = pool.submit(batcher.run, toy, "", {"x": _rows(10, 1)})
+            second = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+            _poll(lambda: batcher.pending() == 2)
+            assert not first.done() and not second.done()
+            decoded.set()  # it arrives: nobody else is on the way, so the batch of three runs now, not in 60 s
+            for f, start in ((first, 10), (second, 20), (third, 30)):
+                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
+        assert _batches(metrics) == (1.0, 3.0)
+        # An announced request that leaves without reaching the queue (here: refused, too big) lets the batch go.
+        gate = threading.Event()
+        with ThreadPoolExecutor(2) as pool:
+            def bad() -> None:
+                with batcher.arrival():
+                    assert gate.wait(30)
+                    with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+                        batcher.run(toy, "", {"x": _rows(0, 9)})
+
+            leaving = pool.submit(bad)
+            waiting = pool.submit(batcher.run, toy, "", {"x": _rows(40, 1)})
+            _poll(lambda: batcher.pending() == 1)
+            gate.set()
+            np.testing.assert_allclose(waiting.result(20)["y"], _rows(40, 1) * SCALE)
+            leaving.result(20)
+    finally:
+        batcher.stop()
+
+
+def test_a_batch_waiting_for_a_slot_runs_in_its_first_requests_thread(toy):
+    """No hand-off to a batch thread: when the running batch ends, the batch queued behind it is run by the thread
+    of its first request, which returns its neighbour's rows too."""
+    rec = _Recording(toy, gate=threading.Event())
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1),
+                      close_early_after=0)
+    try:
+        with ThreadPoolExecutor(3, thread_name_prefix="caller") as pool:
             alone = pool.submit(batcher.run, rec, "", {"x": _rows(10, 1)})
-            assert rec.entered.wait(30)  # runs alone, held inside the model
+            assert rec.entered.wait(30)  # runs alone (the batcher was idle), held inside the model
             second = pool.submit(batcher.run, rec, "", {"x": _rows(20, 1)})
+            _poll(lambda: batcher.pending() == 1)
             third = pool.submit(batcher.run, rec, "", {"x": _rows(30, 1)})
-            _poll(lambda: batcher.pending() == 2)  # overlap: both wait for partners in the queue
+            _poll(lambda: batcher.pending() == 2)  # the only slot is busy: both wait in one batch
             rec.gate.set()
             for f, start in ((alone, 10), (second, 20), (third, 30)):
-                np.testing.assert_allclose(f.result(30)["y"], _rows(start, 1) * SCALE)
-        assert [n for n, _ in rec.calls] == [1, 2] and rec.calls[1][1] != me  # the two shared one batch
+                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
+        assert [n for n, _ in rec.calls] == [1, 2]
+        assert rec.calls[1][1].startswith("caller") and rec.calls[1][1] != rec.calls[0][1]
     finally:
         batcher.stop()
 

@@ -27,11 +27,20 @@ Semantics (TF Serving's, with its defaults; the knobs and their checks are :clas
 - Requests that cannot be batched (scalar inputs, inputs whose dimension 0 differs, a signature whose dimension 0 is
   fixed, an empty batch) run directly, unbatched.
 
-One tfsctl addition, so batching does not tax a lone request: a request that arrives when the batcher is idle
-(nothing queued or running, so every batch thread is free), right after two requests that also found it idle, runs at
-once in the caller's thread as a batch of its own (padding and metrics as any batch) instead of waiting out
-``batch_timeout_micros`` for partners that the traffic shows are not coming. Any overlap between requests switches
-back to TF Serving's waiting, so batches still form under concurrent load.
+tfsctl additions, so batching does not tax a lone request nor a closed loop of clients:
+
+- A batch does not wait out ``batch_timeout_micros`` for nobody. The batcher counts the requests on their way to it
+  (the front ends announce each request as it enters the handler, :meth:`Batcher.arrival`; a bare ``run`` call
+  counts from its start). Once two batches in a row waited out their timeout while none was on its way, a batch also
+  runs as soon as no request is on its way and no batch is running. Requests still decoding hold the batch open
+  (up to the timeout), and so does a running batch, so requests arriving meanwhile share the next batch. Before
+  that point a batch that fills up, or times out while requests are still arriving, resets the count; after it the
+  rule stays on (``close_early_after`` sets the count; 0: from the start).
+- An idle batcher runs a request alone in its caller's thread, without a queue entry, merge or second validation.
+- The request whose arrival makes a batch ready runs it in its own thread when a batch slot is free (at most
+  ``num_batch_threads`` batches run at once, callers and batch threads together). A batch waiting for a slot is
+  handed, when one frees up, to its first request's thread (woken for its result anyway). The batch threads run
+  the batches that time out, and those whose first request is part of a split one.
 
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
@@ -42,13 +51,12 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,9 +77,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BatchOptions", "Batcher", "BatchableServable"]
 
-# Consecutive requests that found the batcher idle, this one included, before a lone request runs at once (see the
-# module docstring): the first two after any overlap still wait for partners, as TF Serving's batcher always does.
-_IDLE_STREAK_TO_RUN_ALONE = 3
+# Batches in a row that waited out batch_timeout_micros while no request was on its way, before batches run as soon as
+# no request is on its way (see the module docstring). Until then the batcher waits as TF Serving's always does.
+_WASTED_WAITS_TO_CLOSE_EARLY = 2
 
 
 class BatchableServable(Protocol):
@@ -86,12 +94,34 @@ class BatchableServable(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-@dataclass
 class _Task:
-    inputs: dict[str, np.ndarray]
-    size: int
-    enqueued: float
-    future: Future = field(default_factory=Future)
+    """One queued request (or part of a split one). Its caller's thread sleeps on ``_signal`` until the task is done,
+    or until it is handed a batch to run (``lead``): the thread that would be woken for its result anyway runs it."""
+
+    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "_signal")
+
+    def __init__(self, inputs: dict[str, np.ndarray], size: int, enqueued: float, can_lead: bool = False) -> None:
+        self.inputs, self.size, self.enqueued, self.can_lead = inputs, size, enqueued, can_lead
+        self.lead: tuple[_Queue, list[_Task]] | None = None
+        self.done = False
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self._signal = threading.Lock()
+        self._signal.acquire()
+
+    def finish(self, outputs: dict[str, np.ndarray] | None, error: BaseException | None, wake: bool) -> None:
+        self.outputs, self.error, self.done = outputs, error, True
+        if wake:
+            self._signal.release()
+
+    def hand(self, queue: _Queue, tasks: list[_Task]) -> None:
+        """Wake this task's caller to run ``tasks`` (a batch slot is already taken for it); its own task is first."""
+        self.lead = (queue, tasks)
+        self._signal.release()
+
+    def wait(self) -> None:
+        if not self.done:
+            self._signal.acquire()
 
 
 @dataclass
@@ -111,14 +141,18 @@ class _Queue:
     batches: deque[_Batch] = field(default_factory=deque)  # the last one is open
     pending: int = 0  # examples queued, not yet taken by a batch thread
 
-    def ready(self, now: float, stopping: bool) -> bool:
+    def ready(self, now: float, stopping: bool, nobody_coming: bool) -> str | None:
+        """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits."""
         if not self.batches:
-            return False
-        if len(self.batches) > 1 or stopping:
-            return True
+            return None
         head = self.batches[0]
-        return (head.size >= self.options.execution_batch_size
-                or now - head.started >= self.options.batch_timeout_micros / 1e6)
+        if len(self.batches) > 1 or head.size >= self.options.execution_batch_size:
+            return "full"  # the next request did not fit: TF Serving closes it
+        if stopping:
+            return "stopping"
+        if now - head.started >= self.options.batch_timeout_micros / 1e6:
+            return "timeout"
+        return "arrived" if nobody_coming else None
 
 
 class Batcher:
@@ -129,9 +163,11 @@ class Batcher:
     """
 
     def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False,
-                 isolate_failures: bool = False) -> None:
+                 isolate_failures: bool = False, close_early_after: int = _WASTED_WAITS_TO_CLOSE_EARLY) -> None:
         """``isolate_failures`` (tfsctl's opt-in): a batch that fails with INVALID_ARGUMENT is rerun request by
-        request, so only the bad request fails; TF Serving (the default) fails every request of the batch."""
+        request, so only the bad request fails; TF Serving (the default) fails every request of the batch.
+        ``close_early_after``: wasted timeout waits in a row before batches stop waiting for nobody (0: at once)."""
+        self._close_early_after = close_early_after
         self.isolate_failures = isolate_failures
         self.options = BatchOptions.from_params(params)
         self.metrics = metrics
@@ -141,8 +177,13 @@ class Batcher:
         self._model_options: weakref.WeakKeyDictionary[Any, BatchOptions | None] = weakref.WeakKeyDictionary()
         self._dims: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
         self._stopping = False
-        self._in_flight = 0  # batched requests queued or running (lone ones included)
-        self._idle_streak = 0  # consecutive arrivals that found nothing in flight
+        self._arriving = 0  # requests on their way to a queue: announced or inside run(), not yet queued
+        self._running = 0  # batches running, in batch threads and callers: at most num_batch_threads
+        self._wasted = 0  # batches in a row that waited out their timeout while no request was on its way
+        self._close_early = close_early_after <= 0  # a batch runs once no request is on its way
+        self._wake_at = math.inf  # when the last batch thread to go to sleep wakes up by itself
+        self._local = threading.local()  # .arriving: this thread's request is counted in _arriving
+        self._slots = self.options.num_batch_threads
         self._threads = [
             threading.Thread(target=self._worker, name=f"{self.options.thread_pool_name}-{i}", daemon=True)
             for i in range(self.options.num_batch_threads)
@@ -160,11 +201,38 @@ class Batcher:
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` on ``servable`` as part of a batch; blocks until this request's outputs are ready."""
-        signature_name = signature_name or DEFAULT_SIGNATURE
-        output_filter = tuple(output_filter)
+        local = self._local
+        if not getattr(local, "arriving", False):
+            self._begin_arrival()
+        try:
+            return self._run(servable, signature_name or DEFAULT_SIGNATURE, inputs, tuple(output_filter))
+        finally:
+            if local.arriving:  # left before reaching a queue (unbatched, refused, invalid)
+                self._end_arrival()
+
+    def arrival(self) -> _Arrival:
+        """Context manager a front end enters when a request comes in, before decoding it: until the request reaches
+        a queue (its ``run`` call) or leaves, a batch it could join does not run early (see the module docstring)."""
+        return _Arrival(self)
+
+    def _begin_arrival(self) -> None:
+        with self._cond:
+            self._arriving += 1
+        self._local.arriving = True
+
+    def _end_arrival(self) -> None:
+        self._local.arriving = False
+        with self._cond:
+            self._arriving -= 1
+            if self._close_early and not self._arriving and not self._running and self._queues:
+                self._cond.notify()  # a batch waiting for this request may run now
+
+    def _run(self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray],
+             output_filter: tuple) -> dict[str, np.ndarray]:
         opts = self._options_for(servable)
         plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
         if plan is None:
+            self._end_arrival()
             if self._stopping:
                 raise Unavailable("server is shutting down: batcher stopped")
             return servable.run(signature_name, inputs, output_filter)
@@ -175,35 +243,62 @@ class Batcher:
                                   f"input batch size {opts.max_batch_size} (max_batch_size); send smaller requests"
                                   + ("" if opts.enable_large_batch_splitting
                                      else " or enable enable_large_batch_splitting"))
-        with self._cond:
-            if self._stopping:
-                raise Unavailable("server is shutting down: batcher stopped")
-            idle = self._in_flight == 0
-            self._idle_streak = self._idle_streak + 1 if idle else 0
-            alone = idle and self._idle_streak >= _IDLE_STREAK_TO_RUN_ALONE and size <= opts.execution_batch_size
-            if alone:
-                self._in_flight += 1
-        if alone:
+        if self._close_early and self._claim_idle(key, size, opts):
             try:
                 return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
             finally:
-                with self._cond:
-                    self._in_flight -= 1
+                self._release_slot()
         validate = getattr(servable, "validate", None)
         if validate is not None:
             validate(signature_name, inputs)
-        tasks = self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size)
-        try:
-            parts = [t.future.result() for t in tasks]
-        finally:
-            # Every part of a split request is in flight until it ran, even after another part failed: the
-            # count must not drop while parts still sit in a queue (the lone-request path reads it as "idle").
-            futures_wait([t.future for t in tasks])
-            with self._cond:
-                self._in_flight -= len(tasks)
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+        tasks, queue, batch = self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size)
+        me = tasks[0] if len(tasks) == 1 else None
+        if batch is not None:  # this request made a batch ready and a slot was free: run it here, no hand-off
+            self._execute_and_release(queue, batch, me)
+        if me is not None:
+            me.wait()
+            if me.lead is not None:  # handed a ready batch (its own task first) when a slot freed up
+                self._execute_and_release(*me.lead, me)
+            if me.error is not None:
+                raise me.error
+            assert me.outputs is not None
+            return me.outputs
+        # Wait for every part of a split request, even after one failed: none may still sit in a queue.
+        for t in tasks:
+            t.wait()
+        for t in tasks:
+            if t.error is not None:
+                raise t.error
+        parts = [t.outputs for t in tasks]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}  # type: ignore[index]
+
+    def _claim_idle(self, key: tuple, size: int, opts: BatchOptions) -> bool:
+        """True (a batch slot taken) when this request would run at once anyway: the batcher is idle (no batch
+        running, nothing queued for it, no other request on its way). It then runs alone, without a queue."""
+        with self._cond:
+            if (self._arriving != 1 or self._running or key in self._queues or self._stopping
+                    or size > opts.execution_batch_size):
+                return False
+            self._local.arriving = False
+            self._arriving = 0
+            self._running = 1
+            return True
+
+    def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
+                   opts: BatchOptions, key: tuple, size: int) -> dict[str, np.ndarray]:
+        """A batch of one request in the caller's thread: no task, merge or split (``servable.run`` validates)."""
+        allowed = opts.allowed_batch_sizes
+        if not allowed or size in allowed or size > allowed[-1]:
+            outputs = servable.run(signature_name, inputs, output_filter)
+            if self.metrics is not None:
+                self.metrics.observe_batch(servable.name, size, [0.0])
+            return outputs
+        validate = getattr(servable, "validate", None)
+        if validate is not None:
+            validate(signature_name, inputs)
+        queue = _Queue(key, servable, signature_name, output_filter, opts)
+        outputs, _ = self._run_batch(queue, [_Task(inputs, size, time.monotonic())])
+        return {k: v[:size] for k, v in outputs.items()}
 
     def _options_for(self, servable: Any) -> BatchOptions | None:
         """Queue options for ``servable``: the global ones, or (per-model) its version's file; None = unbatched."""
@@ -227,7 +322,9 @@ class Batcher:
         return opts
 
     def _enqueue(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
-                 opts: BatchOptions, key: tuple, size: int) -> list[_Task]:
+                 opts: BatchOptions, key: tuple, size: int) -> tuple[list[_Task], _Queue, list[_Task] | None]:
+        """Queue the request (in parts when split); returns its tasks, the queue, and the head batch's tasks when
+        the caller is to run that batch itself (it became ready and a batch slot was free), else None."""
         now = time.monotonic()
         limit = opts.execution_batch_size
         with self._cond:
@@ -256,20 +353,33 @@ class Batcher:
                 bounds = [0, *range(first if first > 0 else limit, size, limit), size]
                 chunks = [{k: v[lo:hi] for k, v in inputs.items()} for lo, hi in zip(bounds, bounds[1:], strict=False)]
             tasks = []
+            opened = False
             for chunk in chunks:
                 n = int(next(iter(chunk.values())).shape[0])
-                task = _Task(chunk, n, now)
+                task = _Task(chunk, n, now, can_lead=len(chunks) == 1)
                 if not queue.batches or queue.batches[-1].size + n > limit:
                     queue.batches.append(_Batch(started=now))
+                    opened = True
                 batch = queue.batches[-1]
                 batch.tasks.append(task)
                 batch.size += n
                 tasks.append(task)
             queue.pending += size
             self._queues[key] = queue
-            self._in_flight += len(tasks)
-            self._cond.notify()
-        return tasks
+            self._local.arriving = False
+            self._arriving -= 1
+            nobody_coming = self._close_early and not self._arriving and not self._running
+            mine = None
+            if self._running < self._slots:
+                reason = queue.ready(now, False, nobody_coming)
+                if reason is not None:
+                    mine = self._take(queue, reason)
+                    self._running += 1
+            if nobody_coming and self._queues:
+                self._cond.notify()  # another queue's batch may run now
+            elif opened:
+                self._kick()  # a new batch to time
+        return tasks, queue, mine
 
     def _plan(self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray],
               output_filter: tuple, opts: BatchOptions) -> tuple[tuple, int] | None:
@@ -305,63 +415,99 @@ class Batcher:
         key = (servable.name, servable.version, id(servable), signature_name, output_filter, tuple(parts))
         return key, int(size)
 
-    def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
-                   opts: BatchOptions, key: tuple, size: int) -> dict[str, np.ndarray]:
-        """A lone request on an idle batcher: a batch of its own, run in the caller's thread (no hand-off, no wait)."""
-        allowed = opts.allowed_batch_sizes
-        if not allowed or size in allowed or size > allowed[-1]:
-            outputs = servable.run(signature_name, inputs, output_filter)
-            if self.metrics is not None:
-                self.metrics.observe_batch(servable.name, size, [0.0])
-            return outputs
-        validate = getattr(servable, "validate", None)
-        if validate is not None:
-            validate(signature_name, inputs)
-        queue = _Queue(key, servable, signature_name, output_filter, opts)
-        outputs, _ = self._run_batch(queue, [_Task(inputs, size, time.monotonic())])
-        return {k: v[:size] for k, v in outputs.items()}
-
     # --- batch threads ---
 
-    def _ready_queue(self, now: float) -> tuple[_Queue | None, float | None]:
-        """The ready queue with the oldest head batch, else the seconds until one becomes ready."""
+    def _ready_queue(self, now: float) -> tuple[_Queue | None, str, float | None]:
+        """The ready queue with the oldest head batch and why it is ready, else the seconds until one times out."""
         best: _Queue | None = None
+        why = ""
         wait: float | None = None
+        nobody_coming = self._close_early and not self._arriving and not self._running
         for q in self._queues.values():
             if not q.batches:
                 continue
             head = q.batches[0].started
-            if q.ready(now, self._stopping):
+            reason = q.ready(now, self._stopping, nobody_coming)
+            if reason is not None:
                 if best is None or head < best.batches[0].started:
-                    best = q
+                    best, why = q, reason
             else:
                 left = head + q.options.batch_timeout_micros / 1e6 - now
                 wait = left if wait is None else min(wait, left)
-        return best, wait
+        return best, why, wait
 
-    def _take(self, queue: _Queue) -> list[_Task]:
+    def _take(self, queue: _Queue, reason: str) -> list[_Task]:
+        """Pop the head batch (lock held); ``reason`` (see ``_Queue.ready``) feeds the early-close rule."""
+        if not self._close_early:
+            if reason == "timeout" and not self._arriving:  # it waited for nobody
+                self._wasted += 1
+                self._close_early = self._wasted >= self._close_early_after
+            elif reason in ("timeout", "full"):  # partners came, or were still coming: waiting paid
+                self._wasted = 0
         batch = queue.batches.popleft()
         queue.pending -= batch.size
         if not queue.batches:
             del self._queues[queue.key]
         return batch.tasks
 
+    def _execute_and_release(self, queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
+        try:
+            self._execute(queue, tasks, me)
+        finally:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        """Free a batch slot; a batch ready for it goes to its first request's thread (woken to run it, where it
+        would have been woken for its result anyway) or, when that thread cannot lead, to a batch thread."""
+        with self._cond:
+            self._running -= 1
+            if self._stopping:
+                self._cond.notify_all()  # the last batch done: every batch thread may exit
+                return
+            if not self._queues:
+                return
+            queue, reason, _ = self._ready_queue(time.monotonic())
+            if queue is not None:
+                leader = queue.batches[0].tasks[0]
+                if not leader.can_lead:
+                    self._cond.notify()
+                    return
+                tasks = self._take(queue, reason)
+                self._running += 1
+                leader.hand(queue, tasks)
+            self._kick()  # a batch left queued must be timed
+
+    def _kick(self) -> None:
+        """Lock held: wake a batch thread when a queued batch times out before any sleeping one wakes up."""
+        for q in self._queues.values():
+            if q.batches:
+                deadline = q.batches[0].started + q.options.batch_timeout_micros / 1e6
+                if deadline < self._wake_at:
+                    self._wake_at = deadline  # the woken thread sets its own; this avoids waking a second one
+                    self._cond.notify()
+                    return
+
     def _worker(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    queue, wait = self._ready_queue(time.monotonic())
-                    if queue is not None:
-                        tasks = self._take(queue)
+                    queue, reason, wait = self._ready_queue(time.monotonic())
+                    if queue is not None and self._running < self._slots:
+                        tasks = self._take(queue, reason)
+                        self._running += 1
                         if self._queues:
                             self._cond.notify()  # more work may be ready for another thread
                         break
                     if self._stopping and not self._queues:
                         return
+                    # A ready batch without a free slot goes out when a slot is released (_release_slot).
+                    self._wake_at = math.inf if wait is None else time.monotonic() + wait
                     self._cond.wait(wait)
-            self._execute(queue, tasks)
+                    self._wake_at = math.inf  # awake: it may go on to run a batch, timing nothing meanwhile
+            self._execute_and_release(queue, tasks, None)
 
-    def _execute(self, queue: _Queue, tasks: list[_Task]) -> None:
+    def _execute(self, queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
+        """Run a batch and deliver each task's outputs or error (``me``, the running thread's own task, unwoken)."""
         try:
             outputs, sizes = self._run_batch(queue, tasks)
         except BaseException as exc:  # delivered to every caller; never lost
@@ -369,28 +515,33 @@ class Batcher:
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
             if self.isolate_failures and len(tasks) > 1 and isinstance(exc, InvalidArgument):
-                self._run_each(queue, tasks)  # one request's bad data must not fail its neighbours
+                self._run_each(queue, tasks, me)  # one request's bad data must not fail its neighbours
                 return
             for t in tasks:
-                t.future.set_exception(exc)
+                t.finish(None, exc, t is not me)
+            return
+        if len(tasks) == 1 and all(v.shape[0] == sizes[0] for v in outputs.values()):  # no split, no padding
+            tasks[0].finish(outputs, None, tasks[0] is not me)
             return
         offset = 0
         for t, n in zip(tasks, sizes, strict=True):
-            t.future.set_result({k: v[offset : offset + n] for k, v in outputs.items()})
+            t.finish({k: v[offset : offset + n] for k, v in outputs.items()}, None, t is not me)
             offset += n
 
     @staticmethod
-    def _run_each(queue: _Queue, tasks: list[_Task]) -> None:
+    def _run_each(queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
         """Run each request of a failed batch alone, so each gets its own outputs or error."""
         for t in tasks:
             try:
-                t.future.set_result(queue.servable.run(queue.signature_name, t.inputs, queue.output_filter))
+                outputs = queue.servable.run(queue.signature_name, t.inputs, queue.output_filter)
             except ServingError as exc:
-                t.future.set_exception(exc)
+                t.finish(None, exc, t is not me)
             except BaseException as exc:  # noqa: BLE001 - delivered to its caller, never lost
                 log.exception("request for model %s failed", queue.servable.name)
-                t.future.set_exception(Internal(
-                    f"model '{queue.servable.name}' signature '{queue.signature_name}': {type(exc).__name__}: {exc}"))
+                t.finish(None, Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': "
+                                        f"{type(exc).__name__}: {exc}"), t is not me)
+            else:
+                t.finish(outputs, None, t is not me)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[dict[str, np.ndarray], list[int]]:
         sizes = [t.size for t in tasks]
@@ -438,6 +589,25 @@ class Batcher:
 
 
 _UNKNOWN = object()
+
+
+class _Arrival:
+    """``Batcher.arrival()``: counts the calling thread's request as on its way until its ``run`` queues it."""
+
+    __slots__ = ("_batcher", "_mine")
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._mine = False
+
+    def __enter__(self) -> None:
+        if not getattr(self._batcher._local, "arriving", False):  # nested: the outer one counts
+            self._batcher._begin_arrival()
+            self._mine = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mine and self._batcher._local.arriving:  # never queued (refused, unbatched, failed to decode)
+            self._batcher._end_arrival()
 
 
 def _where(servable: Any, signature_name: str) -> str:

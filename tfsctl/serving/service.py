@@ -10,7 +10,7 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,8 @@ class ServingCore:
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
         self._run = self._batched_run if batcher is not None else inference.servable_run
+        # The batcher counts requests on their way to it, so a batch stops waiting once none is (batcher.py).
+        self._arrival: Callable[[], AbstractContextManager[Any]] = getattr(batcher, "arrival", None) or nullcontext
         self._specs: dict[tuple[str, int, str], model_pb2.ModelSpec] = {}
 
     # --- helpers ---------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ class ServingCore:
         and the outputs."""
         size = request.ByteSize()
         try:
-            with self._handle(request.model_spec) as servable:
+            with self._arrival(), self._handle(request.model_spec) as servable:
                 name, outputs = inference.run_predict(
                     servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
@@ -157,7 +159,7 @@ class ServingCore:
     def hold(self, model_spec: model_pb2.ModelSpec) -> Iterator[HeldServable]:
         """One servable handle for a whole front-end request (signature lookup, decode, run, encode), as gRPC holds
         it: a version swap in between can neither fail the request nor mix two versions."""
-        with self._handle(model_spec) as servable:
+        with self._arrival(), self._handle(model_spec) as servable:
             yield HeldServable(self, servable, signature_or_default(model_spec.signature_name))
 
     # --- Classify / Regress / MultiInference ----------------------------------------------------------------------
@@ -175,7 +177,7 @@ class ServingCore:
         """Classify and Regress alike: one held version, TF Serving's rules in ``run``, memory trimmed after."""
         size = request.input.ByteSize()
         try:
-            with self._handle(request.model_spec) as servable:
+            with self._arrival(), self._handle(request.model_spec) as servable:
                 name, result = run(servable, request, run=self._run,
                                    method_check=self.enable_signature_method_name_check,
                                    max_bytes=self.max_request_bytes)
@@ -191,7 +193,7 @@ class ServingCore:
         inference.check_multi_inference_tasks(request)
         size = request.input.ByteSize()
         try:
-            with self._handle(request.tasks[0].model_spec) as servable:
+            with self._arrival(), self._handle(request.tasks[0].model_spec) as servable:
                 return inference.run_multi_inference(
                     servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes)
