@@ -369,15 +369,15 @@ def test_short_steps_move_to_the_callers_thread_and_long_ones_stay_pooled(tmp_pa
         loader.unload()
 
     # Steps that grow (a batch thousands of times larger) go back to the pool; small ones come back inline.
-    both = write_matmul_model(tmp_path / "both", 1, 256, 2)
+    both = write_matmul_model(tmp_path / "both", 1, 512, 4)
     loader = Loader("both", 1, both, options=LoadOptions(enable_model_warmup=False))
     servable = loader.load()
     try:
-        one, many = np.ones((1, 256), np.float32), np.ones((8192, 256), np.float32)
+        one, many = np.ones((1, 512), np.float32), np.ones((4096, 512), np.float32)  # 8.6 GFLOP a step
         for _ in range(12):
             servable.run("", {"x": one})
         assert _runner_of(servable).inline
-        for _ in range(12):
+        for _ in range(17):  # a window still holding small steps, then a full window of long ones
             np.testing.assert_allclose(servable.run("", {"x": many})["y"], many, rtol=1e-4)
         assert not _runner_of(servable).inline
         for _ in range(24):

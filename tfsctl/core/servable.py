@@ -10,10 +10,12 @@ TF runtime errors keep their TF status code, as TF Serving returns ``Session::Ru
 Short steps run in the caller's thread. A session step normally goes through TF's inter-op thread pool: the
 caller hands the step over and sleeps until a pool thread finishes it. For a step of a few microseconds (a small
 model) that hand-over costs more than the step itself (toy model: 7 µs in the caller's thread against 25 µs through
-the pool, and a third of the server's CPU per request). So each callable measures its steps in windows: once a
-window's median is under :data:`INLINE_STEP_S`, later calls run in the caller's thread
-(``RunOptions.inter_op_thread_pool = -1``); if it grows past :data:`POOLED_STEP_S` (bigger batches), calls go back to
-the pool, where independent ops run in parallel.
+the pool, and a third of the server's CPU per request). So each callable measures its steps in windows of 8: once
+a window's median is under :data:`INLINE_STEP_S`, later calls run in the caller's thread
+(``RunOptions.inter_op_thread_pool = -1``); once every step of a window takes longer than :data:`POOLED_STEP_S`
+(bigger batches), calls go back to the pool, where independent ops run in parallel. (Every step, not the median: on
+a busy machine a 7 µs step often takes milliseconds of wall time to get its thread and the GIL back, but a step
+that is really long is long every time.)
 Results are the same either way; intra-op parallelism is unaffected. A session config that sets the inter-op
 threads or pools explicitly turns this off (``inline_short_steps=False``): the user's choice stands.
 """
@@ -103,7 +105,8 @@ class Resources:
     load_seconds: float = 0.0
 
 
-# Steps whose median is under this run in the caller's thread; over POOLED_STEP_S they go back to the pool.
+# Steps whose median is under this run in the caller's thread; when all of a window's steps take longer than
+# POOLED_STEP_S, they go back to the pool.
 INLINE_STEP_S = 0.001
 POOLED_STEP_S = 0.004
 _STEP_SAMPLES = 8  # steps per decision window (after the first step, which builds the executor)
@@ -143,17 +146,17 @@ class _Runner:
         samples.append(seconds)
         if len(samples) < _STEP_SAMPLES:
             return
-        # A median over a window, not a mean: one step preempted for 50 ms on a busy machine must not count.
-        typical = sorted(samples)[len(samples) // 2]
+        # Order statistics over a window, not a mean: steps preempted on a busy machine must not count.
+        ordered = sorted(samples)
         self._samples = []
-        if not self.inline and typical < INLINE_STEP_S:
+        if not self.inline and ordered[len(ordered) // 2] < INLINE_STEP_S:
             try:
                 inline_fn = self._make_inline()
             except Exception:  # noqa: BLE001 - e.g. unloaded meanwhile: keep the pool, stop adapting
                 self._make_inline = None
                 return
             self.fn, self.inline, self._calls = inline_fn, True, 1
-        elif self.inline and typical > POOLED_STEP_S:
+        elif self.inline and ordered[0] > POOLED_STEP_S:
             self.fn, self.inline, self._calls = self._pooled, False, 1
 
 
