@@ -185,6 +185,41 @@ def test_after_two_wasted_waits_a_lone_request_runs_at_once_in_the_callers_threa
         batcher.stop()
 
 
+def test_run_if_idle_runs_alone_on_an_idle_batcher_and_declines_without_queueing_otherwise(toy):
+    """The non-blocking entry (the gRPC event loop's): on an idle batcher it runs the request at once in the
+    caller's thread; while a batch is queued it returns None and queues nothing, and the queued batch is unharmed."""
+    metrics = Metrics()
+    rec = _Recording(toy)
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1), metrics,
+                      close_early_after=0)
+    me = threading.current_thread().name
+    try:
+        assert batcher.idle()
+        np.testing.assert_allclose(batcher.run_if_idle(rec, "", {"x": _rows(1, 1)})["y"], _rows(1, 1) * SCALE)
+        assert rec.calls[-1][1] == me
+        with ThreadPoolExecutor(1) as pool:
+            arriving = threading.Event()
+            release = threading.Event()
+
+            def on_its_way() -> dict:  # announced and still decoding: the batch below must wait for it
+                with batcher.arrival():
+                    arriving.set()
+                    assert release.wait(30)
+                    return batcher.run(rec, "", {"x": _rows(3, 1)})
+
+            waiting = pool.submit(on_its_way)
+            assert arriving.wait(30)
+            assert not batcher.idle()
+            assert batcher.run_if_idle(rec, "", {"x": _rows(2, 1)}) is None
+            assert batcher.pending() == 0  # declined: nothing queued
+            release.set()
+            np.testing.assert_allclose(waiting.result(30)["y"], _rows(3, 1) * SCALE)
+        assert batcher.idle()
+        assert len(rec.calls) == 2  # the declined request never ran
+    finally:
+        batcher.stop()
+
+
 def test_a_batch_waits_while_a_request_is_on_its_way_and_runs_once_none_is(toy):
     """Early close: queued requests wait (up to the timeout) while another request is still arriving (announced by
     the front end with ``arrival()``), and run together, long before the timeout, as soon as it has arrived."""

@@ -107,19 +107,54 @@ def test_errors_on_the_loop_keep_their_status_codes(served):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_batching_keeps_every_predict_off_the_loop(tmp_path: Path):
+def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_still_batch(tmp_path: Path):
+    """With batching, a request on a model whose step takes microseconds runs on the loop while the batcher is
+    idle (a batch of its own); a model whose step is long enough for batching to pay goes to the pool, where
+    concurrent requests share batches."""
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    write_matmul_model(tmp_path / "mm", 1, 1024, 2)  # a step of a few hundred µs: inline, but batching pays
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in ("toy", "mm"):
+        config.model_config_list.config.add(name=name, base_path=str(tmp_path / name), model_platform="tensorflow")
+    from google.protobuf import text_format
+
+    (tmp_path / "models.config").write_text(text_format.MessageToString(config))
     params = tmp_path / "batching.config"
-    params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n")
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), enable_batching=True,
-                                       batching_parameters_file=str(params)))
+    params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 20000 }\n")
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(tmp_path / "models.config"),
+                                       enable_batching=True, batching_parameters_file=str(params)))
     server.start()
+    threads: list[tuple[str, str]] = []
+    real = server.core.predict_request
+
+    def recording(request, *args, **kwargs):
+        threads.append((request.model_spec.name, threading.current_thread().name))
+        return real(request, *args, **kwargs)
+
+    server.core.predict_request = recording
+    ones = np.ones((1, 1024), np.float32)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for _ in range(12):
+            for _ in range(20):  # lone requests: the batcher learns nobody comes, the steps are measured
                 np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", X), timeout=30).outputs["y"]), X * 2)
-        assert not server.core.predict_is_quick(_request("toy", X))
+                stub.Predict(_request("mm", ones), timeout=30)
+            assert server.core.predict_is_quick(_request("toy", X))
+            mm = server.manager.peek("mm")
+            assert mm is not None and mm.runs_inline("") and not mm.runs_inline("", under=100e-6)
+            assert not server.core.predict_is_quick(_request("mm", ones))
+            threads.clear()
+            stub.Predict(_request("toy", X), timeout=30)
+            assert threads == [("toy", "tfsctl-grpc-loop")]
+            before = server.metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": "mm"})
+            from concurrent.futures import ThreadPoolExecutor
+
+            xs = [ones * i for i in range(48)]
+            with ThreadPoolExecutor(16) as pool:
+                ys = list(pool.map(lambda x: to_numpy(stub.Predict(_request("mm", x), timeout=60).outputs["y"]), xs))
+            for x, y in zip(xs, ys, strict=True):
+                np.testing.assert_allclose(y, x, rtol=1e-4)
+        batches = server.metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": "mm"}) - before
+        assert batches < 48, "concurrent requests never shared a batch"
     finally:
         server.stop(1)

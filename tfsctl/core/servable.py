@@ -116,7 +116,8 @@ class _Runner:
     """One session callable for a (signature, outputs) pair; with ``make_inline``, it picks where steps run (see
     the module docstring). The bookkeeping is unlocked: a race only loses a sample, never a result."""
 
-    __slots__ = ("fn", "feed_keys", "aliases", "inline", "_make_inline", "_calls", "_pooled", "_samples")
+    __slots__ = ("fn", "feed_keys", "aliases", "inline", "step_seconds", "_make_inline", "_calls", "_pooled",
+                 "_samples")
 
     def __init__(self, fn: Callable[..., list], feed_keys: tuple[str, ...], aliases: tuple[str, ...],
                  make_inline: Callable[[], Callable[..., list]] | None = None) -> None:
@@ -124,6 +125,8 @@ class _Runner:
         self.feed_keys = feed_keys
         self.aliases = aliases
         self.inline = False
+        # The shortest step of the last window: what a step costs undisturbed (inf until a window is complete).
+        self.step_seconds = float("inf")
         self._make_inline = make_inline
         self._calls = 0
         self._samples: list[float] = []
@@ -149,15 +152,16 @@ class _Runner:
         # Order statistics over a window, not a mean: steps preempted on a busy machine must not count.
         ordered = sorted(samples)
         self._samples = []
+        self.step_seconds = ordered[0]
         if not self.inline and ordered[len(ordered) // 2] < INLINE_STEP_S:
             try:
                 inline_fn = self._make_inline()
             except Exception:  # noqa: BLE001 - e.g. unloaded meanwhile: keep the pool, stop adapting
                 self._make_inline = None
                 return
-            self.fn, self.inline, self._calls = inline_fn, True, 1
+            self.fn, self.inline, self._calls, self.step_seconds = inline_fn, True, 1, float("inf")
         elif self.inline and ordered[0] > POOLED_STEP_S:
-            self.fn, self.inline, self._calls = self._pooled, False, 1
+            self.fn, self.inline, self._calls, self.step_seconds = self._pooled, False, 1, float("inf")
 
 
 def _spec(key: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
@@ -356,11 +360,13 @@ class Servable:
                 self._runners[key] = runner
         return runner
 
-    def runs_inline(self, signature_name: str, output_filter: Sequence[str] = ()) -> bool:
+    def runs_inline(self, signature_name: str, output_filter: Sequence[str] = (), *, under: float | None = None
+                    ) -> bool:
         """Whether this signature's steps (with these outputs) are measured short and run in the caller's
-        thread: a request for them takes microseconds of TF time."""
+        thread: a request for them takes microseconds of TF time (and, with ``under``, a step, measured in the
+        caller's thread, can take less than that)."""
         runner = self._runners.get((signature_name or DEFAULT_SIGNATURE, tuple(output_filter)))
-        return runner is not None and runner.inline
+        return runner is not None and runner.inline and (under is None or runner.step_seconds < under)
 
     def _inline_maker(self, options: Any) -> Callable[[], Callable[..., list]]:
         """Builds the same callable with its steps in the caller's thread (``inter_op_thread_pool = -1``)."""

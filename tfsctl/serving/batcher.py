@@ -210,6 +210,45 @@ class Batcher:
             if local.arriving:  # left before reaching a queue (unbatched, refused, invalid)
                 self._end_arrival()
 
+    def run_if_idle(
+        self,
+        servable: BatchableServable,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray] | None:
+        """What :meth:`run` does when it would not wait: run at once, as a batch of its own, on an idle batcher
+        (or directly, for a model that is not batched). Otherwise None, with nothing queued: a caller that must not
+        block (the gRPC event loop) then hands the request to a thread that calls :meth:`run`."""
+        local = self._local
+        if not getattr(local, "arriving", False):
+            self._begin_arrival()
+        try:
+            signature_name = signature_name or DEFAULT_SIGNATURE
+            output_filter = tuple(output_filter)
+            opts = self._options_for(servable)
+            plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
+            if plan is None:
+                return self._run(servable, signature_name, inputs, output_filter)  # unbatched: runs directly
+            assert opts is not None
+            key, size = plan
+            _check_size(servable, signature_name, size, opts)
+            if not (self._close_early and self._claim_idle(key, size, opts)):
+                return None
+            try:
+                return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
+            finally:
+                self._release_slot()
+        finally:
+            if local.arriving:
+                self._end_arrival()
+
+    def idle(self) -> bool:
+        """No batch running, nothing queued, no request on its way, and lone requests run at once: a request
+        arriving now would run alone without waiting (a hint: :meth:`run_if_idle` decides)."""
+        return (self._close_early and not self._running and not self._queues and not self._arriving
+                and not self._stopping)
+
     def arrival(self) -> _Arrival:
         """Context manager a front end enters when a request comes in, before decoding it: until the request reaches
         a queue (its ``run`` call) or leaves, a batch it could join does not run early (see the module docstring)."""
@@ -238,11 +277,7 @@ class Batcher:
             return servable.run(signature_name, inputs, output_filter)
         assert opts is not None
         key, size = plan
-        if size > opts.max_batch_size:  # TF Serving's check, before anything is queued
-            raise InvalidArgument(f"{_where(servable, signature_name)}: Task size {size} is larger than maximum "
-                                  f"input batch size {opts.max_batch_size} (max_batch_size); send smaller requests"
-                                  + ("" if opts.enable_large_batch_splitting
-                                     else " or enable enable_large_batch_splitting"))
+        _check_size(servable, signature_name, size, opts)
         if self._close_early and self._claim_idle(key, size, opts):
             try:
                 return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
@@ -608,6 +643,15 @@ class _Arrival:
     def __exit__(self, *exc: object) -> None:
         if self._mine and self._batcher._local.arriving:  # never queued (refused, unbatched, failed to decode)
             self._batcher._end_arrival()
+
+
+def _check_size(servable: Any, signature_name: str, size: int, opts: BatchOptions) -> None:
+    """TF Serving's check, before anything is queued: a request may not exceed ``max_batch_size``."""
+    if size > opts.max_batch_size:
+        raise InvalidArgument(f"{_where(servable, signature_name)}: Task size {size} is larger than maximum "
+                              f"input batch size {opts.max_batch_size} (max_batch_size); send smaller requests"
+                              + ("" if opts.enable_large_batch_splitting
+                                 else " or enable enable_large_batch_splitting"))
 
 
 def _where(servable: Any, signature_name: str) -> str:

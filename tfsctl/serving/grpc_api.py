@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
-from tfsctl.serving.service import ServingCore
+from tfsctl.serving.service import ServingCore, WouldWait
 from tfsctl.tensors import as_proto_content, as_proto_field
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,12 @@ class ServicerBase:
             return None, Unavailable(SHUTTING_DOWN)
         start = time.perf_counter()
         error: ServingError | None = None
+        declined = False
         try:
             return fn(), None
+        except WouldWait:
+            declined = True
+            raise
         except ServingError as e:
             # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
             error = e.with_traceback(None)
@@ -131,7 +135,7 @@ class ServicerBase:
             log.exception("%s on model %r failed", api, model_name)
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
         finally:
-            if self.metrics is not None:
+            if self.metrics is not None and not declined:  # a declined attempt is sent again: counted then
                 seconds = time.perf_counter() - start
                 code = error.grpc_code.name if error is not None else "OK"
                 label = self.core.metric_model_label(model_name, error is None)
@@ -148,8 +152,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
                 ) -> predict_pb2.PredictResponse:
         return self._call("grpc_predict", request.model_spec.name, context, lambda: self._predict(request))
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes)
+    def _predict(self, request: predict_pb2.PredictRequest, *, only_if_idle: bool = False
+                 ) -> predict_pb2.PredictResponse:
+        resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes, only_if_idle=only_if_idle)
         response = predict_pb2.PredictResponse(model_spec=resolved)
         encode = self._encode
         for key, value in outputs.items():
@@ -173,8 +178,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
 class LoopPredictionServicer(PredictionServicer):
     """PredictionService on a ``grpc.aio`` server (:mod:`tfsctl.serving.grpc_loop`): Predict is a coroutine that
-    runs a quick request inline on the event loop and any other in ``executor``; the other methods stay synchronous
-    and grpc runs them in its thread pool."""
+    runs a quick request inline on the event loop (with batching: only while the batcher is idle, as a batch of
+    its own) and any other in ``executor``; the other methods stay synchronous and grpc runs them in its pool."""
 
     def __init__(self, core: ServingCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)
@@ -184,9 +189,13 @@ class LoopPredictionServicer(PredictionServicer):
                       ) -> predict_pb2.PredictResponse:
         name = request.model_spec.name
         run = functools.partial(self._predict, request)
-        if self.core.predict_is_quick(request):
-            result, error = self._outcome("grpc_predict", name, run)
-        else:
+        quick = self.core.predict_is_quick(request)
+        if quick:
+            try:
+                result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_idle=True))
+            except WouldWait:  # the batcher got busy meanwhile: this one waits for its batch in the pool
+                quick = False
+        if not quick:
             result, error = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._outcome, "grpc_predict", name, run)
         if error is None:

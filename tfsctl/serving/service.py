@@ -37,8 +37,17 @@ from tfsctl.model_layout import signature_or_default
 SIGNATURE_DEF_FIELD = "signature_def"
 # A Predict request of at most this many bytes may run on the gRPC event loop (see predict_is_quick).
 QUICK_MAX_REQUEST_BYTES = 64 * 1024
+# With batching, a quick request runs on the event loop only when its model's step is shorter than this: the loop
+# runs requests one after another, so none of them ever shares a batch, and sharing a step pays only when the step
+# costs more than handing requests to a batch thread (a few hundred µs). Longer steps go to the pool and batch.
+BATCHING_PAYS_STEP_S = 100e-6
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
+
+
+class WouldWait(Exception):  # noqa: N818 - a signal to the caller, not an error anyone sees
+    """``predict_request(only_if_idle=True)`` declined: the request would have to wait for a batch. Nothing ran;
+    the caller sends it again where waiting is allowed."""
 
 
 def _version_of(spec: model_pb2.ModelSpec) -> int | None:
@@ -101,6 +110,13 @@ class ServingCore:
         assert self.batcher is not None
         return self.batcher.run(servable, signature_name, inputs, output_filter)
 
+    def _run_if_idle(self, servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+        assert self.batcher is not None
+        outputs = self.batcher.run_if_idle(servable, signature_name, inputs, output_filter)
+        if outputs is None:
+            raise WouldWait(f"model '{servable.name}': the batcher is busy; this request would wait")
+        return outputs
+
     def _resolved(self, servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
         """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
         key = (servable.name, servable.version, signature_name)
@@ -120,26 +136,33 @@ class ServingCore:
 
     def predict_is_quick(self, request: predict_pb2.PredictRequest) -> bool:
         """Whether a Predict may run on the gRPC event loop (:mod:`tfsctl.serving.grpc_loop`) instead of a pool
-        thread: no batching (a batched request waits for others), a small request (at most
-        ``QUICK_MAX_REQUEST_BYTES``: decoding and encoding stay short), and a version whose signature steps are
-        measured short (:meth:`Servable.runs_inline`). A request that would fail is not quick either; it fails
-        in the pool, with its full error."""
-        if self.batcher is not None or request.ByteSize() > QUICK_MAX_REQUEST_BYTES:
+        thread: a small request (at most ``QUICK_MAX_REQUEST_BYTES``: decoding and encoding stay short), a version
+        whose signature steps are measured short (:meth:`Servable.runs_inline`), and with batching an idle batcher
+        and a step under ``BATCHING_PAYS_STEP_S`` (the request would run alone at once, and batching could not
+        have paid; it runs with ``only_if_idle``). A request that would fail is not quick either; it fails in the
+        pool, with its full error."""
+        batching = self.batcher is not None
+        if request.ByteSize() > QUICK_MAX_REQUEST_BYTES or (batching and not self.batcher.idle()):
             return False
         spec = request.model_spec
         servable = self.manager.peek(spec.name, _version_of(spec), _label_of(spec))
-        return servable is not None and servable.runs_inline(spec.signature_name, tuple(request.output_filter))
+        return servable is not None and servable.runs_inline(
+            spec.signature_name, tuple(request.output_filter), under=BATCHING_PAYS_STEP_S if batching else None)
 
-    def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None
-                        ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+    def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None, *,
+                        only_if_idle: bool = False) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
         """A PredictRequest as TF Serving's RunPredict: the key check comes before any input is decoded, and the
         decoded size is bounded (``max_bytes``, default ``max_request_bytes``). Returns the resolved ModelSpec
-        and the outputs."""
+        and the outputs.
+
+        ``only_if_idle`` (for a caller that must not block): with batching, raise :class:`WouldWait` instead of
+        queueing when the batcher is not idle; nothing has run then, and the request may be sent again."""
         size = request.ByteSize()
+        run = self._run_if_idle if only_if_idle and self.batcher is not None else self._run
         try:
             with self._arrival(), self._handle(request.model_spec) as servable:
                 name, outputs = inference.run_predict(
-                    servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
+                    servable, request, run=run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
                 return self._resolved(servable, name), outputs
         finally:
