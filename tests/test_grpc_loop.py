@@ -158,3 +158,34 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
         assert batches < 48, "concurrent requests never shared a batch"
     finally:
         server.stop(1)
+
+
+def test_health_watch_streams_hold_no_pool_thread_and_stop_is_prompt(tmp_path: Path):
+    """grpc.health.v1 Watch (client-side health checking opens one per connection) is served on the loop: more open
+    Watch streams than pool threads leave every synchronous RPC answering, and a stop with streams open returns."""
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy", rest_api_port=0,
+                                       model_base_path=str(tmp_path / "toy"), grpc_max_threads=4))
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(8)]
+        firsts = {next(w).status for w in watches}
+        assert firsts <= {health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING}
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "toy"}), timeout=10)
+        assert status.model_version_status[0].version == 1
+        for w in watches[:4]:
+            w.cancel()
+        started = time.monotonic()
+        server.stop(1)
+        assert time.monotonic() - started < 15
+    finally:
+        channel.close()
+        server.stop(1)

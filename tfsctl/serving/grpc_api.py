@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
+from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
 from tfsctl.serving.service import ServingCore, WouldWait
 from tfsctl.tensors import as_proto_content, as_proto_field
 
@@ -135,13 +136,15 @@ class ServicerBase:
             log.exception("%s on model %r failed", api, model_name)
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
         finally:
-            if self.metrics is not None and not declined:  # a declined attempt is sent again: counted then
-                seconds = time.perf_counter() - start
-                code = error.grpc_code.name if error is not None else "OK"
-                label = self.core.metric_model_label(model_name, error is None)
-                self.metrics.observe_request(label, api, code, seconds)
-            if gate is not None:
-                gate.exit()
+            try:
+                if self.metrics is not None and not declined:  # a declined attempt is sent again: counted then
+                    seconds = time.perf_counter() - start
+                    code = error.grpc_code.name if error is not None else "OK"
+                    label = self.core.metric_model_label(model_name, error is None)
+                    self.metrics.observe_request(label, api, code, seconds)
+            finally:
+                if gate is not None:
+                    gate.exit()  # exactly once, whatever the metrics do
         return None, error
 
 
@@ -220,32 +223,35 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
         return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
 
 
-def add_services(server: grpc.Server | grpc.aio.Server, core: ServingCore, metrics: Any = None, *,
+def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
-                 gate: RequestGate | None = None, executor: Executor | None = None) -> health.HealthServicer:
-    """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer.
+                 gate: RequestGate | None = None) -> Any:
+    """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer (an
+    object with ``set(service, status)`` and ``enter_graceful_shutdown()``).
 
-    On a ``grpc.aio`` server, ``executor`` (its migration thread pool) runs the Predicts that are not quick.
+    On a :class:`LoopServer`, Predicts that are not quick run in its executor, and health is the asyncio servicer.
     Health starts NOT_SERVING; the owner calls :func:`update_health` as models become available.
     """
     kwargs: dict[str, Any] = {"max_tensor_bytes": max_tensor_bytes, "tensor_content": tensor_content, "gate": gate}
-    if isinstance(server, grpc.aio.Server):
-        if executor is None:
-            raise ValueError("a grpc.aio server needs the executor its slow Predicts run in")
-        predictions: PredictionServicer = LoopPredictionServicer(core, metrics, executor=executor, **kwargs)
+    health_servicer: Any
+    if isinstance(server, LoopServer):
+        predictions: PredictionServicer = LoopPredictionServicer(core, metrics, executor=server.executor, **kwargs)
+        health_servicer = LoopHealth(server)
+        registered_health = health_servicer.servicer
+        server = server.server
     else:
         predictions = PredictionServicer(core, metrics, **kwargs)
+        health_servicer = registered_health = health.HealthServicer()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics, gate=gate), server)
-    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(registered_health, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (PREDICTION_SERVICE, MODEL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     return health_servicer
 
 
-def update_health(health_servicer: health.HealthServicer, core: ServingCore, known: set[str]) -> set[str]:
+def update_health(health_servicer: Any, core: ServingCore, known: set[str]) -> set[str]:
     """Set overall ("" = every configured model ready) and per-model health; returns the model names now set.
 
     Models removed from the config are set NOT_SERVING: grpc's servicer has no way to forget a name.

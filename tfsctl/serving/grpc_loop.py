@@ -39,7 +39,11 @@ class LoopServer:
             return grpc.aio.server(migration_thread_pool=self.executor, interceptors=list(interceptors),
                                    options=list(options))
 
-        self.server: grpc.aio.Server = self.call(create())
+        try:
+            self.server: grpc.aio.Server = self.call(create())
+        except BaseException:  # e.g. bad channel arguments: leave no loop thread or pool behind
+            self._close_loop()
+            raise
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (from any thread but the loop's)."""
@@ -60,6 +64,17 @@ class LoopServer:
     def start(self) -> None:
         self.call(self.server.start())
 
+    def submit(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> None:
+        """Run ``coro`` on the loop: waited for from another thread, scheduled from the loop's own; dropped once
+        the server is closed (nothing serves then)."""
+        if self._closed or self.loop.is_closed():
+            coro.close()
+            return
+        if threading.current_thread() is self._thread:
+            self.loop.create_task(coro)
+            return
+        self.call(coro, timeout)
+
     def stop(self, grace: float | None) -> None:
         """Stop serving (RPCs still running get ``grace`` seconds), then end the loop and the pool; idempotent."""
         if self._closed:
@@ -68,8 +83,29 @@ class LoopServer:
         try:
             self.call(self.server.stop(grace))
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self.loop.close()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._closed = True
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LoopHealth:
+    """grpc.health.v1 on the loop server: grpc_health's asyncio servicer (a Watch stream holds no thread), with
+    the synchronous servicer's ``set`` and ``enter_graceful_shutdown`` for callers on other threads."""
+
+    def __init__(self, loop_server: LoopServer) -> None:
+        from grpc_health.v1._async import HealthServicer
+
+        self._loop_server = loop_server
+        self.servicer = HealthServicer()
+
+    def set(self, service: str, status: Any) -> None:
+        self._loop_server.submit(self.servicer.set(service, status))
+
+    def enter_graceful_shutdown(self) -> None:
+        self._loop_server.submit(self.servicer.enter_graceful_shutdown())

@@ -461,9 +461,8 @@ class ModelServer:
                                  interceptors=[] if opts.enable_grpc_healthcheck_service else [_HideHealth()])
         self._grpc = loop_server
         server = loop_server.server
-        self._health = add_services(server, self.core, self.metrics, max_tensor_bytes=max_bytes,
-                                    tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate,
-                                    executor=loop_server.executor)
+        self._health = add_services(loop_server, self.core, self.metrics, max_tensor_bytes=max_bytes,
+                                    tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate)
         if opts.enable_grpc_healthcheck_service:  # the service names tensorflow_model_server reports SERVING
             from grpc_health.v1 import health_pb2
 
