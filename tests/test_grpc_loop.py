@@ -64,7 +64,7 @@ def served(tmp_path_factory):
 
 def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
     server, stub, threads = served
-    for _ in range(12):  # the first steps are measured before a signature counts as quick
+    for _ in range(20):  # two windows of steps are measured before a signature counts as quick
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", X), timeout=30).outputs["y"]), X * 2)
     ones = np.ones((64, BIG), np.float32)
     for _ in range(10):
@@ -72,6 +72,12 @@ def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
                                    rtol=1e-4)
     assert server.core.predict_is_quick(_request("toy", X))
     assert not server.core.predict_is_quick(_request("big", ones))
+    # The loop's call re-checks the version it holds (a new one may have come in after the check): not quick,
+    # it declines before running anything.
+    from tfsctl.serving.service import WouldWait
+
+    with pytest.raises(WouldWait):
+        server.core.predict_request(_request("big", ones), only_if_idle=True)
     threads.clear()
     stub.Predict(_request("toy", X), timeout=30)
     stub.Predict(_request("big", ones), timeout=60)
@@ -83,7 +89,7 @@ def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
 
 def test_a_large_request_is_not_quick_even_on_a_quick_model(served):
     server, stub, _ = served
-    for _ in range(12):
+    for _ in range(20):
         stub.Predict(_request("toy", X), timeout=30)
     assert server.core.predict_is_quick(_request("toy", X))
     large = np.ones((20_000, 4), np.float32)  # 320 KB of tensor: decoding and encoding are no longer short
@@ -93,7 +99,7 @@ def test_a_large_request_is_not_quick_even_on_a_quick_model(served):
 
 def test_errors_on_the_loop_keep_their_status_codes(served):
     server, stub, _ = served
-    for _ in range(12):
+    for _ in range(20):
         stub.Predict(_request("toy", X), timeout=30)
     bad = _request("toy", X.astype(np.float64))  # wrong dtype: INVALID_ARGUMENT, as TF Serving
     assert server.core.predict_is_quick(bad)

@@ -164,6 +164,12 @@ class _Runner:
             self.fn, self.inline, self._calls, self.step_seconds = self._pooled, False, 1, float("inf")
 
 
+def _names_every_output(spec: SignatureSpec, asked: tuple[str, ...]) -> bool:
+    """An output filter naming every output is served by the "all outputs" callable (and executor) that warmup
+    built, as TF's session caches executors by the sorted fetch names; a new one would cost a second on DeepLab."""
+    return bool(asked) and len(asked) == len(spec.outputs) and set(asked) == set(spec.outputs)
+
+
 def _spec(key: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
     return TensorSpec(key, NP_BY_DTYPE.get(info.dtype, np.dtype(object)), info.dtype, shape_of(info.tensor_shape),
                       info.name)
@@ -365,7 +371,12 @@ class Servable:
         """Whether this signature's steps (with these outputs) are measured short and run in the caller's
         thread: a request for them takes microseconds of TF time (and, with ``under``, a step, measured in the
         caller's thread, can take less than that)."""
-        runner = self._runners.get((signature_name or DEFAULT_SIGNATURE, tuple(output_filter)))
+        name = signature_name or DEFAULT_SIGNATURE
+        spec = self._specs.get(name)
+        if spec is None:
+            return False
+        asked = tuple(output_filter)
+        runner = self._runners.get((name, () if _names_every_output(spec, asked) else asked))
         return runner is not None and runner.inline and (under is None or runner.step_seconds < under)
 
     def _inline_maker(self, options: Any) -> Callable[[], Callable[..., list]]:
@@ -386,9 +397,7 @@ class Servable:
         """Check, run the signature, return the requested outputs (all when ``output_filter`` is empty)."""
         spec = self.validate(signature_name, inputs)
         asked = tuple(output_filter)
-        every = bool(asked) and len(asked) == len(spec.outputs) and set(asked) == set(spec.outputs)
-        # Every output, named: the callable (and executor) that warmup built for "all outputs" serves it, as TF's
-        # session caches executors by the sorted fetch names; a new one would cost a second on DeepLab.
+        every = _names_every_output(spec, asked)
         runner = self._runner(spec, () if every else asked)
         feeds = []
         for key in runner.feed_keys:

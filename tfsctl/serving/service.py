@@ -37,6 +37,9 @@ from tfsctl.model_layout import signature_or_default
 SIGNATURE_DEF_FIELD = "signature_def"
 # A Predict request of at most this many bytes may run on the gRPC event loop (see predict_is_quick).
 QUICK_MAX_REQUEST_BYTES = 64 * 1024
+# A Predict runs on the gRPC event loop only when its signature's step (the shortest of the last window of 8) is
+# shorter than this: every request on the loop waits for the one before it, on one core.
+LOOP_MAX_STEP_S = 250e-6
 # With batching, a quick request runs on the event loop only when its model's step is shorter than this: the loop
 # runs requests one after another, so none of them ever shares a batch, and sharing a step pays only when the step
 # costs more than handing requests to a batch thread (a few hundred µs). Longer steps go to the pool and batch.
@@ -146,8 +149,11 @@ class ServingCore:
             return False
         spec = request.model_spec
         servable = self.manager.peek(spec.name, _version_of(spec), _label_of(spec))
-        return servable is not None and servable.runs_inline(
-            spec.signature_name, tuple(request.output_filter), under=BATCHING_PAYS_STEP_S if batching else None)
+        return servable is not None and self._quick_on(servable, spec.signature_name, tuple(request.output_filter))
+
+    def _quick_on(self, servable: Servable, signature_name: str, output_filter: tuple) -> bool:
+        return servable.runs_inline(signature_name, output_filter,
+                                    under=BATCHING_PAYS_STEP_S if self.batcher is not None else LOOP_MAX_STEP_S)
 
     def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None, *,
                         only_if_idle: bool = False) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
@@ -155,12 +161,17 @@ class ServingCore:
         decoded size is bounded (``max_bytes``, default ``max_request_bytes``). Returns the resolved ModelSpec
         and the outputs.
 
-        ``only_if_idle`` (for a caller that must not block): with batching, raise :class:`WouldWait` instead of
-        queueing when the batcher is not idle; nothing has run then, and the request may be sent again."""
+        ``only_if_idle`` (for a caller that must not block, after :meth:`predict_is_quick`): raise
+        :class:`WouldWait` instead of running when the version it holds is not quick after all (a new version
+        came in meanwhile) or, with batching, instead of queueing when the batcher is not idle; nothing has run
+        then, and the request may be sent again."""
         size = request.ByteSize()
         run = self._run_if_idle if only_if_idle and self.batcher is not None else self._run
         try:
             with self._arrival(), self._handle(request.model_spec) as servable:
+                if only_if_idle and not self._quick_on(servable, request.model_spec.signature_name,
+                                                       tuple(request.output_filter)):
+                    raise WouldWait(f"model '{servable.name}' version {servable.version} is not known to be quick")
                 name, outputs = inference.run_predict(
                     servable, request, run=run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
