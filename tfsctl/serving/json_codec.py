@@ -72,8 +72,6 @@ _RAPIDJSON_ERRORS = (
 # Bodies from this size on are parsed with the cyclic garbage collector paused (see _gc_paused).
 _GC_PAUSE_BYTES = 64 << 10
 _gc_lock = threading.Lock()
-_gc_pausers = 0  # threads inside _gc_paused
-_gc_resume = False  # whether the last one out enables the collector again (it was enabled when the first came in)
 
 
 @contextmanager
@@ -84,21 +82,18 @@ def _gc_paused() -> Iterator[None]:
     container allocations start a collection that walks them all over again: a 256x256 RGB image in "instances"
     is 65k lists, which cost about as much in collections as the parse itself (16 ms of 55 ms to parse and decode,
     most of it in full collections, which run nearly every such request once the process's long-lived objects are
-    frozen). Concurrent users are counted: the collector comes back with the last one, and only if it was on.
+    frozen). Only the block that found the collector on turns it off and back on, so the collector is never off
+    for longer than one parse, however many overlap (a count of overlapping parses could keep it off for good).
     """
-    global _gc_pausers, _gc_resume
     with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_resume = gc.isenabled()
+        mine = gc.isenabled()
+        if mine:
             gc.disable()
-        _gc_pausers += 1
     try:
         yield
     finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_resume:
-                gc.enable()
+        if mine:
+            gc.enable()
 
 
 def parse_json(body: bytes) -> dict:
