@@ -31,20 +31,18 @@ def _request(name: str, x: np.ndarray) -> predict_pb2.PredictRequest:
     return req
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    base = tmp_path_factory.mktemp("loop")
-    write_toy_model(base / "toy", 1, scale=2.0)
-    write_matmul_model(base / "big", 1, BIG, 8)
-    config = model_server_config_pb2.ModelServerConfig()
-    for name in ("toy", "big"):
-        config.model_config_list.config.add(name=name, base_path=str(base / name), model_platform="tensorflow")
+def _serve(base: Path, names: tuple[str, ...], **options) -> tuple[ModelServer, list[tuple[str, str]]]:
+    """A started server for the models under ``base``, and the (model, thread name) of each Predict it runs (the
+    core's predict_request is what both the loop and the pool call)."""
     from google.protobuf import text_format
 
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in names:
+        config.model_config_list.config.add(name=name, base_path=str(base / name), model_platform="tensorflow")
     (base / "models.config").write_text(text_format.MessageToString(config))
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(base / "models.config")))
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(base / "models.config"),
+                                       **options))
     server.start()
-    # Record the thread each Predict runs on (the core's predict_request is what both paths call).
     threads: list[tuple[str, str]] = []
     real = server.core.predict_request
 
@@ -53,6 +51,15 @@ def served(tmp_path_factory):
         return real(request, *args, **kwargs)
 
     server.core.predict_request = recording
+    return server, threads
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("loop")
+    write_toy_model(base / "toy", 1, scale=2.0)
+    write_matmul_model(base / "big", 1, BIG, 8)
+    server, threads = _serve(base, ("toy", "big"))
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
                                     options=[("grpc.max_receive_message_length", 64 << 20)])
     try:
@@ -119,25 +126,9 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
     concurrent requests share batches."""
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     write_matmul_model(tmp_path / "mm", 1, 1024, 2)  # a step of a few hundred µs: inline, but batching pays
-    config = model_server_config_pb2.ModelServerConfig()
-    for name in ("toy", "mm"):
-        config.model_config_list.config.add(name=name, base_path=str(tmp_path / name), model_platform="tensorflow")
-    from google.protobuf import text_format
-
-    (tmp_path / "models.config").write_text(text_format.MessageToString(config))
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 20000 }\n")
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(tmp_path / "models.config"),
-                                       enable_batching=True, batching_parameters_file=str(params)))
-    server.start()
-    threads: list[tuple[str, str]] = []
-    real = server.core.predict_request
-
-    def recording(request, *args, **kwargs):
-        threads.append((request.model_spec.name, threading.current_thread().name))
-        return real(request, *args, **kwargs)
-
-    server.core.predict_request = recording
+    server, threads = _serve(tmp_path, ("toy", "mm"), enable_batching=True, batching_parameters_file=str(params))
     ones = np.ones((1, 1024), np.float32)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
