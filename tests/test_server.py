@@ -185,25 +185,9 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
     write_toy_model(base, 1, scale=1.0)
     batching = _slow_batching_file(tmp_path, timeout_micros=2_000_000)
     rest_port = free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsctl", "serve", "--port", "0", f"--rest_api_port={rest_port}", "--host",
-         "127.0.0.1", "--model_name", "toy", "--model-base-path", str(base), "--enable-batching",
-         "--batching_parameters_file", str(batching)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-    )
-    lines: list[str] = []
-    port_box: list[int] = []
-
-    def reader() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.search(r"serving gRPC on \S+ \(port (\d+)\)", line)
-            if m:
-                port_box.append(int(m.group(1)))
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
+    proc, lines, port_box, t = _serve_subprocess(
+        ["--port", "0", f"--rest_api_port={rest_port}", "--host", "127.0.0.1", "--model_name", "toy",
+         "--model-base-path", str(base), "--enable-batching", "--batching_parameters_file", str(batching)])
     try:
         deadline = time.monotonic() + 90
         while not port_box:

@@ -64,10 +64,6 @@ class RequestGate:
         self._draining = False
         self.gauge: Any = None  # prometheus Gauge of the RPCs in flight, once the server has its metrics
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def enter(self) -> bool:
         """Count one more RPC; False (not counted) once draining."""
         with self._cond:
