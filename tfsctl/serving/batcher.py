@@ -219,29 +219,24 @@ class Batcher:
     ) -> dict[str, np.ndarray] | None:
         """What :meth:`run` does when it would not wait: run at once, as a batch of its own, on an idle batcher
         (or directly, for a model that is not batched). Otherwise None, with nothing queued: a caller that must not
-        block (the gRPC event loop) then hands the request to a thread that calls :meth:`run`."""
-        local = self._local
-        if not getattr(local, "arriving", False):
-            self._begin_arrival()
+        block (the gRPC event loop) then hands the request to a thread that calls :meth:`run`.
+
+        It need not be announced (:meth:`arrival`): it never queues, and it claims the batcher in one step."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        output_filter = tuple(output_filter)
+        opts = self._options_for(servable)
+        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
+        if plan is None:
+            return self.run(servable, signature_name, inputs, output_filter)  # unbatched: runs directly
+        assert opts is not None
+        key, size = plan
+        _check_size(servable, signature_name, size, opts)
+        if not (self._close_early and self._claim_idle(key, size, opts)):
+            return None
         try:
-            signature_name = signature_name or DEFAULT_SIGNATURE
-            output_filter = tuple(output_filter)
-            opts = self._options_for(servable)
-            plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
-            if plan is None:
-                return self._run(servable, signature_name, inputs, output_filter)  # unbatched: runs directly
-            assert opts is not None
-            key, size = plan
-            _check_size(servable, signature_name, size, opts)
-            if not (self._close_early and self._claim_idle(key, size, opts)):
-                return None
-            try:
-                return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
-            finally:
-                self._release_slot()
+            return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
         finally:
-            if local.arriving:
-                self._end_arrival()
+            self._release_slot()
 
     def idle(self) -> bool:
         """No batch running, nothing queued, no request on its way, and lone requests run at once: a request
@@ -310,11 +305,13 @@ class Batcher:
     def _claim_idle(self, key: tuple, size: int, opts: BatchOptions) -> bool:
         """True (a batch slot taken) when this request would run at once anyway: the batcher is idle (no batch
         running, nothing queued for it, no other request on its way). It then runs alone, without a queue."""
+        local = self._local
+        mine = 1 if getattr(local, "arriving", False) else 0  # this request's own arrival, when it was counted
         with self._cond:
-            if (self._arriving != 1 or self._running or key in self._queues or self._stopping
+            if (self._arriving != mine or self._running or key in self._queues or self._stopping
                     or size > opts.execution_batch_size):
                 return False
-            self._local.arriving = False
+            local.arriving = False
             self._arriving = 0
             self._running = 1
             return True

@@ -46,6 +46,7 @@ class Metrics:
             ["model_name", "event"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self._request_children: dict[tuple[str, str, str], tuple] = {}
+        self._batch_children: dict[str, tuple] = {}
 
     def observe_request(self, model_name: str, api: str, status: str, seconds: float) -> None:
         """One finished request; ``api`` e.g. "grpc_predict" / "rest_predict", ``status`` a gRPC code name.
@@ -63,10 +64,14 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_batch(self, model_name: str, size: int, queue_seconds: list[float]) -> None:
-        """One executed batch and the queue wait of each request in it."""
-        self.batch_size.labels(model_name).observe(size)
+        """One executed batch and the queue wait of each request in it (labelled children cached, as above)."""
+        children = self._batch_children.get(model_name)
+        if children is None:
+            children = self._batch_children[model_name] = (self.batch_size.labels(model_name),
+                                                           self.queue_latency.labels(model_name))
+        children[0].observe(size)
         for s in queue_seconds:
-            self.queue_latency.labels(model_name).observe(s)
+            children[1].observe(s)
 
     def observe_model_event(self, model_name: str, event: str, seconds: float) -> None:
         """A load/unload: ``event`` one of load, load_error, unload."""

@@ -166,9 +166,11 @@ class ServingCore:
         came in meanwhile) or, with batching, instead of queueing when the batcher is not idle; nothing has run
         then, and the request may be sent again."""
         size = request.ByteSize()
-        run = self._run_if_idle if only_if_idle and self.batcher is not None else self._run
+        run, arrival = self._run, self._arrival
+        if only_if_idle and self.batcher is not None:
+            run, arrival = self._run_if_idle, nullcontext  # it claims an idle batcher at once, or runs nothing
         try:
-            with self._arrival(), self._handle(request.model_spec) as servable:
+            with arrival(), self._handle(request.model_spec) as servable:
                 if only_if_idle and not self._quick_on(servable, request.model_spec.signature_name,
                                                        tuple(request.output_filter)):
                     raise WouldWait(f"model '{servable.name}' version {servable.version} is not known to be quick")
