@@ -32,6 +32,8 @@ from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 
 from tfsctl.errors import InvalidArgument, Unimplemented
+from tfsctl.serving import json_dense
+from tfsctl.serving.json_dense import DenseArray, NotDense
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _MAX_RANK = 64  # numpy's limit on dimensions (TensorShape allows 254; no real signature comes close)
@@ -106,6 +108,40 @@ def parse_json(body: bytes) -> dict:
     return _parse_object(body)
 
 
+class _DenseDoc(dict):
+    """A predict body parsed with its large dense arrays read straight from the bytes (:mod:`json_dense`); keeps
+    the body, so anything the fast path does not decide is parsed again the general way."""
+
+    __slots__ = ("body",)
+
+
+def parse_predict_json(body: bytes) -> dict:
+    """:func:`parse_json` for a predict body: large dense numeric arrays come back as ``DenseArray``
+    (:func:`decode_predict` converts them, or parses the body again when they do not fit)."""
+    if len(body) < _GC_PAUSE_BYTES:
+        return parse_json(body)
+    with _gc_paused():
+        found = json_dense.extract(body)
+        if found is not None:
+            try:
+                doc = orjson.loads(found[0])
+            except orjson.JSONDecodeError:
+                doc = None
+            if isinstance(doc, dict):
+                dense = _DenseDoc(json_dense.replace(doc, found[1]))
+                dense.body = body
+                return dense
+        return _parse_object(body)
+
+
+def _general(doc: dict) -> dict:
+    """The body of a :class:`_DenseDoc` parsed the general way (nested lists); any other doc as it is."""
+    if not isinstance(doc, _DenseDoc):
+        return doc
+    with _gc_paused():
+        return _parse_object(doc.body)
+
+
 def _parse_object(body: bytes) -> dict:
     try:
         doc = orjson.loads(body)
@@ -167,6 +203,7 @@ def signature_name(doc: dict) -> str:
     """The optional "signature_name" ("" when absent)."""
     sig = doc.get("signature_name", "")
     if not isinstance(sig, str):
+        doc = _general(doc)
         raise InvalidArgument(f"JSON Value: {debug_string(doc)} not formatted correctly. "
                               "'signature_name' key must be a string value.")
     return sig
@@ -328,6 +365,8 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
     Numbers go through numpy in C; the Python walk (for exact error texts) runs only when that fails.
     """
     dtype, enum = np.dtype(spec.dtype), spec.dtype_enum
+    if isinstance(value, DenseArray):
+        return json_dense.to_array(value, dtype)
     if enum == types_pb2.DT_STRING or dtype.kind in "OSU":
         flat, shape = _leaves(value, _string_leaf(enum))
         arr = np.empty(len(flat), dtype=object)
@@ -355,8 +394,10 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
             if dtype.kind in "iu" and src.size:
                 info = np.iinfo(dtype)
                 if src.dtype.kind == "O" or int(src.min()) < info.min or int(src.max()) > info.max:
-                    bad = next(v for v in leaves if not info.min <= v <= info.max)
-                    raise _type_error(bad, enum, f" (out of range for {_dt(enum)} [{info.min}, {info.max}])")
+                    bad = next((v for v in leaves if not info.min <= v <= info.max), None)
+                    if bad is not None:
+                        raise _type_error(bad, enum, f" (out of range for {_dt(enum)} [{info.min}, {info.max}])")
+                    src = np.array(leaves, dtype=dtype)  # uint64 beyond int64: in range, numpy held them as objects
             with np.errstate(over="ignore"):  # TF Serving's GetFloat(): out of range becomes +-inf
                 return src.astype(dtype).reshape(shape)
     # Slow path: find the first offending value the way TF Serving walks the DOM (structure, then types).
@@ -381,6 +422,8 @@ def _shape_string(shape: tuple[int, ...]) -> str:
 
 def _batch(values: list, spec: InputSpec, where: Callable[[int], str]) -> np.ndarray:
     """Stack one input's per-instance values into a [N, ...] tensor; per-instance errors as TF Serving words them."""
+    if all(isinstance(v, DenseArray) for v in values):
+        return json_dense.stack(values, np.dtype(spec.dtype))
     try:
         return json_to_tensor(values, spec)
     except InvalidArgument:
@@ -453,7 +496,19 @@ def _from_inputs(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.nd
 
 def decode_predict(doc: dict, specs: Mapping[str, InputSpec], signature: str = ""
                    ) -> tuple[dict[str, np.ndarray], bool]:
-    """A predict body -> (named input arrays, row_format); ``specs`` are the signature's inputs."""
+    """A predict body -> (named input arrays, row_format); ``specs`` are the signature's inputs.
+
+    A body from :func:`parse_predict_json` whose dense arrays do not fit (or that fails in any way) is parsed and
+    decoded again the general way, so outcomes and error texts are the general path's."""
+    if isinstance(doc, _DenseDoc):
+        try:
+            return _decode_predict(doc, specs, signature)
+        except (NotDense, InvalidArgument, Unimplemented):
+            doc = _general(doc)
+    return _decode_predict(doc, specs, signature)
+
+
+def _decode_predict(doc: dict, specs: Mapping[str, InputSpec], signature: str) -> tuple[dict[str, np.ndarray], bool]:
     if not specs:
         raise InvalidArgument(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
     has_rows, has_cols = "instances" in doc, "inputs" in doc
@@ -462,6 +517,9 @@ def decode_predict(doc: dict, specs: Mapping[str, InputSpec], signature: str = "
                               "'inputs' or 'instances' keys to exist ")
     if has_rows:
         instances = doc["instances"]
+        if isinstance(instances, DenseArray) and len(specs) == 1:  # a plain list of instances, read as one array
+            name, spec = next(iter(specs.items()))
+            return {name: json_dense.to_array(instances, np.dtype(spec.dtype))}, True
         if not isinstance(instances, list):
             raise InvalidArgument(f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array")
         if not instances:

@@ -510,7 +510,7 @@ class RestServer:
     # --- handlers (run in the thread pool; each returns the encoded JSON reply) ---
 
     def _do_predict(self, name: str, version: str | None, label: str | None, raw: bytes) -> bytes:
-        doc = json_codec.parse_json(raw)
+        doc = json_codec.parse_predict_json(raw)
         sig = json_codec.signature_name(doc)
         with self.core.hold(model_spec(name, version, label, sig)) as held:
             inputs, row_format = json_codec.decode_predict(doc, held.signature.inputs, sig)

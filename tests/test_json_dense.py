@@ -1,0 +1,182 @@
+"""Dense numeric arrays read from REST body bytes (tfsctl/serving/json_dense.py): every body decodes exactly as the
+general path decodes it (same arrays, or the same error), and the fast path is really taken for plain arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfsctl.errors import ServingError  # noqa: E402
+from tfsctl.serving import json_codec, json_dense  # noqa: E402
+from tfsctl.serving.json_dense import DenseArray  # noqa: E402
+
+DT = {"float": (np.float32, 1), "double": (np.float64, 2), "int32": (np.int32, 3), "uint8": (np.uint8, 4),
+      "string": (object, 7), "int64": (np.int64, 9), "bool": (np.bool_, 10), "complex64": (np.complex64, 8),
+      "uint64": (np.uint64, 23), "half": (np.float16, 19)}
+
+
+@dataclass
+class Spec:
+    dtype: np.dtype
+    dtype_enum: int
+
+
+def spec(name: str) -> Spec:
+    dtype, enum = DT[name]
+    return Spec(np.dtype(dtype), enum)
+
+
+@pytest.fixture(autouse=True)
+def _small_runs(monkeypatch):
+    """Take the fast path for arrays of a few bytes, so the cases stay small and readable."""
+    monkeypatch.setattr(json_dense, "MIN_RUN_BYTES", 8)
+    monkeypatch.setattr(json_codec, "_GC_PAUSE_BYTES", 0)
+
+
+def _outcome(doc_of, body: bytes, specs: dict):
+    try:
+        doc = doc_of(body)
+        inputs, rows = json_codec.decode_predict(doc, specs, json_codec.signature_name(doc))
+    except ServingError as e:
+        return type(e).__name__, e.message
+    return rows, {k: (v.dtype.str, v.shape, v.tolist() if v.dtype == object else v.tobytes())
+                  for k, v in inputs.items()}
+
+
+def _same(body: bytes, specs: dict):
+    general = _outcome(json_codec.parse_json, body, specs)
+    fast = _outcome(json_codec.parse_predict_json, body, specs)
+    assert fast == general, body[:300]
+    return general
+
+
+def _dense_values(doc) -> list:
+    found = []
+    if isinstance(doc, dict):
+        for v in doc.values():
+            found += _dense_values(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            found += _dense_values(v)
+    elif isinstance(doc, DenseArray):
+        found.append(doc)
+    return found
+
+
+IMAGE = {"images": spec("uint8")}
+FLOATS = {"x": spec("float")}
+
+
+@pytest.mark.parametrize("body, specs", [
+    ({"instances": [{"images": [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 255]]]}]}, IMAGE),
+    ({"instances": [[[[1, 2, 3], [4, 5, 6]]], [[[7, 8, 9], [0, 0, 0]]]]}, IMAGE),  # plain list: one array
+    ({"instances": [{"images": [[[1, 2, 3]]]}, {"images": [[[4, 5, 6]]]}]}, IMAGE),  # two instances, stacked
+    ({"inputs": {"images": [[[[1, 2, 3], [4, 5, 6]]]]}}, IMAGE),
+    ({"inputs": [[[[1, 2, 3], [4, 5, 6]]]]}, IMAGE),
+    ({"signature_name": "s", "inputs": {"x": [[1.5, -2, 3e-3, 1E+5, -0.0, 12345678]]}}, FLOATS),
+    ({"inputs": {"x": [[1, 2, 3, 16777217, -9223372036854775807]]}}, FLOATS),  # ints into float32, via int64
+    ({"inputs": {"x": [[0.1, 2], [3, 4.25]]}}, {"x": spec("double")}),
+    ({"inputs": {"x": [[-5, 7], [2147483647, -2147483648]]}}, {"x": spec("int32")}),
+    ({"inputs": {"x": [[1.5, 70000.0]]}}, {"x": spec("half")}),
+    ({"inputs": {"x": [[1, 2], [3, 4]], "y": "text"}}, {"x": spec("int64"), "y": spec("string")}),
+])
+@pytest.mark.parametrize("dumps", [
+    lambda d: json.dumps(d).encode(),
+    lambda d: json.dumps(d, separators=(",", ":")).encode(),
+    lambda d: json.dumps(d, separators=(" , ", " : ")).encode(),
+])
+def test_dense_arrays_decode_as_the_general_path_does_and_take_the_fast_path(body, specs, dumps):
+    raw = dumps(body)
+    outcome = _same(raw, specs)
+    assert isinstance(outcome[0], bool), outcome  # decoded, not an error
+    assert _dense_values(json_codec.parse_predict_json(raw)), "the fast path was not taken"
+
+
+@pytest.mark.parametrize("raw, specs", [
+    (b'{"inputs": {"images": [[1, 2, 300]]}}', IMAGE),  # out of range
+    (b'{"inputs": {"images": [[1, -2, 3]]}}', IMAGE),
+    (b'{"inputs": {"images": [[1, 2.5, 3]]}}', IMAGE),  # a fraction for an integer input
+    (b'{"inputs": {"images": [[1, 2.0, 3]]}}', IMAGE),
+    (b'{"inputs": {"images": [[1, 2e2, 3]]}}', IMAGE),
+    (b'{"inputs": {"x": [[1, 123456789012345678901234567890]]}}', FLOATS),  # beyond 64 bits
+    (b'{"inputs": {"x": [[1, -9223372036854775809]]}}', {"x": spec("int64")}),
+    (b'{"inputs": {"x": [[1, 18446744073709551615]]}}', {"x": spec("uint64")}),
+    (b'{"inputs": {"x": [[1, 0, 1]]}}', {"x": spec("bool")}),
+    (b'{"inputs": {"x": [[1, 2, 3]]}}', {"x": spec("string")}),
+    (b'{"inputs": {"x": [[1, 2, 3]]}}', {"x": spec("complex64")}),
+    (b'{"inputs": {"x": [[1, 2], [3, 4, 5]]}}', FLOATS),  # ragged
+    (b'{"instances": [{"images": [[[1, 2, 3]]]}, {"images": [[[4, 5]]]}]}', IMAGE),  # instances differ
+    (b'{"instances": [{"images": [[[1, 2, 3]]]}, {"images": [[[4, 5, 6]], [[7, 8, 9]]]}]}', IMAGE),
+    (b'{"instances": [{"images": [[[1, 2, 3]]]}, {"images": 5}]}', IMAGE),
+    (b'{"instances": [[[1, 2, 3]], [[4, 5, 6]]]}', {"images": spec("uint8"), "other": spec("uint8")}),
+    (b'{"inputs": {"x": [[1, 2, 3]]}, "instances": [[1, 2, 3]]}', FLOATS),
+    (b'{"signature_name": [1, 2, 3, 4], "inputs": {"x": [[1, 2, 3]]}}', FLOATS),
+    # not JSON, or not where an array may stand: the general path's parse errors
+    (b'{"inputs": {"x": [[1,]2, [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[1, 2]3, [4, 5]]}}', FLOATS),
+    (b'{"inputs": {"x": [[1, 2], 3[4, 5]]}}', FLOATS),
+    (b'{"inputs": {"x": [[1 2], [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[01, 2], [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[+1, 2], [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[.5, 2], [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[5., 2], [3, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": [[1, 2], [3, 4],]}}', FLOATS),
+    (b'{"inputs": {"x": [[1, 2], [3, 4]]}', FLOATS),
+    (b'{"inputs": {"x": 1, [[1, 2], [3, 4]]: 2}}', FLOATS),  # an array where a key goes
+    (b'{"inputs": {"x": [[1, 2], [3, 4]]}} trailing', FLOATS),
+    (b'{"inputs": {"x": [[1, 2], [NaN, 4]]}}', FLOATS),
+    (b'{"inputs": {"x": "[[1, 2], [3, 4]]"}}', FLOATS),  # an array's text inside a string
+    (b'{"inputs": {"x": "a\\"b", "y": [[1, 2], [3, 4]]}}', {"x": spec("string"), "y": spec("float")}),
+])
+def test_everything_else_gets_the_general_paths_answer(raw, specs):
+    _same(raw, specs)
+
+
+def test_an_array_text_inside_a_string_stays_a_string():
+    raw = b'{"inputs": {"x": "[[1, 2], [3, 4]]", "y": [[1, 2], [3, 4]]}}'
+    doc = json_codec.parse_predict_json(raw)
+    assert doc["inputs"]["x"] == "[[1, 2], [3, 4]]"
+    assert isinstance(doc["inputs"]["y"], DenseArray) and doc["inputs"]["y"].shape == (2, 2)
+
+
+def test_mutated_bodies_decode_as_the_general_path_does():
+    """Random edits of valid bodies (one byte inserted, deleted or replaced by a JSON-significant one): whatever
+    the edit makes of the body, both paths agree on the arrays or on the error."""
+    rng = random.Random(1234)
+    seeds = [
+        json.dumps({"inputs": {"x": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]}}).encode(),
+        json.dumps({"instances": [{"x": [[1.5, 2], [-3, 4e1]]}, {"x": [[5, 6], [7, 8]]}]}).encode(),
+        json.dumps({"instances": [[[1, 2, 3]], [[4, 5, 6]]]}, separators=(",", ":")).encode(),
+    ]
+    alphabet = b'[],.:{}" -+eE0123456789'
+    for specs in (FLOATS, {"x": spec("uint8")}):
+        for _ in range(700):
+            raw = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 2)):
+                i = rng.randrange(len(raw))
+                op = rng.random()
+                if op < 0.33:
+                    del raw[i]
+                elif op < 0.66:
+                    raw.insert(i, rng.choice(alphabet))
+                else:
+                    raw[i] = rng.choice(alphabet)
+            _same(bytes(raw), specs)
+
+
+def test_a_large_image_body_takes_the_fast_path_at_the_real_threshold(monkeypatch):
+    monkeypatch.undo()
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    raw = json.dumps({"instances": [{"images": image.tolist()}]}).encode()
+    assert len(raw) > json_dense.MIN_RUN_BYTES
+    doc = json_codec.parse_predict_json(raw)
+    assert [d.shape for d in _dense_values(doc)] == [(128, 128, 3)]
+    inputs, rows = json_codec.decode_predict(doc, IMAGE)
+    assert rows and inputs["images"].dtype == np.uint8 and np.array_equal(inputs["images"][0], image)

@@ -1,0 +1,200 @@
+"""Large dense numeric arrays in a REST body, read from the bytes without building nested Python lists.
+
+Why: a 256x256 RGB image sent as JSON numbers is 65k nested lists and 196k numbers. Parsing it into Python lists and
+walking them into a numpy array took about 33 ms of a DeepLab REST request, with the GIL held (more than the model
+step). Here each long run of number, bracket and comma characters outside strings is checked to be a dense array
+(its brackets and commas exactly those of a tensor of some shape) and parsed by orjson as one flat list of numbers;
+the rest of the body is parsed with a placeholder string where the array was (:func:`extract`).
+
+Nothing here decides what a request means: a :class:`DenseArray` stands where the nested list stood, and
+:func:`to_array` converts it only in the cases whose outcome is certain (numbers for a numeric input, in range).
+Everything else raises :class:`NotDense`, and the caller parses the original body the general way, so every error
+text is the general path's (``json_codec``).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+import numpy as np
+import orjson
+
+# A run of this many number/bracket/comma/whitespace bytes is worth the fast path (smaller arrays parse fast anyway).
+MIN_RUN_BYTES = 16 << 10
+_MAX_RANK = 64
+
+_NUMBER_CHARS = b"0123456789.eE+-"
+_WS = b" \t\n\r"
+# body -> 1 for bytes that may be part of a numeric array, 0 for anything else (quotes, letters, braces, colons).
+_RUN_MARKS = bytes(1 if bytes([c]) in _NUMBER_CHARS + _WS + b"[]," else 0 for c in range(256))
+# array text -> number chars as "n", brackets and commas kept (whitespace is deleted by the same translate call)
+_SHAPE_MARKS = bytes(ord("n") if bytes([c]) in _NUMBER_CHARS else c for c in range(256))
+# array text -> the numbers and commas only, brackets blanked (same length): orjson then reads it as one flat list
+_BLANK_BRACKETS = bytes.maketrans(b"[]", b"  ")
+
+
+class NotDense(Exception):
+    """A dense array met a case the fast path does not decide; parse the original body the general way."""
+
+
+class DenseArray:
+    """A dense nested JSON array of numbers: its numbers in order (Python ints and floats, as orjson read them),
+    its shape, whether any number was written with a fraction or an exponent (``floats``), and whether any was
+    19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an integer as a float)."""
+
+    __slots__ = ("values", "shape", "floats", "wide")
+
+    def __init__(self, values: list, shape: tuple[int, ...], floats: bool, wide: bool) -> None:
+        self.values, self.shape, self.floats, self.wide = values, shape, floats, wide
+
+    def __repr__(self) -> str:
+        return f"DenseArray(shape={self.shape}, floats={self.floats})"
+
+
+def extract(body: bytes) -> tuple[bytes, dict[str, DenseArray]] | None:
+    """The body with each large dense numeric array replaced by a unique placeholder string, and the arrays by
+    placeholder; None when there is none (or the body holds a backslash: an escaped quote would hide strings)."""
+    if len(body) < MIN_RUN_BYTES or b"\\" in body:
+        return None
+    marks = body.translate(_RUN_MARKS)
+    run = b"\x01" * MIN_RUN_BYTES
+    prefix = f"\x00tfsctl-dense-{secrets.token_hex(8)}-"
+    parts: list[bytes] = []
+    found: dict[str, DenseArray] = {}
+    done = pos = quotes = 0  # copied up to ``done``; searched from ``pos``; quotes counted up to ``done``
+    while True:
+        i = marks.find(run, pos)
+        if i < 0:
+            break
+        end = marks.find(b"\x00", i)
+        end = len(body) if end < 0 else end
+        pos = end
+        start = body.find(b"[", i, end)
+        if start < 0:
+            continue
+        if (quotes + body.count(b'"', done, start)) % 2:
+            continue  # inside a string
+        dense = _dense_at(body, start, end)
+        if dense is None:
+            continue
+        stop, array = dense
+        after = stop
+        while after < len(body) and body[after] in _WS:
+            after += 1
+        if after < len(body) and body[after] == 0x3A:  # ":": in a key's place, where a string would be valid
+            continue
+        quotes += body.count(b'"', done, start)
+        key = f"{prefix}{len(found)}"
+        parts += (body[done:start], orjson.dumps(key))
+        found[key] = array
+        done = stop
+    if not found:
+        return None
+    parts.append(body[done:])
+    return b"".join(parts), found
+
+
+def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | None:
+    """The dense array starting at ``body[start]`` (a "[") within the run ending at ``end``: (its end, it), or None."""
+    rank = 0
+    while start + rank < end and body[start + rank] == 0x5B:  # "["
+        rank += 1
+    if rank > _MAX_RANK:
+        return None
+    close = body.find(b"]" * rank, start, end)
+    if close < 0:
+        return None
+    stop = close + rank
+    text = body[start:stop]
+    marked = text.translate(_SHAPE_MARKS, _WS)
+    if b"]n" in marked or b"n[" in marked:
+        return None  # a number right after "]" or right before "[": not where an element goes
+    structure = marked.translate(None, b"n")
+    shape = _shape_of(structure, rank)
+    if shape is None:
+        return None
+    try:
+        values = orjson.loads(b"[" + text.translate(_BLANK_BRACKETS) + b"]")
+    except orjson.JSONDecodeError:
+        return None  # a bad number, two numbers in one place, an empty place
+    if len(values) != math.prod(shape):
+        return None
+    floats = b"." in text or b"e" in text or b"E" in text
+    return stop, DenseArray(values, shape, floats, b"n" * 19 in marked)
+
+
+def _shape_of(structure: bytes, rank: int) -> tuple[int, ...] | None:
+    """The shape whose brackets and commas are exactly ``structure`` ("[[,],[,]]" -> (2, 2)), or None."""
+    lengths = []  # length of the first list at each level, innermost first
+    for level in range(rank - 1, -1, -1):
+        close = structure.find(b"]" * (rank - level))
+        if close < 0:
+            return None
+        lengths.append(close + (rank - level) - level)
+    lengths.reverse()
+    dims = [lengths[-1] - 1]
+    for level in range(rank - 2, -1, -1):
+        count, rest = divmod(lengths[level] - 1, lengths[level + 1] + 1)
+        if rest or count < 1:
+            return None
+        dims.insert(0, count)
+    if dims[-1] < 1 or lengths[0] != len(structure):
+        return None
+    inner = b"[" + b"," * (dims[-1] - 1) + b"]"
+    for d in reversed(dims[:-1]):
+        inner = b"[" + b",".join([inner] * d) + b"]"
+    return tuple(dims) if inner == structure else None
+
+
+def is_dense(value: Any) -> bool:
+    return isinstance(value, DenseArray)
+
+
+def replace(doc: Any, found: dict[str, DenseArray]) -> Any:
+    """``doc`` with each placeholder string put back as its DenseArray (objects and arrays walked, in place)."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if isinstance(v, str):
+                if v in found:
+                    doc[k] = found[v]
+            elif isinstance(v, dict | list):
+                replace(v, found)
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            if isinstance(v, str):
+                if v in found:
+                    doc[i] = found[v]
+            elif isinstance(v, dict | list):
+                replace(v, found)
+    return doc
+
+
+def to_array(value: DenseArray, dtype: np.dtype) -> np.ndarray:
+    """The array for a numeric input of ``dtype``, as the general path would build it; NotDense when that path
+    might say otherwise (a non-numeric dtype, a fraction for an integer input, a value out of range)."""
+    if value.wide:
+        raise NotDense("a number of 19 characters or more")
+    kind, n = dtype.kind, len(value.values)
+    try:
+        if kind in "iu":
+            if value.floats:
+                raise NotDense("fraction or exponent for an integer input")
+            return np.fromiter(value.values, dtype, n).reshape(value.shape)  # OverflowError when out of range
+        if kind == "f":
+            # As the general path: all integers -> int64 first; any float -> float64 first; then the input's dtype.
+            wide = np.fromiter(value.values, np.float64 if value.floats else np.int64, n)
+            with np.errstate(over="ignore"):
+                return wide.astype(dtype).reshape(value.shape)
+    except (OverflowError, TypeError, ValueError):
+        raise NotDense("value out of range") from None
+    raise NotDense(f"dtype {dtype}")
+
+
+def stack(values: list[DenseArray], dtype: np.dtype) -> np.ndarray:
+    """Per-instance arrays of one input stacked into [N, ...]; NotDense unless they all have one shape."""
+    shape = values[0].shape
+    if any(v.shape != shape for v in values):
+        raise NotDense("instances of different shapes")
+    return np.stack([to_array(v, dtype) for v in values])
