@@ -3,7 +3,8 @@
 Measures on 127.0.0.1, each server in a process of its own:
   - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse;
   - the toy model's signature called in process (single thread);
-  - ``tfsctl serve`` with 1 and 2 workers (``--workers``) on the toy model over gRPC at concurrency 8..128;
+  - ``tfsctl serve`` with 1 and 2 workers (``--workers``; 2 with ``--worker_cpu_affinity``) on the toy model over
+    gRPC at concurrency 8..128;
   - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python model
     server (a custom ``kserve.Model`` on the same SavedModel signature, v1 protocol) on the same models and requests
     when a KServe interpreter is found (reported as skipped otherwise; see below);
@@ -93,6 +94,7 @@ class Run:
     cpu_us_per_request: float | None = None
     ctx_per_request: float | None = None
     generator: str = ""
+    machine_busy: float | None = None  # share of all the machine's CPUs busy during the run (any process)
 
 
 @dataclass
@@ -268,6 +270,12 @@ def _cpu_and_ctx(pids: list[int]) -> tuple[float, int]:
     return cpu, ctx
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, idle) CPU ticks of the whole machine so far (/proc/stat): busy = user, nice, system, irq, softirq."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return fields[0] + fields[1] + fields[2] + fields[5] + fields[6], fields[3] + fields[4]
+
+
 # --- load generators ------------------------------------------------------------------------------------------
 
 
@@ -389,15 +397,18 @@ class Load:
         if self.warmup > 0:  # a fixed count (slow models) is preceded by one request per connection
             once(self.warmup, concurrency if requests and self.use_h2load else None)
         cpu0, ctx0 = _cpu_and_ctx(server.pids())
+        busy0, idle0 = _machine_ticks()
         res = once(seconds or self.seconds, requests)
         cpu1, ctx1 = _cpu_and_ctx(server.pids())
+        busy1, idle1 = _machine_ticks()
         n = max(res["requests"], 1)
         run = Run(label or server.name, protocol, concurrency, res["requests"], res["errors"], res["seconds"],
                   res["requests"] / res["seconds"], res["mean_ms"], 1e6 * (cpu1 - cpu0) / n, (ctx1 - ctx0) / n,
-                  self.generator)
+                  self.generator, (busy1 - busy0) / max(busy1 - busy0 + idle1 - idle0, 1))
         print(f"  {run.target:<22} {protocol:<4} c={concurrency:<4} {run.throughput:9.1f} req/s  "
               f"mean {run.mean_ms:8.2f} ms  cpu {run.cpu_us_per_request:7.0f} us/req  "
-              f"ctx {run.ctx_per_request:5.1f}/req  errors {run.errors}", flush=True)
+              f"ctx {run.ctx_per_request:5.1f}/req  machine {100 * run.machine_busy:3.0f}% busy  errors {run.errors}",
+              flush=True)
         return run
 
 
@@ -596,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
             bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
         for workers in (1, 2) if full else (1,):
             g, r = free_port(), free_port()
-            tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers)), g, r)
+            pin = ("--worker_cpu_affinity",) if workers > 1 else ()  # one core per worker (docs/PERFORMANCE.md)
+            tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers), *pin),
+                                  g, r)
         if batching_part:
             params = work / "batching.config"
             params.write_text(BATCHING % (os.cpu_count() or 1))
@@ -703,6 +716,9 @@ def _ratios(report: Report) -> None:
                                      for c in one if c in bare}
     rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
     rt["two_workers_vs_one_c32"] = _ratio(two[32].throughput, one[32].throughput) if 32 in one and 32 in two else None
+    # What the machine had left: with the load generator on the same cores, 2 workers can only use what 1 left idle.
+    rt["machine_busy_c32"] = {name: round(runs[32].machine_busy, 3) for name, runs in (("1w", one), ("2w", two))
+                              if 32 in runs and runs[32].machine_busy is not None}
     for c in (1, 4, 16):
         b, n = _pick(report, "batching", "grpc", c), _pick(report, "nobatch", "grpc", c)
         rt[f"batching_c{c}_vs_none"] = _ratio(b[0].throughput, n[0].throughput) if b and n else None
@@ -746,6 +762,10 @@ def _print(report: Report) -> None:
         line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
     if full:
         line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
+        busy = rt.get("machine_busy_c32", {})
+        if busy:
+            print("    machine busy at c=32 (every process, load generator included): "
+                  + ", ".join(f"{k} {100 * v:.0f}%" for k, v in busy.items()))
     if report.only in ("all", "batching"):
         for c in (1, 4, 16):
             line(f"batching vs no batching, c={c}", rt[f"batching_c{c}_vs_none"], GOALS[f"batching_c{c}_vs_none"])

@@ -120,6 +120,7 @@ def test_bad_flags_are_one_clear_error(argv, words):
     (["--thread_pool_factory_config_file=/x"], ["--thread_pool_factory_config_file"]),
     (["--mixed_precision=bfloat16"], ["--mixed_precision=bfloat16 cannot apply"]),
     (["--remove_unused_fields_from_bundle_metagraph=false"], ["--remove_unused_fields_from_bundle_metagraph"]),
+    (["--worker_cpu_affinity"], ["--worker_cpu_affinity", "--workers 2 or more"]),
 ])
 def test_invalid_or_inapplicable_values_name_the_flag(argv, words):
     with pytest.raises(FlagError) as info:

@@ -127,7 +127,8 @@ def cluster(tmp_path_factory):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     log = open(base / "serve.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsctl", "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(grpc_port),
+        [sys.executable, "-m", "tfsctl", "serve", "--workers", "2", "--worker_cpu_affinity",
+         "--host", "127.0.0.1", "--port", str(grpc_port),
          "--rest-api-port", str(rest_port), "--model-config-file", str(config_file),
          # the reload below labels a version before it loads: tensorflow_model_server needs this flag for that
          "--allow_version_labels_for_unavailable_models"],
@@ -151,6 +152,11 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     # Overall health turns SERVING once every worker has the model (each learns it from the supervisor), and stays.
     _poll(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
           "overall health SERVING on every connection")
+    # --worker_cpu_affinity: each worker on one CPU of those allowed, a different one while there are enough.
+    allowed = sorted(os.sched_getaffinity(0))
+    pinned = [os.sched_getaffinity(pid) for pid in workers]
+    assert all(len(cpus) == 1 and cpus <= set(allowed) for cpus in pinned), pinned
+    assert len(set().union(*pinned)) == min(2, len(allowed)), pinned
 
     # A reload received over one connection has been applied by every worker before it is answered.
     request = model_management_pb2.ReloadConfigRequest()

@@ -106,6 +106,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("grpc_max_message_bytes", "int32", 64 * 1024 * 1024, "largest gRPC message in and out", tfsctl_only=True),
     Flag("workers", "int32", 1, "N serving processes sharing the ports, each with its own models",
          tfsctl_only=True),
+    Flag("worker_cpu_affinity", "bool", False,
+         "with --workers: pin worker i to CPU i (of those allowed), TensorFlow's threads included", tfsctl_only=True),
     Flag("batching_isolate_failures", "bool", False,
          "rerun a batch that fails on bad data request by request", tfsctl_only=True),
     Flag("retry_failed_versions_on_change", "bool", False,

@@ -116,6 +116,7 @@ class ServerOptions:
             raise FlagError("--help and --version are handled by the command line, not ServerOptions")
         return cls(**parsed.values)
     workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/workers.py
+    worker_cpu_affinity: bool = False  # tfsctl-only: with workers > 1, worker i runs on CPU i only
 
     def model_config(self):
         """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
@@ -156,6 +157,8 @@ class ServerOptions:
             raise FlagError(f"--rest_api_timeout_in_ms must be > 0, got {self.rest_api_timeout_in_ms}")
         if not 1 <= self.workers <= 64:
             raise FlagError(f"--workers must be in 1..64, got {self.workers}")
+        if self.worker_cpu_affinity and self.workers == 1:
+            raise FlagError("--worker_cpu_affinity pins each of several workers to a CPU: it needs --workers 2 or more")
         if self.load_retry_interval_seconds is not None and self.load_retry_interval_seconds < 0:
             raise FlagError(f"--load_retry_interval_seconds must be >= 0, got {self.load_retry_interval_seconds}")
         if not 0.0 <= self.per_process_gpu_memory_fraction <= 1.0:

@@ -457,6 +457,19 @@ def _render_all_workers() -> bytes:
     return generate_latest(registry)
 
 
+def pin_to_cpu(index: int) -> int:
+    """Run this process on one CPU, the ``index``-th of those it may use (round robin); returns it.
+
+    Called before TensorFlow or gRPC start a thread: every thread inherits the mask, and TensorFlow sizes its
+    thread pools to the CPUs the process may use. Why: N workers on N cores otherwise preempt each other's event
+    loop thousands of times a second (with gRPC's poller threads and TensorFlow's pools in between); one core each
+    keeps each worker's threads together (toy model, 2 workers on 2 cores: about 13% more requests per second)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[index % len(allowed)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 def _worker_main(index: int, options: Any, conn: Connection, config: bytes | None, grace: float) -> None:
     """One serving process (runs in a fresh interpreter)."""
     import sys
@@ -464,6 +477,8 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if options.worker_cpu_affinity:
+        pin_to_cpu(index)
     from tfsctl.serving.server import ModelServer
 
     # Until serve_forever installs its own handlers (and again after it restores these), a SIGTERM/SIGINT is a
