@@ -31,8 +31,9 @@ Without either, the current interpreter is used when it can import kserve. The a
 DeepLab, tfsctl against KServe) and writes overhead_rest.json instead of overhead.json.
 
 Default run: about 5 minutes (6 with the KServe anchor); ``--quick``: about 1-2 minutes (shorter windows, fewer
-levels); ``--only rest``: about 2 minutes. The machine's other load shows in absolute figures; the ratios compare
-anchors measured minutes apart in the same run.
+levels); ``--only rest``: about 2 minutes. The machine's other load shows in absolute figures. Each round measures
+every target at a level back to back (the order turning from round to round), and each ratio is the median over
+rounds of the two runs' ratio within a round: the machine's speed drifts between rounds, far less within seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +97,7 @@ class Run:
     ctx_per_request: float | None = None
     generator: str = ""
     machine_busy: float | None = None  # share of all the machine's CPUs busy during the run (any process)
+    round: int = 0  # the round it was measured in: ratios pair runs of the same round
 
 
 @dataclass
@@ -625,23 +628,26 @@ def main(argv: list[str] | None = None) -> int:
         if kserve_toy is not None:
             kserve_toy.wait_ready(lambda: _rest_ok(kserve_toy.rest_port, "/v1/models/toy:predict", toy_json))
 
-        for rnd in range(rounds):
+        def measured(rnd: int, run: Run) -> None:
+            run.round = rnd
+            raw.append(run)
+
+        for rnd in range(rounds):  # the order of the targets turns from round to round: none is always first
             if full:
                 print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
                 for c in levels:
-                    for srv in (bare, tfs[1], tfs[2]):
-                        raw.append(load.run(srv, "grpc", payload, c))
+                    for srv in _turn([bare, tfs[1], tfs[2]], rnd):
+                        measured(rnd, load.run(srv, "grpc", payload, c))
             if batching_part:
                 print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
                 for c in (1, 4, 16):
-                    raw.append(load.run(tfs[1], "grpc", payload, c, label="nobatch"))
-                    raw.append(load.run(batching, "grpc", payload, c))
+                    for srv, label in _turn([(tfs[1], "nobatch"), (batching, "")], rnd):
+                        measured(rnd, load.run(srv, "grpc", payload, c, label=label))
             if not rest_part:
                 continue
             print(f"round {rnd + 1}/{rounds}: toy model over REST", flush=True)
-            raw.append(load.run(tfs[1], "rest", toy_json, 32, "/v1/models/toy:predict"))
-            if kserve_toy is not None:
-                raw.append(load.run(kserve_toy, "rest", toy_json, 32, "/v1/models/toy:predict"))
+            for srv in _turn([tfs[1], kserve_toy] if kserve_toy is not None else [tfs[1]], rnd):
+                measured(rnd, load.run(srv, "rest", toy_json, 32, "/v1/models/toy:predict"))
         if full:
             for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
                 report.memory_mb[name] = srv.memory_mb()
@@ -661,12 +667,12 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(launch_kserve("kserve-deeplab", "deeplab", deeplab / "1"))
             for srv in targets:
                 srv.wait_ready(lambda srv=srv: _rest_ok(srv.rest_port, path, body))
-            for rnd in range(rounds):  # interleaved like the toy rounds; the report keeps the medians
+            for rnd in range(rounds):  # interleaved like the toy rounds
                 print(f"round {rnd + 1}/{rounds}: DeepLab 256x256 over REST (fixed request counts)", flush=True)
                 for c in (1, 4):
-                    for srv in targets:
-                        raw.append(load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 6) * c,
-                                            seconds=30.0))
+                    for srv in _turn(targets, rnd):
+                        measured(rnd, load.run(srv, "rest", body, c, path, requests=(2 if args.quick else 6) * c,
+                                               seconds=30.0))
     finally:
         for s in list(servers):
             s.stop()
@@ -693,6 +699,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _turn(items: list, rnd: int) -> list:
+    """``items`` rotated by the round number: each target takes each place in the order in turn."""
+    k = rnd % len(items)
+    return items[k:] + items[:k]
+
+
+def _paired(report: Report, a: str, b: str, protocol: str, c: int, attr: str = "throughput") -> float | None:
+    """The median over rounds of ``a``'s figure divided by ``b``'s in the same round: the machine's speed drifts
+    between rounds (the same server's CPU per request moved 2x), a ratio of runs seconds apart drifts far less."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in report.rounds:
+        if r.protocol == protocol and r.concurrency == c and r.target in (a, b) and getattr(r, attr):
+            by_round.setdefault(r.round, {})[r.target] = getattr(r, attr)
+    ratios = [v[a] / v[b] for v in by_round.values() if a in v and b in v]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def _median_runs(raw: list[Run]) -> list[Run]:
     """Per (target, protocol, concurrency): the round with the median throughput."""
     groups: dict[tuple, list[Run]] = {}
@@ -711,23 +734,19 @@ def _ratios(report: Report) -> None:
     bare = {r.concurrency: r for r in _pick(report, "bare-grpc", "grpc")}
     one = {r.concurrency: r for r in _pick(report, "tfsctl-1w", "grpc")}
     two = {r.concurrency: r for r in _pick(report, "tfsctl-2w", "grpc")}
-    rt["toy_grpc_vs_bare"] = {c: _ratio(one[c].throughput, bare[c].throughput) for c in one if c in bare}
-    rt["cpu_per_request_vs_bare"] = {c: _ratio(one[c].cpu_us_per_request, bare[c].cpu_us_per_request)
+    rt["toy_grpc_vs_bare"] = {c: _paired(report, "tfsctl-1w", "bare-grpc", "grpc", c) for c in one if c in bare}
+    rt["cpu_per_request_vs_bare"] = {c: _paired(report, "tfsctl-1w", "bare-grpc", "grpc", c, "cpu_us_per_request")
                                      for c in one if c in bare}
     rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
-    rt["two_workers_vs_one_c32"] = _ratio(two[32].throughput, one[32].throughput) if 32 in one and 32 in two else None
+    rt["two_workers_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w", "grpc", 32) if 32 in two else None
     # What the machine had left: with the load generator on the same cores, 2 workers can only use what 1 left idle.
     rt["machine_busy_c32"] = {name: round(runs[32].machine_busy, 3) for name, runs in (("1w", one), ("2w", two))
                               if 32 in runs and runs[32].machine_busy is not None}
     for c in (1, 4, 16):
-        b, n = _pick(report, "batching", "grpc", c), _pick(report, "nobatch", "grpc", c)
-        rt[f"batching_c{c}_vs_none"] = _ratio(b[0].throughput, n[0].throughput) if b and n else None
-    toy_rest, ks_toy = _pick(report, "tfsctl-1w", "rest"), _pick(report, "kserve-toy", "rest")
-    rt["toy_rest_vs_kserve"] = _ratio(toy_rest[0].throughput, ks_toy[0].throughput) if toy_rest and ks_toy else None
-    dl, ks_dl = _pick(report, "tfsctl-deeplab", "rest"), _pick(report, "kserve-deeplab", "rest")
-    by_c = {b.concurrency: b for b in ks_dl}
-    rt["deeplab_rest_vs_kserve_by_c"] = {a.concurrency: _ratio(a.throughput, by_c[a.concurrency].throughput)
-                                         for a in dl if a.concurrency in by_c}
+        rt[f"batching_c{c}_vs_none"] = _paired(report, "batching", "nobatch", "grpc", c)
+    rt["toy_rest_vs_kserve"] = _paired(report, "tfsctl-1w", "kserve-toy", "rest", 32)
+    rt["deeplab_rest_vs_kserve_by_c"] = {c: v for c in (1, 4)
+                                         if (v := _paired(report, "tfsctl-deeplab", "kserve-deeplab", "rest", c))}
     rt["deeplab_rest_vs_kserve"] = max(rt["deeplab_rest_vs_kserve_by_c"].values(), default=None)  # the best level
     one_mb, two_mb = report.memory_mb.get("tfsctl-1w"), report.memory_mb.get("tfsctl-2w")
     if one_mb and two_mb:  # 2 workers = supervisor + 2 serving processes; 1 worker = one plain server process
