@@ -180,3 +180,44 @@ def test_a_large_image_body_takes_the_fast_path_at_the_real_threshold(monkeypatc
     assert [d.shape for d in _dense_values(doc)] == [(128, 128, 3)]
     inputs, rows = json_codec.decode_predict(doc, IMAGE)
     assert rows and inputs["images"].dtype == np.uint8 and np.array_equal(inputs["images"][0], image)
+
+
+N18 = 2**59 + 2**35 + 1  # an integer whose float32 differs when rounded once (via int64) or twice (via float64)
+RANK64 = b"[" * 64 + b"12,12" + b"]" * 64
+
+
+@pytest.mark.parametrize("raw, specs", [
+    # one float anywhere in a batch sends every number through float64, as the general path's batch does
+    (b'{"instances": [{"x": [%d, 1, 2]}, {"x": [1.5, 1, 2]}]}' % N18, FLOATS),
+    (b'{"instances": [{"x": [%d, 1, 2]}, {"x": [3, 1, 2]}]}' % N18, FLOATS),
+    # stacking rank-64 instances would need 65 dimensions: the general path's error, not a crash
+    (b'{"instances": [{"x": %s}, {"x": %s}]}' % (RANK64, RANK64), FLOATS),
+    # nesting: past orjson's 1024 levels the general path decides (too deep), however the dense arrays sit
+    (b'{"inputs": {"x": [1, 2, 3]}, "junk": ' + b"[" * 1000 + b"]" * 1000 + b"}", FLOATS),
+    (b'{"inputs": {"x": 1}, "junk": ' + b"[" * 960 + b'"s", ' + RANK64 + b"]" * 960 + b"}", FLOATS),
+    (b" " * 100, FLOATS),  # the empty document
+])
+def test_review_findings_decode_as_the_general_path_does(raw, specs):
+    _same(raw, specs)
+
+
+def test_a_list_opening_with_spaces_takes_the_fast_path():
+    """orjson 3.13 fails on some long compact lists that open with "[  "; the flat list is stripped first."""
+    raw = b'{"inputs": {"x": [[  ' + b"1," * 999 + b"1]]}}"
+    assert _same(raw, {"x": spec("uint8")})[0] is False
+    assert [d.shape for d in _dense_values(json_codec.parse_predict_json(raw))] == [(1, 1000)]
+
+
+def test_finding_arrays_reads_each_byte_once_for_quotes(monkeypatch):
+    """Runs that are not dense arrays must not make the quote count start over: the scan stays linear."""
+    monkeypatch.setattr(json_dense, "MIN_RUN_BYTES", 64)
+    scanned = []
+
+    class Body(bytes):
+        def count(self, sub, start=0, end=None):  # noqa: D102 - records how much of the body each count reads
+            scanned.append((end if end is not None else len(self)) - start)
+            return bytes.count(self, sub, start, end)
+
+    body = Body(b'{"a": "q", "b": ' + (b"[" + b"1," * 40 + b"x") * 200 + b"}")
+    assert json_dense.extract(body) is None  # no run is an array
+    assert len(scanned) >= 100 and sum(scanned) <= len(body)

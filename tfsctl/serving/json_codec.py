@@ -33,7 +33,7 @@ from tensorflow.core.framework import types_pb2
 
 from tfsctl.errors import InvalidArgument, Unimplemented
 from tfsctl.serving import json_dense
-from tfsctl.serving.json_dense import DenseArray, NotDense
+from tfsctl.serving.json_dense import DenseArray
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _MAX_RANK = 64  # numpy's limit on dimensions (TensorShape allows 254; no real signature comes close)
@@ -118,7 +118,7 @@ class _DenseDoc(dict):
 def parse_predict_json(body: bytes) -> dict:
     """:func:`parse_json` for a predict body: large dense numeric arrays come back as ``DenseArray``
     (:func:`decode_predict` converts them, or parses the body again when they do not fit)."""
-    if len(body) < _GC_PAUSE_BYTES:
+    if len(body) < _GC_PAUSE_BYTES or not body.strip():
         return parse_json(body)
     with _gc_paused():
         found = json_dense.extract(body)
@@ -127,8 +127,8 @@ def parse_predict_json(body: bytes) -> dict:
                 doc = orjson.loads(found[0])
             except orjson.JSONDecodeError:
                 doc = None
-            if isinstance(doc, dict):
-                dense = _DenseDoc(json_dense.replace(doc, found[1]))
+            if isinstance(doc, dict) and json_dense.replace(doc, found[1]) is not None:
+                dense = _DenseDoc(doc)
                 dense.body = body
                 return dense
         return _parse_object(body)
@@ -422,7 +422,7 @@ def _shape_string(shape: tuple[int, ...]) -> str:
 
 def _batch(values: list, spec: InputSpec, where: Callable[[int], str]) -> np.ndarray:
     """Stack one input's per-instance values into a [N, ...] tensor; per-instance errors as TF Serving words them."""
-    if all(isinstance(v, DenseArray) for v in values):
+    if values and all(isinstance(v, DenseArray) for v in values):
         return json_dense.stack(values, np.dtype(spec.dtype))
     try:
         return json_to_tensor(values, spec)
@@ -503,7 +503,7 @@ def decode_predict(doc: dict, specs: Mapping[str, InputSpec], signature: str = "
     if isinstance(doc, _DenseDoc):
         try:
             return _decode_predict(doc, specs, signature)
-        except (NotDense, InvalidArgument, Unimplemented):
+        except Exception:  # noqa: BLE001 - NotDense, an error or anything unforeseen: the general path decides
             doc = _general(doc)
     return _decode_predict(doc, specs, signature)
 

@@ -31,8 +31,6 @@ _WS = b" \t\n\r"
 _RUN_MARKS = bytes(1 if bytes([c]) in _NUMBER_CHARS + _WS + b"[]," else 0 for c in range(256))
 # array text -> number chars as "n", brackets and commas kept (whitespace is deleted by the same translate call)
 _SHAPE_MARKS = bytes(ord("n") if bytes([c]) in _NUMBER_CHARS else c for c in range(256))
-# array text -> the numbers and commas only, brackets blanked (same length): orjson then reads it as one flat list
-_BLANK_BRACKETS = bytes.maketrans(b"[]", b"  ")
 
 
 class NotDense(Exception):
@@ -63,7 +61,7 @@ def extract(body: bytes) -> tuple[bytes, dict[str, DenseArray]] | None:
     prefix = f"\x00tfsctl-dense-{secrets.token_hex(8)}-"
     parts: list[bytes] = []
     found: dict[str, DenseArray] = {}
-    done = pos = quotes = 0  # copied up to ``done``; searched from ``pos``; quotes counted up to ``done``
+    done = pos = quotes = counted = 0  # copied up to ``done``; searched from ``pos``; ``quotes`` up to ``counted``
     while True:
         i = marks.find(run, pos)
         if i < 0:
@@ -74,7 +72,9 @@ def extract(body: bytes) -> tuple[bytes, dict[str, DenseArray]] | None:
         start = body.find(b"[", i, end)
         if start < 0:
             continue
-        if (quotes + body.count(b'"', done, start)) % 2:
+        quotes += body.count(b'"', counted, start)  # every byte is counted once: linear in the body
+        counted = start
+        if quotes % 2:
             continue  # inside a string
         dense = _dense_at(body, start, end)
         if dense is None:
@@ -85,7 +85,6 @@ def extract(body: bytes) -> tuple[bytes, dict[str, DenseArray]] | None:
             after += 1
         if after < len(body) and body[after] == 0x3A:  # ":": in a key's place, where a string would be valid
             continue
-        quotes += body.count(b'"', done, start)
         key = f"{prefix}{len(found)}"
         parts += (body[done:start], orjson.dumps(key))
         found[key] = array
@@ -116,7 +115,9 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
     if shape is None:
         return None
     try:
-        values = orjson.loads(b"[" + text.translate(_BLANK_BRACKETS) + b"]")
+        # The numbers and commas alone: no number touches a bracket on its outer side (checked above), so deleting
+        # the brackets joins no two numbers. Stripped: orjson 3.13 fails on some long lists that open with "[  ".
+        values = orjson.loads(b"[" + text.translate(None, b"[]").strip(_WS) + b"]")
     except orjson.JSONDecodeError:
         return None  # a bad number, two numbers in one place, an empty place
     if len(values) != math.prod(shape):
@@ -152,22 +153,28 @@ def is_dense(value: Any) -> bool:
     return isinstance(value, DenseArray)
 
 
-def replace(doc: Any, found: dict[str, DenseArray]) -> Any:
-    """``doc`` with each placeholder string put back as its DenseArray (objects and arrays walked, in place)."""
-    if isinstance(doc, dict):
-        for k, v in doc.items():
+# Deepest nesting (placeholders counting as their arrays' rank) the fast path takes on; deeper bodies are parsed the
+# general way, which decides what is too deep (orjson stops at 1024 levels).
+MAX_DEPTH = 512
+
+
+def replace(doc: Any, found: dict[str, DenseArray]) -> Any | None:
+    """``doc`` with each placeholder string put back as its DenseArray (in place), or None when the body nests
+    deeper than ``MAX_DEPTH`` levels (a placeholder counting as its array's rank): such a body goes the general way."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return None
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
             if isinstance(v, str):
                 if v in found:
-                    doc[k] = found[v]
+                    if depth + len(found[v].shape) > MAX_DEPTH:
+                        return None
+                    node[k] = found[v]
             elif isinstance(v, dict | list):
-                replace(v, found)
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            if isinstance(v, str):
-                if v in found:
-                    doc[i] = found[v]
-            elif isinstance(v, dict | list):
-                replace(v, found)
+                stack.append((v, depth + 1))
     return doc
 
 
@@ -193,8 +200,11 @@ def to_array(value: DenseArray, dtype: np.dtype) -> np.ndarray:
 
 
 def stack(values: list[DenseArray], dtype: np.dtype) -> np.ndarray:
-    """Per-instance arrays of one input stacked into [N, ...]; NotDense unless they all have one shape."""
+    """Per-instance arrays of one input stacked into [N, ...] as the general path builds the batch (one float in
+    any instance sends every number through float64); NotDense unless they all have one shape."""
     shape = values[0].shape
-    if any(v.shape != shape for v in values):
-        raise NotDense("instances of different shapes")
-    return np.stack([to_array(v, dtype) for v in values])
+    if any(v.shape != shape for v in values) or len(shape) >= _MAX_RANK:
+        raise NotDense("instances of different shapes, or too many dimensions")
+    floats = any(v.floats for v in values)
+    return np.stack([to_array(v if v.floats == floats else DenseArray(v.values, v.shape, floats, v.wide), dtype)
+                     for v in values])
