@@ -132,6 +132,9 @@ def test_nan_and_infinity_tokens_are_accepted_on_input():
     (b'{"a" 1}', "JSON Parse error: Missing a colon after a name of object member."),
     (b'{"a": "x', "JSON Parse error: Missing a closing quotation mark in string."),
     (b"[1, 2]", "JSON Value: [1,2] Is not object"),
+    (b'{"inputs": [1e400]}', "JSON Parse error: Number too big to be stored in double. at offset: 12"),
+    (b'{"inputs": [1, ' + b"9" * 400 + b"]}", "JSON Parse error: Number too big to be stored in double."),
+    (b'{"inputs": [NaN, ' + b"9" * 5000 + b"]}", "JSON Parse error: Number too big to be stored in double."),
 ])
 def test_parse_errors_use_rapidjson_texts(body, needle):
     with pytest.raises(InvalidArgument) as info:

@@ -71,6 +71,8 @@ _RAPIDJSON_ERRORS = (
 )
 
 
+_TOO_BIG = "Number too big to be stored in double."
+
 # Bodies from this size on are parsed with the cyclic garbage collector paused (see _gc_paused).
 _GC_PAUSE_BYTES = 64 << 10
 _gc_lock = threading.Lock()
@@ -145,7 +147,9 @@ def _general(doc: dict) -> dict:
 def _parse_object(body: bytes) -> dict:
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        if e.msg.startswith("number is infinity"):  # beyond a double: rapidjson's kParseErrorNumberTooBig
+            raise InvalidArgument(f"JSON Parse error: {_TOO_BIG} at offset: {e.pos}") from None
         doc = _parse_tolerant(body)
     if not isinstance(doc, dict):
         raise InvalidArgument(f"JSON Value: {debug_string(doc)} Is not object")
@@ -163,8 +167,10 @@ def _parse_tolerant(body: bytes) -> Any:
         doc, _ = json.JSONDecoder().raw_decode(text, start)
     except RecursionError:
         raise InvalidArgument("JSON Parse error: the document is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise InvalidArgument(f"JSON Parse error: {_rapidjson_message(e, text)} at offset: {e.pos}") from None
+    except ValueError as e:  # an integer beyond Python's digit limit for str -> int (4300 digits)
+        if isinstance(e, json.JSONDecodeError):
+            raise InvalidArgument(f"JSON Parse error: {_rapidjson_message(e, text)} at offset: {e.pos}") from None
+        raise InvalidArgument(f"JSON Parse error: {_TOO_BIG}") from None
     return doc
 
 
