@@ -4,7 +4,8 @@ Measures on 127.0.0.1, each server in a process of its own:
   - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse;
   - the toy model's signature called in process (single thread);
   - ``tfsctl serve`` with 1 and 2 workers (``--workers``; 2 with ``--worker_cpu_affinity``) on the toy model over
-    gRPC at concurrency 8..128;
+    gRPC at concurrency 8..128, and at c=32 1 worker confined to one CPU with the load generator on the other
+    (the "one core" end of the scaling from one core to two);
   - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python model
     server (a custom ``kserve.Model`` on the same SavedModel signature, v1 protocol) on the same models and requests
     when a KServe interpreter is found (reported as skipped otherwise; see below);
@@ -196,8 +197,9 @@ class Server:
     """A server process on 127.0.0.1; ``pids()`` are its processes (supervisor and workers)."""
 
     def __init__(self, name: str, cmd: list[str], log: Path, grpc_port: int | None, rest_port: int | None,
-                 project_path: bool = True) -> None:
-        self.name, self.grpc_port, self.rest_port = name, grpc_port, rest_port
+                 project_path: bool = True, cpus: set[int] | None = None) -> None:
+        """``cpus``: run the server on these CPUs only (and the load generator on the others)."""
+        self.name, self.grpc_port, self.rest_port, self.cpus = name, grpc_port, rest_port, cpus
         self.log = log.open("w")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         if project_path:
@@ -206,7 +208,7 @@ class Server:
             env.pop("PYTHONPATH", None)
             env.pop("VIRTUAL_ENV", None)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_pinned(cpus))
 
     def pids(self) -> list[int]:
         out = [self.proc.pid]
@@ -258,6 +260,13 @@ class Server:
         self.log.close()
 
 
+def _pinned(cpus: set[int] | None):
+    """A ``preexec_fn`` that confines the child (and every thread it starts) to ``cpus``; None for no confinement."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def _cpu_and_ctx(pids: list[int]) -> tuple[float, int]:
     """(CPU seconds, context switches) summed over ``pids`` and all their threads."""
     cpu, ctx = 0.0, 0
@@ -288,7 +297,7 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool,
-           requests: int | None = None) -> dict:
+           requests: int | None = None, cpus: set[int] | None = None) -> dict:
     """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models)."""
     cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
     cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
@@ -297,7 +306,7 @@ def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list
     if h1:
         cmd.append("--h1")
     cmd.append(url)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600, preexec_fn=_pinned(cpus)).stdout
     m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -392,9 +401,12 @@ class Load:
                                       ["content-type: application/json"], True)
             py_target = url
 
+        # A server confined to some CPUs gets the load generator off them (the others), so it has them to itself.
+        others = set(os.sched_getaffinity(0)) - server.cpus if server.cpus else None
+
         def once(seconds: float, requests: int | None = None) -> dict:
             if self.use_h2load:
-                return h2load(url, self._file(body), concurrency, seconds, headers, h1, requests)
+                return h2load(url, self._file(body), concurrency, seconds, headers, h1, requests, others or None)
             return py_load(protocol, py_target, payload, concurrency, seconds)
 
         if self.warmup > 0:  # a fixed count (slow models) is preceded by one request per connection
@@ -579,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     toy_json = json.dumps({"instances": TOY_X}).encode()
     servers: list[Server] = []
 
-    def launch(name: str, cmd: list[str], grpc_port: int | None, rest_port: int | None) -> Server:
-        s = Server(name, cmd, work / f"{name}.log", grpc_port, rest_port)
+    def launch(name: str, cmd: list[str], grpc_port: int | None, rest_port: int | None,
+               cpus: set[int] | None = None) -> Server:
+        s = Server(name, cmd, work / f"{name}.log", grpc_port, rest_port, cpus=cpus)
         servers.append(s)
         return s
 
@@ -613,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
             pin = ("--worker_cpu_affinity",) if workers > 1 else ()  # one core per worker (docs/PERFORMANCE.md)
             tfs[workers] = launch(f"tfsctl-{workers}w", _serve_cmd(toy, "toy", g, r, "--workers", str(workers), *pin),
                                   g, r)
+        allowed = sorted(os.sched_getaffinity(0))
+        one_core = None  # 1 worker confined to one CPU: the "one core" end of the scaling figure
+        if full and len(allowed) >= 2:
+            g, r = free_port(), free_port()
+            one_core = launch("tfsctl-1w-1cpu", _serve_cmd(toy, "toy", g, r), g, r, cpus={allowed[-1]})
         if batching_part:
             params = work / "batching.config"
             params.write_text(BATCHING % (os.cpu_count() or 1))
@@ -622,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve and rest_part else None
         if bare is not None:
             bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
-        for srv in (*tfs.values(), *([batching] if batching else [])):
+        for srv in (*tfs.values(), *([batching] if batching else []), *([one_core] if one_core else [])):
             srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
             srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
         if kserve_toy is not None:
@@ -636,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             if full:
                 print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
                 for c in levels:
-                    for srv in _turn([bare, tfs[1], tfs[2]], rnd):
+                    for srv in _turn([bare, tfs[1], tfs[2], *([one_core] if one_core and c == 32 else [])], rnd):
                         measured(rnd, load.run(srv, "grpc", payload, c))
             if batching_part:
                 print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
@@ -739,6 +757,9 @@ def _ratios(report: Report) -> None:
                                      for c in one if c in bare}
     rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
     rt["two_workers_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w", "grpc", 32) if 32 in two else None
+    # From one core to two: 1 worker confined to one CPU (the load generator on the other) against 2 workers on
+    # both (the load generator sharing them).
+    rt["two_cores_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w-1cpu", "grpc", 32)
     # What the machine had left: with the load generator on the same cores, 2 workers can only use what 1 left idle.
     rt["machine_busy_c32"] = {name: round(runs[32].machine_busy, 3) for name, runs in (("1w", one), ("2w", two))
                               if 32 in runs and runs[32].machine_busy is not None}
@@ -780,7 +801,9 @@ def _print(report: Report) -> None:
     for c, v in rt["cpu_per_request_vs_bare"].items():
         line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
     if full:
-        line("2 workers vs 1 worker, toy gRPC c=32", rt["two_workers_vs_one_c32"], GOALS["two_workers_vs_one_c32"])
+        line("2 workers/2 cores vs 1 worker/1 core, c=32", rt["two_cores_vs_one_c32"],
+             GOALS["two_workers_vs_one_c32"])
+        print(f"  {'2 workers vs 1, both on every core, c=32':<44} {_fmt(rt['two_workers_vs_one_c32']):>8}")
         busy = rt.get("machine_busy_c32", {})
         if busy:
             print("    machine busy at c=32 (every process, load generator included): "
