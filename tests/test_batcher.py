@@ -185,37 +185,33 @@ def test_after_two_wasted_waits_a_lone_request_runs_at_once_in_the_callers_threa
         batcher.stop()
 
 
-def test_run_if_idle_runs_alone_on_an_idle_batcher_and_declines_without_queueing_otherwise(toy):
-    """The non-blocking entry (the gRPC event loop's): on an idle batcher it runs the request at once in the
-    caller's thread; while a batch is queued it returns None and queues nothing, and the queued batch is unharmed."""
+def test_run_now_runs_alone_in_the_callers_thread_even_while_a_batch_waits(toy):
+    """The gRPC event loop's entry (steps too short for batching to pay): it runs the request at once in the
+    caller's thread, also while another request waits for its batch, which it leaves unharmed; TF Serving's
+    max_batch_size check and a stopped batcher's refusal still apply."""
     metrics = Metrics()
     rec = _Recording(toy)
-    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1), metrics,
-                      close_early_after=0)
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1), metrics)
     me = threading.current_thread().name
     try:
-        assert batcher.idle()
-        np.testing.assert_allclose(batcher.run_if_idle(rec, "", {"x": _rows(1, 1)})["y"], _rows(1, 1) * SCALE)
+        np.testing.assert_allclose(batcher.run_now(rec, "", {"x": _rows(1, 1)})["y"], _rows(1, 1) * SCALE)
         assert rec.calls[-1][1] == me
         with ThreadPoolExecutor(1) as pool:
-            arriving = threading.Event()
-            release = threading.Event()
-
-            def on_its_way() -> dict:  # announced and still decoding: the batch below must wait for it
-                with batcher.arrival():
-                    arriving.set()
-                    assert release.wait(30)
-                    return batcher.run(rec, "", {"x": _rows(3, 1)})
-
-            waiting = pool.submit(on_its_way)
-            assert arriving.wait(30)
-            assert not batcher.idle()
-            assert batcher.run_if_idle(rec, "", {"x": _rows(2, 1)}) is None
-            assert batcher.pending() == 0  # declined: nothing queued
-            release.set()
+            waiting = pool.submit(batcher.run, rec, "", {"x": _rows(3, 1)})  # waits out its 60 s batch timeout
+            deadline = time.monotonic() + 30
+            while batcher.pending() == 0:
+                assert time.monotonic() < deadline, "the request never reached its queue"
+                time.sleep(0.01)
+            queued = batcher.pending()
+            np.testing.assert_allclose(batcher.run_now(rec, "", {"x": _rows(2, 1)})["y"], _rows(2, 1) * SCALE)
+            assert rec.calls[-1][1] == me and batcher.pending() == queued  # ran alone; the batch still waits
+            with pytest.raises(InvalidArgument, match="larger than maximum input batch size 8"):
+                batcher.run_now(rec, "", {"x": _rows(0, 9)})
+            batcher.stop(timeout=30)  # runs the waiting batch
             np.testing.assert_allclose(waiting.result(30)["y"], _rows(3, 1) * SCALE)
-        assert batcher.idle()
-        assert len(rec.calls) == 2  # the declined request never ran
+        with pytest.raises(Unavailable):
+            batcher.run_now(rec, "", {"x": _rows(1, 1)})
+        assert len(rec.calls) == 3
     finally:
         batcher.stop()
 

@@ -91,7 +91,7 @@ def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
     from tfsctl.serving.service import WouldWait
 
     with pytest.raises(WouldWait):
-        server.core.predict_request(_request("big", ones), only_if_idle=True)
+        server.core.predict_request(_request("big", ones), only_if_quick=True)
     threads.clear()
     stub.Predict(_request("toy", X), timeout=30)
     stub.Predict(_request("big", ones), timeout=60)
@@ -127,9 +127,9 @@ def test_errors_on_the_loop_keep_their_status_codes(served):
 
 def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_still_batch(tmp_path: Path,
                                                                                            monkeypatch):
-    """With batching, a request on a model whose step takes microseconds runs on the loop while the batcher is
-    idle (a batch of its own); a model whose step is long enough for batching to pay goes to the pool, where
-    concurrent requests share batches."""
+    """With batching, a request on a model whose step takes microseconds runs on the loop, alone at once, even
+    while other requests wait for their batch; a model whose step is long enough for batching to pay goes to the
+    pool, where concurrent requests share batches."""
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     write_matmul_model(tmp_path / "mm", 1, 1024, 2)  # a step of a few hundred µs: inline, but batching pays
     params = tmp_path / "batching.config"
@@ -166,10 +166,15 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
             from concurrent.futures import ThreadPoolExecutor
 
             xs = [ones * i for i in range(48)]
-            with ThreadPoolExecutor(16) as pool:
+            threads.clear()
+            with ThreadPoolExecutor(17) as pool:
+                tiny = pool.submit(lambda: [stub.Predict(_request("toy", X), timeout=30) for _ in range(40)])
                 ys = list(pool.map(lambda x: to_numpy(stub.Predict(_request("mm", x), timeout=60).outputs["y"]), xs))
+                tiny.result(60)
             for x, y in zip(xs, ys, strict=True):
                 np.testing.assert_allclose(y, x, rtol=1e-4)
+            # The toy model's requests never queued behind the batches (nor each other): all ran on the loop.
+            assert {t for m, t in threads if m == "toy"} == {"tfsctl-grpc-loop"}, threads
         batches = server.metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": "mm"}) - before
         assert batches < 48, "concurrent requests never shared a batch"
     finally:

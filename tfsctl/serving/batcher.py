@@ -37,6 +37,8 @@ tfsctl additions, so batching does not tax a lone request nor a closed loop of c
   that point a batch that fills up, or times out while requests are still arriving, resets the count; after it the
   rule stays on (``close_early_after`` sets the count; 0: from the start).
 - An idle batcher runs a request alone in its caller's thread, without a queue entry, merge or second validation.
+  :meth:`Batcher.run_now` does so whatever the batcher is doing, for models whose steps are too short for batching
+  to pay (the gRPC event loop's requests).
 - The request whose arrival makes a batch ready runs it in its own thread when a batch slot is free (at most
   ``num_batch_threads`` batches run at once, callers and batch threads together). A batch waiting for a slot is
   handed, when one frees up, to its first request's thread (woken for its result anyway). The batch threads run
@@ -210,39 +212,32 @@ class Batcher:
             if local.arriving:  # left before reaching a queue (unbatched, refused, invalid)
                 self._end_arrival()
 
-    def run_if_idle(
+    def run_now(
         self,
         servable: BatchableServable,
         signature_name: str,
         inputs: dict[str, np.ndarray],
         output_filter: Sequence[str] = (),
-    ) -> dict[str, np.ndarray] | None:
-        """What :meth:`run` does when it would not wait: run at once, as a batch of its own, on an idle batcher
-        (or directly, for a model that is not batched). Otherwise None, with nothing queued: a caller that must not
-        block (the gRPC event loop) then hands the request to a thread that calls :meth:`run`.
-
-        It need not be announced (:meth:`arrival`): it never queues, and it claims the batcher in one step."""
+    ) -> dict[str, np.ndarray]:
+        """Run at once in the caller's thread, as a batch of its own, whatever is queued or running: for a model
+        whose steps are too short for sharing one to pay for handing requests to a batch thread (the gRPC event
+        loop's requests, ``service.BATCHING_PAYS_STEP_S``). TF Serving's checks still apply (``max_batch_size``,
+        a stopped batcher); it takes no batch slot and never waits. Running them alone keeps such requests off the
+        queue altogether: queued behind each other they would never find the batcher idle again under load."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         output_filter = tuple(output_filter)
+        if self._stopping:
+            raise Unavailable("server is shutting down: batcher stopped")
         opts = self._options_for(servable)
         plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
         if plan is None:
-            return self.run(servable, signature_name, inputs, output_filter)  # unbatched: runs directly
+            return servable.run(signature_name, inputs, output_filter)  # unbatched: runs directly
         assert opts is not None
         key, size = plan
         _check_size(servable, signature_name, size, opts)
-        if not (self._close_early and self._claim_idle(key, size, opts)):
-            return None
-        try:
-            return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
-        finally:
-            self._release_slot()
-
-    def idle(self) -> bool:
-        """No batch running, nothing queued, no request on its way, and lone requests run at once: a request
-        arriving now would run alone without waiting (a hint: :meth:`run_if_idle` decides)."""
-        return (self._close_early and not self._running and not self._queues and not self._arriving
-                and not self._stopping)
+        if size > opts.execution_batch_size:  # a request to split (enable_large_batch_splitting): the queue's job
+            return self.run(servable, signature_name, inputs, output_filter)
+        return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
 
     def arrival(self) -> _Arrival:
         """Context manager a front end enters when a request comes in, before decoding it: until the request reaches

@@ -151,9 +151,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
                 ) -> predict_pb2.PredictResponse:
         return self._call("grpc_predict", request.model_spec.name, context, lambda: self._predict(request))
 
-    def _predict(self, request: predict_pb2.PredictRequest, *, only_if_idle: bool = False
+    def _predict(self, request: predict_pb2.PredictRequest, *, only_if_quick: bool = False
                  ) -> predict_pb2.PredictResponse:
-        resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes, only_if_idle=only_if_idle)
+        resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes, only_if_quick=only_if_quick)
         response = predict_pb2.PredictResponse(model_spec=resolved)
         encode = self._encode
         for key, value in outputs.items():
@@ -177,8 +177,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
 class LoopPredictionServicer(PredictionServicer):
     """PredictionService on a ``grpc.aio`` server (:mod:`tfsctl.serving.grpc_loop`): Predict is a coroutine that
-    runs a quick request inline on the event loop (with batching: only while the batcher is idle, as a batch of
-    its own) and any other in ``executor``; the other methods stay synchronous and grpc runs them in its pool."""
+    runs a quick request inline on the event loop (with batching: only for steps too short for batching to pay,
+    alone at once) and any other in ``executor``; the other methods stay synchronous and grpc runs them in its pool."""
 
     def __init__(self, core: ServingCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)
@@ -191,8 +191,8 @@ class LoopPredictionServicer(PredictionServicer):
         quick = self.core.predict_is_quick(request)
         if quick:
             try:
-                result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_idle=True))
-            except WouldWait:  # the batcher got busy meanwhile: this one waits for its batch in the pool
+                result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_quick=True))
+            except WouldWait:  # a new version came in meanwhile, not yet known to be quick: the pool runs it
                 quick = False
         if not quick:
             result, error = await asyncio.get_running_loop().run_in_executor(

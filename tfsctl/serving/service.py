@@ -40,17 +40,18 @@ QUICK_MAX_REQUEST_BYTES = 64 * 1024
 # A Predict runs on the gRPC event loop only when its signature's step (the shortest of the last window of 8) is
 # shorter than this: every request on the loop waits for the one before it, on one core.
 LOOP_MAX_STEP_S = 250e-6
-# With batching, a quick request runs on the event loop only when its model's step is shorter than this: the loop
-# runs requests one after another, so none of them ever shares a batch, and sharing a step pays only when the step
-# costs more than handing requests to a batch thread (a few hundred µs). Longer steps go to the pool and batch.
+# With batching, a quick request runs on the event loop only when its model's step is shorter than this; it then
+# runs alone at once (Batcher.run_now). Sharing a step pays only when the step costs more than handing requests to
+# a batch thread (a few hundred µs); the loop runs requests one after another, so none would share one anyway.
+# Longer steps go to the pool and batch.
 BATCHING_PAYS_STEP_S = 100e-6
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
 
 
 class WouldWait(Exception):  # noqa: N818 - a signal to the caller, not an error anyone sees
-    """``predict_request(only_if_idle=True)`` declined: the request would have to wait for a batch. Nothing ran;
-    the caller sends it again where waiting is allowed."""
+    """``predict_request(only_if_quick=True)`` declined: the version it holds is not known to be quick (a new
+    version came in meanwhile). Nothing ran; the caller sends it again where waiting is allowed."""
 
 
 def _version_of(spec: model_pb2.ModelSpec) -> int | None:
@@ -113,12 +114,9 @@ class ServingCore:
         assert self.batcher is not None
         return self.batcher.run(servable, signature_name, inputs, output_filter)
 
-    def _run_if_idle(self, servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+    def _run_now(self, servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
         assert self.batcher is not None
-        outputs = self.batcher.run_if_idle(servable, signature_name, inputs, output_filter)
-        if outputs is None:
-            raise WouldWait(f"model '{servable.name}': the batcher is busy; this request would wait")
-        return outputs
+        return self.batcher.run_now(servable, signature_name, inputs, output_filter)
 
     def _resolved(self, servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
         """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
@@ -140,12 +138,11 @@ class ServingCore:
     def predict_is_quick(self, request: predict_pb2.PredictRequest) -> bool:
         """Whether a Predict may run on the gRPC event loop (:mod:`tfsctl.serving.grpc_loop`) instead of a pool
         thread: a small request (at most ``QUICK_MAX_REQUEST_BYTES``: decoding and encoding stay short), a version
-        whose signature steps are measured short (:meth:`Servable.runs_inline`), and with batching an idle batcher
-        and a step under ``BATCHING_PAYS_STEP_S`` (the request would run alone at once, and batching could not
-        have paid; it runs with ``only_if_idle``). A request that would fail is not quick either; it fails in the
-        pool, with its full error."""
-        batching = self.batcher is not None
-        if request.ByteSize() > QUICK_MAX_REQUEST_BYTES or (batching and not self.batcher.idle()):
+        whose signature steps are measured short (:meth:`Servable.runs_inline`), with batching under
+        ``BATCHING_PAYS_STEP_S`` (batching could not pay: it runs alone at once, ``Batcher.run_now``). It then runs
+        with ``only_if_quick``. A request that would fail is not quick either; it fails in the pool, with its full
+        error."""
+        if request.ByteSize() > QUICK_MAX_REQUEST_BYTES:
             return False
         spec = request.model_spec
         servable = self.manager.peek(spec.name, _version_of(spec), _label_of(spec))
@@ -156,22 +153,22 @@ class ServingCore:
                                     under=BATCHING_PAYS_STEP_S if self.batcher is not None else LOOP_MAX_STEP_S)
 
     def predict_request(self, request: predict_pb2.PredictRequest, max_bytes: int | None = None, *,
-                        only_if_idle: bool = False) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+                        only_if_quick: bool = False) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
         """A PredictRequest as TF Serving's RunPredict: the key check comes before any input is decoded, and the
         decoded size is bounded (``max_bytes``, default ``max_request_bytes``). Returns the resolved ModelSpec
         and the outputs.
 
-        ``only_if_idle`` (for a caller that must not block, after :meth:`predict_is_quick`): raise
+        ``only_if_quick`` (for a caller that must not block, after :meth:`predict_is_quick`): raise
         :class:`WouldWait` instead of running when the version it holds is not quick after all (a new version
-        came in meanwhile) or, with batching, instead of queueing when the batcher is not idle; nothing has run
-        then, and the request may be sent again."""
+        came in meanwhile); nothing has run then, and the request may be sent again. With batching it runs alone
+        at once (:meth:`Batcher.run_now`)."""
         size = request.ByteSize()
         run, arrival = self._run, self._arrival
-        if only_if_idle and self.batcher is not None:
-            run, arrival = self._run_if_idle, nullcontext  # it claims an idle batcher at once, or runs nothing
+        if only_if_quick and self.batcher is not None:
+            run, arrival = self._run_now, nullcontext  # it never queues: nothing to announce
         try:
             with arrival(), self._handle(request.model_spec) as servable:
-                if only_if_idle and not self._quick_on(servable, request.model_spec.signature_name,
+                if only_if_quick and not self._quick_on(servable, request.model_spec.signature_name,
                                                        tuple(request.output_filter)):
                     raise WouldWait(f"model '{servable.name}' version {servable.version} is not known to be quick")
                 name, outputs = inference.run_predict(
