@@ -207,6 +207,12 @@ def test_run_now_runs_alone_in_the_callers_thread_even_while_a_batch_waits(toy):
             assert rec.calls[-1][1] == me and batcher.pending() == queued  # ran alone; the batch still waits
             with pytest.raises(InvalidArgument, match="larger than maximum input batch size 8"):
                 batcher.run_now(rec, "", {"x": _rows(0, 9)})
+            splitting = Batcher(BatchOptions(max_batch_size=8, max_execution_batch_size=2,
+                                             enable_large_batch_splitting=True), metrics)
+            try:  # a request to split across batches is the queue's work, which waits: declined, nothing run
+                assert splitting.run_now(rec, "", {"x": _rows(0, 3)}) is None and splitting.pending() == 0
+            finally:
+                splitting.stop()
             batcher.stop(timeout=30)  # runs the waiting batch
             np.testing.assert_allclose(waiting.result(30)["y"], _rows(3, 1) * SCALE)
         with pytest.raises(Unavailable):

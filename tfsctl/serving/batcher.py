@@ -218,12 +218,14 @@ class Batcher:
         signature_name: str,
         inputs: dict[str, np.ndarray],
         output_filter: Sequence[str] = (),
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, np.ndarray] | None:
         """Run at once in the caller's thread, as a batch of its own, whatever is queued or running: for a model
         whose steps are too short for sharing one to pay for handing requests to a batch thread (the gRPC event
         loop's requests, ``service.BATCHING_PAYS_STEP_S``). TF Serving's checks still apply (``max_batch_size``,
         a stopped batcher); it takes no batch slot and never waits. Running them alone keeps such requests off the
-        queue altogether: queued behind each other they would never find the batcher idle again under load."""
+        queue altogether: queued behind each other they would never find the batcher idle again under load.
+        None, with nothing run, for a request that must be split across batches (that is the queue's work, which
+        waits): the caller hands it to a thread that calls :meth:`run`."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         output_filter = tuple(output_filter)
         if self._stopping:
@@ -236,7 +238,7 @@ class Batcher:
         key, size = plan
         _check_size(servable, signature_name, size, opts)
         if size > opts.execution_batch_size:  # a request to split (enable_large_batch_splitting): the queue's job
-            return self.run(servable, signature_name, inputs, output_filter)
+            return None
         return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
 
     def arrival(self) -> _Arrival:
@@ -300,13 +302,11 @@ class Batcher:
     def _claim_idle(self, key: tuple, size: int, opts: BatchOptions) -> bool:
         """True (a batch slot taken) when this request would run at once anyway: the batcher is idle (no batch
         running, nothing queued for it, no other request on its way). It then runs alone, without a queue."""
-        local = self._local
-        mine = 1 if getattr(local, "arriving", False) else 0  # this request's own arrival, when it was counted
         with self._cond:
-            if (self._arriving != mine or self._running or key in self._queues or self._stopping
+            if (self._arriving != 1 or self._running or key in self._queues or self._stopping
                     or size > opts.execution_batch_size):
                 return False
-            local.arriving = False
+            self._local.arriving = False
             self._arriving = 0
             self._running = 1
             return True

@@ -192,7 +192,7 @@ class LoopPredictionServicer(PredictionServicer):
         if quick:
             try:
                 result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_quick=True))
-            except WouldWait:  # a new version came in meanwhile, not yet known to be quick: the pool runs it
+            except WouldWait:  # a new version not yet known to be quick, or a split request: the pool runs it
                 quick = False
         if not quick:
             result, error = await asyncio.get_running_loop().run_in_executor(

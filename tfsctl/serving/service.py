@@ -51,7 +51,8 @@ _CODE_UNKNOWN = 2
 
 class WouldWait(Exception):  # noqa: N818 - a signal to the caller, not an error anyone sees
     """``predict_request(only_if_quick=True)`` declined: the version it holds is not known to be quick (a new
-    version came in meanwhile). Nothing ran; the caller sends it again where waiting is allowed."""
+    version came in meanwhile), or the request must be split across batches. Nothing ran; the caller sends it
+    again where waiting is allowed."""
 
 
 def _version_of(spec: model_pb2.ModelSpec) -> int | None:
@@ -116,7 +117,10 @@ class ServingCore:
 
     def _run_now(self, servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
         assert self.batcher is not None
-        return self.batcher.run_now(servable, signature_name, inputs, output_filter)
+        outputs = self.batcher.run_now(servable, signature_name, inputs, output_filter)
+        if outputs is None:
+            raise WouldWait(f"model '{servable.name}': a request split across batches waits for them")
+        return outputs
 
     def _resolved(self, servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
         """The reply's ModelSpec, built once per (model, version, signature); callers copy it, never mutate it."""
@@ -160,8 +164,8 @@ class ServingCore:
 
         ``only_if_quick`` (for a caller that must not block, after :meth:`predict_is_quick`): raise
         :class:`WouldWait` instead of running when the version it holds is not quick after all (a new version
-        came in meanwhile); nothing has run then, and the request may be sent again. With batching it runs alone
-        at once (:meth:`Batcher.run_now`)."""
+        came in meanwhile) or, with batching, when it must be split across batches; nothing has run then, and the
+        request may be sent again. Otherwise, with batching, it runs alone at once (:meth:`Batcher.run_now`)."""
         size = request.ByteSize()
         run, arrival = self._run, self._arrival
         if only_if_quick and self.batcher is not None:
