@@ -6,31 +6,17 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from test_json_codec import spec  # noqa: E402 - the codec tests' signature input specs
+
 from tfsctl.errors import ServingError  # noqa: E402
 from tfsctl.serving import json_codec, json_dense  # noqa: E402
 from tfsctl.serving.json_dense import DenseArray  # noqa: E402
-
-DT = {"float": (np.float32, 1), "double": (np.float64, 2), "int32": (np.int32, 3), "uint8": (np.uint8, 4),
-      "string": (object, 7), "int64": (np.int64, 9), "bool": (np.bool_, 10), "complex64": (np.complex64, 8),
-      "uint64": (np.uint64, 23), "half": (np.float16, 19)}
-
-
-@dataclass
-class Spec:
-    dtype: np.dtype
-    dtype_enum: int
-
-
-def spec(name: str) -> Spec:
-    dtype, enum = DT[name]
-    return Spec(np.dtype(dtype), enum)
 
 
 @pytest.fixture(autouse=True)

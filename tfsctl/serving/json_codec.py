@@ -138,10 +138,7 @@ def parse_predict_json(body: bytes) -> dict:
 
 def _general(doc: dict) -> dict:
     """The body of a :class:`_DenseDoc` parsed the general way (nested lists); any other doc as it is."""
-    if not isinstance(doc, _DenseDoc):
-        return doc
-    with _gc_paused():
-        return _parse_object(doc.body)
+    return parse_json(doc.body) if isinstance(doc, _DenseDoc) else doc
 
 
 def _parse_object(body: bytes) -> dict:

@@ -149,10 +149,6 @@ def _shape_of(structure: bytes, rank: int) -> tuple[int, ...] | None:
     return tuple(dims) if inner == structure else None
 
 
-def is_dense(value: Any) -> bool:
-    return isinstance(value, DenseArray)
-
-
 # Deepest nesting (placeholders counting as their arrays' rank) the fast path takes on; deeper bodies are parsed the
 # general way, which decides what is too deep (orjson stops at 1024 levels).
 MAX_DEPTH = 512
