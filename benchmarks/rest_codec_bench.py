@@ -41,9 +41,14 @@ class _Spec:
     dtype_enum = 4  # DT_UINT8
 
 
-def _new_decode(body: bytes) -> np.ndarray:
-    doc = json_codec.parse_json(body)
+def _new_decode(body: bytes, parse: Callable[[bytes], dict] = json_codec.parse_json) -> np.ndarray:
+    doc = parse(body)
     return json_codec.decode_predict(doc, {"images": _Spec()})[0]["images"]
+
+
+def _dense_decode(body: bytes) -> np.ndarray:
+    """What ``tfsctl serve`` does for a predict body: large dense arrays read from the bytes (json_dense.py)."""
+    return _new_decode(body, json_codec.parse_predict_json)
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -71,12 +76,15 @@ def main() -> None:
     parsed = np.array(json.loads(new_body)["predictions"][0]["probabilities"], np.float64).astype(np.float32)
     assert np.array_equal(parsed, outputs["probabilities"][0]), "new reply does not round-trip float32 exactly"
     assert np.array_equal(_old_decode(request), _new_decode(request))
+    assert np.array_equal(_new_decode(request), _dense_decode(request))
 
     rows = [
         ("encode reply (row format)", _time(lambda: _old_encode(outputs), args.repeats),
          _time(lambda: json_codec.encode_predict(outputs, row_format=True), args.repeats)),
         ("decode request (256x256x3 uint8)", _time(lambda: _old_decode(request), args.repeats),
          _time(lambda: _new_decode(request), args.repeats)),
+        ("decode request: nested lists vs dense", _time(lambda: _new_decode(request), args.repeats),
+         _time(lambda: _dense_decode(request), args.repeats)),
     ]
     print(f"reply: {len(old_body) / 1e6:.1f} MB old, {len(new_body) / 1e6:.1f} MB new; "
           f"request: {len(request) / 1e6:.2f} MB; median of {args.repeats}")
