@@ -1,11 +1,14 @@
 """Serving overhead against its floor, in one run with every anchor started by this script (issue 14).
 
 Measures on 127.0.0.1, each server in a process of its own:
-  - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse;
+  - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse,
+    twice: grpcio's thread-pool server, and a ``grpc.aio`` server (tfsctl's kind; the faster floor here);
   - the toy model's signature called in process (single thread);
   - ``tfsctl serve`` with 1 and 2 workers (``--workers``; 2 with ``--worker_cpu_affinity``) on the toy model over
     gRPC at concurrency 8..128, and at c=32 1 worker confined to one CPU with the load generator on the other
-    (the "one core" end of the scaling from one core to two);
+    (the "one core" end of the scaling from one core to two), beside the same scaling for the thread-pool floor
+    (one process on one CPU, then one per CPU sharing the port) and for pure CPU work (hashing, one process per
+    CPU): what the machine and the load generator allow any server;
   - REST: the toy model, and DeepLab 256x256 (the sample checkpoint, exported here), plus KServe's Python model
     server (a custom ``kserve.Model`` on the same SavedModel signature, v1 protocol) on the same models and requests
     when a KServe interpreter is found (reported as skipped otherwise; see below);
@@ -111,6 +114,7 @@ class Report:
     runs: list[Run] = field(default_factory=list)  # the median round of each (target, protocol, concurrency)
     rounds: list[Run] = field(default_factory=list)  # every measurement
     in_process: dict = field(default_factory=dict)
+    cpu_scaling: list[dict] = field(default_factory=list)  # per round: pure CPU work on one CPU and on all
     memory_mb: dict = field(default_factory=dict)
     ratios: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -125,9 +129,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bare_server(port: int, threads: int) -> None:
-    """The floor: parse each PredictRequest, answer a response serialized once (same bytes tfsctl would send)."""
+def _bare_group(port: int, cpus: list[int]) -> None:
+    """The floor's scaling anchor: one bare server process per CPU in ``cpus``, each confined to its CPU, sharing
+    ``port`` (SO_REUSEPORT, as ``tfsctl serve --workers N --worker_cpu_affinity``); SIGTERM stops them all."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--bare-server", str(port), "--bare-cpu", str(cpu)])
+             for cpu in cpus]
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
+    for p in procs:
+        p.wait()
+
+
+def _bare_server(port: int, threads: int, cpu: int | None = None) -> None:
+    """The floor: parse each PredictRequest, answer a response serialized once (same bytes tfsctl would send).
+    ``cpu``: confined to that CPU, sharing the port with the other processes of a ``_bare_group``."""
     from concurrent import futures
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
     import grpc
     import numpy as np
@@ -148,12 +166,50 @@ def _bare_server(port: int, threads: int) -> None:
 
     handler = grpc.method_handlers_generic_handler(
         "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         options=[("grpc.so_reuseport", int(cpu is not None))])
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(1))
     server.wait_for_termination()
+
+
+def _bare_aio_server(port: int) -> None:
+    """The floor on asyncio: a ``grpc.aio`` server (what tfsctl serves with) answering the same precomputed
+    response from a coroutine; no thread hand-over and no GIL contention, the fastest Python floor here."""
+    import asyncio
+
+    import grpc
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.serving.tensors import from_numpy
+
+    reply = predict_pb2.PredictResponse()
+    reply.model_spec.name = "toy"
+    reply.model_spec.version.value = 1
+    reply.model_spec.signature_name = "serving_default"
+    reply.outputs["y"].CopyFrom(from_numpy(np.array(TOY_X, np.float32) * 2))
+    payload = reply.SerializeToString()
+
+    async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        predict_pb2.PredictRequest.FromString(request)
+        return payload
+
+    async def serve() -> None:
+        handler = grpc.method_handlers_generic_handler(
+            "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(1)
+
+    asyncio.run(serve())
 
 
 def _kserve_server(port: int, name: str, model_dir: str) -> None:
@@ -216,7 +272,8 @@ class Server:
         if children.exists():
             for child in children.read_text().split():
                 try:
-                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                    if b"spawn_main" in cmdline or b"--bare-server" in cmdline:  # workers; a bare group's servers
                         out.append(int(child))
                 except OSError:
                     pass
@@ -286,6 +343,43 @@ def _machine_ticks() -> tuple[int, int]:
     """(busy, idle) CPU ticks of the whole machine so far (/proc/stat): busy = user, nice, system, irq, softirq."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     return fields[0] + fields[1] + fields[2] + fields[5] + fields[6], fields[3] + fields[4]
+
+
+def _spin(cpu: int, start: float, stop: float) -> int:
+    """Hash in a loop on ``cpu`` alone from ``start`` to ``stop`` (wall clock); the number of hashes."""
+    import hashlib
+
+    os.sched_setaffinity(0, {cpu})
+    digest = b"tfsctl" * 8
+    while time.time() < start:
+        pass
+    n = 0
+    while True:
+        for _ in range(2000):
+            digest = hashlib.sha256(digest).digest()
+        n += 2000
+        if time.time() >= stop:
+            return n
+
+
+def cpu_scaling(seconds: float) -> dict:
+    """The machine's own scaling from one CPU to all: hashes/s of one process on one CPU, then of one process per
+    CPU at once (no shared state, no I/O). Perfectly parallel work; on a VM whose vCPUs share a host core, or whose
+    host is busy, it falls short of the CPU count, and no server can scale further."""
+    import multiprocessing
+
+    cpus = sorted(os.sched_getaffinity(0))
+    rates = {}
+    with ProcessPoolExecutor(len(cpus), mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_spin, cpus, [0.0] * len(cpus), [0.0] * len(cpus)))  # workers started and importing done
+        for label, on in (("one", cpus[-1:]), ("all", cpus)):
+            start = time.time() + 0.2
+            counts = list(pool.map(_spin, on, [start] * len(on), [start + seconds] * len(on)))
+            rates[label] = sum(counts) / seconds
+    rates["ratio"] = rates["all"] / rates["one"]
+    print(f"  pure CPU work: {rates['one']:.0f} hashes/s on 1 CPU, {rates['all']:.0f} on {len(cpus)} CPUs "
+          f"({rates['ratio']:.2f}x)", flush=True)
+    return rates
 
 
 # --- load generators ------------------------------------------------------------------------------------------
@@ -549,11 +643,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", choices=("auto", "python"), default="auto",
                     help="auto: h2load when installed, else the Python client; python: always the Python client")
     ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-cpu", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-aio-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-group", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kserve-server", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = max(64, 8 * (os.cpu_count() or 1))  # tfsctl serve's default gRPC pool
+    if args.bare_group is not None:
+        _bare_group(args.bare_group[0], args.bare_group[1:])
+        return 0
     if args.bare_server is not None:
-        _bare_server(args.bare_server, threads)
+        _bare_server(args.bare_server, threads, args.bare_cpu)
+        return 0
+    if args.bare_aio_server is not None:
+        _bare_aio_server(args.bare_aio_server)
         return 0
     if args.kserve_server is not None:
         _kserve_server(int(args.kserve_server[0]), args.kserve_server[1], args.kserve_server[2])
@@ -616,11 +719,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
         # each round measures every target at every level, and the report keeps the median of the rounds.
-        bare = batching = None
+        bare = bare_aio = batching = None
         tfs = {}
         if full:
             port = free_port()
             bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
+            port = free_port()
+            bare_aio = launch("bare-aio", [sys.executable, __file__, "--bare-aio-server", str(port)], port, None)
         for workers in (1, 2) if full else (1,):
             g, r = free_port(), free_port()
             pin = ("--worker_cpu_affinity",) if workers > 1 else ()  # one core per worker (docs/PERFORMANCE.md)
@@ -628,9 +733,16 @@ def main(argv: list[str] | None = None) -> int:
                                   g, r)
         allowed = sorted(os.sched_getaffinity(0))
         one_core = None  # 1 worker confined to one CPU: the "one core" end of the scaling figure
+        scaling_anchors: list[Server] = []  # the bare server on one CPU and one per CPU: the same scaling, floor
         if full and len(allowed) >= 2:
             g, r = free_port(), free_port()
             one_core = launch("tfsctl-1w-1cpu", _serve_cmd(toy, "toy", g, r), g, r, cpus={allowed[-1]})
+            port = free_port()
+            scaling_anchors.append(launch("bare-1cpu", [sys.executable, __file__, "--bare-server", str(port)],
+                                          port, None, cpus={allowed[-1]}))
+            port = free_port()
+            scaling_anchors.append(launch(f"bare-{len(allowed)}p", [sys.executable, __file__, "--bare-group",
+                                                                      str(port), *map(str, allowed)], port, None))
         if batching_part:
             params = work / "batching.config"
             params.write_text(BATCHING % (os.cpu_count() or 1))
@@ -638,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching",
                                                      "--batching-parameters-file", str(params)), g, r)
         kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve and rest_part else None
-        if bare is not None:
-            bare.wait_ready(lambda: _grpc_ok(bare.grpc_port, payload))
+        for srv in [b for b in (bare, bare_aio) if b is not None] + scaling_anchors:
+            srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
         for srv in (*tfs.values(), *([batching] if batching else []), *([one_core] if one_core else [])):
             srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
             srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
@@ -654,8 +766,11 @@ def main(argv: list[str] | None = None) -> int:
             if full:
                 print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
                 for c in levels:
-                    for srv in _turn([bare, tfs[1], tfs[2], *([one_core] if one_core and c == 32 else [])], rnd):
+                    scaling = [one_core, *scaling_anchors] if one_core and c == 32 else []
+                    for srv in _turn([bare, bare_aio, tfs[1], tfs[2], *scaling], rnd):
                         measured(rnd, load.run(srv, "grpc", payload, c))
+                if one_core:
+                    report.cpu_scaling.append({"round": rnd, **cpu_scaling(seconds)})
             if batching_part:
                 print(f"round {rnd + 1}/{rounds}: batching (timeout 1 ms) vs none, gRPC", flush=True)
                 for c in (1, 4, 16):
@@ -667,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             for srv in _turn([tfs[1], kserve_toy] if kserve_toy is not None else [tfs[1]], rnd):
                 measured(rnd, load.run(srv, "rest", toy_json, 32, "/v1/models/toy:predict"))
         if full:
-            for name, srv in (("bare-grpc", bare), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2])):
+            targets = (("bare-grpc", bare), ("bare-aio", bare_aio), ("tfsctl-1w", tfs[1]), ("tfsctl-2w", tfs[2]))
+            for name, srv in targets:
                 report.memory_mb[name] = srv.memory_mb()
         for srv in list(servers):
             srv.stop()
@@ -734,6 +850,18 @@ def _paired(report: Report, a: str, b: str, protocol: str, c: int, attr: str = "
     return round(statistics.median(ratios), 3) if ratios else None
 
 
+def _paired_of_ratios(report: Report, num: tuple[str, str], den: tuple[str, str], protocol: str,
+                      c: int) -> float | None:
+    """The median over rounds of (num[0]/num[1]) / (den[0]/den[1]), each from runs of the same round."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in report.rounds:
+        if r.protocol == protocol and r.concurrency == c and r.target in (*num, *den) and r.throughput:
+            by_round.setdefault(r.round, {})[r.target] = r.throughput
+    ratios = [(v[num[0]] / v[num[1]]) / (v[den[0]] / v[den[1]]) for v in by_round.values()
+              if all(t in v for t in (*num, *den))]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def _median_runs(raw: list[Run]) -> list[Run]:
     """Per (target, protocol, concurrency): the round with the median throughput."""
     groups: dict[tuple, list[Run]] = {}
@@ -755,11 +883,23 @@ def _ratios(report: Report) -> None:
     rt["toy_grpc_vs_bare"] = {c: _paired(report, "tfsctl-1w", "bare-grpc", "grpc", c) for c in one if c in bare}
     rt["cpu_per_request_vs_bare"] = {c: _paired(report, "tfsctl-1w", "bare-grpc", "grpc", c, "cpu_us_per_request")
                                      for c in one if c in bare}
+    # The asyncio floor (grpc.aio, as tfsctl): faster than the thread-pool one here, so the stricter anchor.
+    rt["toy_grpc_vs_bare_aio"] = {c: v for c in one if (v := _paired(report, "tfsctl-1w", "bare-aio", "grpc", c))}
+    rt["cpu_per_request_vs_bare_aio"] = {
+        c: v for c in one if (v := _paired(report, "tfsctl-1w", "bare-aio", "grpc", c, "cpu_us_per_request"))}
     rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
     rt["two_workers_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w", "grpc", 32) if 32 in two else None
     # From one core to two: 1 worker confined to one CPU (the load generator on the other) against 2 workers on
     # both (the load generator sharing them).
     rt["two_cores_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w-1cpu", "grpc", 32)
+    # The same figure for the floor (one bare server process per CPU), and for pure CPU work: what this machine
+    # and this load generator allow any server; then tfsctl's scaling as a share of the floor's, round by round.
+    group = f"bare-{report.machine['cpus']}p"
+    rt["bare_two_cores_vs_one_c32"] = _paired(report, group, "bare-1cpu", "grpc", 32)
+    rt["machine_cpus_vs_one"] = (round(statistics.median(r["ratio"] for r in report.cpu_scaling), 3)
+                                 if report.cpu_scaling else None)
+    rt["two_cores_vs_one_c32_vs_bare"] = _paired_of_ratios(report, ("tfsctl-2w", "tfsctl-1w-1cpu"),
+                                                           (group, "bare-1cpu"), "grpc", 32)
     # What the machine had left: with the load generator on the same cores, 2 workers can only use what 1 left idle.
     rt["machine_busy_c32"] = {name: round(runs[32].machine_busy, 3) for name, runs in (("1w", one), ("2w", two))
                               if 32 in runs and runs[32].machine_busy is not None}
@@ -793,17 +933,23 @@ def _print(report: Report) -> None:
             if lower_is_better and value > goal:
                 verdict = "ABOVE GOAL"
         sign = "<=" if lower_is_better else ">="
-        print(f"  {name:<44} {_fmt(value):>8}   goal {sign} {goal:.2f}x   {verdict}")
+        print(f"  {name:<52} {_fmt(value):>8}   goal {sign} {goal:.2f}x   {verdict}")
 
     full = report.only == "all"
-    for c, v in rt["toy_grpc_vs_bare"].items():
-        line(f"toy gRPC throughput vs bare server, c={c}", v, GOALS["toy_grpc_vs_bare"])
-    for c, v in rt["cpu_per_request_vs_bare"].items():
-        line(f"server CPU per request vs bare, c={c}", v, GOALS["cpu_per_request_vs_bare"], lower_is_better=True)
+    for key, floor in (("", "bare server (thread pool)"), ("_aio", "bare asyncio server")):
+        for c, v in rt.get(f"toy_grpc_vs_bare{key}", {}).items():
+            line(f"toy gRPC throughput vs {floor}, c={c}", v, GOALS["toy_grpc_vs_bare"])
+        for c, v in rt.get(f"cpu_per_request_vs_bare{key}", {}).items():
+            line(f"server CPU per request vs {floor}, c={c}", v, GOALS["cpu_per_request_vs_bare"],
+                 lower_is_better=True)
     if full:
         line("2 workers/2 cores vs 1 worker/1 core, c=32", rt["two_cores_vs_one_c32"],
              GOALS["two_workers_vs_one_c32"])
-        print(f"  {'2 workers vs 1, both on every core, c=32':<44} {_fmt(rt['two_workers_vs_one_c32']):>8}")
+        for label, key in (("  same, bare server (1 process per CPU)", "bare_two_cores_vs_one_c32"),
+                           ("  same, pure CPU work (no server, no load)", "machine_cpus_vs_one"),
+                           ("  tfsctl's scaling / the bare server's", "two_cores_vs_one_c32_vs_bare"),
+                           ("2 workers vs 1, both on every core, c=32", "two_workers_vs_one_c32")):
+            print(f"  {label:<52} {_fmt(rt.get(key)):>8}")
         busy = rt.get("machine_busy_c32", {})
         if busy:
             print("    machine busy at c=32 (every process, load generator included): "
@@ -814,9 +960,9 @@ def _print(report: Report) -> None:
     line("toy REST vs KServe (c=32)", rt["toy_rest_vs_kserve"], GOALS["toy_rest_vs_kserve"])
     line("DeepLab 256x256 REST vs KServe", rt["deeplab_rest_vs_kserve"], GOALS["deeplab_rest_vs_kserve"])
     for c, v in rt["deeplab_rest_vs_kserve_by_c"].items():
-        print(f"  {'  DeepLab REST vs KServe, c=' + str(c):<44} {_fmt(v):>8}")
+        print(f"  {'  DeepLab REST vs KServe, c=' + str(c):<52} {_fmt(v):>8}")
     for c, v in rt["toy_grpc_vs_in_process"].items():
-        print(f"  {'toy gRPC vs in-process call, c=' + str(c):<44} {_fmt(v):>8}")
+        print(f"  {'toy gRPC vs in-process call, c=' + str(c):<52} {_fmt(v):>8}")
     mem = report.memory_mb
     if "two_workers_pss" in mem:
         print(f"  memory (PSS, toy model): 1 worker {mem['one_worker_pss']:.0f} MB; 2 workers "
@@ -833,7 +979,7 @@ def _plot(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for target in ("bare-grpc", "tfsctl-1w", "tfsctl-2w"):
+    for target in ("bare-grpc", "bare-aio", "tfsctl-1w", "tfsctl-2w"):
         runs = sorted(_pick(report, target, "grpc"), key=lambda r: r.concurrency)
         if runs:
             ax.plot([r.concurrency for r in runs], [r.throughput for r in runs], marker="o", label=target)
