@@ -2,7 +2,8 @@
 
 Measures on 127.0.0.1, each server in a process of its own:
   - the floor: a bare Python gRPC server answering the same PredictRequest with a precomputed PredictResponse,
-    twice: grpcio's thread-pool server, and a ``grpc.aio`` server (tfsctl's kind; the faster floor here);
+    twice: grpcio's thread-pool server, and a ``grpc.aio`` server (tfsctl's kind; the faster floor here); and
+    that asyncio server running the toy model's session step for each request with nothing else around it;
   - the toy model's signature called in process (single thread);
   - ``tfsctl serve`` with 1 and 2 workers (``--workers``; 2 with ``--worker_cpu_affinity``) on the toy model over
     gRPC at concurrency 8..128, and at c=32 1 worker confined to one CPU with the load generator on the other
@@ -175,9 +176,13 @@ def _bare_server(port: int, threads: int, cpu: int | None = None) -> None:
     server.wait_for_termination()
 
 
-def _bare_aio_server(port: int) -> None:
+def _bare_aio_server(port: int, model_dir: str | None = None) -> None:
     """The floor on asyncio: a ``grpc.aio`` server (what tfsctl serves with) answering the same precomputed
-    response from a coroutine; no thread hand-over and no GIL contention, the fastest Python floor here."""
+    response from a coroutine; no thread hand-over and no GIL contention, the fastest Python floor here.
+
+    With ``model_dir``, the floor of a server that runs the model: each request's input decoded, the version's
+    session step run (tfsctl's ``Loader`` and ``Servable.run``) and its output encoded, with nothing else (no
+    model lookup, drain gate, metrics or request checks). What TensorFlow's step costs inside a server."""
     import asyncio
 
     import grpc
@@ -196,6 +201,19 @@ def _bare_aio_server(port: int) -> None:
     async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         predict_pb2.PredictRequest.FromString(request)
         return payload
+
+    if model_dir is not None:
+        from tfsctl.core.loader import Loader
+        from tfsctl.tensors import as_proto_field, to_numpy
+
+        servable = Loader("toy", 1, model_dir).load()
+
+        async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # noqa: F811
+            parsed = predict_pb2.PredictRequest.FromString(request)
+            outputs = servable.run("", {"x": to_numpy(parsed.inputs["x"], "x")})
+            response = predict_pb2.PredictResponse()
+            as_proto_field(outputs["y"], response.outputs["y"])
+            return response.SerializeToString()
 
     async def serve() -> None:
         handler = grpc.method_handlers_generic_handler(
@@ -645,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-cpu", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-aio-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-group", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kserve-server", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -656,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         _bare_server(args.bare_server, threads, args.bare_cpu)
         return 0
     if args.bare_aio_server is not None:
-        _bare_aio_server(args.bare_aio_server)
+        _bare_aio_server(args.bare_aio_server, args.bare_model)
         return 0
     if args.kserve_server is not None:
         _kserve_server(int(args.kserve_server[0]), args.kserve_server[1], args.kserve_server[2])
@@ -719,13 +738,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # Every toy server runs from the start, idle while another is measured, so the comparisons interleave:
         # each round measures every target at every level, and the report keeps the median of the rounds.
-        bare = bare_aio = batching = None
+        bare = bare_aio = bare_tf = batching = None
         tfs = {}
         if full:
             port = free_port()
             bare = launch("bare-grpc", [sys.executable, __file__, "--bare-server", str(port)], port, None)
             port = free_port()
             bare_aio = launch("bare-aio", [sys.executable, __file__, "--bare-aio-server", str(port)], port, None)
+            port = free_port()
+            bare_tf = launch("bare-aio-tf", [sys.executable, __file__, "--bare-aio-server", str(port), "--bare-model",
+                                             str(toy / "1")], port, None)
         for workers in (1, 2) if full else (1,):
             g, r = free_port(), free_port()
             pin = ("--worker_cpu_affinity",) if workers > 1 else ()  # one core per worker (docs/PERFORMANCE.md)
@@ -750,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             batching = launch("batching", _serve_cmd(toy, "toy", g, r, "--enable-batching",
                                                      "--batching-parameters-file", str(params)), g, r)
         kserve_toy = launch_kserve("kserve-toy", "toy", toy / "1") if have_kserve and rest_part else None
-        for srv in [b for b in (bare, bare_aio) if b is not None] + scaling_anchors:
+        for srv in [b for b in (bare, bare_aio, bare_tf) if b is not None] + scaling_anchors:
             srv.wait_ready(lambda srv=srv: _grpc_ok(srv.grpc_port, payload))
         for srv in (*tfs.values(), *([batching] if batching else []), *([one_core] if one_core else [])):
             srv.wait_ready(rest_ready(srv.rest_port))  # every worker ready (--workers: all of them)
@@ -767,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd + 1}/{rounds}: toy model over gRPC", flush=True)
                 for c in levels:
                     scaling = [one_core, *scaling_anchors] if one_core and c == 32 else []
-                    for srv in _turn([bare, bare_aio, tfs[1], tfs[2], *scaling], rnd):
+                    for srv in _turn([bare, bare_aio, bare_tf, tfs[1], tfs[2], *scaling], rnd):
                         measured(rnd, load.run(srv, "grpc", payload, c))
                 if one_core:
                     report.cpu_scaling.append({"round": rnd, **cpu_scaling(seconds)})
@@ -887,6 +909,9 @@ def _ratios(report: Report) -> None:
     rt["toy_grpc_vs_bare_aio"] = {c: v for c in one if (v := _paired(report, "tfsctl-1w", "bare-aio", "grpc", c))}
     rt["cpu_per_request_vs_bare_aio"] = {
         c: v for c in one if (v := _paired(report, "tfsctl-1w", "bare-aio", "grpc", c, "cpu_us_per_request"))}
+    # The asyncio floor that runs the model's step: how much of the gap to the floor is TensorFlow's.
+    rt["bare_aio_tf_vs_bare_aio"] = {c: v for c in one if (v := _paired(report, "bare-aio-tf", "bare-aio", "grpc", c))}
+    rt["toy_grpc_vs_bare_aio_tf"] = {c: v for c in one if (v := _paired(report, "tfsctl-1w", "bare-aio-tf", "grpc", c))}
     rt["toy_grpc_vs_in_process"] = {c: _ratio(one[c].throughput, report.in_process.get("calls_per_s")) for c in one}
     rt["two_workers_vs_one_c32"] = _paired(report, "tfsctl-2w", "tfsctl-1w", "grpc", 32) if 32 in two else None
     # From one core to two: 1 worker confined to one CPU (the load generator on the other) against 2 workers on
@@ -961,6 +986,10 @@ def _print(report: Report) -> None:
     line("DeepLab 256x256 REST vs KServe", rt["deeplab_rest_vs_kserve"], GOALS["deeplab_rest_vs_kserve"])
     for c, v in rt["deeplab_rest_vs_kserve_by_c"].items():
         print(f"  {'  DeepLab REST vs KServe, c=' + str(c):<52} {_fmt(v):>8}")
+    for c, v in rt.get("bare_aio_tf_vs_bare_aio", {}).items():
+        print(f"  {'asyncio floor running the step vs without, c=' + str(c):<52} {_fmt(v):>8}")
+    for c, v in rt.get("toy_grpc_vs_bare_aio_tf", {}).items():
+        print(f"  {'toy gRPC vs the asyncio floor running the step, c=' + str(c):<52} {_fmt(v):>8}")
     for c, v in rt["toy_grpc_vs_in_process"].items():
         print(f"  {'toy gRPC vs in-process call, c=' + str(c):<52} {_fmt(v):>8}")
     mem = report.memory_mb
@@ -979,7 +1008,7 @@ def _plot(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for target in ("bare-grpc", "bare-aio", "tfsctl-1w", "tfsctl-2w"):
+    for target in ("bare-grpc", "bare-aio", "bare-aio-tf", "tfsctl-1w", "tfsctl-2w"):
         runs = sorted(_pick(report, target, "grpc"), key=lambda r: r.concurrency)
         if runs:
             ax.plot([r.concurrency for r in runs], [r.throughput for r in runs], marker="o", label=target)
