@@ -1007,7 +1007,7 @@ def _plot(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for target in ("bare-grpc", "bare-aio", "bare-aio-tf", "tfsctl-1w", "tfsctl-2w"):
         runs = sorted(_pick(report, target, "grpc"), key=lambda r: r.concurrency)
         if runs:
@@ -1016,7 +1016,8 @@ def _plot(report: Report, path: Path) -> None:
     ax.set_xlabel("concurrency")
     ax.set_ylabel("requests/s")
     ax.set_title(f"toy model over gRPC ({report.machine['cpus']} CPUs, {report.generator})")
-    ax.legend()
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
