@@ -62,6 +62,7 @@ class RequestGate:
         self._cond = threading.Condition(threading.Lock())
         self._in_flight = 0
         self._draining = False
+        self.gauge: Any = None  # prometheus Gauge of the RPCs in flight, once the server has its metrics
 
     def enter(self) -> bool:
         """Count one more RPC; False (not counted) once draining."""
@@ -69,18 +70,17 @@ class RequestGate:
             if self._draining:
                 return False
             self._in_flight += 1
+            if self.gauge is not None:
+                self.gauge.set(self._in_flight)
             return True
 
     def exit(self) -> None:
         with self._cond:
             self._in_flight -= 1
+            if self.gauge is not None:
+                self.gauge.set(self._in_flight)
             if self._in_flight == 0 and self._draining:
                 self._cond.notify_all()
-
-    @property
-    def in_flight(self) -> int:
-        """RPCs being handled now (read by the in-flight gauge when the metrics page is scraped)."""
-        return self._in_flight
 
     def drain(self, timeout: float | None) -> bool:
         """Refuse new RPCs from now on; wait (up to ``timeout``) until none is in flight. True if none is."""

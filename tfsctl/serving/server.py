@@ -297,13 +297,12 @@ class _HideHealth(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _in_flight_gauge(metrics: Any, gate: Any) -> None:
-    """``tfsctl_grpc_requests_in_flight`` on the server's Prometheus page (tfsctl's own; TF Serving has none),
-    read from ``gate`` when the page is scraped: no metric update on any request's path."""
+def _in_flight_gauge(metrics: Any) -> Any:
+    """``tfsctl_grpc_requests_in_flight`` on the server's Prometheus page (tfsctl's own; TF Serving has none)."""
     from prometheus_client import Gauge
 
-    Gauge("tfsctl_grpc_requests_in_flight", "TF Serving gRPC requests being handled (queued ones too).",
-          registry=metrics.registry).set_function(lambda: gate.in_flight)
+    return Gauge("tfsctl_grpc_requests_in_flight", "TF Serving gRPC requests being handled (queued ones too).",
+                 registry=metrics.registry)
 
 
 def _malloc_trim() -> None:
@@ -383,7 +382,7 @@ class ModelServer:
                 self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
 
             self.metrics = Metrics()
-            _in_flight_gauge(self.metrics, self._gate)
+            self._gate.gauge = _in_flight_gauge(self.metrics)
             self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
