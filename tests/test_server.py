@@ -664,3 +664,28 @@ def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
     seen = {c: codes.count(c) for c in set(codes)}
     assert set(seen) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (seen, details[:3], "".join(lines[-8:]))
     assert seen.get(grpc.StatusCode.UNAVAILABLE, 0) > 0 and seen[grpc.StatusCode.OK] >= 300, seen
+
+
+def test_a_burst_of_sigterms_still_stops_cleanly(tmp_path):
+    """A supervisor may re-send SIGTERM many times while a server stops: each repeat is taken as the same request
+    (no handler nesting once per signal until RecursionError), and the server exits 0 after a graceful stop."""
+    write_toy_model(tmp_path / "toy", 1)
+    proc, lines, port_box, reader = _serve_subprocess(
+        ["--port=0", "--host=127.0.0.1", "--model_name=toy", f"--model_base_path={tmp_path / 'toy'}"])
+    try:
+        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        assert proc.poll() is None, "".join(lines)
+        for _ in range(20000):  # far faster than a handler that logs can return
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        assert proc.wait(60) == 0, "".join(lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    assert "server stopped" in out and "RecursionError" not in out and "recursion" not in out, out[-3000:]
+    assert out.count("received SIGTERM") == 1, out[-3000:]

@@ -599,8 +599,12 @@ class ModelServer:
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+            # A repeat returns at once: a handler that logged every time would nest once per signal arriving
+            # while it runs, and a burst of signals (a supervisor re-sending SIGTERM) would end in RecursionError.
+            if self._stop_event.is_set():
+                return
             self._stop_event.set()
+            log.info("received %s, shutting down", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -157,8 +158,10 @@ class Supervisor:
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
-            log.info("supervisor received %s, stopping workers", signal.Signals(signum).name)
+            if self._stop.is_set():
+                return  # a repeat: already stopping (see ModelServer.serve_forever)
             self._stop.set()
+            log.info("supervisor received %s, stopping workers", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -184,19 +187,31 @@ class Supervisor:
         deadline = time.monotonic() + self.grace + 60
         # Repeat the SIGTERM until each worker exits: one still between fork and exec, or still in interpreter
         # start-up, may lose the first (a worker already stopping takes a repeat as the same request).
+        # At most one SIGTERM per worker per _RESIGNAL_S: a sentinel turns ready as its process exits, a moment
+        # before the process can be reaped, and re-signalling on every wake-up then floods the other workers.
+        signalled: dict[int, float] = {}
         while time.monotonic() < deadline:
             alive = [w for w in self._workers.values() if w.process.is_alive()]
             if not alive:
                 break
+            now = time.monotonic()
             for w in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.process.pid, signal.SIGTERM)
-            wait([w.process.sentinel for w in alive], min(_RESIGNAL_S, max(0.0, deadline - time.monotonic())))
+                if now - signalled.get(w.index, -math.inf) >= _RESIGNAL_S:
+                    signalled[w.index] = now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.process.pid, signal.SIGTERM)
+            ready = set(wait([w.process.sentinel for w in alive], min(_RESIGNAL_S, max(0.0, deadline - now))))
+            for w in alive:
+                if w.process.sentinel in ready:
+                    w.process.join(1.0)  # it is exiting: wait until it can be reaped
         code = 0
         for w in self._workers.values():
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
-                log.error("worker %d did not stop in time; killing it", w.index)
+                log.error("worker %d did not stop in time; its threads' stacks follow, then it is killed", w.index)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.process.pid, _DUMP_STACKS)  # faulthandler in the worker writes them to its stderr
+                w.process.join(1.0)
                 w.process.kill()
                 w.process.join(5)
                 code = 1
@@ -322,6 +337,10 @@ def serve_workers(options: Any, workers: int, *, grace: float = 10.0,
 
 
 # --- worker ----------------------------------------------------------------------------------------------------
+
+# Sent by the supervisor to a worker that did not stop in time, just before killing it: every thread's stack goes
+# to the worker's stderr (the server log), so a hang says where it was.
+_DUMP_STACKS = signal.SIGUSR1
 
 
 class _Link:
@@ -476,6 +495,9 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
 
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    import faulthandler
+
+    faulthandler.register(_DUMP_STACKS, all_threads=True)  # the supervisor's question before it kills a straggler
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if options.worker_cpu_affinity:
         pin_to_cpu(index)
@@ -487,6 +509,8 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
     servers: list[Any] = []
 
     def on_early_signal(_signum: int, _frame: Any) -> None:
+        if requested.is_set():
+            return  # a repeat: already requested
         requested.set()
         for srv in servers:
             srv._stop_event.set()
