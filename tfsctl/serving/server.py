@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _HEALTH_PERIOD_S = 0.1
 _LOAD_POLL_S = 0.05
+# How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer._signalled).
+_SIGNAL_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,9 @@ class ModelServer:
         self._health: Any = None
         self._started = False
         self._stop_event = threading.Event()
+        # Set by signal handlers, which may take no lock (the main thread may hold the Event's own when a signal
+        # arrives, and a handler calling Event.set() would then wait for itself); the main thread relays it.
+        self._signalled = False
         self._health_changed = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -402,7 +407,7 @@ class ModelServer:
         if opts.flush_filesystem_caches:
             _malloc_trim()
         with self._stop_lock:  # a stop() from another thread either comes first (no ports) or sees them open
-            if self._stop_event.is_set():
+            if self._stop_wanted():
                 return  # stopped while loading: the ports never open
             try:
                 self._start_grpc(credentials)
@@ -439,7 +444,7 @@ class ModelServer:
                 log.warning("opening the ports while model(s) %s still load (load timeout %.1f s)",
                             ", ".join(loading), timeout)
                 return
-            if self._stop_event.wait(_LOAD_POLL_S):
+            if self._stop_event.wait(_LOAD_POLL_S) or self._stop_wanted():
                 return
         failed = [f"{{name: {n} version: {v.version}}} due to error: {v.error}" for n, vs in states.items()
                   if not has_available_version(vs) for v in vs if v.error]
@@ -544,6 +549,13 @@ class ModelServer:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
+    def _stop_wanted(self) -> bool:
+        """Whether a stop was asked for, by :meth:`stop` or by a signal (relayed to the stop event here, in the
+        calling thread: never inside a signal handler)."""
+        if self._signalled and not self._stop_event.is_set():
+            self._stop_event.set()
+        return self._stop_event.is_set()
+
     def stop(self, grace: float | None = 10.0, *, close_grpc: bool = True) -> None:
         """Stop gracefully; idempotent. New RPCs and REST requests are refused (UNAVAILABLE / 503) from now on,
         those in flight get up to ``grace`` seconds to finish; then the ports close and the models unload.
@@ -599,11 +611,12 @@ class ModelServer:
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
-            # A repeat returns at once: a handler that logged every time would nest once per signal arriving
-            # while it runs, and a burst of signals (a supervisor re-sending SIGTERM) would end in RecursionError.
-            if self._stop_event.is_set():
+            # A plain flag, no lock (see __init__); a repeat returns at once: a handler that logged every time
+            # would nest once per signal arriving while it runs, and a burst of signals (a supervisor re-sending
+            # SIGTERM) would end in RecursionError.
+            if self._signalled:
                 return
-            self._stop_event.set()
+            self._signalled = True
             log.info("received %s, shutting down", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
@@ -612,9 +625,9 @@ class ModelServer:
         try:
             if not self._started:
                 self.start()
-            if on_started is not None and not self._stop_event.is_set():
+            if on_started is not None and not self._stop_wanted():
                 on_started(self)
-            while not self._stop_event.wait(0.5):
+            while not (self._stop_event.wait(_SIGNAL_POLL_S) or self._stop_wanted()):
                 pass
             self.stop(grace, close_grpc=close_grpc)
         finally:

@@ -99,6 +99,7 @@ class Supervisor:
         self._workers: dict[int, _Worker] = {}
         self._reserved: list[socket.socket] = []
         self._stop = threading.Event()
+        self._signalled = False  # set by the signal handler; the main loop relays it (stop() sets _stop)
         self._all_ready = False
         self._reloads: list[_Reload] = []
         self._config: bytes | None = None  # the model config of the last reload, for restarted workers
@@ -158,9 +159,9 @@ class Supervisor:
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
-            if self._stop.is_set():
-                return  # a repeat: already stopping (see ModelServer.serve_forever)
-            self._stop.set()
+            if self._signalled:
+                return  # a repeat: already stopping (a plain flag, no lock: see ModelServer._signalled)
+            self._signalled = True
             log.info("supervisor received %s, stopping workers", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
@@ -170,7 +171,7 @@ class Supervisor:
             self.start()
             if on_started is not None:
                 on_started(self)
-            while not self._stop.is_set():
+            while not (self._stop.is_set() or self._signalled):
                 self._step(0.2)
                 if self._restarts > MAX_RESTARTS:
                     log.error("workers keep dying (%d restarts); stopping", self._restarts)
@@ -320,7 +321,7 @@ class Supervisor:
                 current.origin = -1
             if not current.waiting:
                 self._finish_reload()
-        if self._stop.is_set():
+        if self._stop.is_set() or self._signalled:
             return
         self._restarts += 1
         log.error("worker %d (pid %s) exited with code %s; restarting it", w.index, w.process.pid, w.process.exitcode)
@@ -505,15 +506,16 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
 
     # Until serve_forever installs its own handlers (and again after it restores these), a SIGTERM/SIGINT is a
     # request to stop: the supervisor may be stopping while this worker still starts (e.g. just restarted).
-    requested = threading.Event()
+    # Plain flags only: a handler may take no lock (see ModelServer._signalled).
+    requested: list[bool] = []
     servers: list[Any] = []
 
     def on_early_signal(_signum: int, _frame: Any) -> None:
-        if requested.is_set():
+        if requested:
             return  # a repeat: already requested
-        requested.set()
+        requested.append(True)
         for srv in servers:
-            srv._stop_event.set()
+            srv._signalled = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_early_signal)
@@ -521,7 +523,7 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
     link.install()
     server = ModelServer(options)
     servers.append(server)
-    if requested.is_set():
+    if requested:
         server._stop_event.set()  # start() sees it and stops before binding; serve_forever returns 0
     stop = threading.Event()
 
