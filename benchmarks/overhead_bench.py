@@ -130,6 +130,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _toy_reply() -> bytes:
+    """The floors' precomputed answer: the PredictResponse tfsctl sends for the toy request, serialized once."""
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.serving.tensors import from_numpy
+
+    reply = predict_pb2.PredictResponse()
+    reply.model_spec.name = "toy"
+    reply.model_spec.version.value = 1
+    reply.model_spec.signature_name = "serving_default"
+    reply.outputs["y"].CopyFrom(from_numpy(np.array(TOY_X, np.float32) * 2))
+    return reply.SerializeToString()
+
+
 def _bare_group(port: int, cpus: list[int]) -> None:
     """The floor's scaling anchor: one bare server process per CPU in ``cpus``, each confined to its CPU, sharing
     ``port`` (SO_REUSEPORT, as ``tfsctl serve --workers N --worker_cpu_affinity``); SIGTERM stops them all."""
@@ -149,17 +164,9 @@ def _bare_server(port: int, threads: int, cpu: int | None = None) -> None:
         os.sched_setaffinity(0, {cpu})
 
     import grpc
-    import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
-    from tfsctl.serving.tensors import from_numpy
-
-    reply = predict_pb2.PredictResponse()
-    reply.model_spec.name = "toy"
-    reply.model_spec.version.value = 1
-    reply.model_spec.signature_name = "serving_default"
-    reply.outputs["y"].CopyFrom(from_numpy(np.array(TOY_X, np.float32) * 2))
-    payload = reply.SerializeToString()
+    payload = _toy_reply()
 
     def predict(request: bytes, context: grpc.ServicerContext) -> bytes:
         predict_pb2.PredictRequest.FromString(request)
@@ -186,17 +193,9 @@ def _bare_aio_server(port: int, model_dir: str | None = None) -> None:
     import asyncio
 
     import grpc
-    import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
-    from tfsctl.serving.tensors import from_numpy
-
-    reply = predict_pb2.PredictResponse()
-    reply.model_spec.name = "toy"
-    reply.model_spec.version.value = 1
-    reply.model_spec.signature_name = "serving_default"
-    reply.outputs["y"].CopyFrom(from_numpy(np.array(TOY_X, np.float32) * 2))
-    payload = reply.SerializeToString()
+    payload = _toy_reply()
 
     async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         predict_pb2.PredictRequest.FromString(request)
