@@ -860,26 +860,28 @@ def _turn(items: list, rnd: int) -> list:
     return items[k:] + items[:k]
 
 
+def _by_round(report: Report, targets: tuple[str, ...], protocol: str, c: int, attr: str = "throughput"
+              ) -> list[dict[str, float]]:
+    """Per round that measured every one of ``targets`` at this protocol and level: {target: its ``attr``}."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in report.rounds:
+        if r.protocol == protocol and r.concurrency == c and r.target in targets and getattr(r, attr):
+            by_round.setdefault(r.round, {})[r.target] = getattr(r, attr)
+    return [v for v in by_round.values() if all(t in v for t in targets)]
+
+
 def _paired(report: Report, a: str, b: str, protocol: str, c: int, attr: str = "throughput") -> float | None:
     """The median over rounds of ``a``'s figure divided by ``b``'s in the same round: the machine's speed drifts
     between rounds (the same server's CPU per request moved 2x), a ratio of runs seconds apart drifts far less."""
-    by_round: dict[int, dict[str, float]] = {}
-    for r in report.rounds:
-        if r.protocol == protocol and r.concurrency == c and r.target in (a, b) and getattr(r, attr):
-            by_round.setdefault(r.round, {})[r.target] = getattr(r, attr)
-    ratios = [v[a] / v[b] for v in by_round.values() if a in v and b in v]
+    ratios = [v[a] / v[b] for v in _by_round(report, (a, b), protocol, c, attr)]
     return round(statistics.median(ratios), 3) if ratios else None
 
 
 def _paired_of_ratios(report: Report, num: tuple[str, str], den: tuple[str, str], protocol: str,
                       c: int) -> float | None:
     """The median over rounds of (num[0]/num[1]) / (den[0]/den[1]), each from runs of the same round."""
-    by_round: dict[int, dict[str, float]] = {}
-    for r in report.rounds:
-        if r.protocol == protocol and r.concurrency == c and r.target in (*num, *den) and r.throughput:
-            by_round.setdefault(r.round, {})[r.target] = r.throughput
-    ratios = [(v[num[0]] / v[num[1]]) / (v[den[0]] / v[den[1]]) for v in by_round.values()
-              if all(t in v for t in (*num, *den))]
+    ratios = [(v[num[0]] / v[num[1]]) / (v[den[0]] / v[den[1]])
+              for v in _by_round(report, (*num, *den), protocol, c)]
     return round(statistics.median(ratios), 3) if ratios else None
 
 
