@@ -110,6 +110,20 @@ def test_a_large_request_is_not_quick_even_on_a_quick_model(served):
     np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", large), timeout=30).outputs["y"]), large * 2)
 
 
+def test_a_predict_the_loop_declines_is_counted_once(served):
+    """The loop offers every Predict to the core first; a declined offer (here: too large) runs in the pool and is
+    one request in the metrics, not two."""
+    server, stub, threads = served
+    _warm(server, stub, "toy", X)
+    large = np.ones((20_000, 4), np.float32)
+    ok = {"model_name": "toy", "api": "grpc_predict", "status": "OK"}
+    before = server.metrics.registry.get_sample_value("tfserving_request_count_total", ok) or 0.0
+    threads.clear()
+    np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", large), timeout=30).outputs["y"]), large * 2)
+    assert [t for _, t in threads][-1] != "tfsctl-grpc-loop", threads
+    assert server.metrics.registry.get_sample_value("tfserving_request_count_total", ok) == before + 1
+
+
 def test_errors_on_the_loop_keep_their_status_codes(served):
     server, stub, _ = served
     _warm(server, stub, "toy", X)

@@ -188,13 +188,9 @@ class LoopPredictionServicer(PredictionServicer):
                       ) -> predict_pb2.PredictResponse:
         name = request.model_spec.name
         run = functools.partial(self._predict, request)
-        quick = self.core.predict_is_quick(request)
-        if quick:
-            try:
-                result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_quick=True))
-            except WouldWait:  # a new version not yet known to be quick, or a split request: the pool runs it
-                quick = False
-        if not quick:
+        try:  # the quick route first: it declines (WouldWait) before running anything a quick request would not
+            result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_quick=True))
+        except WouldWait:  # large, a version not known to be quick, or a split request: the pool runs it
             result, error = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._outcome, "grpc_predict", name, run)
         if error is None:

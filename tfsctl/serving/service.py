@@ -55,6 +55,11 @@ class WouldWait(Exception):  # noqa: N818 - a signal to the caller, not an error
     again where waiting is allowed."""
 
 
+def _small(request_bytes: int) -> bool:
+    """Small enough to run on the event loop: decoding and encoding it stay short."""
+    return request_bytes <= QUICK_MAX_REQUEST_BYTES
+
+
 def _version_of(spec: model_pb2.ModelSpec) -> int | None:
     return int(spec.version.value) if spec.HasField("version") else None
 
@@ -144,9 +149,9 @@ class ServingCore:
         thread: a small request (at most ``QUICK_MAX_REQUEST_BYTES``: decoding and encoding stay short), a version
         whose signature steps are measured short (:meth:`Servable.runs_inline`), with batching under
         ``BATCHING_PAYS_STEP_S`` (batching could not pay: it runs alone at once, ``Batcher.run_now``). It then runs
-        with ``only_if_quick``. A request that would fail is not quick either; it fails in the pool, with its full
-        error."""
-        if request.ByteSize() > QUICK_MAX_REQUEST_BYTES:
+        with ``only_if_quick``, which applies these rules itself on the version it holds (the loop calls that
+        directly, not this). A request that would fail is not quick."""
+        if not _small(request.ByteSize()):
             return False
         spec = request.model_spec
         servable = self.manager.peek(spec.name, _version_of(spec), _label_of(spec))
@@ -162,14 +167,18 @@ class ServingCore:
         decoded size is bounded (``max_bytes``, default ``max_request_bytes``). Returns the resolved ModelSpec
         and the outputs.
 
-        ``only_if_quick`` (for a caller that must not block, after :meth:`predict_is_quick`): raise
-        :class:`WouldWait` instead of running when the version it holds is not quick after all (a new version
-        came in meanwhile) or, with batching, when it must be split across batches; nothing has run then, and the
-        request may be sent again. Otherwise, with batching, it runs alone at once (:meth:`Batcher.run_now`)."""
+        ``only_if_quick`` (for a caller that must not block, such as the gRPC event loop): raise
+        :class:`WouldWait` instead of running when the request is not quick by :meth:`predict_is_quick`'s rules
+        (checked here on the version it holds) or, with batching, when it must be split across batches; nothing
+        has run then, and the request may be sent again. Otherwise, with batching, it runs alone at once
+        (:meth:`Batcher.run_now`)."""
         size = request.ByteSize()
         run, arrival = self._run, self._arrival
-        if only_if_quick and self.batcher is not None:
-            run, arrival = self._run_now, nullcontext  # it never queues: nothing to announce
+        if only_if_quick:
+            if not _small(size):
+                raise WouldWait(f"a request of {size} bytes is not quick")
+            if self.batcher is not None:
+                run, arrival = self._run_now, nullcontext  # it never queues: nothing to announce
         try:
             with arrival(), self._handle(request.model_spec) as servable:
                 if only_if_quick and not self._quick_on(servable, request.model_spec.signature_name,
