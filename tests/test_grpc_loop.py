@@ -224,3 +224,22 @@ def test_health_watch_streams_hold_no_pool_thread_and_stop_is_prompt(tmp_path: P
     finally:
         channel.close()
         server.stop(1)
+
+
+def test_the_predict_path_benchmark_measures_every_layer_of_a_quick_predict(tmp_path: Path):
+    """benchmarks/predict_path.py drives the loop's Predict coroutine without an event loop: it fails if a quick
+    Predict ever suspends (hands over to the pool) or a layer it names is gone."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_path.py"
+    spec = importlib.util.spec_from_file_location("predict_path", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "predict_path.json"
+    assert mod.main(["--rounds", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    layers = report["cumulative_us"]
+    assert len(layers) == 8 and all(0 < us < 1e6 for us in layers.values()), layers
+    assert set(report["between_other_work"]) == {"decode one input (to_numpy)", "session callable (TF step)",
+                                                 "Predict RPC body", "bare-aio-tf handler"}
