@@ -165,11 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
             calls = layers(server, servicer, raw)
             cumulative = best_per_call_us(calls, args.rounds)
-            servable = server.manager.peek("toy")
-            x = to_numpy(request.inputs["x"], "x")
             pieces = {
                 "decode one input (to_numpy)": lambda: to_numpy(request.inputs["x"], "x"),
-                "session callable (TF step)": lambda: servable._runner(servable.signature(""), ()).fn(x),
+                "session callable (TF step)": calls["  session callable (TF step)"],
                 "Predict RPC body": calls["Predict RPC body (parse, coroutine, serialize)"],
                 "bare-aio-tf handler": calls["bare-aio-tf handler (parse, decode, run, encode)"],
             }
