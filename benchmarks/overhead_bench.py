@@ -183,6 +183,20 @@ def _bare_server(port: int, threads: int, cpu: int | None = None) -> None:
     server.wait_for_termination()
 
 
+def step_only_reply(servable, request: bytes) -> bytes:
+    """The step-only floor's handler: parse, decode, the session step (``Servable.run``), encode; nothing else (no
+    model lookup, drain gate, metrics or request checks). ``predict_path.py`` times this same function."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.tensors import as_proto_field, to_numpy
+
+    parsed = predict_pb2.PredictRequest.FromString(request)
+    outputs = servable.run("", {"x": to_numpy(parsed.inputs["x"], "x")})
+    response = predict_pb2.PredictResponse()
+    as_proto_field(outputs["y"], response.outputs["y"])
+    return response.SerializeToString()
+
+
 def _bare_aio_server(port: int, model_dir: str | None = None) -> None:
     """The floor on asyncio: a ``grpc.aio`` server (what tfsctl serves with) answering the same precomputed
     response from a coroutine; no thread hand-over and no GIL contention, the fastest Python floor here.
@@ -203,16 +217,11 @@ def _bare_aio_server(port: int, model_dir: str | None = None) -> None:
 
     if model_dir is not None:
         from tfsctl.core.loader import Loader
-        from tfsctl.tensors import as_proto_field, to_numpy
 
         servable = Loader("toy", 1, model_dir).load()
 
         async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # noqa: F811
-            parsed = predict_pb2.PredictRequest.FromString(request)
-            outputs = servable.run("", {"x": to_numpy(parsed.inputs["x"], "x")})
-            response = predict_pb2.PredictResponse()
-            as_proto_field(outputs["y"], response.outputs["y"])
-            return response.SerializeToString()
+            return step_only_reply(servable, request)
 
     async def serve() -> None:
         handler = grpc.method_handlers_generic_handler(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,12 +44,22 @@ def _drive(coro) -> object:
     raise RuntimeError("the Predict suspended: it was not run as a quick request")
 
 
+def _floor_handler() -> Callable[[object, bytes], bytes]:
+    """``overhead_bench.step_only_reply``: the handler its ``bare-aio-tf`` floor serves with, loaded from the file
+    beside this one (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("overhead_bench", Path(__file__).with_name("overhead_bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.step_only_reply
+
+
 def layers(server, servicer, raw: bytes) -> dict[str, Callable[[], object]]:
     """Each layer of a quick Predict as a zero-argument call, outermost first, plus the bare floor's handler."""
     from tensorflow_serving.apis import predict_pb2
 
     from tfsctl.core import inference
-    from tfsctl.tensors import as_proto_field, to_numpy
+    from tfsctl.tensors import to_numpy
 
     core = server.core
     request = predict_pb2.PredictRequest.FromString(raw)
@@ -64,12 +76,7 @@ def layers(server, servicer, raw: bytes) -> dict[str, Callable[[], object]]:
         with core._handle(request.model_spec) as held:
             return inference.run_predict(held, request)
 
-    def bare_handler() -> bytes:
-        parsed = predict_pb2.PredictRequest.FromString(raw)
-        outputs = servable.run("", {"x": to_numpy(parsed.inputs["x"], "x")})
-        reply = predict_pb2.PredictResponse()
-        as_proto_field(outputs["y"], reply.outputs["y"])
-        return reply.SerializeToString()
+    step_only_reply = _floor_handler()
 
     return {
         "Predict RPC body (parse, coroutine, serialize)": predict_rpc,
@@ -80,7 +87,7 @@ def layers(server, servicer, raw: bytes) -> dict[str, Callable[[], object]]:
         "  handle + inference.run_predict": held_run_predict,
         "  Servable.run (checks, runner)": lambda: servable.run("", {"x": x}),
         "  session callable (TF step)": lambda: callable_(x),
-        "bare-aio-tf handler (parse, decode, run, encode)": bare_handler,
+        "bare-aio-tf handler (parse, decode, run, encode)": lambda: step_only_reply(servable, raw),
     }
 
 
