@@ -99,7 +99,7 @@ class Supervisor:
         self._workers: dict[int, _Worker] = {}
         self._reserved: list[socket.socket] = []
         self._stop = threading.Event()
-        self._signalled = False  # set by the signal handler; the main loop relays it (stop() sets _stop)
+        self._signalled = False  # set by the signal handler (stop() sets _stop): see _stopping
         self._all_ready = False
         self._reloads: list[_Reload] = []
         self._config: bytes | None = None  # the model config of the last reload, for restarted workers
@@ -171,7 +171,7 @@ class Supervisor:
             self.start()
             if on_started is not None:
                 on_started(self)
-            while not (self._stop.is_set() or self._signalled):
+            while not self._stopping():
                 self._step(0.2)
                 if self._restarts > MAX_RESTARTS:
                     log.error("workers keep dying (%d restarts); stopping", self._restarts)
@@ -236,6 +236,10 @@ class Supervisor:
         return [w.process.pid for w in self._workers.values()]
 
     # --- coordination ---
+
+    def _stopping(self) -> bool:
+        """A stop was asked for: by :meth:`stop` or by a signal (whose handler may only set a plain flag)."""
+        return self._stop.is_set() or self._signalled
 
     def _step(self, timeout: float) -> None:
         """Handle every message that arrives within ``timeout`` and any worker that died."""
@@ -321,7 +325,7 @@ class Supervisor:
                 current.origin = -1
             if not current.waiting:
                 self._finish_reload()
-        if self._stop.is_set() or self._signalled:
+        if self._stopping():
             return
         self._restarts += 1
         log.error("worker %d (pid %s) exited with code %s; restarting it", w.index, w.process.pid, w.process.exitcode)
