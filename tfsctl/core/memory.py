@@ -1,8 +1,15 @@
 """Process memory: RSS, and handing freed heap back to the OS after large requests.
 
 glibc keeps freed memory of large requests (protobuf arenas, decoded arrays) in its per-thread arenas, so RSS
-stays at its peak after a burst of big or hostile requests. ``malloc_trim(0)`` returns it. Trimming walks every
-arena, so it is rate-limited and runs on a background thread, after the request's memory has been freed.
+stays at its peak after a burst of big or hostile requests. ``malloc_trim(0)`` returns it: it walks every arena
+(the event loop's, each pool thread's) and gives back every free page, wherever glibc's dynamic mmap threshold put
+the block. Trimming walks every arena, so it is rate-limited and runs on a background thread, after the request's
+memory has been freed, and only after requests of at least ``LARGE_REQUEST_BYTES``.
+
+glibc's allocator is otherwise left as it is: an earlier version pinned ``M_MMAP_THRESHOLD`` at 1 MiB so freed
+large blocks were unmapped at once, which also sent every large allocation of the model's own step through
+mmap/munmap (docs/PERFORMANCE.md, "Memory"). An operator's ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+(glibc's own environment variables) still apply.
 """
 
 from __future__ import annotations
@@ -47,34 +54,6 @@ def trim_now() -> bool:
         return False
     _malloc_trim(0)
     return True
-
-
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-# Allocations from this size on get pages of their own (mmap), returned to the OS as soon as they are freed.
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def map_large_allocations(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """``mallopt(M_MMAP_THRESHOLD, threshold)``: large allocations (request messages, decoded tensors) are mapped
-    on their own and unmapped when freed; False where glibc is not available or ``MALLOC_MMAP_THRESHOLD_`` is set.
-
-    glibc's default threshold is dynamic: each large block freed raises it, so later blocks of that size come
-    from the arenas and stay there, spread over the arenas of whichever threads allocated them. After a burst of
-    large requests handled on several threads (the gRPC event loop parses, a pool thread decodes), ``malloc_trim``
-    then cannot give them all back. A fixed threshold costs a map and page faults per large block, TensorFlow's
-    own large intermediates included; the sample DeepLab at 256x256 steps in 13-17 ms either way (measured in
-    process, alternating, on the development machine).
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False  # the operator's own setting stands
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 class Trimmer:

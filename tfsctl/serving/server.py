@@ -371,9 +371,6 @@ class ModelServer:
             raise RuntimeError("a ModelServer starts once; create a new one")
         self._started = True
         opts = self.options
-        from tfsctl.core.memory import map_large_allocations
-
-        map_large_allocations()  # RSS comes back after bursts of large requests (issue 11)
         try:
             opts.validate()
             config = opts.model_config()
