@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench bench-quick bench-serving bench-kserve-env clean train
+.PHONY: install test lint demo bench bench-quick bench-serving bench-real bench-real-quick bench-kserve-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench-kserve-env: $(KSERVE_VENV)/.installed
 # DeepLab in process vs served, with and without batching (issue 4's figures).
 bench-serving: install
 	$(BIN)/python benchmarks/serving_bench.py
+
+# Real models (issue 20): ResNet50 (keras.applications, weights=None) and DeepLab 513x513, exported and served as a
+# user would, against the same SavedModel's step in process (docs/PERFORMANCE.md).
+bench-real: install
+	$(BIN)/python benchmarks/real_models.py
+
+bench-real-quick: install
+	$(BIN)/python benchmarks/real_models.py --quick
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,575 @@
+"""Real models at the model's own speed (issue 20): a ResNet50 and a DeepLab-class model through ``tfsctl serve``.
+
+Each model is made as a user makes it (ResNet50: ``keras.applications.ResNet50(weights=None)`` saved as
+``.keras``; DeepLab: the sample checkpoint at 513x513), exported with the ``tfsctl export`` CLI and served with
+``tfsctl serve`` in a child process on 127.0.0.1 (OS-chosen ports). Everything is measured one thing after another
+(never two measured things at once), in rounds whose order turns, and every ratio is the median over rounds of the
+ratio within a round, against an anchor measured in the same round:
+
+- ``step``: the SavedModel in a TF1 session, as the server loads it (``tfsctl.core.loader.Loader``), batch 1,
+  called in this process; the anchor of every latency ratio;
+- ``grpc``: Predict over gRPC (float32 ``tensor_content``, pre-serialized), batch 1;
+- ``rest_row`` / ``rest_columnar``: ``:predict`` with ``{"instances": ...}`` / ``{"inputs": ...}`` bodies written
+  as TF Serving's clients write them (``json.dumps(array.tolist())``: float64 text for a float32 input), batch 1;
+- batching: the best in-process images/s over batch sizes 1..``max_batch_size``, then ``--enable_batching`` at 4,
+  8 and 16 concurrent gRPC clients (images/s, p50/p99), each level's ratio against the best batch measured again
+  right after it;
+- memory: the server's RSS before and at the peak of a burst of large requests (batch 32, accepted) and of
+  rejected ones (over ``max_batch_size``), and where it settles (the goal: within 100 MiB of before);
+- the mmap tax: the in-process step at batch 8 with glibc's defaults and with ``MALLOC_MMAP_THRESHOLD_=1048576``
+  (what tfsctl used to set), each in a child process, alternating.
+
+KServe 0.21 is not run here (``benchmarks/overhead_bench.py`` has that anchor). Writes
+``benchmarks/results/real_models.json`` and prints a table.
+
+    python benchmarks/real_models.py [--quick] [--models resnet50,deeplab] [--rounds N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MIB = 1 << 20
+GOALS = {"grpc": 1.05, "rest_row": 1.3, "rest_columnar": 1.3, "batching": 0.95}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+class Model:
+    """A model as the benchmark uses it: its export, one request's inputs, and how to make a batch of n."""
+
+    def __init__(self, name: str, base: Path, signature: str, inputs: dict, output_filter: tuple[str, ...] = ()):
+        self.name, self.base, self.signature = name, base, signature
+        self.inputs, self.output_filter = inputs, output_filter
+
+    def batch(self, n: int) -> dict:
+        return {k: np.repeat(v, n, axis=0) for k, v in self.inputs.items()}
+
+
+def _export(source: Path, base: Path, *extra: str) -> None:
+    """``tfsctl export SOURCE BASE``, as a user runs it."""
+    cmd = [sys.executable, "-m", "tfsctl", "export", str(source), str(base), "--json", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"tfsctl export failed: {out.stderr[-2000:]}")
+
+
+def make_keras(kind: str, tmp: Path) -> Model:
+    """``resnet50``: keras.applications.ResNet50(weights=None); ``tiny``: a small CNN (the smoke test's)."""
+    import keras
+
+    if kind == "resnet50":
+        model = keras.applications.ResNet50(weights=None)
+        size = 224
+    else:
+        size = 32
+        model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    path = tmp / f"{kind}.keras"
+    base = tmp / kind
+    key = model.inputs[0].name
+    if not (base / "1").is_dir():  # --workdir keeps the export of an earlier run
+        model.save(path)
+        _export(path, base)
+    del model
+    keras.backend.clear_session()
+    rng = np.random.default_rng(0)
+    x = rng.random((1, size, size, 3), dtype=np.float32)
+    sig = Model(kind, base, "serving_default", {key: x})
+    from tfsctl.core.loader import Loader
+
+    servable = Loader(kind, 1, base / "1").load()  # the signature's real input key (export may rename it)
+    (sig.inputs,) = [{k: x} for k in servable.signature("").inputs]
+    servable.close()
+    return sig
+
+
+def make_deeplab(tmp: Path, size: int = 513) -> Model:
+    """The sample DeepLab checkpoint exported at ``size`` x ``size`` (warmup at that size)."""
+    base = tmp / "deeplab"
+    if not (base / "1").is_dir():
+        _export(ROOT / "samples/deeplab/checkpoint", base, "--warmup-size", f"{size}x{size}")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (1, size, size, 3), dtype=np.uint8)
+    inputs = {"images": image, "height": np.array([size], np.int32), "width": np.array([size], np.int32)}
+    return Model("deeplab", base, "predict_images", inputs)  # its only output: segmentation_map
+
+
+# --- the server and clients ----------------------------------------------------------------------------------------
+
+class Server:
+    """``tfsctl serve`` in a child process on 127.0.0.1; ready when /v1/models/NAME reports AVAILABLE."""
+
+    def __init__(self, model: Model, extra: list[str], log: Path) -> None:
+        from tfsctl.testing import free_port
+
+        self.model = model
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        cmd = [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", "--port", str(self.grpc_port),
+               "--rest_api_port", str(self.rest_port), "--model_name", model.name,
+               "--model_base_path", str(model.base), *extra]
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=2)
+                c.request("GET", f"/v1/models/{self.model.name}")
+                if b'"AVAILABLE"' in c.getresponse().read():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready after {timeout:.0f} s; see {self.log.name}")
+
+    def rss(self) -> int:
+        from tfsctl.core.memory import rss_bytes
+
+        return rss_bytes(self.proc.pid)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log.close()
+
+
+def grpc_body(model: Model, inputs: dict) -> bytes:
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.serving.tensors import from_numpy
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model.name
+    req.model_spec.signature_name = model.signature
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(from_numpy(v))
+    req.output_filter.extend(model.output_filter)
+    return req.SerializeToString()
+
+
+def rest_bodies(model: Model) -> dict[str, bytes]:
+    """Row and columnar bodies as TF Serving's clients write them: ``json.dumps`` of ``tolist()``."""
+    inputs = model.inputs
+    if len(inputs) == 1:
+        (x,) = inputs.values()
+        row = {"instances": x.tolist()}
+    else:
+        row = {"instances": [{k: v[0].tolist() for k, v in inputs.items()}]}
+    col = {"inputs": {k: v.tolist() for k, v in inputs.items()}}
+    bodies = {"rest_row": {**row, "signature_name": model.signature},
+              "rest_columnar": {**col, "signature_name": model.signature}}
+    return {k: json.dumps(v).encode() for k, v in bodies.items()}
+
+
+class GrpcClient:
+    def __init__(self, port: int) -> None:
+        import grpc
+
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self.call = self.channel.unary_unary(PREDICT)
+
+    def __call__(self, body: bytes, timeout: float = 120.0) -> bytes:
+        return self.call(body, timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class RestClient:
+    """One keep-alive HTTP/1.1 connection posting pre-encoded bodies."""
+
+    def __init__(self, port: int, model: Model) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.path = f"/v1/models/{model.name}:predict"
+
+    def __call__(self, body: bytes) -> bytes:
+        self.conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"REST {r.status}: {data[:300]!r}")
+        return data
+
+
+def timed(fn, calls: int) -> list[float]:
+    fn()  # one unmeasured call: connection and caches
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def closed_loop(call_factory, concurrency: int, seconds: float, batch: int) -> dict:
+    """``concurrency`` threads, each with its own client, calling back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker() -> None:
+        call = call_factory()
+        call()  # warm this client
+        start.wait()
+        mine = []
+        while time.perf_counter() < stop_at[0]:
+            t0 = time.perf_counter()
+            try:
+                call()
+            except Exception:  # noqa: BLE001 - counted
+                errors[0] += 1
+                continue
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + 1e9
+    start.wait()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    n = len(latencies)
+    return {"concurrency": concurrency, "requests": n, "errors": errors[0],
+            "images_per_s": n * batch / elapsed if elapsed else 0.0,
+            "p50_ms": 1e3 * latencies[n // 2] if n else None,
+            "p99_ms": 1e3 * latencies[min(n - 1, int(n * 0.99))] if n else None}
+
+
+# --- the measurements ----------------------------------------------------------------------------------------------
+
+def latency_rounds(model: Model, servable, server: Server, rounds: int, calls: int) -> dict:
+    """Batch 1: the in-process step, gRPC, REST row and REST columnar, one after another, the order turning."""
+    body = grpc_body(model, model.inputs)
+    rest = rest_bodies(model)
+    grpc_client, rest_client = GrpcClient(server.grpc_port), RestClient(server.rest_port, model)
+    feed = model.inputs
+    runs = {
+        "step": lambda: servable.run(model.signature, feed, model.output_filter),
+        "grpc": lambda: grpc_client(body),
+        "rest_row": lambda: rest_client(rest["rest_row"]),
+        "rest_columnar": lambda: rest_client(rest["rest_columnar"]),
+    }
+    names = list(runs)
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            medians[name].append(1e3 * statistics.median(timed(runs[name], calls)))
+        print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{n} {medians[n][-1]:.1f} ms" for n in names)
+              + f"  (load {load_average()})")
+    grpc_client.close()
+    ratios = {n: [v / s for v, s in zip(medians[n], medians["step"], strict=True)] for n in names if n != "step"}
+    return {"rounds_ms": medians, "median_ms": {n: statistics.median(v) for n, v in medians.items()},
+            "ratios_per_round": ratios, "ratios": {n: statistics.median(v) for n, v in ratios.items()},
+            "body_bytes": {"grpc": len(body), **{k: len(v) for k, v in rest.items()}}}
+
+
+def in_process_rate(model: Model, servable, n: int, seconds: float) -> float:
+    feed = model.batch(n)
+    servable.run(model.signature, feed, model.output_filter)
+    done, t0 = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - t0 < seconds:
+        servable.run(model.signature, feed, model.output_filter)
+        done += 1
+    return done * n / (time.perf_counter() - t0)
+
+
+def batching_run(model: Model, servable, server: Server, max_batch: int, levels, seconds: float, rounds: int
+                 ) -> dict:
+    """Best in-process images/s over batch sizes 1..max_batch; the batching server at each level, each level's
+    ratio against the best batch measured right after it."""
+    sizes = sorted({1, *[b for b in (2, 4, 8, 16, 32, 64) if b <= max_batch], max_batch})
+    rates: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        for n in (sizes if r % 2 == 0 else sizes[::-1]):
+            rates[n].append(in_process_rate(model, servable, n, seconds / 2))
+    per_size = {n: statistics.median(v) for n, v in rates.items()}
+    best = max(per_size, key=per_size.get)
+    print("  in process, images/s by batch size: " + "  ".join(f"{n}: {v:.1f}" for n, v in per_size.items()))
+    body = grpc_body(model, model.inputs)
+    levels_out = []
+    for c in levels:
+        runs, ratios = [], []
+        for _ in range(rounds):
+            res = closed_loop(lambda: (lambda cl: (lambda: cl(body)))(GrpcClient(server.grpc_port)), c, seconds, 1)
+            anchor = in_process_rate(model, servable, best, seconds / 2)
+            runs.append(res)
+            ratios.append(res["images_per_s"] / anchor)
+            print(f"  batching c={c:>2}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} ms  "
+                  f"p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
+                  f"{anchor:.1f} = {ratios[-1]:.2f}x  (load {load_average()})")
+        mid = sorted(runs, key=lambda x: x["images_per_s"])[len(runs) // 2]
+        levels_out.append({**mid, "ratio": statistics.median(ratios), "ratios_per_round": ratios})
+    return {"in_process_images_per_s": per_size, "best_batch": best, "levels": levels_out}
+
+
+def _send_all(port_bodies: list[tuple[int, bytes]]) -> list[str]:
+    """Send each (port, body) at once, one client each; the status code names."""
+    results: list[str] = []
+
+    def send(port: int, body: bytes) -> None:
+        client = GrpcClient(port)
+        try:
+            client(body, timeout=300)
+            results.append("OK")
+        except Exception as e:  # noqa: BLE001 - the code is what counts
+            code = e.code() if callable(getattr(e, "code", None)) else None
+            results.append(code.name if code is not None else type(e).__name__)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send, args=pb) for pb in port_bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
+
+
+def _burst(server: Server, port_bodies: list[tuple[int, bytes]], settle_s: float) -> dict:
+    """The server's RSS before a burst, its peak (sampled every 50 ms), and where it settles: the first sample
+    within 100 MiB of before, else the last one after ``settle_s``."""
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(server.rss())
+            stop.wait(0.05)
+
+    before = server.rss()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    codes = _send_all(port_bodies)
+    burst_s = time.perf_counter() - t0
+    deadline = time.monotonic() + settle_s
+    settled = samples[-1]
+    while time.monotonic() < deadline:
+        settled = samples[-1]
+        if settled - before <= 100 * MIB:
+            break
+        time.sleep(0.1)
+    settle_time = time.perf_counter() - t0 - burst_s
+    stop.set()
+    sampler.join()
+    return {"before_mib": before / MIB, "peak_mib": max(samples) / MIB, "settled_mib": settled / MIB,
+            "settled_within_100_mib": settled - before <= 100 * MIB, "settle_seconds": settle_time,
+            "burst_seconds": burst_s, "codes": sorted(set(codes))}
+
+
+def memory_bursts(model: Model, server: Server, batching_server: Server, max_batch: int, large: int,
+                  settle_s: float) -> dict:
+    """Memory after bursts, on each server's own RSS:
+
+    - ``rejected``: 8 concurrent requests of ``4 x max_batch_size`` images to the batching server, refused
+      (INVALID_ARGUMENT) after they were received and parsed: the goal is RSS back within 100 MiB;
+    - ``large`` twice: 4 concurrent accepted requests of ``large`` images to the plain server. The first run's
+      settled RSS includes what TensorFlow keeps for a new batch size (oneDNN primitives, per-shape caches);
+      the second shows whether repeating it keeps growing (the goal: within 100 MiB of the first's settled RSS).
+    """
+    oversize = grpc_body(model, model.batch(max_batch * 4))
+    big = grpc_body(model, model.batch(large))
+    out = {"rejected": _burst(batching_server, [(batching_server.grpc_port, oversize)] * 8, settle_s),
+           "large_first": _burst(server, [(server.grpc_port, big)] * 4, settle_s),
+           "large_again": _burst(server, [(server.grpc_port, big)] * 4, settle_s),
+           "bytes": {"oversize": len(oversize), "large": len(big)}, "large_batch": large}
+    for k in ("rejected", "large_first", "large_again"):
+        b = out[k]
+        print(f"  {k:<12} RSS before {b['before_mib']:.0f} MiB, peak {b['peak_mib']:.0f}, settled "
+              f"{b['settled_mib']:.0f} after {b['settle_seconds']:.1f} s (codes {b['codes']})")
+    return out
+
+
+MMAP_CHILD = """
+import os, statistics, sys, time
+import numpy as np
+from tfsctl.core.loader import Loader
+s = Loader("m", 1, sys.argv[1]).load()
+key = list(s.signature(sys.argv[2]).inputs)[0]
+x = np.random.default_rng(0).random((int(sys.argv[3]), *[int(d) for d in sys.argv[4].split("x")]), dtype=np.float32)
+for _ in range(2):
+    s.run(sys.argv[2], {key: x})
+ts = []
+for _ in range(int(sys.argv[5])):
+    t = time.perf_counter(); s.run(sys.argv[2], {key: x}); ts.append(time.perf_counter() - t)
+print(1e3 * statistics.median(ts))
+"""
+
+
+def mmap_tax(model: Model, batch: int, rounds: int, calls: int) -> dict:
+    """The in-process step at ``batch`` in a child with glibc's defaults and in one with a 1 MiB mmap threshold
+    (tfsctl's old mallopt), alternating."""
+    (x,) = model.inputs.values()
+    shape = "x".join(str(d) for d in x.shape[1:])
+    out: dict[str, list[float]] = {"glibc_default": [], "mmap_threshold_1mib": []}
+    env_base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    for r in range(rounds):
+        names = list(out) if r % 2 == 0 else list(out)[::-1]
+        for name in names:
+            env = dict(env_base, **({"MALLOC_MMAP_THRESHOLD_": str(MIB)} if name != "glibc_default" else {}))
+            res = subprocess.run([sys.executable, "-c", MMAP_CHILD, str(model.base / "1"), model.signature,
+                                  str(batch), shape, str(calls)], capture_output=True, text=True, env=env,
+                                 timeout=900)
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr[-2000:])
+            out[name].append(float(res.stdout.split()[-1]))
+    med = {k: statistics.median(v) for k, v in out.items()}
+    ratio = statistics.median(a / b for a, b in zip(out["mmap_threshold_1mib"], out["glibc_default"], strict=True))
+    print(f"  step at batch {batch}: glibc defaults {med['glibc_default']:.0f} ms, 1 MiB mmap threshold "
+          f"{med['mmap_threshold_1mib']:.0f} ms ({ratio:.2f}x)")
+    return {"batch": batch, "rounds_ms": out, "median_ms": med, "ratio_1mib_over_default": ratio}
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
+    from tfsctl.core.loader import Loader
+
+    report: dict = {"model": model.name, "inputs": {k: [list(v.shape), str(v.dtype)] for k, v in
+                                                    model.inputs.items()}}
+    servable = Loader(model.name, 1, model.base / "1").load()
+    batching_file = tmp / f"{model.name}.batching"
+    batching = {"max_batch_size": args.max_batch_size, "batch_timeout_micros": args.batch_timeout_micros,
+                "num_batch_threads": args.num_batch_threads, "max_enqueued_batches": 100}
+    batching_file.write_text("".join(f"{k} {{ value: {v} }}\n" for k, v in batching.items()))
+    report["batching_parameters"] = batching
+    plain = Server(model, [], out_dir / f"server_{model.name}.log")
+    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file)],
+                     out_dir / f"server_{model.name}_batching.log")
+    try:
+        plain.wait_ready()
+        batched.wait_ready()
+        if "latency" not in args.skip:
+            print(f"{model.name}: latency at batch 1 (load {load_average()})")
+            report["latency"] = latency_rounds(model, servable, plain, args.rounds, args.calls)
+        if "batching" not in args.skip:
+            print(f"{model.name}: batching (max_batch_size {args.max_batch_size})")
+            report["batching"] = batching_run(model, servable, batched, args.max_batch_size, args.levels,
+                                              args.seconds, args.rounds)
+        if "memory" not in args.skip:
+            print(f"{model.name}: memory")
+            report["memory"] = memory_bursts(model, plain, batched, args.max_batch_size, args.large_batch,
+                                             args.settle_seconds)
+    finally:
+        report["server_exit"] = [plain.stop(), batched.stop()]
+        servable.close()
+    if "mmap" not in args.skip and len(model.inputs) == 1:
+        print(f"{model.name}: the mmap tax")
+        report["mmap_tax"] = mmap_tax(model, args.max_batch_size, max(2, args.rounds), max(3, args.calls // 3))
+    return report
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n=== real models (ratios: median over rounds of the ratio within a round) ===")
+    print(f"{'model':<10} {'measure':<44} {'figure':>10} {'goal':>8}")
+    for r in results:
+        m = r["model"]
+        lat = r.get("latency")
+        if lat:
+            print(f"{m:<10} {'in-process step, batch 1 (ms)':<44} {lat['median_ms']['step']:>10.1f}")
+            for k, label in (("grpc", "gRPC latency / step"), ("rest_row", "REST row (float64 text) / step"),
+                             ("rest_columnar", "REST columnar / step")):
+                print(f"{m:<10} {label:<44} {lat['ratios'][k]:>9.2f}x {'<= ' + str(GOALS[k]):>8}")
+        for lv in r.get("batching", {}).get("levels", []):
+            label = f"batching c={lv['concurrency']} / best in-process (p50/p99 ms)"
+            print(f"{m:<10} {label:<44} {lv['ratio']:>9.2f}x {'>= 0.95':>8}  "
+                  f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f})")
+        for k, label in (("rejected", "RSS, rejected burst: before/peak/settled MiB"),
+                         ("large_first", "RSS, large burst: before/peak/settled MiB"),
+                         ("large_again", "RSS, large burst again: before/peak/settled")):
+            mem = r.get("memory", {}).get(k)
+            if mem:
+                print(f"{m:<10} {label:<44} {mem['before_mib']:.0f} / {mem['peak_mib']:.0f} / "
+                      f"{mem['settled_mib']:.0f}{'' if mem['settled_within_100_mib'] else '  (not within 100 MiB)'}")
+        tax = r.get("mmap_tax")
+        if tax:
+            label = f"step batch {tax['batch']}: 1 MiB mmap threshold / glibc"
+            print(f"{m:<10} {label:<44} "
+                  f"{tax['ratio_1mib_over_default']:>9.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 round, few calls, short windows, levels 4 and 8")
+    ap.add_argument("--models", default="resnet50,deeplab", help="comma list: resnet50, deeplab, tiny")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=15, help="calls per latency measurement")
+    ap.add_argument("--seconds", type=float, default=8.0, help="window per batching level")
+    ap.add_argument("--levels", default="4,8,16")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--batch-timeout-micros", type=int, default=10000)
+    ap.add_argument("--num-batch-threads", type=int, default=1)
+    ap.add_argument("--large-batch", type=int, default=32, help="batch size of the memory burst's requests")
+    ap.add_argument("--settle-seconds", type=float, default=20.0)
+    ap.add_argument("--skip", default="", help="comma list: latency, batching, memory, mmap")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--workdir", default=None, help="keep (and reuse) the models' exports here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.calls, args.seconds = 1, 5, 4.0
+        if args.levels == "4,8,16":
+            args.levels = "4,8"
+    args.levels = [int(c) for c in args.levels.split(",") if c]
+    args.skip = set(filter(None, args.skip.split(",")))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpus": os.cpu_count(),
+                    "load_average_start": load_average(), "quick": args.quick, "models": []}
+    print(f"load average {report['load_average_start']} on {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="tfsctl-real-") as tmp_name:
+        tmp = Path(args.workdir or tmp_name)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in filter(None, args.models.split(",")):
+            print(f"making and exporting {name} ...")
+            model = make_deeplab(tmp) if name == "deeplab" else make_keras(name, tmp)
+            report["models"].append(run_model(model, args, out_dir, tmp))
+    report["load_average_end"] = load_average()
+    path = out_dir / "real_models.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report["models"])
+    print(f"load average at the end {report['load_average_end']}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
