@@ -207,3 +207,33 @@ def test_finding_arrays_reads_each_byte_once_for_quotes(monkeypatch):
     body = Body(b'{"a": "q", "b": ' + (b"[" + b"1," * 40 + b"x") * 200 + b"}")
     assert json_dense.extract(body) is None  # no run is an array
     assert len(scanned) >= 100 and sum(scanned) <= len(body)
+
+
+def test_float64_text_of_float32_values_decodes_on_the_fast_path(monkeypatch):
+    """``json.dumps(float32_array.tolist())`` (TF Serving's clients' bodies) writes up to 17 significant digits,
+    so small numbers have 19+ digits after the point ("0.00012345678901234567"): only integers that long may not
+    fit 64 bits, so such text stays on the fast path, and decodes as the general path does."""
+    x = np.random.default_rng(0).random((1, 8, 8, 3), dtype=np.float32) * np.float32(1e-3)
+    raw = json.dumps({"instances": x.tolist()}).encode()
+    assert any(len(t.split(".")[-1]) >= 19 for t in raw.decode().replace("[", "").replace("]", "").split(", "))
+    _same(raw, FLOATS)
+
+    def general(doc):
+        raise AssertionError("decoded the general way")
+
+    monkeypatch.setattr(json_codec, "_general", general)
+    inputs, rows = json_codec.decode_predict(json_codec.parse_predict_json(raw), FLOATS)
+    assert rows and inputs["x"].dtype == np.float32 and np.array_equal(inputs["x"], x)
+
+
+@pytest.mark.parametrize("raw", [
+    # integers beyond 64 bits beside a fraction: every number goes through float64 on both paths
+    b'{"inputs": {"x": [[1.5, 123456789012345678901234567890]]}}',
+    b'{"inputs": {"x": [[1.5, 12345678901234567890], [-9223372036854775809, 0.25]]}}',
+    b'{"instances": [{"x": [1.5, 99999999999999999999]}, {"x": [2, 3]}]}',
+    # numbers touching brackets at the array's ends
+    b'{"inputs": {"x": [[1, 2], [3, 4]]5}}',
+    b'{"inputs": {"x": 5[[1, 2], [3, 4]]}}',
+])
+def test_long_integers_among_floats_and_numbers_at_brackets_decode_as_the_general_path_does(raw):
+    _same(raw, FLOATS)
