@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint demo bench bench-quick bench-serving bench-real bench-real-quick bench-kserve-env clean train
+.PHONY: install test lint cxx demo bench bench-quick bench-serving bench-real bench-real-quick bench-kserve-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ install: $(BIN)/tfsctl
 lint: install
 	$(BIN)/ruff check tfsctl tests benchmarks samples
 
-test: install lint
+# tests/test_op_libraries.py compiles a custom op with g++ (TensorFlow's headers come with its pip package).
+cxx:
+	@command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
+
+test: install lint cxx
 	$(BIN)/pytest -q
 
 demo: install

@@ -24,7 +24,7 @@ from pathlib import Path
 from tfsctl.core import inference
 from tfsctl.core.memory import rss_bytes
 from tfsctl.core.servable import Resources, Servable
-from tfsctl.errors import ServingError
+from tfsctl.errors import ConfigError, ServingError
 from tfsctl.savedmodel import WARMUP_DIR, WARMUP_FILE, is_saved_model_dir, read_saved_model, warmup_path
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; a longer file is a load error.
@@ -112,6 +112,27 @@ def register_op_libraries(error: str) -> bool:
                 continue
             imported = True
     return imported
+
+
+def load_op_library_files(paths: list[str]) -> None:
+    """Register the ops of custom-op shared libraries (``tf.load_op_library``) before any model loads, so graphs
+    that use them import; ConfigError naming the file when it is missing or TensorFlow cannot load it (built
+    against another TensorFlow, a missing symbol, not a shared library). A model whose op is in no loaded library
+    fails its load with TensorFlow's "Op type not registered", as on tensorflow_model_server."""
+    import tensorflow as tf
+
+    for raw in paths:
+        path = Path(raw).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"op library {raw}: no such file")
+        try:
+            tf.load_op_library(str(path))
+        except Exception as e:  # noqa: BLE001 - TF raises NotFoundError for dlopen and registration failures alike
+            raise ConfigError(
+                f"op library {raw}: TensorFlow {tf.__version__} could not load it: {_short(e)} (build it against "
+                "this TensorFlow with tf.sysconfig.get_compile_flags() and get_link_flags())"
+            ) from None
+        log.info("loaded op library %s", path)
 
 
 class Loader:

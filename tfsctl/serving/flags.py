@@ -117,6 +117,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("model_cache_dir", "str", "",
          "local copies of s3:// and gs:// versions [$TFSCTL_MODEL_CACHE_DIR or a temp dir]", tfsctl_only=True),
     Flag("load_retry_interval_seconds", "float", None, "overrides --load_retry_interval_micros", tfsctl_only=True),
+    Flag("op_library", "str", "", "comma-separated custom-op .so files to load before any model",
+         tfsctl_only=True),
 )
 BY_NAME = {f.name: f for f in FLAGS}
 

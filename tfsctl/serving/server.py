@@ -107,6 +107,7 @@ class ServerOptions:
     retry_failed_versions_on_change: bool = False
     batching_isolate_failures: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
+    op_library: str = ""  # comma-separated custom-op .so files loaded before any model (tf.load_op_library)
 
     @classmethod
     def from_args(cls, argv: list[str]) -> ServerOptions:
@@ -377,6 +378,10 @@ class ModelServer:
             if opts.model_config_file:
                 self._config_text = Path(opts.model_config_file).read_text()
             credentials = self._credentials()
+            if opts.op_library:  # before any model: graphs using the ops import (tfsctl-only flag)
+                from tfsctl.core.loader import load_op_library_files
+
+                load_op_library_files([p.strip() for p in opts.op_library.split(",") if p.strip()])
             settings = self.load_settings = opts.load_settings()
             if opts.monitoring_config_file:
                 from tfsctl.core.config import load_monitoring_config
