@@ -462,3 +462,71 @@ def test_the_tflite_flags_reach_the_loader():
     load = options.load_settings().load_options
     assert (load.prefer_tflite_model, load.num_tflite_pools, load.num_tflite_interpreters_per_pool) == (True, 3, 2)
     assert ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options.prefer_tflite_model is False
+
+
+# --- export --to-tflite, inspect -------------------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_export_to_tflite_writes_model_tflite_into_the_version(tmp_path):
+    from tfsctl.testing import write_tf2_half_plus_two
+
+    source = write_tf2_half_plus_two(tmp_path / "src", 1)  # serving_default + classify/regress over tf.Examples
+    result = _cli("export", str(source), str(tmp_path / "out"), "--to-tflite", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    version = tmp_path / "out" / "1"
+    assert report["path"] == str(version) and report["tflite_signatures"] == ["serving_default"]
+    assert any("'classify_x_to_y' left out of model.tflite" in w for w in report["warnings"])
+    assert (version / "saved_model.pb").is_file() and (version / "model.tflite").is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left
+    servable = Loader("m", 1, version, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1)).load()
+    try:
+        assert servable.warmup_records == report["warmup_records"] == 1  # the export's record replays on TFLite
+        assert servable.run("", {"x": np.array([2.0, 4.0], np.float32)})["y"].tolist() == [3.0, 4.0]
+    finally:
+        servable.close()
+
+
+def test_export_to_tflite_that_cannot_convert_writes_nothing(tmp_path):
+    import tensorflow as tf
+
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def parse(self, s):
+            return {"n": tf.strings.to_number(s)}  # a TF op LiteRT's builtins lack
+
+    module = Strings()
+    tf.saved_model.save(module, str(tmp_path / "src"), signatures={"serving_default": module.parse})
+    result = _cli("export", str(tmp_path / "src"), str(tmp_path / "out"), "--to-tflite", "--no-warmup")
+    assert result.exit_code != 0
+    assert "--to-tflite: the TFLite converter failed" in result.output
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_inspect_reads_a_tflite_file_and_a_version_with_one(tmp_path):
+    version = write_tflite_version(tmp_path / "m", 7, saved_model_plus=3.0)
+    result = _cli("inspect", str(version / "model.tflite"), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert info["kind"] == "tflite" and info["signature_source"] == "LiteRT signatures"
+    sigs = {s["name"]: s for s in info["signatures"]}
+    assert sorted(sigs) == ["arith", "serving_default"]
+    x = sigs["serving_default"]["inputs"][0]
+    assert (x["key"], x["dtype"], x["shape"]) == ("x", "DT_FLOAT", [-1, 1])
+    result = _cli("inspect", str(version), "--json")  # a SavedModel with a model.tflite beside it
+    info = json.loads(result.output[result.output.index("{"):])
+    assert info["kind"] == "saved_model" and info["tflite"]["version"] == 7
+    assert [s["name"] for s in info["tflite"]["signatures"]] == ["arith", "serving_default"]
+    result = _cli("inspect", str(version / "model.tflite"))
+    assert result.exit_code == 0 and "signature 'arith'" in result.output
+    (tmp_path / "bad.tflite").write_bytes(b"nope")
+    result = _cli("inspect", str(tmp_path / "bad.tflite"))
+    assert result.exit_code == 1 and "not a TensorFlow Lite model" in result.output

@@ -32,9 +32,9 @@ SIGNATURE_DEFS_METADATA = "signature_defs_metadata"  # TFLite's signature_def_ut
 MAX_TFLITE_BYTES = 2**31 - 1  # a flatbuffer cannot be larger (32-bit offsets)
 
 # Where a signature's SignatureDefs came from (see the module docstring).
-FROM_METADATA = "metadata"
-FROM_SIGNATURE_RUNNER = "signature runner"
-GENERATED = "generated"
+FROM_METADATA = "signature_defs_metadata"
+FROM_SIGNATURE_RUNNER = "LiteRT signatures"
+GENERATED = "generated serving_default"
 
 
 class TfLiteModelError(ValueError):
@@ -75,18 +75,18 @@ def new_interpreter(content: bytes, num_threads: int = 1) -> Any:
 
 
 def read_model(path: str | Path) -> bytes:
-    """The bytes of a ``.tflite`` file, or of ``model.tflite`` in a version directory; TfLiteModelError if missing
-    or not a TFLite flatbuffer (file identifier ``TFL3``)."""
+    """The bytes of a ``.tflite`` file, or of ``model.tflite`` in a version directory; TfLiteModelError (the caller
+    names the file) if missing or not a TFLite flatbuffer (file identifier ``TFL3``)."""
     p = Path(path)
     if p.is_dir():
         p = tflite_file(p)
     if not p.is_file():
-        raise TfLiteModelError(f"{p}: no such file (a TFLite version holds {TFLITE_FILE})")
+        raise TfLiteModelError(f"no such file (a TFLite version holds {TFLITE_FILE})")
     if p.stat().st_size > MAX_TFLITE_BYTES:
-        raise TfLiteModelError(f"{p}: larger than a TFLite flatbuffer can be")
+        raise TfLiteModelError("larger than a TFLite flatbuffer can be")
     content = p.read_bytes()
     if len(content) < 8 or content[4:8] != b"TFL3":
-        raise TfLiteModelError(f"{p}: not a TensorFlow Lite model (no TFL3 identifier)")
+        raise TfLiteModelError("not a TensorFlow Lite model (no TFL3 identifier)")
     return content
 
 
