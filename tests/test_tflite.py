@@ -452,6 +452,24 @@ def test_interpreters_per_pool_merges_waiting_requests(tmp_path, served):
         np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
 
 
+def test_enable_batching_merges_tflite_requests_like_saved_model_ones(tmp_path, served):
+    base = tmp_path / "m"
+    write_tflite_version(base, 1, kind="heavy")
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 20000 } "
+                      "num_batch_threads { value: 1 }\n")
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, enable_batching=True,
+               batching_parameters_file=str(params))
+    results = _concurrent_predicts(s, 8, rows=4)
+    for x, y in results:
+        np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
+    registry = s.server.metrics.registry
+    count = registry.get_sample_value("tfserving_batch_size_count", {"model_name": "m"})
+    total = registry.get_sample_value("tfserving_batch_size_sum", {"model_name": "m"})
+    assert count and total / count > 4, (count, total)  # some batch held more than one request's 4 rows
+    assert s.servable().pool.batches == 0  # merged by the Batcher, not by the pool (interpreters_per_pool = 1)
+
+
 # --- flags ----------------------------------------------------------------------------------------------------------
 
 
@@ -462,6 +480,21 @@ def test_the_tflite_flags_reach_the_loader():
     load = options.load_settings().load_options
     assert (load.prefer_tflite_model, load.num_tflite_pools, load.num_tflite_interpreters_per_pool) == (True, 3, 2)
     assert ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options.prefer_tflite_model is False
+
+
+def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path):
+    path = tmp_path / "platform.txt"
+    path.write_text('''platform_configs {
+  key: "tensorflow"
+  value { source_adapter_config {
+    [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {
+      legacy_config { prefer_tflite_model: true num_tflite_pools: 2 num_tflite_interpreters_per_pool: 3 }
+    } } }
+}
+''')
+    options = ServerOptions.from_args(["--model_base_path=/m", f"--platform_config_file={path}"])
+    load = options.load_settings().load_options
+    assert (load.prefer_tflite_model, load.num_tflite_pools, load.num_tflite_interpreters_per_pool) == (True, 2, 3)
 
 
 # --- export --to-tflite, inspect -------------------------------------------------------------------------------------
