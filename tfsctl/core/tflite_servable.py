@@ -132,7 +132,7 @@ class InterpreterPool:
         self._cond = threading.Condition()
         self._queue: deque[_Task] = deque()
         self._closed = False
-        self.busy_peak = 0  # most interpreters in use at once (tests and ``status`` read it)
+        self.busy_peak = 0  # most interpreters in use at once (what the pool size allowed; tests read it)
         self.batches = 0  # invocations that ran more than one request
         self._busy = 0
 
