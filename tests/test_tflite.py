@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -482,7 +483,7 @@ def test_the_tflite_flags_reach_the_loader():
     assert ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options.prefer_tflite_model is False
 
 
-def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path):
+def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path, caplog):
     path = tmp_path / "platform.txt"
     path.write_text('''platform_configs {
   key: "tensorflow"
@@ -495,6 +496,12 @@ def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path):
     options = ServerOptions.from_args(["--model_base_path=/m", f"--platform_config_file={path}"])
     load = options.load_settings().load_options
     assert (load.prefer_tflite_model, load.num_tflite_pools, load.num_tflite_interpreters_per_pool) == (True, 2, 3)
+    # a TFLite flag beside the platform config is ignored, as in server.cc, with a warning naming it
+    options = ServerOptions.from_args(["--model_base_path=/m", f"--platform_config_file={path}",
+                                       "--num_tflite_pools=9"])
+    with caplog.at_level(logging.WARNING, logger="tfsctl.serving.server"):
+        assert options.load_settings().load_options.num_tflite_pools == 2
+    assert "--num_tflite_pools is ignored" in caplog.text
 
 
 # --- export --to-tflite, inspect -------------------------------------------------------------------------------------

@@ -189,6 +189,10 @@ class ServerOptions:
                          "per_process_gpu_memory_fraction"):
                 if getattr(self, name):  # ignored by tensorflow_model_server too; say so rather than stay silent
                     log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
+            defaults = ServerOptions()
+            for name in ("prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool"):
+                if getattr(self, name) != getattr(defaults, name):  # legacy_config's fields decide, as in server.cc
+                    log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
             platform = load_platform_config(self.platform_config_file)
             options = LoadOptions(
                 saved_model_tags=platform.saved_model_tags,
