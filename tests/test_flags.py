@@ -113,10 +113,8 @@ def test_bad_flags_are_one_clear_error(argv, words):
       "--tensorflow_inter_op_parallelism=2"], ["not all three"]),
     (["--batching_parameters_file=/b"], ["--batching_parameters_file is set without --enable_batching"]),
     (["--grpc_channel_arguments=grpc.max_connection_age_ms"], ["--grpc_channel_arguments", "key=value"]),
-    (["--prefer_tflite_model=true"], ["--prefer_tflite_model=true cannot apply", "TensorFlow Lite"]),
     (["--use_alts_credentials"], ["--use_alts_credentials=true cannot apply"]),
     (["--skip_initialize_tpu"], ["--skip_initialize_tpu", "TPU"]),
-    (["--num_tflite_interpreters_per_pool=4"], ["--num_tflite_interpreters_per_pool=4 cannot apply"]),
     (["--thread_pool_factory_config_file=/x"], ["--thread_pool_factory_config_file"]),
     (["--mixed_precision=bfloat16"], ["--mixed_precision=bfloat16 cannot apply"]),
     (["--remove_unused_fields_from_bundle_metagraph=false"], ["--remove_unused_fields_from_bundle_metagraph"]),
@@ -130,7 +128,7 @@ def test_invalid_or_inapplicable_values_name_the_flag(argv, words):
 
 
 def test_inapplicable_flags_at_their_default_are_accepted():
-    options("--prefer_tflite_model=false", "--use_alts_credentials=false", "--enable_profiler=false",
+    options("--use_alts_credentials=false", "--enable_profiler=false",
             "--remove_unused_fields_from_bundle_metagraph=true", "--xla_cpu_compilation_enabled=true",
             "--model_base_path=/m").validate()
 
@@ -246,7 +244,7 @@ def test_help_fits_80_columns_and_lists_every_flag():
 
 @pytest.mark.parametrize("argv, code, words", [
     (["--port=abc", "--model_base_path=/m"], 2, ["--port", "integer"]),
-    (["--prefer_tflite_model=true", "--model_base_path=/m"], 2, ["--prefer_tflite_model=true cannot apply"]),
+    (["--use_alts_credentials=true", "--model_base_path=/m"], 2, ["--use_alts_credentials=true cannot apply"]),
     (["--rest_api_port=-5", "--model_base_path=/m"], 2, ["--rest_api_port must be in 0..65535"]),
     (["--port=0"], 1, ["no models to serve"]),
 ])

@@ -225,6 +225,8 @@ def export(
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Write no warmup file."),
     max_image_pixels: int = typer.Option(
         2048 * 2048, "--max-image-pixels", help="Largest image (pixels) the DeepLab signatures accept."),
+    to_tflite: bool = typer.Option(False, "--to-tflite", help="Also write model.tflite (TFLite builtin ops) into "
+                                   "the version, served with --prefer_tflite_model."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a checkpoint, graph, Keras file or SavedModel as a versioned SavedModel a model server can load."""
@@ -245,7 +247,7 @@ def export(
                   inputs=input_, outputs=output, signature=signature, method=method, signatures_file=signatures_file,
                   model_factory=model_factory, model_factory_path=model_factory_path, warmup_shapes=warmup_shape,
                   warmup_request=warmup_request, warmup=not no_warmup, tags=_tag_set(tag_set) or ["serve"],
-                  replace_signatures=replace_signatures)
+                  replace_signatures=replace_signatures, to_tflite=to_tflite)
     started = time.perf_counter()
     try:
         from tfsctl.export import export_model
@@ -281,6 +283,8 @@ def export(
     console.print(table)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if result.tflite_signatures is not None:
+        console.print(f"model.tflite signatures: {escape(', '.join(result.tflite_signatures))}")
     console.print(f"source {escape(str(result.source))} ({result.kind}); warmup records: {result.warmup_records}; "
                   f"{elapsed:.1f} s")
 
@@ -308,6 +312,31 @@ def _variables_table(title: str, variables) -> None:  # noqa: ANN001 - list[Vari
     for v in variables:
         table.add_row(escape(v.name), v.dtype, str(tuple(v.shape)), _size(v.size))
     console.print(table)
+
+
+def _signature_table(sig) -> None:  # noqa: ANN001 - SignatureInfo
+    from rich.table import Table
+
+    table = Table(title=f"signature {sig.name!r} ({sig.method_name or 'no method'})", title_justify="left")
+    table.add_column("")
+    table.add_column("key")
+    table.add_column("dtype")
+    table.add_column("shape", no_wrap=True)
+    table.add_column("tensor", overflow="fold")
+    for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+        for t in tensors:
+            table.add_row(role, t.key, t.dtype, t.shape_str, t.name)
+    console.print(table)
+
+
+def _render_tflite(info) -> None:  # noqa: ANN001 - TfLiteInfo
+    version = f" (version {info.version})" if info.version is not None else ""
+    console.print(f"[bold]TFLite model[/] {escape(info.path)}{version}: {_size(info.size)}; signatures from "
+                  f"{escape(info.signature_source)}")
+    if info.warmup_records is not None:
+        console.print(f"warmup records: {info.warmup_records}")
+    for sig in info.signatures:
+        _signature_table(sig)
 
 
 def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, imported lazily
@@ -349,6 +378,8 @@ def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, importe
         _variables_table("variables", info.variables)
     if info.assets:
         console.print("assets: " + ", ".join(f"{escape(a.path)} ({_size(a.size)})" for a in info.assets))
+    if info.tflite is not None:
+        _render_tflite(info.tflite)
 
 
 def _render_graph(info) -> None:  # noqa: ANN001 - GraphInfo
@@ -375,20 +406,21 @@ def _render_graph(info) -> None:  # noqa: ANN001 - GraphInfo
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A SavedModel, a model base path, a checkpoint, or a graph "
-                                "(.pb/.pbtxt/.meta)."),
+    path: Path = typer.Argument(..., help="A SavedModel, a model base path, a checkpoint, a graph "
+                                "(.pb/.pbtxt/.meta), or a TFLite model (.tflite or a version dir with one)."),
     tag_set: str = typer.Option(None, "--tag-set", help="Only the meta graph with these tags (comma-separated)."),
     signature: str = typer.Option(None, "--signature", help="Only this signature."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
-    """Show what a model holds: signatures of a SavedModel, variables of a checkpoint, tensors of a graph."""
+    """Show what a model holds: signatures of a SavedModel or TFLite model, variables of a checkpoint, tensors of a
+    graph."""
     quiet_tensorflow()
     import json
 
     from rich.table import Table
 
     from tfsctl.errors import InspectError
-    from tfsctl.inspection import BasePathInfo, CheckpointInfo, GraphInfo, inspect_path
+    from tfsctl.inspection import BasePathInfo, CheckpointInfo, GraphInfo, TfLiteInfo, inspect_path
 
     try:
         tags = _tag_set(tag_set)
@@ -417,6 +449,8 @@ def inspect(
                          f"variables, {_size(info.total_bytes)}", info.variables)
     elif isinstance(info, GraphInfo):
         _render_graph(info)
+    elif isinstance(info, TfLiteInfo):
+        _render_tflite(info)
     else:
         _render_saved_model(info)
 

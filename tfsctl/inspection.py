@@ -8,6 +8,9 @@
 * Checkpoint (TF1 or TF2: a prefix, a ``.index`` file, or a directory with a ``checkpoint`` file): its variables.
 * Frozen GraphDef (``.pb``/``.pbtxt``) or meta graph (``.meta``): placeholders as candidate inputs, ops nothing
   consumes as candidate outputs, with dtype and shape: the tensor names ``tfsctl export --input/--output`` takes.
+* TensorFlow Lite model (a ``.tflite`` file, or a version directory's ``model.tflite``, alone or beside the
+  SavedModel): its signatures as the server's ``--prefer_tflite_model`` serves them (:mod:`tfsctl.tflite_model`),
+  and where they come from (LiteRT signatures, ``signature_defs_metadata``, or generated).
 
 The module is named ``inspection`` so it does not shadow the standard library's ``inspect``. ``cli.py`` renders
 these dataclasses as tables or JSON.
@@ -22,6 +25,7 @@ from typing import Any
 
 from tfsctl.errors import InspectError
 from tfsctl.savedmodel import parse_version_dir, warmup_path
+from tfsctl.tflite_model import tflite_file
 
 
 @dataclass
@@ -98,8 +102,26 @@ class FileInfo:
 
 
 @dataclass
+class TfLiteInfo:
+    """One ``.tflite`` model: its signatures as SignatureDefs, as a server preferring it serves them."""
+
+    path: str
+    size: int = 0
+    signatures: list[SignatureInfo] = field(default_factory=list)
+    signature_source: str = ""  # tflite_model.FROM_SIGNATURE_RUNNER | FROM_METADATA | GENERATED
+    version: int | None = None
+    warmup_records: int | None = None
+    kind: str = "tflite"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "version": self.version, "size": self.size,
+                "signature_source": self.signature_source, "warmup_records": self.warmup_records,
+                "signatures": [s.to_dict() for s in self.signatures]}
+
+
+@dataclass
 class SavedModelInfo:
-    """One SavedModel directory."""
+    """One SavedModel directory (``tflite``: the version's model.tflite, when it has one)."""
 
     path: str
     meta_graphs: list[MetaGraphInfo] = field(default_factory=list)
@@ -109,6 +131,7 @@ class SavedModelInfo:
     variables: list[VariableInfo] = field(default_factory=list)
     variables_bytes: int = 0
     assets: list[FileInfo] = field(default_factory=list)
+    tflite: TfLiteInfo | None = None
 
     @property
     def tag_sets(self) -> list[list[str]]:
@@ -121,7 +144,8 @@ class SavedModelInfo:
         return {"kind": self.kind, "path": self.path, "version": self.version, "tag_sets": self.tag_sets,
                 "warmup_records": self.warmup_records, "meta_graphs": [mg.to_dict() for mg in self.meta_graphs],
                 "variables": [v.to_dict() for v in self.variables], "variables_bytes": self.variables_bytes,
-                "assets": [a.to_dict() for a in self.assets]}
+                "assets": [a.to_dict() for a in self.assets],
+                "tflite": self.tflite.to_dict() if self.tflite is not None else None}
 
 
 @dataclass
@@ -187,7 +211,7 @@ class GraphInfo:
                 "signatures": [s.to_dict() for s in self.signatures], "variables": list(self.variables)}
 
 
-Info = SavedModelInfo | BasePathInfo | CheckpointInfo | GraphInfo
+Info = SavedModelInfo | BasePathInfo | CheckpointInfo | GraphInfo | TfLiteInfo
 
 
 def inspect_path(path: str | Path, *, tag_set: set[str] | None = None, signature: str | None = None) -> Info:
@@ -204,6 +228,10 @@ def inspect_path(path: str | Path, *, tag_set: set[str] | None = None, signature
         info = inspect_saved_model(p.parent)
     elif p.is_dir() and is_saved_model_dir(p):
         info = inspect_saved_model(p)
+        if tflite_file(p).is_file():
+            info.tflite = inspect_tflite(p)
+    elif p.is_file() and p.suffix == ".tflite" or p.is_dir() and tflite_file(p).is_file():
+        info = inspect_tflite(p)
     elif p.is_file() and p.suffix in (".pb", ".pbtxt"):
         info = inspect_graph(p)
     elif p.is_file() and p.suffix == ".meta":
@@ -232,7 +260,9 @@ def _version_dirs(base: Path) -> list[tuple[int, Path]]:
 def filter_info(info: Info, tag_set: set[str] | None, signature: str | None) -> Info:
     """Keep the meta graph tagged ``tag_set`` and the signature ``signature`` (InspectError if absent)."""
     target = info.latest if isinstance(info, BasePathInfo) else info
-    if isinstance(target, GraphInfo) and signature is not None:
+    if isinstance(target, SavedModelInfo) and target.tflite is not None and signature is not None:
+        target.tflite.signatures = [s for s in target.tflite.signatures if s.name == signature]
+    if isinstance(target, GraphInfo | TfLiteInfo) and signature is not None:
         kept = [s for s in target.signatures if s.name == signature]
         if not kept:
             raise InspectError(f"{target.path}: no signature {signature!r} (signatures: "
@@ -310,6 +340,26 @@ def inspect_saved_model(export_dir: Path) -> SavedModelInfo:
         info.assets = [FileInfo(str(f.relative_to(export_dir)), f.stat().st_size)
                        for f in sorted(assets.rglob("*")) if f.is_file()]
     return info
+
+
+def inspect_tflite(path: Path) -> TfLiteInfo:
+    """Read a ``.tflite`` file (or a version directory's ``model.tflite``) with the LiteRT interpreter, as the
+    server does; InspectError when it is not a TFLite model LiteRT can run."""
+    from tfsctl.tflite_model import TfLiteModelError, describe
+
+    p = Path(path)
+    file = tflite_file(p) if p.is_dir() else p
+    try:
+        signatures = describe(file)
+    except TfLiteModelError as exc:
+        raise InspectError(f"{file}: {exc}") from None
+    version_dir = p if p.is_dir() else None
+    sources = sorted({s.source for s in signatures.values()})
+    return TfLiteInfo(path=str(file), size=file.stat().st_size,
+                      signatures=_signatures({k: s.signature_def for k, s in signatures.items()}),
+                      signature_source=", ".join(sources),
+                      version=parse_version_dir(version_dir.name) if version_dir is not None else None,
+                      warmup_records=_count_records(warmup_path(version_dir)) if version_dir is not None else None)
 
 
 def _signatures(signature_defs: Any) -> list[SignatureInfo]:

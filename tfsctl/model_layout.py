@@ -18,6 +18,7 @@ DEFAULT_SIGNATURE = "serving_default"
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
+TFLITE_FILE = "model.tflite"  # served instead of the SavedModel with --prefer_tflite_model (TF Serving's name)
 _INT64_MAX = 2**63 - 1
 _ASCII_SPACE = " \t\n\v\f\r"
 
@@ -54,8 +55,13 @@ def is_saved_model_dir(path: str | Path) -> bool:
     return any((p / name).is_file() for name in SAVED_MODEL_FILENAMES)
 
 
+def tflite_file(version_dir: str | Path) -> Path:
+    """Where TF Serving looks for a version's TensorFlow Lite model: ``model.tflite`` beside ``saved_model.pb``."""
+    return Path(version_dir) / TFLITE_FILE
+
+
 __all__ = [
     "CLASSIFY_METHOD", "DEFAULT_SIGNATURE", "INIT_OP_SIGNATURE", "PREDICT_METHOD", "REGRESS_METHOD",
-    "SAVED_MODEL_FILENAMES", "SERVE_TAG", "WARMUP_DIR", "WARMUP_FILE", "is_saved_model_dir", "parse_version_dir",
-    "signature_or_default", "warmup_path",
+    "SAVED_MODEL_FILENAMES", "SERVE_TAG", "TFLITE_FILE", "WARMUP_DIR", "WARMUP_FILE", "is_saved_model_dir",
+    "parse_version_dir", "signature_or_default", "tflite_file", "warmup_path",
 ]

@@ -331,15 +331,15 @@ class PlatformSettings:
     num_request_iterations_for_warmup: int
     per_process_gpu_memory_fraction: float
     enable_per_model_batching_params: bool
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = 0  # the proto's default: one interpreter
+    num_tflite_interpreters_per_pool: int = 0
 
 
 # SessionBundleConfig fields with no meaning here: refused when set, so a platform config never half-applies.
 _UNSUPPORTED_BUNDLE_FIELDS = {
     "session_target": "remote TensorFlow sessions are not supported",
     "experimental_fixed_input_tensors": "fixed input tensors are not supported",
-    "prefer_tflite_model": "TensorFlow Lite models are not served",
-    "num_tflite_interpreters_per_pool": "TensorFlow Lite models are not served",
-    "num_tflite_pools": "TensorFlow Lite models are not served",
     "mixed_precision": "load-time mixed precision is not supported",
     "session_run_load_threadpool_index": "C++ session thread pools do not exist here",
     "enable_saved_model_config": "saved_model_config.pb is not read",
@@ -398,6 +398,9 @@ def parse_platform_config(text: str, source: str = "<platform config>") -> Platf
         num_request_iterations_for_warmup=iterations,
         per_process_gpu_memory_fraction=bundle.session_config.gpu_options.per_process_gpu_memory_fraction,
         enable_per_model_batching_params=bundle.enable_per_model_batching_params,
+        prefer_tflite_model=bundle.prefer_tflite_model,
+        num_tflite_pools=bundle.num_tflite_pools,
+        num_tflite_interpreters_per_pool=bundle.num_tflite_interpreters_per_pool,
     )
 
 

@@ -18,7 +18,7 @@ import importlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfsctl.core import inference
@@ -26,6 +26,7 @@ from tfsctl.core.memory import rss_bytes
 from tfsctl.core.servable import Resources, Servable
 from tfsctl.errors import ConfigError, ServingError
 from tfsctl.savedmodel import WARMUP_DIR, WARMUP_FILE, is_saved_model_dir, read_saved_model, warmup_path
+from tfsctl.tflite_model import TfLiteModelError, read_model, tflite_file
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; a longer file is a load error.
 
@@ -66,6 +67,11 @@ class LoadOptions:
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
     enable_signature_method_name_check: bool = False
+    # --prefer_tflite_model: serve model.tflite when the version has one (tfsctl.core.tflite_servable), in a pool of
+    # max(1, num_tflite_pools) interpreters; num_tflite_interpreters_per_pool > 1 merges waiting requests.
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = field(default_factory=lambda: os.cpu_count() or 1)  # TF Serving's flag default
+    num_tflite_interpreters_per_pool: int = 1
 
     def inline_short_steps(self) -> bool:
         """Whether short steps may run in the caller's thread (see :mod:`tfsctl.core.servable`): only when the session
@@ -163,11 +169,47 @@ class Loader:
         return Resources(disk_bytes=disk_bytes(self.path))
 
     def load(self) -> Servable:
-        """Load the SavedModel bundle and run its warmup records; raises LoadError with a clear reason."""
+        """Load the SavedModel bundle (or, with ``prefer_tflite_model``, its model.tflite) and run its warmup
+        records; raises LoadError with a clear reason."""
         started = time.monotonic()
         rss_before = rss_bytes()
         if not self.path.is_dir():
             raise LoadError(f"{self._where}: directory does not exist")
+        if self.options.prefer_tflite_model and tflite_file(self.path).is_file():
+            servable = self._load_tflite()  # TF Serving's rule: model.tflite wins when preferred and present
+        else:
+            servable = self._load_saved_model()
+        try:
+            count = self._warmup(servable) if self.options.enable_model_warmup else 0
+        except LoadError:
+            servable.close()
+            raise
+        except Exception as e:  # noqa: BLE001
+            servable.close()
+            raise LoadError(f"{self._where}: warmup failed: {type(e).__name__}: {_short(e)}") from None
+        servable.resources = Resources(
+            disk_bytes=disk_bytes(self.path),
+            ram_bytes=max(0, rss_bytes() - rss_before),
+            load_seconds=time.monotonic() - started,
+        )
+        servable.warmup_records = count
+        self._servable = servable
+        return servable
+
+    def _load_tflite(self) -> Servable:
+        """``model.tflite`` in a pool of interpreters (tfsctl.core.tflite_servable)."""
+        from tfsctl.core.tflite_servable import load_tflite
+
+        try:
+            content = read_model(self.path)
+            return load_tflite(self.name, self.version, self.path, content,
+                               num_pools=self.options.num_tflite_pools,
+                               interpreters_per_pool=self.options.num_tflite_interpreters_per_pool)
+        except TfLiteModelError as e:
+            raise LoadError(f"{self._where}: cannot load {tflite_file(self.path).name}: {_short(e)}") from None
+
+    def _load_saved_model(self) -> Servable:
+        """The SavedModel bundle: the tagged meta graph in its own session."""
         if not is_saved_model_dir(self.path):
             raise LoadError(f"{self._where}: no saved_model.pb or saved_model.pbtxt")
         try:
@@ -191,21 +233,6 @@ class Loader:
         servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session,
                             inline_short_steps=self.options.inline_short_steps())
         del proto, meta_graph  # the graph lives in the session; keep only the SignatureDefs
-        try:
-            count = self._warmup(servable) if self.options.enable_model_warmup else 0
-        except LoadError:
-            servable.close()
-            raise
-        except Exception as e:  # noqa: BLE001
-            servable.close()
-            raise LoadError(f"{self._where}: warmup failed: {type(e).__name__}: {_short(e)}") from None
-        servable.resources = Resources(
-            disk_bytes=disk_bytes(self.path),
-            ram_bytes=max(0, rss_bytes() - rss_before),
-            load_seconds=time.monotonic() - started,
-        )
-        servable.warmup_records = count
-        self._servable = servable
         return servable
 
     def _open_session(self, tags: list[str], config):

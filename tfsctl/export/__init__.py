@@ -4,7 +4,8 @@ One module per concern: :mod:`.detect` (which kind of source), :mod:`.graph` (TF
 GraphDefs and SavedModel re-exports through ``tf.compat.v1.saved_model.Builder`` / proto edits),
 :mod:`.keras_source` (the DeepLab checkpoint dir, ``.keras``/``.h5`` files and TF2 checkpoints through
 ``tf.saved_model.save``), :mod:`.signatures` (``--input``/``--output``/``--signatures``), :mod:`.warmup` (one
-record per signature, checked in a TF1 session) and :mod:`.target` (staging dir, fsync, atomic rename, cleaning
+record per signature, checked in a TF1 session), :mod:`.tflite` (``--to-tflite``: model.tflite beside the SavedModel)
+and :mod:`.target` (staging dir, fsync, atomic rename, cleaning
 stale staging dirs). Every failure is an :class:`~tfsctl.errors.ExportError` with a one-line message, and nothing
 but complete versions is left under the base path.
 """
@@ -51,12 +52,14 @@ class ExportResult:
     warmup_records: int = 0
     warnings: list[str] = field(default_factory=list)
     removed_stale: list[str] = field(default_factory=list)
+    tflite_signatures: list[str] | None = None  # with --to-tflite: the signatures of the version's model.tflite
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "version": self.version, "signatures": list(self.signatures),
                 "source": self.source, "kind": self.kind, "replaced": self.replaced,
                 "warmup_sizes": [list(s) for s in self.warmup_sizes], "warmup_records": self.warmup_records,
-                "warnings": list(self.warnings), "removed_stale": list(self.removed_stale)}
+                "warnings": list(self.warnings), "removed_stale": list(self.removed_stale),
+                "tflite_signatures": self.tflite_signatures}
 
 
 def export_model(source: str | Path, out: str | Path, *, force: bool = False,
@@ -69,12 +72,13 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
                  model_factory: str | None = None, model_factory_path: str | Path | None = None,
                  warmup_shapes: list[str] | None = None, warmup_request: str | Path | None = None,
                  warmup: bool = True, tags: Iterable[str] = ("serve",),
-                 replace_signatures: bool = False) -> ExportResult:
+                 replace_signatures: bool = False, to_tflite: bool = False) -> ExportResult:
     """Export ``source`` as ``out``'s next version or as ``out/N``.
 
     ``warmup_sizes`` are (height, width) pairs of ``predict_images`` warmup requests (DeepLab-shaped models; [] =
     no warmup file). ``inputs``/``outputs`` are ``KEY=TENSOR`` strings for graph sources. Raises
     :class:`ExportError`; on any failure nothing but complete versions remains under the base path.
+    ``to_tflite`` also writes ``model.tflite`` into the version (:mod:`.tflite`).
     """
     sizes = [_check_size(s) for s in warmup_sizes]
     if max_image_pixels < 1:
@@ -119,6 +123,12 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
 
             logs, warnings = plan_and_check(export_dir, tag_list, base.name, plan, logs_fixed)
             write_warmup(export_dir, logs)
+        tflite_signatures = None
+        if to_tflite:
+            from tfsctl.export.tflite import write_tflite
+
+            tflite_signatures, tflite_warnings = write_tflite(export_dir, tag_list, logs)
+            warnings.extend(tflite_warnings)
         replaced = move_into_place(export_dir, target, force)
         remove_quietly(tmp)
     except BaseException as exc:
@@ -140,7 +150,7 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
         raise
     return ExportResult(path=target, version=version, signatures=signatures, source=str(source), kind=src.kind,
                         replaced=replaced, warmup_sizes=warm_sizes, warmup_records=len(logs), warnings=warnings,
-                        removed_stale=[str(p) for p in removed])
+                        removed_stale=[str(p) for p in removed], tflite_signatures=tflite_signatures)
 
 
 def _write(src: Any, export_dir: Path, scratch: Path, specs: list[SignatureSpec], tags: list[str],

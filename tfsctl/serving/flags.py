@@ -5,7 +5,7 @@ Every flag of TF Serving 2.21's ``main.cc`` is here with its name, type and defa
 ``tfsctl serve`` unchanged. Syntax: ``--flag=value`` and ``--flag value``; booleans also bare (``--enable_batching``)
 or ``=true|false|1|0``; each name also in the kebab-case spelling tfsctl used before (``--model-base-path``).
 
-A flag that cannot act here (TFLite, TPU, ALTS, ...) is refused by name when given a non-default value: nothing
+A flag that cannot act here (TPU, ALTS, ...) is refused by name when given a non-default value: nothing
 is ignored silently. The parser is plain Python (no click) so its errors are one line and ``--help`` fits 80
 columns.
 """
@@ -85,10 +85,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("monitoring_config_file", "str", "", "MonitoringConfig text proto (Prometheus page)"),
     Flag("remove_unused_fields_from_bundle_metagraph", "bool", True, "drop unused MetaGraphDef fields",
          cannot="tfsctl keeps only the signatures of the loaded meta graph (always true)"),
-    Flag("prefer_tflite_model", "bool", False, "serve model.tflite", cannot="TensorFlow Lite models are not served"),
-    Flag("num_tflite_pools", "int32", _CPUS, "TFLite interpreter pools", cannot="TensorFlow Lite is not served"),
-    Flag("num_tflite_interpreters_per_pool", "int32", 1, "TFLite interpreters per pool",
-         cannot="TensorFlow Lite is not served"),
+    Flag("prefer_tflite_model", "bool", False, "serve a version's model.tflite instead of its SavedModel"),
+    Flag("num_tflite_pools", "int32", _CPUS, "TFLite interpreters per loaded model (default: one per CPU)"),
+    Flag("num_tflite_interpreters_per_pool", "int32", 1, "> 1: merge waiting TFLite requests into batches"),
     Flag("enable_signature_method_name_check", "bool", False,
          "Classify/Regress need the signature's method name"),
     Flag("xla_cpu_compilation_enabled", "bool", False, "XLA:CPU JIT (tfsctl never disables XLA)"),

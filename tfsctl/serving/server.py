@@ -190,6 +190,10 @@ class ServerOptions:
                          "per_process_gpu_memory_fraction"):
                 if getattr(self, name):  # ignored by tensorflow_model_server too; say so rather than stay silent
                     log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
+            defaults = ServerOptions()
+            for name in ("prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool"):
+                if getattr(self, name) != getattr(defaults, name):  # legacy_config's fields decide, as in server.cc
+                    log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
             platform = load_platform_config(self.platform_config_file)
             options = LoadOptions(
                 saved_model_tags=platform.saved_model_tags,
@@ -197,6 +201,9 @@ class ServerOptions:
                 per_process_gpu_memory_fraction=platform.per_process_gpu_memory_fraction,
                 enable_model_warmup=platform.enable_model_warmup,
                 num_request_iterations_for_warmup=platform.num_request_iterations_for_warmup or 1,
+                prefer_tflite_model=platform.prefer_tflite_model,
+                num_tflite_pools=platform.num_tflite_pools,
+                num_tflite_interpreters_per_pool=platform.num_tflite_interpreters_per_pool,
             )
             return LoadSettings(options, platform.batching_parameters is not None, platform.batching_parameters,
                                 platform.enable_per_model_batching_params)
@@ -216,6 +223,9 @@ class ServerOptions:
             per_process_gpu_memory_fraction=self.per_process_gpu_memory_fraction,
             enable_model_warmup=self.enable_model_warmup,
             num_request_iterations_for_warmup=self.num_request_iterations_for_warmup or 1,
+            prefer_tflite_model=self.prefer_tflite_model,
+            num_tflite_pools=self.num_tflite_pools,
+            num_tflite_interpreters_per_pool=self.num_tflite_interpreters_per_pool,
         )
         batching = None
         if self.enable_batching and self.batching_parameters_file:
