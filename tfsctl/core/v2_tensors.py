@@ -1,0 +1,258 @@
+"""Open Inference Protocol (KServe v2) tensors <-> numpy, with no wire and no TensorFlow.
+
+The v2 datatypes and their numpy types, the shape rules, and the two element encodings every v2 wire uses:
+
+- *values*: a flat or nested list of elements (REST JSON ``data``, gRPC's typed ``contents`` fields);
+- *raw*: the elements' little-endian bytes, row-major; BYTES elements each as a 4-byte little-endian length and its
+  bytes (the binary tensor data extension over REST, ``raw_input_contents`` / ``raw_output_contents`` over gRPC).
+
+Decoding checks the shape (non-negative integers, rank at most :data:`~tfsctl.tensors.MAX_RANK`) and bounds the
+decoded size (elements x element size, strings with :data:`~tfsctl.tensors.STRING_OVERHEAD` each) *before*
+anything is allocated, and checks that the data holds exactly the elements the shape promises, so a small request
+claiming a huge shape, or a binary size that does not add up, is INVALID_ARGUMENT, not an allocation. The server
+(``serving/v2_core.py``) and the client both use this module, so both read and write the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from tfsctl.errors import InvalidArgument
+from tfsctl.tensors import MAX_RANK, STRING_OVERHEAD
+
+BYTES = "BYTES"
+BF16 = "BF16"
+_FIXED: dict[str, str] = {  # v2 datatype -> numpy dtype name (little-endian on the wire)
+    "BOOL": "bool",
+    "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+DATATYPES: tuple[str, ...] = (*_FIXED, BF16, BYTES)
+_INT64_MAX = 2**63 - 1
+_LEN = struct.Struct("<I")
+
+
+@cache
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # TensorFlow's own bfloat16 numpy type; loaded only when a BF16 tensor is seen
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_dtype(datatype: str, name: str = "tensor") -> np.dtype:
+    """The numpy dtype of a v2 datatype (BYTES: object); an unknown name is INVALID_ARGUMENT naming the valid ones."""
+    if datatype == BYTES:
+        return np.dtype(object)
+    if datatype == BF16:
+        return _bfloat16()
+    np_name = _FIXED.get(datatype)
+    if np_name is None:
+        raise InvalidArgument(f"tensor '{name}': invalid datatype '{datatype}' (the protocol's datatypes: "
+                              f"{', '.join(DATATYPES)})")
+    return np.dtype(np_name)
+
+
+def datatype_of(dtype: np.dtype, name: str = "tensor") -> str:
+    """The v2 datatype of a numpy dtype (bytes/str/object: BYTES); a type v2 has no name for is INVALID_ARGUMENT."""
+    if dtype.kind in "OSU":
+        return BYTES
+    if dtype.name == "bfloat16":
+        return BF16
+    for v2, np_name in _FIXED.items():
+        if dtype.name == np_name:
+            return v2
+    raise InvalidArgument(f"tensor '{name}': numpy dtype {dtype.name} has no Open Inference Protocol datatype")
+
+
+def checked_shape(shape: Any, name: str = "tensor") -> tuple[int, ...]:
+    """A request's ``shape``: a list of integers in [0, 2**63), at most ``MAX_RANK`` of them."""
+    if not isinstance(shape, (list, tuple)) and not hasattr(shape, "__len__"):
+        raise InvalidArgument(f"tensor '{name}': 'shape' must be a list of integers, got {type(shape).__name__}")
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"tensor '{name}': rank {len(shape)} exceeds the maximum of {MAX_RANK}")
+    dims = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise InvalidArgument(f"tensor '{name}': shape dimensions must be integers, got {d!r}")
+        if d < 0 or d > _INT64_MAX:
+            raise InvalidArgument(f"tensor '{name}': shape {list(shape)} has a dimension outside [0, 2**63)")
+        dims.append(int(d))
+    return tuple(dims)
+
+
+def decoded_bytes(datatype: str, shape: tuple[int, ...], payload: int = 0) -> int:
+    """Bytes decoding a tensor allocates (exact integers: no overflow); ``payload`` is a BYTES tensor's data size."""
+    count = math.prod(shape)
+    if datatype == BYTES:
+        return count * STRING_OVERHEAD + payload
+    return count * numpy_dtype(datatype).itemsize
+
+
+def check_size(name: str, need: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and need > max_bytes:
+        raise InvalidArgument(f"input '{name}': decoding it needs {need} bytes, more than the {max_bytes} bytes "
+                              "allowed for a request")
+
+
+# --- values (JSON data, gRPC typed contents) -------------------------------------------------------------------
+
+
+def _flatten(data: Any, count: int, name: str) -> list:
+    """Nested lists -> one flat list, refusing more than ``count`` elements as soon as they are seen."""
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    flat: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+            if len(flat) > count:
+                break
+        else:
+            stack.pop()
+            continue
+        if len(flat) > count:
+            break
+    return flat
+
+
+def _element_error(name: str, datatype: str, values: Sequence) -> InvalidArgument:
+    kinds = {type(v).__name__ for v in list(values[:1000])}
+    return InvalidArgument(f"tensor '{name}': data of {datatype} must hold "
+                           f"{_EXPECTED.get(datatype, 'numbers')}, got {', '.join(sorted(kinds))}")
+
+
+_EXPECTED = {"BOOL": "true/false", BYTES: "strings", "FP16": "numbers", "FP32": "numbers", "FP64": "numbers",
+             BF16: "numbers"}
+
+
+def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_bytes: int | None = None
+                ) -> np.ndarray:
+    """A tensor from its elements, flat or nested in row-major order (JSON ``data``, gRPC ``contents``).
+
+    The element count must equal the shape's; integers must fit the datatype, booleans must be booleans, BYTES
+    elements strings (UTF-8 encoded) or bytes.
+    """
+    dims = checked_shape(shape, name)
+    dtype = numpy_dtype(datatype, name)
+    count = math.prod(dims)
+    if datatype != BYTES:
+        check_size(name, decoded_bytes(datatype, dims), max_bytes)
+    flat = _flatten(data, count, name)
+    if len(flat) != count:
+        raise InvalidArgument(f"tensor '{name}': shape {list(dims)} holds {count} elements but the data has "
+                              f"{'more than ' + str(count) if len(flat) > count else len(flat)}")
+    if datatype == BYTES:
+        out = np.empty(count, dtype=object)
+        payload = 0
+        for i, v in enumerate(flat):
+            if isinstance(v, str):
+                v = v.encode()
+            elif not isinstance(v, (bytes, bytearray)):
+                raise _element_error(name, datatype, flat)
+            payload += len(v)
+            out[i] = bytes(v)
+        check_size(name, decoded_bytes(BYTES, dims, payload), max_bytes)
+        return out.reshape(dims)
+    try:
+        if datatype == "BOOL":
+            if not all(type(v) is bool or isinstance(v, np.bool_) for v in flat):
+                raise _element_error(name, datatype, flat)
+            arr = np.array(flat, dtype=np.bool_)
+        elif dtype.kind in "iu":
+            arr = np.array(flat, dtype=dtype)
+            if arr.dtype != dtype or (count and isinstance(flat[0], bool)):
+                raise _element_error(name, datatype, flat)
+        else:
+            arr = np.array(flat, dtype=np.float64 if dtype.name == "bfloat16" else dtype).astype(dtype, copy=False)
+    except (OverflowError, ValueError, TypeError) as e:
+        if datatype in _EXPECTED:
+            raise _element_error(name, datatype, flat) from None
+        raise InvalidArgument(f"tensor '{name}': data does not fit {datatype} ({e})") from None
+    if arr.ndim != 1 or arr.size != count:  # e.g. a list element inside a flat list
+        raise InvalidArgument(f"tensor '{name}': data must be numbers in row-major order, flat or nested as the shape")
+    return arr.reshape(dims)
+
+
+def to_values(array: np.ndarray) -> list:
+    """A tensor's elements as a flat list for JSON (BYTES as str when UTF-8, else an error naming the fix)."""
+    flat = array.reshape(-1)
+    if flat.dtype.kind in "OSU":
+        out = []
+        for v in flat:
+            if isinstance(v, bytes):
+                try:
+                    v = v.decode()
+                except UnicodeDecodeError:
+                    raise InvalidArgument("a BYTES output is not UTF-8 text and cannot be sent as JSON; ask for it "
+                                          "with binary_data") from None
+            out.append(v)
+        return out
+    if flat.dtype.name == "bfloat16":
+        flat = flat.astype(np.float32)
+    return flat.tolist()
+
+
+# --- raw bytes (binary tensor data, raw_*_contents) ------------------------------------------------------------
+
+
+def from_raw(datatype: str, shape: Any, raw: bytes | memoryview, name: str = "tensor",
+             max_bytes: int | None = None) -> np.ndarray:
+    """A tensor from its raw bytes; the byte count must be exactly what the shape and datatype need."""
+    dims = checked_shape(shape, name)
+    dtype = numpy_dtype(datatype, name)
+    count = math.prod(dims)
+    size = len(raw)
+    if datatype != BYTES:
+        need = count * dtype.itemsize
+        if size != need:
+            raise InvalidArgument(f"tensor '{name}': {size} bytes of binary data, but shape {list(dims)} of "
+                                  f"{datatype} needs {need}")
+        check_size(name, need, max_bytes)
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
+    if count * _LEN.size > size:  # every element needs at least its 4-byte length: checked before any allocation
+        raise InvalidArgument(f"tensor '{name}': {size} bytes of BYTES data cannot hold the {count} elements of "
+                              f"shape {list(dims)} (each needs a 4-byte length)")
+    check_size(name, decoded_bytes(BYTES, dims, size), max_bytes)
+    view = memoryview(raw)
+    out = np.empty(count, dtype=object)
+    at = 0
+    for i in range(count):
+        if at + 4 > size:
+            raise InvalidArgument(f"tensor '{name}': BYTES data ends inside element {i} of {count}")
+        (n,) = _LEN.unpack_from(view, at)
+        at += 4
+        if at + n > size:
+            raise InvalidArgument(f"tensor '{name}': BYTES element {i} claims {n} bytes, only {size - at} remain")
+        out[i] = bytes(view[at:at + n])
+        at += n
+    if at != size:
+        raise InvalidArgument(f"tensor '{name}': {size - at} bytes of BYTES data left after the {count} elements "
+                              f"of shape {list(dims)}")
+    return out.reshape(dims)
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """A tensor's raw bytes (little-endian, row-major; BYTES length-prefixed)."""
+    if array.dtype.kind in "OSU":
+        parts = []
+        for v in array.reshape(-1):
+            b = v.encode() if isinstance(v, str) else bytes(v)
+            parts.append(_LEN.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
