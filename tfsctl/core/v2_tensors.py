@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -104,15 +103,13 @@ def check_size(name: str, need: int, max_bytes: int | None) -> None:
 # --- values (JSON data, gRPC typed contents) -------------------------------------------------------------------
 
 
-def _flatten(data: Any, count: int, name: str) -> list:
-    """Nested lists -> one flat list, refusing more than ``count`` elements as soon as they are seen."""
+def _flatten(data: Any, count: int) -> list:
+    """Nested lists -> one flat list, stopping once more than ``count`` elements were seen."""
     if not isinstance(data, list):
         return [data]
-    if not data or not isinstance(data[0], list):
-        return data
     flat: list = []
     stack = [iter(data)]
-    while stack:
+    while stack and len(flat) <= count:
         for item in stack[-1]:
             if isinstance(item, list):
                 stack.append(iter(item))
@@ -122,68 +119,72 @@ def _flatten(data: Any, count: int, name: str) -> list:
                 break
         else:
             stack.pop()
-            continue
-        if len(flat) > count:
-            break
     return flat
 
 
-def _element_error(name: str, datatype: str, values: Sequence) -> InvalidArgument:
-    kinds = {type(v).__name__ for v in list(values[:1000])}
-    return InvalidArgument(f"tensor '{name}': data of {datatype} must hold "
-                           f"{_EXPECTED.get(datatype, 'numbers')}, got {', '.join(sorted(kinds))}")
+def _element_error(name: str, datatype: str, got: str) -> InvalidArgument:
+    expected = {"BOOL": "true/false", BYTES: "strings"}.get(datatype, "integers" if datatype[0] in "IU" else "numbers")
+    return InvalidArgument(f"tensor '{name}': {datatype} data must hold {expected}, got {got}")
 
 
-_EXPECTED = {"BOOL": "true/false", BYTES: "strings", "FP16": "numbers", "FP32": "numbers", "FP64": "numbers",
-             BF16: "numbers"}
+def _count_error(name: str, dims: tuple[int, ...], count: int, got: int) -> InvalidArgument:
+    return InvalidArgument(f"tensor '{name}': shape {list(dims)} holds {count} elements but the data has {got}")
 
 
 def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_bytes: int | None = None
                 ) -> np.ndarray:
     """A tensor from its elements, flat or nested in row-major order (JSON ``data``, gRPC ``contents``).
 
-    The element count must equal the shape's; integers must fit the datatype, booleans must be booleans, BYTES
-    elements strings (UTF-8 encoded) or bytes.
+    The element count must equal the shape's; integers must be integers that fit the datatype, booleans
+    booleans, BYTES elements strings (sent UTF-8 encoded) or bytes; floats take any number.
     """
     dims = checked_shape(shape, name)
     dtype = numpy_dtype(datatype, name)
     count = math.prod(dims)
-    if datatype != BYTES:
-        check_size(name, decoded_bytes(datatype, dims), max_bytes)
-    flat = _flatten(data, count, name)
-    if len(flat) != count:
-        raise InvalidArgument(f"tensor '{name}': shape {list(dims)} holds {count} elements but the data has "
-                              f"{'more than ' + str(count) if len(flat) > count else len(flat)}")
     if datatype == BYTES:
+        flat = _flatten(data, count)
+        if len(flat) != count:
+            raise _count_error(name, dims, count, len(flat))
         out = np.empty(count, dtype=object)
         payload = 0
         for i, v in enumerate(flat):
             if isinstance(v, str):
                 v = v.encode()
             elif not isinstance(v, (bytes, bytearray)):
-                raise _element_error(name, datatype, flat)
+                raise _element_error(name, datatype, type(v).__name__)
             payload += len(v)
             out[i] = bytes(v)
         check_size(name, decoded_bytes(BYTES, dims, payload), max_bytes)
         return out.reshape(dims)
-    try:
-        if datatype == "BOOL":
-            if not all(type(v) is bool or isinstance(v, np.bool_) for v in flat):
-                raise _element_error(name, datatype, flat)
-            arr = np.array(flat, dtype=np.bool_)
-        elif dtype.kind in "iu":
-            arr = np.array(flat, dtype=dtype)
-            if arr.dtype != dtype or (count and isinstance(flat[0], bool)):
-                raise _element_error(name, datatype, flat)
-        else:
-            arr = np.array(flat, dtype=np.float64 if dtype.name == "bfloat16" else dtype).astype(dtype, copy=False)
-    except (OverflowError, ValueError, TypeError) as e:
-        if datatype in _EXPECTED:
-            raise _element_error(name, datatype, flat) from None
-        raise InvalidArgument(f"tensor '{name}': data does not fit {datatype} ({e})") from None
-    if arr.ndim != 1 or arr.size != count:  # e.g. a list element inside a flat list
-        raise InvalidArgument(f"tensor '{name}': data must be numbers in row-major order, flat or nested as the shape")
-    return arr.reshape(dims)
+    check_size(name, decoded_bytes(datatype, dims), max_bytes)
+    floating = dtype.kind == "f" or datatype == BF16
+    try:  # numpy parses the (nested) lists in C; a float type converts any number, the others are checked below
+        arr = np.array(data, dtype=np.float64 if datatype == BF16 else dtype if floating else None)
+    except (ValueError, TypeError, OverflowError):
+        arr = None
+    if arr is None or arr.dtype.kind in "OUSV":
+        flat = _flatten(data, count)
+        if len(flat) != count:
+            raise _count_error(name, dims, count, len(flat))
+        kinds = ", ".join(sorted({type(v).__name__ for v in flat[:1000]}))
+        if arr is None and all(isinstance(v, (int, float)) for v in flat[:1000]):
+            raise InvalidArgument(f"tensor '{name}': data is nested unevenly (give it flat, or nested as the shape)")
+        raise _element_error(name, datatype, kinds)
+    if arr.size != count:
+        raise _count_error(name, dims, count, arr.size)
+    if datatype == "BOOL":
+        if arr.dtype.kind != "b":
+            raise _element_error(name, datatype, arr.dtype.name)
+    elif not floating:
+        if arr.dtype.kind not in "iu":
+            raise _element_error(name, datatype, arr.dtype.name)
+        if arr.dtype != dtype and arr.size:
+            info = np.iinfo(dtype)
+            low, high = int(arr.min()), int(arr.max())
+            if low < info.min or high > info.max:
+                raise InvalidArgument(f"tensor '{name}': value {low if low < info.min else high} is out of range "
+                                      f"for {datatype}")
+    return arr.astype(dtype, copy=False).reshape(dims)
 
 
 def to_values(array: np.ndarray) -> list:
