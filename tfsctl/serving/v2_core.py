@@ -305,8 +305,8 @@ class V2Core:
                wait_seconds: float | None = None) -> None:
         """Stop serving ``name``: it leaves the model config (a config reload), so its versions unload; the
         config is kept for :meth:`load`."""
-        if parameters:
-            check_parameters(parameters, frozenset(), f"unload of model '{name}'")
+        if parameters:  # Triton's clients send unload_dependents; no model here depends on another, so it holds
+            check_parameters(parameters, frozenset({"unload_dependents"}), f"unload of model '{name}'")
         if not name:
             raise InvalidArgument("missing model name")
         config = self.core.model_config()
