@@ -288,3 +288,34 @@ def test_repository_index_unload_and_load(client, server):
     assert status == 404 and "never" in json.loads(body)["error"]
     status, _, body = call(server, "POST", "/v2/repository/index", json.dumps({"ready": True}))
     assert status == 200 and all(m["state"] == "READY" for m in json.loads(body))
+
+
+def test_large_json_image_same_answers_as_binary(server):
+    """A large image as JSON numbers (read straight from the bytes) answers as its binary form, and its errors are
+    the general path's."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (1, 64, 80, 3), dtype=np.uint8)
+
+    def post(data):
+        doc = {"inputs": [
+            {"name": "image", "shape": list(image.shape), "datatype": "UINT8", "data": data},
+            {"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]},
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+            {"name": "flags", "shape": [1], "datatype": "BOOL", "data": [True]},
+            {"name": "half", "shape": [1], "datatype": "FP16", "parameters": {"binary_data_size": 2}}],
+            "outputs": [{"name": "inverted"}]}
+        head = json.dumps(doc).encode()
+        status, _, reply = call(server, "POST", "/v2/models/types/infer", head + np.float16(1).tobytes(),
+                                {"Inference-Header-Content-Length": str(len(head))})
+        return status, json.loads(reply)
+
+    status, reply = post(image.tolist())
+    assert status == 200, reply
+    out = reply["outputs"][0]
+    np.testing.assert_array_equal(np.array(out["data"], np.uint8).reshape(out["shape"]), 255 - image)
+    wrong = image.astype(np.int64).tolist()
+    wrong[0][10][10][1] = 300
+    status, reply = post(wrong)
+    assert status == 400 and "300" in reply["error"] and "UINT8" in reply["error"]
+    status, reply = post((image / 2).tolist())
+    assert status == 400 and "integers" in reply["error"]

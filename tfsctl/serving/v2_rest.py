@@ -39,6 +39,7 @@ from aiohttp import web
 
 from tfsctl.core import v2_tensors
 from tfsctl.errors import InvalidArgument, ServingError
+from tfsctl.serving import json_dense
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 if TYPE_CHECKING:
@@ -110,6 +111,44 @@ def _string(node: dict, key: str, where: str, required: bool = True) -> str:
     return value
 
 
+def _dense_inputs(doc: Any, count: int) -> bool:
+    """Turn each input's ``data`` that json_dense read as a DenseArray into numpy (its datatype's); False when one
+    cannot be (then the caller parses the body the general way) or a DenseArray stands anywhere else."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, list):
+        return False
+    converted = 0
+    for node in inputs:
+        data = node.get("data") if isinstance(node, dict) else None
+        if isinstance(data, json_dense.DenseArray):
+            datatype = node.get("datatype")
+            if not isinstance(datatype, str) or datatype in (v2_tensors.BYTES, "BOOL", v2_tensors.BF16):
+                return False
+            node["data"] = json_dense.to_array(data, v2_tensors.numpy_dtype(datatype))
+            converted += 1
+    return converted == count
+
+
+def _load(head: bytes | memoryview) -> Any:
+    """The JSON document; large dense numeric ``data`` (an image as JSON numbers) is read straight from the bytes
+    by :mod:`json_dense` when it can decide it, else everything is parsed the general way (same answers, same
+    errors)."""
+    raw = bytes(head)
+    found = json_dense.extract(raw)
+    if found is not None:
+        text, arrays = found
+        try:
+            doc = json_dense.replace(orjson.loads(text), arrays)
+            if doc is not None and _dense_inputs(doc, len(arrays)):
+                return doc
+        except (orjson.JSONDecodeError, json_dense.NotDense, ServingError):
+            pass
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidArgument(f"malformed JSON in the inference request: {e}") from None
+
+
 def parse_infer(body: bytes, header_length: str | None, model: str, version: str
                 ) -> tuple[InferRequest, dict[str, bool], bool]:
     """An infer body -> the request (inputs not decoded), each requested output's binary choice, and the default
@@ -125,11 +164,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
             raise InvalidArgument(f"{HEADER_LENGTH} is {n}, but the body has {len(body)} bytes")
         view = memoryview(body)
         head, binary = view[:n], view[n:]
-    try:
-        doc = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
-        raise InvalidArgument(f"malformed JSON in the inference request: {e}") from None
-    doc = _as_dict(doc, "the inference request")
+    doc = _as_dict(_load(head), "the inference request")
     params = _parameters(doc, REQUEST_PARAMETERS, "the inference request")
     default_binary = params.get(BINARY_OUTPUT, False)
     if not isinstance(default_binary, bool):
