@@ -1,6 +1,7 @@
-"""Open Inference Protocol (KServe v2) tensors <-> numpy, with no wire and no TensorFlow.
+"""Open Inference Protocol (KServe v2) tensors <-> numpy, with no wire and no TensorFlow runtime (protos only).
 
-The v2 datatypes and their numpy types, the shape rules, and the two element encodings every v2 wire uses:
+The v2 datatypes and their TensorFlow and numpy types, the shape rules, and the two element encodings every v2
+wire uses:
 
 - *values*: a flat or nested list of elements (REST JSON ``data``, gRPC's typed ``contents`` fields);
 - *raw*: the elements' little-endian bytes, row-major; BYTES elements each as a 4-byte little-endian length and its
@@ -21,9 +22,10 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+from tensorflow.core.framework import types_pb2
 
 from tfsctl.errors import InvalidArgument
-from tfsctl.tensors import MAX_RANK, STRING_OVERHEAD
+from tfsctl.tensors import MAX_RANK, STRING_OVERHEAD, dtype_name
 
 BYTES = "BYTES"
 BF16 = "BF16"
@@ -34,6 +36,16 @@ _FIXED: dict[str, str] = {  # v2 datatype -> numpy dtype name (little-endian on 
     "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 DATATYPES: tuple[str, ...] = (*_FIXED, BF16, BYTES)
+# TF DataType -> v2 datatype: what a signature's tensors are called on the v2 wire.
+V2_BY_TF: dict[int, str] = {
+    types_pb2.DT_BOOL: "BOOL",
+    types_pb2.DT_UINT8: "UINT8", types_pb2.DT_UINT16: "UINT16", types_pb2.DT_UINT32: "UINT32",
+    types_pb2.DT_UINT64: "UINT64",
+    types_pb2.DT_INT8: "INT8", types_pb2.DT_INT16: "INT16", types_pb2.DT_INT32: "INT32", types_pb2.DT_INT64: "INT64",
+    types_pb2.DT_HALF: "FP16", types_pb2.DT_BFLOAT16: "BF16", types_pb2.DT_FLOAT: "FP32", types_pb2.DT_DOUBLE: "FP64",
+    types_pb2.DT_STRING: "BYTES",
+}
+TF_BY_V2: dict[str, int] = {v: k for k, v in V2_BY_TF.items()}
 _INT64_MAX = 2**63 - 1
 _LEN = struct.Struct("<I")
 
@@ -43,6 +55,16 @@ def _bfloat16() -> np.dtype:
     import ml_dtypes  # TensorFlow's own bfloat16 numpy type; loaded only when a BF16 tensor is seen
 
     return np.dtype(ml_dtypes.bfloat16)
+
+
+def v2_datatype(dtype_enum: int, what: str) -> str:
+    """The v2 datatype of a TF DataType; INVALID_ARGUMENT naming ``what`` when v2 has none (complex, quantized,
+    resource, variant)."""
+    name = V2_BY_TF.get(dtype_enum)
+    if name is None:
+        raise InvalidArgument(f"{what} has TensorFlow dtype {dtype_name(dtype_enum)}, which the Open Inference "
+                              f"Protocol has no datatype for (it has: {', '.join(DATATYPES)})")
+    return name
 
 
 def numpy_dtype(datatype: str, name: str = "tensor") -> np.dtype:

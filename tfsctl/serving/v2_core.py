@@ -8,8 +8,9 @@ The mapping, one rule each:
 - Its inputs and outputs are those of one signature: ``serving_default`` unless the request's (or metadata
   query's) ``signature_name`` parameter names another, as TF Serving picks it. Shapes come from the SignatureDef,
   -1 for an unknown dimension (``[-1]`` for an unknown rank).
-- Datatypes map both ways as :data:`V2_BY_TF` says; a tensor of a TF dtype v2 has no name for (complex, the
-  quantized types, resources, variants) is a clear INVALID_ARGUMENT when it is described or asked for.
+- Datatypes map both ways as :data:`~tfsctl.core.v2_tensors.V2_BY_TF` says; a tensor of a TF dtype v2 has no
+  name for (complex, the quantized types, resources, variants) is a clear INVALID_ARGUMENT when it is described or
+  asked for.
 - Infer runs on one held version through :meth:`ServingCore.hold` -> ``HeldServable.predict``: the same request
   core, batcher, metrics, warmed callables and hot-swap rule as a v1 REST Predict. Input names, datatypes and
   decoded sizes are checked against the held signature before any input is decoded.
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_management_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -36,35 +36,16 @@ import tfsctl
 from tfsctl.core import v2_tensors
 from tfsctl.core.events import AVAILABLE, END, LOADING, START, UNLOADING
 from tfsctl.core.servable import SignatureSpec, TensorSpec, capped_names
+from tfsctl.core.v2_tensors import v2_datatype
 from tfsctl.errors import InvalidArgument, NotFound
 from tfsctl.serving.service import ServingCore
-from tfsctl.tensors import dtype_name
 
 PLATFORM = "tensorflow_savedmodel"
 SERVER_NAME = "tfsctl"
 # What GET /v2 and ServerMetadata announce (Triton's names for the two extensions implemented here).
 EXTENSIONS = ("binary_tensor_data", "model_repository")
 SIGNATURE_PARAMETER = "signature_name"
-# TF DataType -> v2 datatype.
-V2_BY_TF: dict[int, str] = {
-    types_pb2.DT_BOOL: "BOOL",
-    types_pb2.DT_UINT8: "UINT8", types_pb2.DT_UINT16: "UINT16", types_pb2.DT_UINT32: "UINT32",
-    types_pb2.DT_UINT64: "UINT64",
-    types_pb2.DT_INT8: "INT8", types_pb2.DT_INT16: "INT16", types_pb2.DT_INT32: "INT32", types_pb2.DT_INT64: "INT64",
-    types_pb2.DT_HALF: "FP16", types_pb2.DT_BFLOAT16: "BF16", types_pb2.DT_FLOAT: "FP32", types_pb2.DT_DOUBLE: "FP64",
-    types_pb2.DT_STRING: "BYTES",
-}
-TF_BY_V2: dict[str, int] = {v: k for k, v in V2_BY_TF.items()}
 _STATE_NAMES = {START: "LOADING", LOADING: "LOADING", AVAILABLE: "READY", UNLOADING: "UNLOADING", END: "UNAVAILABLE"}
-
-
-def v2_datatype(dtype_enum: int, what: str) -> str:
-    """The v2 datatype of a TF DataType; INVALID_ARGUMENT naming ``what`` when v2 has none."""
-    name = V2_BY_TF.get(dtype_enum)
-    if name is None:
-        raise InvalidArgument(f"{what} has TensorFlow dtype {dtype_name(dtype_enum)}, which the Open Inference "
-                              f"Protocol has no datatype for (it has: {', '.join(v2_tensors.DATATYPES)})")
-    return name
 
 
 def parse_version(name: str, version: str) -> int | None:
@@ -325,5 +306,5 @@ class V2Core:
         self._unloaded[name] = saved
 
 
-__all__ = ["EXTENSIONS", "PLATFORM", "InferRequest", "InferResponse", "InferTensor", "V2Core", "V2_BY_TF",
-           "check_parameters", "parse_version", "v2_datatype"]
+__all__ = ["EXTENSIONS", "PLATFORM", "InferRequest", "InferResponse", "InferTensor", "V2Core", "check_parameters",
+           "parse_version"]
