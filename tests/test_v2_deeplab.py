@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import grpc  # noqa: E402
@@ -90,3 +91,40 @@ def test_v2_segmentation_equals_v1(server):
         result = g.infer("deeplab", _v2_inputs(triton_grpc, image))
         np.testing.assert_array_equal(result.as_numpy("segmentation_map"), expected)
         assert result.get_response().model_version == "1"
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_predict_and_status_cli_over_v2(server, tmp_path):
+    target = f"127.0.0.1:{server.grpc_port}"
+    reports = {}
+    for protocol in ("v1", "v2"):
+        code, out = _cli("predict", str(IMAGE), "--server", target, "--model", "deeplab", "--protocol", protocol,
+                         "--output", str(tmp_path / f"{protocol}.png"), "--json")
+        assert code == 0, out
+        reports[protocol] = json.loads(out)
+    assert reports["v2"]["classes"] == reports["v1"]["classes"] and reports["v2"]["version"] == 1
+    assert len(reports["v2"]["classes"]) > 1
+    code, out = _cli("status", "--server", target, "--model", "deeplab", "--protocol", "v2", "--json")
+    assert code == 0, out
+    assert json.loads(out)["versions"] == [{"version": 1, "state": "READY", "error_code": "OK", "error_message": ""}]
+    code, out = _cli("predict", str(IMAGE), "--server", target, "--model", "deeplab", "--protocol", "v2",
+                     "--signature", "predict_images")
+    assert code != 0 and "--signature is a v1 option" in out
+    code, out = _cli("status", "--server", target, "--model", "deeplab", "--protocol", "v3")
+    assert code != 0 and "--protocol must be v1 or v2" in out
+
+
+@pytest.mark.parametrize("protocol", ["v2-grpc", "v2-rest"])
+def test_bench_cli_over_v2(server, protocol):
+    port = server.grpc_port if protocol == "v2-grpc" else server.rest_port
+    code, out = _cli("bench", "--server", f"127.0.0.1:{port}", "--model", "deeplab", "--protocol", protocol,
+                     "--input-image", str(IMAGE), "-c", "1", "--warmup-seconds", "0.2", "--measure-seconds", "1",
+                     "--json")
+    assert code == 0, out
+    doc = json.loads(out.strip().splitlines()[-1])
+    level = doc["levels"][0]
+    assert doc["meta"]["protocol"] == protocol and level["errors"] == 0 and level["requests"] > 0, level

@@ -46,6 +46,13 @@ V2_BY_TF: dict[int, str] = {
     types_pb2.DT_STRING: "BYTES",
 }
 TF_BY_V2: dict[str, int] = {v: k for k, v in V2_BY_TF.items()}
+# v2 datatype -> the gRPC InferTensorContents field that carries it typed (FP16 and BF16 have none: raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
 _INT64_MAX = 2**63 - 1
 _LEN = struct.Struct("<I")
 

@@ -24,18 +24,11 @@ import numpy as np
 from tfsctl.core import v2_tensors
 from tfsctl.core.v2_protos import SERVICE_NAME as V2_SERVICE
 from tfsctl.core.v2_protos import service_pb2, service_pb2_grpc
+from tfsctl.core.v2_tensors import CONTENTS_FIELD
 from tfsctl.errors import InvalidArgument
 from tfsctl.serving.grpc_api import ServicerBase
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
-# v2 datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only).
-CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-_ALL_FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
 REQUEST_PARAMETERS = frozenset({SIGNATURE_PARAMETER, "content_type"})
 INPUT_PARAMETERS = frozenset({"content_type"})
 
@@ -185,4 +178,4 @@ def add_v2_service(server: grpc.Server, core: Any, metrics: Any = None, **kwargs
     return servicer
 
 
-__all__ = ["CONTENTS_FIELD", "V2_SERVICE", "V2Servicer", "add_v2_service", "encode_infer", "parse_infer"]
+__all__ = ["V2_SERVICE", "V2Servicer", "add_v2_service", "encode_infer", "parse_infer"]
