@@ -213,3 +213,21 @@ def test_repository_rpcs(client):
         client.load_model("never-configured")
     client.load_model("types")
     assert client.is_model_ready("types")
+
+
+def test_binary_data_parameters_as_kserve_sends_them(stub):
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    request = service_pb2.ModelInferRequest(model_name="toy")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).parameters["binary_data_size"].int64_param = 16
+    request.raw_input_contents.append(x.tobytes())
+    request.outputs.add(name="y").parameters["binary_data"].bool_param = False  # typed, though the inputs were raw
+    reply = stub.ModelInfer(request, timeout=30)
+    assert not reply.raw_output_contents and list(reply.outputs[0].contents.fp32_contents) == [0, 2, 4, 6]
+    request.inputs[0].parameters["binary_data_size"].int64_param = 12
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "binary_data_size is 12" in info.value.details()
+    typed = _request()
+    typed.outputs.add(name="y").parameters["binary_data"].bool_param = True
+    reply = stub.ModelInfer(typed, timeout=30)
+    assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2, 4, 6, 8]

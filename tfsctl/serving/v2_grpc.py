@@ -7,9 +7,11 @@ trace and log settings) stay UNIMPLEMENTED. Messages come from :mod:`tfsctl.core
 
 ModelInfer takes each input from its typed ``contents`` field (the one its datatype names: ``fp32_contents`` for
 FP32, ``int_contents`` for INT8/16/32, ...) or, for every input at once, from ``raw_input_contents`` (one entry per
-input, in order). Outputs go back the way the inputs came: ``raw_output_contents`` for raw inputs (what Triton's
-clients send and read), typed ``contents`` for typed ones (raw after all when an output has no typed field: FP16,
-BF16). The servicer shares :class:`~tfsctl.serving.grpc_api.ServicerBase` with TF Serving's: one place maps errors
+input, in order; an input's ``binary_data_size`` parameter, which KServe's client sends, must match its entry).
+Outputs go back the way the inputs came: ``raw_output_contents`` for raw inputs (what Triton's clients send and
+read), typed ``contents`` for typed ones, unless the requested outputs say otherwise with ``binary_data`` (raw when
+one asks for it, typed when all ask not to); raw after all when an output has no typed field (FP16, BF16).
+The servicer shares :class:`~tfsctl.serving.grpc_api.ServicerBase` with TF Serving's: one place maps errors
 to statuses (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE while draining), counts request metrics and passes the
 drain gate. Every RPC runs in the gRPC pool.
 """
@@ -30,7 +32,11 @@ from tfsctl.serving.grpc_api import ServicerBase
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 REQUEST_PARAMETERS = frozenset({SIGNATURE_PARAMETER, "content_type"})
-INPUT_PARAMETERS = frozenset({"content_type"})
+# KServe's gRPC client marks raw inputs with binary_data_size (checked against the raw entry) and may ask outputs
+# with binary_data (raw when any asks for it).
+BINARY_SIZE, BINARY = "binary_data_size", "binary_data"
+INPUT_PARAMETERS = frozenset({"content_type", BINARY_SIZE})
+OUTPUT_PARAMETERS = frozenset({BINARY})
 
 
 def parameter_value(param: Any) -> Any:
@@ -48,7 +54,8 @@ def _parameters(params: Any, accepted: frozenset[str], where: str) -> dict[str, 
 
 
 def parse_infer(request: service_pb2.ModelInferRequest) -> tuple[InferRequest, bool]:
-    """A ModelInferRequest -> the core's request (inputs not decoded) and whether the inputs came raw."""
+    """A ModelInferRequest -> the core's request (inputs not decoded) and whether the outputs go raw: when an output
+    asks ``binary_data``, else when every output asks not to, typed, else as the inputs came."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: with "
@@ -56,14 +63,19 @@ def parse_infer(request: service_pb2.ModelInferRequest) -> tuple[InferRequest, b
     tensors = []
     for i, node in enumerate(request.inputs):
         where = f"input '{node.name}'"
-        _parameters(node.parameters, INPUT_PARAMETERS, where)
+        size = _parameters(node.parameters, INPUT_PARAMETERS, where).get(BINARY_SIZE)
         tensor = InferTensor(node.name, node.datatype, list(node.shape))
         set_fields = [f.name for f, _ in node.contents.ListFields()] if node.HasField("contents") else []
         if raw:
             if set_fields:
                 raise InvalidArgument(f"{where}: data in both contents and raw_input_contents")
+            if size is not None and size != len(raw[i]):
+                raise InvalidArgument(f"{where}: {BINARY_SIZE} is {size}, its raw_input_contents entry has "
+                                      f"{len(raw[i])} bytes")
             tensor.raw = raw[i]
         else:
+            if size is not None:
+                raise InvalidArgument(f"{where}: {BINARY_SIZE} given, but the request has no raw_input_contents")
             field = CONTENTS_FIELD.get(node.datatype)
             if field is None:
                 v2_tensors.numpy_dtype(node.datatype, node.name)  # an unknown datatype says so
@@ -76,10 +88,15 @@ def parse_infer(request: service_pb2.ModelInferRequest) -> tuple[InferRequest, b
             tensor.data = list(getattr(node.contents, field))
         tensors.append(tensor)
     names = [o.name for o in request.outputs] if request.outputs else None
+    choices = []
     for o in request.outputs:
-        _parameters(o.parameters, frozenset(), f"output '{o.name}'")
+        choice = _parameters(o.parameters, OUTPUT_PARAMETERS, f"output '{o.name}'").get(BINARY)
+        if choice is not None and not isinstance(choice, bool):
+            raise InvalidArgument(f"output '{o.name}': '{BINARY}' must be a bool_param")
+        choices.append(choice)
     params = _parameters(request.parameters, REQUEST_PARAMETERS, "the inference request")
-    return InferRequest(request.model_name, request.model_version, request.id, params, tensors, names), bool(raw)
+    raw_out = True if True in choices else False if choices and all(c is False for c in choices) else bool(raw)
+    return InferRequest(request.model_name, request.model_version, request.id, params, tensors, names), raw_out
 
 
 def encode_infer(result: InferResponse, raw: bool) -> service_pb2.ModelInferResponse:

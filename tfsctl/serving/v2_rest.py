@@ -3,9 +3,10 @@
 Routes (model names and versions are percent-decoded)::
 
     GET  /v2                                   server metadata: name, version, extensions
-    GET  /v2/health/live | /v2/health/ready    200, or 400 when not ready (empty bodies, as the spec says)
+    GET  /v2/health/live | /v2/health/ready    200, or 400 when not ready; {"live"|"ready": bool} as KServe
+                                               answers (its client reads it; Triton's reads the status only)
     GET  /v2/models/NAME[/versions/V]          model metadata (``?signature_name=S`` describes another signature)
-    GET  /v2/models/NAME[/versions/V]/ready    200 ready, 400 not ready, 404 unknown model
+    GET  /v2/models/NAME[/versions/V]/ready    200 ready, 400 not ready ({"name", "ready"}), 404 unknown model
     POST /v2/models/NAME[/versions/V]/infer    inference (JSON, or JSON + binary tensor data)
     POST /v2/repository/index                  the model repository extension: every model's versions and states
     POST /v2/repository/models/NAME/load | /unload
@@ -262,10 +263,10 @@ class V2Rest:
             if path in ("/v2", "/v2/"):
                 return self._response(_json(V2Core.server_metadata()))
             if path == "/v2/health/live":
-                return self._response(_Reply(200))
+                return self._response(_Reply(200, b'{"live":true}'))
             if path == "/v2/health/ready":
                 ready = await self.server._in_pool(self.v2.server_ready)
-                return self._response(_Reply(200 if ready else 400))
+                return self._response(_Reply(200, b'{"ready":true}') if ready else _Reply(400, b'{"ready":false}'))
         m = _MODEL.fullmatch(path)
         if m is not None:
             name, version, verb = unquote(m.group(1)), unquote(m.group(2) or ""), m.group(3)
@@ -274,8 +275,7 @@ class V2Rest:
                 return await self._call(request, "rest_v2_metadata", name,
                                         lambda _: _json(self.v2.model_metadata(name, version, signature)))
             if method == "GET" and verb == "ready":
-                return await self._call(request, "rest_v2_ready", name,
-                                        lambda _: _Reply(200 if self.v2.model_ready(name, version) else 400))
+                return await self._call(request, "rest_v2_ready", name, lambda _: self._ready(name, version))
             if method == "POST" and verb == "infer":
                 header = request.headers.get(HEADER_LENGTH)
                 return await self._call(request, "rest_v2_infer", name,
@@ -298,6 +298,10 @@ class V2Rest:
         request, choices, default_binary = parse_infer(body, header, name, version)
         del body
         return encode_infer(self.v2.infer(request), choices, default_binary)
+
+    def _ready(self, name: str, version: str) -> _Reply:
+        ready = self.v2.model_ready(name, version)
+        return _Reply(200 if ready else 400, orjson.dumps({"name": name, "ready": ready}))
 
     def _index(self, body: bytes) -> _Reply:
         doc = _as_dict(orjson.loads(body) if body.strip() else {}, "the index request") if body else {}
