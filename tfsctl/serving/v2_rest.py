@@ -252,10 +252,17 @@ class V2Rest:
 
     def __init__(self, server: RestServer) -> None:
         self.server = server
-        self.v2 = V2Core(server.core)
+        self._v2: V2Core | None = None
         from tfsctl.serving.rest_api import _CORS_HEADERS  # rest_api imports this module
 
         self._cors = dict(_CORS_HEADERS)
+
+    @property
+    def v2(self) -> V2Core:
+        """The v2 mapping over the server's request core, made on the first v2 request."""
+        if self._v2 is None:
+            self._v2 = V2Core(self.server.core)
+        return self._v2
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path, method = request.rel_url.raw_path, request.method
