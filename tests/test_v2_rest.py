@@ -319,3 +319,14 @@ def test_large_json_image_same_answers_as_binary(server):
     assert status == 400 and "300" in reply["error"] and "UINT8" in reply["error"]
     status, reply = post((image / 2).tolist())
     assert status == 400 and "integers" in reply["error"]
+
+
+def test_metrics_count_v2_requests_and_cors_preflight(client, server):
+    i = triton.InferInput("x", [1, 4], "FP32")
+    i.set_data_from_numpy(np.ones((1, 4), np.float32))
+    client.infer("toy", [i])
+    status, _, body = call(server, "GET", "/monitoring/prometheus/metrics")
+    text = body.decode()
+    assert status == 200 and 'api="rest_v2_infer"' in text and 'model_name="toy"' in text
+    assert call(server, "OPTIONS", "/v2/models/toy/infer", headers={"Origin": "http://example.com"})[0] == 200
+    assert call(server, "OPTIONS", "/v2/models/toy/infer")[0] == 400

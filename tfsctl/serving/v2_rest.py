@@ -253,9 +253,9 @@ class V2Rest:
     def __init__(self, server: RestServer) -> None:
         self.server = server
         self._v2: V2Core | None = None
-        from tfsctl.serving.rest_api import _CORS_HEADERS  # rest_api imports this module
+        from tfsctl.serving.rest_api import _CORS_HEADERS, _ORIGIN  # rest_api imports this module
 
-        self._cors = dict(_CORS_HEADERS)
+        self._cors, self._origin = dict(_CORS_HEADERS), _ORIGIN
 
     @property
     def v2(self) -> V2Core:
@@ -266,6 +266,9 @@ class V2Rest:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path, method = request.rel_url.raw_path, request.method
+        if method == "OPTIONS":  # CORS preflight, answered as under /v1 (http_server.cc)
+            ok = self._origin.search(request.headers.get("Origin", "")) is not None
+            return self._response(_Reply(200 if ok else 400))
         if method == "GET":
             if path in ("/v2", "/v2/"):
                 return self._response(_json(V2Core.server_metadata()))
