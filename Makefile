@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test lint cxx demo bench bench-quick bench-serving bench-real bench-real-quick bench-kserve-env clean train
+.PHONY: install test lint cxx demo bench bench-quick bench-serving bench-real bench-real-quick bench-kserve-env kserve-client-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,18 @@ lint: install
 cxx:
 	@command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
 
-test: install lint cxx
+# KServe's v2 clients for tests/test_v2_kserve.py, in a venv of their own (kserve pins protobuf 6, the project's
+# venv has 7); no TensorFlow there, only the client.
+KSERVE_CLIENT_VENV ?= build/kserve-client-venv
+
+$(KSERVE_CLIENT_VENV)/.installed:
+	$(PY) -m venv $(KSERVE_CLIENT_VENV)
+	$(KSERVE_CLIENT_VENV)/bin/pip install -q 'kserve==0.21.0'
+	touch $@
+
+kserve-client-env: $(KSERVE_CLIENT_VENV)/.installed
+
+test: install lint cxx kserve-client-env
 	$(BIN)/pytest -q
 
 demo: install

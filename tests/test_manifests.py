@@ -330,7 +330,7 @@ def test_kserve_runtime_drops_in_for_kserve_tensorflow_serving():
     assert {(f["name"], f.get("version")) for f in spec["supportedModelFormats"]} == {("tensorflow", "1"),
                                                                                    ("tensorflow", "2")}
     assert all(f.get("autoSelect") for f in spec["supportedModelFormats"])
-    assert set(spec["protocolVersions"]) == {"v1", "grpc-v1"}
+    assert set(spec["protocolVersions"]) == {"v1", "v2", "grpc-v1", "grpc-v2"}  # v2: docs/V2.md
     container = spec["containers"][0]
     assert container["name"] == "kserve-container"
     assert container["command"] == ["tfsctl", "serve"]

@@ -632,6 +632,11 @@ def _json_opt():
     return typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
+def _protocol_opt():
+    return typer.Option("v1", "--protocol", metavar="v1|v2",
+                        help="v1: TF Serving's API; v2: the Open Inference Protocol (KServe v2) over gRPC.")
+
+
 def _signature_opt():
     return typer.Option("", "--signature", metavar="NAME",
                         help=f"Signature (default: {DEFAULT_SIGNATURE}, or the model's only one).")
@@ -662,6 +667,7 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", metavar="K", help="Rows shown for a classification."),
     timeout: float = _timeout_opt(),
     use_async: bool = typer.Option(False, "--async", help="Send with the gRPC future API, live progress."),
+    protocol: str = _protocol_opt(),
     ssl_ca: Path | None = _SSL_CA,
     ssl_cert: Path | None = _SSL_CERT,
     ssl_key: Path | None = _SSL_KEY,
@@ -681,7 +687,7 @@ def predict(
             image, server=ep, model=model, version=version, label=label, signature=signature, output=output,
             alpha=alpha, timeout=timeout, use_async=use_async, input_key=input_key, output_key=output_key,
             scale=scale, max_side=max_side, labels=labels, save_labels=save_labels, overlay_only=overlay_only,
-            k=top_k, on_wait=on_wait,
+            k=top_k, on_wait=on_wait, protocol=protocol,
         )
 
     try:
@@ -734,22 +740,28 @@ def status(
     version: int | None = _version_opt("Only this version."),
     label: str | None = typer.Option(None, "--label", metavar="LABEL", help="Only the version of this label."),
     timeout: float = _timeout_opt(),
+    protocol: str = _protocol_opt(),
     ssl_ca: Path | None = _SSL_CA,
     ssl_cert: Path | None = _SSL_CERT,
     ssl_key: Path | None = _SSL_KEY,
     as_json: bool = _json_opt(),
 ) -> None:
-    """Show GetModelStatus for a model: each version's state and error."""
+    """Show GetModelStatus for a model: each version's state and error (v2: each version's readiness)."""
     import json
 
     from rich.table import Table
 
+    from tfsctl.client import v2
     from tfsctl.client.rpc import endpoint, get_model_status
     from tfsctl.errors import ClientError
 
     try:
+        v2.check_protocol(protocol, label=label)
         ep = endpoint(server, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
-        rows = get_model_status(ep, model, version, timeout, label=label)
+        if protocol == "v2":
+            rows = v2.model_status(ep, model, version, timeout)
+        else:
+            rows = get_model_status(ep, model, version, timeout, label=label)
     except ClientError as e:
         fail(e.message)
     if as_json:
@@ -760,7 +772,7 @@ def status(
     table.add_column("state")
     table.add_column("error")
     for r in rows:
-        colour = "green" if r.state == "AVAILABLE" else "yellow"
+        colour = "green" if r.state in ("AVAILABLE", "READY") else "yellow"
         error = "-" if r.error_code == "OK" and not r.error_message else f"{r.error_code}: {r.error_message}"
         table.add_row(str(r.version), f"[{colour}]{r.state}[/]", escape(error))
     console.print(table)
@@ -821,7 +833,10 @@ def reload(
 @app.command()
 def bench(
     server: str | None = _server_opt(None, "Target (default localhost:8500; REST: localhost:8501)."),
-    protocol: str = typer.Option("grpc", "--protocol", metavar="grpc|rest", help="Wire protocol."),
+    protocol: str = typer.Option(
+        "grpc", "--protocol", metavar="PROTO",
+        help="grpc or rest (TF Serving's API, v1), v2-grpc or v2-rest (the Open Inference Protocol); v1 and v2 "
+        "alone mean gRPC."),
     model: str = _model_opt(),
     signature: str = _signature_opt(),
     version: int | None = _version_opt(),
@@ -864,17 +879,21 @@ def bench(
 
     say = err_console if as_json else console  # with --json, stdout carries only the JSON document
     try:
-        if protocol not in ("grpc", "rest"):
-            raise ClientError(f"--protocol must be grpc or rest, got {protocol!r}")
+        protocol = b.wire_protocol(protocol)
+        if protocol.startswith("v2-"):
+            from tfsctl.client.v2 import check_protocol
+
+            check_protocol("v2", signature=signature, label=label)
         if input_image is not None and input_shape:
             raise ClientError("give either --input-image or --input-shape, not both")
         check_version_or_label(version, label)
         if batch_size < 1:
             raise ClientError(f"--batch-size must be >= 1, got {batch_size}")
-        if protocol == "rest" and (ssl_ca or ssl_cert or ssl_key):
+        rest = protocol in ("rest", "v2-rest")
+        if rest and (ssl_ca or ssl_cert or ssl_key):
             raise ClientError("--ssl-* apply to gRPC only; bench's REST client speaks plain HTTP")
         ep = endpoint(server or "localhost", ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key,
-                      default_port=8500 if protocol == "grpc" else 8501)
+                      default_port=8501 if rest else 8500)
         if input_shape:
             inputs = b.synthetic_inputs(input_shape)
         else:
@@ -905,7 +924,7 @@ def bench(
         meta = {
             "target": str(ep), "protocol": protocol, "model": model, "signature": signature, "version": version,
             "label": label, "warmup_s": warmup_seconds, "measure_s": measure_seconds, "windows": windows,
-            "grpc_channels": grpc_channels if protocol == "grpc" else None,
+            "grpc_channels": grpc_channels if not rest else None,
             "rest_format": rest_format if protocol == "rest" else None,
             "output_key": list(output_key or ()),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},

@@ -153,6 +153,21 @@ def parse_levels(text: str | Sequence[int]) -> list[int]:
     return sorted(set(levels))
 
 
+# bench's --protocol: TF Serving's API (v1) over gRPC or REST, or the Open Inference Protocol (v2) over either;
+# ``v1`` and ``v2`` alone mean their gRPC form.
+PROTOCOLS = {"grpc": "grpc", "rest": "rest", "v1": "grpc", "v1-grpc": "grpc", "v1-rest": "rest",
+             "v2": "v2-grpc", "v2-grpc": "v2-grpc", "v2-rest": "v2-rest"}
+
+
+def wire_protocol(protocol: str) -> str:
+    """``grpc``, ``rest``, ``v2-grpc`` or ``v2-rest`` for any accepted ``--protocol`` value."""
+    wire = PROTOCOLS.get(protocol)
+    if wire is None:
+        raise ClientError(f"--protocol must be grpc or rest (TF Serving's API), v2-grpc or v2-rest (the Open "
+                          f"Inference Protocol), or v1 / v2 for their gRPC form, got {protocol!r}")
+    return wire
+
+
 def run_sweep(
     target: str | Endpoint,
     levels: Sequence[int],
@@ -173,22 +188,23 @@ def run_sweep(
     output_filter: Sequence[str] = (),
     on_level: Callable[[LevelResult], None] | None = None,
 ) -> list[LevelResult]:
-    """Measure each concurrency level in turn against a TF Serving API server (``protocol`` grpc or rest).
+    """Measure each concurrency level in turn against a server (``protocol``: TF Serving's API over ``grpc`` or
+    ``rest``, or the Open Inference Protocol over ``v2-grpc`` or ``v2-rest``, see :data:`PROTOCOLS`).
 
     ``output_filter`` applies to gRPC only: TF Serving's REST API has no way to ask for a subset of outputs.
     """
-    if protocol == "grpc":
+    protocol = wire_protocol(protocol)
+    v2 = protocol.startswith("v2-")
+    if protocol in ("grpc", "v2-grpc"):
         make, cleanup = grpc_sender_factory(
             endpoint(target, default_port=8500), model, inputs, signature=signature, version=version, label=label,
-            timeout=timeout, channels=grpc_channels, output_filter=output_filter,
-        )
-    elif protocol == "rest":
-        make, cleanup = rest_sender_factory(
-            str(endpoint(target, default_port=8501)), model, inputs, signature=signature, version=version, label=label,
-            timeout=timeout, fmt=rest_format,
+            timeout=timeout, channels=grpc_channels, output_filter=output_filter, v2=v2,
         )
     else:
-        raise ClientError(f"--protocol must be 'grpc' or 'rest', got {protocol!r}")
+        make, cleanup = rest_sender_factory(
+            str(endpoint(target, default_port=8501)), model, inputs, signature=signature, version=version, label=label,
+            timeout=timeout, fmt=rest_format, v2=v2,
+        )
     results = []
     try:
         for n in levels:

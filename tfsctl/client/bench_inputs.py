@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tfsctl.client.rpc import Endpoint, get_signature_defs
+from tfsctl.client.rpc import Endpoint, endpoint, get_signature_defs
 from tfsctl.client.signature import TensorSpec, plan_image_request, resolve_signature, tensor_specs
 from tfsctl.errors import ClientError
 
@@ -117,7 +117,10 @@ def signature_defs(
     label: str | None = None,
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """``{name: SignatureDef}`` from GetModelMetadata (gRPC) or ``GET .../metadata`` (REST, the same proto as JSON)."""
+    """``{name: SignatureDef}`` from GetModelMetadata (gRPC) or ``GET .../metadata`` (REST, the same proto as JSON);
+    over v2 (``v2-grpc``/``v2-rest``) the default signature from the v2 model metadata."""
+    if protocol.startswith("v2-"):
+        return _v2_signature_defs(target, model, protocol, version, timeout)
     if protocol == "grpc":
         return get_signature_defs(target, model, version=version, label=label, timeout=timeout)[1]
     if protocol != "rest":
@@ -149,6 +152,38 @@ def signature_defs(
     except (ValueError, KeyError, TypeError, AttributeError, json_format.ParseError):
         raise ClientError(f"GET {path} on {target}: not a model metadata answer") from None
     return dict(sig_map.signature_def)
+
+
+def _v2_signature_defs(target: str | Endpoint, model: str, protocol: str, version: int | None, timeout: float
+                      ) -> dict[str, Any]:
+    from tfsctl.client import v2
+    from tfsctl.model_layout import DEFAULT_SIGNATURE
+
+    if protocol == "v2-grpc":
+        ep = endpoint(target)
+        with ep.channel() as channel:
+            meta = v2.model_metadata(channel, ep, model, version, timeout)
+        return {DEFAULT_SIGNATURE: v2.signature_def(meta)}
+    target = str(target)
+    host, _, port = target.rpartition(":")
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as e:
+        raise ClientError(f"cannot reach server at {target}: {e}") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ClientError(f"GET {path} on {target} answered HTTP {resp.status}: "
+                          f"{data[:300].decode('utf-8', 'replace')}")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ClientError(f"GET {path} on {target}: not JSON") from None
+    return {DEFAULT_SIGNATURE: v2.signature_def(v2.metadata_from_json(doc))}
 
 
 def inputs_from_metadata(

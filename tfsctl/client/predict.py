@@ -47,6 +47,7 @@ from tfsctl.client.rpc import (
 )
 from tfsctl.client.signature import ImagePlan, plan_image_request, resolve_signature
 from tfsctl.errors import ClientError
+from tfsctl.model_layout import DEFAULT_SIGNATURE
 
 # Decompression-bomb guard: images above this many pixels are refused before any pixel is decoded.
 # (A 1080p frame is 2.1 Mpx, 8K UHD 33 Mpx.) PIL's own, larger guard still applies as a second line.
@@ -295,10 +296,18 @@ def predict_image(
     k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_wait: Callable[[float], None] | None = None,
+    protocol: str = "v1",
 ) -> PredictResult:
-    """Decode ``image_path``, predict on ``server``, write the picture to ``output`` (unless None)."""
+    """Decode ``image_path``, predict on ``server``, write the picture to ``output`` (unless None).
+
+    ``protocol`` v2 asks the Open Inference Protocol's gRPC service instead of TF Serving's (client/v2.py)."""
+    from tfsctl.client import v2
+
     t0 = time.perf_counter()
     check_version_or_label(version, label)
+    v2.check_protocol(protocol, signature=signature, label=label)
+    if protocol == "v2" and use_async:
+        raise ClientError("--async is a v1 option (it sends with the Predict future API)")
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"--alpha must be between 0 and 1, got {alpha:g}")
     if max_side < 0:
@@ -314,6 +323,9 @@ def predict_image(
     t_decoded = time.perf_counter()
     keys = (output_key,) if isinstance(output_key, str) else tuple(output_key or ())
     with ep.channel() as channel:
+        if protocol == "v2":
+            return _predict_v2(image, ep, channel, model, version, output, alpha, timeout, input_key, keys, scale,
+                               max_side, names, save_labels, overlay_only, k, t0, t_decoded)
         spec, sig_defs = get_signature_defs(ep, model, version=version, label=label, timeout=timeout,
                                             channel=channel)
         sig = resolve_signature(sig_defs, signature, model)
@@ -333,6 +345,47 @@ def predict_image(
             raise _limit_error(e, sent.shape[:2], max_side) from None
     t_sent = time.perf_counter()
     arrays = decode_outputs(response, plan.outputs)
+    rspec = response.model_spec
+    return _result(image, sent, arrays, plan, rspec.name or model,
+                   int(rspec.version.value) if rspec.HasField("version") else pinned, rspec.signature_name or sig,
+                   output, alpha, names, save_labels, overlay_only, k, rpc_s, (t0, t_decoded, t_meta, t_built, t_sent))
+
+
+def _predict_v2(image: np.ndarray, ep: Endpoint, channel: grpc.Channel, model: str, version: int | None,
+                output: str | Path | None, alpha: float, timeout: float, input_key: str | None, keys: tuple[str, ...],
+                scale: str, max_side: int, names: ClassNames | None, save_labels: str | Path | None,
+                overlay_only: bool, k: int, t0: float, t_decoded: float) -> PredictResult:
+    """predict_image over the v2 protocol: the same planning rules on the v2 metadata, ModelInfer, same result."""
+    from tfsctl.client import v2
+
+    meta = v2.model_metadata(channel, ep, model, version, timeout)
+    sig = DEFAULT_SIGNATURE
+    plan = plan_image_request(v2.signature_def(meta), sig, model=model, input_key=input_key, output_keys=keys,
+                              scale=scale)
+    t_meta = time.perf_counter()
+    sent = prepare_image(image, plan, max_side)
+    request = v2.build_infer(model, plan.inputs(sent), version=version, outputs=plan.outputs)
+    t_built = time.perf_counter()
+    try:
+        response, rpc_s = v2.infer(channel, ep, request, timeout)
+    except ClientError as e:
+        raise _limit_error(e, sent.shape[:2], max_side) from None
+    t_sent = time.perf_counter()
+    arrays = v2.decode_infer(response)
+    missing = [key for key in plan.outputs if key not in arrays]
+    if missing:
+        raise ClientError(f"v2 response has no output '{missing[0]}' (outputs: {', '.join(sorted(arrays)) or 'none'})")
+    served = int(response.model_version) if response.model_version.isdigit() else version
+    return _result(image, sent, arrays, plan, response.model_name or model, served, sig, output, alpha, names,
+                   save_labels, overlay_only, k, rpc_s, (t0, t_decoded, t_meta, t_built, t_sent))
+
+
+def _result(image: np.ndarray, sent: np.ndarray, arrays: dict[str, np.ndarray], plan: Any, model: str,
+            version: int | None, signature: str, output: str | Path | None, alpha: float, names: ClassNames | None,
+            save_labels: str | Path | None, overlay_only: bool, k: int, rpc_s: float,
+            marks: tuple[float, float, float, float, float]) -> PredictResult:
+    """Render and report the outputs of either protocol."""
+    t0, t_decoded, t_meta, t_built, t_sent = marks
     h, w = image.shape[:2]
     map_keys = [key for key in plan.outputs if is_class_map(arrays[key])]
     seg = None
@@ -356,13 +409,12 @@ def predict_image(
         if output is not None:
             written = save_png_atomic(render_classification(image, top), output)
     t_end = time.perf_counter()
-    rspec = response.model_spec
     return PredictResult(
         image_size=(h, w),
         sent_size=(int(sent.shape[0]), int(sent.shape[1])),
-        model=rspec.name or model,
-        version=int(rspec.version.value) if rspec.HasField("version") else pinned,
-        signature=rspec.signature_name or sig,
+        model=model,
+        version=version,
+        signature=signature,
         kind=kind,
         input_key=plan.image.key,
         output_keys=plan.outputs,

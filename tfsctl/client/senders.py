@@ -35,21 +35,26 @@ class Sender(Protocol):
 SenderFactory = Callable[[], Sender]
 
 
+def _check_predict(reply: bytes) -> None:
+    from tfsctl.client.apis import predict_pb2
+
+    if not predict_pb2.PredictResponse.FromString(reply).outputs:
+        raise RuntimeError("PredictResponse without outputs")
+
+
 class _GrpcSender:
-    def __init__(self, channel: grpc.Channel, payload: bytes, timeout: float, owns_channel: bool) -> None:
+    def __init__(self, channel: grpc.Channel, payload: bytes, timeout: float, owns_channel: bool,
+                 method: str = PREDICT_METHOD, check: Callable[[bytes], None] = _check_predict) -> None:
         # No (de)serialisers: the request is serialised once and the reply is not decoded on the hot path.
-        self._call = channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
+        self._call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         self._channel, self._payload, self._timeout, self._owns = channel, payload, timeout, owns_channel
+        self._check = check
         self._checked = False
 
     def __call__(self) -> None:
         reply = self._call(self._payload, timeout=self._timeout)
         if not self._checked:
-            from tfsctl.client.apis import predict_pb2
-
-            response = predict_pb2.PredictResponse.FromString(reply)
-            if not response.outputs:
-                raise RuntimeError("PredictResponse without outputs")
+            self._check(reply)  # the first answer is decoded once
             self._checked = True
 
     def close(self) -> None:
@@ -68,30 +73,39 @@ def grpc_sender_factory(
     timeout: float = 10.0,
     channels: str = "shared",
     output_filter: Sequence[str] = (),
+    v2: bool = False,
 ) -> tuple[SenderFactory, Callable[[], None]]:
     """Factory of gRPC Predict senders plus a cleanup; ``channels`` is ``shared`` (one channel) or ``per-thread``.
 
     ``per-thread`` gives each worker its own channel *and* TCP connection (local subchannel pool).
-    ``output_filter`` asks for only those outputs (e.g. skip DeepLab's large ``probabilities``).
+    ``output_filter`` asks for only those outputs (e.g. skip DeepLab's large ``probabilities``). ``v2`` sends the
+    Open Inference Protocol's ModelInfer (raw tensors) instead (no signature or label there).
     """
     from tfsctl.client.apis import from_numpy, predict_pb2
 
     if channels not in ("shared", "per-thread"):
         raise ClientError(f"--grpc-channels must be 'shared' or 'per-thread', got {channels!r}")
-    request = predict_pb2.PredictRequest()
-    fill_model_spec(request.model_spec, model, signature, version, label)
-    for name, arr in inputs.items():
-        request.inputs[name].CopyFrom(from_numpy(arr))
-    request.output_filter.extend(output_filter)
-    payload = request.SerializeToString()
+    method, check = PREDICT_METHOD, _check_predict
+    if v2:
+        from tfsctl.client import v2 as v2_client
+
+        payload = v2_client.build_infer(model, inputs, version=version, outputs=output_filter).SerializeToString()
+        method, check = v2_client.INFER_METHOD, v2_client.check_infer_reply
+    else:
+        request = predict_pb2.PredictRequest()
+        fill_model_spec(request.model_spec, model, signature, version, label)
+        for name, arr in inputs.items():
+            request.inputs[name].CopyFrom(from_numpy(arr))
+        request.output_filter.extend(output_filter)
+        payload = request.SerializeToString()
     ep = endpoint(target)
     shared = ep.channel() if channels == "shared" else None
 
     def make() -> Sender:
         if shared is not None:
-            return _GrpcSender(shared, payload, timeout, owns_channel=False)
+            return _GrpcSender(shared, payload, timeout, owns_channel=False, method=method, check=check)
         own = ep.channel([("grpc.use_local_subchannel_pool", 1)])
-        return _GrpcSender(own, payload, timeout, owns_channel=True)
+        return _GrpcSender(own, payload, timeout, owns_channel=True, method=method, check=check)
 
     def cleanup() -> None:
         if shared is not None:
@@ -150,10 +164,18 @@ class RestError(Exception):
         self.status = status
 
 
+def _check_rest(data: bytes, headers: http.client.HTTPMessage) -> None:
+    answer = json.loads(data)
+    if "outputs" not in answer and "predictions" not in answer:
+        raise RuntimeError("REST answer has neither 'outputs' nor 'predictions'")
+
+
 class _RestSender:
-    def __init__(self, host: str, port: int, path: str, body: bytes, timeout: float) -> None:
+    def __init__(self, host: str, port: int, path: str, body: bytes, timeout: float, headers: dict | None = None,
+                 check: Callable[[bytes, http.client.HTTPMessage], None] = _check_rest) -> None:
         self._host, self._port, self._path, self._body, self._timeout = host, port, path, body, timeout
-        self._headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+        self._headers = {"Content-Type": "application/json", "Connection": "keep-alive", **(headers or {})}
+        self._check = check
         self._conn: http.client.HTTPConnection | None = None
         self._checked = False
 
@@ -174,9 +196,7 @@ class _RestSender:
         if resp.will_close:
             self.close()
         if not self._checked:
-            answer = json.loads(data)
-            if "outputs" not in answer and "predictions" not in answer:
-                raise RuntimeError("REST answer has neither 'outputs' nor 'predictions'")
+            self._check(data, resp.headers)
             self._checked = True
 
     def close(self) -> None:
@@ -195,10 +215,19 @@ def rest_sender_factory(
     label: str | None = None,
     timeout: float = 10.0,
     fmt: str = "inputs",
+    v2: bool = False,
 ) -> tuple[SenderFactory, Callable[[], None]]:
-    """Factory of REST predict senders (one keep-alive HTTP/1.1 connection per worker) plus a no-op cleanup."""
+    """Factory of REST predict senders (one keep-alive HTTP/1.1 connection per worker) plus a no-op cleanup.
+
+    ``v2``: the Open Inference Protocol's infer with the binary tensor data extension (raw bytes both ways)."""
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
+    if v2:
+        from tfsctl.client import v2 as v2_client
+
+        path, body, headers = v2_client.rest_infer(model, inputs, version=version)
+        return (lambda: _RestSender(host, int(port), path, body, timeout, headers, v2_client.check_rest_reply)), \
+            (lambda: None)
     body = rest_body(inputs, signature, fmt)
     path = rest_path(model, version, label)
     return (lambda: _RestSender(host, int(port), path, body, timeout)), (lambda: None)

@@ -218,7 +218,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
 def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
                  gate: RequestGate | None = None) -> Any:
-    """Register PredictionService, ModelService, grpc.health.v1 and reflection; returns the health servicer (an
+    """Register PredictionService, ModelService, inference.GRPCInferenceService (v2_grpc.py), grpc.health.v1
+    and reflection; returns the health servicer (an
     object with ``set(service, status)`` and ``enter_graceful_shutdown()``).
 
     On a :class:`LoopServer`, Predicts that are not quick run in its executor, and health is the asyncio servicer.
@@ -237,9 +238,12 @@ def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: A
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics, gate=gate), server)
     health_pb2_grpc.add_HealthServicer_to_server(registered_health, server)
+    from tfsctl.serving.v2_grpc import V2_SERVICE, add_v2_service  # the Open Inference Protocol (it imports this)
+
+    add_v2_service(server, core, metrics, gate=gate)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (PREDICTION_SERVICE, MODEL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (PREDICTION_SERVICE, MODEL_SERVICE, V2_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     return health_servicer
 
 

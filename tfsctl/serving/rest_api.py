@@ -49,6 +49,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
+from tfsctl.serving.v2_rest import V2Rest, is_v2_path
 
 if TYPE_CHECKING:
     from tfsctl.serving.service import ServingCore
@@ -243,6 +244,7 @@ class RestServer:
         self._last_accept_failure = -float("inf")
         self._stopping = False
         self._refusing = False
+        self._v2 = V2Rest(self)
 
     # --- lifecycle ---
 
@@ -351,6 +353,8 @@ class RestServer:
         if self.metrics_path and path == self.metrics_path and self.metrics is not None:
             body = await self._in_pool(self.metrics.render)
             return web.Response(status=200, body=body, headers={"Content-Type": self.metrics.content_type})
+        if is_v2_path(path):  # the Open Inference Protocol beside /v1 (v2_rest.py)
+            return await self._v2.dispatch(request)
         if not _V1.match(path):
             return self._reply(404, json_codec.encode_error(f"Not found: {method} {path}"), cors=False)
         if method == "OPTIONS":  # CORS preflight, answered whether or not CORS headers are on (http_server.cc)

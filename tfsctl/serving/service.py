@@ -24,8 +24,10 @@ from tensorflow_serving.apis import (
     predict_pb2,
     regression_pb2,
 )
+from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core import inference, storage
+from tfsctl.core.events import VersionState
 from tfsctl.core.examples import DEFAULT_MAX_BYTES
 from tfsctl.core.memory import LARGE_REQUEST_BYTES, TRIMMER
 from tfsctl.core.protocols import ServableManager, SignatureRunner
@@ -273,6 +275,15 @@ class ServingCore:
             return has_available_version(self.manager.version_states(name))
         except ServingError:
             return False
+
+    def version_states(self, name: str) -> list[VersionState]:
+        """Every known version of ``name`` and its state, ascending (the v2 protocol's model versions, readiness
+        and repository index read this); NotFound for a model that is neither configured nor ever seen."""
+        return self.manager.version_states(name)
+
+    def model_config(self) -> model_server_config_pb2.ModelServerConfig:
+        """A copy of the model config in force (the v2 repository extension edits it and reloads it)."""
+        return self.manager.config()
 
     # --- metadata / status / config --------------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""The sample DeepLab over both protocols: v2 (REST binary, REST JSON, gRPC raw) segments the sample image into
+exactly the map v1's Predict returns, on the same loaded version."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tritonclient.grpc as triton_grpc  # noqa: E402
+import tritonclient.http as triton_http  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from tfsctl.cli import app  # noqa: E402
+from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.testing import free_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "samples" / "deeplab" / "checkpoint"
+IMAGE = ROOT / "samples" / "images" / "shapes_200x300.png"
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("v2deeplab") / "deeplab"
+    result = CliRunner().invoke(app, ["export", str(CHECKPOINT), str(base), "--warmup-size", "200x300"])
+    assert result.exit_code == 0, result.output
+    srv = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(), model_name="deeplab",
+                                    model_base_path=str(base)))
+    srv.start()
+    try:
+        assert srv.wait_until_ready(300)
+        yield srv
+    finally:
+        srv.stop(2)
+
+
+def _image() -> np.ndarray:
+    return np.asarray(Image.open(IMAGE).convert("RGB"), np.uint8)[None]
+
+
+def _v1(server, image: np.ndarray) -> np.ndarray:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "deeplab"
+    request.inputs["images"].CopyFrom(from_numpy(image))
+    request.inputs["height"].CopyFrom(from_numpy(np.array([image.shape[1]], np.int32)))
+    request.inputs["width"].CopyFrom(from_numpy(np.array([image.shape[2]], np.int32)))
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
+    return to_numpy(reply.outputs["segmentation_map"])
+
+
+def _v2_inputs(module, image: np.ndarray, binary: bool | None = None) -> list:
+    sizes = {"height": np.array([image.shape[1]], np.int32), "width": np.array([image.shape[2]], np.int32)}
+    inputs = [module.InferInput("images", list(image.shape), "UINT8")]
+    inputs += [module.InferInput(k, [1], "INT32") for k in sizes]
+    for i, arr in zip(inputs, [image, *sizes.values()], strict=True):
+        if binary is None:
+            i.set_data_from_numpy(arr)
+        else:
+            i.set_data_from_numpy(arr, binary_data=binary)
+    return inputs
+
+
+def test_v2_segmentation_equals_v1(server):
+    image = _image()
+    expected = _v1(server, image)
+    assert expected.shape == image.shape[:3] and len(np.unique(expected)) > 1
+
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}", network_timeout=120)
+    meta = rest.get_model_metadata("deeplab")
+    assert {t["name"]: t["datatype"] for t in meta["inputs"]} == {"images": "UINT8", "height": "INT32",
+                                                                  "width": "INT32"}
+    for binary in (True, False):
+        result = rest.infer("deeplab", _v2_inputs(triton_http, image, binary),
+                            outputs=[triton_http.InferRequestedOutput("segmentation_map", binary_data=binary)])
+        np.testing.assert_array_equal(result.as_numpy("segmentation_map"), expected)
+    rest.close()
+
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as g:
+        result = g.infer("deeplab", _v2_inputs(triton_grpc, image))
+        np.testing.assert_array_equal(result.as_numpy("segmentation_map"), expected)
+        assert result.get_response().model_version == "1"
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_predict_and_status_cli_over_v2(server, tmp_path):
+    target = f"127.0.0.1:{server.grpc_port}"
+    reports = {}
+    for protocol in ("v1", "v2"):
+        code, out = _cli("predict", str(IMAGE), "--server", target, "--model", "deeplab", "--protocol", protocol,
+                         "--output", str(tmp_path / f"{protocol}.png"), "--json")
+        assert code == 0, out
+        reports[protocol] = json.loads(out)
+    assert reports["v2"]["classes"] == reports["v1"]["classes"] and reports["v2"]["version"] == 1
+    assert len(reports["v2"]["classes"]) > 1
+    code, out = _cli("status", "--server", target, "--model", "deeplab", "--protocol", "v2", "--json")
+    assert code == 0, out
+    assert json.loads(out)["versions"] == [{"version": 1, "state": "READY", "error_code": "OK", "error_message": ""}]
+    code, out = _cli("predict", str(IMAGE), "--server", target, "--model", "deeplab", "--protocol", "v2",
+                     "--signature", "predict_images")
+    assert code != 0 and "--signature is a v1 option" in out
+    code, out = _cli("status", "--server", target, "--model", "deeplab", "--protocol", "v3")
+    assert code != 0 and "--protocol must be v1 or v2" in out
+
+
+@pytest.mark.parametrize("protocol", ["v2-grpc", "v2-rest"])
+def test_bench_cli_over_v2(server, protocol):
+    port = server.grpc_port if protocol == "v2-grpc" else server.rest_port
+    code, out = _cli("bench", "--server", f"127.0.0.1:{port}", "--model", "deeplab", "--protocol", protocol,
+                     "--input-image", str(IMAGE), "-c", "1", "--warmup-seconds", "0.2", "--measure-seconds", "1",
+                     "--json")
+    assert code == 0, out
+    doc = json.loads(out.strip().splitlines()[-1])
+    level = doc["levels"][0]
+    assert doc["meta"]["protocol"] == protocol and level["errors"] == 0 and level["requests"] > 0, level
