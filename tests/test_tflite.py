@@ -570,3 +570,15 @@ def test_inspect_reads_a_tflite_file_and_a_version_with_one(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"nope")
     result = _cli("inspect", str(tmp_path / "bad.tflite"))
     assert result.exit_code == 1 and "not a TensorFlow Lite model" in result.output
+
+
+def test_inspect_a_base_path_with_tflite_only_versions(tmp_path):
+    write_tflite_version(tmp_path / "m", 1, saved_model_plus=3.0)
+    write_tflite_version(tmp_path / "m", 2)  # model.tflite only
+    result = _cli("inspect", str(tmp_path / "m"), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert [(v["version"], v["valid"]) for v in info["versions"]] == [(1, True), (2, True)]
+    assert info["latest"]["kind"] == "tflite" and info["latest"]["version"] == 2
+    result = _cli("inspect", str(tmp_path / "m"), "--signature", "arith")
+    assert result.exit_code == 0 and "TFLite model" in result.output and "signature 'arith'" in result.output
