@@ -82,10 +82,22 @@ def _convert(kind: str, plus: float) -> bytes:
                 x = tf.matmul(x, w)
             return {"y": x}
 
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)])
+        def echo(self, s, x):
+            return {"s": tf.reshape(s, [-1, 1]), "n": tf.size(s), "y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def classify(self, inputs):  # classify-shaped: one string input "inputs", "scores" [N, 2]
+            return {"scores": tf.fill(tf.stack([tf.size(inputs), 2]), 0.25)}
+
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "heavy":
             module = Heavy()
             signatures = {"serving_default": module.forward}
+        elif kind == "strings":
+            module = Strings()
+            signatures = {"serving_default": module.echo, "classify": module.classify}
         else:
             module = HalfPlus()
             signatures = {"serving_default": module.half_plus, "arith": module.arith}
@@ -328,6 +340,34 @@ def test_tf_serving_signature_rules_for_metadata_and_unsigned_models(tmp_path):
         assert out[out_key].tolist() == [[3.0], [5.0]]
     finally:
         servable.close()
+
+
+def test_string_tensors_and_classify_on_a_tflite_model(tmp_path, served):
+    """Strings go in and out through LiteRT (trailing NUL bytes kept); Classify runs through the shared request
+    core on a classify-shaped TFLite signature, as TF Serving runs it through its TfLiteSession."""
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import classification_pb2
+
+    base = tmp_path / "m"
+    write_tflite_version(base, 1, kind="strings")
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    _, out = s.predict({"s": np.array([b"ab", b"c\x00"], dtype=object), "x": np.array([1.0, 2.0], np.float32)})
+    assert out["s"].tolist() == [[b"ab"], [b"c\x00"]] and out["n"].tolist() == 2 and out["y"].tolist() == [2.0, 4.0]
+    code, body = s.rest(":predict", {"inputs": {"s": ["hé", "x"], "x": [3.0, 4.0]}})
+    assert code == 200 and body["outputs"]["s"] == [["hé"], ["x"]] and body["outputs"]["n"] == 2
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "m"
+    request.model_spec.signature_name = "classify"
+    for _ in range(3):
+        request.input.example_list.examples.append(example_pb2.Example())
+    response = s.stub.Classify(request, timeout=30)
+    assert [[c.score for c in row.classes] for row in response.result.classifications] == [[0.25, 0.25]] * 3
+    code, body = s.rest(":classify", {"signature_name": "classify", "examples": [{}, {}]})
+    assert code == 200 and body["results"] == [[["", 0.25], ["", 0.25]]] * 2  # no classes output: empty labels
+    with pytest.raises(grpc.RpcError) as info:  # serving_default is not classify-shaped: TF Serving's message
+        request.model_spec.signature_name = ""
+        s.stub.Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Expected one input Tensor" in info.value.details()
 
 
 # --- bad input, bad models -----------------------------------------------------------------------------------------
