@@ -468,7 +468,7 @@ def test_num_tflite_pools_interpreters_serve_requests_at_once(tmp_path, served):
     s = served(base, prefer_tflite_model=True, num_tflite_pools=3)
     pool = s.servable().pool
     assert pool.size == 3 and pool.batch_rows == 0
-    results = _concurrent_predicts(s, 12)
+    results = _concurrent_predicts(s, 12, rows=64)  # ~10 ms an invocation: requests overlap
     assert pool.busy_peak >= 2, "concurrent requests never ran on two interpreters at once"
     x, y = results[5]
     np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
@@ -486,10 +486,10 @@ def test_interpreters_per_pool_merges_waiting_requests(tmp_path, served):
     s = served(base, prefer_tflite_model=True, num_tflite_pools=1, num_tflite_interpreters_per_pool=4)
     pool = s.servable().pool
     assert pool.batch_rows == 125  # ceil(500 / 4), TfLiteSession's max_execution_batch_size
-    results = _concurrent_predicts(s, 12, rows=8)
+    results = _concurrent_predicts(s, 12, rows=16)
     assert pool.batches >= 1, "no request waiting for the interpreter was merged into a batch"
     for x, y in results:  # each request gets its own rows back
-        assert y.shape == (8, 512)
+        assert y.shape == (16, 512)
         np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
 
 
