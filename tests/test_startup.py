@@ -269,10 +269,10 @@ def test_version_prints_two_lines_and_exits_zero():
 
 
 def test_an_inapplicable_flag_is_one_clear_error():
-    res = _run(["--model_base_path=/models/m", "--prefer_tflite_model=true"])
+    res = _run(["--model_base_path=/models/m", "--skip_initialize_tpu=true"])
     assert res.returncode == 2 and res.stdout == ""
     (line,) = res.stderr.splitlines()
-    assert line.startswith("error: --prefer_tflite_model=true cannot apply in tfsctl"), res.stderr
+    assert line.startswith("error: --skip_initialize_tpu=true cannot apply in tfsctl"), res.stderr
 
 
 def test_sigterm_while_the_initial_models_load_exits_without_opening_ports(tmp_path):

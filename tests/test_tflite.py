@@ -82,10 +82,22 @@ def _convert(kind: str, plus: float) -> bytes:
                 x = tf.matmul(x, w)
             return {"y": x}
 
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)])
+        def echo(self, s, x):
+            return {"s": tf.reshape(s, [-1, 1]), "n": tf.size(s), "y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def classify(self, inputs):  # classify-shaped: one string input "inputs", "scores" [N, 2]
+            return {"scores": tf.fill(tf.stack([tf.size(inputs), 2]), 0.25)}
+
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "heavy":
             module = Heavy()
             signatures = {"serving_default": module.forward}
+        elif kind == "strings":
+            module = Strings()
+            signatures = {"serving_default": module.echo, "classify": module.classify}
         else:
             module = HalfPlus()
             signatures = {"serving_default": module.half_plus, "arith": module.arith}
@@ -330,6 +342,34 @@ def test_tf_serving_signature_rules_for_metadata_and_unsigned_models(tmp_path):
         servable.close()
 
 
+def test_string_tensors_and_classify_on_a_tflite_model(tmp_path, served):
+    """Strings go in and out through LiteRT (trailing NUL bytes kept); Classify runs through the shared request
+    core on a classify-shaped TFLite signature, as TF Serving runs it through its TfLiteSession."""
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import classification_pb2
+
+    base = tmp_path / "m"
+    write_tflite_version(base, 1, kind="strings")
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    _, out = s.predict({"s": np.array([b"ab", b"c\x00"], dtype=object), "x": np.array([1.0, 2.0], np.float32)})
+    assert out["s"].tolist() == [[b"ab"], [b"c\x00"]] and out["n"].tolist() == 2 and out["y"].tolist() == [2.0, 4.0]
+    code, body = s.rest(":predict", {"inputs": {"s": ["hé", "x"], "x": [3.0, 4.0]}})
+    assert code == 200 and body["outputs"]["s"] == [["hé"], ["x"]] and body["outputs"]["n"] == 2
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "m"
+    request.model_spec.signature_name = "classify"
+    for _ in range(3):
+        request.input.example_list.examples.append(example_pb2.Example())
+    response = s.stub.Classify(request, timeout=30)
+    assert [[c.score for c in row.classes] for row in response.result.classifications] == [[0.25, 0.25]] * 3
+    code, body = s.rest(":classify", {"signature_name": "classify", "examples": [{}, {}]})
+    assert code == 200 and body["results"] == [[["", 0.25], ["", 0.25]]] * 2  # no classes output: empty labels
+    with pytest.raises(grpc.RpcError) as info:  # serving_default is not classify-shaped: TF Serving's message
+        request.model_spec.signature_name = ""
+        s.stub.Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Expected one input Tensor" in info.value.details()
+
+
 # --- bad input, bad models -----------------------------------------------------------------------------------------
 
 
@@ -428,7 +468,7 @@ def test_num_tflite_pools_interpreters_serve_requests_at_once(tmp_path, served):
     s = served(base, prefer_tflite_model=True, num_tflite_pools=3)
     pool = s.servable().pool
     assert pool.size == 3 and pool.batch_rows == 0
-    results = _concurrent_predicts(s, 12)
+    results = _concurrent_predicts(s, 12, rows=64)  # ~10 ms an invocation: requests overlap
     assert pool.busy_peak >= 2, "concurrent requests never ran on two interpreters at once"
     x, y = results[5]
     np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
@@ -446,10 +486,10 @@ def test_interpreters_per_pool_merges_waiting_requests(tmp_path, served):
     s = served(base, prefer_tflite_model=True, num_tflite_pools=1, num_tflite_interpreters_per_pool=4)
     pool = s.servable().pool
     assert pool.batch_rows == 125  # ceil(500 / 4), TfLiteSession's max_execution_batch_size
-    results = _concurrent_predicts(s, 12, rows=8)
+    results = _concurrent_predicts(s, 12, rows=16)
     assert pool.batches >= 1, "no request waiting for the interpreter was merged into a batch"
     for x, y in results:  # each request gets its own rows back
-        assert y.shape == (8, 512)
+        assert y.shape == (16, 512)
         np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
 
 
@@ -570,3 +610,15 @@ def test_inspect_reads_a_tflite_file_and_a_version_with_one(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"nope")
     result = _cli("inspect", str(tmp_path / "bad.tflite"))
     assert result.exit_code == 1 and "not a TensorFlow Lite model" in result.output
+
+
+def test_inspect_a_base_path_with_tflite_only_versions(tmp_path):
+    write_tflite_version(tmp_path / "m", 1, saved_model_plus=3.0)
+    write_tflite_version(tmp_path / "m", 2)  # model.tflite only
+    result = _cli("inspect", str(tmp_path / "m"), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert [(v["version"], v["valid"]) for v in info["versions"]] == [(1, True), (2, True)]
+    assert info["latest"]["kind"] == "tflite" and info["latest"]["version"] == 2
+    result = _cli("inspect", str(tmp_path / "m"), "--signature", "arith")
+    assert result.exit_code == 0 and "TFLite model" in result.output and "signature 'arith'" in result.output

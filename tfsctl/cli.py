@@ -442,7 +442,10 @@ def inspect(
         if info.latest is None:
             fail(f"{info.path} has no valid SavedModel version")
         console.print(f"latest valid version: {info.latest.version}")
-        _render_saved_model(info.latest)
+        if isinstance(info.latest, TfLiteInfo):
+            _render_tflite(info.latest)
+        else:
+            _render_saved_model(info.latest)
     elif isinstance(info, CheckpointInfo):
         meta = "with" if info.has_meta_graph else "without"
         _variables_table(f"checkpoint {escape(info.prefix)} ({meta} a .meta graph): {len(info.variables)} "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsctl.errors import InspectError
-from tfsctl.savedmodel import parse_version_dir, warmup_path
+from tfsctl.savedmodel import is_saved_model_dir, parse_version_dir, warmup_path
 from tfsctl.tflite_model import tflite_file
 
 
@@ -166,7 +166,7 @@ class BasePathInfo:
 
     path: str
     versions: list[VersionInfo] = field(default_factory=list)
-    latest: SavedModelInfo | None = None
+    latest: SavedModelInfo | TfLiteInfo | None = None  # TfLiteInfo: a version holding only model.tflite
     kind: str = "base_path"
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,10 +295,21 @@ def inspect_base_path(base: Path, version_dirs: list[tuple[int, Path]] | None = 
     info = BasePathInfo(path=str(base))
     for version, d in version_dirs:
         try:
+            if not is_saved_model_dir(d) and tflite_file(d).is_file():  # served with --prefer_tflite_model
+                lite = inspect_tflite(d)
+                info.versions.append(VersionInfo(version=version, path=str(d), valid=True,
+                                                 signatures=[s.name for s in lite.signatures]))
+                info.latest = lite
+                continue
             sm = inspect_saved_model(d)
         except InspectError as exc:
             info.versions.append(VersionInfo(version=version, path=str(d), valid=False, error=str(exc)))
             continue
+        if tflite_file(d).is_file():
+            try:
+                sm.tflite = inspect_tflite(d)
+            except InspectError:
+                pass  # the SavedModel is valid; `inspect VERSION` names what is wrong with model.tflite
         serve = sm.meta_graph() or (sm.meta_graphs[0] if sm.meta_graphs else None)
         info.versions.append(VersionInfo(version=version, path=str(d), valid=True,
                                          signatures=[s.name for s in serve.signatures

@@ -9,6 +9,8 @@ half-copied directory, or a warmup request the model cannot answer, is a load er
 that fails requests. Warmup follows TF Serving: ``assets.extra/tf_serving_warmup_requests`` is a TFRecord file of
 ``PredictionLog`` records (at most :data:`MAX_WARMUP_RECORDS`), each replayed ``num_request_iterations_for_warmup``
 times through the same request-core functions as live requests (:mod:`tfsctl.core.inference`).
+With ``prefer_tflite_model`` a version directory holding ``model.tflite`` is loaded from that file instead
+(:mod:`tfsctl.core.tflite_servable`, TF Serving's rule) and warmed the same way.
 """
 
 from __future__ import annotations
