@@ -133,7 +133,7 @@ class V2Servicer(service_pb2_grpc.GRPCInferenceServiceServicer, ServicerBase):
 
     def __init__(self, core: Any, metrics: Any = None, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)
-        self.v2 = V2Core(core)
+        self.v2 = V2Core.of(core)
 
     def ServerLive(self, request, context):  # noqa: N802 - gRPC method names
         return service_pb2.ServerLiveResponse(live=True)

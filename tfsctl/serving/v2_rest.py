@@ -261,7 +261,7 @@ class V2Rest:
     def v2(self) -> V2Core:
         """The v2 mapping over the server's request core, made on the first v2 request."""
         if self._v2 is None:
-            self._v2 = V2Core(self.server.core)
+            self._v2 = V2Core.of(self.server.core)
         return self._v2
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
