@@ -196,11 +196,15 @@ class V2Core:
 
     # --- infer ----------------------------------------------------------------------------------------------
 
-    def infer(self, request: InferRequest) -> InferResponse:
-        """Run ``request`` on one held version (the v1 Predict path); outputs in the order asked."""
+    def infer(self, request: InferRequest, *, only_if_quick: bool = False, request_bytes: int = 0) -> InferResponse:
+        """Run ``request`` on one held version (the v1 Predict path); outputs in the order asked.
+
+        ``only_if_quick`` (the gRPC event loop): ``WouldWait`` before running, unless the request is small
+        (``request_bytes``) and the version's steps are short, as for a v1 Predict (``ServingCore.hold``)."""
         name = request.model
         signature_name = _signature_name(request.parameters)
-        with self.core.hold(self._spec(name, request.version, signature_name)) as held:
+        with self.core.hold(self._spec(name, request.version, signature_name), only_if_quick=only_if_quick,
+                            request_bytes=request_bytes) as held:
             sig = held.signature
             where = f"model '{name}' version {held.servable.version}, signature '{sig.name}'"
             self._check_inputs(held.servable, sig, request.inputs, where)
