@@ -356,3 +356,14 @@ def test_truncated_body_is_dropped_quietly_and_the_server_keeps_serving(client, 
     i = triton.InferInput("x", [1, 4], "FP32")
     i.set_data_from_numpy(np.ones((1, 4), np.float32))
     np.testing.assert_array_equal(client.infer("toy", [i]).as_numpy("y"), np.full((1, 4), 2.0))
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client, algorithm):
+    """tritonclient's request compression: the header length counts the decompressed body."""
+    for binary in (True, False):
+        i = triton.InferInput("x", [1, 4], "FP32")
+        i.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4), binary_data=binary)
+        r = client.infer("toy", [i], request_compression_algorithm=algorithm,
+                         response_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(r.as_numpy("y"), [[0, 2, 4, 6]])
