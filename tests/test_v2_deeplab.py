@@ -128,3 +128,18 @@ def test_bench_cli_over_v2(server, protocol):
     doc = json.loads(out.strip().splitlines()[-1])
     level = doc["levels"][0]
     assert doc["meta"]["protocol"] == protocol and level["errors"] == 0 and level["requests"] > 0, level
+
+
+def test_bench_compares_v1_and_v2_on_one_model(server):
+    code, out = _cli("bench", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "deeplab", "--protocol",
+                     "grpc", "--compare", "v2-grpc", "--input-image", str(IMAGE), "-c", "1", "--warmup-seconds",
+                     "0.2", "--measure-seconds", "1", "--json")
+    assert code == 0, out
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["meta"]["protocol"] == "grpc" and doc["compare"]["meta"]["protocol"] == "v2-grpc"
+    assert doc["levels"][0]["errors"] == 0 and doc["compare"]["levels"][0]["errors"] == 0
+    ratio = doc["compare"]["ratios"][0]
+    assert ratio["concurrency"] == 1 and ratio["throughput_ratio"] > 0 and ratio["p50_ratio"] > 0
+    code, out = _cli("bench", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "deeplab", "--compare",
+                     "v2-rest", "--input-shape", "x:1x4:float32")
+    assert code != 0 and "compare grpc with v2-grpc" in out

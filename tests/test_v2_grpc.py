@@ -231,3 +231,16 @@ def test_binary_data_parameters_as_kserve_sends_them(stub):
     typed.outputs.add(name="y").parameters["binary_data"].bool_param = True
     reply = stub.ModelInfer(typed, timeout=30)
     assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2, 4, 6, 8]
+
+
+def test_repository_is_one_across_wires(client, server):
+    """A model unloaded over REST loads again over gRPC (one repository state per server)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+    conn.request("POST", "/v2/repository/models/toy/unload", body=b"{}")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert not client.is_model_ready("toy")
+    client.load_model("toy")
+    assert client.is_model_ready("toy")

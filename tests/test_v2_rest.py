@@ -9,7 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import http.client  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import struct  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -330,3 +332,38 @@ def test_metrics_count_v2_requests_and_cors_preflight(client, server):
     assert status == 200 and 'api="rest_v2_infer"' in text and 'model_name="toy"' in text
     assert call(server, "OPTIONS", "/v2/models/toy/infer", headers={"Origin": "http://example.com"})[0] == 200
     assert call(server, "OPTIONS", "/v2/models/toy/infer")[0] == 400
+
+
+def test_truncated_body_is_dropped_quietly_and_the_server_keeps_serving(client, server, caplog):
+    import socket
+
+    body = b'{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2'
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)  # the client stops 440 bytes short
+        while sock.recv(65536):
+            pass
+    # the request is counted once its handler is done: CANCELLED (the client left), not INTERNAL with a traceback
+    pattern = re.compile(r'tfserving_request_count_total\{api="rest_v2_infer",model_name="toy",status="(\w+)"\}')
+    deadline = time.monotonic() + 30
+    while not {"CANCELLED", "INTERNAL"} & set(pattern.findall(call(server, "GET", "/monitoring/prometheus/metrics")[2]
+                                                                  .decode())):
+        assert time.monotonic() < deadline, "the truncated request was never counted"
+        time.sleep(0.05)
+    statuses = set(pattern.findall(call(server, "GET", "/monitoring/prometheus/metrics")[2].decode()))
+    assert "INTERNAL" not in statuses and "CANCELLED" in statuses, statuses
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    i = triton.InferInput("x", [1, 4], "FP32")
+    i.set_data_from_numpy(np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(client.infer("toy", [i]).as_numpy("y"), np.full((1, 4), 2.0))
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client, algorithm):
+    """tritonclient's request compression: the header length counts the decompressed body."""
+    for binary in (True, False):
+        i = triton.InferInput("x", [1, 4], "FP32")
+        i.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4), binary_data=binary)
+        r = client.infer("toy", [i], request_compression_algorithm=algorithm,
+                         response_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(r.as_numpy("y"), [[0, 2, 4, 6]])

@@ -109,3 +109,48 @@ def test_a_new_version_swaps_in_for_v2_and_v1(tmp_path):
             assert not c.is_model_ready("toy", "1") and c.is_model_ready("toy", "2")
     finally:
         server.stop(2)
+
+
+def test_quick_model_infer_runs_on_the_grpc_loop_slow_ones_in_the_pool(tmp_path):
+    """v2 ModelInfer follows v1 Predict's rule on the event-loop server: a small request on a model whose steps are
+    short runs inline on the loop, a long step or a large request in the pool."""
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    write_matmul_model(tmp_path / "big", 1, 1024, 8)
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}'
+        for n in ("toy", "big")) + " }")
+    server = _serve(model_config_file=str(config))
+    threads: list[tuple[str, str]] = []
+    real = server.core.predict_with
+
+    def recording(servable, *args, **kwargs):
+        threads.append((servable.name, threading.current_thread().name))
+        return real(servable, *args, **kwargs)
+
+    server.core.predict_with = recording
+    try:
+        with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:
+            def infer(model: str, x: np.ndarray) -> np.ndarray:
+                i = triton.InferInput("x", list(x.shape), "FP32")
+                i.set_data_from_numpy(x)
+                return c.infer(model, [i]).as_numpy("y")
+
+            small, large, ones = np.ones((1, 4), np.float32), np.ones((20_000, 4), np.float32), np.ones((64, 1024),
+                                                                                                       np.float32)
+            deadline = time.monotonic() + 60
+            while not server.core._quick_on(server.manager.peek("toy"), "", ()):  # steps measured short
+                assert time.monotonic() < deadline, "the toy model's steps were never measured short"
+                infer("toy", small)
+            for _ in range(10):
+                infer("big", ones)
+            threads.clear()
+            np.testing.assert_array_equal(infer("toy", small), small * 2)
+            np.testing.assert_allclose(infer("big", ones), ones, rtol=1e-4)
+            np.testing.assert_array_equal(infer("toy", large), large * 2)
+        where = [t for _, t in threads]
+        assert where[0] == "tfsctl-grpc-loop", threads
+        assert where[1].startswith("tfsctl-grpc") and where[1] != "tfsctl-grpc-loop", threads
+        assert where[2] != "tfsctl-grpc-loop", threads  # 320 KB: not quick even on a quick model
+    finally:
+        server.stop(2)

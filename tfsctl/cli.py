@@ -870,6 +870,10 @@ def bench(
     json_out: Path | None = typer.Option(None, "--json-out", metavar="FILE", help="Write results as JSON."),
     csv_out: Path | None = typer.Option(None, "--csv-out", metavar="FILE", help="Write results as CSV."),
     plot_out: Path | None = typer.Option(None, "--plot-out", metavar="FILE", help="Write a PNG plot."),
+    compare: str | None = typer.Option(
+        None, "--compare", metavar="PROTO",
+        help="Then sweep this protocol too, on the same port (grpc with v2-grpc, rest with v2-rest), same inputs, "
+        "and print the two side by side."),
 ) -> None:
     """Closed-loop load sweep: throughput and p50/p90/p99 latency per concurrency level."""
     import json
@@ -918,12 +922,22 @@ def bench(
                 f"{r.errors} errors"
             )
 
+        other = b.compared_protocol(protocol, compare) if compare else None
         results = b.run_sweep(
             ep, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
             signature=signature, version=version, label=label, windows=windows, timeout=timeout,
             grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests,
             output_filter=output_key or (), on_level=show,
         )
+        compared = None
+        if other is not None:
+            say.print(f"bench {other}://{escape(str(ep))} model '{escape(model)}' (--compare)", soft_wrap=True)
+            compared = b.run_sweep(
+                ep, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=other,
+                signature=signature, version=version, label=label, windows=windows, timeout=timeout,
+                grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests,
+                output_filter=output_key or (), on_level=show,
+            )
         meta = {
             "target": str(ep), "protocol": protocol, "model": model, "signature": signature, "version": version,
             "label": label, "warmup_s": warmup_seconds, "measure_s": measure_seconds, "windows": windows,
@@ -944,8 +958,20 @@ def bench(
     except KeyboardInterrupt:
         fail("interrupted", 130)
     if as_json:
-        typer.echo(json.dumps(b.report_document(results, meta)))
+        document = b.report_document(results, meta)
+        if compared is not None:
+            document["compare"] = {**b.report_document(compared, {**meta, "protocol": other}),
+                                   "ratios": b.compare_levels(results, compared)}
+        typer.echo(json.dumps(document))
     else:
+        if compared is not None:
+            ratios = Table(title=escape(f"{model}: {other} / {protocol} ({ep})"))
+            for col in ("concurrency", f"{other} req/s", f"{protocol} req/s", "req/s ratio", "p50 ratio"):
+                ratios.add_column(col, justify="right")
+            for row in b.compare_levels(results, compared):
+                ratios.add_row(str(row["concurrency"]), f"{row['compared_rps']:.1f}", f"{row['rps']:.1f}",
+                               *("-" if row[k] is None else f"{row[k]:.3f}" for k in ("throughput_ratio", "p50_ratio")))
+            console.print(ratios)
         table = Table(title=escape(f"{model} over {protocol} ({ep})"))
         for col in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "requests", "errors", "stable"):
             table.add_column(col, justify="right")

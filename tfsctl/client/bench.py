@@ -17,6 +17,7 @@ in-process callable can be measured by the very same loop.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -166,6 +167,28 @@ def wire_protocol(protocol: str) -> str:
         raise ClientError(f"--protocol must be grpc or rest (TF Serving's API), v2-grpc or v2-rest (the Open "
                           f"Inference Protocol), or v1 / v2 for their gRPC form, got {protocol!r}")
     return wire
+
+
+def compared_protocol(protocol: str, compare: str) -> str:
+    """``--compare``'s protocol: another one on the same port (gRPC with gRPC, REST with REST)."""
+    other = wire_protocol(compare)
+    if other.endswith("rest") != protocol.endswith("rest"):
+        raise ClientError(f"--compare {compare} needs the other port: compare grpc with v2-grpc, rest with v2-rest")
+    if other == protocol:
+        raise ClientError(f"--compare {compare} is the protocol already swept")
+    return other
+
+
+def compare_levels(results: Sequence[LevelResult], compared: Sequence[LevelResult]) -> list[dict]:
+    """Per concurrency level: both throughputs, and the compared protocol's throughput and p50 relative to the
+    first's (None where either had no successful request)."""
+    def ratio(x: float, y: float) -> float | None:
+        value = x / y if y else float("nan")
+        return value if math.isfinite(value) else None
+
+    return [{"concurrency": a.concurrency, "rps": a.throughput, "compared_rps": c.throughput,
+             "throughput_ratio": ratio(c.throughput, a.throughput), "p50_ratio": ratio(c.p50_ms, a.p50_ms)}
+            for a, c in zip(results, compared, strict=True)]
 
 
 def run_sweep(

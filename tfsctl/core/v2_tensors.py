@@ -186,11 +186,14 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
         check_size(name, decoded_bytes(BYTES, dims, payload), max_bytes)
         return out.reshape(dims)
     check_size(name, decoded_bytes(datatype, dims), max_bytes)
-    floating = dtype.kind == "f" or datatype == BF16
-    try:  # numpy parses the (nested) lists in C; a float type converts any number, the others are checked below
-        arr = np.array(data, dtype=np.float64 if datatype == BF16 else dtype if floating else None)
+    try:  # numpy parses the (nested) lists in C and infers the element kind, checked below before the cast
+        arr = np.array(data)
     except (ValueError, TypeError, OverflowError):
         arr = None
+    if arr is not None and datatype == "UINT64" and arr.dtype.kind in "fO":
+        exact = _uint64(data, count, name)  # values past int64 make numpy infer float64 or object
+        if exact is not None:
+            arr = exact
     if arr is None or arr.dtype.kind in "OUSV":
         flat = _flatten(data, count)
         if len(flat) != count:
@@ -201,11 +204,12 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
         raise _element_error(name, datatype, kinds)
     if arr.size != count:
         raise _count_error(name, dims, count, arr.size)
+    kind = arr.dtype.kind
     if datatype == "BOOL":
-        if arr.dtype.kind != "b":
+        if kind != "b":
             raise _element_error(name, datatype, arr.dtype.name)
-    elif not floating:
-        if arr.dtype.kind not in "iu":
+    elif dtype.kind in "iu":
+        if kind not in "iu":
             raise _element_error(name, datatype, arr.dtype.name)
         if arr.dtype != dtype and arr.size:
             info = np.iinfo(dtype)
@@ -213,7 +217,20 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
             if low < info.min or high > info.max:
                 raise InvalidArgument(f"tensor '{name}': value {low if low < info.min else high} is out of range "
                                       f"for {datatype}")
+    elif kind not in "iuf":  # floating datatypes take any number, not booleans or strings
+        raise _element_error(name, datatype, arr.dtype.name)
     return arr.astype(dtype, copy=False).reshape(dims)
+
+
+def _uint64(data: Any, count: int, name: str) -> np.ndarray | None:
+    """UINT64 data with values past int64: Python integers in [0, 2**64), else None (the caller says why)."""
+    flat = _flatten(data, count)
+    if not all(type(v) is int for v in flat):
+        return None
+    try:
+        return np.array(flat, dtype=np.uint64)
+    except OverflowError:
+        raise InvalidArgument(f"tensor '{name}': a value is out of range for UINT64") from None
 
 
 def to_values(array: np.ndarray) -> list:

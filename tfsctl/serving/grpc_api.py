@@ -227,6 +227,7 @@ def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: A
     """
     kwargs: dict[str, Any] = {"max_tensor_bytes": max_tensor_bytes, "tensor_content": tensor_content, "gate": gate}
     health_servicer: Any
+    executor = server.executor if isinstance(server, LoopServer) else None
     if isinstance(server, LoopServer):
         predictions: PredictionServicer = LoopPredictionServicer(core, metrics, executor=server.executor, **kwargs)
         health_servicer = LoopHealth(server)
@@ -240,7 +241,7 @@ def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: A
     health_pb2_grpc.add_HealthServicer_to_server(registered_health, server)
     from tfsctl.serving.v2_grpc import V2_SERVICE, add_v2_service  # the Open Inference Protocol (it imports this)
 
-    add_v2_service(server, core, metrics, gate=gate)
+    add_v2_service(server, core, metrics, gate=gate, executor=executor)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (PREDICTION_SERVICE, MODEL_SERVICE, V2_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

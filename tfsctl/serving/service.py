@@ -194,21 +194,42 @@ class ServingCore:
             self._trim_after(size)
 
     def predict_with(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
-                     output_filter: Sequence[str] = ()) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
-        """Predict on a version the caller already holds (one handle per request, from decode to reply)."""
+                     output_filter: Sequence[str] = (), *, only_if_quick: bool = False
+                     ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
+        """Predict on a version the caller already holds (one handle per request, from decode to reply).
+
+        ``only_if_quick``: as :meth:`predict_request`'s, on the held version (the caller checked the request's
+        size and held it with ``hold(..., only_if_quick=True)``): :class:`WouldWait` before running anything
+        unless its steps are measured short; with batching it runs alone at once."""
+        run = self._run
+        if only_if_quick:
+            if not self._quick_on(servable, signature_name, tuple(output_filter)):
+                raise WouldWait(f"model '{servable.name}' version {servable.version} is not known to be quick")
+            if self.batcher is not None:
+                run = self._run_now
         try:
-            name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=self._run,
+            name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=run,
                                                      method_check=self.enable_signature_method_name_check)
             return self._resolved(servable, name), outputs
         finally:
             self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
     @contextmanager
-    def hold(self, model_spec: model_pb2.ModelSpec) -> Iterator[HeldServable]:
+    def hold(self, model_spec: model_pb2.ModelSpec, *, only_if_quick: bool = False, request_bytes: int = 0
+             ) -> Iterator[HeldServable]:
         """One servable handle for a whole front-end request (signature lookup, decode, run, encode), as gRPC holds
-        it: a version swap in between can neither fail the request nor mix two versions."""
-        with self._arrival(), self._handle(model_spec) as servable:
-            yield HeldServable(self, servable, signature_or_default(model_spec.signature_name))
+        it: a version swap in between can neither fail the request nor mix two versions.
+
+        ``only_if_quick`` (the v2 gRPC ModelInfer on the event loop, as Predict's): :class:`WouldWait` for a
+        request over ``QUICK_MAX_REQUEST_BYTES``, and the held predict runs only if quick (:meth:`predict_with`)."""
+        arrival = self._arrival
+        if only_if_quick:
+            if not _small(request_bytes):
+                raise WouldWait(f"a request of {request_bytes} bytes is not quick")
+            if self.batcher is not None:
+                arrival = nullcontext  # it never queues: nothing to announce
+        with arrival(), self._handle(model_spec) as servable:
+            yield HeldServable(self, servable, signature_or_default(model_spec.signature_name), only_if_quick)
 
     # --- Classify / Regress / MultiInference ----------------------------------------------------------------------
 
@@ -362,10 +383,12 @@ class ServingCore:
 class HeldServable:
     """A servable held by :meth:`ServingCore.hold`: its signature spec and a predict that runs on it."""
 
-    def __init__(self, core: ServingCore, servable: Servable, signature_name: str) -> None:
+    def __init__(self, core: ServingCore, servable: Servable, signature_name: str, only_if_quick: bool = False
+                 ) -> None:
         self.servable = servable
         self.signature_name = signature_name
         self._core = core
+        self._only_if_quick = only_if_quick
 
     @property
     def signature(self) -> SignatureSpec:
@@ -375,4 +398,5 @@ class HeldServable:
     def predict(self, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
                 ) -> tuple[model_pb2.ModelSpec, dict[str, np.ndarray]]:
         """Predict on the held version (no second resolve)."""
-        return self._core.predict_with(self.servable, self.signature_name, inputs, output_filter)
+        return self._core.predict_with(self.servable, self.signature_name, inputs, output_filter,
+                                       only_if_quick=self._only_if_quick)

@@ -24,6 +24,8 @@ model or version, INVALID_ARGUMENT for a bad request).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,12 +127,26 @@ class InferResponse:
 
 
 class V2Core:
-    """The v2 protocol over :class:`ServingCore`: health, metadata, infer and the model repository."""
+    """The v2 protocol over :class:`ServingCore`: health, metadata, infer and the model repository. Both wires
+    take the one instance of their core from :meth:`of`, so a model unloaded over REST can be loaded over gRPC."""
+
+    _instances: weakref.WeakKeyDictionary[ServingCore, V2Core] = weakref.WeakKeyDictionary()
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, core: ServingCore) -> V2Core:
+        """The V2Core of ``core`` (made on first use)."""
+        with cls._instances_lock:
+            found = cls._instances.get(core)
+            if found is None:
+                found = cls._instances[core] = cls(core)
+            return found
 
     def __init__(self, core: ServingCore, *, max_request_bytes: int | None = None) -> None:
         self.core = core
         self.max_request_bytes = max_request_bytes if max_request_bytes is not None else core.max_request_bytes
         self._unloaded: dict[str, model_server_config_pb2.ModelConfig] = {}  # for repository load after unload
+        self._repository = threading.Lock()  # one load/unload at a time: each edits the config in force
 
     # --- health and metadata --------------------------------------------------------------------------------
 
@@ -180,11 +196,15 @@ class V2Core:
 
     # --- infer ----------------------------------------------------------------------------------------------
 
-    def infer(self, request: InferRequest) -> InferResponse:
-        """Run ``request`` on one held version (the v1 Predict path); outputs in the order asked."""
+    def infer(self, request: InferRequest, *, only_if_quick: bool = False, request_bytes: int = 0) -> InferResponse:
+        """Run ``request`` on one held version (the v1 Predict path); outputs in the order asked.
+
+        ``only_if_quick`` (the gRPC event loop): ``WouldWait`` before running, unless the request is small
+        (``request_bytes``) and the version's steps are short, as for a v1 Predict (``ServingCore.hold``)."""
         name = request.model
         signature_name = _signature_name(request.parameters)
-        with self.core.hold(self._spec(name, request.version, signature_name)) as held:
+        with self.core.hold(self._spec(name, request.version, signature_name), only_if_quick=only_if_quick,
+                            request_bytes=request_bytes) as held:
             sig = held.signature
             where = f"model '{name}' version {held.servable.version}, signature '{sig.name}'"
             self._check_inputs(held.servable, sig, request.inputs, where)
@@ -265,6 +285,10 @@ class V2Core:
             check_parameters(parameters, frozenset(), f"load of model '{name}'")
         if not name:
             raise InvalidArgument("missing model name")
+        with self._repository:
+            self._load(name, wait_seconds)
+
+    def _load(self, name: str, wait_seconds: float | None) -> None:
         config = self.core.model_config()
         models = config.model_config_list.config
         if any(mc.name == name for mc in models):
@@ -290,6 +314,10 @@ class V2Core:
             check_parameters(parameters, frozenset({"unload_dependents"}), f"unload of model '{name}'")
         if not name:
             raise InvalidArgument("missing model name")
+        with self._repository:
+            self._unload(name, wait_seconds)
+
+    def _unload(self, name: str, wait_seconds: float | None) -> None:
         config = self.core.model_config()
         models = config.model_config_list.config
         keep = [mc for mc in models if mc.name != name]

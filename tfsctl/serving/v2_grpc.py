@@ -13,22 +13,28 @@ read), typed ``contents`` for typed ones, unless the requested outputs say other
 one asks for it, typed when all ask not to); raw after all when an output has no typed field (FP16, BF16).
 The servicer shares :class:`~tfsctl.serving.grpc_api.ServicerBase` with TF Serving's: one place maps errors
 to statuses (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE while draining), counts request metrics and passes the
-drain gate. Every RPC runs in the gRPC pool.
+drain gate. On the event-loop server ModelInfer runs a quick request inline, as TF Serving's Predict does there
+(:class:`LoopV2Servicer`); every other RPC runs in the gRPC pool.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 import numpy as np
 
 from tfsctl.core import v2_tensors
+from tfsctl.core.servable import capped_message
 from tfsctl.core.v2_protos import SERVICE_NAME as V2_SERVICE
 from tfsctl.core.v2_protos import service_pb2, service_pb2_grpc
 from tfsctl.core.v2_tensors import CONTENTS_FIELD
 from tfsctl.errors import InvalidArgument
 from tfsctl.serving.grpc_api import ServicerBase
+from tfsctl.serving.service import WouldWait
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 REQUEST_PARAMETERS = frozenset({SIGNATURE_PARAMETER, "content_type"})
@@ -133,7 +139,7 @@ class V2Servicer(service_pb2_grpc.GRPCInferenceServiceServicer, ServicerBase):
 
     def __init__(self, core: Any, metrics: Any = None, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)
-        self.v2 = V2Core(core)
+        self.v2 = V2Core.of(core)
 
     def ServerLive(self, request, context):  # noqa: N802 - gRPC method names
         return service_pb2.ServerLiveResponse(live=True)
@@ -154,11 +160,14 @@ class V2Servicer(service_pb2_grpc.GRPCInferenceServiceServicer, ServicerBase):
                           lambda: _metadata_response(self.v2.model_metadata(request.name, request.version)))
 
     def ModelInfer(self, request, context):  # noqa: N802
-        def infer() -> service_pb2.ModelInferResponse:
-            parsed, raw = parse_infer(request)
-            return encode_infer(self.v2.infer(parsed), raw)
+        return self._call("grpc_v2_infer", request.model_name, context, functools.partial(self._infer, request))
 
-        return self._call("grpc_v2_infer", request.model_name, context, infer)
+    def _infer(self, request: service_pb2.ModelInferRequest, *, only_if_quick: bool = False
+               ) -> service_pb2.ModelInferResponse:
+        parsed, raw = parse_infer(request)
+        result = self.v2.infer(parsed, only_if_quick=only_if_quick,
+                               request_bytes=request.ByteSize() if only_if_quick else 0)
+        return encode_infer(result, raw)
 
     def RepositoryIndex(self, request, context):  # noqa: N802
         def index() -> service_pb2.RepositoryIndexResponse:
@@ -188,11 +197,38 @@ class V2Servicer(service_pb2_grpc.GRPCInferenceServiceServicer, ServicerBase):
         return self._call(f"grpc_v2_repository_{verb}", request.model_name, context, run)
 
 
-def add_v2_service(server: grpc.Server, core: Any, metrics: Any = None, **kwargs: Any) -> V2Servicer:
-    """Register inference.GRPCInferenceService on ``server`` (a grpc or grpc.aio server)."""
-    servicer = V2Servicer(core, metrics, **kwargs)
+class LoopV2Servicer(V2Servicer):
+    """On the ``grpc.aio`` server: ModelInfer is a coroutine that runs a quick request inline on the event loop
+    and any other in ``executor``, with the rules of TF Serving's Predict there
+    (:class:`~tfsctl.serving.grpc_api.LoopPredictionServicer`); the other methods run in grpc's pool."""
+
+    def __init__(self, core: Any, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
+        super().__init__(core, metrics, **kwargs)
+        self.executor = executor
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        name = request.model_name
+        run = functools.partial(self._infer, request)
+        try:  # the quick route first: it declines (WouldWait) before running anything
+            result, error = self._outcome("grpc_v2_infer", name, functools.partial(run, only_if_quick=True))
+        except WouldWait:
+            result, error = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._outcome, "grpc_v2_infer", name, run)
+        if error is None:
+            return result
+        del request, run  # the abort's traceback must not keep a large request alive
+        await context.abort(error.grpc_code, capped_message(error.message))
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def add_v2_service(server: grpc.Server, core: Any, metrics: Any = None, *, executor: Executor | None = None,
+                   **kwargs: Any) -> V2Servicer:
+    """Register inference.GRPCInferenceService on ``server``; with ``executor`` (a grpc.aio server's pool, see
+    :class:`~tfsctl.serving.grpc_loop.LoopServer`) ModelInfer runs quick requests on the event loop."""
+    servicer = (LoopV2Servicer(core, metrics, executor=executor, **kwargs) if executor is not None
+                else V2Servicer(core, metrics, **kwargs))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return servicer
 
 
-__all__ = ["V2_SERVICE", "V2Servicer", "add_v2_service", "encode_infer", "parse_infer"]
+__all__ = ["V2_SERVICE", "LoopV2Servicer", "V2Servicer", "add_v2_service", "encode_infer", "parse_infer"]

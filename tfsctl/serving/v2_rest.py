@@ -261,7 +261,7 @@ class V2Rest:
     def v2(self) -> V2Core:
         """The v2 mapping over the server's request core, made on the first v2 request."""
         if self._v2 is None:
-            self._v2 = V2Core(self.server.core)
+            self._v2 = V2Core.of(self.server.core)
         return self._v2
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -345,6 +345,8 @@ class V2Rest:
             reply, code = _error(e.http_status, e.message), e.grpc_code.name
         except orjson.JSONDecodeError as e:
             reply, code = _error(400, f"malformed JSON: {e}"), "INVALID_ARGUMENT"
+        except ConnectionError:  # the client went away mid-body (a truncated request): nobody reads a reply
+            reply, code = _error(499, "the client closed the connection before sending the whole body"), "CANCELLED"
         except Exception as e:  # noqa: BLE001 - a front-end error with its own status, or a bug: never a traceback
             status = getattr(e, "status", None)
             if isinstance(status, int) and hasattr(e, "code_name"):  # rest_api's _HttpError (413, 408, 504, 503)
