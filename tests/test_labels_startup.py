@@ -160,3 +160,43 @@ def test_reloads_with_labels_follow_server_core(tmp_path, slow_loads):
             assert _predict(channel, "canary") == 124
     finally:
         server.stop(2)
+
+
+def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads):
+    """http_rest_api_handler_test.cc's set-up (half_plus_two, specific {123}, started, then reloaded with
+    Version_Label -> 123) and its label requests, over a real REST port: predict, regress, classify and status."""
+    import json
+    import urllib.request
+
+    from tfsctl.testing import free_port, write_tf1_half_plus
+
+    base = tmp_path / "saved_model_half_plus_two_2_versions"
+    write_tf1_half_plus(base, 123)
+    write_tf1_half_plus(base, 124)
+    cfg = tmp_path / "models.config"
+    config = _config(base, {})
+    config.model_config_list.config[0].name = "saved_model_half_plus_two_2_versions"
+    cfg.write_text(str(config))
+    server = ModelServer(ServerOptions(port=0, rest_api_port=free_port(), host="127.0.0.1",
+                                       model_config_file=str(cfg)))
+    server.start()
+    try:
+        config.model_config_list.config[0].version_labels["Version_Label"] = 123
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            _reload(channel, config)
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/saved_model_half_plus_two_2_versions/labels/Version_Label"
+
+        def call(verb: str, body: dict | None = None) -> dict:
+            data = None if body is None else json.dumps(body).encode()
+            with urllib.request.urlopen(urllib.request.Request(url + verb, data=data), timeout=30) as reply:
+                assert reply.headers["Content-Type"] == "application/json"
+                return json.loads(reply.read())
+
+        assert call(":predict", {"instances": [1.0, 2.0]}) == {"predictions": [2.5, 3.0]}
+        assert call(":regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}) == {"results": [42]}
+        assert call(":classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 10.0}]}) == \
+            {"results": [[["", 7]]]}
+        assert call("") == {"model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    finally:
+        server.stop(2)

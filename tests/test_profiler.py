@@ -67,3 +67,71 @@ def test_enable_profiler_false_leaves_the_service_out(tmp_path):
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop(2)
+
+
+def _messages():
+    from tfsctl.serving.profiler import _message_classes
+
+    return _message_classes()
+
+
+def _listening_sockets() -> set[str]:
+    """Inodes of this process's listening TCP sockets (state 0A in /proc/net/tcp{,6})."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A":
+                    listening.add(cols[9])
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    return mine & listening
+
+
+def test_the_trace_opens_no_port_of_its_own_and_terminate_ends_it(tmp_path):
+    """Profile runs in the server (no relay to a profiler server on another port); Terminate with its session id
+    ends a long Profile at once, and the XSpace lands where TensorBoard looks for it."""
+    server = _serve(tmp_path)
+    messages = _messages()
+    try:
+        before = _listening_sockets()
+        request = messages["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "repo"),
+                                             session_id="run1", host_name="127.0.0.1:1234")
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            profile = channel.unary_unary("/tensorflow.ProfilerService/Profile")
+            terminate = channel.unary_unary("/tensorflow.ProfilerService/Terminate")
+            future = profile.future(request.SerializeToString(), timeout=120)
+            # Terminate before the session starts also counts (TF's service keeps the signal): either way it ends.
+            terminate(messages["TerminateRequest"](session_id="run1").SerializeToString(), timeout=10)
+            reply = messages["ProfileResponse"].FromString(future.result(timeout=60))
+        assert reply.empty_trace  # nothing ran meanwhile
+        assert (tmp_path / "repo" / "run1" / "127.0.0.1_1234.xplane.pb").stat().st_size > 0
+        assert [p.name for p in (tmp_path / "repo" / "run1").iterdir()] == ["127.0.0.1_1234.xplane.pb"]
+        assert _listening_sockets() == before
+    finally:
+        server.stop(2)
+
+
+def test_bad_profiler_requests_get_clear_codes(tmp_path):
+    server = _serve(tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            for method, payload, code in (
+                ("Profile", _messages()["ProfileRequest"](duration_ms=10).SerializeToString(),
+                 grpc.StatusCode.INVALID_ARGUMENT),  # no repository_root / session_id: nowhere to write
+                ("Profile", b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),
+                ("Terminate", b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT),
+                ("Monitor", b"", grpc.StatusCode.UNIMPLEMENTED),  # as TensorFlow's profiler service
+            ):
+                with pytest.raises(grpc.RpcError) as info:
+                    channel.unary_unary(f"/tensorflow.ProfilerService/{method}")(payload, timeout=30)
+                assert info.value.code() == code, (method, info.value.details())
+    finally:
+        server.stop(2)

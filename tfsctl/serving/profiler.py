@@ -1,56 +1,184 @@
 """TF Serving's ProfilerService on the model server's own gRPC port (``--enable_profiler``, on by default).
 
-TensorFlow's profiler server lives in C++ and only listens on a port of its own, so the three RPCs of
-``tensorflow.ProfilerService`` are relayed, as opaque bytes, to one started in this process on the first profiling
-request: servers nobody profiles never open that port, and clients (``profiler_client.trace``, TensorBoard's
-capture) talk to the address they already use.
+The three RPCs of ``tensorflow.ProfilerService`` are served in this process, as TensorFlow's profiler service does
+(``tsl/profiler/rpc/profiler_service_impl.cc``): Profile runs one TensorFlow ProfilerSession (the same C++ tracers)
+for ``duration_ms`` or until Terminate names its session, writes the XSpace to
+``<repository_root>/<session_id>/<host_name>.xplane.pb`` (where ``profiler_client.trace`` and TensorBoard's capture
+read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here.
+
+Why not relay to TensorFlow's own profiler server: that server listens on a port of its own (all interfaces), and
+the hop to it delays the session's start by a millisecond or more, long enough to miss a request sent together with
+the Profile call (TF Serving's ``test_profiler_service_with_valid_trace_request`` sends exactly one). Here the
+session starts on the RPC's own thread.
+
+TensorFlow's Python package ships no classes for these messages, so the few fields used are declared here, with
+the numbers of ``profiler_service.proto``.
 """
 
 from __future__ import annotations
 
-import socket
+import os
+import shutil
 import threading
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 SERVICE = "tensorflow.ProfilerService"
 METHODS = ("Profile", "Terminate", "Monitor")
+_MAX_DELAY_S = 60.0  # longest wait for a start_timestamp_ns in the future
+_MAX_STOP_SIGNALS = 256
 
 
-class _Relay:
-    """Starts TensorFlow's profiler server once, on a free loopback-chosen port, and forwards calls to it."""
+def _message_classes() -> dict[str, Any]:
+    """ProfileRequest / ProfileResponse / TerminateRequest / TerminateResponse, wire-compatible subsets."""
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="tfsctl/profiler_service_subset.proto", package="tensorflow",
+                                              syntax="proto3")
+    fields = {
+        "ProfileRequest": [("duration_ms", 1, f.TYPE_UINT64), ("opts", 4, f.TYPE_BYTES),  # ProfileOptions
+                           ("repository_root", 5, f.TYPE_STRING), ("session_id", 6, f.TYPE_STRING),
+                           ("host_name", 7, f.TYPE_STRING)],
+        "ProfileResponse": [("empty_trace", 7, f.TYPE_BOOL)],
+        "TerminateRequest": [("session_id", 1, f.TYPE_STRING)],
+        "TerminateResponse": [],
+    }
+    for name, declared in fields.items():
+        message = file.message_type.add(name=name)
+        for field_name, number, kind in declared:
+            message.field.add(name=field_name, number=number, type=kind, label=f.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()  # private: never clashes with a registration elsewhere
+    pool.Add(file)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}"))
+            for name in fields}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _submessages(buf: bytes, number: int) -> list[bytes]:
+    """The length-delimited fields ``number`` of a serialized message (skipping the others)."""
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            if key >> 3 == number:
+                out.append(buf[i:i + size])
+            i += size
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return out
+
+
+def xspace_has_events(xspace: bytes) -> bool:
+    """True when some XPlane (field 1) has an XLine (field 3) with an XEvent (field 4): TSL's ``!IsEmpty``.
+
+    Walked on the wire: TensorFlow's own ``xplane_pb2`` refuses the C++ tracers' non-UTF-8 strings."""
+    return any(_submessages(line, 4) for plane in _submessages(xspace, 1) for line in _submessages(plane, 3))
+
+
+class ProfilerService:
+    """Profile / Terminate / Monitor, one profiling session at a time (TensorFlow's profiler allows one)."""
 
     def __init__(self) -> None:
+        self._messages = _message_classes()
         self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
+        self._stops: dict[str, threading.Event] = {}  # Terminate may arrive before or during its Profile
 
-    def _target(self) -> grpc.Channel:
+    def _stop_event(self, session_id: str) -> threading.Event:
         with self._lock:
-            if self._channel is None:
-                from tensorflow.python.profiler import profiler_v2
+            return self._stops.setdefault(session_id, threading.Event())
 
-                with socket.socket() as probe:  # a free port for the profiler's own listener
-                    probe.bind(("127.0.0.1", 0))
-                    port = probe.getsockname()[1]
-                profiler_v2.start_server(port)
-                self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            return self._channel
+    def profile(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        from tensorflow.python.profiler.internal import _pywrap_profiler
+        from tensorflow.tsl.profiler.protobuf import profiler_options_pb2
 
-    def handler(self, method: str) -> grpc.RpcMethodHandler:
-        def call(request: bytes, context: grpc.ServicerContext) -> Any:
-            stub = self._target().unary_unary(f"/{SERVICE}/{method}")  # bytes in, bytes out
-            timeout = context.time_remaining()
+        try:
+            request = self._messages["ProfileRequest"].FromString(raw)
+            opts = profiler_options_pb2.ProfileOptions.FromString(request.opts)
+        except DecodeError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the ProfileRequest: {e}")
+        if not request.repository_root or not request.session_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ProfileRequest needs repository_root and session_id "
+                                                            "(the directory the trace is written to)")
+        delay = opts.start_timestamp_ns / 1e9 - time.time() if opts.start_timestamp_ns else 0.0
+        stop = self._stop_event(request.session_id)
+        # Terminated before it started: an empty trace, as a session that recorded nothing.
+        terminated = delay > 0 and stop.wait(min(delay, _MAX_DELAY_S))
+        levels = {"host_tracer_level": 2, "device_tracer_level": 1, "python_tracer_level": 0}  # version 0: defaults
+        if opts.version:
+            levels = {name: getattr(opts, name) for name in levels}
+        run_dir = Path(request.repository_root) / request.session_id
+        scratch = run_dir / f".tfsctl-{uuid.uuid4().hex}"  # where TensorFlow writes the XSpace; same file system
+        session = _pywrap_profiler.ProfilerSession()
+        try:
+            session.start(str(scratch), levels)
+        except Exception as e:  # noqa: BLE001 - e.g. another session is running; TF's service answers INTERNAL
+            context.abort(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
+        gone = threading.Event()  # the RPC ended: the client cancelled or its deadline passed
+        context.add_callback(gone.set)
+        try:
+            deadline = time.monotonic() + request.duration_ms / 1000.0
+            while not terminated and not gone.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.wait(min(left, 0.05)):  # 50 ms: notice a client that went away
+                    break
+            if gone.is_set():
+                session.stop()
+                context.abort(grpc.StatusCode.CANCELLED, "the profiling client went away")
             try:
-                return stub(request, timeout=timeout)
-            except grpc.RpcError as e:
-                context.abort(e.code(), e.details() or "profiler call failed")
+                session.export_to_tb()  # stops the session, writes scratch/plugins/profile/<time>/<host>.xplane.pb
+                (written,) = scratch.rglob("*.xplane.pb")
+                xspace = written.read_bytes()
+                os.replace(written, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"))
+            except Exception as e:  # noqa: BLE001 - OSError here, TF's own errors from export_to_tb
+                context.abort(grpc.StatusCode.INTERNAL, f"cannot write the trace under {run_dir}: {e}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with self._lock:
+                self._stops.pop(request.session_id, None)
+        return self._messages["ProfileResponse"](empty_trace=not xspace_has_events(xspace)).SerializeToString()
 
-        return grpc.unary_unary_rpc_method_handler(call)
+    def terminate(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            request = self._messages["TerminateRequest"].FromString(raw)
+        except DecodeError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the TerminateRequest: {e}")
+        with self._lock:  # stop signals for sessions not (yet) running are bounded: the oldest go first
+            while len(self._stops) >= _MAX_STOP_SIGNALS and request.session_id not in self._stops:
+                self._stops.pop(next(iter(self._stops)))
+        self._stop_event(request.session_id).set()
+        return self._messages["TerminateResponse"]().SerializeToString()
+
+    def monitor(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented.")  # as TensorFlow's profiler service
+        return b""
 
 
 def add_profiler_service(server: grpc.Server) -> None:
     """Register ``tensorflow.ProfilerService`` (Profile, Terminate, Monitor) on ``server``."""
-    relay = _Relay()
-    handlers = {method: relay.handler(method) for method in METHODS}
+    service = ProfilerService()
+    calls = {"Profile": service.profile, "Terminate": service.terminate, "Monitor": service.monitor}
+    handlers = {method: grpc.unary_unary_rpc_method_handler(calls[method]) for method in METHODS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -488,7 +488,7 @@ class ModelServer:
 
             for name in ("ModelService", "PredictionService"):
                 self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if opts.enable_profiler:  # TF Serving's ProfilerService, relayed to TensorFlow's profiler on first use
+        if opts.enable_profiler:  # TF Serving's ProfilerService, served in process (serving/profiler.py)
             from tfsctl.serving.profiler import add_profiler_service
 
             add_profiler_service(server)
