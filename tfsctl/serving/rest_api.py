@@ -26,6 +26,7 @@ out of file descriptors is logged once, not per accept.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import re
@@ -49,6 +50,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
+from tfsctl.serving.request_record import REST, current
 
 if TYPE_CHECKING:
     from tfsctl.serving.service import ServingCore
@@ -318,13 +320,19 @@ class RestServer:
                 self._refusing = True
                 log.warning("REST: %d connections open, the limit; refusing new ones with 503 until some close",
                             self.open_connections)
+            if self.metrics is not None:
+                self.metrics.rest_connections_refused.inc()
             return _Refused()
         self.open_connections += 1
+        if self.metrics is not None:
+            self.metrics.rest_connections_open.inc()
         assert self._runner is not None and self._runner.server is not None
         return _Connection(self, self._runner.server())
 
     def _connection_closed(self) -> None:
         self.open_connections -= 1
+        if self.metrics is not None:
+            self.metrics.rest_connections_open.dec()
         if self._refusing and self.open_connections < self.max_connections:
             self._refusing = False
 
@@ -371,6 +379,7 @@ class RestServer:
                 name, version, label, sub = m.groups()
                 return await self._model_call(request, "metadata" if sub == "metadata" else "status",
                                               name or "", version, label)
+        self.core.finish(self.core.begin(REST, "", ""), malformed.grpc_code.name)  # TF counts it (model_name "")
         return self._error_reply(malformed)
 
     async def _health(self, path: str) -> web.Response:
@@ -383,9 +392,8 @@ class RestServer:
 
     async def _model_call(self, request: web.Request, verb: str, name: str, version: str | None,
                           label: str | None) -> web.Response:
-        start = time.perf_counter()
-        api = f"rest_{verb}"
         name = unquote(name)
+        record = self.core.begin(REST, verb, name)
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
@@ -400,9 +408,8 @@ class RestServer:
             log.exception("REST %s %s failed", request.method, request.path)
             status, code = 500, "INTERNAL"
             encoded = json_codec.encode_error(f"internal error: {type(e).__name__}: {e}")
-        if self.metrics is not None:
-            model = self.core.metric_model_label(name, code == "OK")
-            self.metrics.observe_request(model, api, code, time.perf_counter() - start)
+        record.bytes_out = len(encoded)
+        self.core.finish(record, code)
         response = self._reply(status, encoded)
         if status in (408, 413):
             response.force_close()
@@ -451,7 +458,12 @@ class RestServer:
         loop = asyncio.get_running_loop()
         try:
             body = await self._read_body(request) if request.method == "POST" else b""
-            work = self._executor.submit(getattr(self, f"_do_{verb}"), name, version, label, body)
+            # In a copy of this request's context: the request core finds the request's record there.
+            work = self._executor.submit(contextvars.copy_context().run, getattr(self, f"_do_{verb}"), name,
+                                         version, label, body)
+            record = current()
+            if record is not None:
+                record.bytes_in = len(body)
         except BaseException:
             self._release_body(reserved)
             raise

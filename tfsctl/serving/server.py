@@ -299,14 +299,6 @@ class _HideHealth(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _in_flight_gauge(metrics: Any) -> Any:
-    """``tfsctl_grpc_requests_in_flight`` on the server's Prometheus page (tfsctl's own; TF Serving has none)."""
-    from prometheus_client import Gauge
-
-    return Gauge("tfsctl_grpc_requests_in_flight", "TF Serving gRPC requests being handled (queued ones too).",
-                 registry=metrics.registry)
-
-
 def _malloc_trim() -> None:
     """Give the heap pages freed while loading back to the OS (glibc only; elsewhere nothing to do)."""
     import ctypes
@@ -387,13 +379,14 @@ class ModelServer:
                 self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
 
             self.metrics = Metrics()
-            self._gate.gauge = _in_flight_gauge(self.metrics)
-            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
+            self._gate.gauge = self.metrics.grpc_in_flight
+            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options,
+                                                                           observer=self.metrics))
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
             self.core = ServingCore(self.manager, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
-                                    max_request_bytes=int(opts.grpc_max_message_bytes))
+                                    max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics)
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:

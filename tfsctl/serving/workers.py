@@ -379,7 +379,7 @@ class _Link:
 
         Manager.is_ready = is_ready  # type: ignore[method-assign]
         ServingCore.reload_config = reload_config  # type: ignore[method-assign]
-        Metrics.render = lambda _metrics: _render_all_workers()  # type: ignore[method-assign]
+        Metrics.collect = lambda _metrics: _collect_all_workers()  # type: ignore[method-assign]
 
     def attach(self, server: Any) -> None:
         self.core, self.manager = server.core, server.manager
@@ -472,13 +472,13 @@ def _error_from(error: tuple[str, str]) -> Exception:
     return errors.Internal(f"{error[0]}: {error[1]}")
 
 
-def _render_all_workers() -> bytes:
-    """Prometheus text summed over every worker (prometheus_client multiprocess mode)."""
-    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+def _collect_all_workers() -> list:
+    """Every metric family summed over every worker (prometheus_client multiprocess mode)."""
+    from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return list(registry.collect())
 
 
 def pin_to_cpu(index: int) -> int:
