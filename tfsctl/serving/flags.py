@@ -117,6 +117,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("model_cache_dir", "str", "",
          "local copies of s3:// and gs:// versions [$TFSCTL_MODEL_CACHE_DIR or a temp dir]", tfsctl_only=True),
     Flag("load_retry_interval_seconds", "float", None, "overrides --load_retry_interval_micros", tfsctl_only=True),
+    Flag("request_log_max_file_bytes", "int64", 64 * 1024 * 1024,
+         "request log files (a model config's logging_config) start anew past this size", tfsctl_only=True),
+    Flag("access_log", "str", "", "one line per request to PATH, or - for stderr [off]", tfsctl_only=True),
+    Flag("log_format", "str", "text", "text or json: every server log line and the access log", tfsctl_only=True),
 )
 BY_NAME = {f.name: f for f in FLAGS}
 

@@ -107,6 +107,9 @@ class ServerOptions:
     retry_failed_versions_on_change: bool = False
     batching_isolate_failures: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
+    request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
+    access_log: str = ""  # one line per request: a path, or "-" for stderr; "" = off
+    log_format: str = "text"  # text | json, for every server log line and the access log
 
     @classmethod
     def from_args(cls, argv: list[str]) -> ServerOptions:
@@ -170,6 +173,10 @@ class ServerOptions:
                self.tensorflow_session_parallelism) > 0:
             raise FlagError("configure either --tensorflow_session_parallelism or --tensorflow_intra_op_parallelism "
                             "and --tensorflow_inter_op_parallelism, not all three")
+        if self.log_format not in ("text", "json"):
+            raise FlagError(f"--log_format must be text or json, got {self.log_format!r}")
+        if self.request_log_max_file_bytes < 1024:
+            raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
         if self.batching_parameters_file and not self.enable_batching:
             raise FlagError("--batching_parameters_file is set without --enable_batching")
         parse_channel_arguments(self.grpc_channel_arguments)
@@ -326,6 +333,7 @@ class ModelServer:
         self.core: Any = None
         self.rest: Any = None
         self.monitoring_config: Any = None
+        self.request_logger: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: Any = None  # a grpc_loop.LoopServer once started
         from tfsctl.serving.grpc_api import RequestGate
@@ -384,9 +392,16 @@ class ModelServer:
                                                                            observer=self.metrics))
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
+            from tfsctl.core.request_log import RequestLogger
+
+            self.request_logger = RequestLogger(saved_model_tags=settings.load_options.saved_model_tags,
+                                                max_file_bytes=opts.request_log_max_file_bytes,
+                                                counter=self.metrics.observe_request_log)
+            self.manager.server_core().request_logger = self.request_logger
             self.core = ServingCore(self.manager, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
-                                    max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics)
+                                    max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
+                                    request_logger=self.request_logger)
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -523,7 +538,7 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(None)
             self._grpc = None
-        for part in (self.rest, self.batcher, self.manager):
+        for part in (self.rest, self.batcher, self.request_logger, self.manager):
             if part is not None:
                 try:
                     part.stop()
@@ -582,6 +597,8 @@ class ModelServer:
                 t.join(timeout=5)
             if self.batcher is not None:
                 self.batcher.stop()
+            if self.request_logger is not None:
+                self.request_logger.stop()  # what is queued is written, every file gets its final name
             if self.manager is not None:
                 self.manager.stop()
             self._stopped.set()

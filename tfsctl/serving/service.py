@@ -103,13 +103,15 @@ class ServingCore:
 
     def __init__(self, manager: ServableManager, batcher: SignatureRunner | None = None, *,
                  reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False,
-                 max_request_bytes: int = DEFAULT_MAX_BYTES, metrics: Any = None) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_BYTES, metrics: Any = None, request_logger: Any = None) -> None:
         self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
         self.batcher = batcher
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
         self.metrics = metrics
+        # tfsctl.core.request_log.RequestLogger (the model config's logging_config), or None
+        self.request_logger = request_logger
         # Called with every finished RequestRecord (access log, request log, traces), after the metrics.
         self.observers: list[Callable[[RequestRecord], None]] = []
         run = self._batched_run if batcher is not None else inference.servable_run
@@ -203,7 +205,10 @@ class ServingCore:
                 name, outputs = inference.run_predict(
                     servable, request, run=run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
-                return self._resolved(servable, name), outputs
+                resolved = self._resolved(servable, name)
+                if self.request_logger is not None and self.request_logger.wants(servable.name):
+                    self._log_predict(request, resolved, outputs, size)
+                return resolved, outputs
         finally:
             self._trim_after(size)
 
@@ -214,7 +219,10 @@ class ServingCore:
             name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter,
                                                      run=self._runs["Predict"],
                                                      method_check=self.enable_signature_method_name_check)
-            return self._resolved(servable, name), outputs
+            resolved = self._resolved(servable, name)
+            if self.request_logger is not None and self.request_logger.wants(servable.name):
+                self._log_predict_arrays(resolved, inputs, output_filter, outputs)
+            return resolved, outputs
         finally:
             self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
@@ -245,7 +253,11 @@ class ServingCore:
                 name, result = run(servable, request, run=self._runs[api],
                                    method_check=self.enable_signature_method_name_check,
                                    max_bytes=self.max_request_bytes)
-                return response_type(model_spec=make_model_spec(servable.name, servable.version, name), result=result)
+                response = response_type(model_spec=make_model_spec(servable.name, servable.version, name),
+                                         result=result)
+            if self.request_logger is not None and self.request_logger.wants(response.model_spec.name):
+                self._log_message("classify_log" if api == "Classify" else "regress_log", request, response, size)
+            return response
         finally:
             self._trim_after(size)
 
@@ -261,6 +273,9 @@ class ServingCore:
                 response = inference.run_multi_inference(
                     servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes)
+                spec = make_model_spec(servable.name, servable.version, request.tasks[0].model_spec.signature_name)
+            if self.request_logger is not None and self.request_logger.wants(spec.name):
+                self._log_message("multi_inference_log", request, response, size, spec)
             if self.metrics is not None:  # RecordRequestExampleCount, MultiInference's only (multi_inference.cc)
                 kind = request.input.WhichOneof("kind")
                 count = len(getattr(request.input, kind).examples) if kind else 0
@@ -321,6 +336,57 @@ class ServingCore:
             return outputs
 
         return timed
+
+    # --- request logging (the model config's logging_config; built and written by the logger's own thread) -------
+
+    def _log_predict(self, request: predict_pb2.PredictRequest, resolved: model_pb2.ModelSpec,
+                     outputs: dict[str, np.ndarray], size: int) -> None:
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            entry = prediction_log_pb2.PredictionLog()
+            entry.predict_log.request.CopyFrom(request)
+            _fill_predict_response(entry.predict_log.response, resolved, outputs)
+            return entry
+
+        self.request_logger.submit(resolved.name, resolved, build, size + _nbytes(outputs))
+
+    def _log_predict_arrays(self, resolved: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
+                            output_filter: Sequence[str], outputs: dict[str, np.ndarray]) -> None:
+        """A Predict that came as arrays (REST): logged as the PredictRequest it stands for."""
+        inputs = dict(inputs)
+        output_filter = list(output_filter)
+
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            from tfsctl.tensors import as_proto_field
+
+            entry = prediction_log_pb2.PredictionLog()
+            req = entry.predict_log.request
+            req.model_spec.name = resolved.name
+            req.model_spec.signature_name = resolved.signature_name
+            for key, value in inputs.items():
+                as_proto_field(np.asarray(value), req.inputs[key])
+            req.output_filter.extend(output_filter)
+            _fill_predict_response(entry.predict_log.response, resolved, outputs)
+            return entry
+
+        self.request_logger.submit(resolved.name, resolved, build, _nbytes(inputs) + _nbytes(outputs))
+
+    def _log_message(self, kind: str, request: Any, response: Any, size: int,
+                     spec: model_pb2.ModelSpec | None = None) -> None:
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            entry = prediction_log_pb2.PredictionLog()
+            part = getattr(entry, kind)
+            part.request.CopyFrom(request)
+            part.response.CopyFrom(response)
+            return entry
+
+        spec = spec if spec is not None else response.model_spec
+        self.request_logger.submit(spec.name, spec, build, size + response.ByteSize())
 
     # --- models and readiness (what the front ends' health checks and metric labels ask) ---------------------------
 
@@ -422,6 +488,19 @@ class ServingCore:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = _CODE_OK
         return response
+
+
+def _nbytes(arrays: Mapping[str, Any]) -> int:
+    return sum(getattr(a, "nbytes", 0) for a in arrays.values())
+
+
+def _fill_predict_response(response: predict_pb2.PredictResponse, spec: model_pb2.ModelSpec,
+                           outputs: Mapping[str, np.ndarray]) -> None:
+    from tfsctl.tensors import as_proto_field
+
+    response.model_spec.CopyFrom(spec)
+    for key, value in outputs.items():
+        as_proto_field(value, response.outputs[key])
 
 
 class HeldServable:
