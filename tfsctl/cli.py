@@ -520,7 +520,9 @@ def serve(ctx: typer.Context) -> None:
 
     from rich.panel import Panel
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tfsctl.serving.logs import configure_logging
+
+    configure_logging(options.log_format)  # --log_format=json: every log line a JSON object
 
     def banner(server: ModelServer) -> None:
         models = ", ".join(server.manager.model_names()) or "none"

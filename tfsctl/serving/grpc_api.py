@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
+from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import GRPC
 from tfsctl.serving.service import ServingCore, WouldWait
 from tfsctl.tensors import as_proto_content, as_proto_field
@@ -120,10 +121,15 @@ class ServicerBase:
         if gate is not None and not gate.enter():
             return None, Unavailable(SHUTTING_DOWN)
         record = self.core.begin(GRPC, api, model_name)
+        if self.core.tag_requests and context is not None:
+            _tag(record, context)
         error: ServingError | None = None
         declined = False
         try:
-            return fn(), None
+            result = fn()
+            if record.wall:
+                record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
+            return result, None
         except WouldWait:
             declined = True
             self.core.discard(record)  # sent again where waiting is allowed: recorded then
@@ -143,6 +149,19 @@ class ServicerBase:
                 if gate is not None:
                     gate.exit()  # exactly once, whatever the recording does
         return None, error
+
+
+def _tag(record: Any, context: Any) -> None:
+    """The request id (the client's ``x-request-id`` metadata, else a new one) and peer; the id goes back in the
+    trailing metadata."""
+    given = None
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            given = value
+            break
+    record.request_id = request_id(given)
+    record.peer = context.peer() or ""
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, ServicerBase):

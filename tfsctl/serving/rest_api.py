@@ -50,6 +50,7 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
+from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import REST, current
 
 if TYPE_CHECKING:
@@ -394,6 +395,9 @@ class RestServer:
                           label: str | None) -> web.Response:
         name = unquote(name)
         record = self.core.begin(REST, verb, name)
+        if self.core.tag_requests:
+            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+            record.peer = request.remote or ""
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
@@ -411,6 +415,8 @@ class RestServer:
         record.bytes_out = len(encoded)
         self.core.finish(record, code)
         response = self._reply(status, encoded)
+        if record.request_id:
+            response.headers[REQUEST_ID_HEADER] = record.request_id
         if status in (408, 413):
             response.force_close()
         return response

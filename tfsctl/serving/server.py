@@ -334,6 +334,7 @@ class ModelServer:
         self.rest: Any = None
         self.monitoring_config: Any = None
         self.request_logger: Any = None
+        self.access_log: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: Any = None  # a grpc_loop.LoopServer once started
         from tfsctl.serving.grpc_api import RequestGate
@@ -402,6 +403,12 @@ class ModelServer:
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
                                     max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
                                     request_logger=self.request_logger)
+            if opts.access_log:
+                from tfsctl.serving.logs import AccessLog
+
+                self.access_log = AccessLog(opts.access_log, opts.log_format)
+                self.core.observers.append(self.access_log)
+                self.core.tag_requests = True
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -538,6 +545,8 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(None)
             self._grpc = None
+        if self.access_log is not None:
+            self.access_log.close()
         for part in (self.rest, self.batcher, self.request_logger, self.manager):
             if part is not None:
                 try:
@@ -599,6 +608,8 @@ class ModelServer:
                 self.batcher.stop()
             if self.request_logger is not None:
                 self.request_logger.stop()  # what is queued is written, every file gets its final name
+            if self.access_log is not None:
+                self.access_log.close()
             if self.manager is not None:
                 self.manager.stop()
             self._stopped.set()

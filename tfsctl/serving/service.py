@@ -114,6 +114,8 @@ class ServingCore:
         self.request_logger = request_logger
         # Called with every finished RequestRecord (access log, request log, traces), after the metrics.
         self.observers: list[Callable[[RequestRecord], None]] = []
+        # Front ends take (or make) a request id, note the peer and return the id: on with an access log or traces.
+        self.tag_requests = False
         run = self._batched_run if batcher is not None else inference.servable_run
         self._run = self._timed(run, None)
         self._runs = {api: self._timed(run, api) for api in ("Predict", "Classify", "Regress")}
@@ -191,6 +193,7 @@ class ServingCore:
         has run then, and the request may be sent again. Otherwise, with batching, it runs alone at once
         (:meth:`Batcher.run_now`)."""
         size = request.ByteSize()
+        _note_bytes_in(size)
         run, arrival = self._runs["Predict"], self._arrival
         if only_if_quick:
             if not _small(size):
@@ -248,6 +251,7 @@ class ServingCore:
     def _on_examples(self, request: Any, run: Callable[..., tuple[str, Any]], response_type: type, api: str) -> Any:
         """Classify and Regress alike: one held version, TF Serving's rules in ``run``, memory trimmed after."""
         size = request.input.ByteSize()
+        _note_bytes_in(size)
         try:
             with self._arrival(), self._handle(request.model_spec) as servable:
                 name, result = run(servable, request, run=self._runs[api],
@@ -268,6 +272,7 @@ class ServingCore:
             raise InvalidArgument("MultiInferenceRequest has no tasks")
         inference.check_multi_inference_tasks(request)
         size = request.input.ByteSize()
+        _note_bytes_in(size)
         try:
             with self._arrival(), self._handle(request.tasks[0].model_spec) as servable:
                 response = inference.run_multi_inference(
@@ -290,6 +295,8 @@ class ServingCore:
         """Open the record of a request (``wire`` GRPC or REST, ``api`` the gRPC method or REST verb) and make it
         the current one in this context; every record begun is closed by :meth:`finish` or :meth:`discard`."""
         record = RequestRecord(wire, api, model)
+        if self.tag_requests:
+            record.wall = time.time()
         record.enter()
         return record
 
@@ -488,6 +495,12 @@ class ServingCore:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = _CODE_OK
         return response
+
+
+def _note_bytes_in(size: int) -> None:
+    record = current()
+    if record is not None and not record.bytes_in:
+        record.bytes_in = size
 
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:
