@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -275,3 +276,79 @@ def test_log_files_parse_as_tensorflow_tfrecords(tmp_path):
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
     assert len(records) == 3 and text_format.MessageToString(
         prediction_log_pb2.PredictionLog.FromString(records[0]).log_metadata.model_spec).startswith('name: "toy"')
+
+
+# --- using the logs: inspect, replay, warmup -----------------------------------------------------------------------
+
+
+def _traffic(server, n: int) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    for i in range(n):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "toy"
+        request.inputs["x"].CopyFrom(from_numpy(np.full((1 + i % 3, 4), i, np.float32)))
+        stub.Predict(request, timeout=30)
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name, classify.model_spec.signature_name = "toy", "classify"
+    _examples_input(classify.input)
+    stub.Classify(classify, timeout=30)
+    channel.close()
+
+
+def test_inspect_replay_and_warmup_from_a_request_log(served, tmp_path):
+    from typer.testing import CliRunner
+
+    from tfsctl.cli import app
+    from tfsctl.client import bench
+    from tfsctl.client.replay import load_requests
+    from tfsctl.core.loader import Loader
+    from tfsctl.export import export_model
+    from tfsctl.inspection import inspect_request_log
+
+    server, prefix, _ = served
+    _traffic(server, 12)
+    assert server.request_logger.flush(30)
+
+    # inspect: a summary per model, signature and API (the file being written counts too)
+    info = inspect_request_log(prefix)
+    toy = info.models["toy"]
+    assert info.records == 13 and toy["apis"] == {"predict_log": 12, "classify_log": 1}
+    assert toy["signatures"] == {"serving_default": 12, "classify": 1} and toy["versions"] == {"1": 13}
+    assert info.first and info.last >= info.first
+    res = CliRunner().invoke(app, ["inspect", str(prefix), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["kind"], doc["records"], doc["models"]["toy"]["apis"]["predict_log"]) == ("request_log", 13, 12)
+    res = CliRunner().invoke(app, ["inspect", str(prefix)])
+    assert res.exit_code == 0 and "request log" in res.stdout and "predict_log:" in res.stdout, res.output
+
+    # export --warmup-from: the logged requests become the new version's warmup records
+    export_model(Path(server.manager.config().model_config_list.config[0].base_path) / "1", tmp_path / "warm",
+                 source_kind="saved-model", warmup_from=prefix)
+    loaded = Loader("warm", 1, tmp_path / "warm" / "1").load()
+    assert loaded.warmup_records == 13
+    loaded.close()
+
+    # bench --requests-from: the logged mix (Predict and Classify) goes back to the server
+    replay = load_requests(str(prefix))
+    assert [r.method for r in replay].count("Classify") == 1
+    before = server.metrics.render().decode()
+    (result,) = bench.run_sweep(f"127.0.0.1:{server.grpc_port}", [2], 0.0, 0.5, inputs={}, model="toy",
+                                max_requests=26, replay=replay)
+    assert result.errors == 0 and result.requests > 0
+    after = server.metrics.render().decode()
+
+    def count(text: str, api: str) -> int:
+        m = re.search(rf'^:tensorflow:serving:request_latency_count\{{model_name="toy",API="{api}",'
+                      rf'entrypoint="GRPC"\}} (\d+)$', text, re.M)
+        return int(m.group(1)) if m else 0
+
+    assert count(after, "Classify") > count(before, "Classify")
+    assert count(after, "Predict") > count(before, "Predict")
+    res = CliRunner().invoke(app, ["bench", "--server", f"127.0.0.1:{server.rest_port}", "--protocol", "rest",
+                                   "--requests-from", str(prefix), "--model", "toy", "-c", "1",
+                                   "--warmup-seconds", "0", "--measure-seconds", "0.3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"errors": 0' in res.stdout.replace('"errors":0', '"errors": 0'), res.stdout
+

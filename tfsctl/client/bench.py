@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,12 +173,19 @@ def run_sweep(
     max_requests: int | None = None,
     output_filter: Sequence[str] = (),
     on_level: Callable[[LevelResult], None] | None = None,
+    replay: Sequence[Any] | None = None,
 ) -> list[LevelResult]:
     """Measure each concurrency level in turn against a TF Serving API server (``protocol`` grpc or rest).
 
     ``output_filter`` applies to gRPC only: TF Serving's REST API has no way to ask for a subset of outputs.
+    ``replay`` (records of :func:`tfsctl.client.replay.load_requests`) sends logged requests instead of ``inputs``.
     """
-    if protocol == "grpc":
+    if replay is not None:
+        from tfsctl.client.replay import replay_factory
+
+        make, cleanup = replay_factory(target, list(replay), protocol=protocol, timeout=timeout,
+                                       channels=grpc_channels)
+    elif protocol == "grpc":
         make, cleanup = grpc_sender_factory(
             endpoint(target, default_port=8500), model, inputs, signature=signature, version=version, label=label,
             timeout=timeout, channels=grpc_channels, output_filter=output_filter,

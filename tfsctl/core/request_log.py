@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfsctl.errors import ConfigError
-from tfsctl.tfrecord import frame
+from tfsctl.tfrecord import LOG_SUFFIX, PARTIAL_SUFFIX, frame
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ COLLECTOR_TYPES = ("file", "tfrecord")
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_QUEUE_RECORDS = 1024
 DEFAULT_QUEUE_BYTES = 256 * 1024 * 1024
-FILE_SUFFIX = ".tfrecord"
-PARTIAL_SUFFIX = ".partial"
 
 _ERRNO_CODES = {errno.ENOSPC: "RESOURCE_EXHAUSTED", errno.EDQUOT: "RESOURCE_EXHAUSTED", errno.EFBIG: "OUT_OF_RANGE",
                 errno.EACCES: "PERMISSION_DENIED", errno.EPERM: "PERMISSION_DENIED", errno.EROFS: "PERMISSION_DENIED",
@@ -109,7 +107,7 @@ class FileCollector:
 
     def _open(self) -> None:
         self._index += 1
-        self._path = f"{self.prefix}-{self._stamp}-{self._index:05d}{FILE_SUFFIX}"
+        self._path = f"{self.prefix}-{self._stamp}-{self._index:05d}{LOG_SUFFIX}"
         directory = os.path.dirname(self._path)
         if directory:
             os.makedirs(directory, exist_ok=True)
