@@ -35,6 +35,7 @@ from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import GRPC
 from tfsctl.serving.service import ServingCore, WouldWait
+from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.tensors import as_proto_content, as_proto_field
 
 log = logging.getLogger(__name__)
@@ -152,13 +153,16 @@ class ServicerBase:
 
 
 def _tag(record: Any, context: Any) -> None:
-    """The request id (the client's ``x-request-id`` metadata, else a new one) and peer; the id goes back in the
-    trailing metadata."""
+    """The request id (the client's ``x-request-id`` metadata, else a new one), peer and W3C trace context; the id
+    goes back in the trailing metadata."""
     given = None
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER:
             given = value
-            break
+        elif key == TRACEPARENT:
+            record.traceparent = value
+        elif key == TRACESTATE:
+            record.tracestate = value
     record.request_id = request_id(given)
     record.peer = context.peer() or ""
     context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))

@@ -22,7 +22,8 @@ class RequestRecord:
     """What one request did. ``api`` is the gRPC method ("Predict") or the REST verb ("predict", "status")."""
 
     __slots__ = ("wire", "api", "model", "start", "wall", "request_id", "peer", "version", "signature", "code",
-                 "bytes_in", "bytes_out", "queue_s", "batch_size", "step_s", "span", "_token")
+                 "bytes_in", "bytes_out", "queue_s", "batch_size", "step_s", "run_start", "traceparent", "tracestate",
+                 "_token")
 
     def __init__(self, wire: str, api: str, model: str) -> None:
         self.wire, self.api, self.model = wire, api, model
@@ -38,7 +39,9 @@ class RequestRecord:
         self.queue_s = 0.0
         self.batch_size = 0
         self.step_s = 0.0
-        self.span: Any = None
+        self.run_start = 0.0  # perf_counter time the model call began (0: it never ran)
+        self.traceparent = ""  # the client's W3C trace context, kept for traces
+        self.tracestate = ""
         self._token: Any = None
 
     def enter(self) -> None:

@@ -52,6 +52,7 @@ from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import REST, current
+from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 
 if TYPE_CHECKING:
     from tfsctl.serving.service import ServingCore
@@ -398,6 +399,8 @@ class RestServer:
         if self.core.tag_requests:
             record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
             record.peer = request.remote or ""
+            record.traceparent = request.headers.get(TRACEPARENT, "")
+            record.tracestate = request.headers.get(TRACESTATE, "")
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once

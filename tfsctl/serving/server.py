@@ -110,6 +110,7 @@ class ServerOptions:
     request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
     access_log: str = ""  # one line per request: a path, or "-" for stderr; "" = off
     log_format: str = "text"  # text | json, for every server log line and the access log
+    trace_otlp_endpoint: str = ""  # OTLP/HTTP base URL for traces ("" = the OTEL_* variables decide; off without)
 
     @classmethod
     def from_args(cls, argv: list[str]) -> ServerOptions:
@@ -335,6 +336,7 @@ class ModelServer:
         self.monitoring_config: Any = None
         self.request_logger: Any = None
         self.access_log: Any = None
+        self.tracer: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: Any = None  # a grpc_loop.LoopServer once started
         from tfsctl.serving.grpc_api import RequestGate
@@ -409,6 +411,14 @@ class ModelServer:
                 self.access_log = AccessLog(opts.access_log, opts.log_format)
                 self.core.observers.append(self.access_log)
                 self.core.tag_requests = True
+            from tfsctl.serving.tracing import Tracer, traces_endpoint
+
+            endpoint = traces_endpoint(opts.trace_otlp_endpoint)
+            if endpoint:
+                self.tracer = Tracer(endpoint)
+                self.core.observers.append(self.tracer)
+                self.core.tag_requests = True
+                log.info("request traces go to %s (OTLP/HTTP)", endpoint)
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -547,6 +557,8 @@ class ModelServer:
             self._grpc = None
         if self.access_log is not None:
             self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.close()
         for part in (self.rest, self.batcher, self.request_logger, self.manager):
             if part is not None:
                 try:
@@ -610,6 +622,8 @@ class ModelServer:
                 self.request_logger.stop()  # what is queued is written, every file gets its final name
             if self.access_log is not None:
                 self.access_log.close()
+            if self.tracer is not None:
+                self.tracer.close()  # exports the spans still buffered
             if self.manager is not None:
                 self.manager.stop()
             self._stopped.set()

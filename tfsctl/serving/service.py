@@ -335,6 +335,8 @@ class ServingCore:
             seconds = clock() - start
             record = current()
             if record is not None:
+                if not record.run_start:
+                    record.run_start = start
                 record.step_s += seconds
                 record.version = servable.version
                 record.signature = signature_name
