@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-deps lint demo bench bench-quick bench-serving bench-kserve-env clean train
+.PHONY: install test test-deps lint demo bench bench-observability bench-quick bench-serving bench-kserve-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,9 +37,14 @@ demo: install
 train: install
 	$(BIN)/python samples/deeplab/train.py --out samples/deeplab/checkpoint
 
-# Serving overhead vs a bare gRPC server, workers, batching, REST (h2load when installed: apt-get install nghttp2-client).
+# Serving overhead vs a bare gRPC server, workers, batching, REST (h2load when installed: apt-get install nghttp2-client);
+# then what request logging, the access log and tracing cost against none (docs/OBSERVABILITY.md).
 bench: install
 	$(BIN)/python benchmarks/overhead_bench.py
+	$(BIN)/python benchmarks/observability_bench.py
+
+bench-observability: install
+	$(BIN)/python benchmarks/observability_bench.py
 
 bench-quick: install
 	$(BIN)/python benchmarks/overhead_bench.py --quick

@@ -7,8 +7,10 @@ request.
 
 Each request becomes a SERVER span named after its API (``Predict``, ``predict``, ...) with four children:
 ``decode`` (from arrival to the model call), ``queue`` (the batch queue wait), ``step`` (the model's run) and
-``encode`` (from the model's answer to the reply), built from the times the request core measured, when the
-request finishes: a request is never slowed by the exporter. A W3C ``traceparent`` (and ``tracestate``) sent by the
+``encode`` (from the model's answer to the reply), built from the times the request core measured. The request
+thread only queues its finished record (a bounded queue: when full, the record is dropped and counted in
+``dropped``); a thread of its own builds the spans and the SDK's batch processor exports them, so neither the
+span building nor the exporter delays a reply. A W3C ``traceparent`` (and ``tracestate``) sent by the
 client, as an HTTP header or gRPC metadata, makes the span a child of the caller's.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import deque
 
 from tfsctl.errors import ConfigError
 from tfsctl.serving.request_record import RequestRecord
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 _ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+MAX_PENDING = 4096  # finished requests waiting for their spans; more are dropped (counted), never waited for
 
 
 def traces_endpoint(flag: str = "") -> str:
@@ -62,8 +67,39 @@ class Tracer:
         self._kind = SpanKind.SERVER
         self._child = set_span_in_context
         self.endpoint = endpoint
+        self.dropped = 0
+        self._pending: deque[tuple[RequestRecord, float]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="tfsctl-tracing", daemon=True)
+        self._thread.start()
 
     def __call__(self, record: RequestRecord) -> None:
+        """Queue a finished request for its spans (the request thread's only work)."""
+        end = record.seconds()
+        with self._cond:
+            if len(self._pending) >= MAX_PENDING or self._closing:
+                self.dropped += 1
+                return
+            self._pending.append((record, end))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch = list(self._pending)
+                self._pending.clear()
+            for record, end in batch:
+                try:
+                    self._spans(record, end)
+                except Exception:  # noqa: BLE001 - a span that cannot be built is dropped, not raised
+                    log.exception("tracing: cannot build the spans of a request")
+
+    def _spans(self, record: RequestRecord, elapsed: float) -> None:
         carrier = {}
         if record.traceparent:
             carrier[TRACEPARENT] = record.traceparent
@@ -74,7 +110,7 @@ class Tracer:
         def at(perf: float) -> int:
             return int((record.wall + (perf - record.start)) * 1e9)
 
-        end = record.start + record.seconds()
+        end = record.start + elapsed
         attributes = {
             "rpc.system": "grpc" if record.wire == "GRPC" else "http", "rpc.method": record.api,
             "tfsctl.wire": record.wire, "tfsctl.model": record.model, "tfsctl.status": record.code,
@@ -100,7 +136,11 @@ class Tracer:
         span.end(end_time=at(end))
 
     def close(self) -> None:
-        """Export what is buffered, then stop."""
+        """Build the spans still queued, export what is buffered, then stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(30)
         try:
             self.provider.shutdown()
         except Exception:  # noqa: BLE001 - shutting down anyway
