@@ -97,9 +97,13 @@ class AccessLog:
 class JsonFormatter(logging.Formatter):
     """``--log_format=json``: one JSON object per log line (time, level, logger, message, exception)."""
 
+    def __init__(self, extra: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.extra = dict(extra or {})
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname, "logger": record.name,
-                               "message": record.getMessage()}
+                               **self.extra, "message": record.getMessage()}
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
@@ -108,7 +112,13 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(fmt: str) -> None:
     """The server process's log lines: text (as before) or JSON lines on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if fmt == "json":  # TensorFlow's Python logger may have a handler of its own (made before this ran)
-        for name in ("", "tensorflow", "absl"):
-            for handler in logging.getLogger(name).handlers:
-                handler.setFormatter(JsonFormatter())
+    if fmt == "json":
+        use_json_lines()
+
+
+def use_json_lines(**extra: Any) -> None:
+    """Every handler already installed writes JSON lines (``extra`` fields added to each, e.g. a worker index);
+    TensorFlow's Python logger may have a handler of its own, made before this ran."""
+    for name in ("", "tensorflow", "absl"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(JsonFormatter(extra))

@@ -408,7 +408,10 @@ class ModelServer:
             if opts.access_log:
                 from tfsctl.serving.logs import AccessLog
 
-                self.access_log = AccessLog(opts.access_log, opts.log_format)
+                try:
+                    self.access_log = AccessLog(opts.access_log, opts.log_format)
+                except OSError as e:
+                    raise ConfigError(f"--access_log {opts.access_log}: cannot open: {e.strerror or e}") from None
                 self.core.observers.append(self.access_log)
                 self.core.tag_requests = True
             from tfsctl.serving.tracing import Tracer, traces_endpoint

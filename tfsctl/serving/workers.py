@@ -500,6 +500,10 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
 
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    if getattr(options, "log_format", "text") == "json":
+        from tfsctl.serving.logs import use_json_lines
+
+        use_json_lines(worker=index)
     import faulthandler
 
     faulthandler.register(_DUMP_STACKS, all_threads=True)  # the supervisor's question before it kills a straggler
