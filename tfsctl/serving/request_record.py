@@ -19,30 +19,30 @@ _CURRENT: ContextVar[RequestRecord | None] = ContextVar("tfsctl_request", defaul
 
 
 class RequestRecord:
-    """What one request did. ``api`` is the gRPC method ("Predict") or the REST verb ("predict", "status")."""
+    """What one request did. ``api`` is the gRPC method ("Predict") or the REST verb ("predict", "status").
 
-    __slots__ = ("wire", "api", "model", "start", "wall", "request_id", "peer", "version", "signature", "code",
-                 "bytes_in", "bytes_out", "queue_s", "batch_size", "step_s", "run_start", "traceparent", "tracestate",
-                 "_token")
+    Only the four fields every request has are set per instance; the others keep these class-level defaults until
+    a layer fills them (a request pays for what it uses)."""
+
+    wall = 0.0  # time.time() at the start, filled only while request ids are on (access log, traces)
+    request_id = ""
+    peer = ""
+    version: int | None = None
+    signature = ""
+    code = "OK"
+    bytes_in = 0
+    bytes_out = 0
+    queue_s = 0.0
+    batch_size = 0
+    step_s = 0.0
+    run_start = 0.0  # perf_counter time the model call began (0: it never ran)
+    traceparent = ""  # the client's W3C trace context, kept for traces
+    tracestate = ""
+    _token: Any = None
 
     def __init__(self, wire: str, api: str, model: str) -> None:
         self.wire, self.api, self.model = wire, api, model
         self.start = time.perf_counter()
-        self.wall = 0.0  # time.time() at the start, filled only when an access log wants it
-        self.request_id = ""
-        self.peer = ""
-        self.version: int | None = None
-        self.signature = ""
-        self.code = "OK"
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.queue_s = 0.0
-        self.batch_size = 0
-        self.step_s = 0.0
-        self.run_start = 0.0  # perf_counter time the model call began (0: it never ran)
-        self.traceparent = ""  # the client's W3C trace context, kept for traces
-        self.tracestate = ""
-        self._token: Any = None
 
     def enter(self) -> None:
         """Make this the current context's request (the thread that runs it)."""
