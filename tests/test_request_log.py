@@ -352,3 +352,23 @@ def test_inspect_replay_and_warmup_from_a_request_log(served, tmp_path):
     assert res.exit_code == 0, res.output
     assert '"errors": 0' in res.stdout.replace('"errors":0', '"errors": 0'), res.stdout
 
+
+
+def test_sampling_rate_samples_about_that_share(tmp_path):
+    logger = RequestLogger()
+    logger.configure(parse_model_server_config(_config(tmp_path, tmp_path / "logs" / "toy", rate=0.05)))
+    n = 20_000
+    hits = sum(logger.wants("toy") for _ in range(n))
+    sigma = (n * 0.05 * 0.95) ** 0.5
+    assert abs(hits - n * 0.05) < 6 * sigma, hits  # binomial: outside 6 sigma about once in 10^9 runs
+    assert not logger.wants("other")  # a model without logging_config
+    logger.configure(parse_model_server_config(_config(tmp_path, tmp_path / "logs" / "toy", rate=0.0)))
+    assert not any(logger.wants("toy") for _ in range(1000))
+    logger.stop()
+
+
+def test_per_task_sampling_configs_that_cannot_match_are_refused(tmp_path):
+    text = _config(tmp_path, tmp_path / "log").replace(
+        "sampling_rate: 1.0 }", 'sampling_rate: 1.0 per_task_sampling_configs { dc: "us" sampling_rate: 0.5 } }')
+    with pytest.raises(ConfigError, match="per_task_sampling_configs naming a dc"):
+        parse_model_server_config(text, "models.config")

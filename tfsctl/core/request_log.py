@@ -63,10 +63,33 @@ def check_logging_config(mc: Any, where: str) -> None:
     if not lc.log_collector_config.filename_prefix:
         raise ConfigError(f"{where}: model '{mc.name}': logging_config.log_collector_config.filename_prefix is "
                           "empty (the file collector writes PREFIX-...tfrecord)")
-    rates = [lc.sampling_config.sampling_rate] + [t.sampling_rate for t in lc.sampling_config.per_task_sampling_configs]
+    sampling = lc.sampling_config
+    rates = [sampling.sampling_rate] + [t.sampling_rate for t in sampling.per_task_sampling_configs]
     for rate in rates:
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"{where}: model '{mc.name}': sampling_rate must be in [0, 1], got {rate}")
+    for task in sampling.per_task_sampling_configs:  # TF Serving matches them against its job's dc and task index
+        if task.dc or _has(task, "task_index"):
+            raise ConfigError(f"{where}: model '{mc.name}': per_task_sampling_configs naming a dc or task_index "
+                              "cannot match here (tfsctl has neither); give sampling_rate")
+    if sampling.attributes:
+        raise ConfigError(f"{where}: model '{mc.name}': sampling_config.attributes is not supported")
+
+
+def _has(message: Any, field: str) -> bool:
+    try:
+        return message.HasField(field)
+    except ValueError:  # a plain proto3 scalar: set means non-zero
+        return bool(getattr(message, field))
+
+
+def sampling_rate(lc: Any) -> float:
+    """The rate TF Serving's RequestLogger uses: the first per-task config that matches (here: one naming no dc
+    and no task index), else ``sampling_rate``."""
+    for task in lc.sampling_config.per_task_sampling_configs:
+        if not task.dc and not _has(task, "task_index"):
+            return float(task.sampling_rate)
+    return float(lc.sampling_config.sampling_rate)
 
 
 def error_code(exc: BaseException) -> str:
@@ -206,7 +229,7 @@ class RequestLogger:
             if collector is None:
                 collector = FileCollector(lc.log_collector_config.filename_prefix, self.max_file_bytes)
             collectors[key] = collector
-            routes[mc.name] = _Route(float(lc.sampling_config.sampling_rate), collector, lc)
+            routes[mc.name] = _Route(sampling_rate(lc), collector, lc)
         with self._cond:
             retired = [c for k, c in self._collectors.items() if k not in collectors]
             self._collectors = collectors
