@@ -118,6 +118,28 @@ def test_spans_reach_an_otlp_receiver_joined_to_the_incoming_trace(tmp_path, mon
     assert grpc_root["tfsctl.batch_size"].int_value >= 2 and grpc_root["rpc.system"].string_value == "grpc"
 
 
+def test_an_unbatched_request_has_no_queue_span(tmp_path):
+    receiver = _Receiver()
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
+                                       model_base_path=str(tmp_path / "toy"), trace_otlp_endpoint=receiver.url))
+    server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "toy"
+        request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=20)
+        channel.close()
+    finally:
+        server.stop(2)
+        receiver.close()
+    spans = [s for _, s in receiver.spans]
+    [root] = [s for s in spans if s.name == "Predict"]
+    assert not root.parent_span_id  # no traceparent sent: a trace of its own
+    assert sorted(s.name for s in spans if s.parent_span_id == root.span_id) == ["decode", "encode", "step"]
+
+
 def test_off_by_default_no_tracer_and_no_request_tagging(tmp_path, monkeypatch):
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)

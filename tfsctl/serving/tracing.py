@@ -6,8 +6,9 @@ On when ``--trace_otlp_endpoint`` is given or the standard ``OTEL_EXPORTER_OTLP_
 request.
 
 Each request becomes a SERVER span named after its API (``Predict``, ``predict``, ...) with four children:
-``decode`` (from arrival to the model call), ``queue`` (the batch queue wait), ``step`` (the model's run) and
-``encode`` (from the model's answer to the reply), built from the times the request core measured. The request
+``decode`` (from arrival to the model call), ``queue`` (the batch queue wait; only for a batched request), ``step``
+(the model's run) and ``encode`` (from the model's answer to the reply), built from the times the request core
+measured. The request
 thread only queues its finished record (a bounded queue: when full, the record is dropped and counted in
 ``dropped``); a thread of its own builds the spans and the SDK's batch processor exports them, so neither the
 span building nor the exporter delays a reply. A W3C ``traceparent`` (and ``tracestate``) sent by the
@@ -126,8 +127,11 @@ class Tracer:
             inner = self._child(span)
             run_end = record.run_start + record.step_s
             queued = record.run_start + record.queue_s
-            for name, a, b in (("decode", record.start, record.run_start), ("queue", record.run_start, queued),
-                               ("step", queued, run_end), ("encode", run_end, end)):
+            phases = [("decode", record.start, record.run_start), ("queue", record.run_start, queued),
+                      ("step", queued, run_end), ("encode", run_end, end)]
+            if not record.batch_size:
+                del phases[1]  # not batched: no queue
+            for name, a, b in phases:
                 self._tracer.start_span(name, context=inner, start_time=at(a)).end(end_time=at(max(a, b)))
         if record.code != "OK":
             from opentelemetry.trace import Status, StatusCode
