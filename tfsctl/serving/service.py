@@ -439,6 +439,9 @@ class ServingCore:
                 raise InvalidArgument(f"model '{name}': metadata field '{field}' is not supported "
                                       f"(supported: '{SIGNATURE_DEF_FIELD}')")
         with self._handle(request.model_spec) as servable:
+            record = current()
+            if record is not None:
+                record.version = servable.version
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             for key, sig in servable.signature_defs.items():
                 sig_map.signature_def[key].CopyFrom(sig)
