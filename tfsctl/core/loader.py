@@ -289,11 +289,14 @@ class Loader:
             for _ in range(self.warmup_iterations):
                 try:
                     if kind == "predict_log":
-                        inference.run_predict(servable, entry.predict_log.request, method_check=check)
+                        inference.run_predict(servable, entry.predict_log.request, method_check=check,
+                                              run=self._timed_run(entry.predict_log.request, "Predict"))
                     elif kind == "classify_log":
-                        inference.run_classify(servable, entry.classify_log.request, method_check=check)
+                        inference.run_classify(servable, entry.classify_log.request, method_check=check,
+                                               run=self._timed_run(entry.classify_log.request, "Classify"))
                     elif kind == "regress_log":
-                        inference.run_regress(servable, entry.regress_log.request, method_check=check)
+                        inference.run_regress(servable, entry.regress_log.request, method_check=check,
+                                              run=self._timed_run(entry.regress_log.request, "Regress"))
                     elif kind == "multi_inference_log":
                         inference.run_multi_inference(servable, entry.multi_inference_log.request, method_check=check)
                 except ServingError as e:
@@ -302,6 +305,21 @@ class Loader:
         log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
                  "Elapsed time (microseconds): %d.", path, len(records), us)
         return len(records)
+
+    def _timed_run(self, request: Any, api: str) -> Any:
+        """The signature run of a warmup request, counted in runtime_latency as TF Serving's warmup requests are
+        (they go through its Predict/Classify/Regress, labelled with the record's model name)."""
+        observe = getattr(self.observer, "observe_runtime", None)
+        if observe is None:
+            return inference.servable_run
+
+        def run(servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+            start = time.perf_counter()
+            outputs = servable.run(signature_name, inputs, output_filter)
+            observe(request.model_spec.name, api, int((time.perf_counter() - start) * 1e6))
+            return outputs
+
+        return run
 
     def _count_warmup(self, started: float, status: str, records: int) -> int:
         us = int((time.monotonic() - started) * 1e6)
