@@ -81,7 +81,7 @@ def layers(server, servicer, raw: bytes) -> dict[str, Callable[[], object]]:
     return {
         "Predict RPC body (parse, coroutine, serialize)": predict_rpc,
         "  _outcome: drain gate, metrics, errors": lambda: servicer._outcome(
-            "grpc_predict", "toy", functools.partial(servicer._predict, request, only_if_quick=True)),
+            "Predict", "toy", functools.partial(servicer._predict, request, only_if_quick=True)),
         "  _predict: core call, reply encoding": lambda: servicer._predict(request, only_if_quick=True),
         "  ServingCore.predict_request": lambda: core.predict_request(request, only_if_quick=True),
         "  handle + inference.run_predict": held_run_predict,

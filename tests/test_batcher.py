@@ -36,8 +36,8 @@ def toy(tmp_path_factory):
 
 def _batches(metrics: Metrics, model: str = "toy") -> tuple[float, float]:
     """(number of batches, sum of batch sizes) observed so far."""
-    count = metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": model}) or 0.0
-    total = metrics.registry.get_sample_value("tfserving_batch_size_sum", {"model_name": model}) or 0.0
+    count = metrics.registry.get_sample_value("tfsctl_batch_size_count", {"model_name": model}) or 0.0
+    total = metrics.registry.get_sample_value("tfsctl_batch_size_sum", {"model_name": model}) or 0.0
     return count, total
 
 
@@ -70,7 +70,7 @@ def test_concurrent_requests_merge_and_split_back(toy):
             assert out["y"].shape == (1, 4)
         assert _batches(metrics) == (1.0, 4.0)
         assert metrics.registry.get_sample_value(
-            "tfserving_batch_queue_latency_seconds_count", {"model_name": "toy"}
+            "tfsctl_batch_queue_latency_seconds_count", {"model_name": "toy"}
         ) == 4.0
     finally:
         batcher.stop()

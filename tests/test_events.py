@@ -117,11 +117,11 @@ def test_metrics_count_loads_failures_and_unloads_from_events() -> None:
     bus.publish(ServableStateEvent("m", 3, END, previous=START))  # a load cancelled before it began: no count
 
     def count(event: str) -> float:
-        return metrics.registry.get_sample_value("tfserving_model_events_total",
+        return metrics.registry.get_sample_value("tfsctl_model_events_total",
                                                  {"model_name": "m", "event": event}) or 0.0
 
     assert (count("load"), count("load_error"), count("unload")) == (1.0, 1.0, 1.0)
-    total = metrics.registry.get_sample_value("tfserving_model_event_seconds_sum", {"model_name": "m", "event": "load"})
+    total = metrics.registry.get_sample_value("tfsctl_model_event_seconds_sum", {"model_name": "m", "event": "load"})
     assert total == 1.5
 
 

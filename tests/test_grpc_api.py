@@ -459,22 +459,23 @@ def test_default_max_message_fits_a_1080p_float_image():
 
 def test_metrics_count_grpc_calls(served):
     metrics = served["server"].metrics
-    ok = {"model_name": "toy", "api": "grpc_predict", "status": "OK"}
-    before = metrics.registry.get_sample_value("tfserving_request_count_total", ok) or 0.0
+    ok = {"model_name": "toy", "status": "OK"}
+    before = metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", ok) or 0.0
     _good_predict(served)
-    assert metrics.registry.get_sample_value("tfserving_request_count_total", ok) == before + 1
-    nf = {"model_name": "<unknown>", "api": "grpc_predict", "status": "NOT_FOUND"}
-    before = metrics.registry.get_sample_value("tfserving_request_count_total", nf) or 0.0
+    assert metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", ok) == before + 1
+    nf = {"model_name": "<unknown>", "status": "NOT_FOUND"}
+    before = metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", nf) or 0.0
     for name in ("ghost1", "ghost2"):
         with pytest.raises(grpc.RpcError):
             served["predict"].Predict(_predict_request(name=name), timeout=10)
-    assert metrics.registry.get_sample_value("tfserving_request_count_total", nf) == before + 2
-    assert metrics.registry.get_sample_value("tfserving_request_count_total", {**nf, "model_name": "ghost1"}) is None
-    bad = {"model_name": "toy", "api": "grpc_predict", "status": "INVALID_ARGUMENT"}
-    before = metrics.registry.get_sample_value("tfserving_request_count_total", bad) or 0.0
+    assert metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", nf) == before + 2
+    ghost = {**nf, "model_name": "ghost1"}
+    assert metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", ghost) is None
+    bad = {"model_name": "toy", "status": "INVALID_ARGUMENT"}
+    before = metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", bad) or 0.0
     with pytest.raises(grpc.RpcError):
         served["predict"].Predict(_predict_request(x=None), timeout=10)
-    assert metrics.registry.get_sample_value("tfserving_request_count_total", bad) == before + 1
+    assert metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", bad) == before + 1
 
 
 # --- health and reflection ----------------------------------------------------------------------------------------

@@ -116,12 +116,12 @@ def test_a_predict_the_loop_declines_is_counted_once(served):
     server, stub, threads = served
     _warm(server, stub, "toy", X)
     large = np.ones((20_000, 4), np.float32)
-    ok = {"model_name": "toy", "api": "grpc_predict", "status": "OK"}
-    before = server.metrics.registry.get_sample_value("tfserving_request_count_total", ok) or 0.0
+    ok = {"model_name": "toy", "status": "OK"}
+    before = server.metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", ok) or 0.0
     threads.clear()
     np.testing.assert_allclose(to_numpy(stub.Predict(_request("toy", large), timeout=30).outputs["y"]), large * 2)
     assert [t for _, t in threads][-1] != "tfsctl-grpc-loop", threads
-    assert server.metrics.registry.get_sample_value("tfserving_request_count_total", ok) == before + 1
+    assert server.metrics.registry.get_sample_value(":tensorflow:serving:request_count_total", ok) == before + 1
 
 
 def test_errors_on_the_loop_keep_their_status_codes(served):
@@ -176,7 +176,7 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
             threads.clear()
             stub.Predict(_request("toy", X), timeout=30)
             assert threads == [("toy", "tfsctl-grpc-loop")]
-            before = server.metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": "mm"})
+            before = server.metrics.registry.get_sample_value("tfsctl_batch_size_count", {"model_name": "mm"})
             from concurrent.futures import ThreadPoolExecutor
 
             xs = [ones * i for i in range(48)]
@@ -189,7 +189,7 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
                 np.testing.assert_allclose(y, x, rtol=1e-4)
             # The toy model's requests never queued behind the batches (nor each other): all ran on the loop.
             assert {t for m, t in threads if m == "toy"} == {"tfsctl-grpc-loop"}, threads
-        batches = server.metrics.registry.get_sample_value("tfserving_batch_size_count", {"model_name": "mm"}) - before
+        batches = server.metrics.registry.get_sample_value("tfsctl_batch_size_count", {"model_name": "mm"}) - before
         assert batches < 48, "concurrent requests never shared a batch"
     finally:
         server.stop(1)

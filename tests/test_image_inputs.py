@@ -288,7 +288,7 @@ def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_
     try:
         assert server.wait_until_ready(120)
         batches = lambda: server.metrics.registry.get_sample_value(  # noqa: E731
-            "tfserving_batch_size_count", {"model_name": "deeplab"}) or 0.0
+            "tfsctl_batch_size_count", {"model_name": "deeplab"}) or 0.0
         for bad_payload in (BAD_IMAGES["decompression bomb"][0], BAD_IMAGES["truncated data"][0]):
             before = batches()
             good = stub.Classify.future(_classify_request(GOOD_PNG), timeout=60)

@@ -1,7 +1,7 @@
 """The layer rules of docs/ARCHITECTURE.md, read from the source with ``ast`` (nothing is imported).
 
-- The bottom modules (errors, tensors, savedmodel, model_layout, voc, tf_messages, tflite_model) import no other
-  tfsctl layer.
+- The bottom modules (errors, tensors, savedmodel, model_layout, voc, tf_messages, tflite_model, tfrecord) import
+  no other tfsctl layer.
 - ``tfsctl/core`` imports only itself and the bottom: never serving, client, the CLI or the model side.
 - The model side (export, models, inspection, run, testing) imports only itself and the bottom.
 - ``tfsctl/serving`` imports only itself, core and the bottom: never the client or the CLI.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "tfsctl"
 BOTTOM = frozenset({"tfsctl.errors", "tfsctl.tensors", "tfsctl.savedmodel", "tfsctl.model_layout", "tfsctl.voc",
-                    "tfsctl.tf_messages", "tfsctl.tflite_model"})
+                    "tfsctl.tf_messages", "tfsctl.tflite_model", "tfsctl.tfrecord"})
 TF_ROOTS = ("tensorflow", "tensorflow_serving")
 SHIM = "tfsctl.client.apis"
 

@@ -394,7 +394,7 @@ def test_apply_config_adds_and_removes_models(make_manager, tmp_path: Path) -> N
         assert float(held.run("", {"x": X})["y"][0, 0]) == 5.0  # in-flight request on the removed model finishes
 
     def events(name: str, event: str) -> float:
-        v = metrics.registry.get_sample_value("tfserving_model_events_total", {"model_name": name, "event": event})
+        v = metrics.registry.get_sample_value("tfsctl_model_events_total", {"model_name": name, "event": event})
         return v or 0.0
 
     wait_for(lambda: events("b", "unload") == 1.0, what="model b unloaded")

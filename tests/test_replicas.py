@@ -74,7 +74,7 @@ def _predict_count(rest_port: int) -> float:
     """Successful gRPC Predict calls one replica counted (its Prometheus endpoint)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=5) as r:
         text = r.read().decode()
-    pattern = r'^tfserving_request_count_total\{[^}]*api="grpc_predict"[^}]*status="OK"[^}]*\} (\S+)$'
+    pattern = r'^:tensorflow:serving:request_latency_count\{[^}]*API="Predict",entrypoint="GRPC"\} (\S+)$'
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 

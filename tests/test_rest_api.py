@@ -208,10 +208,10 @@ def test_classify_and_regress(server):
     assert status == 200 and body["results"] == [4.0, 4.0]
 
 
-def _count(text: str, api: str, status: str, model: str = "toy") -> float:
-    pattern = (rf'^tfserving_request_count_total\{{(?=[^}}]*api="{api}")(?=[^}}]*model_name="{model}")'
-               rf'(?=[^}}]*status="{status}")[^}}]*\}} (\S+)$')
-    m = re.search(pattern, text, re.M)
+def _count(text: str, status: str, model: str = "toy") -> float:
+    """TF Serving's request_count on the page (REST counts every request of its handler, as http_server.cc)."""
+    m = re.search(rf'^:tensorflow:serving:request_count\{{model_name="{re.escape(model)}",status="{status}"\}} (\S+)$',
+                  text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -220,16 +220,16 @@ def test_health_and_metrics_count_requests(server):
     assert http_call(port, "GET", "/v1/health/live") == (200, {"status": "live"})
     assert http_call(port, "GET", "/v1/health/ready") == (200, {"status": "ready"})
     status, before = http_call(port, "GET", "/monitoring/prometheus/metrics")
-    assert status == 200 and "tfserving_request_latency_seconds" in before
+    assert status == 200 and ":tensorflow:serving:request_latency" in before
     for _ in range(2):
         assert _predict(port, {"instances": X})[0] == 200
     assert _predict(port, {"instances": [["a"]]})[0] == 400
     _, after = http_call(port, "GET", "/monitoring/prometheus/metrics")
-    assert _count(after, "rest_predict", "OK") - _count(before, "rest_predict", "OK") == 2
-    assert _count(after, "rest_predict", "INVALID_ARGUMENT") - _count(before, "rest_predict", "INVALID_ARGUMENT") == 1
+    assert _count(after, "OK") - _count(before, "OK") == 2
+    assert _count(after, "INVALID_ARGUMENT") - _count(before, "INVALID_ARGUMENT") == 1
     # Loads (reported by the manager) and latency histograms are on the same page.
-    assert re.search(r'^tfserving_model_events_total\{event="load",model_name="toy"\} 2\.0$', after, re.M), after
-    assert 'tfserving_request_latency_seconds_count{api="rest_predict",model_name="toy"}' in after
+    assert re.search(r'^tfsctl_model_events_total\{event="load",model_name="toy"\} 2\.0$', after, re.M), after
+    assert ':tensorflow:serving:request_latency_count{model_name="toy",API="predict",entrypoint="REST"}' in after
 
 
 def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
@@ -239,10 +239,8 @@ def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
         assert http_call(server.rest_port, "GET", f"/v1/models/ghost{i}/metadata")[0] == 404
     _, after = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
     assert "ghost" not in after
-    assert _count(after, "rest_predict", "NOT_FOUND", "<unknown>") - \
-        _count(before, "rest_predict", "NOT_FOUND", "<unknown>") == 3
-    assert _count(after, "rest_metadata", "NOT_FOUND", "<unknown>") - \
-        _count(before, "rest_metadata", "NOT_FOUND", "<unknown>") == 3
+    # predict and metadata alike: TF Serving's REST handler counts both
+    assert _count(after, "NOT_FOUND", "<unknown>") - _count(before, "NOT_FOUND", "<unknown>") == 6
 
 
 # --- bad input matrix -------------------------------------------------------------------------------------------
@@ -469,8 +467,8 @@ def test_batching_over_rest_merges_refuses_when_full_and_drains_on_stop(tmp_path
         for r, (status, body) in zip(rows, replies, strict=True):
             assert status == 200 and np.allclose(body["predictions"], np.array(r) * 3)
         reg = srv.metrics.registry
-        assert reg.get_sample_value("tfserving_batch_size_count", {"model_name": "toy"}) == 1.0
-        assert reg.get_sample_value("tfserving_batch_size_sum", {"model_name": "toy"}) == 4.0
+        assert reg.get_sample_value("tfsctl_batch_size_count", {"model_name": "toy"}) == 1.0
+        assert reg.get_sample_value("tfsctl_batch_size_sum", {"model_name": "toy"}) == 4.0
 
         # One row waits in the queue (limit 4 examples); 4 more rows are refused at once with 503 (UNAVAILABLE).
         waiting: dict = {}

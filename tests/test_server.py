@@ -375,7 +375,7 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
         channel.close()
         with urllib.request.urlopen(f"{rest}/metrics", timeout=20) as r:
             text = r.read().decode()
-        assert 'api="grpc_predict"' in text and 'model_name="toy"' in text
+        assert 'API="Predict",entrypoint="GRPC"' in text and 'model_name="toy"' in text
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{rest}/monitoring/prometheus/metrics", timeout=20)
         assert info.value.code == 404
@@ -430,18 +430,20 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
             time.sleep(0.05)
 
         s = _metric_samples(server.rest_port)  # no monitoring config: the page is on at TF Serving's path
-        req = ("tfserving_request_count_total", (("api", "grpc_predict"), ("model_name", "toy")))
+        req = (":tensorflow:serving:request_count_total", (("model_name", "toy"),))  # as the parser names it
         assert s[(req[0], (*req[1], ("status", "OK")))] == 2
         assert s[(req[0], (*req[1], ("status", "UNAVAILABLE")))] == 1
         toy = (("model_name", "toy"),)
-        assert s[("tfserving_batch_size_count", toy)] == 2 and s[("tfserving_batch_size_sum", toy)] == 2
-        assert s[("tfserving_batch_queue_latency_seconds_count", toy)] == 2
-        assert s[("tfserving_batch_queue_latency_seconds_sum", toy)] >= 2.0  # the first row waited ~3 s
+        assert s[("tfsctl_batch_size_count", toy)] == 2 and s[("tfsctl_batch_size_sum", toy)] == 2
+        assert s[("tfsctl_batch_queue_latency_seconds_count", toy)] == 2
+        assert s[("tfsctl_batch_queue_latency_seconds_sum", toy)] >= 2.0  # the first row waited ~3 s
         for event, count in (("load", 2), ("unload", 1)):
             labels = (("event", event), ("model_name", "toy"))
-            assert s[("tfserving_model_events_total", labels)] == count
-            assert s[("tfserving_model_event_seconds_count", labels)] == count
-        assert s[("tfserving_request_latency_seconds_count", (("api", "grpc_predict"), ("model_name", "toy")))] == 3
+            assert s[("tfsctl_model_events_total", labels)] == count
+            assert s[("tfsctl_model_event_seconds_count", labels)] == count
+        lat = (("API", "Predict"), ("entrypoint", "GRPC"), ("model_name", "toy"))
+        assert s[(":tensorflow:serving:request_latency_count", lat)] == 2  # TF Serving: successful requests only
+        assert s[(":tensorflow:serving:batching_session:processed_batch_size_count", ())] == 2
     finally:
         server.stop(2)
 
@@ -489,7 +491,7 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         assert states[2] == get_model_status_pb2.ModelVersionStatus.END, states  # a new attempt would be START
         assert failures() == 3  # first try + max_num_load_retries
         assert server.metrics.registry.get_sample_value(
-            "tfserving_model_events_total", {"model_name": "toy", "event": "load_error"}) == 1
+            "tfsctl_model_events_total", {"model_name": "toy", "event": "load_error"}) == 1
 
         shutil.rmtree(base)  # the whole base path vanishes
         for _ in range(3):

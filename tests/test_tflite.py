@@ -505,8 +505,8 @@ def test_enable_batching_merges_tflite_requests_like_saved_model_ones(tmp_path, 
     for x, y in results:
         np.testing.assert_allclose(y, _reference(x), rtol=1e-4, atol=1e-4)
     registry = s.server.metrics.registry
-    count = registry.get_sample_value("tfserving_batch_size_count", {"model_name": "m"})
-    total = registry.get_sample_value("tfserving_batch_size_sum", {"model_name": "m"})
+    count = registry.get_sample_value("tfsctl_batch_size_count", {"model_name": "m"})
+    total = registry.get_sample_value("tfsctl_batch_size_sum", {"model_name": "m"})
     assert count and total / count > 4, (count, total)  # some batch held more than one request's 4 rows
     assert s.servable().pool.batches == 0  # merged by the Batcher, not by the pool (interpreters_per_pool = 1)
 

@@ -37,8 +37,8 @@ def _batch_histogram(server) -> tuple[float, float]:
     """(batches, requests in them) of model mm from the Prometheus page."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics",
                                   timeout=30).read().decode()
-    count = re.search(r'tfserving_batch_size_count\{model_name="mm"\} (\S+)', text)
-    total = re.search(r'tfserving_batch_size_sum\{model_name="mm"\} (\S+)', text)
+    count = re.search(r'tfsctl_batch_size_count\{model_name="mm"\} (\S+)', text)
+    total = re.search(r'tfsctl_batch_size_sum\{model_name="mm"\} (\S+)', text)
     return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
 
 

@@ -178,10 +178,11 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     assert {tuple(_fresh(port, lambda ch: _status(ch, "second"))) for _ in range(8)} == {((1, available),)}
 
     # Metrics: whichever worker serves the page shows the sum over all workers.
-    before = _metric(rest, 'tfserving_request_count_total{api="grpc_predict",model_name="toy"')
+    grpc_predicts = ':tensorflow:serving:request_latency_count{model_name="toy",API="Predict",entrypoint="GRPC"}'
+    before = _metric(rest, grpc_predicts)
     for _ in range(FRESH_CONNECTIONS):
         np.testing.assert_allclose(_fresh(port, lambda ch: _predict(ch, "toy")), X * 2.0)
-    counts = {_metric(rest, 'tfserving_request_count_total{api="grpc_predict",model_name="toy"') for _ in range(8)}
+    counts = {_metric(rest, grpc_predicts) for _ in range(8)}
     assert counts == {before + FRESH_CONNECTIONS}
 
     # A worker that dies is replaced; the new one catches up with the reload, and health waits for it.

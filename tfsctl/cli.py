@@ -222,6 +222,9 @@ def export(
                                            "the generated warmup requests; repeatable."),
     warmup_request: Path = typer.Option(None, "--warmup-request", help="File of TF Serving REST JSON bodies to "
                                         "record as warmup requests."),
+    warmup_from: Path = typer.Option(None, "--warmup-from", help="A server's request log (a model config's "
+                                     "logging_config: .tfrecord file, directory or prefix): its first 1000 logged "
+                                     "requests become the warmup records."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Write no warmup file."),
     max_image_pixels: int = typer.Option(
         2048 * 2048, "--max-image-pixels", help="Largest image (pixels) the DeepLab signatures accept."),
@@ -247,7 +250,7 @@ def export(
                   inputs=input_, outputs=output, signature=signature, method=method, signatures_file=signatures_file,
                   model_factory=model_factory, model_factory_path=model_factory_path, warmup_shapes=warmup_shape,
                   warmup_request=warmup_request, warmup=not no_warmup, tags=_tag_set(tag_set) or ["serve"],
-                  replace_signatures=replace_signatures, to_tflite=to_tflite)
+                  replace_signatures=replace_signatures, to_tflite=to_tflite, warmup_from=warmup_from)
     started = time.perf_counter()
     try:
         from tfsctl.export import export_model
@@ -407,7 +410,8 @@ def _render_graph(info) -> None:  # noqa: ANN001 - GraphInfo
 @app.command()
 def inspect(
     path: Path = typer.Argument(..., help="A SavedModel, a model base path, a checkpoint, a graph "
-                                "(.pb/.pbtxt/.meta), or a TFLite model (.tflite or a version dir with one)."),
+                                "(.pb/.pbtxt/.meta), a TFLite model (.tflite or a version dir with one), or a "
+                                "request log (.tfrecord, a directory or a logging_config filename_prefix)."),
     tag_set: str = typer.Option(None, "--tag-set", help="Only the meta graph with these tags (comma-separated)."),
     signature: str = typer.Option(None, "--signature", help="Only this signature."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -420,7 +424,7 @@ def inspect(
     from rich.table import Table
 
     from tfsctl.errors import InspectError
-    from tfsctl.inspection import BasePathInfo, CheckpointInfo, GraphInfo, TfLiteInfo, inspect_path
+    from tfsctl.inspection import BasePathInfo, CheckpointInfo, GraphInfo, RequestLogInfo, TfLiteInfo, inspect_path
 
     try:
         tags = _tag_set(tag_set)
@@ -454,8 +458,30 @@ def inspect(
         _render_graph(info)
     elif isinstance(info, TfLiteInfo):
         _render_tflite(info)
+    elif isinstance(info, RequestLogInfo):
+        _render_request_log(info)
     else:
         _render_saved_model(info)
+
+
+def _render_request_log(info) -> None:  # noqa: ANN001 - RequestLogInfo
+    from rich.table import Table
+
+    span = f", {info.first} .. {info.last}" if info.first else ""
+    table = Table(title=f"request log {escape(info.path)}: {info.records} records in {info.files} file(s), "
+                        f"{_size(info.bytes)}{span}")
+    for col in ("model", "records", "versions", "signatures", "APIs", "request bytes min/mean/max"):
+        table.add_column(col)
+
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k}: {n}" for k, n in sorted(d.items()))
+
+    for name, m in sorted(info.models.items()):
+        sizes = m["request_bytes"]
+        mean = sizes["total"] // max(1, m["records"])
+        table.add_row(escape(name), str(m["records"]), counts(m["versions"]), escape(counts(m["signatures"])),
+                      counts(m["apis"]), f"{sizes['min']}/{mean}/{sizes['max']}")
+    console.print(table)
 
 
 # --- run ---
@@ -557,7 +583,9 @@ def serve(ctx: typer.Context) -> None:
 
     from rich.panel import Panel
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tfsctl.serving.logs import configure_logging
+
+    configure_logging(options.log_format)  # --log_format=json: every log line a JSON object
 
     def banner(server: ModelServer) -> None:
         models = ", ".join(server.manager.model_names()) or "none"
@@ -874,6 +902,10 @@ def bench(
         None, "--compare", metavar="PROTO",
         help="Then sweep this protocol too, on the same port (grpc with v2-grpc, rest with v2-rest), same inputs, "
         "and print the two side by side."),
+    requests_from: Path | None = typer.Option(
+        None, "--requests-from", metavar="LOG", help="Replay a server's request log (a model config's "
+        "logging_config: .tfrecord file, directory or prefix) instead of synthetic inputs: the real traffic mix "
+        "of --model, each record with its own signature and API."),
 ) -> None:
     """Closed-loop load sweep: throughput and p50/p90/p99 latency per concurrency level."""
     import json
@@ -901,7 +933,17 @@ def bench(
             raise ClientError("--ssl-* apply to gRPC only; bench's REST client speaks plain HTTP")
         ep = endpoint(server or "localhost", ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key,
                       default_port=8501 if rest else 8500)
-        if input_shape:
+        replay = None
+        if requests_from is not None:
+            if input_image is not None or input_shape:
+                raise ClientError("--requests-from replays logged requests: no --input-image or --input-shape")
+            from tfsctl.client.replay import load_requests
+
+            replay = [r for r in load_requests(str(requests_from)) if r.model == model]
+            if not replay:
+                raise ClientError(f"--requests-from {requests_from}: no logged request of model '{model}'")
+            inputs = {}
+        elif input_shape:
             inputs = b.synthetic_inputs(input_shape)
         else:
             sigs = b.signature_defs(ep, model, protocol=protocol, version=version, label=label, timeout=timeout)
@@ -911,8 +953,9 @@ def bench(
                 inputs = b.inputs_from_signature(sigs, signature, model, batch=batch_size)
         levels = b.parse_levels(concurrency)
         span = len(levels) * (warmup_seconds + windows * measure_seconds)
+        what = f"{len(replay)} logged requests of model '{model}'" if replay else f"model '{model}'"
         say.print(
-            f"bench {protocol}://{escape(str(ep))} model '{escape(model)}': levels {levels}, about {span:.0f} s "
+            f"bench {protocol}://{escape(str(ep))} {escape(what)}: levels {levels}, about {span:.0f} s "
             f"({warmup_seconds:g} s warm-up + {windows} x {measure_seconds:g} s per level)", soft_wrap=True,
         )
 
@@ -927,7 +970,7 @@ def bench(
             ep, levels, warmup_seconds, measure_seconds, inputs=inputs, model=model, protocol=protocol,
             signature=signature, version=version, label=label, windows=windows, timeout=timeout,
             grpc_channels=grpc_channels, rest_format=rest_format, max_requests=max_requests,
-            output_filter=output_key or (), on_level=show,
+            output_filter=output_key or (), on_level=show, replay=replay,
         )
         compared = None
         if other is not None:
@@ -945,6 +988,8 @@ def bench(
             "rest_format": rest_format if protocol == "rest" else None,
             "output_key": list(output_key or ()),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
+            "requests_from": str(requests_from) if requests_from is not None else None,
+            "replayed_records": len(replay) if replay else None,
         }
         written = []
         if json_out:

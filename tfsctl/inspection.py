@@ -26,6 +26,7 @@ from typing import Any
 from tfsctl.errors import InspectError
 from tfsctl.savedmodel import is_saved_model_dir, parse_version_dir, warmup_path
 from tfsctl.tflite_model import tflite_file
+from tfsctl.tfrecord import LOG_SUFFIX, PARTIAL_SUFFIX, RecordError, log_files, read_log
 
 
 @dataclass
@@ -214,6 +215,64 @@ class GraphInfo:
 Info = SavedModelInfo | BasePathInfo | CheckpointInfo | GraphInfo | TfLiteInfo
 
 
+@dataclass
+class RequestLogInfo:
+    """A request log (a model config's ``logging_config``): what it holds, per model, signature and API."""
+
+    path: str
+    files: int
+    records: int
+    bytes: int
+    first: str  # time of the oldest record (UTC), "" when there is none
+    last: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "request_log", **asdict(self)}
+
+
+def inspect_request_log(path: str | Path) -> RequestLogInfo:
+    """Summarise a request log: per model its versions, signatures and APIs (log types) with counts, and the
+    sizes of its requests; the time span and size of the whole log. Raises InspectError."""
+    import time
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    files = log_files(path)
+    models: dict[str, dict[str, Any]] = {}
+    records = total = 0
+    stamps: list[int] = []
+    try:
+        for data in read_log(path):
+            entry = prediction_log_pb2.PredictionLog.FromString(data)
+            kind = entry.WhichOneof("log_type") or "none"
+            spec = entry.log_metadata.model_spec
+            model = models.setdefault(spec.name, {"records": 0, "versions": {}, "signatures": {}, "apis": {},
+                                                  "request_bytes": {"min": None, "max": 0, "total": 0}})
+            model["records"] += 1
+            for key, value in (("versions", str(spec.version.value) if spec.HasField("version") else "-"),
+                               ("signatures", spec.signature_name or "-"), ("apis", kind)):
+                model[key][value] = model[key].get(value, 0) + 1
+            size = getattr(entry, kind).request.ByteSize() if kind != "none" else 0
+            sizes = model["request_bytes"]
+            sizes["min"] = size if sizes["min"] is None else min(sizes["min"], size)
+            sizes["max"], sizes["total"] = max(sizes["max"], size), sizes["total"] + size
+            if entry.log_metadata.timestamp_secs:
+                stamps.append(entry.log_metadata.timestamp_secs)
+            records += 1
+            total += len(data)
+    except (OSError, RecordError) as e:
+        raise InspectError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a record that is not a PredictionLog
+        raise InspectError(f"{path}: record {records} is not a PredictionLog: {e}") from None
+
+    def iso(t: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return RequestLogInfo(str(path), len(files), records, total, iso(min(stamps)) if stamps else "",
+                          iso(max(stamps)) if stamps else "", models)
+
+
 def inspect_path(path: str | Path, *, tag_set: set[str] | None = None, signature: str | None = None) -> Info:
     """Describe a SavedModel, a model base path, a checkpoint, or a frozen/meta graph; raises InspectError.
 
@@ -232,6 +291,9 @@ def inspect_path(path: str | Path, *, tag_set: set[str] | None = None, signature
             info.tflite = inspect_tflite(p)
     elif p.is_file() and p.suffix == ".tflite" or p.is_dir() and tflite_file(p).is_file():
         info = inspect_tflite(p)
+    elif (p.is_file() and p.name.endswith((LOG_SUFFIX, LOG_SUFFIX + PARTIAL_SUFFIX))) or \
+            (not p.exists() and log_files(p)) or (p.is_dir() and not _version_dirs(p) and log_files(p)):
+        info = inspect_request_log(p)
     elif p.is_file() and p.suffix in (".pb", ".pbtxt"):
         info = inspect_graph(p)
     elif p.is_file() and p.suffix == ".meta":

@@ -32,6 +32,7 @@ _MODULES = (
     "tensorflow_serving.apis.get_model_status_pb2",
     "tensorflow_serving.apis.model_management_pb2",
     "tensorflow_serving.apis.model_service_pb2_grpc",
+    "tensorflow_serving.apis.prediction_log_pb2",
     "tensorflow_serving.config.model_server_config_pb2",
 )
 
@@ -109,6 +110,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
@@ -120,6 +122,7 @@ __all__ = [
     "model_server_config_pb2",
     "model_service_pb2_grpc",
     "predict_pb2",
+    "prediction_log_pb2",
     "prediction_service_pb2_grpc",
     "tensor_pb2",
     "tensor_shape_pb2",

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -210,15 +211,24 @@ def run_sweep(
     max_requests: int | None = None,
     output_filter: Sequence[str] = (),
     on_level: Callable[[LevelResult], None] | None = None,
+    replay: Sequence[Any] | None = None,
 ) -> list[LevelResult]:
     """Measure each concurrency level in turn against a server (``protocol``: TF Serving's API over ``grpc`` or
     ``rest``, or the Open Inference Protocol over ``v2-grpc`` or ``v2-rest``, see :data:`PROTOCOLS`).
 
     ``output_filter`` applies to gRPC only: TF Serving's REST API has no way to ask for a subset of outputs.
+    ``replay`` (records of :func:`tfsctl.client.replay.load_requests`) sends logged requests instead of ``inputs``.
     """
     protocol = wire_protocol(protocol)
     v2 = protocol.startswith("v2-")
-    if protocol in ("grpc", "v2-grpc"):
+    if replay is not None:
+        from tfsctl.client.replay import replay_factory
+
+        if v2:
+            raise ClientError("--requests-from replays TF Serving API requests: use --protocol grpc or rest")
+        make, cleanup = replay_factory(target, list(replay), protocol=protocol, timeout=timeout,
+                                       channels=grpc_channels)
+    elif protocol in ("grpc", "v2-grpc"):
         make, cleanup = grpc_sender_factory(
             endpoint(target, default_port=8500), model, inputs, signature=signature, version=version, label=label,
             timeout=timeout, channels=grpc_channels, output_filter=output_filter, v2=v2,

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.core.protos import BatchingParameters, MonitoringConfig, SSLConfig
+from tfsctl.core.request_log import check_logging_config
 from tfsctl.core.storage import check_path  # cloud
 from tfsctl.errors import ConfigError
 
@@ -114,6 +115,7 @@ def validate_model_server_config(
             bad = [v for v in policy.specific.versions if v < 0]
             if bad:
                 raise ConfigError(f"{where}: model '{mc.name}': negative version {bad[0]} in specific policy")
+        check_logging_config(mc, where)  # an unknown collector type is refused here, as TF Serving's LogCollector
         for label, version in mc.version_labels.items():
             if not label:
                 raise ConfigError(f"{where}: model '{mc.name}': empty version label")

@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tfsctl.core import inference
 from tfsctl.core.memory import rss_bytes
@@ -155,8 +156,12 @@ class Loader:
         max_warmup_records: int = MAX_WARMUP_RECORDS,
         warmup_iterations: int | None = None,
         options: LoadOptions | None = None,
+        observer: Any = None,
     ) -> None:
+        """``observer`` (the server's metrics) gets TensorFlow's SavedModel load and TF Serving's warmup figures:
+        ``observe_saved_model_load(path, ok, us, stages)`` and ``observe_warmup(path, status, us, records)``."""
         self.options = options or LoadOptions()
+        self.observer = observer
         self.name = name
         self.version = int(version)
         self.path = Path(path)
@@ -175,12 +180,10 @@ class Loader:
         records; raises LoadError with a clear reason."""
         started = time.monotonic()
         rss_before = rss_bytes()
-        if not self.path.is_dir():
-            raise LoadError(f"{self._where}: directory does not exist")
         if self.options.prefer_tflite_model and tflite_file(self.path).is_file():
             servable = self._load_tflite()  # TF Serving's rule: model.tflite wins when preferred and present
         else:
-            servable = self._load_saved_model()
+            servable = self._load_counted_saved_model(started)
         try:
             count = self._warmup(servable) if self.options.enable_model_warmup else 0
         except LoadError:
@@ -198,20 +201,34 @@ class Loader:
         self._servable = servable
         return servable
 
-    def _load_tflite(self) -> Servable:
-        """``model.tflite`` in a pool of interpreters (tfsctl.core.tflite_servable)."""
-        from tfsctl.core.tflite_servable import load_tflite
+    def _count_load(self, started: float, ok: bool, stages: list[tuple[str, int]], status: str) -> None:
+        """TensorFlow's LoadSavedModel log line and metrics (load_attempt_count, load_latency, by stage)."""
+        us = int((time.monotonic() - started) * 1e6)
+        tags = " ".join(sorted(self.options.saved_model_tags or {"serve"}))
+        log.info("SavedModel load for tags { %s }; Status: %s: %s. Took %d microseconds.", tags,
+                 "success" if ok else "fail", status, us)
+        if self.observer is not None:
+            self.observer.observe_saved_model_load(str(self.path), ok, us, stages)
 
+    def _load_counted_saved_model(self, started: float) -> Servable:
+        """The SavedModel bundle, counted and logged as TensorFlow's LoadSavedModel (attempts, latency, stages)."""
+        stages: list[tuple[str, int]] = []
         try:
-            content = read_model(self.path)
-            return load_tflite(self.name, self.version, self.path, content,
-                               num_pools=self.options.num_tflite_pools,
-                               interpreters_per_pool=self.options.num_tflite_interpreters_per_pool)
-        except TfLiteModelError as e:
-            raise LoadError(f"{self._where}: cannot load {tflite_file(self.path).name}: {_short(e)}") from None
+            session, meta_graph = self._load_saved_model(stages)
+        except LoadError as e:
+            self._count_load(started, False, stages, str(e))
+            raise
+        self._count_load(started, True, stages, "OK")
+        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session,
+                            inline_short_steps=self.options.inline_short_steps())
+        del meta_graph  # the graph lives in the session; keep only the SignatureDefs
+        return servable
 
-    def _load_saved_model(self) -> Servable:
-        """The SavedModel bundle: the tagged meta graph in its own session."""
+    def _load_saved_model(self, stages: list[tuple[str, int]]) -> tuple[Any, Any]:
+        """TensorFlow's LoadSavedModel: the session (graph imported, variables restored, init op run) and the
+        chosen MetaGraphDef; the restore_graph and init_graph stage times go to ``stages``."""
+        if not self.path.is_dir():
+            raise LoadError(f"{self._where}: directory does not exist")
         if not is_saved_model_dir(self.path):
             raise LoadError(f"{self._where}: no saved_model.pb or saved_model.pbtxt")
         try:
@@ -231,15 +248,26 @@ class Loader:
             config = self.options.config_proto()
         except Exception as e:  # noqa: BLE001 - unparsable session_config bytes
             raise LoadError(f"{self._where}: invalid session config: {_short(e)}") from None
-        session = self._open_session(sorted(tags), config)
-        servable = Servable(self.name, self.version, self.path, meta_graph.signature_def, session,
-                            inline_short_steps=self.options.inline_short_steps())
-        del proto, meta_graph  # the graph lives in the session; keep only the SignatureDefs
-        return servable
+        del proto
+        return self._open_session(sorted(tags), config, stages), meta_graph
 
-    def _open_session(self, tags: list[str], config):
-        """A session over a fresh graph with the tagged meta graph imported, variables restored, init op run."""
+    def _load_tflite(self) -> Servable:
+        """``model.tflite`` in a pool of interpreters (tfsctl.core.tflite_servable)."""
+        from tfsctl.core.tflite_servable import load_tflite
+
+        try:
+            content = read_model(self.path)
+            return load_tflite(self.name, self.version, self.path, content,
+                               num_pools=self.options.num_tflite_pools,
+                               interpreters_per_pool=self.options.num_tflite_interpreters_per_pool)
+        except TfLiteModelError as e:
+            raise LoadError(f"{self._where}: cannot load {tflite_file(self.path).name}: {_short(e)}") from None
+
+    def _open_session(self, tags: list[str], config, stages: list[tuple[str, int]] | None = None):
+        """A session over a fresh graph with the tagged meta graph imported, variables restored, init op run
+        (TF1's loader, in its phases, so the restore and init times are known as TensorFlow's C++ loader's)."""
         import tensorflow as tf
+        from tensorflow.python.saved_model import loader_impl
         from tensorflow.python.util import deprecation
 
         for attempt in (1, 2):
@@ -247,7 +275,15 @@ class Loader:
             session = tf.compat.v1.Session(graph=graph, config=config)
             try:
                 with graph.as_default(), deprecation.silence():  # the v1 loader is the SavedModelBundle path
-                    tf.compat.v1.saved_model.loader.load(session, tags, str(self.path))
+                    start = time.monotonic()
+                    loader = loader_impl.SavedModelLoader(str(self.path))
+                    saver, _ = loader.load_graph(graph, tags)
+                    loader.restore_variables(session, saver)
+                    restored = time.monotonic()
+                    loader.run_init_ops(session, tags)
+                    if stages is not None:
+                        stages += [("restore_graph", int((restored - start) * 1e6)),
+                                   ("init_graph", int((time.monotonic() - restored) * 1e6))]
                 break
             except Exception as e:  # noqa: BLE001 - TF raises many types for broken exports
                 session.close()
@@ -268,43 +304,78 @@ class Loader:
     # --- warmup ---
 
     def _warmup(self, servable: Servable) -> int:
+        """Replay the warmup records, logging and counting as TF Serving's RunSavedModelWarmup does."""
         path = warmup_path(self.path)
         if not path.is_file():
+            log.info("No warmup data file found at %s", path)
             return 0
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
+        iterations = f"num_request_iterations {{ value: {self.warmup_iterations} }}" \
+            if self.options.num_request_iterations_for_warmup > 1 else ""
+        log.info("Starting to read warmup data for model at %s with model-warmup-options %s", path, iterations)
+        started = time.monotonic()
         try:
             records = list(tf.data.TFRecordDataset(str(path)).take(self.max_warmup_records + 1).as_numpy_iterator())
         except Exception as e:  # noqa: BLE001
-            raise LoadError(f"{self._where}: warmup file {path} is unreadable (not TFRecord?): {_short(e)}") from None
+            message = f"{self._where}: warmup file {path} is unreadable (not TFRecord?): {_short(e)}"
+            self._count_warmup(started, f"DATA_LOSS: {message}", 0)
+            raise LoadError(message) from None
         if len(records) > self.max_warmup_records:
             raise LoadError(
                 f"{self._where}: warmup file has more than the maximum of {self.max_warmup_records} records"
             )
         check = self.options.enable_signature_method_name_check
         for index, raw in enumerate(records):
-            log = prediction_log_pb2.PredictionLog()
+            entry = prediction_log_pb2.PredictionLog()
             try:
-                log.ParseFromString(raw)
+                entry.ParseFromString(raw)
             except Exception as e:  # noqa: BLE001
                 raise LoadError(f"{self._where}: warmup record {index} is not a PredictionLog: {e}") from None
-            kind = log.WhichOneof("log_type")
+            kind = entry.WhichOneof("log_type")
             if kind in ("session_run_log", "predict_streamed_log"):
                 raise LoadError(f"{self._where}: warmup record {index}: Unsupported log_type for warmup: {kind}")
             for _ in range(self.warmup_iterations):
                 try:
                     if kind == "predict_log":
-                        inference.run_predict(servable, log.predict_log.request, method_check=check)
+                        inference.run_predict(servable, entry.predict_log.request, method_check=check,
+                                              run=self._timed_run(entry.predict_log.request, "Predict"))
                     elif kind == "classify_log":
-                        inference.run_classify(servable, log.classify_log.request, method_check=check)
+                        inference.run_classify(servable, entry.classify_log.request, method_check=check,
+                                               run=self._timed_run(entry.classify_log.request, "Classify"))
                     elif kind == "regress_log":
-                        inference.run_regress(servable, log.regress_log.request, method_check=check)
+                        inference.run_regress(servable, entry.regress_log.request, method_check=check,
+                                              run=self._timed_run(entry.regress_log.request, "Regress"))
                     elif kind == "multi_inference_log":
-                        inference.run_multi_inference(servable, log.multi_inference_log.request, method_check=check)
+                        inference.run_multi_inference(servable, entry.multi_inference_log.request, method_check=check)
                 except ServingError as e:
                     raise LoadError(f"{self._where}: warmup record {index} failed: {e.message}") from None
+        us = self._count_warmup(started, "OK", len(records))
+        log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
+                 "Elapsed time (microseconds): %d.", path, len(records), us)
         return len(records)
+
+    def _timed_run(self, request: Any, api: str) -> Any:
+        """The signature run of a warmup request, counted in runtime_latency as TF Serving's warmup requests are
+        (they go through its Predict/Classify/Regress, labelled with the record's model name)."""
+        observe = getattr(self.observer, "observe_runtime", None)
+        if observe is None:
+            return inference.servable_run
+
+        def run(servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+            start = time.perf_counter()
+            outputs = servable.run(signature_name, inputs, output_filter)
+            observe(request.model_spec.name, api, int((time.perf_counter() - start) * 1e6))
+            return outputs
+
+        return run
+
+    def _count_warmup(self, started: float, status: str, records: int) -> int:
+        us = int((time.monotonic() - started) * 1e6)
+        if self.observer is not None:
+            self.observer.observe_warmup(str(self.path), status, us, records)
+        return us
 
 
 def _short(e: BaseException, limit: int = 500) -> str:

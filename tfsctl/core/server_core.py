@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -54,6 +55,8 @@ class ServerCore:
         self._config = model_server_config_pb2.ModelServerConfig()
         self._lock = threading.Lock()  # one config change at a time
         self._started = False
+        # tfsctl.core.request_log.RequestLogger: reconfigured with every config applied (TF's ServerRequestLogger)
+        self.request_logger: Any = None
         manager.attach(self)
 
     def start(self) -> None:
@@ -90,6 +93,8 @@ class ServerCore:
             applied = model_server_config_pb2.ModelServerConfig()
             applied.CopyFrom(config)
             self._config = applied
+            if self.request_logger is not None:
+                self.request_logger.configure(applied)
             watched = {
                 name: (mc.base_path, VersionPolicy.from_proto(mc.model_version_policy)) for name, mc in wanted.items()
             }

@@ -72,7 +72,8 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
                  model_factory: str | None = None, model_factory_path: str | Path | None = None,
                  warmup_shapes: list[str] | None = None, warmup_request: str | Path | None = None,
                  warmup: bool = True, tags: Iterable[str] = ("serve",),
-                 replace_signatures: bool = False, to_tflite: bool = False) -> ExportResult:
+                 replace_signatures: bool = False, to_tflite: bool = False,
+                 warmup_from: str | Path | None = None) -> ExportResult:
     """Export ``source`` as ``out``'s next version or as ``out/N``.
 
     ``warmup_sizes`` are (height, width) pairs of ``predict_images`` warmup requests (DeepLab-shaped models; [] =
@@ -89,7 +90,7 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
         if specs:
             raise ExportError("give either --signatures FILE or --input/--output, not both")
         specs = specs_from_file(signatures_file)
-    plan = _warmup_plan(warmup_shapes, warmup_request, warmup and bool(sizes))
+    plan = _warmup_plan(warmup_shapes, warmup_request, warmup and bool(sizes), warmup_from)
     src = detect(source, source_kind, has_factory=model_factory is not None)
     if model_factory is not None and src.kind != "tf2-checkpoint":
         raise ExportError(f"--model-factory applies to a TF2 checkpoint, but {src.path} is a {src.kind} source")
@@ -184,15 +185,17 @@ def _write(src: Any, export_dir: Path, scratch: Path, specs: list[SignatureSpec]
     return keras_source.save_keras(model, export_dir, str(src.path), signature), None, []
 
 
-def _warmup_plan(shapes: list[str] | None, request: str | Path | None, enabled: bool) -> WarmupPlan:
+def _warmup_plan(shapes: list[str] | None, request: str | Path | None, enabled: bool,
+                 request_log: str | Path | None = None) -> WarmupPlan:
     from tfsctl.export.signatures import parse_pairs
 
     parsed = {k: parse_shape(v) for k, v in parse_pairs(shapes, "--warmup-shape").items()}
-    if (parsed or request is not None) and not enabled:
-        raise ExportError("--warmup-shape/--warmup-request contradict --no-warmup")
-    if parsed and request is not None:
-        raise ExportError("give either --warmup-shape or --warmup-request, not both")
-    return WarmupPlan(shapes=parsed, request_file=Path(request) if request is not None else None, enabled=enabled)
+    if (parsed or request is not None or request_log is not None) and not enabled:
+        raise ExportError("--warmup-shape/--warmup-request/--warmup-from contradict --no-warmup")
+    if sum((bool(parsed), request is not None, request_log is not None)) > 1:
+        raise ExportError("give one of --warmup-shape, --warmup-request and --warmup-from")
+    return WarmupPlan(shapes=parsed, request_file=Path(request) if request is not None else None, enabled=enabled,
+                      request_log=Path(request_log) if request_log is not None else None)
 
 
 def _check_size(size: Any) -> tuple[int, int]:

@@ -39,6 +39,7 @@ class WarmupPlan:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     request_file: Path | None = None
     enabled: bool = True
+    request_log: Path | None = None  # --warmup-from: a server's request log (logging_config) to take records from
 
 
 def parse_shape(text: str, flag: str = "--warmup-shape") -> tuple[int, ...]:
@@ -240,6 +241,41 @@ def logs_from_bodies(bodies: list[dict[str, Any]], signatures: dict[str, Any], m
     return logs
 
 
+# TF Serving reads at most this many warmup records (WarmupConsts::kMaxNumRecords); more is a load error there.
+MAX_WARMUP_RECORDS = 1000
+
+
+def logs_from_request_log(source: Path, model_name: str) -> list[Any]:
+    """The records of a request log as warmup records, as TF Serving's warmup guide recommends (logged traffic):
+    at most :data:`MAX_WARMUP_RECORDS`, oldest first, each without its log metadata and named for this model."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tfsctl.tfrecord import RecordError, read_log
+
+    logs = []
+    try:
+        for data in read_log(source):
+            entry = prediction_log_pb2.PredictionLog.FromString(data)
+            kind = entry.WhichOneof("log_type")
+            if kind not in ("predict_log", "classify_log", "regress_log"):
+                continue  # MultiInference records are not taken (each is run here as the signature it names)
+            entry.ClearField("log_metadata")
+            part = getattr(entry, kind)
+            part.ClearField("response")
+            part.request.model_spec.name = model_name
+            part.request.model_spec.ClearField("version_choice")  # the new version is the one warmed up
+            logs.append(entry)
+            if len(logs) == MAX_WARMUP_RECORDS:
+                break
+    except (OSError, RecordError) as e:
+        raise ExportError(f"--warmup-from {source}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - not PredictionLog records
+        raise ExportError(f"--warmup-from {source}: record {len(logs) + 1} is not a PredictionLog: {e}") from None
+    if not logs:
+        raise ExportError(f"--warmup-from {source}: the request log holds no Predict, Classify or Regress record")
+    return logs
+
+
 def write_warmup(export_dir: Path, logs: list[Any]) -> Path | None:
     """The TFRecord file of PredictionLogs (nothing when there are no logs)."""
     if not logs:
@@ -262,7 +298,7 @@ def plan_and_check(export_dir: Path, tags: list[str], model_name: str, plan: War
     proto = read_saved_model(export_dir)
     mg = find_meta_graph(proto, set(tags))
     signatures = {n: s for n, s in mg.signature_def.items() if n != INIT_OP_SIGNATURE} if mg else {}
-    explicit = plan.request_file is not None
+    explicit = plan.request_file is not None or plan.request_log is not None
     warnings: list[str] = []
     unknown = sorted(k for k in plan.shapes if not any(k in s.inputs for s in signatures.values()))
     if unknown:
@@ -274,7 +310,10 @@ def plan_and_check(export_dir: Path, tags: list[str], model_name: str, plan: War
             tf.compat.v1.saved_model.loader.load(sess, tags, str(export_dir))
         except Exception as exc:  # noqa: BLE001 - any load failure means a server could not load it either
             raise ExportError(f"the written SavedModel does not load in a TF1 session: {first_line(exc)}") from None
-        if explicit:
+        if plan.request_log is not None:
+            logs = logs_from_request_log(plan.request_log, model_name)
+        elif explicit:
+            assert plan.request_file is not None
             logs = logs_from_bodies(read_request_file(plan.request_file), signatures, model_name,
                                     f"--warmup-request {plan.request_file}")
         elif fixed_logs is not None:

@@ -74,6 +74,7 @@ from tfsctl.errors import (
     Unavailable,
 )
 from tfsctl.savedmodel import DEFAULT_SIGNATURE
+from tfsctl.serving.request_record import current
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,19 @@ class BatchableServable(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
+def _note(queued: float, batch: int) -> None:
+    """Tell the current request's record (access log, traces) its queue wait and the size of its batch."""
+    record = current()
+    if record is not None:
+        record.queue_s, record.batch_size = queued, batch
+
+
 class _Task:
     """One queued request (or part of a split one). Its caller's thread sleeps on ``_signal`` until the task is done,
     or until it is handed a batch to run (``lead``): the thread that would be woken for its result anyway runs it."""
 
-    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "_signal")
+    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "_signal", "queued",
+                 "batch")
 
     def __init__(self, inputs: dict[str, np.ndarray], size: int, enqueued: float, can_lead: bool = False) -> None:
         self.inputs, self.size, self.enqueued, self.can_lead = inputs, size, enqueued, can_lead
@@ -108,6 +117,7 @@ class _Task:
         self.done = False
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
+        self.queued, self.batch = 0.0, 0  # seconds in the queue and the size of the batch that ran it
         self._signal = threading.Lock()
         self._signal.acquire()
 
@@ -239,6 +249,8 @@ class Batcher:
         _check_size(servable, signature_name, size, opts)
         if size > opts.execution_batch_size:  # a request to split (enable_large_batch_splitting): the queue's job
             return None
+        if self.metrics is not None:
+            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
         return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
 
     def arrival(self) -> _Arrival:
@@ -270,6 +282,8 @@ class Batcher:
         assert opts is not None
         key, size = plan
         _check_size(servable, signature_name, size, opts)
+        if self.metrics is not None:  # batching_session/input_batch_size: each input of a request to batch
+            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
         if self._close_early and self._claim_idle(key, size, opts):
             try:
                 return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
@@ -289,6 +303,7 @@ class Batcher:
             if me.error is not None:
                 raise me.error
             assert me.outputs is not None
+            _note(me.queued, me.batch)
             return me.outputs
         # Wait for every part of a split request, even after one failed: none may still sit in a queue.
         for t in tasks:
@@ -318,7 +333,9 @@ class Batcher:
         if not allowed or size in allowed or size > allowed[-1]:
             outputs = servable.run(signature_name, inputs, output_filter)
             if self.metrics is not None:
-                self.metrics.observe_batch(servable.name, size, [0.0])
+                self.metrics.observe_batch(servable.name, size, [0.0], real_size=size,
+                                           thread_pool_name=opts.thread_pool_name)
+            _note(0.0, size)
             return outputs
         validate = getattr(servable, "validate", None)
         if validate is not None:
@@ -588,7 +605,10 @@ class Batcher:
                 merged = {k: np.concatenate([v, np.repeat(v[-1:], padded - total, axis=0)]) for k, v in merged.items()}
         now = time.monotonic()
         if self.metrics is not None:
-            self.metrics.observe_batch(queue.servable.name, padded, [now - t.enqueued for t in tasks])
+            self.metrics.observe_batch(queue.servable.name, padded, [now - t.enqueued for t in tasks],
+                                       real_size=total, thread_pool_name=opts.thread_pool_name)
+        for t in tasks:
+            t.queued, t.batch = now - t.enqueued, padded
         outputs = queue.servable.run(queue.signature_name, merged, queue.output_filter)
         for name, value in outputs.items():
             if np.ndim(value) == 0 or value.shape[0] != padded:

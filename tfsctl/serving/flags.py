@@ -118,6 +118,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("load_retry_interval_seconds", "float", None, "overrides --load_retry_interval_micros", tfsctl_only=True),
     Flag("op_library", "str", "", "comma-separated custom-op .so files to load before any model",
          tfsctl_only=True),
+    Flag("request_log_max_file_bytes", "int64", 64 * 1024 * 1024,
+         "request log files (a model config's logging_config) start anew past this size", tfsctl_only=True),
+    Flag("access_log", "str", "", "one line per request to PATH, or - for stderr [off]", tfsctl_only=True),
+    Flag("log_format", "str", "text", "text or json: every server log line and the access log", tfsctl_only=True),
+    Flag("trace_otlp_endpoint", "str", "",
+         "OTLP/HTTP base URL for request traces [$OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; off]", tfsctl_only=True),
 )
 BY_NAME = {f.name: f for f in FLAGS}
 

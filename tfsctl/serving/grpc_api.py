@@ -3,7 +3,8 @@
 The servicers only hand requests to the core and encode results: outputs in the typed ``*_val`` fields as TF
 Serving's ``AsProtoField`` (its default), or in ``tensor_content`` with ``tensor_content=True``
 (``--enable_serialization_as_tensor_content``); requests may use either form. Every
-``ServingError`` becomes a gRPC status in :meth:`ServicerBase._call`, the one place that also counts request metrics.
+``ServingError`` becomes a gRPC status in :meth:`ServicerBase._outcome`, which also opens and closes the request's
+record in the request core (``ServingCore.begin``/``finish``: metrics, access log, request log, traces).
 The grpc.health.v1 service and server reflection are registered beside them by :func:`add_services`.
 """
 
@@ -13,7 +14,6 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -32,7 +32,10 @@ from tensorflow_serving.apis import (
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
+from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
+from tfsctl.serving.request_record import GRPC
 from tfsctl.serving.service import ServingCore, WouldWait
+from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.tensors import as_proto_content, as_proto_field
 
 log = logging.getLogger(__name__)
@@ -104,25 +107,33 @@ class ServicerBase:
 
     def _call(self, api: str, model_name: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         """Run ``fn``; an error becomes the RPC's gRPC status (see :meth:`_outcome`)."""
-        result, error = self._outcome(api, model_name, fn)
+        result, error = self._outcome(api, model_name, fn, context)
         if error is None:
             return result  # type: ignore[return-value]
         context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
-    def _outcome(self, api: str, model_name: str, fn: Callable[[], T]) -> tuple[T | None, ServingError | None]:
+    def _outcome(self, api: str, model_name: str, fn: Callable[[], T], context: Any = None
+                 ) -> tuple[T | None, ServingError | None]:
         """Run ``fn`` through the drain gate; map errors to ServingErrors (the only place that does, for both
-        the thread-pool and the event-loop paths) and record the request metric."""
+        the thread-pool and the event-loop paths) and have the request core record the request (``api`` the
+        RPC's method name)."""
         gate = self.gate
         if gate is not None and not gate.enter():
             return None, Unavailable(SHUTTING_DOWN)
-        start = time.perf_counter()
+        record = self.core.begin(GRPC, api, model_name)
+        if self.core.tag_requests and context is not None:
+            _tag(record, context)
         error: ServingError | None = None
         declined = False
         try:
-            return fn(), None
+            result = fn()
+            if record.wall:
+                record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
+            return result, None
         except WouldWait:
             declined = True
+            self.core.discard(record)  # sent again where waiting is allowed: recorded then
             raise
         except ServingError as e:
             # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
@@ -133,15 +144,28 @@ class ServicerBase:
             error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
         finally:
             try:
-                if self.metrics is not None and not declined:  # a declined attempt is sent again: counted then
-                    seconds = time.perf_counter() - start
-                    code = error.grpc_code.name if error is not None else "OK"
-                    label = self.core.metric_model_label(model_name, error is None)
-                    self.metrics.observe_request(label, api, code, seconds)
+                if not declined:
+                    self.core.finish(record, error.grpc_code.name if error is not None else "OK")
             finally:
                 if gate is not None:
-                    gate.exit()  # exactly once, whatever the metrics do
+                    gate.exit()  # exactly once, whatever the recording does
         return None, error
+
+
+def _tag(record: Any, context: Any) -> None:
+    """The request id (the client's ``x-request-id`` metadata, else a new one), peer and W3C trace context; the id
+    goes back in the trailing metadata."""
+    given = None
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            given = value
+        elif key == TRACEPARENT:
+            record.traceparent = value
+        elif key == TRACESTATE:
+            record.tracestate = value
+    record.request_id = request_id(given)
+    record.peer = context.peer() or ""
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, ServicerBase):
@@ -149,7 +173,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext  # noqa: N802
                 ) -> predict_pb2.PredictResponse:
-        return self._call("grpc_predict", request.model_spec.name, context, lambda: self._predict(request))
+        return self._call("Predict", request.model_spec.name, context, lambda: self._predict(request))
 
     def _predict(self, request: predict_pb2.PredictRequest, *, only_if_quick: bool = False
                  ) -> predict_pb2.PredictResponse:
@@ -161,17 +185,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
         return response
 
     def Classify(self, request, context):  # noqa: N802 - gRPC method name
-        return self._call("grpc_classify", request.model_spec.name, context, lambda: self.core.classify(request))
+        return self._call("Classify", request.model_spec.name, context, lambda: self.core.classify(request))
 
     def Regress(self, request, context):  # noqa: N802
-        return self._call("grpc_regress", request.model_spec.name, context, lambda: self.core.regress(request))
+        return self._call("Regress", request.model_spec.name, context, lambda: self.core.regress(request))
 
     def MultiInference(self, request, context):  # noqa: N802
         name = request.tasks[0].model_spec.name if request.tasks else ""
-        return self._call("grpc_multi_inference", name, context, lambda: self.core.multi_inference(request))
+        return self._call("MultiInference", name, context, lambda: self.core.multi_inference(request))
 
     def GetModelMetadata(self, request, context):  # noqa: N802
-        return self._call("grpc_get_model_metadata", request.model_spec.name, context,
+        return self._call("GetModelMetadata", request.model_spec.name, context,
                           lambda: self.core.get_model_metadata(request))
 
 
@@ -189,10 +213,10 @@ class LoopPredictionServicer(PredictionServicer):
         name = request.model_spec.name
         run = functools.partial(self._predict, request)
         try:  # the quick route first: it declines (WouldWait) before running anything a quick request would not
-            result, error = self._outcome("grpc_predict", name, functools.partial(run, only_if_quick=True))
+            result, error = self._outcome("Predict", name, functools.partial(run, only_if_quick=True), context)
         except WouldWait:  # large, a version not known to be quick, or a split request: the pool runs it
             result, error = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._outcome, "grpc_predict", name, run)
+                self.executor, self._outcome, "Predict", name, run, context)
         if error is None:
             return result  # type: ignore[return-value]
         # context.abort raises; the exception's traceback keeps this frame alive until a cyclic collection, so
@@ -206,13 +230,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
     """tensorflow.serving.ModelService: GetModelStatus, HandleReloadConfigRequest."""
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        return self._call("grpc_get_model_status", request.model_spec.name, context,
+        return self._call("GetModelStatus", request.model_spec.name, context,
                           lambda: self.core.get_model_status(request))
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         left = context.time_remaining()  # answer before the client's deadline, even if models still load
         wait = None if left is None else max(0.0, left - 1.0)
-        return self._call("grpc_reload_config", "", context, lambda: self.core.reload_config(request, wait))
+        return self._call("HandleReloadConfigRequest", "", context, lambda: self.core.reload_config(request, wait))
 
 
 def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: Any = None, *,

@@ -26,6 +26,7 @@ out of file descriptors is logged once, not per accept.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import re
@@ -49,6 +50,9 @@ from tensorflow_serving.apis import (
 
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
+from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
+from tfsctl.serving.request_record import REST, current
+from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.serving.v2_rest import V2Rest, is_v2_path
 
 if TYPE_CHECKING:
@@ -320,13 +324,19 @@ class RestServer:
                 self._refusing = True
                 log.warning("REST: %d connections open, the limit; refusing new ones with 503 until some close",
                             self.open_connections)
+            if self.metrics is not None:
+                self.metrics.rest_connections_refused.inc()
             return _Refused()
         self.open_connections += 1
+        if self.metrics is not None:
+            self.metrics.rest_connections_open.inc()
         assert self._runner is not None and self._runner.server is not None
         return _Connection(self, self._runner.server())
 
     def _connection_closed(self) -> None:
         self.open_connections -= 1
+        if self.metrics is not None:
+            self.metrics.rest_connections_open.dec()
         if self._refusing and self.open_connections < self.max_connections:
             self._refusing = False
 
@@ -375,6 +385,7 @@ class RestServer:
                 name, version, label, sub = m.groups()
                 return await self._model_call(request, "metadata" if sub == "metadata" else "status",
                                               name or "", version, label)
+        self.core.finish(self.core.begin(REST, "", ""), malformed.grpc_code.name)  # TF counts it (model_name "")
         return self._error_reply(malformed)
 
     async def _health(self, path: str) -> web.Response:
@@ -387,9 +398,13 @@ class RestServer:
 
     async def _model_call(self, request: web.Request, verb: str, name: str, version: str | None,
                           label: str | None) -> web.Response:
-        start = time.perf_counter()
-        api = f"rest_{verb}"
         name = unquote(name)
+        record = self.core.begin(REST, verb, name)
+        if self.core.tag_requests:
+            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+            record.peer = request.remote or ""
+            record.traceparent = request.headers.get(TRACEPARENT, "")
+            record.tracestate = request.headers.get(TRACESTATE, "")
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
@@ -404,10 +419,11 @@ class RestServer:
             log.exception("REST %s %s failed", request.method, request.path)
             status, code = 500, "INTERNAL"
             encoded = json_codec.encode_error(f"internal error: {type(e).__name__}: {e}")
-        if self.metrics is not None:
-            model = self.core.metric_model_label(name, code == "OK")
-            self.metrics.observe_request(model, api, code, time.perf_counter() - start)
+        record.bytes_out = len(encoded)
+        self.core.finish(record, code)
         response = self._reply(status, encoded)
+        if record.request_id:
+            response.headers[REQUEST_ID_HEADER] = record.request_id
         if status in (408, 413):
             response.force_close()
         return response
@@ -455,7 +471,12 @@ class RestServer:
         loop = asyncio.get_running_loop()
         try:
             body = await self._read_body(request) if request.method == "POST" else b""
-            work = self._executor.submit(getattr(self, f"_do_{verb}"), name, version, label, body)
+            # In a copy of this request's context: the request core finds the request's record there.
+            work = self._executor.submit(contextvars.copy_context().run, getattr(self, f"_do_{verb}"), name,
+                                         version, label, body)
+            record = current()
+            if record is not None:
+                record.bytes_in = len(body)
         except BaseException:
             self._release_body(reserved)
             raise

@@ -108,6 +108,10 @@ class ServerOptions:
     batching_isolate_failures: bool = False
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
     op_library: str = ""  # comma-separated custom-op .so files loaded before any model (tf.load_op_library)
+    request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
+    access_log: str = ""  # one line per request: a path, or "-" for stderr; "" = off
+    log_format: str = "text"  # text | json, for every server log line and the access log
+    trace_otlp_endpoint: str = ""  # OTLP/HTTP base URL for traces ("" = the OTEL_* variables decide; off without)
 
     @classmethod
     def from_args(cls, argv: list[str]) -> ServerOptions:
@@ -171,6 +175,10 @@ class ServerOptions:
                self.tensorflow_session_parallelism) > 0:
             raise FlagError("configure either --tensorflow_session_parallelism or --tensorflow_intra_op_parallelism "
                             "and --tensorflow_inter_op_parallelism, not all three")
+        if self.log_format not in ("text", "json"):
+            raise FlagError(f"--log_format must be text or json, got {self.log_format!r}")
+        if self.request_log_max_file_bytes < 1024:
+            raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
         if self.batching_parameters_file and not self.enable_batching:
             raise FlagError("--batching_parameters_file is set without --enable_batching")
         parse_channel_arguments(self.grpc_channel_arguments)
@@ -310,14 +318,6 @@ class _HideHealth(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _in_flight_gauge(metrics: Any) -> Any:
-    """``tfsctl_grpc_requests_in_flight`` on the server's Prometheus page (tfsctl's own; TF Serving has none)."""
-    from prometheus_client import Gauge
-
-    return Gauge("tfsctl_grpc_requests_in_flight", "TF Serving gRPC requests being handled (queued ones too).",
-                 registry=metrics.registry)
-
-
 def _malloc_trim() -> None:
     """Give the heap pages freed while loading back to the OS (glibc only; elsewhere nothing to do)."""
     import ctypes
@@ -345,6 +345,9 @@ class ModelServer:
         self.core: Any = None
         self.rest: Any = None
         self.monitoring_config: Any = None
+        self.request_logger: Any = None
+        self.access_log: Any = None
+        self.tracer: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: Any = None  # a grpc_loop.LoopServer once started
         from tfsctl.serving.grpc_api import RequestGate
@@ -399,13 +402,38 @@ class ModelServer:
                 self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
 
             self.metrics = Metrics()
-            self._gate.gauge = _in_flight_gauge(self.metrics)
-            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options))
+            self._gate.gauge = self.metrics.grpc_in_flight
+            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options,
+                                                                           observer=self.metrics))
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
+            from tfsctl.core.request_log import RequestLogger
+
+            self.request_logger = RequestLogger(saved_model_tags=settings.load_options.saved_model_tags,
+                                                max_file_bytes=opts.request_log_max_file_bytes,
+                                                counter=self.metrics.observe_request_log)
+            self.manager.server_core().request_logger = self.request_logger
             self.core = ServingCore(self.manager, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
-                                    max_request_bytes=int(opts.grpc_max_message_bytes))
+                                    max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
+                                    request_logger=self.request_logger)
+            if opts.access_log:
+                from tfsctl.serving.logs import AccessLog
+
+                try:
+                    self.access_log = AccessLog(opts.access_log, opts.log_format)
+                except OSError as e:
+                    raise ConfigError(f"--access_log {opts.access_log}: cannot open: {e.strerror or e}") from None
+                self.core.observers.append(self.access_log)
+                self.core.tag_requests = True
+            from tfsctl.serving.tracing import Tracer, traces_endpoint
+
+            endpoint = traces_endpoint(opts.trace_otlp_endpoint)
+            if endpoint:
+                self.tracer = Tracer(endpoint)
+                self.core.observers.append(self.tracer)
+                self.core.tag_requests = True
+                log.info("request traces go to %s (OTLP/HTTP)", endpoint)
             self.manager.apply_config(config)
             self.manager.start()
         except BaseException:
@@ -542,7 +570,11 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(None)
             self._grpc = None
-        for part in (self.rest, self.batcher, self.manager):
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.close()
+        for part in (self.rest, self.batcher, self.request_logger, self.manager):
             if part is not None:
                 try:
                     part.stop()
@@ -601,6 +633,12 @@ class ModelServer:
                 t.join(timeout=5)
             if self.batcher is not None:
                 self.batcher.stop()
+            if self.request_logger is not None:
+                self.request_logger.stop()  # what is queued is written, every file gets its final name
+            if self.access_log is not None:
+                self.access_log.close()
+            if self.tracer is not None:
+                self.tracer.close()  # exports the spans still buffered
             if self.manager is not None:
                 self.manager.stop()
             self._stopped.set()

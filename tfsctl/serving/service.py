@@ -9,6 +9,8 @@ Behaviour follows TF Serving's ``predict_util``, ``classifier``, ``regressor``, 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -35,6 +37,9 @@ from tfsctl.core.servable import Servable, SignatureSpec
 from tfsctl.core.servable_request import has_available_version
 from tfsctl.errors import InvalidArgument, NotFound, ServingError
 from tfsctl.model_layout import signature_or_default
+from tfsctl.serving.request_record import GRPC, REST, RequestRecord, current
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
 # A Predict request of at most this many bytes may run on the gRPC event loop (see predict_is_quick).
@@ -49,6 +54,13 @@ LOOP_MAX_STEP_S = 250e-6
 BATCHING_PAYS_STEP_S = 100e-6
 _CODE_OK = 0
 _CODE_UNKNOWN = 2
+# The requests TF Serving counts in request_count/request_latency, with their "API" label: gRPC's Predict, Classify
+# and Regress (prediction_service_impl.cc), every request of its REST handler (http_server.cc; the verb, "" on GET).
+_TF_API = {(GRPC, "Predict"): "Predict", (GRPC, "Classify"): "Classify", (GRPC, "Regress"): "Regress",
+           (REST, "predict"): "predict", (REST, "classify"): "classify", (REST, "regress"): "regress",
+           (REST, "status"): "", (REST, "metadata"): "", (REST, ""): "",
+           # the Open Inference Protocol's infer (tfsctl's addition): counted as TF Serving counts Predict
+           (GRPC, "grpc_v2_infer"): "ModelInfer", (REST, "rest_v2_infer"): "infer"}
 
 
 class WouldWait(Exception):  # noqa: N818 - a signal to the caller, not an error anyone sees
@@ -95,13 +107,23 @@ class ServingCore:
 
     def __init__(self, manager: ServableManager, batcher: SignatureRunner | None = None, *,
                  reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False,
-                 max_request_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_BYTES, metrics: Any = None, request_logger: Any = None) -> None:
         self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
         self.batcher = batcher
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
-        self._run = self._batched_run if batcher is not None else inference.servable_run
+        self.metrics = metrics
+        # tfsctl.core.request_log.RequestLogger (the model config's logging_config), or None
+        self.request_logger = request_logger
+        # Called with every finished RequestRecord (access log, request log, traces), after the metrics.
+        self.observers: list[Callable[[RequestRecord], None]] = []
+        # Front ends take (or make) a request id, note the peer and return the id: on with an access log or traces.
+        self.tag_requests = False
+        run = self._batched_run if batcher is not None else inference.servable_run
+        self._run = self._timed(run, None)
+        self._runs = {api: self._timed(run, api) for api in ("Predict", "Classify", "Regress")}
+        self._run_now_predict = self._timed(self._run_now, "Predict")
         # The batcher counts requests on their way to it, so a batch stops waiting once none is (batcher.py).
         self._arrival: Callable[[], AbstractContextManager[Any]] = getattr(batcher, "arrival", None) or nullcontext
         self._specs: dict[tuple[str, int, str], model_pb2.ModelSpec] = {}
@@ -175,12 +197,13 @@ class ServingCore:
         has run then, and the request may be sent again. Otherwise, with batching, it runs alone at once
         (:meth:`Batcher.run_now`)."""
         size = request.ByteSize()
-        run, arrival = self._run, self._arrival
+        _note_bytes_in(size)
+        run, arrival = self._runs["Predict"], self._arrival
         if only_if_quick:
             if not _small(size):
                 raise WouldWait(f"a request of {size} bytes is not quick")
             if self.batcher is not None:
-                run, arrival = self._run_now, nullcontext  # it never queues: nothing to announce
+                run, arrival = self._run_now_predict, nullcontext  # it never queues: nothing to announce
         try:
             with arrival(), self._handle(request.model_spec) as servable:
                 if only_if_quick and not self._quick_on(servable, request.model_spec.signature_name,
@@ -189,7 +212,10 @@ class ServingCore:
                 name, outputs = inference.run_predict(
                     servable, request, run=run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes if max_bytes is None else max_bytes)
-                return self._resolved(servable, name), outputs
+                resolved = self._resolved(servable, name)
+                if self.request_logger is not None and self.request_logger.wants(servable.name):
+                    self._log_predict(request, resolved, outputs, size)
+                return resolved, outputs
         finally:
             self._trim_after(size)
 
@@ -201,16 +227,19 @@ class ServingCore:
         ``only_if_quick``: as :meth:`predict_request`'s, on the held version (the caller checked the request's
         size and held it with ``hold(..., only_if_quick=True)``): :class:`WouldWait` before running anything
         unless its steps are measured short; with batching it runs alone at once."""
-        run = self._run
+        run = self._runs["Predict"]
         if only_if_quick:
             if not self._quick_on(servable, signature_name, tuple(output_filter)):
                 raise WouldWait(f"model '{servable.name}' version {servable.version} is not known to be quick")
             if self.batcher is not None:
-                run = self._run_now
+                run = self._run_now_predict
         try:
             name, outputs = inference.predict_arrays(servable, signature_name, inputs, output_filter, run=run,
                                                      method_check=self.enable_signature_method_name_check)
-            return self._resolved(servable, name), outputs
+            resolved = self._resolved(servable, name)
+            if self.request_logger is not None and self.request_logger.wants(servable.name):
+                self._log_predict_arrays(resolved, inputs, output_filter, outputs)
+            return resolved, outputs
         finally:
             self._trim_after(sum(getattr(a, "nbytes", 0) for a in inputs.values()))
 
@@ -236,21 +265,27 @@ class ServingCore:
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
         """TF Serving's RunClassify on the version the request's ModelSpec resolves to."""
-        return self._on_examples(request, inference.run_classify, classification_pb2.ClassificationResponse)
+        return self._on_examples(request, inference.run_classify, classification_pb2.ClassificationResponse,
+                                 "Classify")
 
     def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
         """TF Serving's RunRegress on the version the request's ModelSpec resolves to."""
-        return self._on_examples(request, inference.run_regress, regression_pb2.RegressionResponse)
+        return self._on_examples(request, inference.run_regress, regression_pb2.RegressionResponse, "Regress")
 
-    def _on_examples(self, request: Any, run: Callable[..., tuple[str, Any]], response_type: type) -> Any:
+    def _on_examples(self, request: Any, run: Callable[..., tuple[str, Any]], response_type: type, api: str) -> Any:
         """Classify and Regress alike: one held version, TF Serving's rules in ``run``, memory trimmed after."""
         size = request.input.ByteSize()
+        _note_bytes_in(size)
         try:
             with self._arrival(), self._handle(request.model_spec) as servable:
-                name, result = run(servable, request, run=self._run,
+                name, result = run(servable, request, run=self._runs[api],
                                    method_check=self.enable_signature_method_name_check,
                                    max_bytes=self.max_request_bytes)
-                return response_type(model_spec=make_model_spec(servable.name, servable.version, name), result=result)
+                response = response_type(model_spec=make_model_spec(servable.name, servable.version, name),
+                                         result=result)
+            if self.request_logger is not None and self.request_logger.wants(response.model_spec.name):
+                self._log_message("classify_log" if api == "Classify" else "regress_log", request, response, size)
+            return response
         finally:
             self._trim_after(size)
 
@@ -261,13 +296,130 @@ class ServingCore:
             raise InvalidArgument("MultiInferenceRequest has no tasks")
         inference.check_multi_inference_tasks(request)
         size = request.input.ByteSize()
+        _note_bytes_in(size)
         try:
             with self._arrival(), self._handle(request.tasks[0].model_spec) as servable:
-                return inference.run_multi_inference(
+                response = inference.run_multi_inference(
                     servable, request, run=self._run, method_check=self.enable_signature_method_name_check,
                     max_bytes=self.max_request_bytes)
+                spec = make_model_spec(servable.name, servable.version, request.tasks[0].model_spec.signature_name)
+            if self.request_logger is not None and self.request_logger.wants(spec.name):
+                self._log_message("multi_inference_log", request, response, size, spec)
+            if self.metrics is not None:  # RecordRequestExampleCount, MultiInference's only (multi_inference.cc)
+                kind = request.input.WhichOneof("kind")
+                count = len(getattr(request.input, kind).examples) if kind else 0
+                self.metrics.observe_examples(request.tasks[0].model_spec.name, count)
+            return response
         finally:
             self._trim_after(size)
+
+    # --- recording: the one place a request is counted, whatever its wire --------------------------------------
+
+    def begin(self, wire: str, api: str, model: str) -> RequestRecord:
+        """Open the record of a request (``wire`` GRPC or REST, ``api`` the gRPC method or REST verb) and make it
+        the current one in this context; every record begun is closed by :meth:`finish` or :meth:`discard`."""
+        record = RequestRecord(wire, api, model)
+        if self.tag_requests:
+            record.wall = time.time()
+        record.enter()
+        return record
+
+    def discard(self, record: RequestRecord) -> None:
+        """Forget a record without counting it (an attempt that ran nothing and will be sent again)."""
+        record.leave()
+
+    def finish(self, record: RequestRecord, code: str = "OK") -> None:
+        """Count a finished request (``code`` its gRPC status name): TF Serving's request_count and, when OK,
+        request_latency for the requests TF Serving counts; then every observer (access log, request log, traces).
+        Nothing here can fail the request."""
+        record.leave()
+        record.code = code
+        try:
+            metrics = self.metrics
+            if metrics is not None:
+                tf_api = _TF_API.get((record.wire, record.api))
+                if tf_api is not None:
+                    ok = code == "OK"
+                    metrics.observe_request(self.metric_model_label(record.model, ok), tf_api, record.wire, code,
+                                            int(record.seconds() * 1e6) if ok else None)
+            for observer in self.observers:
+                observer(record)
+        except Exception:  # noqa: BLE001 - recording must never fail a request
+            log.exception("recording request %s %s failed", record.wire, record.api)
+
+    def _timed(self, run: Callable[..., dict], api: str | None) -> Callable[..., dict]:
+        """``run`` that times the signature's run: TF Serving's runtime_latency (``api`` set, on success) and the
+        current request's step time."""
+        metrics = self.metrics
+        clock = time.perf_counter
+
+        def timed(servable: Servable, signature_name: str, inputs: dict, output_filter: tuple) -> dict:
+            start = clock()
+            outputs = run(servable, signature_name, inputs, output_filter)
+            seconds = clock() - start
+            record = current()
+            if record is not None:
+                if not record.run_start:
+                    record.run_start = start
+                record.step_s += seconds
+                record.version = servable.version
+                record.signature = signature_name
+            if metrics is not None and api is not None:
+                metrics.observe_runtime(servable.name, api, int(seconds * 1e6))
+            return outputs
+
+        return timed
+
+    # --- request logging (the model config's logging_config; built and written by the logger's own thread) -------
+
+    def _log_predict(self, request: predict_pb2.PredictRequest, resolved: model_pb2.ModelSpec,
+                     outputs: dict[str, np.ndarray], size: int) -> None:
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            entry = prediction_log_pb2.PredictionLog()
+            entry.predict_log.request.CopyFrom(request)
+            _fill_predict_response(entry.predict_log.response, resolved, outputs)
+            return entry
+
+        self.request_logger.submit(resolved.name, resolved, build, size + _nbytes(outputs))
+
+    def _log_predict_arrays(self, resolved: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
+                            output_filter: Sequence[str], outputs: dict[str, np.ndarray]) -> None:
+        """A Predict that came as arrays (REST): logged as the PredictRequest it stands for."""
+        inputs = dict(inputs)
+        output_filter = list(output_filter)
+
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            from tfsctl.tensors import as_proto_field
+
+            entry = prediction_log_pb2.PredictionLog()
+            req = entry.predict_log.request
+            req.model_spec.name = resolved.name
+            req.model_spec.signature_name = resolved.signature_name
+            for key, value in inputs.items():
+                as_proto_field(np.asarray(value), req.inputs[key])
+            req.output_filter.extend(output_filter)
+            _fill_predict_response(entry.predict_log.response, resolved, outputs)
+            return entry
+
+        self.request_logger.submit(resolved.name, resolved, build, _nbytes(inputs) + _nbytes(outputs))
+
+    def _log_message(self, kind: str, request: Any, response: Any, size: int,
+                     spec: model_pb2.ModelSpec | None = None) -> None:
+        def build() -> Any:
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            entry = prediction_log_pb2.PredictionLog()
+            part = getattr(entry, kind)
+            part.request.CopyFrom(request)
+            part.response.CopyFrom(response)
+            return entry
+
+        spec = spec if spec is not None else response.model_spec
+        self.request_logger.submit(spec.name, spec, build, size + response.ByteSize())
 
     # --- models and readiness (what the front ends' health checks and metric labels ask) ---------------------------
 
@@ -320,6 +472,9 @@ class ServingCore:
                 raise InvalidArgument(f"model '{name}': metadata field '{field}' is not supported "
                                       f"(supported: '{SIGNATURE_DEF_FIELD}')")
         with self._handle(request.model_spec) as servable:
+            record = current()
+            if record is not None:
+                record.version = servable.version
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             for key, sig in servable.signature_defs.items():
                 sig_map.signature_def[key].CopyFrom(sig)
@@ -378,6 +533,25 @@ class ServingCore:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = _CODE_OK
         return response
+
+
+def _note_bytes_in(size: int) -> None:
+    record = current()
+    if record is not None and not record.bytes_in:
+        record.bytes_in = size
+
+
+def _nbytes(arrays: Mapping[str, Any]) -> int:
+    return sum(getattr(a, "nbytes", 0) for a in arrays.values())
+
+
+def _fill_predict_response(response: predict_pb2.PredictResponse, spec: model_pb2.ModelSpec,
+                           outputs: Mapping[str, np.ndarray]) -> None:
+    from tfsctl.tensors import as_proto_field
+
+    response.model_spec.CopyFrom(spec)
+    for key, value in outputs.items():
+        as_proto_field(value, response.outputs[key])
 
 
 class HeldServable:

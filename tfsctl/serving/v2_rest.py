@@ -27,9 +27,9 @@ allocation (``core/v2_tensors.py``); the model call runs in the REST pool throug
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -41,6 +41,9 @@ from aiohttp import web
 from tfsctl.core import v2_tensors
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_dense
+from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
+from tfsctl.serving.request_record import REST, current
+from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 if TYPE_CHECKING:
@@ -337,7 +340,12 @@ class V2Rest:
     async def _call(self, request: web.Request, api: str, name: str, work: Callable[[bytes], _Reply], *,
                     timed: bool = False) -> web.Response:
         server = self.server
-        start = time.perf_counter()
+        record = server.core.begin(REST, api, name)
+        if server.core.tag_requests:
+            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+            record.peer = request.remote or ""
+            record.traceparent = request.headers.get(TRACEPARENT, "")
+            record.tracestate = request.headers.get(TRACESTATE, "")
         try:
             reply = await self._run(request, work, timed, name)
             code = "OK"
@@ -354,10 +362,11 @@ class V2Rest:
             else:
                 log.exception("REST %s %s failed", request.method, request.path)
                 reply, code = _error(500, f"internal error: {type(e).__name__}: {e}"), "INTERNAL"
-        if server.metrics is not None:
-            label = server.core.metric_model_label(name, code == "OK") if name else ""
-            server.metrics.observe_request(label, api, code, time.perf_counter() - start)
+        record.bytes_out = len(reply.body)
+        server.core.finish(record, code)
         response = self._response(reply)
+        if record.request_id:
+            response.headers[REQUEST_ID_HEADER] = record.request_id
         if reply.status in (408, 413):
             response.force_close()
         return response
@@ -368,7 +377,11 @@ class V2Rest:
         loop = asyncio.get_running_loop()
         try:
             body = await server._read_body(request) if request.method == "POST" else b""
-            job = server._executor.submit(work, body)
+            # In a copy of this request's context: the request core finds the request's record there.
+            job = server._executor.submit(contextvars.copy_context().run, work, body)
+            record = current()
+            if record is not None:
+                record.bytes_in = len(body)
         except BaseException:
             server._release_body(reserved)
             raise

@@ -379,7 +379,7 @@ class _Link:
 
         Manager.is_ready = is_ready  # type: ignore[method-assign]
         ServingCore.reload_config = reload_config  # type: ignore[method-assign]
-        Metrics.render = lambda _metrics: _render_all_workers()  # type: ignore[method-assign]
+        Metrics.collect = lambda _metrics: _collect_all_workers()  # type: ignore[method-assign]
 
     def attach(self, server: Any) -> None:
         self.core, self.manager = server.core, server.manager
@@ -472,13 +472,13 @@ def _error_from(error: tuple[str, str]) -> Exception:
     return errors.Internal(f"{error[0]}: {error[1]}")
 
 
-def _render_all_workers() -> bytes:
-    """Prometheus text summed over every worker (prometheus_client multiprocess mode)."""
-    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+def _collect_all_workers() -> list:
+    """Every metric family summed over every worker (prometheus_client multiprocess mode)."""
+    from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return list(registry.collect())
 
 
 def pin_to_cpu(index: int) -> int:
@@ -500,6 +500,10 @@ def _worker_main(index: int, options: Any, conn: Connection, config: bytes | Non
 
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    if getattr(options, "log_format", "text") == "json":
+        from tfsctl.serving.logs import use_json_lines
+
+        use_json_lines(worker=index)
     import faulthandler
 
     faulthandler.register(_DUMP_STACKS, all_threads=True)  # the supervisor's question before it kills a straggler
