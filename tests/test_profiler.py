@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -133,5 +134,35 @@ def test_bad_profiler_requests_get_clear_codes(tmp_path):
                 with pytest.raises(grpc.RpcError) as info:
                     channel.unary_unary(f"/tensorflow.ProfilerService/{method}")(payload, timeout=30)
                 assert info.value.code() == code, (method, info.value.details())
+    finally:
+        server.stop(2)
+
+
+def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
+    """TensorFlow allows one profiling session per process: a Profile whose deadline passes ends its session at
+    once (TF's service checks IsCancelled), so the next one can start instead of waiting out the first's duration."""
+    server = _serve(tmp_path)
+    messages = _messages()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            profile = channel.unary_unary("/tensorflow.ProfilerService/Profile")
+            long = messages["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "repo"),
+                                              session_id="long", host_name="h")
+            with pytest.raises(grpc.RpcError) as info:
+                profile(long.SerializeToString(), timeout=1)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            short = messages["ProfileRequest"](duration_ms=100, repository_root=str(tmp_path / "repo"),
+                                               session_id="short", host_name="h")
+            deadline = time.monotonic() + 30  # the cancellation reaches the server's handler asynchronously
+            while True:
+                try:
+                    profile(short.SerializeToString(), timeout=30)
+                    break
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.INTERNAL and "session" in (e.details() or ""), e
+                    assert time.monotonic() < deadline, "the abandoned session still holds the profiler"
+                    time.sleep(0.1)
+        assert (tmp_path / "repo" / "short" / "h.xplane.pb").is_file()
+        assert not (tmp_path / "repo" / "long").exists() or not any((tmp_path / "repo" / "long").iterdir())
     finally:
         server.stop(2)

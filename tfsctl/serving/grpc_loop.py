@@ -5,7 +5,7 @@ back, and those threads contend for the GIL; on a small model that costs more th
 0.5x a bare Python gRPC server). On the event loop, a Predict that is known to be quick (see
 :meth:`~tfsctl.serving.service.ServingCore.predict_is_quick`) runs inline with no hand-over at all: the loop offers
 every Predict to the core with ``only_if_quick``, which declines a large or slow one before running it. Everything
-else, slow or blocking (a large model, batching, reloads, status, health, profiling), runs in the thread
+else, slow or blocking (a large model, batching, reloads, status, health), runs in the thread
 pool: the servicers' synchronous methods run there through grpc's ``migration_thread_pool``, and the async Predict
 sends the calls it cannot run inline to the same pool.
 

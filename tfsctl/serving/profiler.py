@@ -9,7 +9,8 @@ read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIM
 Why not relay to TensorFlow's own profiler server: that server listens on a port of its own (all interfaces), and
 the hop to it delays the session's start by a millisecond or more, long enough to miss a request sent together with
 the Profile call (TF Serving's ``test_profiler_service_with_valid_trace_request`` sends exactly one). Here the
-session starts on the RPC's own thread.
+handlers run on the gRPC server's event loop: the session starts as the call arrives, and ends when its client
+goes away.
 
 TensorFlow's Python package ships no classes for these messages, so the few fields used are declared here, with
 the numbers of ``profiler_service.proto``.
@@ -17,9 +18,9 @@ the numbers of ``profiler_service.proto``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -99,18 +100,20 @@ def xspace_has_events(xspace: bytes) -> bool:
 
 
 class ProfilerService:
-    """Profile / Terminate / Monitor, one profiling session at a time (TensorFlow's profiler allows one)."""
+    """Profile / Terminate / Monitor, one profiling session at a time (TensorFlow's profiler allows one).
+
+    The handlers are coroutines on the gRPC server's event loop: a Profile starts its session without a hand-over
+    to a thread, and a client that cancels (or whose deadline passes) ends the session at once, as TensorFlow's
+    service does on ``IsCancelled``, instead of holding the profiler for the whole duration."""
 
     def __init__(self) -> None:
         self._messages = _message_classes()
-        self._lock = threading.Lock()
-        self._stops: dict[str, threading.Event] = {}  # Terminate may arrive before or during its Profile
+        self._stops: dict[str, asyncio.Event] = {}  # Terminate may arrive before or during its Profile
 
-    def _stop_event(self, session_id: str) -> threading.Event:
-        with self._lock:
-            return self._stops.setdefault(session_id, threading.Event())
+    def _stop_event(self, session_id: str) -> asyncio.Event:
+        return self._stops.setdefault(session_id, asyncio.Event())
 
-    def profile(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+    async def profile(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         from tensorflow.python.profiler.internal import _pywrap_profiler
         from tensorflow.tsl.profiler.protobuf import profiler_options_pb2
 
@@ -118,62 +121,79 @@ class ProfilerService:
             request = self._messages["ProfileRequest"].FromString(raw)
             opts = profiler_options_pb2.ProfileOptions.FromString(request.opts)
         except DecodeError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the ProfileRequest: {e}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the ProfileRequest: {e}")
         if not request.repository_root or not request.session_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ProfileRequest needs repository_root and session_id "
-                                                            "(the directory the trace is written to)")
-        delay = opts.start_timestamp_ns / 1e9 - time.time() if opts.start_timestamp_ns else 0.0
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ProfileRequest needs repository_root and "
+                                                                  "session_id (the directory the trace is written to)")
         stop = self._stop_event(request.session_id)
-        # Terminated before it started: an empty trace, as a session that recorded nothing.
-        terminated = delay > 0 and stop.wait(min(delay, _MAX_DELAY_S))
-        levels = {"host_tracer_level": 2, "device_tracer_level": 1, "python_tracer_level": 0}  # version 0: defaults
-        if opts.version:
-            levels = {name: getattr(opts, name) for name in levels}
-        run_dir = Path(request.repository_root) / request.session_id
-        scratch = run_dir / f".tfsctl-{uuid.uuid4().hex}"  # where TensorFlow writes the XSpace; same file system
-        session = _pywrap_profiler.ProfilerSession()
         try:
-            session.start(str(scratch), levels)
-        except Exception as e:  # noqa: BLE001 - e.g. another session is running; TF's service answers INTERNAL
-            context.abort(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
-        gone = threading.Event()  # the RPC ended: the client cancelled or its deadline passed
-        context.add_callback(gone.set)
-        try:
-            deadline = time.monotonic() + request.duration_ms / 1000.0
-            while not terminated and not gone.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0 or stop.wait(min(left, 0.05)):  # 50 ms: notice a client that went away
-                    break
-            if gone.is_set():
-                session.stop()
-                context.abort(grpc.StatusCode.CANCELLED, "the profiling client went away")
+            delay = opts.start_timestamp_ns / 1e9 - time.time() if opts.start_timestamp_ns else 0.0
+            # Terminated before it started: an empty trace, as a session that recorded nothing.
+            terminated = delay > 0 and await _wait(stop, min(delay, _MAX_DELAY_S))
+            levels = {"host_tracer_level": 2, "device_tracer_level": 1, "python_tracer_level": 0}  # version 0
+            if opts.version:
+                levels = {name: getattr(opts, name) for name in levels}
+            run_dir = Path(request.repository_root) / request.session_id
+            scratch = run_dir / f".tfsctl-{uuid.uuid4().hex}"  # TensorFlow writes the XSpace here; same file system
+            session = _pywrap_profiler.ProfilerSession()
             try:
-                session.export_to_tb()  # stops the session, writes scratch/plugins/profile/<time>/<host>.xplane.pb
-                (written,) = scratch.rglob("*.xplane.pb")
-                xspace = written.read_bytes()
-                os.replace(written, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"))
-            except Exception as e:  # noqa: BLE001 - OSError here, TF's own errors from export_to_tb
-                context.abort(grpc.StatusCode.INTERNAL, f"cannot write the trace under {run_dir}: {e}")
+                session.start(str(scratch), levels)
+            except Exception as e:  # noqa: BLE001 - e.g. another session is running; TF's service: INTERNAL
+                await context.abort(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
+            try:
+                if not terminated:
+                    await _wait(stop, request.duration_ms / 1000.0)  # a cancelled RPC raises CancelledError here
+                exporting, session = session, None  # _export stops it
+                xspace = await asyncio.get_running_loop().run_in_executor(
+                    None, _export, exporting, scratch, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"))
+            except OSError as e:
+                await context.abort(grpc.StatusCode.INTERNAL, f"cannot write the trace under {run_dir}: {e}")
+            finally:
+                if session is not None:
+                    session.stop()
+                shutil.rmtree(scratch, ignore_errors=True)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            with self._lock:
-                self._stops.pop(request.session_id, None)
+            self._stops.pop(request.session_id, None)
         return self._messages["ProfileResponse"](empty_trace=not xspace_has_events(xspace)).SerializeToString()
 
-    def terminate(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+    async def terminate(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             request = self._messages["TerminateRequest"].FromString(raw)
         except DecodeError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the TerminateRequest: {e}")
-        with self._lock:  # stop signals for sessions not (yet) running are bounded: the oldest go first
-            while len(self._stops) >= _MAX_STOP_SIGNALS and request.session_id not in self._stops:
-                self._stops.pop(next(iter(self._stops)))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the TerminateRequest: {e}")
+        # Stop signals for sessions not (yet) running are bounded: the oldest go first.
+        while len(self._stops) >= _MAX_STOP_SIGNALS and request.session_id not in self._stops:
+            self._stops.pop(next(iter(self._stops)))
         self._stop_event(request.session_id).set()
         return self._messages["TerminateResponse"]().SerializeToString()
 
-    def monitor(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented.")  # as TensorFlow's profiler service
+    async def monitor(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented.")  # as TensorFlow's profiler service
         return b""
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """True if ``event`` is set within ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
+def _export(session: Any, scratch: Path, target: Path) -> bytes:
+    """Stop ``session``, move the XSpace TensorFlow wrote under ``scratch`` to ``target``; its bytes.
+    (TensorFlow writes ``scratch/plugins/profile/<time>/<host>.xplane.pb``.)"""
+    try:
+        session.export_to_tb()
+    except Exception as e:  # noqa: BLE001 - TF's own error types
+        raise OSError(str(e)) from None
+    written = list(scratch.rglob("*.xplane.pb"))
+    if len(written) != 1:
+        raise OSError(f"TensorFlow wrote {len(written)} trace files")
+    data = written[0].read_bytes()
+    os.replace(written[0], target)
+    return data
 
 
 def add_profiler_service(server: grpc.Server) -> None:
