@@ -19,6 +19,8 @@ RUN pip install "/src${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /src
 
 COPY docker/entrypoint.sh /usr/local/bin/tfsctl_entrypoint.sh
+# The Prometheus page exists only under --monitoring_config_file (as in TF Serving); deploy/ passes this one.
+COPY docker/monitoring.config /etc/tfsctl/monitoring.config
 RUN chmod 0755 /usr/local/bin/tfsctl_entrypoint.sh \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tfsctl \
     && mkdir -p /models /var/cache/tfsctl \

@@ -30,6 +30,7 @@ K8S_VERSION = "1.30"  # oldest release the manifests target (gRPC probes are GA 
 # KServe's own kserve-tensorflow-serving runtime starts tensorflow_model_server with exactly these.
 KSERVE_TF_ARGS = ["--model_name={{.Name}}", "--port=9000", "--rest_api_port=8080", "--model_base_path=/mnt/models",
                   "--rest_api_timeout_in_ms=60000"]
+MONITORING_FLAG = "--monitoring_config_file"
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------------------------
@@ -146,7 +147,8 @@ def test_entrypoint_runs_real_tfsctl_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MODEL_NAME": "toy",
            "MODEL_BASE_PATH": str(tmp_path / "models"), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        ["/bin/sh", str(ENTRYPOINT), f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1"],
+        ["/bin/sh", str(ENTRYPOINT), f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1",
+         f"{MONITORING_FLAG}={REPO / 'docker' / 'monitoring.config'}"],  # the file the image ships
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -163,12 +165,73 @@ def test_entrypoint_runs_real_tfsctl_and_stops_on_sigterm(tmp_path):
         assert status and status["model_version_status"][0]["state"] == "AVAILABLE", proc.stderr
         with socket.create_connection(("127.0.0.1", grpc_port), timeout=2):
             pass  # gRPC listens on the port given last, not the entrypoint's 8500
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{_shipped_metrics_path()}", timeout=10) as r:
+            assert ":tensorflow:serving:request_count" in r.read().decode()  # the shipped config enables the page
         proc.send_signal(signal.SIGTERM)  # to the entrypoint's pid, which is tfsctl's after exec
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the metrics page: scrape annotations need a monitoring config ----------------------------------------------------
+
+
+def _image_files() -> dict[str, Path]:
+    """{path in the image: file in the repository} for every single-file COPY in the Dockerfile."""
+    out = {}
+    for kind, args in _instructions(REPO / "Dockerfile"):
+        parts = [p for p in args.split() if not p.startswith("--")]
+        if kind == "COPY" and len(parts) == 2 and (REPO / parts[0]).is_file():
+            out[parts[1]] = REPO / parts[0]
+    return out
+
+
+def _shipped_metrics_path() -> str:
+    """The Prometheus path docker/monitoring.config (the image's monitoring config) enables."""
+    from tfsctl.core.config import load_monitoring_config
+
+    prom = load_monitoring_config(REPO / "docker" / "monitoring.config").prometheus_config
+    assert prom.enable
+    return prom.path
+
+
+def _scraped_servers() -> list[tuple[str, dict, list[str], int]]:
+    """(manifest, {port, path} the scrape annotations promise, container args, REST port) for each scraped server."""
+    out = []
+    deployment = next(d for d in _docs("k8s") if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    notes = pod["metadata"].get("annotations", {})
+    if notes.get("prometheus.io/scrape") == "true":
+        promise = {"port": notes.get("prometheus.io/port"), "path": notes.get("prometheus.io/path")}
+        out.append(("k8s Deployment", promise, pod["spec"]["containers"][0]["args"], 8501))  # the entrypoint's port
+    runtime = _docs("kserve")[0]["spec"]
+    notes = runtime.get("annotations", {})
+    if any(k.startswith("prometheus.kserve.io/") for k in notes):
+        args = runtime["containers"][0]["args"]
+        rest = [int(a.split("=", 1)[1]) for a in args if a.startswith("--rest_api_port=")]
+        out.append(("KServe runtime", {"port": notes.get("prometheus.kserve.io/port"),
+                                       "path": notes.get("prometheus.kserve.io/path")}, args, rest[-1]))
+    return out
+
+
+def test_scrape_annotations_name_a_page_the_server_serves():
+    """TF Serving and tfsctl serve the Prometheus page only under --monitoring_config_file: a manifest promising
+    scraping passes that flag, naming a file the image ships, which enables the annotated path on the REST port."""
+    from tfsctl.core.config import load_monitoring_config
+
+    scraped = _scraped_servers()
+    assert {name for name, *_ in scraped} == {"k8s Deployment", "KServe runtime"}
+    shipped = _image_files()
+    for name, promise, args, rest_port in scraped:
+        assert promise["port"] == str(rest_port), f"{name}: scrape port {promise['port']} is not REST's {rest_port}"
+        configs = [a.split("=", 1)[1] for a in args if a.startswith(MONITORING_FLAG + "=")]
+        assert configs, f"{name} annotates scraping but passes no {MONITORING_FLAG}: the page would not exist"
+        assert configs[-1] in shipped, f"{name}: {configs[-1]} is not a file the Dockerfile copies into the image"
+        prom = load_monitoring_config(shipped[configs[-1]]).prometheus_config
+        assert prom.enable, f"{name}: {configs[-1]} does not enable prometheus_config"
+        assert promise["path"] == prom.path, f"{name}: scrapes {promise['path']}, the page is at {prom.path}"
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------------------------
@@ -334,6 +397,7 @@ def test_kserve_runtime_drops_in_for_kserve_tensorflow_serving():
     container = spec["containers"][0]
     assert container["name"] == "kserve-container"
     assert container["command"] == ["tfsctl", "serve"]
-    assert container["args"] == KSERVE_TF_ARGS
+    assert container["args"][:len(KSERVE_TF_ARGS)] == KSERVE_TF_ARGS
+    assert [a.split("=")[0] for a in container["args"][len(KSERVE_TF_ARGS):]] == [MONITORING_FLAG]  # the page
     assert spec["annotations"]["prometheus.kserve.io/port"] == "8080"
     assert container["securityContext"]["runAsNonRoot"] is True

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfsctl.serving.metrics import LATENCY_BUCKETS_US, Metrics, tf_exponential_buckets
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import free_port, write_toy_model
+from tfsctl.testing import free_port, write_monitoring_config, write_toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,7 @@ def _prometheus_binary() -> str:
 def served(tmp_path):
     """``tfsctl serve`` (a real process) with TF Serving's monitoring config, on OS-chosen loopback ports."""
     write_toy_model(tmp_path / "toy", 1, scale=2.0, warmup=2)
-    monitoring = tmp_path / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/tf" }\n')
+    monitoring = write_monitoring_config(tmp_path, "/monitoring/tf")
     grpc_port, rest_port = free_port(), free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - closed below

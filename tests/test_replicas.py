@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, write_monitoring_config, write_toy_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -102,10 +102,12 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
     ports, rest_ports = chosen[:3], chosen[3:]
     logs = [tmp_path / f"replica{i}.log" for i in range(3)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    monitoring = write_monitoring_config(tmp_path)
     replicas = [
         subprocess.Popen(
             [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", f"--port={p}", f"--rest_api_port={r}",
-             "--model_name=toy", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.2"],
+             "--model_name=toy", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.2",
+             f"--monitoring_config_file={monitoring}"],  # _predict_count reads each replica's page
             env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
         for p, r, log in zip(ports, rest_ports, logs, strict=True)
     ]

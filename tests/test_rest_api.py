@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus  # noqa: E402
 
+from tfsctl.core.config import DEFAULT_PROMETHEUS_PATH  # noqa: E402
 from tfsctl.serving.rest_api import RestServer  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.testing import write_toy_model  # noqa: E402
@@ -60,13 +61,14 @@ def _save_multi(path: Path) -> None:
 
 class Served:
     """A real ModelServer (gRPC on port 0; its REST port 0 means off) plus a RestServer on an OS-chosen port over
-    the same core, manager and metrics: exactly what ModelServer wires, with a port the test can learn."""
+    the same core, manager and metrics: what ModelServer wires under a monitoring config enabling the Prometheus
+    page at TF Serving's default path, with a port the test can learn."""
 
     def __init__(self, opts: ServerOptions) -> None:
         opts.port, opts.rest_api_port, opts.host = 0, 0, "127.0.0.1"
         self.srv = ModelServer(opts)
         self.srv.start()
-        self.rest = RestServer(self.srv.core, self.srv.metrics, "127.0.0.1", 0)
+        self.rest = RestServer(self.srv.core, self.srv.metrics, "127.0.0.1", 0, metrics_path=DEFAULT_PROMETHEUS_PATH)
         self.rest.start()
         self.rest_port = self.rest.port
         self.core, self.manager, self.metrics = self.srv.core, self.srv.manager, self.srv.metrics
@@ -384,15 +386,16 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
         assert status == 413 and "limit of 65536 bytes" in reply["error"]
         status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
         assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
-        # The metrics endpoint can be moved or switched off (MonitoringConfig).
-        assert http_call(rest.port, "GET", "/monitoring/prometheus/metrics")[0] == 200
+        # No metrics_path, no page (TF Serving without a monitoring config): an unknown route like any other.
+        assert http_call(rest.port, "GET", DEFAULT_PROMETHEUS_PATH) == (404, {"error": f"Not found: GET "
+                                                                                  f"{DEFAULT_PROMETHEUS_PATH}"})
     finally:
         rest.stop()
     busy = RestServer(server.core, server.metrics, "127.0.0.1", server.rest_port)
     with pytest.raises(OSError, match=f"cannot serve REST on 127.0.0.1:{server.rest_port}"):
         busy.start()
     busy.stop()
-    moved = RestServer(server.core, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")
+    moved = RestServer(server.core, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")  # MonitoringConfig
     moved.start()
     try:
         assert http_call(moved.port, "GET", "/metrics")[0] == 200

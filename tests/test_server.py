@@ -25,7 +25,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfsctl.errors import ConfigError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, write_monitoring_config, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +187,8 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
     rest_port = free_port()
     proc, lines, port_box, t = _serve_subprocess(
         ["--port", "0", f"--rest_api_port={rest_port}", "--host", "127.0.0.1", "--model_name", "toy",
-         "--model-base-path", str(base), "--enable-batching", "--batching_parameters_file", str(batching)])
+         "--model-base-path", str(base), "--enable-batching", "--batching_parameters_file", str(batching),
+         "--monitoring_config_file", str(write_monitoring_config(tmp_path))])  # _in_flight reads the page
     try:
         deadline = time.monotonic() + 90
         while not port_box:
@@ -360,8 +361,7 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
     import urllib.request
 
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
-    monitoring = tmp_path / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    monitoring = write_monitoring_config(tmp_path, "/metrics")
     server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
     try:
         assert server.wait_until_ready(60)
@@ -397,15 +397,16 @@ def _metric_samples(port: int, path: str = "/monitoring/prometheus/metrics") -> 
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
+def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
     """gRPC with --enable-batching: a full queue answers UNAVAILABLE at once (TF Serving's batch scheduler), the queued
-    request still gets its answer; the default metrics page shows requests by status, batch sizes, queue waits, loads
-    and unloads."""
+    request still gets its answer; the metrics page (monitoring config with no path: the default path) shows requests
+    by status, batch sizes, queue waits, loads and unloads."""
     write_toy_model(tmp_path / "toy", 1, scale=3.0)
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
-    server = _start(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params))
+    server = _start(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params),
+                    monitoring_config_file=str(write_monitoring_config(tmp_path)))
     try:
         assert server.wait_until_ready(60)
         channel, stub = _stub(server.grpc_port)
@@ -429,7 +430,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page_on_by_default(tmp_path):
             assert time.monotonic() < deadline, server.manager.version_states("toy")
             time.sleep(0.05)
 
-        s = _metric_samples(server.rest_port)  # no monitoring config: the page is on at TF Serving's path
+        s = _metric_samples(server.rest_port)  # enabled with no path: TF Serving's default path
         req = (":tensorflow:serving:request_count_total", (("model_name", "toy"),))  # as the parser names it
         assert s[(req[0], (*req[1], ("status", "OK")))] == 2
         assert s[(req[0], (*req[1], ("status", "UNAVAILABLE")))] == 1
@@ -507,21 +508,36 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         server.stop(2)
 
 
-def test_monitoring_config_can_disable_the_metrics_page(tmp_path):
+@pytest.mark.parametrize("monitoring", ["none", "disabled", "custom path"])
+def test_metrics_page_only_under_a_monitoring_config_that_enables_it(tmp_path, monitoring):
+    """TF Serving (http_server.cc) registers the Prometheus handler only when prometheus_config.enable is set;
+    otherwise its path reaches the REST dispatcher like any unknown route: nothing the flag off would not show."""
+    import json
     import urllib.error
     import urllib.request
 
     write_toy_model(tmp_path / "toy", 1)
-    monitoring = tmp_path / "monitoring.config"
-    monitoring.write_text("prometheus_config { enable: false }\n")
-    server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
+    kwargs = {}
+    if monitoring != "none":
+        config = write_monitoring_config(tmp_path, "/custom/metrics", enable=monitoring == "custom path")
+        kwargs["monitoring_config_file"] = str(config)
+    server = _start(tmp_path, rest_api_port=free_port(), **kwargs)
+    rest = f"http://127.0.0.1:{server.rest_port}"
     try:
         assert server.wait_until_ready(60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
+        with urllib.request.urlopen(f"{rest}/v1/health/ready", timeout=20) as r:
             assert r.status == 200
-        with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics", timeout=20)
-        assert info.value.code == 404
+        unknown = "/no/such/route"
+        absent = [unknown, "/monitoring/prometheus/metrics"] + (["/custom/metrics"] if monitoring != "custom path"
+                                                                  else [])
+        for path in absent:
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(f"{rest}{path}", timeout=20)
+            assert info.value.code == 404
+            assert json.loads(info.value.read()) == {"error": f"Not found: GET {path}"}
+        if monitoring == "custom path":
+            with urllib.request.urlopen(f"{rest}/custom/metrics", timeout=20) as r:
+                assert r.status == 200 and ":tensorflow:serving:request_count" in r.read().decode()
     finally:
         server.stop(2)
 

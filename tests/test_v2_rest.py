@@ -19,14 +19,15 @@ import tritonclient.http as triton  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.v2_models import serve, write_models  # noqa: E402
-from tfsctl.testing import half_plus_example  # noqa: E402
+from tfsctl.testing import half_plus_example, write_monitoring_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = serve(write_models(tmp_path_factory.mktemp("v2rest")))
+    base = tmp_path_factory.mktemp("v2rest")
+    srv = serve(write_models(base), monitoring_config_file=str(write_monitoring_config(base)))  # the page is read
     try:
         yield srv
     finally:

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_matmul_model, write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, write_matmul_model, write_monitoring_config, write_toy_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,7 +47,8 @@ def test_v2_requests_batch_with_v1_requests(tmp_path):
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 50000 }\n")
     server = _serve(model_name="mm", model_base_path=str(tmp_path / "mm"), enable_batching=True,
-                    batching_parameters_file=str(params))
+                    batching_parameters_file=str(params),
+                    monitoring_config_file=str(write_monitoring_config(tmp_path)))  # _batch_histogram reads it
     errors: list = []
     start = threading.Barrier(8)
 

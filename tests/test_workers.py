@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.serving.tensors import from_numpy, to_numpy
-from tfsctl.testing import free_port, write_toy_model
+from tfsctl.testing import free_port, write_monitoring_config, write_toy_model
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 FRESH_CONNECTIONS = 24  # SO_REUSEPORT spreads connections by their source port: both workers answer some
@@ -108,8 +109,11 @@ def _predict(channel, name: str, label: str = "") -> np.ndarray:
     return to_numpy(prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30).outputs["y"])
 
 
+METRICS_PATH = "/workers/metrics"  # the cluster's monitoring config moves the page here
+
+
 def _metric(rest_port: int, needle: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{METRICS_PATH}", timeout=10) as r:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(needle))
 
@@ -131,7 +135,8 @@ def cluster(tmp_path_factory):
          "--host", "127.0.0.1", "--port", str(grpc_port),
          "--rest-api-port", str(rest_port), "--model-config-file", str(config_file),
          # the reload below labels a version before it loads: tensorflow_model_server needs this flag for that
-         "--allow_version_labels_for_unavailable_models"],
+         "--allow_version_labels_for_unavailable_models",
+         "--monitoring_config_file", str(write_monitoring_config(base, METRICS_PATH))],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _poll(lambda: len(_children(proc.pid)) >= 2 or proc.poll() is not None, "two worker processes")
@@ -184,6 +189,10 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
         np.testing.assert_allclose(_fresh(port, lambda ch: _predict(ch, "toy")), X * 2.0)
     counts = {_metric(rest, grpc_predicts) for _ in range(8)}
     assert counts == {before + FRESH_CONNECTIONS}
+    for _ in range(8):  # every worker follows the monitoring config: nothing at TF Serving's default path
+        with pytest.raises(urllib.error.HTTPError) as http_info:
+            urllib.request.urlopen(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics", timeout=10)
+        assert http_info.value.code == 404
 
     # A worker that dies is replaced; the new one catches up with the reload, and health waits for it.
     os.kill(workers[0], signal.SIGKILL)

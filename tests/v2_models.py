@@ -64,11 +64,11 @@ def write_models(root: Path) -> Path:
     return config
 
 
-def serve(config: Path):  # noqa: ANN201 - a started ModelServer
+def serve(config: Path, **options: object):  # noqa: ANN201 - a started ModelServer
     from tfsctl.serving.server import ModelServer, ServerOptions
 
     server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(),
-                                       model_config_file=str(config), file_system_poll_wait_seconds=0.2))
+                                       model_config_file=str(config), file_system_poll_wait_seconds=0.2, **options))
     server.start()
     if not server.wait_until_ready(120):
         server.stop(1)

@@ -175,6 +175,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def write_monitoring_config(directory: str | Path, path: str = "", *, enable: bool = True) -> Path:
+    """Write a ``--monitoring_config_file`` into ``directory`` and return its path: as in TF Serving, the Prometheus
+    page exists only under a MonitoringConfig that enables it (``path`` empty: TF Serving's default path)."""
+    out = Path(directory) / "monitoring.config"
+    fields = f"enable: {'true' if enable else 'false'}" + (f' path: "{path}"' if path else "")
+    out.write_text(f"prometheus_config {{ {fields} }}\n", encoding="utf-8")
+    return out
+
+
 # --- models as TF Serving's testdata builds them (written by the tests, never copied) ------------------------------
 
 

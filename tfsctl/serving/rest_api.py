@@ -11,7 +11,7 @@ Routes (paths are case-insensitive and percent-decoded, as TF Serving's RE2 ``(?
     OPTIONS /v1/...        CORS preflight: 200 when the Origin header names http(s)://, else 400
     GET  /v1/health/ready  (tfsctl) 200 when every configured model has an AVAILABLE version, else 503
     GET  /v1/health/live   (tfsctl) 200 while the process serves HTTP
-    GET  /monitoring/prometheus/metrics   Prometheus text (path configurable, None disables)
+    GET  <metrics_path>                   Prometheus text, only when given a path (--monitoring_config_file)
 
 Any other ``/v1/`` request is 400 "Malformed request: METHOD PATH"; paths outside ``/v1/`` are 404. Errors are
 ``{"error": message}`` with the HTTP code of the typed error (tfsctl/errors.py). A model call that takes longer
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 # A 1080p RGB image as JSON numbers is ~40-60 MB of text; 128 MiB leaves room and still bounds memory.
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 _SMALL_BODY = 256 * 1024  # bodies up to this size skip the in-flight byte budget
@@ -187,7 +186,9 @@ class RestServer:
 
     ``num_threads`` (``--rest_api_num_threads``) sizes the pool that runs model calls (0: ``max_workers``);
     ``timeout_ms`` (``--rest_api_timeout_in_ms``, <= 0: none) bounds predict/classify/regress;
-    ``enable_cors`` (``--rest_api_enable_cors_support``) adds TF Serving's CORS headers to every ``/v1`` reply.
+    ``enable_cors`` (``--rest_api_enable_cors_support``) adds TF Serving's CORS headers to every ``/v1`` reply;
+    ``metrics_path`` serves the Prometheus page there (None, the default: no page, as TF Serving without a
+    monitoring config that enables it).
     """
 
     def __init__(
@@ -197,7 +198,7 @@ class RestServer:
         host: str = "0.0.0.0",
         port: int = 8501,
         *,
-        metrics_path: str | None = DEFAULT_METRICS_PATH,
+        metrics_path: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_workers: int = DEFAULT_WORKERS,
         shutdown_timeout: float = 10.0,

@@ -554,9 +554,11 @@ class ModelServer:
 
         opts = self.options
         kwargs: dict[str, Any] = {}
-        if self.monitoring_config is not None:  # the file decides; without one the REST server's default holds
-            prom = self.monitoring_config.prometheus_config
-            kwargs["metrics_path"] = prom.path if prom.enable else None
+        # As TF Serving's http_server.cc: the Prometheus page exists only under a monitoring config that enables
+        # it (its path, empty -> the default, is filled in by load_monitoring_config); otherwise that path is an
+        # unknown route like any other.
+        if self.monitoring_config is not None and self.monitoring_config.prometheus_config.enable:
+            kwargs["metrics_path"] = self.monitoring_config.prometheus_config.path
         if opts.workers > 1:
             kwargs["reuse_port"] = True  # serve --workers: every worker process listens on the same port
         self.rest = RestServer(self.core, self.metrics, opts.host, opts.rest_api_port,
