@@ -244,3 +244,41 @@ def test_repository_is_one_across_wires(client, server):
     assert not client.is_model_ready("toy")
     client.load_model("toy")
     assert client.is_model_ready("toy")
+
+
+@pytest.mark.parametrize("datatype,field,values", [
+    ("FP32", "fp32_contents", np.arange(2_000_000, dtype=np.float32)),
+    ("BYTES", "bytes_contents", [b"ab"] * 1_000_000),
+])
+def test_typed_contents_are_decoded_without_a_python_list_of_every_value(datatype, field, values):
+    """A typed request that holds far more values than its shape says is refused before its values become Python
+    objects (~30 bytes each against 4 on the wire), and a valid one decodes with at most one copy of them."""
+    import tracemalloc
+
+    from tfsctl.errors import InvalidArgument
+    from tfsctl.serving import v2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="toy")
+    getattr(request.inputs.add(name="x", datatype=datatype, shape=[1, 4]).contents, field).extend(values)
+    size = request.ByteSize()
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument, match="holds 4 elements"):
+            parsed, _ = v2_grpc.parse_infer(request)
+            parsed.inputs[0].decode(64 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * size, (peak, size)  # at most one copy of the values (it was about ten)
+    if datatype == "FP32":
+        del request.inputs[0].shape[:]
+        request.inputs[0].shape.append(len(values))
+        tracemalloc.start()
+        try:
+            parsed, _ = v2_grpc.parse_infer(request)
+            decoded = parsed.inputs[0].decode(64 << 20)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_array_equal(decoded, values)
+        assert decoded.dtype == np.float32 and peak < 2 * size, (peak, size)

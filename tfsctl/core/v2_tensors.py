@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -171,6 +172,10 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
     dtype = numpy_dtype(datatype, name)
     count = math.prod(dims)
     if datatype == BYTES:
+        if isinstance(data, Sequence) and not isinstance(data, (list, str, bytes, bytearray)):
+            if len(data) != count:  # a sequence (gRPC bytes_contents): counted before a list of it is made
+                raise _count_error(name, dims, count, len(data))
+            data = list(data)
         flat = _flatten(data, count)
         if len(flat) != count:
             raise _count_error(name, dims, count, len(flat))
@@ -187,7 +192,7 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
         return out.reshape(dims)
     check_size(name, decoded_bytes(datatype, dims), max_bytes)
     try:  # numpy parses the (nested) lists in C and infers the element kind, checked below before the cast
-        arr = np.array(data)
+        arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         arr = None
     if arr is not None and datatype == "UINT64" and arr.dtype.kind in "fO":

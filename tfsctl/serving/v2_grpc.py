@@ -43,6 +43,9 @@ REQUEST_PARAMETERS = frozenset({SIGNATURE_PARAMETER, "content_type"})
 BINARY_SIZE, BINARY = "binary_data_size", "binary_data"
 INPUT_PARAMETERS = frozenset({"content_type", BINARY_SIZE})
 OUTPUT_PARAMETERS = frozenset({BINARY})
+_CONTENTS_DTYPE = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
+                   "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
+                   "fp64_contents": np.float64}
 
 
 def parameter_value(param: Any) -> Any:
@@ -91,7 +94,9 @@ def parse_infer(request: service_pb2.ModelInferRequest) -> tuple[InferRequest, b
             if wrong:
                 raise InvalidArgument(f"{where}: datatype {node.datatype} reads contents.{field}, but the data is "
                                       f"in contents.{wrong[0]}")
-            tensor.data = list(getattr(node.contents, field))
+            values = getattr(node.contents, field)
+            # numbers straight into numpy (no Python object per value); BYTES stay in the message until decoded
+            tensor.data = values if field == "bytes_contents" else np.asarray(values, dtype=_CONTENTS_DTYPE[field])
         tensors.append(tensor)
     names = [o.name for o in request.outputs] if request.outputs else None
     choices = []
