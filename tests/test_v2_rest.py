@@ -217,6 +217,10 @@ BAD_JSON = [
     ("unknown parameter", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
                            "parameters": {"priority": 1}}, 400, "priority"),
     ("inputs not a list", {"inputs": {"x": [1, 2, 3, 4]}}, 400, "inputs"),
+    ("booleans among FP32 numbers", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                                 "data": [1.5, True, 3, False]}]}, 400, "bool"),
+    ("a boolean in nested FP32 data", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                                   "data": [[1, 2, 3, True]]}]}, 400, "bool"),
 ]
 
 

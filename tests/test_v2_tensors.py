@@ -79,3 +79,11 @@ def test_names_v2_lacks_are_clear_errors():
         v2.numpy_dtype("FP8")
     with pytest.raises(InvalidArgument, match="binary_data"):
         v2.to_values(np.array([b"\xff"], dtype=object))
+
+
+@pytest.mark.parametrize("datatype", ["INT64", "UINT8", "FP32", "FP16"])
+def test_booleans_are_not_numbers(datatype):
+    """true/false among numbers is refused as Triton refuses it, not read as 1/0."""
+    with pytest.raises(InvalidArgument, match="bool"):
+        v2.from_values(datatype, [2, 2], [[1, True], [0, 2]])
+    assert v2.from_values(datatype, [2, 2], [[1, 1], [0, 2]]).tolist() == [[1, 1], [0, 2]]
