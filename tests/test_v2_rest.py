@@ -373,3 +373,16 @@ def test_compressed_requests(client, algorithm):
         r = client.infer("toy", [i], request_compression_algorithm=algorithm,
                          response_compression_algorithm=algorithm)
         np.testing.assert_array_equal(r.as_numpy("y"), [[0, 2, 4, 6]])
+
+
+def test_zero_size_tensors_as_json(server):
+    """An empty tensor of any datatype is ``"data": []`` (numpy reads [] as float64; that says nothing about the
+    datatype), and the outputs come back empty with their shapes."""
+    inputs = {"image": ("UINT8", [0, 2, 2, 3]), "ids": ("INT64", [0]), "text": ("BYTES", [0]),
+              "flags": ("BOOL", [0]), "half": ("FP16", [0])}
+    doc = {"inputs": [{"name": k, "datatype": dt, "shape": shape, "data": []} for k, (dt, shape) in inputs.items()]}
+    status, _, body = call(server, "POST", "/v2/models/types/infer", json.dumps(doc))
+    assert status == 200, body
+    shapes = {o["name"]: (o["shape"], o["data"]) for o in json.loads(body)["outputs"]}
+    assert shapes == {"inverted": ([0, 2, 2, 3], []), "mean": ([0], []), "ids2": ([0], []), "text_upper": ([0], []),
+                      "flags_not": ([0], []), "half2": ([0], [])}, shapes

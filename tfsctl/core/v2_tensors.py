@@ -210,6 +210,8 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
         raise _element_error(name, datatype, kinds)
     if arr.size != count:
         raise _count_error(name, dims, count, arr.size)
+    if count == 0:  # [] (or [[]]) reads as float64: no element says anything about the datatype
+        return np.empty(dims, dtype=dtype)
     kind = arr.dtype.kind
     if kind in "iuf" and data is not arr and _has_bool(data, arr.ndim):
         raise _element_error(name, datatype, "bool")  # numpy reads true/false among numbers as 1/0
