@@ -282,3 +282,17 @@ def test_typed_contents_are_decoded_without_a_python_list_of_every_value(datatyp
             tracemalloc.stop()
         np.testing.assert_array_equal(decoded, values)
         assert decoded.dtype == np.float32 and peak < 2 * size, (peak, size)
+
+
+@pytest.mark.parametrize("kind,value", [("string_param", "16"), ("bool_param", True), ("double_param", 16.0),
+                                        ("int64_param", -16)])
+def test_binary_data_size_of_the_wrong_kind(stub, kind, value):
+    """binary_data_size must be an integer parameter; "16" or true is named as such, not compared with 16."""
+    request = _request(raw=[np.arange(4, dtype=np.float32).tobytes()])
+    setattr(request.inputs[0].parameters["binary_data_size"], kind, value)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "binary_data_size must be a non-negative integer" in info.value.details(), info.value.details()
+    request.inputs[0].parameters["binary_data_size"].uint64_param = 16  # the unsigned kind is as good
+    assert stub.ModelInfer(request, timeout=30).model_version == "1"

@@ -73,6 +73,9 @@ def parse_infer(request: service_pb2.ModelInferRequest) -> tuple[InferRequest, b
     for i, node in enumerate(request.inputs):
         where = f"input '{node.name}'"
         size = _parameters(node.parameters, INPUT_PARAMETERS, where).get(BINARY_SIZE)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise InvalidArgument(f"{where}: {BINARY_SIZE} must be a non-negative integer (int64_param or "
+                                  f"uint64_param), got {size!r:.32}")
         tensor = InferTensor(node.name, node.datatype, list(node.shape))
         set_fields = [f.name for f, _ in node.contents.ListFields()] if node.HasField("contents") else []
         if raw:
