@@ -267,6 +267,11 @@ def test_unknown_models_versions_and_routes(server):
     assert error_of(server, "/v2/models/nope/infer", doc)[0] == 404
     assert error_of(server, "/v2/models/toy/versions/3/infer", doc)[0] == 404
     assert error_of(server, "/v2/models/toy/versions/-3/infer", doc)[0] == 400
+    for version in ("%C2%B2", "%D9%A1"):  # superscript two, Arabic-Indic one: str.isdigit() says digits
+        status, message = error_of(server, f"/v2/models/toy/versions/{version}/infer", doc)
+        assert status == 400 and "not a model version" in message, (version, status, message)
+        status, _, body = call(server, "GET", f"/v2/models/toy/versions/{version}/ready")
+        assert status == 400 and "not a model version" in json.loads(body)["error"], (version, status, body)
     status, _, body = call(server, "GET", "/v2/models/toy/infer")
     assert status == 400 and "POST" in json.loads(body)["error"]
     status, _, body = call(server, "GET", "/v2/nothing/here")

@@ -54,7 +54,7 @@ def parse_version(name: str, version: str) -> int | None:
     """A v2 model version: "" is the latest AVAILABLE one; otherwise a non-negative int64 in decimal."""
     if not version:
         return None
-    if not version.isdigit() or int(version) > 2**63 - 1:
+    if not (version.isascii() and version.isdigit()) or int(version) > 2**63 - 1:  # isdigit alone: "²", "١"
         raise InvalidArgument(f"model '{name}': version '{version[:64]}' is not a model version (a non-negative "
                               "integer)")
     return int(version)
