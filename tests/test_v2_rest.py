@@ -391,3 +391,12 @@ def test_zero_size_tensors_as_json(server):
     shapes = {o["name"]: (o["shape"], o["data"]) for o in json.loads(body)["outputs"]}
     assert shapes == {"inverted": ([0, 2, 2, 3], []), "mean": ([0], []), "ids2": ([0], []), "text_upper": ([0], []),
                       "flags_not": ([0], []), "half2": ([0], [])}, shapes
+
+
+def test_an_empty_outputs_list_asks_for_every_output(server):
+    """"outputs": [] names no output, so all of them come back, as in Triton (no requested output: all) and as
+    over gRPC here."""
+    doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": []}
+    status, _, body = call(server, "POST", "/v2/models/toy/infer", json.dumps(doc))
+    assert status == 200, body
+    assert [(o["name"], o["data"]) for o in json.loads(body)["outputs"]] == [("y", [2, 4, 6, 8])]

@@ -220,6 +220,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
                 raise InvalidArgument(f"output '{name}': '{BINARY}' must be true or false")
             names.append(name)
             choices[name] = choice
+        names = names or None  # "outputs": [] names none: every output, as with no "outputs" (and as Triton)
     request = InferRequest(model, version, request_id, params, tensors, names)
     return request, choices, default_binary
 
