@@ -173,6 +173,8 @@ ERRORS = [
     ("unknown model", dict(model="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
     ("unknown version", dict(v="12"), grpc.StatusCode.NOT_FOUND, "12"),
     ("bad version", dict(v="v1"), grpc.StatusCode.INVALID_ARGUMENT, "v1"),
+    ("no elements, a huge dimension", dict(shape=[2**62, 0], raw=[b""]), grpc.StatusCode.INVALID_ARGUMENT,
+     "too large"),
     ("superscript version", dict(v="\u00b2"), grpc.StatusCode.INVALID_ARGUMENT, "not a model version"),
     ("Arabic-Indic version", dict(v="\u0661"), grpc.StatusCode.INVALID_ARGUMENT, "not a model version"),
     ("raw too short", dict(model="tf1", name="x", datatype="FP32", raw=[b"\0" * 3], shape=[1, 1]),

@@ -219,6 +219,8 @@ BAD_JSON = [
     ("inputs not a list", {"inputs": {"x": [1, 2, 3, 4]}}, 400, "inputs"),
     ("booleans among FP32 numbers", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
                                                  "data": [1.5, True, 3, False]}]}, 400, "bool"),
+    ("no elements, a huge dimension", {"inputs": [{"name": "x", "shape": [0, 2**62], "datatype": "FP32",
+                                                   "data": []}]}, 400, "too large"),
     ("a boolean in nested FP32 data", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
                                                    "data": [[1, 2, 3, True]]}]}, 400, "bool"),
 ]

@@ -87,3 +87,15 @@ def test_booleans_are_not_numbers(datatype):
     with pytest.raises(InvalidArgument, match="bool"):
         v2.from_values(datatype, [2, 2], [[1, True], [0, 2]])
     assert v2.from_values(datatype, [2, 2], [[1, 1], [0, 2]]).tolist() == [[1, 1], [0, 2]]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES", "UINT8"])
+def test_no_elements_but_dimensions_numpy_cannot_hold(datatype):
+    """[0, 2**62, 8] has no elements, but numpy refuses the shape ('array is too big'): a clear error, not a 500."""
+    for shape in ([0, 2**62, 8], [2**61, 0, 2**61]):
+        with pytest.raises(InvalidArgument, match="too large"):
+            v2.from_values(datatype, shape, [])
+        with pytest.raises(InvalidArgument, match="too large"):
+            v2.from_raw(datatype, shape, b"")
+    assert v2.from_values(datatype, [0, 2**20], []).shape == (0, 2**20)
+    assert v2.from_raw(datatype, [2**20, 0], b"").shape == (2**20, 0)

@@ -117,6 +117,14 @@ def checked_shape(shape: Any, name: str = "tensor") -> tuple[int, ...]:
     return tuple(dims)
 
 
+def _check_holdable(name: str, dims: tuple[int, ...], itemsize: int) -> None:
+    """numpy refuses a shape whose non-zero dimensions times the item size pass 2**63 - 1, even with no elements
+    ([0, 2**62] of FP32): that shape is INVALID_ARGUMENT here, not numpy's ValueError later."""
+    if math.prod(d for d in dims if d) * itemsize > _INT64_MAX:
+        raise InvalidArgument(f"tensor '{name}': shape {list(dims)} is too large to hold (its non-zero dimensions "
+                              f"times the {itemsize}-byte elements pass 2**63 - 1), though it has no elements")
+
+
 def decoded_bytes(datatype: str, shape: tuple[int, ...], payload: int = 0) -> int:
     """Bytes decoding a tensor allocates (exact integers: no overflow); ``payload`` is a BYTES tensor's data size."""
     count = math.prod(shape)
@@ -172,6 +180,8 @@ def from_values(datatype: str, shape: Any, data: Any, name: str = "tensor", max_
     dims = checked_shape(shape, name)
     dtype = numpy_dtype(datatype, name)
     count = math.prod(dims)
+    if count == 0:
+        _check_holdable(name, dims, dtype.itemsize)
     if datatype == BYTES:
         if isinstance(data, Sequence) and not isinstance(data, (list, str, bytes, bytearray)):
             if len(data) != count:  # a sequence (gRPC bytes_contents): counted before a list of it is made
@@ -282,6 +292,8 @@ def from_raw(datatype: str, shape: Any, raw: bytes | memoryview, name: str = "te
     dims = checked_shape(shape, name)
     dtype = numpy_dtype(datatype, name)
     count = math.prod(dims)
+    if count == 0:
+        _check_holdable(name, dims, dtype.itemsize)
     size = len(raw)
     if datatype != BYTES:
         need = count * dtype.itemsize
