@@ -99,3 +99,9 @@ def test_no_elements_but_dimensions_numpy_cannot_hold(datatype):
             v2.from_raw(datatype, shape, b"")
     assert v2.from_values(datatype, [0, 2**20], []).shape == (0, 2**20)
     assert v2.from_raw(datatype, [2**20, 0], b"").shape == (2**20, 0)
+
+
+def test_raw_bool_bytes_other_than_0_and_1_are_true():
+    """A raw BOOL byte of 2 is true, stored as 1: kept as 2, TF's logical_not made it 3 (true again)."""
+    arr = v2.from_raw("BOOL", [4], b"\x02\x01\x00\xff")
+    assert arr.tolist() == [True, True, False, True] and arr.view(np.uint8).tolist() == [1, 1, 0, 1]

@@ -301,6 +301,8 @@ def from_raw(datatype: str, shape: Any, raw: bytes | memoryview, name: str = "te
             raise InvalidArgument(f"tensor '{name}': {size} bytes of binary data, but shape {list(dims)} of "
                                   f"{datatype} needs {need}")
         check_size(name, need, max_bytes)
+        if datatype == "BOOL":  # any non-zero byte is true, stored as 1 (TF's ops assume 0 or 1)
+            return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(dims)
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
     if count * _LEN.size > size:  # every element needs at least its 4-byte length: checked before any allocation
         raise InvalidArgument(f"tensor '{name}': {size} bytes of BYTES data cannot hold the {count} elements of "
