@@ -402,3 +402,19 @@ def test_an_empty_outputs_list_asks_for_every_output(server):
     status, _, body = call(server, "POST", "/v2/models/toy/infer", json.dumps(doc))
     assert status == 200, body
     assert [(o["name"], o["data"]) for o in json.loads(body)["outputs"]] == [("y", [2, 4, 6, 8])]
+
+
+def test_many_duplicate_inputs_or_outputs_are_refused_promptly(server):
+    """100k copies of one input (or requested output) are one 400 naming it; finding the duplicates counted each
+    name over the whole list (quadratic: minutes of CPU with the GIL held for a 6 MB body, the server frozen)."""
+    x = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    for doc, words in (({"inputs": [x] * 100_000}, "input(s) x given more than once"),
+                       ({"inputs": [x], "outputs": [{"name": "y"}] * 100_000}, "output(s) y requested more than once")):
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+        try:
+            conn.request("POST", "/v2/models/toy/infer", body=json.dumps(doc).encode())
+            r = conn.getresponse()
+            status, message = r.status, json.loads(r.read())["error"]
+        finally:
+            conn.close()
+        assert status == 400 and words in message, (status, message)

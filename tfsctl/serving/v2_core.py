@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,7 +221,7 @@ class V2Core:
         """Names (no duplicates, the signature's keys), datatypes and the total decoded size, before decoding."""
         names = [t.name for t in inputs]
         if len(set(names)) != len(names):
-            dup = {n for n in names if names.count(n) > 1}
+            dup = {n for n, k in Counter(names).items() if k > 1}  # linear: names.count per name was quadratic
             raise InvalidArgument(f"{where}: input(s) {capped_names(dup)} given more than once")
         servable.check_input_keys(sig, set(names))
         total, biggest, most = 0, "", -1
@@ -245,8 +246,8 @@ class V2Core:
         if asked is None:
             return sorted(sig.outputs)
         if len(set(asked)) != len(asked):
-            raise InvalidArgument(f"{where}: output(s) {capped_names({n for n in asked if asked.count(n) > 1})} "
-                                  "requested more than once")
+            dup = {n for n, k in Counter(asked).items() if k > 1}
+            raise InvalidArgument(f"{where}: output(s) {capped_names(dup)} requested more than once")
         unknown = [n for n in asked if n not in sig.outputs]
         if unknown:
             raise InvalidArgument(f"{where}: unknown output(s) {capped_names(unknown)} (the signature's outputs: "
