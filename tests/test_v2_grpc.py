@@ -300,3 +300,28 @@ def test_binary_data_size_of_the_wrong_kind(stub, kind, value):
     assert "binary_data_size must be a non-negative integer" in info.value.details(), info.value.details()
     request.inputs[0].parameters["binary_data_size"].uint64_param = 16  # the unsigned kind is as good
     assert stub.ModelInfer(request, timeout=30).model_version == "1"
+
+
+def test_status_client_skips_versions_that_are_not_ascii_numbers():
+    """``tfsctl status --protocol v2`` on a server whose metadata lists versions it cannot ask about ('v2', '²'):
+    those are skipped; '²' passed str.isdigit() and crashed int() with a ValueError."""
+    from concurrent import futures
+
+    from tfsctl.client import v2 as v2_client
+
+    class Odd(service_pb2_grpc.GRPCInferenceServiceServicer):
+        def ModelMetadata(self, request, context):  # noqa: N802
+            return service_pb2.ModelMetadataResponse(name=request.name, versions=["\u00b2", "v2", "3"])
+
+        def ModelReady(self, request, context):  # noqa: N802
+            return service_pb2.ModelReadyResponse(ready=request.version == "3")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Odd(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        rows = v2_client.model_status(f"127.0.0.1:{port}", "m", timeout=30)
+    finally:
+        server.stop(0)
+    assert [(r.version, r.state) for r in rows] == [(3, "READY")]

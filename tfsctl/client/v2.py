@@ -166,7 +166,8 @@ def model_status(target: str | Endpoint, model: str, version: int | None = None,
     with ep.channel() as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         if version is None:
-            versions = [int(v) for v in model_metadata(channel, ep, model, None, timeout).versions if v.isdigit()]
+            versions = [int(v) for v in model_metadata(channel, ep, model, None, timeout).versions
+                        if v.isascii() and v.isdigit()]  # isdigit alone takes "²", which int() refuses
         else:
             versions = [int(version)]
         rows = []
