@@ -418,3 +418,22 @@ def test_many_duplicate_inputs_or_outputs_are_refused_promptly(server):
         finally:
             conn.close()
         assert status == 400 and words in message, (status, message)
+
+
+def test_non_finite_floats_as_triton_writes_and_reads_them(server):
+    """NaN and ±Infinity travel as the bare tokens NaN, Infinity, -Infinity both ways, as Triton reads and writes
+    them (rapidjson's NaN/Inf flags, server#3870) and tritonclient.http's json.dumps sends them. orjson wrote each as
+    null, so an infinity came back as NaN (tritonclient reads null as NaN) or not a number at all, and it refused
+    the tokens in a request as malformed JSON."""
+    values = [float("nan"), float("inf"), float("-inf"), 1.0]
+    x = {"name": "x", "shape": [1, 4], "datatype": "FP32"}
+    raw = np.array(values, np.float32).tobytes()
+    head = json.dumps({"inputs": [{**x, "parameters": {"binary_data_size": 16}}]}).encode()
+    binary = {"Inference-Header-Content-Length": str(len(head))}
+    replies = [call(server, "POST", "/v2/models/toy/infer", head + raw, binary),
+               call(server, "POST", "/v2/models/toy/infer", json.dumps({"inputs": [{**x, "data": values}]}))]
+    for status, _, body in replies:
+        assert status == 200, body
+        assert b"[NaN,Infinity,-Infinity,2.0]" in body, body
+        y = json.loads(body)["outputs"][0]["data"]
+        assert np.isnan(y[0]) and y[1:] == [float("inf"), float("-inf"), 2.0], y

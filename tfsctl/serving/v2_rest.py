@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from aiohttp import web
 
 from tfsctl.core import v2_tensors
 from tfsctl.errors import InvalidArgument, ServingError
-from tfsctl.serving import json_dense
+from tfsctl.serving import json_codec, json_dense
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import REST, current
 from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
@@ -150,6 +151,11 @@ def _load(head: bytes | memoryview) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if b"NaN" in raw or b"Infinity" in raw:  # tokens Triton reads (and tritonclient's json.dumps writes)
+            try:
+                return json.loads(raw)
+            except (ValueError, RecursionError):
+                pass
         raise InvalidArgument(f"malformed JSON in the inference request: {e}") from None
 
 
@@ -235,10 +241,16 @@ def encode_infer(response: InferResponse, choices: dict[str, bool], default_bina
             raw = v2_tensors.to_raw(array)
             entry["parameters"] = {BINARY_SIZE: len(raw)}
             blobs.append(raw)
-        elif array.dtype.kind in "OSU" or array.dtype.name == "bfloat16":
+        elif array.dtype.kind in "OSU":
             entry["data"] = v2_tensors.to_values(array)
         else:
-            entry["data"] = np.ascontiguousarray(array.reshape(-1))  # orjson writes numpy arrays natively
+            flat = np.ascontiguousarray(array.reshape(-1))  # orjson writes numpy arrays natively
+            if flat.dtype.name == "bfloat16":
+                flat = flat.astype(np.float32)
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():  # NaN, Infinity, -Infinity as Triton writes
+                entry["data"] = json_codec.tensor_json(name, flat)  # them (orjson alone writes null)
+            else:
+                entry["data"] = flat
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version}
     if response.id:
