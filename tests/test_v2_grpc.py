@@ -171,6 +171,7 @@ ERRORS = [
     ("FP16 typed", dict(datatype="FP16"), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
     ("unknown parameter", dict(params={"priority": 3}), grpc.StatusCode.INVALID_ARGUMENT, "priority"),
     ("unknown model", dict(model="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
+    ("unknown model, bad request", dict(model="nope", raw=[b"1", b"2"]), grpc.StatusCode.NOT_FOUND, "nope"),
     ("unknown version", dict(v="12"), grpc.StatusCode.NOT_FOUND, "12"),
     ("bad version", dict(v="v1"), grpc.StatusCode.INVALID_ARGUMENT, "v1"),
     ("no elements, a huge dimension", dict(shape=[2**62, 0], raw=[b""]), grpc.StatusCode.INVALID_ARGUMENT,

@@ -267,6 +267,9 @@ def test_malformed_bodies_and_binary_sizes(server):
 def test_unknown_models_versions_and_routes(server):
     doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     assert error_of(server, "/v2/models/nope/infer", doc)[0] == 404
+    for body in ({}, b"not JSON", {"inputs": [{"name": "x"}]}):  # an unknown model first, as Triton looks it up
+        status, message = error_of(server, "/v2/models/nope/infer", body)  # before it reads the body
+        assert status == 404 and "nope" in message, (body, status, message)
     assert error_of(server, "/v2/models/toy/versions/3/infer", doc)[0] == 404
     assert error_of(server, "/v2/models/toy/versions/-3/infer", doc)[0] == 400
     for version in ("%C2%B2", "%D9%A1"):  # superscript two, Arabic-Indic one: str.isdigit() says digits

@@ -168,6 +168,11 @@ class V2Core:
         available = self._available(self._known(name))
         return bool(available) if number is None else number in available
 
+    def check_model(self, name: str) -> None:
+        """NotFound for a model never configured, before its request is parsed: Triton looks the model up first,
+        so an unknown model is 404 / NOT_FOUND whatever the body holds."""
+        self._known(name)
+
     def _known(self, name: str) -> str:
         if not name:
             raise InvalidArgument("missing model name")

@@ -172,6 +172,7 @@ class V2Servicer(service_pb2_grpc.GRPCInferenceServiceServicer, ServicerBase):
 
     def _infer(self, request: service_pb2.ModelInferRequest, *, only_if_quick: bool = False
                ) -> service_pb2.ModelInferResponse:
+        self.v2.check_model(request.model_name)
         parsed, raw = parse_infer(request)
         result = self.v2.infer(parsed, only_if_quick=only_if_quick,
                                request_bytes=request.ByteSize() if only_if_quick else 0)

@@ -321,6 +321,7 @@ class V2Rest:
     # --- handlers (in the pool) ---
 
     def _infer(self, body: bytes, header: str | None, name: str, version: str) -> _Reply:
+        self.v2.check_model(name)
         request, choices, default_binary = parse_infer(body, header, name, version)
         del body
         return encode_infer(self.v2.infer(request), choices, default_binary)
