@@ -20,14 +20,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tfsctl.core import inference
+from tfsctl.core import deadlines, inference
 from tfsctl.core.memory import rss_bytes
 from tfsctl.core.servable import Resources, Servable
 from tfsctl.errors import ServingError
 from tfsctl.savedmodel import WARMUP_DIR, WARMUP_FILE, is_saved_model_dir, read_saved_model, warmup_path
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; a longer file is a load error.
+# The deadline of each warmup record's last run (which builds the executor requests with a deadline use).
+WARMUP_DEADLINE_S = 3600.0
 
 __all__ = ["MAX_WARMUP_RECORDS", "WARMUP_DIR", "WARMUP_FILE", "LoadError", "LoadOptions", "Loader", "disk_bytes",
            "rss_bytes"]
@@ -242,19 +245,27 @@ class Loader:
             kind = log.WhichOneof("log_type")
             if kind in ("session_run_log", "predict_streamed_log"):
                 raise LoadError(f"{self._where}: warmup record {index}: Unsupported log_type for warmup: {kind}")
-            for _ in range(self.warmup_iterations):
+            # One more run under a deadline: a client's deadline runs the step through session.run with a timeout
+            # (Servable.run), whose executor is built on its first run; build it here, not in a client's request.
+            for iteration in range(self.warmup_iterations + 1):
+                last = iteration == self.warmup_iterations
                 try:
-                    if kind == "predict_log":
-                        inference.run_predict(servable, log.predict_log.request, method_check=check)
-                    elif kind == "classify_log":
-                        inference.run_classify(servable, log.classify_log.request, method_check=check)
-                    elif kind == "regress_log":
-                        inference.run_regress(servable, log.regress_log.request, method_check=check)
-                    elif kind == "multi_inference_log":
-                        inference.run_multi_inference(servable, log.multi_inference_log.request, method_check=check)
+                    with deadlines.scope(deadlines.Deadline.after(WARMUP_DEADLINE_S) if last else None):
+                        _warmup_once(servable, kind, log, check)
                 except ServingError as e:
                     raise LoadError(f"{self._where}: warmup record {index} failed: {e.message}") from None
         return len(records)
+
+
+def _warmup_once(servable: Servable, kind: str, log: Any, check: bool) -> None:
+    if kind == "predict_log":
+        inference.run_predict(servable, log.predict_log.request, method_check=check)
+    elif kind == "classify_log":
+        inference.run_classify(servable, log.classify_log.request, method_check=check)
+    elif kind == "regress_log":
+        inference.run_regress(servable, log.regress_log.request, method_check=check)
+    elif kind == "multi_inference_log":
+        inference.run_multi_inference(servable, log.multi_inference_log.request, method_check=check)
 
 
 def _short(e: BaseException, limit: int = 500) -> str:
