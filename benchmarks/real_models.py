@@ -339,13 +339,11 @@ def stages(model: Model, servable, rounds: int, calls: int) -> dict:
             json_codec.parse_predict_json(rest["rest_columnar"]), specs, model.signature),
         "rest_encode_row": lambda: json_codec.encode_predict(outputs, True),
     }
-    try:
+    if len(model.inputs) == 1:  # the floor: orjson's parse of the row body, then one array of the input's dtype
         import orjson
 
-        key = "instances"
-        parts["orjson_row_to_float32_floor"] = lambda: np.asarray(orjson.loads(rest["rest_row"])[key], np.float32)
-    except ImportError:
-        pass
+        (dtype,) = (v.dtype for v in model.inputs.values())
+        parts["orjson_row_floor"] = lambda: np.asarray(orjson.loads(rest["rest_row"])["instances"], dtype)
     med: dict[str, list[float]] = {k: [] for k in parts}
     for r in range(rounds):
         for k in (list(parts) if r % 2 == 0 else list(parts)[::-1]):
@@ -365,6 +363,45 @@ def in_process_rate(model: Model, servable, n: int, seconds: float) -> float:
     return done * n / (time.perf_counter() - t0)
 
 
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def batch_counters(server: Server) -> dict[str, float] | None:
+    """The batching server's batch-size and queue-wait histograms (sum, count) from its Prometheus page; None
+    when the page or the series are missing."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
+        c.request("GET", METRICS_PATH)
+        text = c.getresponse().read().decode()
+    except OSError:
+        return None
+    if "tfserving_batch_size" not in text:
+        return None  # no such metric (renamed?): the batch shape is not reported
+    keys = ("tfserving_batch_size_sum", "tfserving_batch_size_count",
+            "tfserving_batch_queue_latency_seconds_sum", "tfserving_batch_queue_latency_seconds_count")
+    out = dict.fromkeys(keys, 0.0)  # a model's series appear with its first batch
+    for line in text.splitlines():
+        for key in keys:
+            if line.startswith(key + "{") and f'model_name="{server.model.name}"' in line:
+                out[key] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def batch_shape(before: dict | None, after: dict | None) -> dict:
+    """Batches run between two readings of :func:`batch_counters`: how many, their mean size, the mean wait."""
+    if not before or not after:
+        return {}
+    batches = after["tfserving_batch_size_count"] - before["tfserving_batch_size_count"]
+    waits = (after["tfserving_batch_queue_latency_seconds_count"]
+             - before["tfserving_batch_queue_latency_seconds_count"])
+    if batches <= 0:
+        return {"batches": 0}
+    return {"batches": int(batches),
+            "mean_batch_size": (after["tfserving_batch_size_sum"] - before["tfserving_batch_size_sum"]) / batches,
+            "mean_queue_ms": 1e3 * (after["tfserving_batch_queue_latency_seconds_sum"]
+                                    - before["tfserving_batch_queue_latency_seconds_sum"]) / waits if waits else 0.0}
+
+
 def batching_run(model: Model, servable, server: Server, max_batch: int, levels, seconds: float, rounds: int
                  ) -> dict:
     """Best in-process images/s over batch sizes 1..max_batch; the batching server at each level, each level's
@@ -382,13 +419,18 @@ def batching_run(model: Model, servable, server: Server, max_batch: int, levels,
     for c in levels:
         runs, ratios = [], []
         for _ in range(rounds):
+            counters = batch_counters(server)
             res = closed_loop(lambda: (lambda cl: (lambda: cl(body)))(GrpcClient(server.grpc_port)), c, seconds, 1)
+            res.update(batch_shape(counters, batch_counters(server)))
             anchor = in_process_rate(model, servable, best, seconds / 2)
             runs.append(res)
             ratios.append(res["images_per_s"] / anchor)
             print(f"  batching c={c:>2}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} ms  "
                   f"p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
                   f"{anchor:.1f} = {ratios[-1]:.2f}x  (load {load_average()})")
+            if res.get("batches"):
+                print(f"             {res['batches']} batches, mean size {res['mean_batch_size']:.2f}, mean queue "
+                      f"wait {res['mean_queue_ms']:.1f} ms (includes the warm-up calls)")
         mid = sorted(runs, key=lambda x: x["images_per_s"])[len(runs) // 2]
         levels_out.append({**mid, "ratio": statistics.median(ratios), "ratios_per_round": ratios})
     return {"in_process_images_per_s": per_size, "best_batch": best, "levels": levels_out}
@@ -538,7 +580,10 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
     batching_file.write_text("".join(f"{k} {{ value: {v} }}\n" for k, v in batching.items()))
     report["batching_parameters"] = batching
     plain = Server(model, [], out_dir / f"server_{model.name}.log")
-    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file)],
+    monitoring = tmp / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
+    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file),
+                             "--monitoring_config_file", str(monitoring)],
                      out_dir / f"server_{model.name}_batching.log")
     try:
         plain.wait_ready()
@@ -580,11 +625,12 @@ def print_table(results: list[dict]) -> None:
             grpc_sum = st["grpc_parse"] + st["grpc_decode"] + st["grpc_encode"]
             print(f"{m:<10} {'gRPC parse + decode + encode (ms)':<44} {grpc_sum:>10.2f}")
             print(f"{m:<10} {'REST row parse+decode (ms; orjson floor)':<44} {st['rest_row_parse_decode']:>10.2f}"
-                  f"  ({st.get('orjson_row_to_float32_floor', float('nan')):.2f})")
+                  f"  ({st.get('orjson_row_floor', float('nan')):.2f})")
         for lv in r.get("batching", {}).get("levels", []):
             label = f"batching c={lv['concurrency']} / best in-process (p50/p99 ms)"
+            shape = f", batch {lv['mean_batch_size']:.1f}" if lv.get("mean_batch_size") else ""
             print(f"{m:<10} {label:<44} {lv['ratio']:>9.2f}x {'>= 0.95':>8}  "
-                  f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f})")
+                  f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f}{shape})")
         for k, label in (("rejected", "RSS, rejected burst: before/peak/settled MiB"),
                          ("large_first", "RSS, large burst: before/peak/settled MiB"),
                          ("large_again", "RSS, large burst again: before/peak/settled")):
