@@ -303,6 +303,56 @@ def latency_rounds(model: Model, servable, server: Server, rounds: int, calls: i
             "body_bytes": {"grpc": len(body), **{k: len(v) for k, v in rest.items()}}}
 
 
+def stages(model: Model, servable, rounds: int, calls: int) -> dict:
+    """Where a batch-1 request's server time goes, each stage timed in this process as the server runs it (median
+    ms): gRPC (parse the PredictRequest, decode its inputs, the step, encode and serialize the reply) and REST
+    (parse and decode the row and columnar bodies, encode the reply). Served latency minus the stages' sum is the
+    transport, the hand-offs between threads, and queueing."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfsctl.core import inference
+    from tfsctl.serving import json_codec
+    from tfsctl.tensors import as_proto_field
+
+    body = grpc_body(model, model.inputs)
+    rest = rest_bodies(model)
+    specs = servable.signature(model.signature).inputs
+    request = predict_pb2.PredictRequest.FromString(body)
+    spec = servable.signature(model.signature)
+    inputs = inference.decode_inputs(servable, spec, request.inputs, None)
+    outputs = servable.run(model.signature, inputs, model.output_filter)
+
+    def encode_grpc() -> bytes:
+        reply = predict_pb2.PredictResponse()
+        for k, v in outputs.items():
+            as_proto_field(v, reply.outputs[k])
+        return reply.SerializeToString()
+
+    parts = {
+        "grpc_parse": lambda: predict_pb2.PredictRequest.FromString(body),
+        "grpc_decode": lambda: inference.decode_inputs(servable, spec, request.inputs, None),
+        "step": lambda: servable.run(model.signature, inputs, model.output_filter),
+        "grpc_encode": encode_grpc,
+        "rest_row_parse_decode": lambda: json_codec.decode_predict(
+            json_codec.parse_predict_json(rest["rest_row"]), specs, model.signature),
+        "rest_columnar_parse_decode": lambda: json_codec.decode_predict(
+            json_codec.parse_predict_json(rest["rest_columnar"]), specs, model.signature),
+        "rest_encode_row": lambda: json_codec.encode_predict(outputs, True),
+    }
+    if len(model.inputs) == 1:  # the floor: orjson's parse of the row body, then one array of the input's dtype
+        import orjson
+
+        (dtype,) = (v.dtype for v in model.inputs.values())
+        parts["orjson_row_floor"] = lambda: np.asarray(orjson.loads(rest["rest_row"])["instances"], dtype)
+    med: dict[str, list[float]] = {k: [] for k in parts}
+    for r in range(rounds):
+        for k in (list(parts) if r % 2 == 0 else list(parts)[::-1]):
+            med[k].append(1e3 * statistics.median(timed(parts[k], calls)))
+    out = {k: statistics.median(v) for k, v in med.items()}
+    print("  stages (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    return out
+
+
 def in_process_rate(model: Model, servable, n: int, seconds: float) -> float:
     feed = model.batch(n)
     servable.run(model.signature, feed, model.output_filter)
@@ -311,6 +361,45 @@ def in_process_rate(model: Model, servable, n: int, seconds: float) -> float:
         servable.run(model.signature, feed, model.output_filter)
         done += 1
     return done * n / (time.perf_counter() - t0)
+
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def batch_counters(server: Server) -> dict[str, float] | None:
+    """The batching server's batch-size and queue-wait histograms (sum, count) from its Prometheus page; None
+    when the page or the series are missing."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
+        c.request("GET", METRICS_PATH)
+        text = c.getresponse().read().decode()
+    except OSError:
+        return None
+    if "tfserving_batch_size" not in text:
+        return None  # no such metric (renamed?): the batch shape is not reported
+    keys = ("tfserving_batch_size_sum", "tfserving_batch_size_count",
+            "tfserving_batch_queue_latency_seconds_sum", "tfserving_batch_queue_latency_seconds_count")
+    out = dict.fromkeys(keys, 0.0)  # a model's series appear with its first batch
+    for line in text.splitlines():
+        for key in keys:
+            if line.startswith(key + "{") and f'model_name="{server.model.name}"' in line:
+                out[key] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def batch_shape(before: dict | None, after: dict | None) -> dict:
+    """Batches run between two readings of :func:`batch_counters`: how many, their mean size, the mean wait."""
+    if not before or not after:
+        return {}
+    batches = after["tfserving_batch_size_count"] - before["tfserving_batch_size_count"]
+    waits = (after["tfserving_batch_queue_latency_seconds_count"]
+             - before["tfserving_batch_queue_latency_seconds_count"])
+    if batches <= 0:
+        return {"batches": 0}
+    return {"batches": int(batches),
+            "mean_batch_size": (after["tfserving_batch_size_sum"] - before["tfserving_batch_size_sum"]) / batches,
+            "mean_queue_ms": 1e3 * (after["tfserving_batch_queue_latency_seconds_sum"]
+                                    - before["tfserving_batch_queue_latency_seconds_sum"]) / waits if waits else 0.0}
 
 
 def batching_run(model: Model, servable, server: Server, max_batch: int, levels, seconds: float, rounds: int
@@ -330,13 +419,18 @@ def batching_run(model: Model, servable, server: Server, max_batch: int, levels,
     for c in levels:
         runs, ratios = [], []
         for _ in range(rounds):
+            counters = batch_counters(server)
             res = closed_loop(lambda: (lambda cl: (lambda: cl(body)))(GrpcClient(server.grpc_port)), c, seconds, 1)
+            res.update(batch_shape(counters, batch_counters(server)))
             anchor = in_process_rate(model, servable, best, seconds / 2)
             runs.append(res)
             ratios.append(res["images_per_s"] / anchor)
             print(f"  batching c={c:>2}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} ms  "
                   f"p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
                   f"{anchor:.1f} = {ratios[-1]:.2f}x  (load {load_average()})")
+            if res.get("batches"):
+                print(f"             {res['batches']} batches, mean size {res['mean_batch_size']:.2f}, mean queue "
+                      f"wait {res['mean_queue_ms']:.1f} ms (includes the warm-up calls)")
         mid = sorted(runs, key=lambda x: x["images_per_s"])[len(runs) // 2]
         levels_out.append({**mid, "ratio": statistics.median(ratios), "ratios_per_round": ratios})
     return {"in_process_images_per_s": per_size, "best_batch": best, "levels": levels_out}
@@ -421,7 +515,7 @@ def memory_bursts(model: Model, server: Server, batching_server: Server, max_bat
 
 
 MMAP_CHILD = """
-import os, statistics, sys, time
+import os, resource, statistics, sys, time
 import numpy as np
 from tfsctl.core.loader import Loader
 s = Loader("m", 1, sys.argv[1]).load()
@@ -430,9 +524,11 @@ x = np.random.default_rng(0).random((int(sys.argv[3]), *[int(d) for d in sys.arg
 for _ in range(2):
     s.run(sys.argv[2], {key: x})
 ts = []
+r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
 for _ in range(int(sys.argv[5])):
     t = time.perf_counter(); s.run(sys.argv[2], {key: x}); ts.append(time.perf_counter() - t)
-print(1e3 * statistics.median(ts))
+r1, n = resource.getrusage(resource.RUSAGE_SELF), len(ts)
+print(1e3 * statistics.median(ts), 1e3 * (time.process_time() - c0) / n, (r1.ru_minflt - r0.ru_minflt) / n)
 """
 
 
@@ -442,6 +538,8 @@ def mmap_tax(model: Model, batch: int, rounds: int, calls: int) -> dict:
     (x,) = model.inputs.values()
     shape = "x".join(str(d) for d in x.shape[1:])
     out: dict[str, list[float]] = {"glibc_default": [], "mmap_threshold_1mib": []}
+    cpu: dict[str, list[float]] = {k: [] for k in out}
+    faults: dict[str, list[float]] = {k: [] for k in out}
     env_base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     for r in range(rounds):
         names = list(out) if r % 2 == 0 else list(out)[::-1]
@@ -452,12 +550,20 @@ def mmap_tax(model: Model, batch: int, rounds: int, calls: int) -> dict:
                                  timeout=900)
             if res.returncode != 0:
                 raise RuntimeError(res.stderr[-2000:])
-            out[name].append(float(res.stdout.split()[-1]))
+            wall, cpu_ms, minflt = (float(v) for v in res.stdout.split()[-3:])
+            out[name].append(wall)
+            cpu[name].append(cpu_ms)
+            faults[name].append(minflt)
     med = {k: statistics.median(v) for k, v in out.items()}
     ratio = statistics.median(a / b for a, b in zip(out["mmap_threshold_1mib"], out["glibc_default"], strict=True))
-    print(f"  step at batch {batch}: glibc defaults {med['glibc_default']:.0f} ms, 1 MiB mmap threshold "
-          f"{med['mmap_threshold_1mib']:.0f} ms ({ratio:.2f}x)")
-    return {"batch": batch, "rounds_ms": out, "median_ms": med, "ratio_1mib_over_default": ratio}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    fault_med = {k: statistics.median(v) for k, v in faults.items()}
+    print(f"  step at batch {batch}: glibc defaults {med['glibc_default']:.0f} ms ({cpu_med['glibc_default']:.0f} ms "
+          f"CPU, {fault_med['glibc_default']:.0f} page faults), 1 MiB mmap threshold {med['mmap_threshold_1mib']:.0f}"
+          f" ms ({cpu_med['mmap_threshold_1mib']:.0f} ms CPU, {fault_med['mmap_threshold_1mib']:.0f} page faults): "
+          f"{ratio:.2f}x")
+    return {"batch": batch, "rounds_ms": out, "median_ms": med, "ratio_1mib_over_default": ratio,
+            "cpu_ms_per_step": cpu_med, "page_faults_per_step": fault_med}
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -474,7 +580,10 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
     batching_file.write_text("".join(f"{k} {{ value: {v} }}\n" for k, v in batching.items()))
     report["batching_parameters"] = batching
     plain = Server(model, [], out_dir / f"server_{model.name}.log")
-    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file)],
+    monitoring = tmp / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
+    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file),
+                             "--monitoring_config_file", str(monitoring)],
                      out_dir / f"server_{model.name}_batching.log")
     try:
         plain.wait_ready()
@@ -482,6 +591,7 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
         if "latency" not in args.skip:
             print(f"{model.name}: latency at batch 1 (load {load_average()})")
             report["latency"] = latency_rounds(model, servable, plain, args.rounds, args.calls)
+            report["stages_ms"] = stages(model, servable, args.rounds, args.calls)
         if "batching" not in args.skip:
             print(f"{model.name}: batching (max_batch_size {args.max_batch_size})")
             report["batching"] = batching_run(model, servable, batched, args.max_batch_size, args.levels,
@@ -510,10 +620,17 @@ def print_table(results: list[dict]) -> None:
             for k, label in (("grpc", "gRPC latency / step"), ("rest_row", "REST row (float64 text) / step"),
                              ("rest_columnar", "REST columnar / step")):
                 print(f"{m:<10} {label:<44} {lat['ratios'][k]:>9.2f}x {'<= ' + str(GOALS[k]):>8}")
+        st = r.get("stages_ms")
+        if st:
+            grpc_sum = st["grpc_parse"] + st["grpc_decode"] + st["grpc_encode"]
+            print(f"{m:<10} {'gRPC parse + decode + encode (ms)':<44} {grpc_sum:>10.2f}")
+            print(f"{m:<10} {'REST row parse+decode (ms; orjson floor)':<44} {st['rest_row_parse_decode']:>10.2f}"
+                  f"  ({st.get('orjson_row_floor', float('nan')):.2f})")
         for lv in r.get("batching", {}).get("levels", []):
             label = f"batching c={lv['concurrency']} / best in-process (p50/p99 ms)"
+            shape = f", batch {lv['mean_batch_size']:.1f}" if lv.get("mean_batch_size") else ""
             print(f"{m:<10} {label:<44} {lv['ratio']:>9.2f}x {'>= 0.95':>8}  "
-                  f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f})")
+                  f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f}{shape})")
         for k, label in (("rejected", "RSS, rejected burst: before/peak/settled MiB"),
                          ("large_first", "RSS, large burst: before/peak/settled MiB"),
                          ("large_again", "RSS, large burst again: before/peak/settled")):
@@ -524,8 +641,9 @@ def print_table(results: list[dict]) -> None:
         tax = r.get("mmap_tax")
         if tax:
             label = f"step batch {tax['batch']}: 1 MiB mmap threshold / glibc"
-            print(f"{m:<10} {label:<44} "
-                  f"{tax['ratio_1mib_over_default']:>9.2f}x")
+            print(f"{m:<10} {label:<44} {tax['ratio_1mib_over_default']:>9.2f}x  (page faults per step "
+                  f"{tax['page_faults_per_step']['mmap_threshold_1mib']:.0f} vs "
+                  f"{tax['page_faults_per_step']['glibc_default']:.0f})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,10 @@ def test_real_models_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -
     assert set(lat["ratios"]) == {"grpc", "rest_row", "rest_columnar"}
     assert all(r > 0 for r in lat["ratios"].values()), lat
     assert lat["body_bytes"]["rest_row"] > lat["body_bytes"]["grpc"]  # float64 text against float32 bytes
+    assert report["stages_ms"]["step"] > 0 and report["stages_ms"]["rest_row_parse_decode"] > 0
     (level,) = report["batching"]["levels"]
     assert level["concurrency"] == 4 and level["requests"] > 0 and level["errors"] == 0, level
+    assert level["batches"] > 0 and 1 <= level["mean_batch_size"] <= 8, level  # read from the server's metrics
     mem = report["memory"]
     # Over-max_batch_size requests are refused, large ones served; both servers keep serving (exit 0 on SIGTERM).
     assert mem["rejected"]["codes"] == ["INVALID_ARGUMENT"], mem

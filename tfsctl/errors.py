@@ -79,6 +79,18 @@ class Unavailable(ServingError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed before or while its model ran (DEADLINE_EXCEEDED / 504)."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(ServingError):
+    """The client cancelled the request before it ran (CANCELLED / 499)."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
 class Unimplemented(ServingError):
     """Feature not supported (UNIMPLEMENTED / 501)."""
 

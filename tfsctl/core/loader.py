@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tfsctl.core import inference
+from tfsctl.core import deadlines, inference
 from tfsctl.core.memory import rss_bytes
 from tfsctl.core.servable import Resources, Servable
 from tfsctl.errors import ConfigError, ServingError
@@ -32,6 +32,8 @@ from tfsctl.savedmodel import WARMUP_DIR, WARMUP_FILE, is_saved_model_dir, read_
 from tfsctl.tflite_model import TfLiteModelError, read_model, tflite_file
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit; a longer file is a load error.
+# The deadline of each warmup record's last run (which builds the executor requests with a deadline use).
+WARMUP_DEADLINE_S = 3600.0
 
 __all__ = ["MAX_WARMUP_RECORDS", "WARMUP_DIR", "WARMUP_FILE", "LoadError", "LoadOptions", "Loader", "disk_bytes",
            "rss_bytes"]
@@ -336,25 +338,38 @@ class Loader:
             kind = entry.WhichOneof("log_type")
             if kind in ("session_run_log", "predict_streamed_log"):
                 raise LoadError(f"{self._where}: warmup record {index}: Unsupported log_type for warmup: {kind}")
-            for _ in range(self.warmup_iterations):
+            # One more run under a deadline: a client's deadline runs the step through session.run with a timeout
+            # (Servable.run), whose executor is built on its first run; build it here, not in a client's request.
+            for iteration in range(self.warmup_iterations + 1):
+                last = iteration == self.warmup_iterations
                 try:
-                    if kind == "predict_log":
-                        inference.run_predict(servable, entry.predict_log.request, method_check=check,
-                                              run=self._timed_run(entry.predict_log.request, "Predict"))
-                    elif kind == "classify_log":
-                        inference.run_classify(servable, entry.classify_log.request, method_check=check,
-                                               run=self._timed_run(entry.classify_log.request, "Classify"))
-                    elif kind == "regress_log":
-                        inference.run_regress(servable, entry.regress_log.request, method_check=check,
-                                              run=self._timed_run(entry.regress_log.request, "Regress"))
-                    elif kind == "multi_inference_log":
-                        inference.run_multi_inference(servable, entry.multi_inference_log.request, method_check=check)
+                    with deadlines.scope(deadlines.Deadline.after(WARMUP_DEADLINE_S) if last else None):
+                        # the extra run only builds the executor: TF Serving counts num_request_iterations runs
+                        self._warmup_once(servable, kind, entry, check, counted=not last)
                 except ServingError as e:
                     raise LoadError(f"{self._where}: warmup record {index} failed: {e.message}") from None
         us = self._count_warmup(started, "OK", len(records))
         log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
                  "Elapsed time (microseconds): %d.", path, len(records), us)
         return len(records)
+
+    def _warmup_once(self, servable: Servable, kind: str, entry: Any, check: bool, *, counted: bool) -> None:
+        """One run of a warmup record through the live request functions (counted in runtime_latency if
+        ``counted``)."""
+        def run(request: Any, api: str) -> Any:
+            return self._timed_run(request, api) if counted else inference.servable_run
+
+        if kind == "predict_log":
+            request = entry.predict_log.request
+            inference.run_predict(servable, request, method_check=check, run=run(request, "Predict"))
+        elif kind == "classify_log":
+            request = entry.classify_log.request
+            inference.run_classify(servable, request, method_check=check, run=run(request, "Classify"))
+        elif kind == "regress_log":
+            request = entry.regress_log.request
+            inference.run_regress(servable, request, method_check=check, run=run(request, "Regress"))
+        elif kind == "multi_inference_log":
+            inference.run_multi_inference(servable, entry.multi_inference_log.request, method_check=check)
 
     def _timed_run(self, request: Any, api: str) -> Any:
         """The signature run of a warmup request, counted in runtime_latency as TF Serving's warmup requests are

@@ -64,12 +64,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tfsctl.core import deadlines
 from tfsctl.core.config import BatchOptions, load_model_batching_parameters
 from tfsctl.errors import (
+    Cancelled,
     ConfigError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    ResourceExhausted,
     ServingError,
     Unavailable,
 )
@@ -108,11 +111,12 @@ class _Task:
     """One queued request (or part of a split one). Its caller's thread sleeps on ``_signal`` until the task is done,
     or until it is handed a batch to run (``lead``): the thread that would be woken for its result anyway runs it."""
 
-    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "_signal", "queued",
-                 "batch")
+    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "deadline", "_signal",
+                 "queued", "batch")
 
     def __init__(self, inputs: dict[str, np.ndarray], size: int, enqueued: float, can_lead: bool = False) -> None:
         self.inputs, self.size, self.enqueued, self.can_lead = inputs, size, enqueued, can_lead
+        self.deadline = deadlines.current()  # its client's, set by the front end in the caller's thread
         self.lead: tuple[_Queue, list[_Task]] | None = None
         self.done = False
         self.outputs: dict[str, np.ndarray] | None = None
@@ -551,9 +555,16 @@ class Batcher:
             self._execute_and_release(queue, tasks, None)
 
     def _execute(self, queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
-        """Run a batch and deliver each task's outputs or error (``me``, the running thread's own task, unwoken)."""
+        """Run a batch and deliver each task's outputs or error (``me``, the running thread's own task, unwoken).
+
+        A task whose client has gone (deadline passed, call cancelled) while it was queued is not run; the batch
+        runs under the latest deadline of the others (TF Serving's BatchingSession)."""
+        tasks = self._drop_gone(queue, tasks, me)
+        if not tasks:
+            return
         try:
-            outputs, sizes = self._run_batch(queue, tasks)
+            with deadlines.scope(deadlines.latest([t.deadline for t in tasks])):
+                outputs, sizes = self._run_batch(queue, tasks)
         except BaseException as exc:  # delivered to every caller; never lost
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
@@ -573,11 +584,29 @@ class Batcher:
             offset += n
 
     @staticmethod
+    def _drop_gone(queue: _Queue, tasks: list[_Task], me: _Task | None) -> list[_Task]:
+        """The tasks whose clients still wait; the others get their error now (TF Serving's text for a task that
+        timed out in the queue) and are left out of the batch."""
+        live = []
+        for t in tasks:
+            d = t.deadline
+            if d is None or not d.gone():
+                live.append(t)
+            elif d.cancelled:
+                t.finish(None, Cancelled(f"{_where(queue.servable, queue.signature_name)}: the client cancelled "
+                                         "the request while it waited in the batching queue"), t is not me)
+            else:
+                t.finish(None, ResourceExhausted("Run() timeout exceeded while waiting in batching queue"),
+                         t is not me)
+        return live
+
+    @staticmethod
     def _run_each(queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
         """Run each request of a failed batch alone, so each gets its own outputs or error."""
         for t in tasks:
             try:
-                outputs = queue.servable.run(queue.signature_name, t.inputs, queue.output_filter)
+                with deadlines.scope(t.deadline):
+                    outputs = queue.servable.run(queue.signature_name, t.inputs, queue.output_filter)
             except ServingError as exc:
                 t.finish(None, exc, t is not me)
             except BaseException as exc:  # noqa: BLE001 - delivered to its caller, never lost

@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tfsctl.core import deadlines
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
@@ -173,7 +174,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext  # noqa: N802
                 ) -> predict_pb2.PredictResponse:
-        return self._call("Predict", request.model_spec.name, context, lambda: self._predict(request))
+        deadline = deadlines.Deadline.after(context.time_remaining())  # the session run's timeout (core/deadlines)
+        context.add_callback(deadline.cancel)
+        with deadlines.scope(deadline):
+            return self._call("Predict", request.model_spec.name, context, lambda: self._predict(request))
 
     def _predict(self, request: predict_pb2.PredictRequest, *, only_if_quick: bool = False
                  ) -> predict_pb2.PredictResponse:
@@ -212,11 +216,19 @@ class LoopPredictionServicer(PredictionServicer):
                       ) -> predict_pb2.PredictResponse:
         name = request.model_spec.name
         run = functools.partial(self._predict, request)
+        # The client's deadline is the session run's timeout, and a request whose client has gone is not run
+        # (core/deadlines): cancelled while the pool or a batch queue holds it, it is dropped there.
+        deadline = deadlines.Deadline.after(context.time_remaining())
         try:  # the quick route first: it declines (WouldWait) before running anything a quick request would not
-            result, error = self._outcome("Predict", name, functools.partial(run, only_if_quick=True), context)
+            with deadlines.scope(deadline):
+                result, error = self._outcome("Predict", name, functools.partial(run, only_if_quick=True), context)
         except WouldWait:  # large, a version not known to be quick, or a split request: the pool runs it
-            result, error = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._outcome, "Predict", name, run, context)
+            try:
+                result, error = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, deadlines.run_with, deadline, self._outcome, "Predict", name, run, context)
+            except asyncio.CancelledError:
+                deadline.cancel()
+                raise
         if error is None:
             return result  # type: ignore[return-value]
         # context.abort raises; the exception's traceback keeps this frame alive until a cyclic collection, so

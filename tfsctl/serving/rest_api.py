@@ -48,6 +48,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from tfsctl.core import deadlines
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
@@ -470,11 +471,15 @@ class RestServer:
         The ``reserved`` body bytes go back when the pool thread is done with the body: after a 504 the thread
         may still hold it, so the release follows the thread, not the reply."""
         loop = asyncio.get_running_loop()
+        timed = verb in ("predict", "classify", "regress") and self.timeout_ms > 0
+        # As TF Serving, the REST timeout is also the session run's (core/deadlines); a request whose client has
+        # gone before it runs is not run.
+        deadline = deadlines.Deadline.after(self.timeout_ms / 1000 if timed else None)
         try:
             body = await self._read_body(request) if request.method == "POST" else b""
             # In a copy of this request's context: the request core finds the request's record there.
-            work = self._executor.submit(contextvars.copy_context().run, getattr(self, f"_do_{verb}"), name,
-                                         version, label, body)
+            work = self._executor.submit(contextvars.copy_context().run, deadlines.run_with, deadline,
+                                         getattr(self, f"_do_{verb}"), name, version, label, body)
             record = current()
             if record is not None:
                 record.bytes_in = len(body)
@@ -484,11 +489,14 @@ class RestServer:
         if reserved:
             work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_body, reserved))
         call = asyncio.wrap_future(work)
-        if not (verb in ("predict", "classify", "regress") and self.timeout_ms > 0):
-            return await call
         try:
+            if not timed:
+                return await call
             async with asyncio.timeout(self.timeout_ms / 1000):  # no extra task, unlike wait_for
                 return await call
+        except asyncio.CancelledError:  # the client went away
+            deadline.cancel()
+            raise
         except TimeoutError:
             raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
                                   f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",

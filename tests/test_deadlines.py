@@ -1,0 +1,178 @@
+"""Client deadlines reach the model (issue 20, TF Serving's ``enforce_session_run_timeout``): a gRPC deadline is the
+session run's timeout, so TensorFlow stops a slow step once it has passed, and a request whose client has gone
+(cancelled while queued for a pool thread or in a batch queue) is never run.
+
+The model's ``serving_default`` counts its runs in a variable (``steps``, read through the ``count`` signature),
+then loops ``max(x)`` times (a while loop TensorFlow can cancel between iterations); outputs keep the batch size.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tfsctl.core import deadlines
+from tfsctl.core.loader import Loader
+from tfsctl.errors import Cancelled, DeadlineExceeded
+from tfsctl.serving.server import ModelServer, ServerOptions
+from tfsctl.serving.tensors import from_numpy
+from tfsctl.testing import _atomic_version_dir
+
+LONG = 50_000_000  # loop iterations: far longer than any test waits
+SHORT = 10
+
+
+def write_counting_loop_model(base: Path, version: int = 1) -> Path:
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    sm = v1.saved_model
+
+    def write(export_dir: Path) -> None:
+        builder = sm.builder.SavedModelBuilder(str(export_dir))
+        with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+            x = v1.placeholder(tf.float32, [None], name="x")
+            steps = v1.Variable(0, dtype=tf.int64, name="steps", use_resource=True)
+            counted = steps.assign_add(1)
+            with tf.control_dependencies([counted]):
+                n = tf.cast(tf.reduce_max(x), tf.int64)
+            _, acc = tf.while_loop(lambda i, a: i < n, lambda i, a: (i + 1, a * 0.5 + 1.0),
+                                   [tf.constant(0, tf.int64), tf.constant(0.0)])
+            y = tf.identity(x * 0.0 + acc, name="y")
+            count = tf.identity(tf.zeros_like(x, tf.int64) + steps.read_value(), name="count")  # batchable
+            info = sm.utils.build_tensor_info
+            predict = sm.signature_constants.PREDICT_METHOD_NAME
+            sigs = {
+                "serving_default": sm.signature_def_utils.build_signature_def({"x": info(x)}, {"y": info(y)},
+                                                                              predict),
+                "count": sm.signature_def_utils.build_signature_def({"x": info(x)}, {"steps": info(count)}, predict),
+            }
+            sess.run(v1.global_variables_initializer())
+            builder.add_meta_graph_and_variables(sess, [sm.tag_constants.SERVING], signature_def_map=sigs)
+        builder.save()
+
+    return _atomic_version_dir(base, version, write)
+
+
+@pytest.fixture(scope="module")
+def loop_model(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("loop") / "loop"
+    write_counting_loop_model(base)
+    return base
+
+
+def _request(iterations: int, signature: str = "", size: int = 1) -> predict_pb2.PredictRequest:
+    """``size`` values of ``iterations``: over 64 KiB, a request never runs on the gRPC event loop (it queues for
+    the pool like a real model's request), however quick the model's steps were measured."""
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "loop"
+    req.model_spec.signature_name = signature
+    req.inputs["x"].CopyFrom(from_numpy(np.full([size], iterations, np.float32)))
+    return req
+
+
+def test_a_deadline_stops_the_step_in_process_and_a_passed_one_never_runs_it(loop_model: Path) -> None:
+    servable = Loader("loop", 1, loop_model / "1").load()
+    try:
+        x = {"x": np.array([SHORT], np.float32)}
+        before = int(servable.run("count", x)["steps"][0])
+        start = time.monotonic()
+        with deadlines.scope(deadlines.Deadline.after(0.3)), pytest.raises(DeadlineExceeded):
+            servable.run("", {"x": np.array([LONG], np.float32)})
+        assert time.monotonic() - start < 5  # the loop alone would run for minutes
+        assert int(servable.run("count", x)["steps"][0]) == before + 1
+        gone = deadlines.Deadline.after(0)
+        with deadlines.scope(gone), pytest.raises(DeadlineExceeded):
+            servable.run("", x)
+        cancelled = deadlines.Deadline.after(60)
+        cancelled.cancel()
+        with deadlines.scope(cancelled), pytest.raises(Cancelled):
+            servable.run("", x)
+        assert int(servable.run("count", x)["steps"][0]) == before + 1  # neither reached the step
+        with deadlines.scope(deadlines.Deadline.after(60)):
+            assert servable.run("", x)["y"].shape == (1,)
+    finally:
+        servable.close()
+
+
+def _serve(base: Path, batching_file: Path | None = None) -> ModelServer:
+    # Without batching, one pool thread: a request queues for it (asyncio drops the pool job of a cancelled call).
+    # With batching, threads to spare and one batch thread: a request queues in the batcher.
+    opts = dict(port=0, host="127.0.0.1", model_name="loop", model_base_path=str(base),
+                grpc_max_threads=1, file_system_poll_wait_seconds=0)
+    if batching_file is not None:
+        opts.update(enable_batching=True, batching_parameters_file=str(batching_file), grpc_max_threads=4)
+    server = ModelServer(ServerOptions(**opts))
+    server.start()
+    return server
+
+
+def _count(server: ModelServer) -> int:
+    """Steps run so far, read in this process from the served version itself: neither the gRPC pool nor the batch
+    thread a slow step holds."""
+    with server.manager.handle("loop") as servable:
+        return int(servable.run("count", {"x": np.zeros([1], np.float32)})["steps"][0])
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["pool", "batch-queue"])
+def test_grpc_deadline_stops_the_step_and_a_cancelled_queued_request_never_runs(loop_model: Path, tmp_path: Path,
+                                                                                  batching: bool) -> None:
+    batching_file = None
+    if batching:
+        batching_file = tmp_path / "batching.config"
+        batching_file.write_text("max_batch_size { value: 20000 }\nbatch_timeout_micros { value: 0 }\n"
+                                 "num_batch_threads { value: 1 }\n")
+    server = _serve(loop_model, batching_file)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        stub.Predict(_request(SHORT), timeout=60)
+        base = _count(server)
+
+        # 1. The deadline becomes the step's timeout: the server is free again long before the loop could end.
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(_request(LONG), timeout=0.5)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        stub.Predict(_request(SHORT), timeout=30)  # one pool thread (and batch thread): waits for that step's end
+        assert time.monotonic() - start < 10, "the slow step outlived its deadline"
+        assert _count(server) == base + 2
+
+        # 2. A request cancelled while it waits behind a running step is never run.
+        blocker = stub.Predict.future(_request(LONG, size=20_000), timeout=3)  # the only pool thread, 3 s
+        deadline = time.monotonic() + 30
+        while _count(server) != base + 3:  # the blocker's step has started
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        queued = stub.Predict.future(_request(SHORT, size=20_000), timeout=60)
+        time.sleep(0.3)  # let it reach the server's queue (a cancel before that is the client's alone)
+        queued.cancel()
+        with pytest.raises(grpc.RpcError):
+            blocker.result()
+        stub.Predict(_request(SHORT, size=20_000), timeout=30)  # queued after the cancelled one: runs after it
+        assert queued.cancelled()
+        assert _count(server) == base + 4, "the cancelled request ran"
+    finally:
+        channel.close()
+        server.stop(1)
+
+
+def test_deadline_rounding_and_the_batch_deadline() -> None:
+    d = deadlines.Deadline.after(1.0)
+    assert 900 <= d.timeout_ms() <= 1000 and not d.gone()
+    assert deadlines.Deadline.after(None).timeout_ms() is None
+    later = deadlines.Deadline.after(5.0)
+    assert deadlines.latest([d, later]).at == later.at
+    assert deadlines.latest([d, None]) is None
+    with deadlines.scope(d):
+        assert deadlines.current() is d
+        with deadlines.scope(None):
+            assert deadlines.current() is None
+        assert threading.current_thread() and deadlines.current() is d
+    assert deadlines.current() is None
