@@ -375,10 +375,10 @@ def batch_counters(server: Server) -> dict[str, float] | None:
         text = c.getresponse().read().decode()
     except OSError:
         return None
-    if "tfserving_batch_size" not in text:
+    if "tfsctl_batch_size" not in text:
         return None  # no such metric (renamed?): the batch shape is not reported
-    keys = ("tfserving_batch_size_sum", "tfserving_batch_size_count",
-            "tfserving_batch_queue_latency_seconds_sum", "tfserving_batch_queue_latency_seconds_count")
+    keys = ("tfsctl_batch_size_sum", "tfsctl_batch_size_count",
+            "tfsctl_batch_queue_latency_seconds_sum", "tfsctl_batch_queue_latency_seconds_count")
     out = dict.fromkeys(keys, 0.0)  # a model's series appear with its first batch
     for line in text.splitlines():
         for key in keys:
@@ -391,15 +391,15 @@ def batch_shape(before: dict | None, after: dict | None) -> dict:
     """Batches run between two readings of :func:`batch_counters`: how many, their mean size, the mean wait."""
     if not before or not after:
         return {}
-    batches = after["tfserving_batch_size_count"] - before["tfserving_batch_size_count"]
-    waits = (after["tfserving_batch_queue_latency_seconds_count"]
-             - before["tfserving_batch_queue_latency_seconds_count"])
+    batches = after["tfsctl_batch_size_count"] - before["tfsctl_batch_size_count"]
+    waits = (after["tfsctl_batch_queue_latency_seconds_count"]
+             - before["tfsctl_batch_queue_latency_seconds_count"])
     if batches <= 0:
         return {"batches": 0}
     return {"batches": int(batches),
-            "mean_batch_size": (after["tfserving_batch_size_sum"] - before["tfserving_batch_size_sum"]) / batches,
-            "mean_queue_ms": 1e3 * (after["tfserving_batch_queue_latency_seconds_sum"]
-                                    - before["tfserving_batch_queue_latency_seconds_sum"]) / waits if waits else 0.0}
+            "mean_batch_size": (after["tfsctl_batch_size_sum"] - before["tfsctl_batch_size_sum"]) / batches,
+            "mean_queue_ms": 1e3 * (after["tfsctl_batch_queue_latency_seconds_sum"]
+                                    - before["tfsctl_batch_queue_latency_seconds_sum"]) / waits if waits else 0.0}
 
 
 def batching_run(model: Model, servable, server: Server, max_batch: int, levels, seconds: float, rounds: int
