@@ -1,9 +1,10 @@
 """Resident memory across repeated load/unload of model versions (issue 5: "50 cycles keep RSS bounded").
 
 Each cycle goes through the real path: a new toy version is exported into the base path, the Source sees it,
-the Manager loads it (availability-preserving), serves a request from it, unloads the previous version, and the
-old directory is deleted. RSS is sampled after the first cycle (the one-off cost of TensorFlow's runtime and the
-first graph) and then every ``--every`` cycles, so steady growth per cycle shows as a slope.
+the Manager (built by a ServerCore) loads it (availability-preserving), serves a request from it, unloads the
+previous version, and the old directory is deleted. RSS is sampled after the first cycle (the one-off cost of
+TensorFlow's runtime and the first graph) and then every ``--every`` cycles, so steady growth per cycle shows as
+a slope.
 
     .venv/bin/python benchmarks/load_unload_memory.py --cycles 50
 """
@@ -27,7 +28,8 @@ import numpy as np  # noqa: E402
 
 from tfsctl.core.config import single_model_config  # noqa: E402
 from tfsctl.core.loader import rss_bytes  # noqa: E402
-from tfsctl.core.manager import AVAILABLE, END, Manager  # noqa: E402
+from tfsctl.core.manager import AVAILABLE, END  # noqa: E402
+from tfsctl.core.server_core import ServerCore, ServerCoreOptions  # noqa: E402
 from tfsctl.testing import write_toy_model  # noqa: E402
 
 MB = 1024 * 1024
@@ -38,8 +40,8 @@ def _scale(version: int) -> float:
     return float(version % 3 + 1)
 
 
-def _wait(m: Manager, version: int, state: int, timeout: float = 60.0) -> None:
-    if not m.wait_for_state("toy", version, {state}, timeout):
+def _wait(m: ServerCore, version: int, state: int, timeout: float = 60.0) -> None:
+    if not m.manager.wait_for_state("toy", version, {state}, timeout):
         raise RuntimeError(f"version {version} did not reach state {state}: {m.version_states('toy')}")
 
 
@@ -51,7 +53,7 @@ def run(cycles: int, every: int = 10, workdir: Path | None = None) -> dict:
     write_toy_model(base, 1, scale=_scale(1))
     gc.collect()
     rss_start = rss_bytes()  # TensorFlow imported, nothing loaded yet
-    m = Manager(poll_wait_seconds=0.02, load_retry_interval_seconds=0.05)
+    m = ServerCore(ServerCoreOptions(file_system_poll_wait_seconds=0.02, load_retry_interval_seconds=0.05))
     m.apply_config(single_model_config("toy", base))
     m.start()
     samples: list[tuple[int, int]] = []

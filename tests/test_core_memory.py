@@ -9,7 +9,8 @@ import weakref
 from pathlib import Path
 
 from tfsctl.core.config import single_model_config
-from tfsctl.core.manager import AVAILABLE, END, Manager
+from tfsctl.core.manager import AVAILABLE, END
+from tfsctl.core.server_core import ServerCore, ServerCoreOptions
 from tfsctl.testing import write_toy_model
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "load_unload_memory.py"
@@ -30,16 +31,16 @@ def test_load_unload_cycles_free_unloaded_versions_and_keep_rss_bounded(tmp_path
 def test_an_unloaded_servable_is_collected_and_the_serving_one_is_not(tmp_path: Path) -> None:
     base = tmp_path / "toy"
     write_toy_model(base, 1)
-    m = Manager(poll_wait_seconds=0.05, freeze_gc=False)
+    m = ServerCore(ServerCoreOptions(file_system_poll_wait_seconds=0.05, freeze_gc=False))
     m.apply_config(single_model_config("toy", base))
     m.start()
     try:
-        assert m.wait_for_state("toy", 1, {AVAILABLE}, 30)
+        assert m.manager.wait_for_state("toy", 1, {AVAILABLE}, 30)
         with m.handle("toy") as s:
             first = weakref.ref(s)
         del s
         write_toy_model(base, 2, scale=2.0)
-        assert m.wait_for_state("toy", 1, {END}, 30)
+        assert m.manager.wait_for_state("toy", 1, {END}, 30)
         gc.collect()
         assert first() is None, gc.get_referrers(first())
         with m.handle("toy") as s:

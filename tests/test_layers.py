@@ -9,6 +9,9 @@
   Serving's protos, through its shim (the modules in its ``_MODULES``); every tfsctl module the client reaches, at
   any depth, may import at module level only those proto modules, never ``tensorflow`` itself. The client does not
   import serving, the CLI or the model side either.
+- No import cycle anywhere in ``tfsctl/``: an import at module level, inside a function or under ``TYPE_CHECKING``
+  is an edge (a function-level import only postpones the cycle to run time, and a ``TYPE_CHECKING`` one still
+  means the lower module knows the upper one); a package's implicit import of its parent is not.
 
 Each checker returns the violations it found, and :func:`test_the_checkers_see_violations` feeds them a small tree
 that breaks every rule, so a checker that stops seeing imports fails too.
@@ -181,6 +184,47 @@ def client_violations(modules: dict) -> list[str]:
     return bad
 
 
+def import_cycles(modules: dict) -> list[str]:
+    """Every import cycle among tfsctl modules, one line per cycle (its strongly connected component, sorted)."""
+    graph = {name: sorted({t for imp in imps for t in _tfsctl_targets(imp, modules) if t in modules and t != name})
+             for name, (_path, imps) in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[str] = []
+
+    def connect(node: str) -> None:  # Tarjan's algorithm (the package is small: recursion depth is no issue)
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append("import cycle: " + " <-> ".join(sorted(component)))
+
+    for name in sorted(graph):
+        if name not in index:
+            connect(name)
+    return sorted(cycles)
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(scan(PACKAGE_DIR)) == []
+
+
 def test_bottom_modules_import_no_layer_above() -> None:
     assert bottom_violations(scan(PACKAGE_DIR)) == []
 
@@ -223,6 +267,9 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
         "client/typed.py": "from tfsctl.core import typed\nfrom tfsctl.serving import metrics\n",
         "export/__init__.py": "from tfsctl.serving import metrics\n",
         "serving/grpc_api.py": "def f():\n    from tfsctl.client import rpc\n",
+        "serving/server.py": "from tfsctl.serving import cycle_b\n",
+        "serving/cycle_b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import cycle_c\n",
+        "serving/cycle_c.py": "def f():\n    from tfsctl.serving.server import X\n",
     }
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -247,3 +294,9 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
     assert any("tfsctl.savedmodel (loaded by the client via tfsctl.core.config) imports tensorflow.core.protobuf"
                in v for v in client), client
     assert not any(v.startswith((str(root / "core/typed.py"), str(root / "client/apis.py"))) for v in client), client
+    # a cycle of three through a module-level, a TYPE_CHECKING and a function-level import; the rpc -> core.config
+    # -> client.rpc loop (one import inside a function) is the other
+    assert import_cycles(modules) == [
+        "import cycle: tfsctl.client.rpc <-> tfsctl.core.config",
+        "import cycle: tfsctl.serving.cycle_b <-> tfsctl.serving.cycle_c <-> tfsctl.serving.server",
+    ]

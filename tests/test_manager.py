@@ -1,4 +1,5 @@
-"""Source + Manager over real toy SavedModels on disk: policies, labels, hot swap, faults, handles, config changes."""
+"""ServerCore (Source + Manager) over real toy SavedModels on disk: policies, labels, hot swap, faults, handles,
+config changes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from tfsctl.core.config import single_model_config
 from tfsctl.core.events import LOADING, START, ServableStateEvent
 from tfsctl.core.loader import Loader, LoadError
-from tfsctl.core.manager import AVAILABLE, END, UNLOADING, Manager
+from tfsctl.core.manager import AVAILABLE, END, UNLOADING
+from tfsctl.core.server_core import ServerCore, ServerCoreOptions
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
 from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unknown
 from tfsctl.serving.metrics import Metrics
@@ -35,24 +37,24 @@ def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condi
         time.sleep(0.02)
 
 
-def poll(m: Manager, times: int = 3) -> None:
+def poll(m: ServerCore, times: int = 3) -> None:
     """Synchronous Source polls: what the Manager decides on them (load, unload, nothing) is decided on return."""
     for _ in range(times):
-        m.server_core().source.poll_once()
+        m.source.poll_once()
 
 
-def recorded(m: Manager) -> list[ServableStateEvent]:
+def recorded(m: ServerCore) -> list[ServableStateEvent]:
     """Every state event the manager publishes from now on."""
     seen: list[ServableStateEvent] = []
     m.events.subscribe(seen.append)
     return seen
 
 
-def states(m: Manager, name: str) -> dict[int, int]:
+def states(m: ServerCore, name: str) -> dict[int, int]:
     return {s.version: s.state for s in m.version_states(name)}
 
 
-def served(m: Manager, name: str = "toy", **kw) -> tuple[int, float]:
+def served(m: ServerCore, name: str = "toy", **kw) -> tuple[int, float]:
     """(version, scale) of what a request gets now."""
     with m.handle(name, **kw) as s:
         return s.version, float(s.run("", {"x": X})["y"][0, 0])
@@ -63,13 +65,16 @@ def config(text: str) -> model_server_config_pb2.ModelServerConfig:
 
 
 @pytest.fixture
-def make_manager() -> Iterator[Callable[..., Manager]]:
-    made: list[Manager] = []
+def make_manager() -> Iterator[Callable[..., ServerCore]]:
+    """A started ServerCore serving ``cfg``; ``kw`` are ServerCoreOptions (``metrics``: subscribed to its events)."""
+    made: list[ServerCore] = []
 
-    def make(cfg: model_server_config_pb2.ModelServerConfig, **kw) -> Manager:
-        kw.setdefault("poll_wait_seconds", POLL)
+    def make(cfg: model_server_config_pb2.ModelServerConfig, **kw) -> ServerCore:
+        kw.setdefault("file_system_poll_wait_seconds", POLL)
         kw.setdefault("load_retry_interval_seconds", 0.02)
-        m = Manager(**kw)
+        if "metrics" in kw:
+            kw["state_subscribers"] = (kw.pop("metrics").on_servable_state,)
+        m = ServerCore(ServerCoreOptions(**kw))
         m.apply_config(cfg)
         m.start()
         made.append(m)
@@ -420,7 +425,7 @@ def test_apply_config_rejects_bad_config(make_manager, tmp_path: Path) -> None:
 def test_stop_unloads_and_refuses(tmp_path: Path) -> None:
     base = tmp_path / "toy"
     write_toy_model(base, 1)
-    m = Manager(poll_wait_seconds=POLL)
+    m = ServerCore(ServerCoreOptions(file_system_poll_wait_seconds=POLL))
     m.apply_config(single_model_config("toy", base))
     m.start()
     assert m.wait_until_ready(15)
@@ -498,7 +503,7 @@ def test_swap_events_are_load_before_unload(make_manager, tmp_path: Path) -> Non
     assert m.wait_until_ready(15)
     events = recorded(m)
     write_toy_model(base, 2, scale=2.0)
-    assert m.wait_for_state("toy", 1, {END}, 15)
+    assert m.manager.wait_for_state("toy", 1, {END}, 15)
     got = [(e.version, e.state_name) for e in events]
     assert got == [(2, "START"), (2, "LOADING"), (2, "AVAILABLE"), (1, "UNLOADING"), (1, "END")], got
     assert events[2].previous == LOADING and events[2].seconds > 0
@@ -537,7 +542,7 @@ def test_injected_loader_factory_and_load_retries_with_interval(make_manager, tm
     write_toy_model(base2, 1)
     gives_up = _Flaky(failures=10)
     m2 = make_manager(single_model_config("two", base2), loader_factory=gives_up, max_num_load_retries=1)
-    assert m2.wait_for_state("two", 1, {END}, 15)
+    assert m2.manager.wait_for_state("two", 1, {END}, 15)
     assert len(gives_up.calls) == 2  # first try + max_num_load_retries
     assert "not complete yet" in m2.version_states("two")[0].error
 
@@ -570,7 +575,7 @@ def test_num_unload_threads_bounds_concurrent_unloads(make_manager, tmp_path: Pa
     else:
         wait_for(lambda: peak[0] == 1, what="one unload running")
     gate.set()
-    assert m.wait_for_state("a", 1, {END}, 15) and m.wait_for_state("b", 1, {END}, 15)
+    assert m.manager.wait_for_state("a", 1, {END}, 15) and m.manager.wait_for_state("b", 1, {END}, 15)
     assert peak[0] == threads
 
 
@@ -584,11 +589,11 @@ def test_removed_model_reports_its_versions_in_end(make_manager, tmp_path: Path)
     both = config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} "
                   f"config {{ name: 'b' base_path: '{tmp_path / 'b'}' model_version_policy {{ all {{}} }} }} }}")
     m = make_manager(both)
-    assert m.wait_for_state("b", 1, {AVAILABLE}, 15) and m.wait_for_state("b", 2, {AVAILABLE}, 15)
+    assert m.manager.wait_for_state("b", 1, {AVAILABLE}, 15) and m.manager.wait_for_state("b", 2, {AVAILABLE}, 15)
     assert [(s.version, s.state) for s in m.model_status("b")] == [(2, AVAILABLE), (1, AVAILABLE)]
     m.apply_config(config(f"model_config_list {{ config {{ name: 'a' base_path: '{tmp_path / 'a'}' }} }}"))
     assert m.model_names() == ["a"]
-    assert m.wait_for_state("b", 1, {END}, 15) and m.wait_for_state("b", 2, {END}, 15)
+    assert m.manager.wait_for_state("b", 1, {END}, 15) and m.manager.wait_for_state("b", 2, {END}, 15)
     # As get_model_status_impl over the ServableStateMonitor: the versions stay, newest first, in END.
     assert [(s.version, s.state, s.error) for s in m.model_status("b")] == [(2, END, ""), (1, END, "")]
     assert [(s.version, s.state) for s in m.model_status("b", 1)] == [(1, END)]
@@ -609,7 +614,7 @@ def test_labels_must_point_to_available_versions_without_the_flag(make_manager, 
             "model_version_policy { specific { versions: 1 } } LABELS } }")
     # As tensorflow_model_server without --allow_version_labels_for_unavailable_models: labels in the first config
     # point to versions not loaded yet, so they are refused (and nothing is configured).
-    m = Manager(poll_wait_seconds=POLL)
+    m = ServerCore(ServerCoreOptions(file_system_poll_wait_seconds=POLL))
     with pytest.raises(FailedPrecondition, match="Request to assign label to version 1 of model toy, which is not "
                        "currently available for inference"):
         m.apply_config(config(text.replace("LABELS", "version_labels { key: 'stable' value: 1 }")))
@@ -662,7 +667,7 @@ def test_reload_config_waits_for_added_models_and_reports_failures(make_manager,
         m.reload_config(model_server_config_pb2.ModelServerConfig(), timeout=30)  # as TF Serving
     assert m.model_names() == ["broken", "good"]
     m.reload_config(config("model_config_list {}"), timeout=30)  # this removes every model
-    assert m.wait_for_state("good", 1, {END}, 15)
+    assert m.manager.wait_for_state("good", 1, {END}, 15)
     m.reload_config(one, timeout=30)
     assert m.model_status("good")[0].state == AVAILABLE
 
@@ -674,5 +679,5 @@ def test_emptied_base_path_unloads_with_tf_servings_default(make_manager, tmp_pa
     assert m.wait_until_ready(15)
     shutil.rmtree(base / "1")
     poll(m, 1)  # the empty set is emitted: nothing aspired, so the policy unloads
-    assert m.wait_for_state("toy", 1, {END}, 15)
+    assert m.manager.wait_for_state("toy", 1, {END}, 15)
     assert not m.is_ready()

@@ -161,10 +161,10 @@ def test_reload_changes_the_logging(served):
     request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
     stub.Predict(request, timeout=30)
     moved = prefix.parent / "moved"
-    server.manager.apply_config(parse_model_server_config(_config(Path(config).parent / "toy", moved)))
+    server.server_core.apply_config(parse_model_server_config(_config(Path(config).parent / "toy", moved)))
     stub.Predict(request, timeout=30)
     stub.Predict(request, timeout=30)
-    server.manager.apply_config(parse_model_server_config(_config(Path(config).parent / "toy", None)))
+    server.server_core.apply_config(parse_model_server_config(_config(Path(config).parent / "toy", None)))
     stub.Predict(request, timeout=30)  # logging off: not logged
     assert server.request_logger.flush(30)
     channel.close()
@@ -324,7 +324,7 @@ def test_inspect_replay_and_warmup_from_a_request_log(served, tmp_path):
     assert res.exit_code == 0 and "request log" in res.stdout and "predict_log:" in res.stdout, res.output
 
     # export --warmup-from: the logged requests become the new version's warmup records
-    export_model(Path(server.manager.config().model_config_list.config[0].base_path) / "1", tmp_path / "warm",
+    export_model(Path(server.server_core.config().model_config_list.config[0].base_path) / "1", tmp_path / "warm",
                  source_kind="saved-model", warmup_from=prefix)
     loaded = Loader("warm", 1, tmp_path / "warm" / "1").load()
     assert loaded.warmup_records == 13

@@ -63,8 +63,8 @@ def _poll(condition, message: str, timeout: float = 60.0) -> None:
 
 
 def _poll_source_once(server: ModelServer) -> None:
-    """One synchronous poll of every base path (the Source hangs off the Manager or, with ServerCore, off it)."""
-    source = getattr(server.manager, "source", None) or server.manager.server_core().source
+    """One synchronous poll of every base path (the ServerCore's Source)."""
+    source = server.server_core.source
     source.poll_once()
 
 

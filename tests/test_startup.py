@@ -145,7 +145,7 @@ def test_flags_reach_the_servers_manager_and_loader(tmp_path):
         assert (server.rest.timeout_ms, server.rest.num_threads, server.rest.enable_cors) == (60000, 3, True)
         assert server.core.enable_signature_method_name_check is True
         m = server.manager
-        assert m.allow_version_labels_for_unavailable_models and m.num_unload_threads == 2
+        assert server.server_core.options.allow_version_labels_for_unavailable_models and m.num_unload_threads == 2
         assert m.load_retry_interval_seconds == 0.25
         assert m.loader_factory.inner.keywords["options"] == LoadOptions(
             intra_op_parallelism=2, inter_op_parallelism=2, num_request_iterations_for_warmup=3)

@@ -93,7 +93,7 @@ def test_config_files_and_reloads_refuse_an_unknown_scheme(tmp_path):
     from tensorflow_serving.config import model_server_config_pb2
 
     from tfsctl.core.config import load_model_server_config
-    from tfsctl.core.manager import Manager
+    from tfsctl.core.server_core import ServerCore, ServerCoreOptions
     from tfsctl.errors import InvalidArgument
 
     path = tmp_path / "models.config"
@@ -103,7 +103,7 @@ def test_config_files_and_reloads_refuse_an_unknown_scheme(tmp_path):
         load_model_server_config(path)
     config = model_server_config_pb2.ModelServerConfig()
     mc = config.model_config_list.config.add(name="m", base_path="ftp://host/m", model_platform="tensorflow")
-    manager = Manager(freeze_gc=False)
+    manager = ServerCore(ServerCoreOptions(freeze_gc=False))
     try:
         with pytest.raises(InvalidArgument, match="unknown scheme 'ftp://'"):  # HandleReloadConfigRequest's answer
             manager.apply_config(config)

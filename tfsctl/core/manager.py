@@ -2,7 +2,8 @@
 
 As TF Serving's AspiredVersionsManager + BasicManager:
 
-- A Source (wired by :class:`tfsctl.core.server_core.ServerCore`) calls :meth:`Manager.set_aspired_versions`.
+- A Source (both are built by :class:`tfsctl.core.server_core.ServerCore`, one layer up) calls
+  :meth:`Manager.set_aspired_versions`.
   After every change the Manager asks the pure policy (:func:`tfsctl.core.policy.next_action`) what to do next
   and does it: load on the load pool (``num_load_threads``), unload on the unload pool (``num_unload_threads``).
   Availability-preserving: a new version is loaded before a non-aspired one is unloaded.
@@ -16,21 +17,19 @@ As TF Serving's AspiredVersionsManager + BasicManager:
   UNLOADING version takes no new handles and is unloaded once the last one is released.
 - The loader factory is injected (``loader_factory(name, version, path) -> Loader``).
 
-The Manager knows the served models and their labels but not the config file: :meth:`apply_config`,
-:meth:`config` and :meth:`reload_config` are kept for callers and hand over to the ServerCore wiring.
+The Manager knows the served models, not the config file nor the version labels (ServerCore holds both and
+resolves a label to a version before it asks for a handle).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tfsctl.core import storage
 from tfsctl.core.events import (
@@ -48,13 +47,8 @@ from tfsctl.core.events import (
 from tfsctl.core.loader import Loader
 from tfsctl.core.policy import Action, Harness, VersionSnapshot, next_action
 from tfsctl.core.servable import Servable
-from tfsctl.core.servable_request import has_available_version, require_version_or_label, resolve_label
+from tfsctl.core.servable_request import has_available_version, unknown_label
 from tfsctl.errors import NotFound, ServingError, Unavailable
-
-if TYPE_CHECKING:
-    from tensorflow_serving.config import model_server_config_pb2
-
-    from tfsctl.core.server_core import ServerCore
 
 log = logging.getLogger("tfsctl.core.manager")
 
@@ -96,12 +90,11 @@ class _Version:
 
 
 class _Model:
-    __slots__ = ("name", "versions", "labels", "removed")
+    __slots__ = ("name", "versions", "removed")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.versions: dict[int, _Version] = {}
-        self.labels: dict[str, int] = {}
         self.removed = False
 
 
@@ -125,48 +118,35 @@ class _Handle:
 
 
 class Manager:
-    """Owns the served models' versions: loads, unloads, handles, labels, and their state events."""
+    """Owns the served models' versions: loads, unloads, handles and their state events."""
 
     def __init__(
         self,
-        metrics: Any = None,
         *,
-        poll_wait_seconds: float = 1.0,
+        event_bus: EventBus | None = None,
+        loader_factory: LoaderFactory | None = None,
+        num_load_threads: int = 4,
+        num_unload_threads: int = 1,
         max_num_load_retries: int = 5,
         load_retry_interval_seconds: float = 1.0,
-        num_load_threads: int = 4,
         unload_timeout_seconds: float = 60.0,
-        freeze_gc: bool = True,
-        loader_factory: LoaderFactory | None = None,
-        allow_version_labels_for_unavailable_models: bool = False,
-        num_unload_threads: int = 1,
-        event_bus: EventBus | None = None,
-        servable_versions_always_present: bool = False,
         retry_failed_versions_on_change: bool = False,
     ) -> None:
-        """``metrics``: anything with ``on_servable_state(event)`` (subscribed to :attr:`events`), or None.
+        """The load policy's settings, the loader factory, the pools' sizes and the bus state events go on.
 
-        ``poll_wait_seconds``, ``allow_version_labels_for_unavailable_models`` and
-        ``servable_versions_always_present`` (False: an emptied base path unloads the model, TF Serving's default)
-        configure the ServerCore that :meth:`apply_config` creates. ``unload_timeout_seconds`` bounds how long
-        :meth:`stop` waits for held handles before unloading anyway. ``retry_failed_versions_on_change`` (tfsctl's
-        opt-in) loads a version that failed every retry again once its directory changes, so a half-copied version
-        serves when the copy completes; TF Serving (the default) retries it only after it leaves and comes back.
+        ``unload_timeout_seconds`` bounds how long :meth:`stop` waits for held handles before unloading anyway.
+        ``retry_failed_versions_on_change`` (tfsctl's opt-in) loads a version that failed every retry again once
+        its directory changes, so a half-copied version serves when the copy completes; TF Serving (the default)
+        retries it only after it leaves and comes back.
         """
         self.retry_failed_versions_on_change = retry_failed_versions_on_change
         self.loader_factory: LoaderFactory = loader_factory or Loader
-        self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
-        self.poll_wait_seconds = float(poll_wait_seconds)
-        self.servable_versions_always_present = servable_versions_always_present
         self.num_unload_threads = max(1, int(num_unload_threads))
         self.max_num_load_retries = max(0, int(max_num_load_retries))
         self.load_retry_interval_seconds = max(0.0, float(load_retry_interval_seconds))
         self.unload_timeout_seconds = unload_timeout_seconds
-        self.freeze_gc = freeze_gc
         self.events = event_bus or EventBus()
         self.monitor = ServableStateMonitor(self.events)  # before any event: it is what status reports read
-        if metrics is not None:
-            self.events.subscribe(metrics.on_servable_state)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._models: dict[str, _Model] = {}
@@ -175,27 +155,17 @@ class Manager:
         self._unload_pool = ThreadPoolExecutor(max_workers=self.num_unload_threads,
                                                thread_name_prefix="tfsctl-unload")
         self._stopping = threading.Event()
-        self._server_core: ServerCore | None = None
 
     # --- lifecycle ---
 
-    def start(self) -> None:
-        """Start the Source polling (loads begin at once).
-
-        With ``freeze_gc`` the objects alive now (TensorFlow's own module state, mostly) are moved out of the
-        garbage collector's reach first: the full collection each unload runs then scans only what models
-        created, a few milliseconds instead of a GIL-holding pause of a few hundred.
-        """
-        if self.freeze_gc:
-            gc.collect()
-            gc.freeze()
-        self.server_core().start()
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began: no new handles."""
+        return self._stopping.is_set()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling and retrying, unload every version (in-flight handles get up to ``timeout`` s)."""
+        """Stop retrying, unload every version (in-flight handles get up to ``timeout`` s)."""
         self._stopping.set()
-        if self._server_core is not None:
-            self._server_core.stop()
         with self._lock:
             for model in self._models.values():
                 for rec in model.versions.values():
@@ -219,12 +189,13 @@ class Manager:
 
     # --- the served models (ServerCore calls these) ---
 
-    def configure(self, models: Mapping[str, Mapping[str, int]]) -> None:
-        """Serve exactly ``models`` ({name: {label: version}}): new names are added, absent ones removed.
+    def configure(self, models: Iterable[str]) -> None:
+        """Serve exactly ``models`` (names): new names are added, absent ones removed.
 
         A removed model takes no new handles at once; its versions are unaspired, so the policy unloads them
         once in-flight handles are released. Its states stay in :attr:`monitor` (END) for status reports.
         """
+        models = set(models)
         with self._lock:
             for name in [n for n in self._models if n not in models]:
                 model = self._models.pop(name)
@@ -233,11 +204,9 @@ class Manager:
                     rec.aspired = False
                     rec.cancel.set()
                 self._manage(model)
-            for name, labels in models.items():
-                model = self._models.get(name)
-                if model is None:
-                    model = self._models[name] = _Model(name)
-                model.labels = dict(labels)
+            for name in models:
+                if name not in self._models:
+                    self._models[name] = _Model(name)
             self._changed.notify_all()
 
     def set_aspired_versions(self, name: str, versions: Mapping[int, Path]) -> None:
@@ -299,10 +268,6 @@ class Manager:
             raise NotFound(f"Could not find any versions of model {name}")
         return states[::-1]
 
-    def labels(self, name: str) -> dict[str, int]:
-        with self._lock:
-            return dict(self._model(name).labels)
-
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""
         with self._lock:
@@ -317,44 +282,14 @@ class Manager:
         """Block until ``version`` of ``name`` is in one of ``states`` (False on timeout)."""
         return self.monitor.wait_for_state(name, version, states, timeout)
 
-    # --- the config (ServerCore) ---
-
-    def server_core(self) -> ServerCore:
-        """The ServerCore wiring this Manager to its Source; created on first use for callers of the Manager."""
-        if self._server_core is None:
-            from tfsctl.core.server_core import ServerCore  # the wiring sits above the Manager
-
-            ServerCore(self, poll_wait_seconds=self.poll_wait_seconds,
-                       servable_versions_always_present=self.servable_versions_always_present)
-        assert self._server_core is not None
-        return self._server_core
-
-    def attach(self, core: ServerCore) -> None:
-        """Called by ServerCore: the one that wires this Manager."""
-        if self._server_core is not None and self._server_core is not core:
-            raise RuntimeError("this Manager is already wired to a ServerCore")
-        self._server_core = core
-
-    def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """:meth:`ServerCore.apply_config`: add, change and remove models to match ``config``."""
-        self.server_core().apply_config(config)
-
-    def config(self) -> model_server_config_pb2.ModelServerConfig:
-        """A copy of the config in force."""
-        return self.server_core().config()
-
-    def reload_config(self, config: model_server_config_pb2.ModelServerConfig, timeout: float) -> None:
-        """:meth:`ServerCore.reload_config`: apply, then wait up to ``timeout`` s for the models it adds."""
-        self.server_core().reload_config(config, timeout)
-
     # --- handles ---
 
-    def handle(self, name: str, version: int | None = None, label: str | None = None) -> _Handle:
+    def handle(self, name: str, version: int | None = None, *, via_label: str | None = None) -> _Handle:
         """The Servable for a request, held (not unloadable) for the ``with`` block: TF Serving's ServableHandle.
 
         The version is resolved and held when the ``with`` block is entered (a plain class, not a generator
         context manager: this runs on every request)."""
-        return _Handle(self, name, version, label)
+        return _Handle(self, name, version, via_label)
 
     def _release(self, model: _Model, rec: _Version) -> None:
         with self._lock:
@@ -362,12 +297,12 @@ class Manager:
             if rec.refs == 0 and rec.unload_pending:
                 self._submit_unload(model, rec)
 
-    def peek(self, name: str, version: int | None = None, label: str | None = None) -> Servable | None:
-        """The Servable a request for (name, version/label) would get now, not held; None where it would fail.
+    def peek(self, name: str, version: int | None = None, *, via_label: str | None = None) -> Servable | None:
+        """The Servable a request for (name, version) would get now, not held; None where it would fail.
         For decisions about how to run a request, never for running it (it may unload at any moment)."""
         try:
             with self._lock:
-                return self._resolve(name, version, label)[1].servable
+                return self._resolve(name, version, via_label)[1].servable
         except ServingError:
             return None
 
@@ -378,13 +313,15 @@ class Manager:
             return model, rec
 
     def _resolve(self, name: str, version: int | None, label: str | None) -> tuple[_Model, _Version]:
-        """TF Serving's ServableHandle lookup (caller holds ``_lock``): latest, a version or a label."""
+        """TF Serving's ServableHandle lookup (caller holds ``_lock``): latest or a version. ``label``: the
+        version label ServerCore resolved ``version`` from, named in the error; a label it could not resolve
+        (the model was not configured there yet) is an unknown label."""
         if self._stopping.is_set():
             raise Unavailable(f"model '{name}': the server is shutting down")
         model = self._model(name)
-        require_version_or_label(name, version, label)
         if label:
-            version = resolve_label(name, label, model.labels)
+            if version is None:
+                raise unknown_label(name, label, {})
             rec = model.versions.get(version)
             if rec is None or rec.harness is not Harness.READY:
                 raise NotFound(

@@ -1,10 +1,10 @@
 """What the request core needs from the parts it is given: small structural interfaces instead of ``Any``.
 
-The request core (``ServingCore``, one layer up) is built over a manager and, with ``--enable_batching``, a batcher.
-It depends on these Protocols, not on :class:`~tfsctl.core.manager.Manager` or the Batcher themselves, so the
-front ends' one request path can be driven by any object with these methods (TF Serving's ``Manager`` interface is
-as small: list the servables, hand out a held handle). Both live in this layer or below it: a Protocol names no
-class above the core.
+The request core (``ServingCore``, one layer up) is built over the ServerCore and, with ``--enable_batching``, a
+batcher. It depends on these Protocols, not on :class:`~tfsctl.core.server_core.ServerCore` or the Batcher
+themselves, so the front ends' one request path can be driven by any object with these methods (TF Serving's
+``Manager`` interface is as small: list the servables, hand out a held handle). Both live in this layer or below
+it: a Protocol names no class above the core.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # annotations only: importing the servable module would pull 
 class ServableManager(Protocol):
     """The manager side of a request: held handles, model names, version states and the config in force.
 
-    :class:`~tfsctl.core.manager.Manager` implements it (the config calls go to its ServerCore).
+    :class:`~tfsctl.core.server_core.ServerCore` implements it (labels and the config are its own; handles and
+    states come from the Manager it owns).
     """
 
     def handle(self, name: str, version: int | None = None, label: str | None = None

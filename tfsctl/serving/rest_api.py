@@ -53,6 +53,9 @@ from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import REST, current
+from tfsctl.serving.rest_common import CORS_HEADERS as _CORS_HEADERS
+from tfsctl.serving.rest_common import ORIGIN as _ORIGIN
+from tfsctl.serving.rest_common import HttpError as _HttpError
 from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.serving.v2_rest import V2Rest, is_v2_path
 
@@ -75,27 +78,11 @@ _PREDICT_PATH = re.compile(
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 _V1 = re.compile(r"/v1/", re.I)  # kHTTPRestApiHandlerPathRegex "(?i)/v1/.*": everything under it is the handler's
-_ORIGIN = re.compile(r"https?://")
 _JSON = "application/json"
-_CORS_HEADERS = {  # AddCORSHeaders
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, GET",
-    "Access-Control-Allow-Headers": "Content-Type",
-}
 _HEALTH_LIVE, _HEALTH_READY = "/v1/health/live", "/v1/health/ready"
 _INT64_MAX = 2**63 - 1
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_QUIET_SECONDS = 30.0  # accept() failures this close together are one episode, logged once
-
-
-class _HttpError(Exception):
-    """A front-end-only failure with its own HTTP status (413, 408)."""
-
-    def __init__(self, status: int, message: str, code_name: str = "INVALID_ARGUMENT") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code_name = code_name
 
 
 def default_max_connections() -> int:

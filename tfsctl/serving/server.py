@@ -277,14 +277,14 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable[..., Any]) -> Any:
-    """The Manager with the polling, loading and label flags (as ServerCore::Options)."""
-    from tfsctl.core.manager import Manager
+def _make_server_core(options: ServerOptions, metrics: Any, loader_factory: Callable[..., Any],
+                      request_logger: Any) -> Any:
+    """The ServerCore (event bus, Manager, Source) from the polling, loading and label flags (ServerCore::Options)."""
     from tfsctl.core.remote_loader import remote_aware_factory
+    from tfsctl.core.server_core import ServerCore, ServerCoreOptions
 
-    return Manager(
-        metrics,
-        poll_wait_seconds=options.file_system_poll_wait_seconds,
+    return ServerCore(ServerCoreOptions(
+        file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
         max_num_load_retries=options.max_num_load_retries,
         load_retry_interval_seconds=options.load_retry_interval,
         num_load_threads=max(1, options.num_load_threads),  # 0 = TF Serving's serial loads = one thread
@@ -294,7 +294,9 @@ def _make_manager(options: ServerOptions, metrics: Any, loader_factory: Callable
         allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
         servable_versions_always_present=options.servable_versions_always_present,
         retry_failed_versions_on_change=options.retry_failed_versions_on_change,
-    )
+        state_subscribers=(metrics.on_servable_state,),
+        request_logger=request_logger,
+    ))
 
 
 def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool = False) -> Any:
@@ -333,14 +335,16 @@ def _malloc_trim() -> None:
 
 
 class ModelServer:
-    """One serving process: gRPC (and REST) front ends over one Manager, started as TF Serving's ServerCore."""
+    """One serving process: gRPC (and REST) front ends over one ServerCore (which owns the Manager), started as
+    TF Serving's ServerCore::Create."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self.metrics: Any = None
-        self.manager: Any = None
+        self.server_core: Any = None  # tfsctl.core.server_core.ServerCore: config, labels, Manager and Source
+        self.manager: Any = None  # its Manager (version states, state events)
         self.batcher: Any = None
         self.core: Any = None
         self.rest: Any = None
@@ -403,17 +407,18 @@ class ModelServer:
 
             self.metrics = Metrics()
             self._gate.gauge = self.metrics.grpc_in_flight
-            self.manager = _make_manager(opts, self.metrics, functools.partial(Loader, options=settings.load_options,
-                                                                           observer=self.metrics))
-            if settings.enable_batching:
-                self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
             from tfsctl.core.request_log import RequestLogger
 
             self.request_logger = RequestLogger(saved_model_tags=settings.load_options.saved_model_tags,
                                                 max_file_bytes=opts.request_log_max_file_bytes,
                                                 counter=self.metrics.observe_request_log)
-            self.manager.server_core().request_logger = self.request_logger
-            self.core = ServingCore(self.manager, self.batcher,
+            self.server_core = _make_server_core(
+                opts, self.metrics, functools.partial(Loader, options=settings.load_options, observer=self.metrics),
+                self.request_logger)
+            self.manager = self.server_core.manager
+            if settings.enable_batching:
+                self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
+            self.core = ServingCore(self.server_core, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
                                     max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
                                     request_logger=self.request_logger)
@@ -434,8 +439,8 @@ class ModelServer:
                 self.core.observers.append(self.tracer)
                 self.core.tag_requests = True
                 log.info("request traces go to %s (OTLP/HTTP)", endpoint)
-            self.manager.apply_config(config)
-            self.manager.start()
+            self.server_core.apply_config(config)
+            self.server_core.start()
         except BaseException:
             self._abort_start()
             raise
@@ -576,7 +581,7 @@ class ModelServer:
             self.access_log.close()
         if self.tracer is not None:
             self.tracer.close()
-        for part in (self.rest, self.batcher, self.request_logger, self.manager):
+        for part in (self.rest, self.batcher, self.request_logger, self.server_core):
             if part is not None:
                 try:
                     part.stop()
@@ -641,8 +646,8 @@ class ModelServer:
                 self.access_log.close()
             if self.tracer is not None:
                 self.tracer.close()  # exports the spans still buffered
-            if self.manager is not None:
-                self.manager.stop()
+            if self.server_core is not None:
+                self.server_core.stop()
             self._stopped.set()
             log.info("server stopped")
 
@@ -727,7 +732,7 @@ class ModelServer:
                 continue
             try:
                 config = parse_model_server_config(text, str(path))
-                self.manager.apply_config(config)
+                self.server_core.apply_config(config)
             except (ConfigError, ServingError) as e:
                 log.error("model config file %s not applied: %s", path, e)
             else:

@@ -99,7 +99,7 @@ class ServingCore:
     :mod:`tfsctl.core.inference` on the held version (through the batcher when there is one); also answers
     metadata, status, reload and readiness, so gRPC and REST never touch the manager.
 
-    ``manager`` is a :class:`~tfsctl.core.protocols.ServableManager` (the Manager); ``batcher`` a
+    ``manager`` is a :class:`~tfsctl.core.protocols.ServableManager` (the ServerCore); ``batcher`` a
     :class:`~tfsctl.core.protocols.SignatureRunner` (the Batcher, ``run`` with ``Servable.run``'s signature).
     ``enable_signature_method_name_check`` is TF Serving's flag of that name (default off: Classify/Regress run
     any signature whose inputs and outputs fit). ``max_request_bytes`` bounds what one request may decode to.

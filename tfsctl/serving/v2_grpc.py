@@ -11,7 +11,7 @@ input, in order; an input's ``binary_data_size`` parameter, which KServe's clien
 Outputs go back the way the inputs came: ``raw_output_contents`` for raw inputs (what Triton's clients send and
 read), typed ``contents`` for typed ones, unless the requested outputs say otherwise with ``binary_data`` (raw when
 one asks for it, typed when all ask not to); raw after all when an output has no typed field (FP16, BF16).
-The servicer shares :class:`~tfsctl.serving.grpc_api.ServicerBase` with TF Serving's: one place maps errors
+The servicer shares :class:`~tfsctl.serving.grpc_servicer.ServicerBase` with TF Serving's: one place maps errors
 to statuses (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE while draining), counts request metrics and passes the
 drain gate. On the event-loop server ModelInfer runs a quick request inline, as TF Serving's Predict does there
 (:class:`LoopV2Servicer`); every other RPC runs in the gRPC pool.
@@ -33,7 +33,7 @@ from tfsctl.core.v2_protos import SERVICE_NAME as V2_SERVICE
 from tfsctl.core.v2_protos import service_pb2, service_pb2_grpc
 from tfsctl.core.v2_tensors import CONTENTS_FIELD
 from tfsctl.errors import InvalidArgument
-from tfsctl.serving.grpc_api import ServicerBase
+from tfsctl.serving.grpc_servicer import ServicerBase
 from tfsctl.serving.service import WouldWait
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 

@@ -32,7 +32,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -44,11 +44,9 @@ from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec, json_dense
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_record import REST, current
+from tfsctl.serving.rest_common import CORS_HEADERS, ORIGIN, HttpError
 from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
-
-if TYPE_CHECKING:
-    from tfsctl.serving.rest_api import RestServer
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +264,11 @@ class V2Rest:
     """The v2 routes of one :class:`~tfsctl.serving.rest_api.RestServer`: it shares that server's body bounds,
     pool, timeout and metrics."""
 
-    def __init__(self, server: RestServer) -> None:
+    def __init__(self, server: Any) -> None:  # a rest_api.RestServer (which imports this module)
         self.server = server
         self._v2: V2Core | None = None
-        from tfsctl.serving.rest_api import _CORS_HEADERS, _ORIGIN  # rest_api imports this module
 
-        self._cors, self._origin = dict(_CORS_HEADERS), _ORIGIN
+        self._cors, self._origin = dict(CORS_HEADERS), ORIGIN
 
     @property
     def v2(self) -> V2Core:
@@ -408,9 +405,7 @@ class V2Rest:
             async with asyncio.timeout(server.timeout_ms / 1000):
                 return await call
         except TimeoutError:
-            from tfsctl.serving.rest_api import _HttpError  # rest_api imports this module
-
-            raise _HttpError(504, f"Deadline Exceeded: the v2 infer request on model '{name}' took longer than the "
+            raise HttpError(504, f"Deadline Exceeded: the v2 infer request on model '{name}' took longer than the "
                                   f"REST timeout of {server.timeout_ms} ms (--rest_api_timeout_in_ms)",
                              "DEADLINE_EXCEEDED") from None
 
