@@ -12,6 +12,10 @@
 - No import cycle anywhere in ``tfsctl/``: an import at module level, inside a function or under ``TYPE_CHECKING``
   is an edge (a function-level import only postpones the cycle to run time, and a ``TYPE_CHECKING`` one still
   means the lower module knows the upper one); a package's implicit import of its parent is not.
+- ``serving/supervisor.py`` (``serve --workers``' supervisor) never loads TensorFlow: no module it loads at module
+  level, at any depth, imports ``tensorflow`` or ``tensorflow_serving`` at module level.
+- Nothing assigns an attribute of an imported class or module at run time (``Manager.is_ready = ...``,
+  ``setattr(Metrics, ...)``): a process that needs other behaviour plugs it in through hooks.
 
 Each checker returns the violations it found, and :func:`test_the_checkers_see_violations` feeds them a small tree
 that breaks every rule, so a checker that stops seeing imports fails too.
@@ -221,8 +225,79 @@ def import_cycles(modules: dict) -> list[str]:
     return sorted(cycles)
 
 
+SUPERVISOR = "tfsctl.serving.supervisor"
+
+
+def tf_loaded_at_module_level(modules: dict, start: str) -> list[str]:
+    """The TensorFlow imports that importing ``start`` runs: module-level imports only, followed at any depth."""
+    bad = []
+    seen: set[str] = set()
+    todo = [(start, start)]
+    while todo:
+        name, via = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        path, imps = modules[name]
+        parents = name.split(".")
+        todo += [(".".join(parents[:i]), name) for i in range(1, len(parents))]
+        for imp in imps:
+            if not imp.top_level:
+                continue
+            if _is_tf(imp.module):
+                bad.append(f"{path}:{imp.line}: {name} (loaded by {start} via {via}) imports {imp.module}")
+            todo += [(t, name) for t in _tfsctl_targets(imp, modules)]
+    return bad
+
+
+def class_patches(modules: dict) -> list[str]:
+    """Assignments (``=``, ``+=``, annotated, ``setattr``/``delattr``) to an attribute of a name the module imported:
+    a class or module of another module changed at run time."""
+    bad = []
+    for name, (path, _imps) in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.update(a.asname or a.name for a in node.names)
+
+        def root(expr: ast.expr) -> str | None:
+            while isinstance(expr, ast.Attribute):
+                expr = expr.value
+            return expr.id if isinstance(expr, ast.Name) else None
+
+        for node in ast.walk(tree):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Delete):
+                targets = node.targets
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("setattr", "delattr") and node.args):
+                targets = [ast.Attribute(value=node.args[0], attr="?", ctx=ast.Store(), lineno=node.lineno)]
+            for target in targets:
+                for t in ast.walk(target) if isinstance(target, ast.Tuple) else [target]:
+                    if isinstance(t, ast.Attribute) and root(t) in imported:
+                        bad.append(f"{path}:{node.lineno}: {name} assigns {ast.unparse(t)}")
+    return bad
+
+
 def test_no_import_cycles() -> None:
     assert import_cycles(scan(PACKAGE_DIR)) == []
+
+
+def test_the_supervisor_never_loads_tensorflow() -> None:
+    modules = scan(PACKAGE_DIR)
+    assert SUPERVISOR in modules
+    assert tf_loaded_at_module_level(modules, SUPERVISOR) == []
+
+
+def test_no_class_or_module_of_another_module_is_patched() -> None:
+    assert class_patches(scan(PACKAGE_DIR)) == []
 
 
 def test_bottom_modules_import_no_layer_above() -> None:
@@ -270,6 +345,13 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
         "serving/server.py": "from tfsctl.serving import cycle_b\n",
         "serving/cycle_b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import cycle_c\n",
         "serving/cycle_c.py": "def f():\n    from tfsctl.serving.server import X\n",
+        "serving/supervisor.py": "from tfsctl.serving import worker\n",
+        "serving/worker.py": "import os\nfrom tensorflow_serving.apis import predict_pb2\n"
+                             "def main():\n    import tensorflow\n"
+                             "    from tfsctl.core.manager import Manager\n    import tfsctl.serving.metrics as m\n"
+                             "    Manager.is_ready = lambda self: True\n    m.Metrics.collect += 1\n"
+                             "    setattr(Manager, 'stop', None)\n    os.environ = {}\n"
+                             "    server = object()\n    server.ready = True\n",
     }
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +376,12 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
     assert any("tfsctl.savedmodel (loaded by the client via tfsctl.core.config) imports tensorflow.core.protobuf"
                in v for v in client), client
     assert not any(v.startswith((str(root / "core/typed.py"), str(root / "client/apis.py"))) for v in client), client
+    assert [v.split(": ", 1)[1] for v in tf_loaded_at_module_level(modules, "tfsctl.serving.supervisor")] == [
+        "tfsctl.serving.worker (loaded by tfsctl.serving.supervisor via tfsctl.serving.supervisor) imports "
+        "tensorflow_serving.apis"]  # not the import inside main(): that runs in the worker process only
+    assert sorted(v.split(": ", 1)[1] for v in class_patches(modules)) == [  # not server.ready: a local object
+        "tfsctl.serving.worker assigns Manager.?", "tfsctl.serving.worker assigns Manager.is_ready",
+        "tfsctl.serving.worker assigns m.Metrics.collect", "tfsctl.serving.worker assigns os.environ"]
     # a cycle of three through a module-level, a TYPE_CHECKING and a function-level import; the rpc -> core.config
     # -> client.rpc loop (one import inside a function) is the other
     assert import_cycles(modules) == [

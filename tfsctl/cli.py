@@ -602,7 +602,7 @@ def serve(ctx: typer.Context) -> None:
         # The process exits right after: leaving gRPC's listener to the exit means a call arriving at the very end
         # sees its connection close (UNAVAILABLE) rather than gRPC's shutdown cancelling it (CANCELLED).
         if options.workers > 1:
-            from tfsctl.serving.workers import serve_workers
+            from tfsctl.serving.supervisor import serve_workers
 
             code = serve_workers(options, options.workers, on_started=lambda sup: console.print(
                 f"tfsctl serve: {options.workers} workers on gRPC {options.host}:{sup.grpc_port}, REST "

@@ -14,14 +14,14 @@ they are stored here with each bound moved down by one ulp, so an integer value 
 (``tfsctl_*``, seconds, ``_total``) and prometheus_client's exposition.
 
 Every value lives in prometheus_client metrics of one registry per :class:`Metrics`, so ``serve --workers``
-(prometheus_client's multiprocess mode, :mod:`tfsctl.serving.workers`) sums both kinds over the workers.
+(prometheus_client's multiprocess mode, :mod:`tfsctl.serving.supervisor`) sums both kinds over the workers.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -152,7 +152,10 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, collect: Callable[[], Iterable] | None = None) -> None:
+        """``collect``: where the page's metric families come from (``serve --workers``: the sum over the
+        workers); None: this process's registry."""
+        self._collect = collect
         self.registry = CollectorRegistry(auto_describe=True)
         self._tf: dict[str, object] = {}
         self._tf_by_family: dict[str, TfMetric] = {}
@@ -278,8 +281,8 @@ class Metrics:
     # --- exposition ---------------------------------------------------------------------------------------------
 
     def collect(self) -> Iterable:
-        """The metric families to render (``serve --workers`` replaces this with the sum over the workers)."""
-        return self.registry.collect()
+        """The metric families to render: the ``collect`` given, else this process's registry."""
+        return self._collect() if self._collect is not None else self.registry.collect()
 
     def render(self) -> bytes:
         """The Prometheus page: TF Serving's metrics as its exporter writes them, then tfsctl's."""

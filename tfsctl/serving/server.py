@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,24 @@ log = logging.getLogger(__name__)
 DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _HEALTH_PERIOD_S = 0.1
 _LOAD_POLL_S = 0.05
-# How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer._signalled).
+# How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer.request_stop).
 _SIGNAL_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServerHooks:
+    """What a process that embeds the server plugs in (``serve --workers``: each worker); None keeps the server's own.
+
+    The server calls them, nothing is replaced on a class: ``ready(own)`` turns this server's own readiness (every
+    configured model has an AVAILABLE version) into the readiness it reports (gRPC health "", /v1/health/ready,
+    v2 ready); ``reload(request, wait_seconds)`` answers a ReloadConfig in place of applying it here (the request
+    core's ``apply_reload`` applies it locally); ``collect_metrics()`` gives the metric families the metrics page
+    renders. The stop hook is :meth:`ModelServer.request_stop`, safe to call from a signal handler.
+    """
+
+    ready: Callable[[bool], bool] | None = None
+    reload: Callable[[Any, float | None], Any] | None = None
+    collect_metrics: Callable[[], Iterable] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,7 @@ class ServerOptions:
         if parsed.help or parsed.version:
             raise FlagError("--help and --version are handled by the command line, not ServerOptions")
         return cls(**parsed.values)
-    workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/workers.py
+    workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/supervisor.py
     worker_cpu_affinity: bool = False  # tfsctl-only: with workers > 1, worker i runs on CPU i only
 
     def model_config(self):
@@ -338,8 +354,9 @@ class ModelServer:
     """One serving process: gRPC (and REST) front ends over one ServerCore (which owns the Manager), started as
     TF Serving's ServerCore::Create."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, hooks: ServerHooks | None = None) -> None:
         self.options = options
+        self.hooks = hooks or ServerHooks()
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self.metrics: Any = None
@@ -360,9 +377,10 @@ class ModelServer:
         self._health: Any = None
         self._started = False
         self._stop_event = threading.Event()
-        # Set by signal handlers, which may take no lock (the main thread may hold the Event's own when a signal
-        # arrives, and a handler calling Event.set() would then wait for itself); the main thread relays it.
-        self._signalled = False
+        # Set by request_stop (signal handlers), which may take no lock (the main thread may hold the Event's own
+        # when a signal arrives, and a handler calling Event.set() would then wait for itself); relayed by
+        # _stop_wanted in the main thread.
+        self._stop_requested = False
         self._health_changed = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -405,7 +423,7 @@ class ModelServer:
 
                 self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
 
-            self.metrics = Metrics()
+            self.metrics = Metrics(collect=self.hooks.collect_metrics)
             self._gate.gauge = self.metrics.grpc_in_flight
             from tfsctl.core.request_log import RequestLogger
 
@@ -421,7 +439,8 @@ class ModelServer:
             self.core = ServingCore(self.server_core, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
                                     max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
-                                    request_logger=self.request_logger)
+                                    request_logger=self.request_logger, readiness=self.hooks.ready,
+                                    reload=self.hooks.reload)
             if opts.access_log:
                 from tfsctl.serving.logs import AccessLog
 
@@ -600,10 +619,16 @@ class ModelServer:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
+    def request_stop(self) -> None:
+        """Ask the server to stop (gracefully, as on SIGTERM): before :meth:`start` binds the ports it then never
+        does; under :meth:`serve_forever` it stops and returns. Sets a plain flag only, so a signal handler may
+        call it; idempotent."""
+        self._stop_requested = True
+
     def _stop_wanted(self) -> bool:
-        """Whether a stop was asked for, by :meth:`stop` or by a signal (relayed to the stop event here, in the
-        calling thread: never inside a signal handler)."""
-        if self._signalled and not self._stop_event.is_set():
+        """Whether a stop was asked for, by :meth:`stop` or :meth:`request_stop` (relayed to the stop event here,
+        in the calling thread: never inside a signal handler)."""
+        if self._stop_requested and not self._stop_event.is_set():
             self._stop_event.set()
         return self._stop_event.is_set()
 
@@ -671,9 +696,9 @@ class ModelServer:
             # A plain flag, no lock (see __init__); a repeat returns at once: a handler that logged every time
             # would nest once per signal arriving while it runs, and a burst of signals (a supervisor re-sending
             # SIGTERM) would end in RecursionError.
-            if self._signalled:
+            if self._stop_requested:
                 return
-            self._signalled = True
+            self.request_stop()
             log.info("received %s, shutting down", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():

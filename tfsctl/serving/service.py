@@ -107,9 +107,14 @@ class ServingCore:
 
     def __init__(self, manager: ServableManager, batcher: SignatureRunner | None = None, *,
                  reload_wait_seconds: float = 30.0, enable_signature_method_name_check: bool = False,
-                 max_request_bytes: int = DEFAULT_MAX_BYTES, metrics: Any = None, request_logger: Any = None) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_BYTES, metrics: Any = None, request_logger: Any = None,
+                 readiness: Callable[[bool], bool] | None = None,
+                 reload: Callable[[model_management_pb2.ReloadConfigRequest, float | None],
+                                  model_management_pb2.ReloadConfigResponse] | None = None) -> None:
         self.enable_signature_method_name_check = enable_signature_method_name_check
         self.manager = manager
+        self._readiness = readiness  # a ServerHooks.ready: own readiness -> reported readiness
+        self._reload = reload  # a ServerHooks.reload: answers ReloadConfig in place of apply_reload
         self.batcher = batcher
         self.reload_wait_seconds = reload_wait_seconds
         self.max_request_bytes = max_request_bytes
@@ -439,8 +444,10 @@ class ServingCore:
         return name if known else UNKNOWN_MODEL_LABEL
 
     def is_ready(self) -> bool:
-        """True when every configured model has an AVAILABLE version (REST's /v1/health/ready, gRPC health "")."""
-        return bool(self.manager.is_ready())
+        """True when every configured model has an AVAILABLE version (REST's /v1/health/ready, gRPC health ""),
+        as the ``readiness`` hook (worker mode: and every other worker is ready) turns it."""
+        own = bool(self.manager.is_ready())
+        return own if self._readiness is None else bool(self._readiness(own))
 
     def model_available(self, name: str) -> bool:
         """True when ``name`` has an AVAILABLE version (gRPC health per model); False for an unknown model."""
@@ -519,7 +526,15 @@ class ServingCore:
 
     def reload_config(self, request: model_management_pb2.ReloadConfigRequest, wait_seconds: float | None = None
                       ) -> model_management_pb2.ReloadConfigResponse:
-        """Apply a new ModelServerConfig, then wait for newly added models as TF Serving's ServerCore does.
+        """ReloadConfig as the server answers it: :meth:`apply_reload`, or the ``reload`` hook where one is given
+        (worker mode: every worker applies it)."""
+        if self._reload is not None:
+            return self._reload(request, wait_seconds)
+        return self.apply_reload(request, wait_seconds)
+
+    def apply_reload(self, request: model_management_pb2.ReloadConfigRequest, wait_seconds: float | None = None
+                     ) -> model_management_pb2.ReloadConfigResponse:
+        """Apply a new ModelServerConfig here, then wait for newly added models as TF Serving's ServerCore does.
 
         The wait is bounded by ``reload_wait_seconds`` and ``wait_seconds``; a model still loading after it
         is not an error (its state shows in GetModelStatus), one whose every version failed is (UNKNOWN).

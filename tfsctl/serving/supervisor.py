@@ -1,9 +1,12 @@
-"""``tfsctl serve --workers N``: N serving processes behind the same gRPC and REST ports (tfsctl-only, opt-in).
+"""``tfsctl serve --workers N``: the supervisor of N serving processes behind the same gRPC and REST ports
+(tfsctl-only, opt-in). It never loads TensorFlow (``tests/test_layers.py`` checks its module-level imports); each
+worker (:mod:`tfsctl.serving.worker`) does.
 
 Why: one Python process keeps at most about one core busy (the GIL), so a server on an N-core machine serves N
 times more with N processes. Each worker is a full :class:`~tfsctl.serving.server.ModelServer` with its own copy of
-every model; the kernel spreads connections over them (SO_REUSEPORT on both ports). A supervisor process starts
-them, keeps what a client sees consistent whichever worker answers, and stops them:
+every model; the kernel spreads connections over them (SO_REUSEPORT on both ports). The supervisor starts them,
+keeps what a client sees consistent whichever worker answers, and stops them; the messages between them are the
+dataclasses of :mod:`tfsctl.serving.worker_messages`:
 
 - **Reload** (ModelService.HandleReloadConfigRequest): the worker that receives it hands it to the supervisor, which
   has every worker apply it (one reload at a time, so all apply the same sequence) and answers only when all have
@@ -39,15 +42,23 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from tfsctl.serving.worker import worker_main
+from tfsctl.serving.worker_messages import (
+    DUMP_STACKS,
+    Applied,
+    Apply,
+    ClusterReady,
+    Ready,
+    ReloadAsked,
+    Reloaded,
+    Started,
+    WorkerError,
+)
+
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5
-_REPORT_PERIOD_S = 0.05
-_RELOAD_TIMEOUT_S = 3600.0
 _RESIGNAL_S = 1.0
-
-
-# --- supervisor ------------------------------------------------------------------------------------------------
 
 
 def _reserve_port(host: str) -> tuple[socket.socket, int]:
@@ -78,7 +89,7 @@ class _Reload:
     wait_seconds: float | None
     waiting: set[int] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)  # the workers asked to apply it
-    error: tuple[str, str] | None = None
+    error: WorkerError | None = None
     response: bytes = b""
 
 
@@ -142,7 +153,7 @@ class Supervisor:
         previous = os.environ.get(env_key)
         os.environ[env_key] = self._metrics_dir  # inherited by the child before it imports prometheus_client
         try:
-            process = self._ctx.Process(target=_worker_main, args=(index, self.options, child, config, self.grace),
+            process = self._ctx.Process(target=worker_main, args=(index, self.options, child, config, self.grace),
                                         name=f"tfsctl-worker-{index}", daemon=False)
             process.start()
         finally:
@@ -160,7 +171,7 @@ class Supervisor:
 
         def on_signal(signum: int, _frame: Any) -> None:
             if self._signalled:
-                return  # a repeat: already stopping (a plain flag, no lock: see ModelServer._signalled)
+                return  # a repeat: already stopping (a plain flag, no lock: see ModelServer.request_stop)
             self._signalled = True
             log.info("supervisor received %s, stopping workers", signal.Signals(signum).name)
 
@@ -211,7 +222,7 @@ class Supervisor:
             if w.process.is_alive():
                 log.error("worker %d did not stop in time; its threads' stacks follow, then it is killed", w.index)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.process.pid, _DUMP_STACKS)  # faulthandler in the worker writes them to its stderr
+                    os.kill(w.process.pid, DUMP_STACKS)  # faulthandler in the worker writes them to its stderr
                 w.process.join(1.0)
                 w.process.kill()
                 w.process.join(5)
@@ -256,37 +267,36 @@ class Supervisor:
             elif ready in sentinels:
                 self._died(sentinels[ready])
 
-    def _handle(self, w: _Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "started":
-            w.started, w.grpc_port, w.rest_port = True, message[1], message[2]
-        elif kind == "ready":
-            w.ready = bool(message[1])
+    def _handle(self, w: _Worker, message: object) -> None:
+        if isinstance(message, Started):
+            w.started, w.grpc_port, w.rest_port = True, message.grpc_port, message.rest_port
+        elif isinstance(message, Ready):
+            w.ready = message.ready
             self._broadcast_health()
-        elif kind == "reload":
-            _, rid, config, wait_seconds = message
-            self._reloads.append(_Reload(w.index, rid, config, wait_seconds))
+        elif isinstance(message, ReloadAsked):
+            self._reloads.append(_Reload(w.index, message.rid, message.config, message.wait_seconds))
             if len(self._reloads) == 1:
                 self._begin_reload()
-        elif kind == "applied":
-            _, rid, error, response = message
+        elif isinstance(message, Applied):
             current = self._reloads[0] if self._reloads else None
-            if current is None or current.rid != rid:
+            if current is None or current.rid != message.rid:
                 return
             current.waiting.discard(w.index)
             if w.index == current.origin:
-                current.response = response
-            if error is not None and current.error is None:
-                current.error = error
+                current.response = message.response
+            if message.error is not None and current.error is None:
+                current.error = message.error
             if not current.waiting:
                 self._finish_reload()
+        else:
+            log.error("worker %d sent an unknown message %r; ignored", w.index, type(message).__name__)
 
     def _begin_reload(self) -> None:
         current = self._reloads[0]
         current.waiting = set(self._workers)
         current.pids = {w.process.pid for w in self._workers.values()}
         for other in self._workers.values():
-            self._send(other, ("apply", current.rid, current.config, current.wait_seconds))
+            self._send(other, Apply(current.rid, current.config, current.wait_seconds))
 
     def _finish_reload(self) -> None:
         current = self._reloads.pop(0)
@@ -294,10 +304,10 @@ class Supervisor:
             self._config = current.config
             for w in self._workers.values():  # a worker restarted meanwhile started from the previous config
                 if w.process.pid not in current.pids:
-                    self._send(w, ("apply", uuid.uuid4().hex, current.config, None))
+                    self._send(w, Apply(uuid.uuid4().hex, current.config, None))
         origin = self._workers.get(current.origin)
         if origin is not None:
-            self._send(origin, ("reloaded", current.rid, current.error, current.response))
+            self._send(origin, Reloaded(current.rid, current.error, current.response))
         if self._reloads:
             self._begin_reload()
 
@@ -306,9 +316,9 @@ class Supervisor:
         if all_ready != self._all_ready:
             self._all_ready = all_ready
             for w in self._workers.values():
-                self._send(w, ("cluster", all_ready))
+                self._send(w, ClusterReady(all_ready))
 
-    def _send(self, w: _Worker, message: tuple) -> None:
+    def _send(self, w: _Worker, message: object) -> None:
         try:
             w.conn.send(message)
         except (OSError, ValueError):
@@ -341,216 +351,4 @@ def serve_workers(options: Any, workers: int, *, grace: float = 10.0,
     return Supervisor(options, workers, grace=grace).serve_forever(on_started)
 
 
-# --- worker ----------------------------------------------------------------------------------------------------
-
-# Sent by the supervisor to a worker that did not stop in time, just before killing it: every thread's stack goes
-# to the worker's stderr (the server log), so a hang says where it was.
-_DUMP_STACKS = signal.SIGUSR1
-
-
-class _Link:
-    """The worker's end of the supervisor pipe: coordinated reloads, cluster readiness, readiness reports."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.cluster_ready = False
-        self.core: Any = None
-        self.manager: Any = None
-        self._send_lock = threading.Lock()
-        self._waiting: dict[str, tuple[threading.Event, list]] = {}
-        self._own_ready: Callable[[Any], bool] = lambda _manager: False
-        self._apply: Callable[..., Any] = lambda *_args: None
-
-    def install(self) -> None:
-        """Hook this process's Manager, ServingCore and Metrics (class level, before the server exists, so no
-        request or health check can see an unhooked server; this process serves nothing else)."""
-        from tfsctl.core.manager import Manager
-        from tfsctl.serving.metrics import Metrics
-        from tfsctl.serving.service import ServingCore
-
-        link = self
-        self._own_ready, self._apply = Manager.is_ready, ServingCore.reload_config
-
-        def is_ready(manager: Any) -> bool:
-            return bool(link._own_ready(manager)) and link.cluster_ready
-
-        def reload_config(core: Any, request: Any, wait_seconds: float | None = None) -> Any:
-            return link.reload_config(request, wait_seconds)
-
-        Manager.is_ready = is_ready  # type: ignore[method-assign]
-        ServingCore.reload_config = reload_config  # type: ignore[method-assign]
-        Metrics.collect = lambda _metrics: _collect_all_workers()  # type: ignore[method-assign]
-
-    def attach(self, server: Any) -> None:
-        self.core, self.manager = server.core, server.manager
-        threading.Thread(target=self.listen, name="tfsctl-worker-link", daemon=True).start()
-
-    def send(self, message: tuple) -> None:
-        with self._send_lock:
-            self.conn.send(message)
-
-    def reload_config(self, request: Any, wait_seconds: float | None = None) -> Any:
-        """A reload received here: every worker applies it (via the supervisor) before this one answers."""
-        from tensorflow_serving.apis import model_management_pb2
-
-        rid = uuid.uuid4().hex
-        done, result = threading.Event(), []
-        self._waiting[rid] = (done, result)
-        try:
-            self.send(("reload", rid, request.config.SerializeToString(), wait_seconds))
-            if not done.wait(_RELOAD_TIMEOUT_S):
-                from tfsctl.errors import Unavailable
-
-                raise Unavailable("reload not confirmed by every worker in time")
-        finally:
-            self._waiting.pop(rid, None)
-        error, response = result
-        if error is not None:
-            raise _error_from(error)
-        reply = model_management_pb2.ReloadConfigResponse()
-        reply.ParseFromString(response)
-        return reply
-
-    def apply(self, rid: str, config: bytes, wait_seconds: float | None) -> None:
-        error, response = None, b""
-        try:
-            response = self._apply(self.core, _reload_request(config), wait_seconds).SerializeToString()
-        except Exception as e:  # noqa: BLE001 - reported to the worker that received the reload
-            error = (type(e).__name__, str(e))
-        self.send(("applied", rid, error, response))
-
-    def listen(self) -> None:
-        """Messages from the supervisor, until the pipe closes."""
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                return
-            kind = message[0]
-            if kind == "apply":
-                threading.Thread(target=self.apply, args=message[1:], name="tfsctl-worker-apply", daemon=True).start()
-            elif kind == "reloaded":
-                _, rid, error, response = message
-                waiter = self._waiting.get(rid)
-                if waiter is not None:
-                    waiter[1].extend([error, response])
-                    waiter[0].set()
-            elif kind == "cluster":
-                self.cluster_ready = bool(message[1])
-
-    def report(self, stop: threading.Event) -> None:
-        """Tell the supervisor whenever this worker's own readiness changes."""
-        last: bool | None = None
-        while not stop.wait(_REPORT_PERIOD_S):
-            try:
-                ready = bool(self._own_ready(self.manager))
-            except Exception:  # noqa: BLE001 - readiness must never kill the worker
-                ready = False
-            if ready != last:
-                try:
-                    self.send(("ready", ready))
-                except OSError:
-                    return
-                last = ready
-
-
-def _reload_request(config: bytes) -> Any:
-    from tensorflow_serving.apis import model_management_pb2
-
-    request = model_management_pb2.ReloadConfigRequest()
-    request.config.ParseFromString(config)
-    return request
-
-
-def _error_from(error: tuple[str, str]) -> Exception:
-    """The typed serving error a worker raised, rebuilt on the worker that answers the client."""
-    from tfsctl import errors
-
-    cls = getattr(errors, error[0], None)
-    if isinstance(cls, type) and issubclass(cls, errors.ServingError):
-        return cls(error[1])
-    return errors.Internal(f"{error[0]}: {error[1]}")
-
-
-def _collect_all_workers() -> list:
-    """Every metric family summed over every worker (prometheus_client multiprocess mode)."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return list(registry.collect())
-
-
-def pin_to_cpu(index: int) -> int:
-    """Run this process on one CPU, the ``index``-th of those it may use (round robin); returns it.
-
-    Called before TensorFlow or gRPC start a thread: every thread inherits the mask, and TensorFlow sizes its
-    thread pools to the CPUs the process may use. Why: N workers on N cores otherwise preempt each other's event
-    loop thousands of times a second (with gRPC's poller threads and TensorFlow's pools in between); one core each
-    keeps each worker's threads together (toy model, 2 workers on 2 cores: about 13% more requests per second)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[index % len(allowed)]
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
-def _worker_main(index: int, options: Any, conn: Connection, config: bytes | None, grace: float) -> None:
-    """One serving process (runs in a fresh interpreter)."""
-    import sys
-
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
-    if getattr(options, "log_format", "text") == "json":
-        from tfsctl.serving.logs import use_json_lines
-
-        use_json_lines(worker=index)
-    import faulthandler
-
-    faulthandler.register(_DUMP_STACKS, all_threads=True)  # the supervisor's question before it kills a straggler
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if options.worker_cpu_affinity:
-        pin_to_cpu(index)
-    from tfsctl.serving.server import ModelServer
-
-    # Until serve_forever installs its own handlers (and again after it restores these), a SIGTERM/SIGINT is a
-    # request to stop: the supervisor may be stopping while this worker still starts (e.g. just restarted).
-    # Plain flags only: a handler may take no lock (see ModelServer._signalled).
-    requested: list[bool] = []
-    servers: list[Any] = []
-
-    def on_early_signal(_signum: int, _frame: Any) -> None:
-        if requested:
-            return  # a repeat: already requested
-        requested.append(True)
-        for srv in servers:
-            srv._signalled = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_early_signal)
-    link = _Link(conn)
-    link.install()
-    server = ModelServer(options)
-    servers.append(server)
-    if requested:
-        server._stop_event.set()  # start() sees it and stops before binding; serve_forever returns 0
-    stop = threading.Event()
-
-    def on_started(srv: Any) -> None:
-        link.attach(srv)
-        threading.Thread(target=link.report, args=(stop,), name="tfsctl-worker-report", daemon=True).start()
-        if config is not None:  # a restarted worker catches up with the last reload
-            link._apply(srv.core, _reload_request(config), None)
-        link.send(("started", srv.grpc_port, srv.rest_port or 0))
-
-    try:
-        code = server.serve_forever(grace=grace, on_started=on_started)
-    except Exception as e:  # noqa: BLE001 - reported through the exit code and the log
-        log.error("worker %d failed: %s", index, e)
-        code = 1
-    finally:
-        stop.set()
-        # A second SIGTERM/SIGINT may still come (Ctrl-C reaches the whole process group, then the supervisor's
-        # SIGTERM follows); the interpreter's shutdown restores default handlers, so block them: exit with our code.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    conn.close()
-    sys.exit(code)
+__all__ = ["MAX_RESTARTS", "Supervisor", "serve_workers"]
