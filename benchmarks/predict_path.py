@@ -90,7 +90,7 @@ def layers(server, servicer, raw: bytes) -> dict[str, Callable[[], object]]:
         "  _outcome: drain gate, metrics, errors": lambda: servicer._outcome(
             "Predict", "toy", functools.partial(servicer._predict, request, only_if_quick=True)),
         "  _predict: core call, reply encoding": lambda: servicer._predict(request, only_if_quick=True),
-        "  ServingCore.predict_request": lambda: core.predict_request(request, only_if_quick=True),
+        "  RequestCore.predict_request": lambda: core.predict_request(request, only_if_quick=True),
         "  handle + inference.run_predict": held_run_predict,
         "  Servable.run (checks, runner)": lambda: servable.run("", {"x": x}),
         "  session callable (TF step)": lambda: callable_(x),

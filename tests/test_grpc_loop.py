@@ -88,7 +88,7 @@ def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
     assert not server.core.predict_is_quick(_request("big", ones))
     # The loop's call re-checks the version it holds (a new one may have come in after the check): not quick,
     # it declines before running anything.
-    from tfsctl.serving.service import WouldWait
+    from tfsctl.serving.request_core import WouldWait
 
     with pytest.raises(WouldWait):
         server.core.predict_request(_request("big", ones), only_if_quick=True)
@@ -167,9 +167,9 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
             # The threshold between the two measured steps, whatever this machine's speed (both run inline).
             toy_step, mm_step = step("toy"), step("mm")
             assert toy_step < mm_step < 1e-3, (toy_step, mm_step)
-            from tfsctl.serving import service
+            from tfsctl.serving import request_core
 
-            monkeypatch.setattr(service, "BATCHING_PAYS_STEP_S", (toy_step * mm_step) ** 0.5)
+            monkeypatch.setattr(request_core, "BATCHING_PAYS_STEP_S", (toy_step * mm_step) ** 0.5)
             assert server.core.predict_is_quick(_request("toy", X))
             assert server.manager.peek("mm").runs_inline("")
             assert not server.core.predict_is_quick(_request("mm", ones))

@@ -188,7 +188,7 @@ def _entry() -> prediction_log_pb2.PredictionLog:
 
 
 def _spec():
-    from tfsctl.serving.service import make_model_spec
+    from tfsctl.serving.request_core import make_model_spec
 
     return make_model_spec("toy", 1, "serving_default")
 

@@ -4,7 +4,7 @@ Models are written by the test (tfsctl.testing): a TF1 half_plus_two / half_plus
 SavedModelBuilder (ParseExample classify/regress, assets, init op / main_op, a second {serve, gpu} meta graph), a
 TF2 tf.saved_model.save half_plus_two and a Keras export. Expected values are those of TF Serving's
 tensorflow_model_server_test.py (half_plus_two: x=2 -> 3.0; Predict of [1, 2, 5] -> [2.5, 3.0, 4.5]).
-Each server stack is the production one (ServerCore -> ServingCore -> add_services); flags are set directly.
+Each server stack is the production one (ServerCore -> RequestCore -> add_services); flags are set directly.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 from tfsctl.core.loader import Loader, LoadError, LoadOptions  # noqa: E402
 from tfsctl.core.server_core import ServerCore, ServerCoreOptions  # noqa: E402
 from tfsctl.serving.grpc_api import add_services  # noqa: E402
-from tfsctl.serving.service import ServingCore  # noqa: E402
+from tfsctl.serving.request_core import RequestCore  # noqa: E402
 from tfsctl.testing import (  # noqa: E402
     half_plus_example,
     write_keras_model,
@@ -47,7 +47,7 @@ AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
 class Stack:
-    """ServerCore + ServingCore + gRPC server on 127.0.0.1:0, as ModelServer wires them."""
+    """ServerCore + RequestCore + gRPC server on 127.0.0.1:0, as ModelServer wires them."""
 
     def __init__(self, models: dict[str, Path], *, options: LoadOptions | None = None, tensor_content: bool = False,
                  method_check: bool = False) -> None:
@@ -55,7 +55,7 @@ class Stack:
         self.manager = ServerCore(ServerCoreOptions(
             file_system_poll_wait_seconds=0.2, max_num_load_retries=0,
             loader_factory=lambda n, v, p: Loader(n, v, p, options=opts)))
-        self.core = ServingCore(self.manager, enable_signature_method_name_check=method_check)
+        self.core = RequestCore(self.manager, enable_signature_method_name_check=method_check)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         add_services(self.server, self.core, tensor_content=tensor_content)
         self.port = self.server.add_insecure_port("127.0.0.1:0")

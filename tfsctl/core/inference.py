@@ -1,6 +1,6 @@
 """The request core on one held version: Predict, Classify, Regress and MultiInference as TF Serving runs them.
 
-Live requests (through the serving layer's ``ServingCore``) and warmup replay (the loader) call the
+Live requests (through the serving layer's ``RequestCore``) and warmup replay (the loader) call the
 same functions, as TF Serving's ``RunPredict`` / ``RunClassify`` / ``RunRegress`` / ``RunMultiInference`` serve
 both. ``run`` is how a signature is executed: ``Servable.run`` by default, the Batcher when batching is on.
 Rules and messages follow ``predict_util.cc``, ``classifier.cc``, ``regressor.cc`` and ``multi_inference.cc``;

@@ -1,6 +1,6 @@
 """What the request core needs from the parts it is given: small structural interfaces instead of ``Any``.
 
-The request core (``ServingCore``, one layer up) is built over the ServerCore and, with ``--enable_batching``, a
+The request core (``RequestCore``, one layer up) is built over the ServerCore and, with ``--enable_batching``, a
 batcher. It depends on these Protocols, not on :class:`~tfsctl.core.server_core.ServerCore` or the Batcher
 themselves, so the front ends' one request path can be driven by any object with these methods (TF Serving's
 ``Manager`` interface is as small: list the servables, hand out a held handle). Both live in this layer or below

@@ -1,10 +1,10 @@
-"""TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.service.ServingCore`.
+"""TF Serving's gRPC API (PredictionService, ModelService) over :class:`~tfsctl.serving.request_core.RequestCore`.
 
 The servicers only hand requests to the core and encode results: outputs in the typed ``*_val`` fields as TF
 Serving's ``AsProtoField`` (its default), or in ``tensor_content`` with ``tensor_content=True``
 (``--enable_serialization_as_tensor_content``); requests may use either form. Every
 ``ServingError`` becomes a gRPC status in :meth:`ServicerBase._outcome`, which also opens and closes the request's
-record in the request core (``ServingCore.begin``/``finish``: metrics, access log, request log, traces);
+record in the request core (``RequestCore.begin``/``finish``: metrics, access log, request log, traces);
 it and the drain gate live in :mod:`tfsctl.serving.grpc_servicer`, shared with the v2 servicer.
 The grpc.health.v1 service and server reflection are registered beside them by :func:`add_services`.
 """
@@ -32,7 +32,7 @@ from tfsctl.core import deadlines
 from tfsctl.core.servable import capped_message
 from tfsctl.serving.grpc_loop import LoopHealth, LoopServer
 from tfsctl.serving.grpc_servicer import DEFAULT_MAX_TENSOR_BYTES, RequestGate, ServicerBase
-from tfsctl.serving.service import ServingCore, WouldWait
+from tfsctl.serving.request_core import RequestCore, WouldWait
 from tfsctl.serving.v2_grpc import V2_SERVICE, add_v2_service  # the Open Inference Protocol
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class LoopPredictionServicer(PredictionServicer):
     runs a quick request inline on the event loop (with batching: only for steps too short for batching to pay,
     alone at once) and any other in ``executor``; the other methods stay synchronous and grpc runs them in its pool."""
 
-    def __init__(self, core: ServingCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
+    def __init__(self, core: RequestCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)
         self.executor = executor
 
@@ -122,7 +122,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):
         return self._call("HandleReloadConfigRequest", "", context, lambda: self.core.reload_config(request, wait))
 
 
-def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: Any = None, *,
+def add_services(server: grpc.Server | LoopServer, core: RequestCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
                  gate: RequestGate | None = None) -> Any:
     """Register PredictionService, ModelService, inference.GRPCInferenceService (v2_grpc.py), grpc.health.v1
@@ -153,7 +153,7 @@ def add_services(server: grpc.Server | LoopServer, core: ServingCore, metrics: A
     return health_servicer
 
 
-def update_health(health_servicer: Any, core: ServingCore, known: set[str]) -> set[str]:
+def update_health(health_servicer: Any, core: RequestCore, known: set[str]) -> set[str]:
     """Set overall ("" = every configured model ready) and per-model health; returns the model names now set.
 
     Models removed from the config are set NOT_SERVING: grpc's servicer has no way to forget a name.

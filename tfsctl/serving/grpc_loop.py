@@ -3,7 +3,7 @@
 Why asyncio: with grpcio's thread-pool server, every RPC is handed from the polling thread to a pool thread and
 back, and those threads contend for the GIL; on a small model that costs more than the model (toy Predict: about
 0.5x a bare Python gRPC server). On the event loop, a Predict that is known to be quick (see
-:meth:`~tfsctl.serving.service.ServingCore.predict_is_quick`) runs inline with no hand-over at all: the loop offers
+:meth:`~tfsctl.serving.request_core.RequestCore.predict_is_quick`) runs inline with no hand-over at all: the loop offers
 every Predict to the core with ``only_if_quick``, which declines a large or slow one before running it. Everything
 else, slow or blocking (a large model, batching, reloads, status, health), runs in the thread
 pool: the servicers' synchronous methods run there through grpc's ``migration_thread_pool``, and the async Predict

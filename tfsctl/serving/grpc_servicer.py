@@ -16,8 +16,8 @@ import grpc
 from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
+from tfsctl.serving.request_core import RequestCore, WouldWait
 from tfsctl.serving.request_record import GRPC
-from tfsctl.serving.service import ServingCore, WouldWait
 from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.tensors import as_proto_content, as_proto_field
 
@@ -76,7 +76,7 @@ class ServicerBase:
     """What both servicers share: the request core, the reply encoding and :meth:`_call`, which turns errors into
     gRPC statuses and counts request metrics."""
 
-    def __init__(self, core: ServingCore, metrics: Any = None, *,
+    def __init__(self, core: RequestCore, metrics: Any = None, *,
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, tensor_content: bool = False,
                  gate: RequestGate | None = None) -> None:
         self.core = core

@@ -69,7 +69,7 @@ def format_access(fields: dict[str, Any], fmt: str) -> str:
 
 
 class AccessLog:
-    """``--access_log=PATH|-``: appends one line per finished request (an observer of ``ServingCore``)."""
+    """``--access_log=PATH|-``: appends one line per finished request (an observer of ``RequestCore``)."""
 
     def __init__(self, target: str, fmt: str = "text") -> None:
         self.fmt = fmt

@@ -1,8 +1,8 @@
 """One request's facts, gathered while it runs, for the metrics, the access log, the request log and traces.
 
-A front end opens a :class:`RequestRecord` through :meth:`ServingCore.begin
-<tfsctl.serving.service.ServingCore.begin>` and closes it through ``ServingCore.finish``, the one place that records
-a request whatever the wire. Meanwhile the layers below add what only they know (the version and signature that
+A front end opens a :class:`RequestRecord` through :meth:`RequestCore.begin
+<tfsctl.serving.request_core.RequestCore.begin>` and closes it through ``RequestCore.finish``, the one place that
+records a request whatever the wire. Meanwhile the layers below add what only they know (the version and signature that
 answered, the step time, the batch queue wait and batch size) to the record of the request running in the current
 context (:func:`current`).
 """

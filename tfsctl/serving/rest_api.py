@@ -1,7 +1,8 @@
 """TF Serving's REST API (``/v1/...``, as ``http_rest_api_handler.cc`` and ``http_server.cc``) on aiohttp.
 
 Routes, connection handling and the worker pool live here; JSON <-> numpy is ``json_codec``; every model call goes
-through :class:`~tfsctl.serving.service.ServingCore` like gRPC's, holding one servable handle for the whole request.
+through :class:`~tfsctl.serving.request_core.RequestCore` like gRPC's, holding one servable handle for the whole
+request.
 
 Routes (paths are case-insensitive and percent-decoded, as TF Serving's RE2 ``(?i)`` patterns and curl unescape)::
 
@@ -60,7 +61,7 @@ from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.serving.v2_rest import V2Rest, is_v2_path
 
 if TYPE_CHECKING:
-    from tfsctl.serving.service import ServingCore
+    from tfsctl.serving.request_core import RequestCore
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class RestServer:
 
     def __init__(
         self,
-        core: ServingCore,
+        core: RequestCore,
         metrics: Any = None,
         host: str = "0.0.0.0",
         port: int = 8501,

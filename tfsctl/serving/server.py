@@ -1,7 +1,7 @@
 """``tfsctl serve``: the model server process, wired the way ``tensorflow_model_server`` is.
 
 :class:`ServerOptions` carries tensorflow_model_server's flags (same names, same defaults where they make sense);
-:class:`ModelServer` builds Manager -> ServingCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
+:class:`ModelServer` builds Manager -> RequestCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
 service in step with the manager, polls ``--model_config_file`` for changes and shuts down gracefully: stop
 accepting, let in-flight requests finish, then unload the models.
 """
@@ -401,7 +401,7 @@ class ModelServer:
         """
         from tfsctl.core.loader import Loader
         from tfsctl.serving.metrics import Metrics
-        from tfsctl.serving.service import ServingCore
+        from tfsctl.serving.request_core import RequestCore
 
         if self._started or self._stopped.is_set():
             raise RuntimeError("a ModelServer starts once; create a new one")
@@ -436,7 +436,7 @@ class ModelServer:
             self.manager = self.server_core.manager
             if settings.enable_batching:
                 self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
-            self.core = ServingCore(self.server_core, self.batcher,
+            self.core = RequestCore(self.server_core, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
                                     max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
                                     request_logger=self.request_logger, readiness=self.hooks.ready,

@@ -47,7 +47,7 @@ def traces_endpoint(flag: str = "") -> str:
 
 
 class Tracer:
-    """An observer of finished requests (``ServingCore.observers``) that turns each into spans."""
+    """An observer of finished requests (``RequestCore.observers``) that turns each into spans."""
 
     def __init__(self, endpoint: str) -> None:
         try:

@@ -11,11 +11,11 @@ The mapping, one rule each:
 - Datatypes map both ways as :data:`~tfsctl.core.v2_tensors.V2_BY_TF` says; a tensor of a TF dtype v2 has no
   name for (complex, the quantized types, resources, variants) is a clear INVALID_ARGUMENT when it is described or
   asked for.
-- Infer runs on one held version through :meth:`ServingCore.hold` -> ``HeldServable.predict``: the same request
+- Infer runs on one held version through :meth:`RequestCore.hold` -> ``HeldServable.predict``: the same request
   core, batcher, metrics, warmed callables and hot-swap rule as a v1 REST Predict. Input names, datatypes and
   decoded sizes are checked against the held signature before any input is decoded.
 - The model repository extension loads or unloads one model as a change of the server's model config, through
-  :meth:`ServingCore.reload_config`, the path of ``HandleReloadConfigRequest``.
+  :meth:`RequestCore.reload_config`, the path of ``HandleReloadConfigRequest``.
 
 Wires (``v2_rest``, ``v2_grpc``) parse their requests into :class:`InferRequest` (inputs still encoded) and
 encode :class:`InferResponse`; errors are the typed errors of ``tfsctl/errors.py`` (NOT_FOUND for an unknown
@@ -41,7 +41,7 @@ from tfsctl.core.events import AVAILABLE, END, LOADING, START, UNLOADING
 from tfsctl.core.servable import SignatureSpec, TensorSpec, capped_names
 from tfsctl.core.v2_tensors import v2_datatype
 from tfsctl.errors import InvalidArgument, NotFound
-from tfsctl.serving.service import ServingCore
+from tfsctl.serving.request_core import RequestCore
 
 PLATFORM = "tensorflow_savedmodel"
 SERVER_NAME = "tfsctl"
@@ -128,14 +128,14 @@ class InferResponse:
 
 
 class V2Core:
-    """The v2 protocol over :class:`ServingCore`: health, metadata, infer and the model repository. Both wires
+    """The v2 protocol over :class:`RequestCore`: health, metadata, infer and the model repository. Both wires
     take the one instance of their core from :meth:`of`, so a model unloaded over REST can be loaded over gRPC."""
 
-    _instances: weakref.WeakKeyDictionary[ServingCore, V2Core] = weakref.WeakKeyDictionary()
+    _instances: weakref.WeakKeyDictionary[RequestCore, V2Core] = weakref.WeakKeyDictionary()
     _instances_lock = threading.Lock()
 
     @classmethod
-    def of(cls, core: ServingCore) -> V2Core:
+    def of(cls, core: RequestCore) -> V2Core:
         """The V2Core of ``core`` (made on first use)."""
         with cls._instances_lock:
             found = cls._instances.get(core)
@@ -143,7 +143,7 @@ class V2Core:
                 found = cls._instances[core] = cls(core)
             return found
 
-    def __init__(self, core: ServingCore, *, max_request_bytes: int | None = None) -> None:
+    def __init__(self, core: RequestCore, *, max_request_bytes: int | None = None) -> None:
         self.core = core
         self.max_request_bytes = max_request_bytes if max_request_bytes is not None else core.max_request_bytes
         self._unloaded: dict[str, model_server_config_pb2.ModelConfig] = {}  # for repository load after unload
@@ -206,7 +206,7 @@ class V2Core:
         """Run ``request`` on one held version (the v1 Predict path); outputs in the order asked.
 
         ``only_if_quick`` (the gRPC event loop): ``WouldWait`` before running, unless the request is small
-        (``request_bytes``) and the version's steps are short, as for a v1 Predict (``ServingCore.hold``)."""
+        (``request_bytes``) and the version's steps are short, as for a v1 Predict (``RequestCore.hold``)."""
         name = request.model
         signature_name = _signature_name(request.parameters)
         with self.core.hold(self._spec(name, request.version, signature_name), only_if_quick=only_if_quick,

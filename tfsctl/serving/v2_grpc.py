@@ -34,7 +34,7 @@ from tfsctl.core.v2_protos import service_pb2, service_pb2_grpc
 from tfsctl.core.v2_tensors import CONTENTS_FIELD
 from tfsctl.errors import InvalidArgument
 from tfsctl.serving.grpc_servicer import ServicerBase
-from tfsctl.serving.service import WouldWait
+from tfsctl.serving.request_core import WouldWait
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 REQUEST_PARAMETERS = frozenset({SIGNATURE_PARAMETER, "content_type"})

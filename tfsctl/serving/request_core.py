@@ -1,4 +1,4 @@
-"""The one request path: every API (gRPC, REST) resolves models and runs signatures through :class:`ServingCore`.
+"""The one request path: every API (gRPC, REST) resolves models and runs signatures through :class:`RequestCore`.
 
 Front ends only decode requests into numpy / protos and encode the results; model resolution, signature checks,
 tf.Example handling for Classify/Regress, status, metadata, reload, readiness and the status codes all live here,
@@ -94,7 +94,7 @@ def make_model_spec(name: str, version: int, signature_name: str | None = None) 
 UNKNOWN_MODEL_LABEL = "<unknown>"
 
 
-class ServingCore:
+class RequestCore:
     """The request core of both front ends: resolves ModelSpecs against the manager and runs
     :mod:`tfsctl.core.inference` on the held version (through the batcher when there is one); also answers
     metadata, status, reload and readiness, so gRPC and REST never touch the manager.
@@ -570,9 +570,9 @@ def _fill_predict_response(response: predict_pb2.PredictResponse, spec: model_pb
 
 
 class HeldServable:
-    """A servable held by :meth:`ServingCore.hold`: its signature spec and a predict that runs on it."""
+    """A servable held by :meth:`RequestCore.hold`: its signature spec and a predict that runs on it."""
 
-    def __init__(self, core: ServingCore, servable: Servable, signature_name: str, only_if_quick: bool = False
+    def __init__(self, core: RequestCore, servable: Servable, signature_name: str, only_if_quick: bool = False
                  ) -> None:
         self.servable = servable
         self.signature_name = signature_name
