@@ -211,6 +211,10 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
         served(m, version=2)
     with pytest.raises(NotFound, match="no model named 'nope'"):
         served(m, "nope")
+    with pytest.raises(NotFound, match="no model named 'nope'"):  # the model is looked up before the label
+        served(m, "nope", label="stable")
+    with pytest.raises(NotFound, match="no model named 'nope'"):
+        m.labels("nope")
     with pytest.raises(InvalidArgument, match="not both"):
         served(m, version=1, label="stable")
 
@@ -433,6 +437,8 @@ def test_stop_unloads_and_refuses(tmp_path: Path) -> None:
     assert states(m, "toy") == {1: END}
     with pytest.raises(Unavailable, match="shutting down"):
         served(m)
+    with pytest.raises(Unavailable, match="shutting down"):  # before the label is looked at, as the Manager
+        served(m, label="nope")
 
 
 def test_concurrent_requests_during_swaps(make_manager, tmp_path: Path) -> None:

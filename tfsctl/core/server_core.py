@@ -37,7 +37,7 @@ from tfsctl.core.manager import LoaderFactory, Manager
 from tfsctl.core.servable import Servable
 from tfsctl.core.servable_request import has_available_version, require_version_or_label, resolve_label
 from tfsctl.core.source import FileSystemSource, VersionPolicy
-from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, ServingError, Unknown
+from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, ServingError, Unknown
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,7 @@ class ServerCore:
         """``name``'s version labels ({label: version}); NotFound for a model that is not served."""
         labels = self._labels.get(name)
         if labels is None:
-            self.manager.version_states(name)  # NotFound for a model never seen
-            return {}
+            raise NotFound(f"Servable not found for request: Latest({name}) (no model named '{name}')")
         return dict(labels)
 
     def _version_for(self, name: str, version: int | None, label: str | None) -> int | None:
