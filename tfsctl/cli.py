@@ -336,6 +336,9 @@ def _render_tflite(info) -> None:  # noqa: ANN001 - TfLiteInfo
     version = f" (version {info.version})" if info.version is not None else ""
     console.print(f"[bold]TFLite model[/] {escape(info.path)}{version}: {_size(info.size)}; signatures from "
                   f"{escape(info.signature_source)}")
+    if info.signature_runners:
+        console.print(f"LiteRT signatures (served by name with --tflite_signature_runners): "
+                      f"{escape(', '.join(info.signature_runners))}")
     if info.warmup_records is not None:
         console.print(f"warmup records: {info.warmup_records}")
     for sig in info.signatures:

@@ -106,6 +106,7 @@ class ServerOptions:
     servable_versions_always_present: bool = False
     retry_failed_versions_on_change: bool = False
     batching_isolate_failures: bool = False
+    tflite_signature_runners: bool = False  # serve model.tflite's LiteRT signatures by name (tfsctl.tflite_model)
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
     op_library: str = ""  # comma-separated custom-op .so files loaded before any model (tf.load_op_library)
     request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
@@ -212,6 +213,7 @@ class ServerOptions:
                 prefer_tflite_model=platform.prefer_tflite_model,
                 num_tflite_pools=platform.num_tflite_pools,
                 num_tflite_interpreters_per_pool=platform.num_tflite_interpreters_per_pool,
+                tflite_signature_runners=self.tflite_signature_runners,  # tfsctl's own: no platform config field
             )
             return LoadSettings(options, platform.batching_parameters is not None, platform.batching_parameters,
                                 platform.enable_per_model_batching_params)
@@ -234,6 +236,7 @@ class ServerOptions:
             prefer_tflite_model=self.prefer_tflite_model,
             num_tflite_pools=self.num_tflite_pools,
             num_tflite_interpreters_per_pool=self.num_tflite_interpreters_per_pool,
+            tflite_signature_runners=self.tflite_signature_runners,
         )
         batching = None
         if self.enable_batching and self.batching_parameters_file:
