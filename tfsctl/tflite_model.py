@@ -6,15 +6,18 @@ TF Serving (``tflite_session.cc``) gives a ``.tflite`` model SignatureDefs in th
    ``SignatureDef``, written by TFLite's ``signature_def_util``); their tensor names point at the primary
    subgraph's tensors, also under the legacy name without ``:0``.
 2. Otherwise one generated ``serving_default`` (predict) over the primary subgraph's inputs and outputs, keyed by
-   tensor name without its ``:N`` suffix, with the tensors' allocated shapes.
+   tensor name without its ``:N`` suffix (TensorInfoMap is a std::map: of names that then clash, the last by name
+   wins), with the tensors' allocated shapes.
 
 TF Serving 2.21 never uses LiteRT's signature runners: a model whose flatbuffer has its own signatures (what
 ``TFLiteConverter.from_saved_model`` writes today) but no ``signature_defs_metadata`` gets rule 2, a generated
-``serving_default`` over the primary subgraph (the first signature's), keyed ``serving_default_x`` rather than the
-SavedModel's ``x``; its other signatures cannot be reached. That is tfsctl's default too. ``signature_runners=True``
+``serving_default`` over the primary subgraph (the converter's first, not necessarily ``serving_default``'s), keyed
+``serving_default_x`` rather than the SavedModel's ``x``; its other signatures cannot be reached. That is tfsctl's
+default too. ``signature_runners=True``
 (the tfsctl-only ``--tflite_signature_runners``) adds a step between 1 and 2: such a model gets one predict
 SignatureDef per LiteRT signature, keyed and named as the SavedModel's were, with dynamic dimensions as -1, run
-through its signature runner.
+through its signature runner. :func:`with_primary_signature_metadata` (``export --to-tflite``) stores a
+one-signature model's LiteRT signature as ``signature_defs_metadata``, so rule 1 serves it by its own keys.
 """
 
 from __future__ import annotations
