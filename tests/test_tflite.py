@@ -42,6 +42,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from tfsctl.core.loader import Loader, LoadError, LoadOptions  # noqa: E402
+from tfsctl.serving.flags import FlagError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
 from tfsctl.testing import free_port, write_tf1_half_plus, write_warmup_requests  # noqa: E402
@@ -586,6 +587,9 @@ def test_the_tflite_flags_reach_the_loader():
     assert load.tflite_signature_runners is True
     default = ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options
     assert default.prefer_tflite_model is False and default.tflite_signature_runners is False  # TF Serving's rule
+    alone = ServerOptions.from_args(["--model_base_path=/m", "--tflite_signature_runners"])
+    with pytest.raises(FlagError, match="--tflite_signature_runners .* needs --prefer_tflite_model"):
+        alone.validate()  # a flag that cannot act is refused by name
 
 
 def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path, caplog):
@@ -611,6 +615,9 @@ def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path, cap
     options = ServerOptions.from_args(["--model_base_path=/m", f"--platform_config_file={path}",
                                        "--tflite_signature_runners"])
     assert options.load_settings().load_options.tflite_signature_runners is True
+    path.write_text(path.read_text().replace("prefer_tflite_model: true", "prefer_tflite_model: false"))
+    with pytest.raises(FlagError, match="--tflite_signature_runners .* needs --prefer_tflite_model"):
+        options.load_settings()
 
 
 # --- export --to-tflite, inspect -------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ _HEALTH_PERIOD_S = 0.1
 _LOAD_POLL_S = 0.05
 # How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer._signalled).
 _SIGNAL_POLL_S = 0.1
+_RUNNERS_WITHOUT_TFLITE = ("--tflite_signature_runners changes how model.tflite is served: it needs "
+                           "--prefer_tflite_model (or prefer_tflite_model in --platform_config_file)")
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ class ServerOptions:
             raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
         if self.batching_parameters_file and not self.enable_batching:
             raise FlagError("--batching_parameters_file is set without --enable_batching")
+        if self.tflite_signature_runners and not self.prefer_tflite_model and not self.platform_config_file:
+            raise FlagError(_RUNNERS_WITHOUT_TFLITE)
         parse_channel_arguments(self.grpc_channel_arguments)
 
     def load_settings(self) -> LoadSettings:
@@ -204,6 +208,10 @@ class ServerOptions:
                 if getattr(self, name) != getattr(defaults, name):  # legacy_config's fields decide, as in server.cc
                     log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
             platform = load_platform_config(self.platform_config_file)
+            if self.tflite_signature_runners and not platform.prefer_tflite_model:
+                from tfsctl.serving.flags import FlagError
+
+                raise FlagError(_RUNNERS_WITHOUT_TFLITE)
             options = LoadOptions(
                 saved_model_tags=platform.saved_model_tags,
                 session_config=platform.session_config,
