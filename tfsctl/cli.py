@@ -328,7 +328,8 @@ def _signature_table(sig) -> None:  # noqa: ANN001 - SignatureInfo
     table.add_column("tensor", overflow="fold")
     for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
         for t in tensors:
-            table.add_row(role, t.key, t.dtype, t.shape_str, t.name)
+            name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"  # sparse/composite say so
+            table.add_row(role, t.key, t.dtype, t.shape_str, name)
     console.print(table)
 
 
@@ -368,17 +369,7 @@ def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, importe
         for sig in mg.signatures:
             if sig.name.startswith("__"):
                 continue
-            table = Table(title=f"signature {sig.name!r} ({sig.method_name or 'no method'})", title_justify="left")
-            table.add_column("")
-            table.add_column("key")
-            table.add_column("dtype")
-            table.add_column("shape", no_wrap=True)
-            table.add_column("tensor", overflow="fold")
-            for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
-                for t in tensors:
-                    name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"
-                    table.add_row(role, t.key, t.dtype, t.shape_str, name)
-            console.print(table)
+            _signature_table(sig)
     console.print(f"variables: {len(info.variables)} ({_size(info.variables_bytes)} on disk)")
     if info.variables and len(info.variables) <= 50:
         _variables_table("variables", info.variables)
