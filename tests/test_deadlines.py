@@ -22,7 +22,7 @@ from tfsctl.core.loader import Loader
 from tfsctl.errors import Cancelled, DeadlineExceeded
 from tfsctl.serving.server import ModelServer, ServerOptions
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import _atomic_version_dir
+from tfsctl.testing import _atomic_version_dir, free_port
 
 LONG = 50_000_000  # loop iterations: far longer than any test waits
 SHORT = 10
@@ -176,3 +176,42 @@ def test_deadline_rounding_and_the_batch_deadline() -> None:
             assert deadlines.current() is None
         assert threading.current_thread() and deadlines.current() is d
     assert deadlines.current() is None
+
+
+@pytest.mark.parametrize("wire", ["v1", "v2"])
+def test_rest_timeout_is_the_steps_timeout_on_both_rest_protocols(loop_model: Path, wire: str) -> None:
+    """``--rest_api_timeout_in_ms`` bounds the session run, on TF Serving's routes and the v2 infer alike: with one
+    REST pool thread, a request after a timed-out slow one is answered at once, not after the loop."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    server = ModelServer(ServerOptions(port=0, rest_api_port=free_port(), host="127.0.0.1", model_name="loop",
+                                       model_base_path=str(loop_model), file_system_poll_wait_seconds=0,
+                                       rest_api_timeout_in_ms=500, rest_api_num_threads=1))
+    server.start()
+
+    def call(iterations: int) -> int:
+        if wire == "v1":
+            path, doc = "/v1/models/loop:predict", {"instances": [float(iterations)]}
+        else:
+            path, doc = "/v2/models/loop/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                                              "data": [float(iterations)]}]}
+        request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", json.dumps(doc).encode(),
+                                         {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        assert call(SHORT) == 200
+        base = _count(server)
+        start = time.monotonic()
+        assert call(LONG) == 504
+        assert call(SHORT) == 200
+        assert time.monotonic() - start < 20  # the loop alone runs for minutes, holding the one pool thread
+        assert _count(server) == base + 2
+    finally:
+        server.stop()

@@ -3,7 +3,9 @@
 Each model is written by TensorFlow's TFLite converter from a SavedModel the test saves, into ``tmp_path``:
 
 - half_plus (``plus``): ``serving_default`` ``x`` float32 [-1, 1] -> ``y = 0.5 x + plus``, and ``arith``
-  (``a``, ``b`` int32 [-1] -> ``sum``, ``product``): LiteRT signatures, as the converter writes them today.
+  (``a``, ``b`` int32 [-1] -> ``sum``, ``product``): LiteRT signatures, as the converter writes them today. By
+  default (TF Serving's rule) such a model gets one generated ``serving_default`` keyed ``serving_default_x``; the
+  tests that use the signatures by name pass tfsctl's ``--tflite_signature_runners``.
 - The same model rewritten as TF Serving's testdata is: signatures stored as ``signature_defs_metadata`` (TFLite's
   signature_def_util format), or no signatures at all (TF Serving generates ``serving_default``).
 - heavy: eight 512x512 matmuls, slow enough (tens of ms a request) that concurrent requests overlap.
@@ -40,6 +42,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from tfsctl.core.loader import Loader, LoadError, LoadOptions  # noqa: E402
+from tfsctl.serving.flags import FlagError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
 from tfsctl.testing import free_port, write_tf1_half_plus, write_warmup_requests  # noqa: E402
@@ -261,7 +264,7 @@ def _wait(condition, timeout: float = 30.0, what: str = "condition"):
 def test_prefer_tflite_serves_model_tflite_over_grpc_and_rest(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1, plus=2.0, saved_model_plus=3.0)
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=2)
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=2, tflite_signature_runners=True)
 
     response, out = s.predict({"x": np.array([[2.0]], np.float32)})
     assert out["y"].tolist() == [[3.0]]  # 0.5 * 2 + 2: model.tflite, not the SavedModel's + 3
@@ -298,7 +301,7 @@ def test_without_the_flag_the_saved_model_is_served(tmp_path):
 def test_metadata_reports_the_tflite_signatures(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1)
-    s = served(base, prefer_tflite_model=True)
+    s = served(base, prefer_tflite_model=True, tflite_signature_runners=True)
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "m"
     response = s.stub.GetModelMetadata(request, timeout=30)
@@ -314,6 +317,65 @@ def test_metadata_reports_the_tflite_signatures(tmp_path, served):
     code, body = s.rest("/metadata")
     assert code == 200
     assert sorted(body["metadata"]["signature_def"]["signature_def"]) == ["arith", "serving_default"]
+
+
+def _signature_defs(s: Served) -> dict:
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "m"
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    s.stub.GetModelMetadata(request, timeout=30).metadata["signature_def"].Unpack(sigs)
+    return dict(sigs.signature_def)
+
+
+def test_by_default_litert_signatures_get_tf_servings_generated_serving_default(tmp_path, served):
+    """TF Serving 2.21 never uses signature runners: a converter-written model (LiteRT signatures, no
+    signature_defs_metadata) is served as one generated serving_default over its first subgraph, keyed by tensor
+    name without ``:N``, with allocated shapes; a TF Serving client's request works, the SavedModel's keys do not.
+    ``--tflite_signature_runners`` serves the LiteRT signatures by name instead."""
+    base = tmp_path / "m"
+    write_tflite_version(base, 1, kind="heavy")  # one LiteRT signature: serving_default x [-1, 512] -> y
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    sigs = _signature_defs(s)
+    assert list(sigs) == ["serving_default"]
+    default = sigs["serving_default"]
+    assert list(default.inputs) == ["serving_default_x"] and default.inputs["serving_default_x"].name.endswith(":0")
+    assert [d.size for d in default.inputs["serving_default_x"].tensor_shape.dim] == [1, 512]  # allocated, not -1
+    (out_key,) = default.outputs
+    assert ":" not in out_key and out_key != "y"
+    x = np.random.default_rng(2).standard_normal((3, 512)).astype(np.float32)
+    _, out = s.predict({"serving_default_x": x})  # what a TF Serving client sends for this model
+    np.testing.assert_allclose(out[out_key], _reference(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(grpc.RpcError) as info:
+        s.predict({"x": x})  # the SavedModel's key: not in TF Serving's SignatureDef
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "serving_default_x" in info.value.details()
+
+    opted = served(base, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
+    assert [d.size for d in _signature_defs(opted)["serving_default"].inputs["x"].tensor_shape.dim] == [-1, 512]
+    np.testing.assert_allclose(opted.predict({"x": x})[1]["y"], _reference(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(grpc.RpcError) as info:
+        opted.predict({"serving_default_x": x})
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_by_default_a_several_signature_model_is_its_first_subgraph(tmp_path, served):
+    """As TfLiteSession: the generated serving_default is the primary subgraph's, whichever signature the
+    converter put first (here ``arith``'s, keys ``arith_a``/``arith_b``), and outputs whose names clash without
+    ``:N`` keep the last by name (TensorInfoMap is a std::map): ``PartitionedCall:1``, ``sum``."""
+    base = tmp_path / "m"
+    write_tflite_version(base, 1)
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    sigs = _signature_defs(s)
+    assert list(sigs) == ["serving_default"]
+    assert sorted(sigs["serving_default"].inputs) == ["arith_a", "arith_b"]
+    assert list(sigs["serving_default"].outputs) == ["PartitionedCall"]
+    assert sigs["serving_default"].outputs["PartitionedCall"].name == "PartitionedCall:1"
+    _, out = s.predict({"arith_a": np.array([2, 3], np.int32), "arith_b": np.array([5, 7], np.int32)})
+    assert out["PartitionedCall"].tolist() == [7, 10]  # sum, resized from the allocated [1] to [2]
+    code, body = s.rest(":predict", {"inputs": {"arith_a": [1], "arith_b": [2]}})
+    assert (code, body) == (200, {"outputs": [3]})
+    with pytest.raises(grpc.RpcError) as info:
+        s.predict({"a": np.array([1], np.int32), "b": np.array([2], np.int32)}, signature="arith")
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # no such signature, as in TF Serving
 
 
 def test_tf_serving_signature_rules_for_metadata_and_unsigned_models(tmp_path):
@@ -350,7 +412,7 @@ def test_string_tensors_and_classify_on_a_tflite_model(tmp_path, served):
 
     base = tmp_path / "m"
     write_tflite_version(base, 1, kind="strings")
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
     _, out = s.predict({"s": np.array([b"ab", b"c\x00"], dtype=object), "x": np.array([1.0, 2.0], np.float32)})
     assert out["s"].tolist() == [[b"ab"], [b"c\x00"]] and out["n"].tolist() == 2 and out["y"].tolist() == [2.0, 4.0]
     code, body = s.rest(":predict", {"inputs": {"s": ["hé", "x"], "x": [3.0, 4.0]}})
@@ -376,7 +438,7 @@ def test_string_tensors_and_classify_on_a_tflite_model(tmp_path, served):
 def test_bad_inputs_are_invalid_argument_and_the_server_keeps_serving(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1)
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
     bad = [
         ({"x": np.array([[2]], np.int32)}, "", "expects DT_FLOAT"),
         ({"z": np.array([[2.0]], np.float32)}, "", "Missing but required: {x}"),
@@ -417,7 +479,7 @@ def test_a_model_tflite_that_cannot_load_is_a_clear_load_error(tmp_path):
 def test_a_new_tflite_version_is_hot_swapped_in(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1, plus=2.0)
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=1)
+    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
     assert s.predict({"x": np.array([[2.0]], np.float32)})[1]["y"].tolist() == [[3.0]]
     write_tflite_version(base, 2, plus=10.0)
     _wait(lambda: s.predict({"x": np.array([[2.0]], np.float32)})[0].model_spec.version.value == 2, what="v2")
@@ -434,14 +496,15 @@ def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(tmp_path):
     logs = [predict_log({"x": np.array([[float(i)]], np.float32)}) for i in range(3)]
     logs.append(predict_log({"a": np.array([1], np.int32), "b": np.array([2], np.int32)}, "arith"))
     path = write_tflite_version(tmp_path / "m", 1, warmup=logs)
-    servable = Loader("m", 1, path, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1)).load()
+    runners = LoadOptions(prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
+    servable = Loader("m", 1, path, options=runners).load()
     try:
         assert servable.warmup_records == 4
     finally:
         servable.close()
     bad = write_tflite_version(tmp_path / "n", 1, warmup=[predict_log({"x": np.array([[1]], np.int32)})])
     with pytest.raises(LoadError, match="warmup record 0 failed: .*expects DT_FLOAT"):
-        Loader("n", 1, bad, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1)).load()
+        Loader("n", 1, bad, options=runners).load()
 
 
 # --- the pool -------------------------------------------------------------------------------------------------------
@@ -465,7 +528,7 @@ def _reference(x: np.ndarray) -> np.ndarray:
 def test_num_tflite_pools_interpreters_serve_requests_at_once(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1, kind="heavy")
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=3)
+    s = served(base, prefer_tflite_model=True, tflite_signature_runners=True, num_tflite_pools=3)
     pool = s.servable().pool
     assert pool.size == 3 and pool.batch_rows == 0
     results = _concurrent_predicts(s, 12, rows=64)  # ~10 ms an invocation: requests overlap
@@ -475,7 +538,7 @@ def test_num_tflite_pools_interpreters_serve_requests_at_once(tmp_path, served):
 
     one = tmp_path / "one"
     write_tflite_version(one, 1, kind="heavy")
-    s1 = served(one, prefer_tflite_model=True, num_tflite_pools=1)
+    s1 = served(one, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
     _concurrent_predicts(s1, 6)
     assert s1.servable().pool.size == 1 and s1.servable().pool.busy_peak == 1
 
@@ -483,7 +546,8 @@ def test_num_tflite_pools_interpreters_serve_requests_at_once(tmp_path, served):
 def test_interpreters_per_pool_merges_waiting_requests(tmp_path, served):
     base = tmp_path / "m"
     write_tflite_version(base, 1, kind="heavy")
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, num_tflite_interpreters_per_pool=4)
+    s = served(base, prefer_tflite_model=True, tflite_signature_runners=True, num_tflite_pools=1,
+               num_tflite_interpreters_per_pool=4)
     pool = s.servable().pool
     assert pool.batch_rows == 125  # ceil(500 / 4), TfLiteSession's max_execution_batch_size
     results = _concurrent_predicts(s, 12, rows=16)
@@ -499,7 +563,7 @@ def test_enable_batching_merges_tflite_requests_like_saved_model_ones(tmp_path, 
     params = tmp_path / "batching.txt"
     params.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 20000 } "
                       "num_batch_threads { value: 1 }\n")
-    s = served(base, prefer_tflite_model=True, num_tflite_pools=1, enable_batching=True,
+    s = served(base, prefer_tflite_model=True, tflite_signature_runners=True, num_tflite_pools=1, enable_batching=True,
                batching_parameters_file=str(params))
     results = _concurrent_predicts(s, 8, rows=4)
     for x, y in results:
@@ -516,11 +580,16 @@ def test_enable_batching_merges_tflite_requests_like_saved_model_ones(tmp_path, 
 
 def test_the_tflite_flags_reach_the_loader():
     options = ServerOptions.from_args(["--model_base_path=/m", "--prefer_tflite_model", "--num_tflite_pools=3",
-                                       "--num_tflite_interpreters_per_pool=2"])
+                                       "--num_tflite_interpreters_per_pool=2", "--tflite_signature_runners"])
     options.validate()
     load = options.load_settings().load_options
     assert (load.prefer_tflite_model, load.num_tflite_pools, load.num_tflite_interpreters_per_pool) == (True, 3, 2)
-    assert ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options.prefer_tflite_model is False
+    assert load.tflite_signature_runners is True
+    default = ServerOptions.from_args(["--model_base_path=/m"]).load_settings().load_options
+    assert default.prefer_tflite_model is False and default.tflite_signature_runners is False  # TF Serving's rule
+    alone = ServerOptions.from_args(["--model_base_path=/m", "--tflite_signature_runners"])
+    with pytest.raises(FlagError, match="--tflite_signature_runners .* needs --prefer_tflite_model"):
+        alone.validate()  # a flag that cannot act is refused by name
 
 
 def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path, caplog):
@@ -542,6 +611,13 @@ def test_the_platform_config_sets_tflite_as_its_legacy_config_does(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="tfsctl.serving.server"):
         assert options.load_settings().load_options.num_tflite_pools == 2
     assert "--num_tflite_pools is ignored" in caplog.text
+    # tfsctl's own --tflite_signature_runners has no platform config field: it applies beside one
+    options = ServerOptions.from_args(["--model_base_path=/m", f"--platform_config_file={path}",
+                                       "--tflite_signature_runners"])
+    assert options.load_settings().load_options.tflite_signature_runners is True
+    path.write_text(path.read_text().replace("prefer_tflite_model: true", "prefer_tflite_model: false"))
+    with pytest.raises(FlagError, match="--tflite_signature_runners .* needs --prefer_tflite_model"):
+        options.load_settings()
 
 
 # --- export --to-tflite, inspect -------------------------------------------------------------------------------------
@@ -567,10 +643,54 @@ def test_export_to_tflite_writes_model_tflite_into_the_version(tmp_path):
     assert any("'classify_x_to_y' left out of model.tflite" in w for w in report["warnings"])
     assert (version / "saved_model.pb").is_file() and (version / "model.tflite").is_file()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left
+    # its one signature is also written as signature_defs_metadata, so TF Serving's rule 1 (and tfsctl's default)
+    # serves it under the SavedModel's keys
     servable = Loader("m", 1, version, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1)).load()
     try:
         assert servable.warmup_records == report["warmup_records"] == 1  # the export's record replays on TFLite
         assert servable.run("", {"x": np.array([2.0, 4.0], np.float32)})["y"].tolist() == [3.0, 4.0]
+        with_runners = Loader("m", 1, version, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1,
+                                                                    tflite_signature_runners=True)).load()
+        try:  # the same SignatureDef as the LiteRT signature's: metadata wins with or without the flag
+            assert servable.signature_defs == with_runners.signature_defs
+        finally:
+            with_runners.close()
+    finally:
+        servable.close()
+    info = json.loads(_cli("inspect", str(version / "model.tflite"), "--json").output)
+    assert info["signature_source"] == "signature_defs_metadata" and info["signature_runners"] == []
+
+
+def test_export_to_tflite_with_several_signatures_says_they_need_the_flag(tmp_path):
+    import tensorflow as tf
+
+    class Two(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return {"y": x * 2.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def triple(self, x):
+            return {"y": x * 3.0}
+
+    module = Two()
+    tf.saved_model.save(module, str(tmp_path / "src"), signatures={"serving_default": module.double,
+                                                                  "triple": module.triple})
+    result = _cli("export", str(tmp_path / "src"), str(tmp_path / "out"), "--to-tflite", "--no-warmup", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["tflite_signatures"] == ["serving_default", "triple"]
+    assert any("--tflite_signature_runners" in w and "serving_default_x" in w for w in report["warnings"])
+    version = tmp_path / "out" / "1"
+    opts = LoadOptions(prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
+    servable = Loader("m", 1, version, options=opts).load()
+    try:
+        assert servable.run("triple", {"x": np.array([2.0], np.float32)})["y"].tolist() == [6.0]
+    finally:
+        servable.close()
+    servable = Loader("m", 1, version, options=LoadOptions(prefer_tflite_model=True, num_tflite_pools=1)).load()
+    try:
+        assert list(servable.signature_defs) == ["serving_default"]  # TF Serving's generated one
     finally:
         servable.close()
 
@@ -596,17 +716,20 @@ def test_inspect_reads_a_tflite_file_and_a_version_with_one(tmp_path):
     result = _cli("inspect", str(version / "model.tflite"), "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output[result.output.index("{"):])
-    assert info["kind"] == "tflite" and info["signature_source"] == "LiteRT signatures"
+    # the server's default view (TF Serving's), and the LiteRT signatures the opt-in flag would serve
+    assert info["kind"] == "tflite" and info["signature_source"] == "generated serving_default"
+    assert info["signature_runners"] == ["arith", "serving_default"]
     sigs = {s["name"]: s for s in info["signatures"]}
-    assert sorted(sigs) == ["arith", "serving_default"]
+    assert sorted(sigs) == ["serving_default"]
     x = sigs["serving_default"]["inputs"][0]
-    assert (x["key"], x["dtype"], x["shape"]) == ("x", "DT_FLOAT", [-1, 1])
+    assert (x["key"], x["dtype"], x["shape"]) == ("arith_a", "DT_INT32", [1])  # the first subgraph is arith's
     result = _cli("inspect", str(version), "--json")  # a SavedModel with a model.tflite beside it
     info = json.loads(result.output[result.output.index("{"):])
     assert info["kind"] == "saved_model" and info["tflite"]["version"] == 7
-    assert [s["name"] for s in info["tflite"]["signatures"]] == ["arith", "serving_default"]
+    assert [s["name"] for s in info["tflite"]["signatures"]] == ["serving_default"]
     result = _cli("inspect", str(version / "model.tflite"))
-    assert result.exit_code == 0 and "signature 'arith'" in result.output
+    assert result.exit_code == 0 and "signature 'serving_default'" in result.output
+    assert "served by name with --tflite_signature_runners): arith, serving_default" in " ".join(result.output.split())
     (tmp_path / "bad.tflite").write_bytes(b"nope")
     result = _cli("inspect", str(tmp_path / "bad.tflite"))
     assert result.exit_code == 1 and "not a TensorFlow Lite model" in result.output
@@ -620,5 +743,5 @@ def test_inspect_a_base_path_with_tflite_only_versions(tmp_path):
     info = json.loads(result.output[result.output.index("{"):])
     assert [(v["version"], v["valid"]) for v in info["versions"]] == [(1, True), (2, True)]
     assert info["latest"]["kind"] == "tflite" and info["latest"]["version"] == 2
-    result = _cli("inspect", str(tmp_path / "m"), "--signature", "arith")
-    assert result.exit_code == 0 and "TFLite model" in result.output and "signature 'arith'" in result.output
+    result = _cli("inspect", str(tmp_path / "m"), "--signature", "serving_default")
+    assert result.exit_code == 0 and "TFLite model" in result.output and "signature 'serving_default'" in result.output

@@ -18,8 +18,8 @@ import tritonclient.grpc as triton  # noqa: E402
 import tritonclient.grpc.aio as triton_aio  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from v2_models import serve, write_models  # noqa: E402
 
-from tests.v2_models import serve, write_models  # noqa: E402
 from tfsctl.testing import half_plus_example  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

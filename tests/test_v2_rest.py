@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from v2_models import serve, write_models  # noqa: E402
 
-from tests.v2_models import serve, write_models  # noqa: E402
 from tfsctl.testing import half_plus_example, write_monitoring_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

@@ -328,7 +328,8 @@ def _signature_table(sig) -> None:  # noqa: ANN001 - SignatureInfo
     table.add_column("tensor", overflow="fold")
     for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
         for t in tensors:
-            table.add_row(role, t.key, t.dtype, t.shape_str, t.name)
+            name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"  # sparse/composite say so
+            table.add_row(role, t.key, t.dtype, t.shape_str, name)
     console.print(table)
 
 
@@ -336,6 +337,9 @@ def _render_tflite(info) -> None:  # noqa: ANN001 - TfLiteInfo
     version = f" (version {info.version})" if info.version is not None else ""
     console.print(f"[bold]TFLite model[/] {escape(info.path)}{version}: {_size(info.size)}; signatures from "
                   f"{escape(info.signature_source)}")
+    if info.signature_runners:
+        console.print(f"LiteRT signatures (served by name with --tflite_signature_runners): "
+                      f"{escape(', '.join(info.signature_runners))}")
     if info.warmup_records is not None:
         console.print(f"warmup records: {info.warmup_records}")
     for sig in info.signatures:
@@ -365,17 +369,7 @@ def _render_saved_model(info) -> None:  # noqa: ANN001 - SavedModelInfo, importe
         for sig in mg.signatures:
             if sig.name.startswith("__"):
                 continue
-            table = Table(title=f"signature {sig.name!r} ({sig.method_name or 'no method'})", title_justify="left")
-            table.add_column("")
-            table.add_column("key")
-            table.add_column("dtype")
-            table.add_column("shape", no_wrap=True)
-            table.add_column("tensor", overflow="fold")
-            for role, tensors in (("input", sig.inputs), ("output", sig.outputs)):
-                for t in tensors:
-                    name = t.name if t.encoding == "dense" else f"{t.name} ({t.encoding})"
-                    table.add_row(role, t.key, t.dtype, t.shape_str, name)
-            console.print(table)
+            _signature_table(sig)
     console.print(f"variables: {len(info.variables)} ({_size(info.variables_bytes)} on disk)")
     if info.variables and len(info.variables) <= 50:
         _variables_table("variables", info.variables)

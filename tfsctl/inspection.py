@@ -9,8 +9,9 @@
 * Frozen GraphDef (``.pb``/``.pbtxt``) or meta graph (``.meta``): placeholders as candidate inputs, ops nothing
   consumes as candidate outputs, with dtype and shape: the tensor names ``tfsctl export --input/--output`` takes.
 * TensorFlow Lite model (a ``.tflite`` file, or a version directory's ``model.tflite``, alone or beside the
-  SavedModel): its signatures as the server's ``--prefer_tflite_model`` serves them (:mod:`tfsctl.tflite_model`),
-  and where they come from (LiteRT signatures, ``signature_defs_metadata``, or generated).
+  SavedModel): its signatures as the server's ``--prefer_tflite_model`` serves them by default, as TF Serving
+  (:mod:`tfsctl.tflite_model`), where they come from (``signature_defs_metadata`` or generated), and the LiteRT
+  signatures that ``--tflite_signature_runners`` would serve by name instead of a generated ``serving_default``.
 
 The module is named ``inspection`` so it does not shadow the standard library's ``inspect``. ``cli.py`` renders
 these dataclasses as tables or JSON.
@@ -109,14 +110,18 @@ class TfLiteInfo:
     path: str
     size: int = 0
     signatures: list[SignatureInfo] = field(default_factory=list)
-    signature_source: str = ""  # tflite_model.FROM_SIGNATURE_RUNNER | FROM_METADATA | GENERATED
+    signature_source: str = ""  # tflite_model.FROM_METADATA | GENERATED (the server's default view)
+    # The model's LiteRT signatures, when the server serves them by name only with --tflite_signature_runners
+    # (the default view is the generated serving_default); [] otherwise.
+    signature_runners: list[str] = field(default_factory=list)
     version: int | None = None
     warmup_records: int | None = None
     kind: str = "tflite"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "version": self.version, "size": self.size,
-                "signature_source": self.signature_source, "warmup_records": self.warmup_records,
+                "signature_source": self.signature_source,
+                "signature_runners": self.signature_runners, "warmup_records": self.warmup_records,
                 "signatures": [s.to_dict() for s in self.signatures]}
 
 
@@ -418,19 +423,31 @@ def inspect_saved_model(export_dir: Path) -> SavedModelInfo:
 def inspect_tflite(path: Path) -> TfLiteInfo:
     """Read a ``.tflite`` file (or a version directory's ``model.tflite``) with the LiteRT interpreter, as the
     server does; InspectError when it is not a TFLite model LiteRT can run."""
-    from tfsctl.tflite_model import TfLiteModelError, describe
+    from tfsctl.tflite_model import (
+        GENERATED,
+        TfLiteModelError,
+        litert_signatures,
+        new_interpreter,
+        read_model,
+        read_signatures,
+    )
 
     p = Path(path)
     file = tflite_file(p) if p.is_dir() else p
     try:
-        signatures = describe(file)
+        content = read_model(file)
+        interpreter = new_interpreter(content)
+        signatures = read_signatures(content, interpreter)
+        runners = litert_signatures(interpreter)
     except TfLiteModelError as exc:
         raise InspectError(f"{file}: {exc}") from None
+    if any(s.source != GENERATED for s in signatures.values()):
+        runners = []  # signature_defs_metadata wins with or without --tflite_signature_runners
     version_dir = p if p.is_dir() else None
     sources = sorted({s.source for s in signatures.values()})
     return TfLiteInfo(path=str(file), size=file.stat().st_size,
                       signatures=_signatures({k: s.signature_def for k, s in signatures.items()}),
-                      signature_source=", ".join(sources),
+                      signature_source=", ".join(sources), signature_runners=runners,
                       version=parse_version_dir(version_dir.name) if version_dir is not None else None,
                       warmup_records=_count_records(warmup_path(version_dir)) if version_dir is not None else None)
 

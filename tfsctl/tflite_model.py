@@ -6,13 +6,18 @@ TF Serving (``tflite_session.cc``) gives a ``.tflite`` model SignatureDefs in th
    ``SignatureDef``, written by TFLite's ``signature_def_util``); their tensor names point at the primary
    subgraph's tensors, also under the legacy name without ``:0``.
 2. Otherwise one generated ``serving_default`` (predict) over the primary subgraph's inputs and outputs, keyed by
-   tensor name without its ``:N`` suffix, with the tensors' allocated shapes.
+   tensor name without its ``:N`` suffix (TensorInfoMap is a std::map: of names that then clash, the last by name
+   wins), with the tensors' allocated shapes.
 
-tfsctl adds one step between them: a model whose flatbuffer has its own signatures (what
-``TFLiteConverter.from_saved_model`` writes today; LiteRT's signature runners) gets one predict SignatureDef per
-signature, keyed and named as the SavedModel's were, with its dynamic dimensions as -1. TF Serving would generate
-a ``serving_default`` over the first subgraph's tensors instead (keys such as ``serving_default_x``), which hides
-every other signature.
+TF Serving 2.21 never uses LiteRT's signature runners: a model whose flatbuffer has its own signatures (what
+``TFLiteConverter.from_saved_model`` writes today) but no ``signature_defs_metadata`` gets rule 2, a generated
+``serving_default`` over the primary subgraph (the converter's first, not necessarily ``serving_default``'s), keyed
+``serving_default_x`` rather than the SavedModel's ``x``; its other signatures cannot be reached. That is tfsctl's
+default too. ``signature_runners=True``
+(the tfsctl-only ``--tflite_signature_runners``) adds a step between 1 and 2: such a model gets one predict
+SignatureDef per LiteRT signature, keyed and named as the SavedModel's were, with dynamic dimensions as -1, run
+through its signature runner. :func:`with_primary_signature_metadata` (``export --to-tflite``) stores a
+one-signature model's LiteRT signature as ``signature_defs_metadata``, so rule 1 serves it by its own keys.
 """
 
 from __future__ import annotations
@@ -148,8 +153,9 @@ def _fix_name(index_by_name: dict[str, int], name: str, what: str) -> int:
     raise TfLiteModelError(f"{what} references an unknown tensor: Unknown tensor '{name}'.")
 
 
-def read_signatures(content: bytes, interpreter: Any) -> dict[str, LiteSignature]:
-    """The model's signatures (module docstring), keyed by signature name."""
+def read_signatures(content: bytes, interpreter: Any, signature_runners: bool = False) -> dict[str, LiteSignature]:
+    """The model's signatures (module docstring), keyed by signature name; ``signature_runners``: LiteRT signatures
+    win over the generated ``serving_default`` (``--tflite_signature_runners``)."""
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
     outputs = {d["name"]: d for d in interpreter.get_output_details()}
     in_index = {name: d["index"] for name, d in inputs.items()}
@@ -166,7 +172,7 @@ def read_signatures(content: bytes, interpreter: Any) -> dict[str, LiteSignature
                 info.name = info.name if info.name in out_index else legacy_name(info.name)
             result[key] = LiteSignature(key, sig, FROM_METADATA, None, ins, outs)
         return result
-    runners = interpreter.get_signature_list()
+    runners = interpreter.get_signature_list() if signature_runners else {}
     if runners:
         for key in runners:
             runner = interpreter.get_signature_runner(key)
@@ -180,24 +186,66 @@ def read_signatures(content: bytes, interpreter: Any) -> dict[str, LiteSignature
         return result
     sig = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
     ins, outs = {}, {}
-    for name, d in inputs.items():
+    for name, d in sorted(inputs.items()):  # TensorInfoMap is a std::map: on a legacy-name clash the last name wins
         sig.inputs[legacy_name(name)].CopyFrom(_tensor_info(d, d["shape"]))
         ins[legacy_name(name)] = d["index"]
-    for name, d in outputs.items():
+    for name, d in sorted(outputs.items()):
         sig.outputs[legacy_name(name)].CopyFrom(_tensor_info(d, d["shape"]))
         outs[legacy_name(name)] = d["index"]
     result[DEFAULT_SIGNATURE] = LiteSignature(DEFAULT_SIGNATURE, sig, GENERATED, None, ins, outs)
     return result
 
 
-def describe(path: str | Path) -> dict[str, LiteSignature]:
-    """The signatures of a ``.tflite`` file or a version directory's ``model.tflite`` (for ``inspect``)."""
-    content = read_model(path)
-    return read_signatures(content, new_interpreter(content))
+def litert_signatures(interpreter: Any) -> list[str]:
+    """The names of the model's own (LiteRT) signatures, which only ``--tflite_signature_runners`` serves."""
+    return sorted(interpreter.get_signature_list())
+
+
+def with_primary_signature_metadata(content: bytes, interpreter: Any) -> bytes | None:
+    """``content`` plus a ``signature_defs_metadata`` holding its one LiteRT signature as a SignatureDef over the
+    primary subgraph's tensors (keys as the SavedModel's, dynamic dimensions -1: the ``--tflite_signature_runners``
+    view), so that TF Serving's rule 1 serves it as the SavedModel was; None when the model already has such
+    metadata or has not exactly one LiteRT signature on the primary subgraph (TF Serving runs only that subgraph,
+    so a second signature cannot be described). TfLiteModelError when the flatbuffer cannot be rewritten."""
+    import flatbuffers.flexbuffers as flexbuffers
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.tools import flatbuffer_utils
+
+    if _metadata_signature_defs(content):
+        return None
+    signatures = read_signatures(content, interpreter, signature_runners=True)
+    if len(signatures) != 1:
+        return None
+    (lite,) = signatures.values()
+    runner = interpreter.get_signature_runner(lite.runner)
+    primary = {d["index"] for d in interpreter.get_input_details()}
+    if {d["index"] for d in runner.get_input_details().values()} != primary:
+        return None  # the signature is not the primary subgraph's
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        builder.Key(lite.key)
+        builder._WriteBlob(lite.signature_def.SerializeToString(), append_zero=True,  # noqa: SLF001 - the layout
+                           type_=flexbuffers.Type.STRING)  # signature_def_util writes: a string holding the proto
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(bytes(builder.Finish()), dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = SIGNATURE_DEFS_METADATA
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = (model.metadata or []) + [entry]
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
+        raise TfLiteModelError(f"cannot write signature_defs_metadata: {type(e).__name__}: {e}") from None
 
 
 __all__ = [
     "FROM_METADATA", "FROM_SIGNATURE_RUNNER", "GENERATED", "MAX_TFLITE_BYTES", "SIGNATURE_DEFS_METADATA",
-    "TFLITE_FILE", "LiteSignature", "TfLiteModelError", "describe", "dtype_enum", "legacy_name", "new_interpreter",
-    "read_model", "read_signatures", "tflite_file",
+    "TFLITE_FILE", "LiteSignature", "TfLiteModelError", "dtype_enum", "legacy_name", "litert_signatures",
+    "new_interpreter", "read_model", "read_signatures", "tflite_file", "with_primary_signature_metadata",
 ]

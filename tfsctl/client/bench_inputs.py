@@ -131,8 +131,20 @@ def signature_defs(
     from tfsctl.client.senders import rest_path
 
     target = str(target)
-    host, _, port = target.rpartition(":")
     path = rest_path(model, version, label).removesuffix(":predict") + "/metadata"
+    data = _get(target, path, timeout)
+    try:
+        doc = json.loads(data)["metadata"]["signature_def"]
+        doc.pop("@type", None)
+        sig_map = json_format.ParseDict(doc, get_model_metadata_pb2.SignatureDefMap(), ignore_unknown_fields=True)
+    except (ValueError, KeyError, TypeError, AttributeError, json_format.ParseError):
+        raise ClientError(f"GET {path} on {target}: not a model metadata answer") from None
+    return dict(sig_map.signature_def)
+
+
+def _get(target: str, path: str, timeout: float) -> bytes:
+    """The body of ``GET path`` on a REST server at ``host:port``; ClientError unless it answers 200."""
+    host, _, port = target.rpartition(":")
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
         conn.request("GET", path)
@@ -143,15 +155,9 @@ def signature_defs(
     finally:
         conn.close()
     if resp.status != 200:
-        text = data[:300].decode("utf-8", "replace")
-        raise ClientError(f"GET {path} on {target} answered HTTP {resp.status}: {text}")
-    try:
-        doc = json.loads(data)["metadata"]["signature_def"]
-        doc.pop("@type", None)
-        sig_map = json_format.ParseDict(doc, get_model_metadata_pb2.SignatureDefMap(), ignore_unknown_fields=True)
-    except (ValueError, KeyError, TypeError, AttributeError, json_format.ParseError):
-        raise ClientError(f"GET {path} on {target}: not a model metadata answer") from None
-    return dict(sig_map.signature_def)
+        raise ClientError(f"GET {path} on {target} answered HTTP {resp.status}: "
+                          f"{data[:300].decode('utf-8', 'replace')}")
+    return data
 
 
 def _v2_signature_defs(target: str | Endpoint, model: str, protocol: str, version: int | None, timeout: float
@@ -165,20 +171,8 @@ def _v2_signature_defs(target: str | Endpoint, model: str, protocol: str, versio
             meta = v2.model_metadata(channel, ep, model, version, timeout)
         return {DEFAULT_SIGNATURE: v2.signature_def(meta)}
     target = str(target)
-    host, _, port = target.rpartition(":")
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        data = resp.read()
-    except OSError as e:
-        raise ClientError(f"cannot reach server at {target}: {e}") from None
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise ClientError(f"GET {path} on {target} answered HTTP {resp.status}: "
-                          f"{data[:300].decode('utf-8', 'replace')}")
+    data = _get(target, path, timeout)
     try:
         doc = json.loads(data)
     except ValueError:

@@ -77,6 +77,9 @@ class LoadOptions:
     prefer_tflite_model: bool = False
     num_tflite_pools: int = field(default_factory=lambda: os.cpu_count() or 1)  # TF Serving's flag default
     num_tflite_interpreters_per_pool: int = 1
+    # --tflite_signature_runners (tfsctl's own): serve a model.tflite's LiteRT signatures by name instead of TF
+    # Serving's generated serving_default (tfsctl.tflite_model).
+    tflite_signature_runners: bool = False
 
     def inline_short_steps(self) -> bool:
         """Whether short steps may run in the caller's thread (see :mod:`tfsctl.core.servable`): only when the session
@@ -261,7 +264,8 @@ class Loader:
             content = read_model(self.path)
             return load_tflite(self.name, self.version, self.path, content,
                                num_pools=self.options.num_tflite_pools,
-                               interpreters_per_pool=self.options.num_tflite_interpreters_per_pool)
+                               interpreters_per_pool=self.options.num_tflite_interpreters_per_pool,
+                               signature_runners=self.options.tflite_signature_runners)
         except TfLiteModelError as e:
             raise LoadError(f"{self._where}: cannot load {tflite_file(self.path).name}: {_short(e)}") from None
 

@@ -335,12 +335,13 @@ class TfLiteServable(Servable):
 
 
 def load_tflite(name: str, version: int, path: str | Path, content: bytes, *, num_pools: int = 1,
-                interpreters_per_pool: int = 1) -> TfLiteServable:
-    """The version at ``path`` from its ``model.tflite`` bytes; TfLiteModelError when the model cannot run here."""
+                interpreters_per_pool: int = 1, signature_runners: bool = False) -> TfLiteServable:
+    """The version at ``path`` from its ``model.tflite`` bytes; TfLiteModelError when the model cannot run here.
+    ``signature_runners``: serve its LiteRT signatures by name (``--tflite_signature_runners``, tfsctl's own)."""
     from tfsctl.tflite_model import read_signatures
 
     first = _Interpreter(content)
-    signatures = read_signatures(content, first.interpreter)
+    signatures = read_signatures(content, first.interpreter, signature_runners)
     inputs = first.interpreter.get_input_details()
     model_batch = int(inputs[0]["shape_signature"][0]) if len(inputs) == 1 and len(inputs[0]["shape"]) else -1
     pool = InterpreterPool(content, num_pools, max_batch_rows(interpreters_per_pool, model_batch))

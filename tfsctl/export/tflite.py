@@ -7,9 +7,16 @@ LiteRT signature per predict signature, under the same keys; a signature the con
 signature parsing tf.Examples) is left out with a warning. It is written
 into the staging directory, so it appears with the version in the export's one rename, or not at all.
 
+A model with one signature also gets it as ``signature_defs_metadata`` (TFLite's ``signature_def_util`` format),
+so TF Serving, and tfsctl by default, serve it under the SavedModel's key and input/output names: without it they
+would generate a ``serving_default`` keyed by tensor names (``serving_default_x``). A model with several keeps
+only its LiteRT signatures, which tfsctl serves by name with ``--tflite_signature_runners``; TF Serving serves its
+first subgraph as a generated ``serving_default``, and the export warns so.
+
 Before that rename the file is opened with the LiteRT interpreter and its signatures read as the server reads
-them; every warmup record of the version must name one of them (a server preferring the TFLite model replays the
-same records), and a model the interpreter cannot run (an op it lacks) is an ExportError naming the reason.
+them (with ``--tflite_signature_runners`` when the model has several); every warmup record of the version must
+name one of them (a server preferring the TFLite model replays the same records), and a model the interpreter
+cannot run (an op it lacks) is an ExportError naming the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 from tfsctl.errors import ExportError
 from tfsctl.model_layout import TFLITE_FILE
 from tfsctl.savedmodel import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, PREDICT_METHOD, read_saved_model
-from tfsctl.tflite_model import TfLiteModelError, new_interpreter, read_signatures
+from tfsctl.tflite_model import TfLiteModelError, new_interpreter, read_signatures, with_primary_signature_metadata
 
 
 def predict_signatures(export_dir: Path, tags: Iterable[str]) -> list[str]:
@@ -85,9 +92,17 @@ def write_tflite(export_dir: Path, tags: Iterable[str], warmup_logs: Iterable[An
         except Exception as e3:  # noqa: BLE001
             raise ExportError(f"--to-tflite: the TFLite converter failed: {first_line(e3)}") from None
     try:
-        signatures = read_signatures(content, new_interpreter(content))
+        described = with_primary_signature_metadata(content, new_interpreter(content))
+        if described is not None:
+            content = described
+        signatures = read_signatures(content, new_interpreter(content), signature_runners=described is None)
     except TfLiteModelError as e:
         raise ExportError(f"--to-tflite: the converted model cannot be served by LiteRT: {e}") from None
+    if described is None:
+        warnings.append(f"--to-tflite: model.tflite has {len(signatures)} signatures ({', '.join(sorted(signatures))})"
+                        ", served by name with --prefer_tflite_model --tflite_signature_runners; without that flag "
+                        "(and by TF Serving) only a serving_default generated over the first one's tensors, keyed "
+                        "by tensor name (e.g. serving_default_x), is served")
     for index, log in enumerate(warmup_logs):
         kind = log.WhichOneof("log_type")
         request = getattr(log, kind).request if kind else None

@@ -107,6 +107,9 @@ FLAGS: tuple[Flag, ...] = (
          tfsctl_only=True),
     Flag("worker_cpu_affinity", "bool", False,
          "with --workers: pin worker i to CPU i (of those allowed), TensorFlow's threads included", tfsctl_only=True),
+    Flag("tflite_signature_runners", "bool", False,
+         "with --prefer_tflite_model: serve model.tflite's LiteRT signatures by name, not a generated "
+         "serving_default", tfsctl_only=True),
     Flag("batching_isolate_failures", "bool", False,
          "rerun a batch that fails on bad data request by request", tfsctl_only=True),
     Flag("retry_failed_versions_on_change", "bool", False,

@@ -39,9 +39,9 @@ class NotDense(Exception):
 
 class DenseArray:
     """A dense nested JSON array of numbers: its numbers in order (Python ints and floats, as orjson read them),
-    its shape, whether any number was written with a fraction or an exponent (``floats``), and whether any has
-    19 or more digits outside a fraction (``wide``: it may not fit 64 bits, and orjson then reads an integer as a
-    float)."""
+    its shape, whether any number was written with a fraction or an exponent (``floats``), and, in all-integer
+    text, whether any was 19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an
+    integer as a float; with ``floats`` every number goes through float64 anyway)."""
 
     __slots__ = ("values", "shape", "floats", "wide")
 
@@ -125,8 +125,10 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
         return None
     floats = b"." in text or b"e" in text or b"E" in text
     # With a fraction or an exponent anywhere, every number goes through float64, a long integer too, and orjson
-    # reads one as the general path converts it (both round once, correctly); only all-integer text can be wide.
-    return stop, DenseArray(values, shape, floats, not floats and _has_long_integer(text))
+    # reads one as the general path converts it (both round once, correctly): only all-integer text can be wide.
+    # Not searched in float text: float64 text of small numbers is 19+ characters a number ("0.00012345678901234567"),
+    # and the search re-reads each of them at every position (about 100 ms on a 3 MB ResNet body).
+    return stop, DenseArray(values, shape, floats, not floats and b"n" * 19 in marked)
 
 
 _N, _OPEN, _CLOSE = ord("n"), ord("["), ord("]")
@@ -141,24 +143,6 @@ def _number_touches_bracket(marked: bytes) -> bool:
     closes = np.flatnonzero(codes[:-1] == _CLOSE)
     opens = np.flatnonzero(codes[1:] == _OPEN)
     return bool((codes[closes + 1] == _N).any() or (codes[opens] == _N).any())
-
-
-def _has_long_integer(text: bytes, length: int = 19) -> bool:
-    """Whether ``text`` (numbers, brackets, commas) holds ``length`` or more digits in a row that are not a
-    fraction's (not right after a "."): an integer that may not fit 64 bits. Float64 text of small numbers has
-    such runs after its point ("0.00012345678901234567"), which say nothing about integers.
-
-    Vectorized: ``b"n" * 19 in marked`` re-read each of float64 text's 17-19-character numbers at every position
-    (about 100 ms on a 3 MB ResNet body); this takes a few ms."""
-    codes = np.frombuffer(text, np.uint8)
-    breaks = np.flatnonzero((codes - np.uint8(48)) > 9)  # every non-digit byte
-    if breaks.size == 0:
-        return len(text) >= length
-    if breaks[0] >= length:
-        return True  # a run at the very start: nothing before it
-    gaps = np.diff(breaks, append=len(text))  # a gap of g after a non-digit is g - 1 digits
-    before = breaks[gaps > length]  # the byte right before each long run
-    return bool(before.size) and bool((codes[before] != 0x2E).any())  # "."
 
 
 def _shape_of(structure: bytes, rank: int) -> tuple[int, ...] | None:

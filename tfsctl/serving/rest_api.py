@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import functools
 import logging
 import re
 import resource
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -63,6 +64,7 @@ from tfsctl.serving.v2_rest import V2Rest, is_v2_path
 if TYPE_CHECKING:
     from tfsctl.serving.request_core import RequestCore
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # A 1080p RGB image as JSON numbers is ~40-60 MB of text; 128 MiB leaves room and still bounds memory.
@@ -389,12 +391,7 @@ class RestServer:
     async def _model_call(self, request: web.Request, verb: str, name: str, version: str | None,
                           label: str | None) -> web.Response:
         name = unquote(name)
-        record = self.core.begin(REST, verb, name)
-        if self.core.tag_requests:
-            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
-            record.peer = request.remote or ""
-            record.traceparent = request.headers.get(TRACEPARENT, "")
-            record.tracestate = request.headers.get(TRACESTATE, "")
+        record = self.begin_record(request, verb, name)
         label = unquote(label) if label is not None else None
         try:
             model_spec(name, version, label)  # ParseModelInfo comes first: a version beyond int64 is 400 at once
@@ -452,22 +449,40 @@ class RestServer:
                 if not room.done():
                     room.set_result(None)
 
+    def begin_record(self, request: web.Request, api: str, name: str) -> Any:
+        """The request core's record of a REST request (``api`` its verb), with the client's request id, peer and
+        trace context when the server tags requests (access log, traces)."""
+        record = self.core.begin(REST, api, name)
+        if self.core.tag_requests:
+            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+            record.peer = request.remote or ""
+            record.traceparent = request.headers.get(TRACEPARENT, "")
+            record.tracestate = request.headers.get(TRACESTATE, "")
+        return record
+
     async def _handle(self, request: web.Request, verb: str, name: str, version: str | None,
                       label: str | None, reserved: int = 0) -> bytes:
-        """Read the body, run the handler in the pool (bounded by ``timeout_ms``), return the encoded reply.
+        """Read the body, run the handler in the pool (bounded by ``timeout_ms``), return the encoded reply."""
+        return await self.run_with_body(request, functools.partial(getattr(self, f"_do_{verb}"), name, version,
+                                                                   label),
+                                        reserved, timed=verb in ("predict", "classify", "regress"),
+                                        what=f"the {verb} request on model '{name}'")
+
+    async def run_with_body(self, request: web.Request, work: Callable[[bytes], T], reserved: int, *,
+                            timed: bool, what: str) -> T:
+        """Read the body and run ``work(body)`` in the pool, in a copy of this request's context (the request
+        core finds the request's record there); ``timed``: bounded by ``timeout_ms`` (504), which is also the
+        session run's timeout (core/deadlines), as in TF Serving. A request whose client has gone before it runs
+        is not run.
 
         The ``reserved`` body bytes go back when the pool thread is done with the body: after a 504 the thread
         may still hold it, so the release follows the thread, not the reply."""
         loop = asyncio.get_running_loop()
-        timed = verb in ("predict", "classify", "regress") and self.timeout_ms > 0
-        # As TF Serving, the REST timeout is also the session run's (core/deadlines); a request whose client has
-        # gone before it runs is not run.
+        timed = timed and self.timeout_ms > 0
         deadline = deadlines.Deadline.after(self.timeout_ms / 1000 if timed else None)
         try:
             body = await self._read_body(request) if request.method == "POST" else b""
-            # In a copy of this request's context: the request core finds the request's record there.
-            work = self._executor.submit(contextvars.copy_context().run, deadlines.run_with, deadline,
-                                         getattr(self, f"_do_{verb}"), name, version, label, body)
+            job = self._executor.submit(contextvars.copy_context().run, deadlines.run_with, deadline, work, body)
             record = current()
             if record is not None:
                 record.bytes_in = len(body)
@@ -475,8 +490,8 @@ class RestServer:
             self._release_body(reserved)
             raise
         if reserved:
-            work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_body, reserved))
-        call = asyncio.wrap_future(work)
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_body, reserved))
+        call = asyncio.wrap_future(job)
         try:
             if not timed:
                 return await call
@@ -486,9 +501,8 @@ class RestServer:
             deadline.cancel()
             raise
         except TimeoutError:
-            raise _HttpError(504, f"Deadline Exceeded: the {verb} request on model '{name}' took longer "
-                                  f"than the REST timeout of {self.timeout_ms} ms (--rest_api_timeout_in_ms)",
-                             "DEADLINE_EXCEEDED") from None
+            raise _HttpError(504, f"Deadline Exceeded: {what} took longer than the REST timeout of "
+                                  f"{self.timeout_ms} ms (--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED") from None
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole (decoded) body, bounded in size and in time without progress."""

@@ -31,6 +31,8 @@ _HEALTH_PERIOD_S = 0.1
 _LOAD_POLL_S = 0.05
 # How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer.request_stop).
 _SIGNAL_POLL_S = 0.1
+_RUNNERS_WITHOUT_TFLITE = ("--tflite_signature_runners changes how model.tflite is served: it needs "
+                           "--prefer_tflite_model (or prefer_tflite_model in --platform_config_file)")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class ServerOptions:
     servable_versions_always_present: bool = False
     retry_failed_versions_on_change: bool = False
     batching_isolate_failures: bool = False
+    tflite_signature_runners: bool = False  # serve model.tflite's LiteRT signatures by name (tfsctl.tflite_model)
     model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
     op_library: str = ""  # comma-separated custom-op .so files loaded before any model (tf.load_op_library)
     request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
@@ -197,6 +200,8 @@ class ServerOptions:
             raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
         if self.batching_parameters_file and not self.enable_batching:
             raise FlagError("--batching_parameters_file is set without --enable_batching")
+        if self.tflite_signature_runners and not self.prefer_tflite_model and not self.platform_config_file:
+            raise FlagError(_RUNNERS_WITHOUT_TFLITE)
         parse_channel_arguments(self.grpc_channel_arguments)
 
     def load_settings(self) -> LoadSettings:
@@ -219,6 +224,10 @@ class ServerOptions:
                 if getattr(self, name) != getattr(defaults, name):  # legacy_config's fields decide, as in server.cc
                     log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
             platform = load_platform_config(self.platform_config_file)
+            if self.tflite_signature_runners and not platform.prefer_tflite_model:
+                from tfsctl.serving.flags import FlagError
+
+                raise FlagError(_RUNNERS_WITHOUT_TFLITE)
             options = LoadOptions(
                 saved_model_tags=platform.saved_model_tags,
                 session_config=platform.session_config,
@@ -228,6 +237,7 @@ class ServerOptions:
                 prefer_tflite_model=platform.prefer_tflite_model,
                 num_tflite_pools=platform.num_tflite_pools,
                 num_tflite_interpreters_per_pool=platform.num_tflite_interpreters_per_pool,
+                tflite_signature_runners=self.tflite_signature_runners,  # tfsctl's own: no platform config field
             )
             return LoadSettings(options, platform.batching_parameters is not None, platform.batching_parameters,
                                 platform.enable_per_model_batching_params)
@@ -250,6 +260,7 @@ class ServerOptions:
             prefer_tflite_model=self.prefer_tflite_model,
             num_tflite_pools=self.num_tflite_pools,
             num_tflite_interpreters_per_pool=self.num_tflite_interpreters_per_pool,
+            tflite_signature_runners=self.tflite_signature_runners,
         )
         batching = None
         if self.enable_batching and self.batching_parameters_file:

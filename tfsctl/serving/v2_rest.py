@@ -26,8 +26,6 @@ allocation (``core/v2_tensors.py``); the model call runs in the REST pool throug
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import logging
 import re
@@ -42,10 +40,8 @@ from aiohttp import web
 from tfsctl.core import v2_tensors
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec, json_dense
-from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
-from tfsctl.serving.request_record import REST, current
-from tfsctl.serving.rest_common import CORS_HEADERS, ORIGIN, HttpError
-from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
+from tfsctl.serving.logs import REQUEST_ID_HEADER
+from tfsctl.serving.rest_common import CORS_HEADERS, ORIGIN
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
 
 log = logging.getLogger(__name__)
@@ -351,12 +347,7 @@ class V2Rest:
     async def _call(self, request: web.Request, api: str, name: str, work: Callable[[bytes], _Reply], *,
                     timed: bool = False) -> web.Response:
         server = self.server
-        record = server.core.begin(REST, api, name)
-        if server.core.tag_requests:
-            record.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
-            record.peer = request.remote or ""
-            record.traceparent = request.headers.get(TRACEPARENT, "")
-            record.tracestate = request.headers.get(TRACESTATE, "")
+        record = server.begin_record(request, api, name)
         try:
             reply = await self._run(request, work, timed, name)
             code = "OK"
@@ -385,29 +376,8 @@ class V2Rest:
     async def _run(self, request: web.Request, work: Callable[[bytes], _Reply], timed: bool, name: str) -> _Reply:
         server = self.server
         reserved = await server._reserve_body(request) if request.method == "POST" else 0
-        loop = asyncio.get_running_loop()
-        try:
-            body = await server._read_body(request) if request.method == "POST" else b""
-            # In a copy of this request's context: the request core finds the request's record there.
-            job = server._executor.submit(contextvars.copy_context().run, work, body)
-            record = current()
-            if record is not None:
-                record.bytes_in = len(body)
-        except BaseException:
-            server._release_body(reserved)
-            raise
-        if reserved:
-            job.add_done_callback(lambda _: loop.call_soon_threadsafe(server._release_body, reserved))
-        call = asyncio.wrap_future(job)
-        if not (timed and server.timeout_ms > 0):
-            return await call
-        try:
-            async with asyncio.timeout(server.timeout_ms / 1000):
-                return await call
-        except TimeoutError:
-            raise HttpError(504, f"Deadline Exceeded: the v2 infer request on model '{name}' took longer than the "
-                                  f"REST timeout of {server.timeout_ms} ms (--rest_api_timeout_in_ms)",
-                             "DEADLINE_EXCEEDED") from None
+        return await server.run_with_body(request, work, reserved, timed=timed,
+                                          what=f"the v2 infer request on model '{name}'")
 
     def _response(self, reply: _Reply) -> web.Response:
         headers = dict(reply.headers)
