@@ -220,7 +220,7 @@ def test_dns_and_ipv4_list_targets(served):
     assert parse_target("[::1]:8500") == "[::1]:8500"
     assert parse_target("dns:///svc.ns:9000") == "dns:///svc.ns:9000"
     assert parse_target("unix:/run/tfs.sock") == "unix:/run/tfs.sock"
-    for bad in ("a:b:c", "ipv4:1.2.3:80", "dns:///", "host:99999"):
+    for bad in ("a:b:c", "ipv4:1.2.3:80", "dns:///", "host:99999", "host:\u00b2"):
         with pytest.raises(ClientError, match="invalid server address"):
             parse_target(bad)
 

@@ -375,7 +375,9 @@ def _predict_v2(image: np.ndarray, ep: Endpoint, channel: grpc.Channel, model: s
     missing = [key for key in plan.outputs if key not in arrays]
     if missing:
         raise ClientError(f"v2 response has no output '{missing[0]}' (outputs: {', '.join(sorted(arrays)) or 'none'})")
-    served = int(response.model_version) if response.model_version.isdigit() else version
+    served = v2.version_number(response.model_version)
+    if served is None:
+        served = version
     return _result(image, sent, arrays, plan, response.model_name or model, served, sig, output, alpha, names,
                    save_labels, overlay_only, k, rpc_s, (t0, t_decoded, t_meta, t_built, t_sent))
 

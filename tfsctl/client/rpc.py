@@ -48,7 +48,7 @@ _CONNECT_HINTS = (
 
 
 def _port_ok(text: str, server: str) -> None:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:  # isdigit alone takes "²"
         raise ClientError(f"invalid server address {server!r}: port {text} is out of range 1..65535")
 
 

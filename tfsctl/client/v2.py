@@ -157,6 +157,12 @@ def metadata_from_json(doc: Any) -> Any:
         raise ClientError(f"not a v2 model metadata answer: {e}") from None
 
 
+def version_number(text: str) -> int | None:
+    """A v2 version string as a number, or None when it is not one (``isdigit`` alone takes "²", which ``int``
+    refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def model_status(target: str | Endpoint, model: str, version: int | None = None, timeout: float = 10.0
                  ) -> list[VersionStatus]:
     """The status rows v2 can give: the versions ModelMetadata lists (or the one asked), each READY or
@@ -166,8 +172,8 @@ def model_status(target: str | Endpoint, model: str, version: int | None = None,
     with ep.channel() as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         if version is None:
-            versions = [int(v) for v in model_metadata(channel, ep, model, None, timeout).versions
-                        if v.isascii() and v.isdigit()]  # isdigit alone takes "²", which int() refuses
+            listed = (version_number(v) for v in model_metadata(channel, ep, model, None, timeout).versions)
+            versions = [v for v in listed if v is not None]
         else:
             versions = [int(version)]
         rows = []
