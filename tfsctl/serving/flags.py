@@ -165,12 +165,12 @@ def convert(flag: Flag, text: str) -> Any:
         return value
     if flag.kind == "float":
         try:
-            value = float(text.strip())
+            number = float(text.strip())
         except ValueError:
             raise FlagError(f"--{flag.name}: expected a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if number != number or number in (float("inf"), float("-inf")):
             raise FlagError(f"--{flag.name}: expected a finite number, got {text!r}")
-        return value
+        return number
     return text
 
 
