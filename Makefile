@@ -19,6 +19,7 @@ install: $(BIN)/tfsctl
 
 lint: install
 	$(BIN)/ruff check tfsctl tests benchmarks samples
+	$(BIN)/mypy  # tfsctl/core and tfsctl/serving ([tool.mypy] in pyproject.toml)
 
 # tests/test_op_libraries.py compiles a custom op with g++ (TensorFlow's headers come with its pip package).
 cxx:

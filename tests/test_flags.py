@@ -5,7 +5,12 @@ Fast: parsing and option building only (no server). Real `tfsctl serve` runs are
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,8 +18,9 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from tfsctl.errors import ConfigError  # noqa: E402
+from tfsctl.serving import options as options_module  # noqa: E402
 from tfsctl.serving.flags import BY_NAME, FlagError, help_text, parse_args  # noqa: E402
-from tfsctl.serving.server import ServerOptions, parse_channel_arguments  # noqa: E402
+from tfsctl.serving.options import ServerOptions, parse_channel_arguments  # noqa: E402
 
 # The flags of TF Serving 2.21's model_servers/main.cc (names only), in its order.
 MAIN_CC_FLAGS = """port grpc_socket_path rest_api_port rest_api_num_threads rest_api_timeout_in_ms
@@ -42,6 +48,48 @@ def test_every_main_cc_flag_is_known_and_every_option_has_a_flag():
     assert [n for n in MAIN_CC_FLAGS if n not in BY_NAME] == []
     fields = set(ServerOptions.__dataclass_fields__)
     assert {n for n in BY_NAME if n != "version"} == fields
+
+
+def _field_defaults(source: str) -> dict[str, ast.expr]:
+    """{field name: its default expression} of the ServerOptions class in ``source``."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == "ServerOptions":
+            return {s.target.id: s.value for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None}
+    raise AssertionError("no class ServerOptions")
+
+
+def _defaults_written_twice(source: str) -> list[str]:
+    """Flag-backed fields whose default is not read from the flag table as ``_flag("<the field's name>")``."""
+    return [name for name, value in _field_defaults(source).items() if name in BY_NAME and not (
+        isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "_flag"
+        and [a.value for a in value.args if isinstance(a, ast.Constant)] == [name] and not value.keywords)]
+
+
+def test_each_default_is_written_once_in_the_flag_table():
+    source = Path(options_module.__file__).read_text()
+    assert _defaults_written_twice(source) == []
+    assert set(_field_defaults(source)) == {f.name for f in dataclasses.fields(ServerOptions)}  # none left bare
+    # the checker sees a literal default, another flag's default and a default_factory
+    broken = source.replace('port: int = _flag("port")', "port: int = 8500").replace(
+        'host: str = _flag("host")', 'host: str = _flag("model_name")').replace(
+        'workers: int = _flag("workers")', "workers: int = field(default_factory=lambda: 1)")
+    assert sorted(_defaults_written_twice(broken)) == ["host", "port", "workers"]
+    # and the dataclass holds the flag's very value and type
+    for f in dataclasses.fields(ServerOptions):
+        flag = BY_NAME[f.name]
+        assert f.default_factory is dataclasses.MISSING
+        assert (f.default, type(f.default)) == (flag.default, type(flag.default)), f.name
+
+
+def test_options_import_without_tensorflow():
+    """The CLI validates flags and ``serve --workers``' supervisor passes options on before (or without) TensorFlow."""
+    code = ("import sys, tfsctl.serving.options as o; o.ServerOptions.from_args(['--port=1']).validate(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_defaults_are_tensorflow_model_servers():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 import typer.core
@@ -15,6 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from tfsctl.model_layout import DEFAULT_SIGNATURE
+
+if TYPE_CHECKING:
+    from tfsctl.serving.server import ModelServer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -561,7 +565,7 @@ def serve(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
     from tfsctl.errors import ConfigError, ServingError
-    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.serving.options import ServerOptions  # no TensorFlow: flag mistakes are reported first
 
     options = ServerOptions(**parsed.values)
     try:
@@ -602,6 +606,8 @@ def serve(ctx: typer.Context) -> None:
                 f"tfsctl serve: {options.workers} workers on gRPC {options.host}:{sup.grpc_port}, REST "
                 f"{f'{options.host}:{sup.rest_port}' if sup.rest_port else 'off'} (pids {sup.pids})"))
         else:
+            from tfsctl.serving.server import ModelServer  # loads TensorFlow (after quiet_tensorflow above)
+
             code = ModelServer(options).serve_forever(on_started=banner, close_grpc=False)
     except FlagError as e:
         fail(str(e), code=2)

@@ -246,7 +246,7 @@ def parse_batching_parameters(text: str, source: str = "<batching parameters>") 
         BatchOptions.from_params(params)
     except ConfigError as e:
         name = getattr(e, "field", "")
-        raise ConfigError(f"{source}{_line_of(text, name) if name else ''}: {e.reason}") from None
+        raise ConfigError(f"{source}{_line_of(text, name) if name else ''}: {e.reason}") from None  # type: ignore[attr-defined]
     return params
 
 

@@ -195,7 +195,7 @@ def classification_result(classes: np.ndarray | None, scores: np.ndarray | None,
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
         raise InvalidArgument(f"{where}: Tensors class and score should match in dim_size(1). Got "
                               f"{classes.shape[1]} vs. {scores.shape[1]}")
-    num_classes = (classes if classes is not None else scores).shape[1] if (
+    num_classes = (classes if classes is not None else scores).shape[1] if (  # type: ignore[union-attr]
         classes is not None or scores is not None) else 0
     result = classification_pb2.ClassificationResult()
     labels = classes.tolist() if classes is not None else None

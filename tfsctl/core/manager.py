@@ -215,6 +215,7 @@ class Manager:
             model = self._models.get(name)
             if model is None or self._stopping.is_set():
                 return
+            rec: _Version | None
             for v, rec in model.versions.items():
                 was_aspired, rec.aspired = rec.aspired, v in versions
                 if not rec.aspired and rec.harness is Harness.LOADING:

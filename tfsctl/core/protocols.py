@@ -70,5 +70,11 @@ class SignatureRunner(Protocol):
         """The outputs of ``signature_name`` on ``inputs`` (maybe merged with other requests into one batch)."""
         ...
 
+    def run_now(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+                output_filter: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
+        """The outputs at once, in the caller's thread as a batch of its own; None (nothing run) for a request that
+        must be split across batches, which then goes through :meth:`run`."""
+        ...
+
 
 __all__ = ["ServableManager", "SignatureRunner"]

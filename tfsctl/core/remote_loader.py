@@ -150,5 +150,5 @@ def remote_aware_factory(inner: LoaderFactory | None = None, *, cache: str | Pat
             return CachingLoader(name, version, str(path), cache=cache, inner_factory=make)
         return make(name, version, Path(storage.normalize(path)))
 
-    factory.inner = make  # type: ignore[attr-defined] - the wrapped factory, for introspection
+    factory.inner = make  # type: ignore[attr-defined]  # the wrapped factory, for introspection
     return factory

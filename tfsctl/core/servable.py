@@ -168,7 +168,7 @@ class _Runner:
         self.step_seconds = ordered[0]
         if not self.inline and ordered[len(ordered) // 2] < INLINE_STEP_S:
             try:
-                inline_fn = self._make_inline()
+                inline_fn = self._make_inline()  # type: ignore[misc]  # not None while adapting
             except Exception:  # noqa: BLE001 - e.g. unloaded meanwhile: keep the pool, stop adapting
                 self._make_inline = None
                 return

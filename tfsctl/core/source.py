@@ -65,7 +65,7 @@ def list_versions(base_path: str | Path) -> dict[int, Path]:
     order and the later one wins; a warning names both.
     """
     if storage.is_remote(base_path):  # cloud: s3:// gs:// listed through fsspec (raises StorageError)
-        return storage.list_versions(base_path)
+        return storage.list_versions(base_path)  # type: ignore[return-value]  # URLs (str), not Paths
     base_path = storage.normalize(base_path)  # cloud: file:// is a local path
     found: dict[int, Path] = {}
     try:

@@ -31,6 +31,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def _explain(url: str, what: str, e: BaseException) -> StorageError:
 def _find(url: str) -> dict[str, dict]:
     """Every object under ``url`` as {relative name: info}; {} when there is none."""
     scheme, rest = split_url(url)
-    fs = filesystem(scheme)
+    fs = filesystem(scheme)  # type: ignore[arg-type]  # a remote URL has a scheme
     try:
         fs.invalidate_cache()
         found = fs.find(rest, detail=True, withdirs=False)
@@ -203,7 +204,7 @@ def _stamp(info: dict) -> tuple:
                                           info.get("LastModified") or info.get("mtime") or ""))
 
 
-def missing_parts(names: set[str] | list[str]) -> str:
+def missing_parts(names: Iterable[str]) -> str:
     """Why a version directory with these relative file names is not complete ("" when rules 1-2 hold)."""
     names = set(names)
     if not any(n in names for n in _PB_FILES):
@@ -272,7 +273,8 @@ def list_versions(base_path: str | Path, settle_seconds: float | None = None) ->
             if _reported.pop(key, None) is not None:
                 log.info("%s/%d is complete", base, v)
             complete[v] = f"{base}/{v}"
-        stable = {v: prints[v] if previous.get(v) == prints[v] else stable.get(v) for v in prints}
+        stable = {v: prints[v] if previous.get(v) == prints[v] else stable.get(v)  # type: ignore[misc]
+                  for v in prints}
         _seen[base] = (prints, frozenset(complete), stable)
     return complete
 
@@ -304,7 +306,7 @@ def isdir(path: str | Path) -> bool:
         return os.path.isdir(normalize(path))
     scheme, rest = split_url(path)
     try:
-        fs = filesystem(scheme)
+        fs = filesystem(scheme)  # type: ignore[arg-type]  # a remote URL has a scheme
         fs.invalidate_cache()
         return bool(fs.ls(rest, detail=False))
     except FileNotFoundError:
@@ -359,7 +361,7 @@ def download(url: str | Path, dest: Path) -> None:
             remote.append(f"{rest}/{rel}")
             local.append(str(target))
         try:
-            filesystem(scheme).get(remote, local)
+            filesystem(scheme).get(remote, local)  # type: ignore[arg-type]  # a remote URL has a scheme
         except Exception as e:  # noqa: BLE001
             raise _explain(url, "copy", e) from None
         for rel, info in files.items():

@@ -316,7 +316,7 @@ class Batcher:
             if t.error is not None:
                 raise t.error
         parts = [t.outputs for t in tasks]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}  # type: ignore[index]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}  # type: ignore[index,union-attr]
 
     def _claim_idle(self, key: tuple, size: int, opts: BatchOptions) -> bool:
         """True (a batch slot taken) when this request would run at once anyway: the batcher is idle (no batch
@@ -447,10 +447,10 @@ class Batcher:
             if not arr.ndim or (size is not None and arr.shape[0] != size):
                 return None
             size = arr.shape[0]
-            key = (signature_name, name, arr.ndim)
-            variable = cache.get(key, _UNKNOWN)
+            dims_key = (signature_name, name, arr.ndim)
+            variable = cache.get(dims_key, _UNKNOWN)
             if variable is _UNKNOWN:  # the SignatureDef (a proto: slow to walk) is read once per input and rank
-                variable = cache[key] = _variable_dims(servable.signature_defs.get(signature_name), name, arr.ndim)
+                variable = cache[dims_key] = _variable_dims(servable.signature_defs.get(signature_name), name, arr.ndim)
             if variable is None:  # dimension 0 fixed by the signature: not batchable
                 return None
             if opts.pad_variable_length_inputs:

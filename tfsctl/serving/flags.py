@@ -102,6 +102,7 @@ FLAGS: tuple[Flag, ...] = (
          "Predict replies in tensor_content, not *_val"),
     # tfsctl's own
     Flag("host", "str", "0.0.0.0", "address to bind", tfsctl_only=True),
+    # A 1080p float32 RGB image is 1920*1080*3*4 = 24.9 MB; 64 MiB leaves room for batches of a few and replies.
     Flag("grpc_max_message_bytes", "int32", 64 * 1024 * 1024, "largest gRPC message in and out", tfsctl_only=True),
     Flag("workers", "int32", 1, "N serving processes sharing the ports, each with its own models",
          tfsctl_only=True),
@@ -164,12 +165,12 @@ def convert(flag: Flag, text: str) -> Any:
         return value
     if flag.kind == "float":
         try:
-            value = float(text.strip())
+            number = float(text.strip())
         except ValueError:
             raise FlagError(f"--{flag.name}: expected a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if number != number or number in (float("inf"), float("-inf")):
             raise FlagError(f"--{flag.name}: expected a finite number, got {text!r}")
-        return value
+        return number
     return text
 
 

@@ -115,6 +115,7 @@ class _DenseDoc(dict):
     the body, so anything the fast path does not decide is parsed again the general way."""
 
     __slots__ = ("body",)
+    body: bytes
 
 
 def parse_predict_json(body: bytes) -> dict:
@@ -380,9 +381,9 @@ def json_to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
         while isinstance(first, list) and first:
             first = first[0]
         raise Unimplemented(f"Conversion of JSON Value: {debug_string(first)} to type: {dtype_string(enum)}")
-    flat = _flat_leaves(value)
-    if flat is not None:
-        leaves, shape = flat
+    flat_leaves = _flat_leaves(value)
+    if flat_leaves is not None:
+        leaves, shape = flat_leaves
         types = set(map(type, leaves))
         if dtype.kind == "b":
             ok = types <= {bool}
@@ -478,7 +479,7 @@ def _from_instances(instances: list, specs: Mapping[str, InputSpec]) -> dict[str
         def where(i: int, n: str = name) -> str:
             return f"Failed to process element: {i} key: {n} of 'instances' list."
 
-        out[name] = _named(name, spec, lambda n=name, sp=spec, w=where: _batch([item[n] for item in instances], sp, w))
+        out[name] = _named(name, spec, lambda n=name, sp=spec, w=where: _batch([item[n] for item in instances], sp, w))  # type: ignore[misc]
     return out
 
 
@@ -493,7 +494,7 @@ def _from_inputs(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.nd
     for name, spec in specs.items():  # TF Serving reads the signature's inputs; other keys are ignored
         if name not in inputs:
             raise InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
-        out[name] = _named(name, spec, lambda n=name, sp=spec: json_to_tensor(inputs[n], sp))
+        out[name] = _named(name, spec, lambda n=name, sp=spec: json_to_tensor(inputs[n], sp))  # type: ignore[misc]
     return out
 
 

@@ -160,6 +160,7 @@ class Metrics:
         self._tf: dict[str, object] = {}
         self._tf_by_family: dict[str, TfMetric] = {}
         for spec in TF_METRICS:
+            metric: Counter | Histogram
             if spec.kind == "counter":
                 metric = Counter(spec.name, spec.help, spec.labels, registry=self.registry)
             else:
@@ -298,11 +299,11 @@ def render_families(families: Iterable, tf_by_family: dict[str, TfMetric] | None
             name = spec.name
             tf_by_family[name[:-6] if spec.kind == "counter" and name.endswith("_total") else name] = spec
     tf: dict[str, object] = {}
-    own = []
+    own: list = []
     for family in families:
-        spec = tf_by_family.get(family.name)
-        if spec is not None:
-            tf[spec.tf_name] = family
+        found = tf_by_family.get(family.name)
+        if found is not None:
+            tf[found.tf_name] = family
         else:
             own.append(family)
     lines: list[str] = []

@@ -549,7 +549,7 @@ class RestServer:
         doc = json_codec.parse_predict_json(raw)
         sig = json_codec.signature_name(doc)
         with self.core.hold(model_spec(name, version, label, sig)) as held:
-            inputs, row_format = json_codec.decode_predict(doc, held.signature.inputs, sig)
+            inputs, row_format = json_codec.decode_predict(doc, held.signature.inputs, sig)  # type: ignore[arg-type]
             del doc  # a big body's lists (65k for a 256x256 image) go now, not after the model call
             _, outputs = held.predict(inputs)
         return json_codec.encode_predict(outputs, row_format)

@@ -1,6 +1,6 @@
 """``tfsctl serve``: the model server process, wired the way ``tensorflow_model_server`` is.
 
-:class:`ServerOptions` carries tensorflow_model_server's flags (same names, same defaults where they make sense);
+From :class:`~tfsctl.serving.options.ServerOptions` (tensorflow_model_server's flags; re-exported here),
 :class:`ModelServer` builds Manager -> RequestCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
 service in step with the manager, polls ``--model_config_file`` for changes and shuts down gracefully: stop
 accepting, let in-flight requests finish, then unload the models.
@@ -8,6 +8,8 @@ accepting, let in-flight requests finish, then unload the models.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -15,24 +17,43 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
+from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
+from tfsctl.core.config import load_monitoring_config, load_ssl_config, parse_model_server_config
+from tfsctl.core.loader import Loader, load_op_library_files
+from tfsctl.core.remote_loader import remote_aware_factory
+from tfsctl.core.request_log import RequestLogger
+from tfsctl.core.servable_request import has_available_version
+from tfsctl.core.server_core import ServerCore, ServerCoreOptions
 from tfsctl.errors import ConfigError, ServingError, Unknown
+from tfsctl.serving.batcher import Batcher
+from tfsctl.serving.grpc_api import RequestGate, add_services, update_health
+from tfsctl.serving.grpc_loop import LoopServer
+from tfsctl.serving.logs import AccessLog
+from tfsctl.serving.metrics import Metrics
+from tfsctl.serving.options import (  # noqa: F401 - DEFAULT_GRPC_MAX_MESSAGE_BYTES, ServerOptions: re-exported
+    DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+    LoadSettings,
+    ServerOptions,
+    parse_channel_arguments,
+)
+from tfsctl.serving.profiler import add_profiler_service
+from tfsctl.serving.request_core import RequestCore
+from tfsctl.serving.rest_api import RestServer
+from tfsctl.serving.tracing import Tracer, traces_endpoint
 
 log = logging.getLogger(__name__)
 
-# A 1080p float32 RGB image is 1920*1080*3*4 = 24.9 MB; 64 MiB leaves room for batches of a few and for replies.
-DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _HEALTH_PERIOD_S = 0.1
 _LOAD_POLL_S = 0.05
 # How soon serve_forever notices a signal (its handler only sets a flag: see ModelServer.request_stop).
 _SIGNAL_POLL_S = 0.1
-_RUNNERS_WITHOUT_TFLITE = ("--tflite_signature_runners changes how model.tflite is served: it needs "
-                           "--prefer_tflite_model (or prefer_tflite_model in --platform_config_file)")
 
 
 @dataclass(frozen=True)
@@ -51,255 +72,6 @@ class ServerHooks:
     collect_metrics: Callable[[], Iterable] | None = None
 
 
-@dataclass(frozen=True)
-class LoadSettings:
-    """The flags' (or the platform config's) word on loading and batching."""
-
-    load_options: Any  # tfsctl.core.loader.LoadOptions
-    enable_batching: bool
-    batching_parameters: Any  # BatchingParameters or None (TF Serving's defaults)
-    enable_per_model_batching_params: bool
-
-
-@dataclass
-class ServerOptions:
-    """tensorflow_model_server's flags: same snake_case names, types and defaults (see :mod:`tfsctl.serving.flags`).
-
-    Where tfsctl's default differs it says so in the flag's help and in docs/SERVER_FLAGS.md. ``port`` 0 means an
-    OS-chosen port (TF Serving: no TCP port, allowed only with ``grpc_socket_path``; that combination still means
-    "socket only" here); ``rest_api_port`` 0 (the default, as TF Serving) turns REST off.
-    """
-
-    port: int = 8500
-    grpc_socket_path: str = ""
-    rest_api_port: int = 0
-    rest_api_num_threads: int = 0
-    rest_api_timeout_in_ms: int = 30000
-    rest_api_enable_cors_support: bool = False
-    enable_batching: bool = False
-    allow_version_labels_for_unavailable_models: bool = False
-    batching_parameters_file: str = ""
-    enable_per_model_batching_parameters: bool = False
-    model_config_file: str = ""
-    model_config_file_poll_wait_seconds: float = 0.0
-    model_name: str = "default"
-    model_base_path: str = ""
-    num_load_threads: int = 0
-    num_unload_threads: int = 0
-    max_num_load_retries: int = 5
-    load_retry_interval_micros: int = 60_000_000
-    file_system_poll_wait_seconds: float = 1.0
-    flush_filesystem_caches: bool = True
-    tensorflow_session_parallelism: int = 0
-    tensorflow_session_config_file: str = ""
-    tensorflow_intra_op_parallelism: int = 0
-    tensorflow_inter_op_parallelism: int = 0
-    use_alts_credentials: bool = False
-    ssl_config_file: str = ""
-    platform_config_file: str = ""
-    per_process_gpu_memory_fraction: float = 0.0
-    saved_model_tags: str = ""
-    grpc_channel_arguments: str = ""
-    grpc_max_threads: int = 0
-    enable_model_warmup: bool = True
-    num_request_iterations_for_warmup: int = 0
-    monitoring_config_file: str = ""
-    remove_unused_fields_from_bundle_metagraph: bool = True
-    prefer_tflite_model: bool = False
-    num_tflite_pools: int = field(default_factory=lambda: os.cpu_count() or 1)
-    num_tflite_interpreters_per_pool: int = 1
-    enable_signature_method_name_check: bool = False
-    xla_cpu_compilation_enabled: bool = False
-    xla_gpu_compilation_enabled: bool = False
-    enable_profiler: bool = True
-    thread_pool_factory_config_file: str = ""
-    mixed_precision: str = ""
-    skip_initialize_tpu: bool = False
-    enable_grpc_healthcheck_service: bool = True
-    enable_serialization_as_tensor_content: bool = False
-    # tfsctl's own
-    host: str = "0.0.0.0"
-    grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
-    load_retry_interval_seconds: float | None = None  # tfsctl's earlier spelling; wins over the micros when set
-    servable_versions_always_present: bool = False
-    retry_failed_versions_on_change: bool = False
-    batching_isolate_failures: bool = False
-    tflite_signature_runners: bool = False  # serve model.tflite's LiteRT signatures by name (tfsctl.tflite_model)
-    model_cache_dir: str = ""  # local copies of s3:// / gs:// versions ("" = $TFSCTL_MODEL_CACHE_DIR or temp)
-    op_library: str = ""  # comma-separated custom-op .so files loaded before any model (tf.load_op_library)
-    request_log_max_file_bytes: int = 64 * 1024 * 1024  # request log files rotate past this size
-    access_log: str = ""  # one line per request: a path, or "-" for stderr; "" = off
-    log_format: str = "text"  # text | json, for every server log line and the access log
-    trace_otlp_endpoint: str = ""  # OTLP/HTTP base URL for traces ("" = the OTEL_* variables decide; off without)
-
-    @classmethod
-    def from_args(cls, argv: list[str]) -> ServerOptions:
-        """Options from a tensorflow_model_server command line (FlagError on a mistake; no --help/--version)."""
-        from tfsctl.serving.flags import FlagError, parse_args
-
-        parsed = parse_args(argv)
-        if parsed.help or parsed.version:
-            raise FlagError("--help and --version are handled by the command line, not ServerOptions")
-        return cls(**parsed.values)
-    workers: int = 1  # tfsctl-only: > 1 = one of N processes sharing the ports (SO_REUSEPORT); serving/supervisor.py
-    worker_cpu_affinity: bool = False  # tfsctl-only: with workers > 1, worker i runs on CPU i only
-
-    def model_config(self):
-        """The ModelServerConfig these options stand for; ConfigError when neither source of models is given."""
-        from tfsctl.core.config import load_model_server_config, single_model_config
-
-        if self.model_config_file:
-            if self.model_base_path:  # as tensorflow_model_server: the config file wins
-                log.warning("--model_base_path and --model_name are ignored: --model_config_file is set")
-            return load_model_server_config(self.model_config_file)
-        if self.model_base_path:
-            if not self.model_name:
-                raise ConfigError("--model_name must not be empty")
-            from tfsctl.core.storage import split_url  # cloud: a URL base path stays a URL
-
-            base = self.model_base_path if split_url(self.model_base_path)[0] else \
-                Path(self.model_base_path).expanduser().absolute()
-            return single_model_config(self.model_name, base)
-        raise ConfigError("no models to serve: give --model_base_path (with --model_name) or --model_config_file")
-
-    def validate(self) -> None:
-        """Reject flag values tensorflow_model_server would reject (and those that cannot apply), naming the flag."""
-        from tfsctl.serving.flags import BY_NAME, FlagError, check_applicable
-
-        check_applicable({f.name: getattr(self, f.name) for f in BY_NAME.values() if hasattr(self, f.name)})
-        for name in ("port", "rest_api_port"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                raise FlagError(f"--{name} must be in 0..65535, got {value}")
-        if self.grpc_max_message_bytes < 1024:
-            raise FlagError(f"--grpc_max_message_bytes must be >= 1024, got {self.grpc_max_message_bytes}")
-        for name in ("rest_api_num_threads", "num_load_threads", "num_unload_threads", "max_num_load_retries",
-                     "grpc_max_threads", "num_request_iterations_for_warmup", "tensorflow_session_parallelism",
-                     "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
-                     "model_config_file_poll_wait_seconds"):
-            if getattr(self, name) < 0:
-                raise FlagError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.rest_api_timeout_in_ms <= 0:
-            raise FlagError(f"--rest_api_timeout_in_ms must be > 0, got {self.rest_api_timeout_in_ms}")
-        if not 1 <= self.workers <= 64:
-            raise FlagError(f"--workers must be in 1..64, got {self.workers}")
-        if self.worker_cpu_affinity and self.workers == 1:
-            raise FlagError("--worker_cpu_affinity pins each of several workers to a CPU: it needs --workers 2 or more")
-        if self.load_retry_interval_seconds is not None and self.load_retry_interval_seconds < 0:
-            raise FlagError(f"--load_retry_interval_seconds must be >= 0, got {self.load_retry_interval_seconds}")
-        if not 0.0 <= self.per_process_gpu_memory_fraction <= 1.0:
-            raise FlagError("--per_process_gpu_memory_fraction must be in 0.0..1.0, got "
-                            f"{self.per_process_gpu_memory_fraction}")
-        if min(self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism,
-               self.tensorflow_session_parallelism) > 0:
-            raise FlagError("configure either --tensorflow_session_parallelism or --tensorflow_intra_op_parallelism "
-                            "and --tensorflow_inter_op_parallelism, not all three")
-        if self.log_format not in ("text", "json"):
-            raise FlagError(f"--log_format must be text or json, got {self.log_format!r}")
-        if self.request_log_max_file_bytes < 1024:
-            raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
-        if self.batching_parameters_file and not self.enable_batching:
-            raise FlagError("--batching_parameters_file is set without --enable_batching")
-        if self.tflite_signature_runners and not self.prefer_tflite_model and not self.platform_config_file:
-            raise FlagError(_RUNNERS_WITHOUT_TFLITE)
-        parse_channel_arguments(self.grpc_channel_arguments)
-
-    def load_settings(self) -> LoadSettings:
-        """How versions load and whether requests batch, as server.cc builds its SessionBundleConfig.
-
-        Reads --tensorflow_session_config_file, --batching_parameters_file or --platform_config_file
-        (ConfigError for a bad file).
-        """
-        from tfsctl.core.config import load_batching_parameters, load_platform_config, load_session_config
-        from tfsctl.core.loader import LoadOptions
-
-        if self.platform_config_file:
-            for name in ("enable_batching", "tensorflow_session_config_file", "tensorflow_session_parallelism",
-                         "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism", "saved_model_tags",
-                         "per_process_gpu_memory_fraction"):
-                if getattr(self, name):  # ignored by tensorflow_model_server too; say so rather than stay silent
-                    log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
-            defaults = ServerOptions()
-            for name in ("prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool"):
-                if getattr(self, name) != getattr(defaults, name):  # legacy_config's fields decide, as in server.cc
-                    log.warning("--%s is ignored: --platform_config_file sets the tensorflow platform's config", name)
-            platform = load_platform_config(self.platform_config_file)
-            if self.tflite_signature_runners and not platform.prefer_tflite_model:
-                from tfsctl.serving.flags import FlagError
-
-                raise FlagError(_RUNNERS_WITHOUT_TFLITE)
-            options = LoadOptions(
-                saved_model_tags=platform.saved_model_tags,
-                session_config=platform.session_config,
-                per_process_gpu_memory_fraction=platform.per_process_gpu_memory_fraction,
-                enable_model_warmup=platform.enable_model_warmup,
-                num_request_iterations_for_warmup=platform.num_request_iterations_for_warmup or 1,
-                prefer_tflite_model=platform.prefer_tflite_model,
-                num_tflite_pools=platform.num_tflite_pools,
-                num_tflite_interpreters_per_pool=platform.num_tflite_interpreters_per_pool,
-                tflite_signature_runners=self.tflite_signature_runners,  # tfsctl's own: no platform config field
-            )
-            return LoadSettings(options, platform.batching_parameters is not None, platform.batching_parameters,
-                                platform.enable_per_model_batching_params)
-        session_config = b""
-        if self.tensorflow_session_config_file:
-            session_config = load_session_config(self.tensorflow_session_config_file)
-        if self.tensorflow_intra_op_parallelism > 0 or self.tensorflow_inter_op_parallelism > 0:
-            intra, inter = self.tensorflow_intra_op_parallelism, self.tensorflow_inter_op_parallelism
-        else:
-            intra = inter = self.tensorflow_session_parallelism
-        tags = frozenset(t.strip() for t in self.saved_model_tags.split(",") if t.strip()) or frozenset({"serve"})
-        options = LoadOptions(
-            saved_model_tags=tags,
-            session_config=session_config,
-            intra_op_parallelism=intra,
-            inter_op_parallelism=inter,
-            per_process_gpu_memory_fraction=self.per_process_gpu_memory_fraction,
-            enable_model_warmup=self.enable_model_warmup,
-            num_request_iterations_for_warmup=self.num_request_iterations_for_warmup or 1,
-            prefer_tflite_model=self.prefer_tflite_model,
-            num_tflite_pools=self.num_tflite_pools,
-            num_tflite_interpreters_per_pool=self.num_tflite_interpreters_per_pool,
-            tflite_signature_runners=self.tflite_signature_runners,
-        )
-        batching = None
-        if self.enable_batching and self.batching_parameters_file:
-            batching = load_batching_parameters(self.batching_parameters_file)
-        return LoadSettings(options, self.enable_batching, batching,
-                            self.enable_batching and self.enable_per_model_batching_parameters)
-
-    @property
-    def load_retry_interval(self) -> float:
-        """Seconds between load retries (negative micros = no wait, as TF Serving)."""
-        if self.load_retry_interval_seconds is not None:
-            return self.load_retry_interval_seconds
-        return max(0, self.load_retry_interval_micros) / 1e6
-
-
-def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
-    """``--grpc_channel_arguments``: ``key=value,key=value`` -> gRPC server options; ints as ints (server.cc).
-
-    A key given twice keeps its last value (TF Serving's test harness appends ``grpc.so_reuseaddr=1`` that way).
-    """
-    from tfsctl.serving.flags import FlagError
-
-    args: dict[str, int | str] = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise FlagError(f"--grpc_channel_arguments: {item!r} is not key=value")
-        value = value.strip()
-        try:
-            number = int(value, 10)
-        except ValueError:
-            args[key.strip()] = value
-        else:
-            args[key.strip()] = number if -(2**31) <= number < 2**31 else value
-    return list(args.items())
-
-
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -307,9 +79,6 @@ def _address(host: str, port: int) -> str:
 def _make_server_core(options: ServerOptions, metrics: Any, loader_factory: Callable[..., Any],
                       request_logger: Any) -> Any:
     """The ServerCore (event bus, Manager, Source) from the polling, loading and label flags (ServerCore::Options)."""
-    from tfsctl.core.remote_loader import remote_aware_factory
-    from tfsctl.core.server_core import ServerCore, ServerCoreOptions
-
     return ServerCore(ServerCoreOptions(
         file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
         max_num_load_retries=options.max_num_load_retries,
@@ -328,8 +97,6 @@ def _make_server_core(options: ServerOptions, metrics: Any, loader_factory: Call
 
 def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool = False) -> Any:
     """The Batcher; ``--enable_per_model_batching_parameters`` reads each version's batching_params.pbtxt."""
-    from tfsctl.serving.batcher import Batcher
-
     return Batcher(settings.batching_parameters, metrics, per_model=settings.enable_per_model_batching_params,
                    isolate_failures=isolate_failures)
 
@@ -349,9 +116,6 @@ class _HideHealth(grpc.aio.ServerInterceptor):
 
 def _malloc_trim() -> None:
     """Give the heap pages freed while loading back to the OS (glibc only; elsewhere nothing to do)."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if not name:
         return
@@ -382,8 +146,6 @@ class ModelServer:
         self.tracer: Any = None
         self.load_settings: LoadSettings | None = None
         self._grpc: Any = None  # a grpc_loop.LoopServer once started
-        from tfsctl.serving.grpc_api import RequestGate
-
         self._gate = RequestGate()
         self._health: Any = None
         self._started = False
@@ -410,10 +172,6 @@ class ModelServer:
         A stop request (SIGTERM under :meth:`serve_forever`) during the wait returns without opening them.
         Raises ConfigError for bad flags or files and OSError when a port cannot be bound.
         """
-        from tfsctl.core.loader import Loader
-        from tfsctl.serving.metrics import Metrics
-        from tfsctl.serving.request_core import RequestCore
-
         if self._started or self._stopped.is_set():
             raise RuntimeError("a ModelServer starts once; create a new one")
         self._started = True
@@ -425,19 +183,13 @@ class ModelServer:
                 self._config_text = Path(opts.model_config_file).read_text()
             credentials = self._credentials()
             if opts.op_library:  # before any model: graphs using the ops import (tfsctl-only flag)
-                from tfsctl.core.loader import load_op_library_files
-
                 load_op_library_files([p.strip() for p in opts.op_library.split(",") if p.strip()])
             settings = self.load_settings = opts.load_settings()
             if opts.monitoring_config_file:
-                from tfsctl.core.config import load_monitoring_config
-
                 self.monitoring_config = load_monitoring_config(opts.monitoring_config_file)
 
             self.metrics = Metrics(collect=self.hooks.collect_metrics)
             self._gate.gauge = self.metrics.grpc_in_flight
-            from tfsctl.core.request_log import RequestLogger
-
             self.request_logger = RequestLogger(saved_model_tags=settings.load_options.saved_model_tags,
                                                 max_file_bytes=opts.request_log_max_file_bytes,
                                                 counter=self.metrics.observe_request_log)
@@ -453,16 +205,12 @@ class ModelServer:
                                     request_logger=self.request_logger, readiness=self.hooks.ready,
                                     reload=self.hooks.reload)
             if opts.access_log:
-                from tfsctl.serving.logs import AccessLog
-
                 try:
                     self.access_log = AccessLog(opts.access_log, opts.log_format)
                 except OSError as e:
                     raise ConfigError(f"--access_log {opts.access_log}: cannot open: {e.strerror or e}") from None
                 self.core.observers.append(self.access_log)
                 self.core.tag_requests = True
-            from tfsctl.serving.tracing import Tracer, traces_endpoint
-
             endpoint = traces_endpoint(opts.trace_otlp_endpoint)
             if endpoint:
                 self.tracer = Tracer(endpoint)
@@ -504,10 +252,6 @@ class ModelServer:
 
     def _wait_for_initial_loads(self, timeout: float | None) -> None:
         """Block until no initial version is still START/LOADING (or ``timeout``, or a stop request)."""
-        from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
-
-        from tfsctl.core.servable_request import has_available_version
-
         pending = (ModelVersionStatus.START, ModelVersionStatus.LOADING)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -527,9 +271,6 @@ class ModelServer:
             raise Unknown(f"{len(failed)} model(s) did not become available: {'; '.join(failed)}")
 
     def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> None:
-        from tfsctl.serving.grpc_api import add_services
-        from tfsctl.serving.grpc_loop import LoopServer
-
         opts = self.options
         # Batched requests block a worker while they wait in the queue: allow enough of them to fill batches.
         threads = opts.grpc_max_threads or max(64, 8 * (os.cpu_count() or 1))
@@ -547,13 +288,9 @@ class ModelServer:
         self._health = add_services(loop_server, self.core, self.metrics, max_tensor_bytes=max_bytes,
                                     tensor_content=opts.enable_serialization_as_tensor_content, gate=self._gate)
         if opts.enable_grpc_healthcheck_service:  # the service names tensorflow_model_server reports SERVING
-            from grpc_health.v1 import health_pb2
-
             for name in ("ModelService", "PredictionService"):
                 self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if opts.enable_profiler:  # TF Serving's ProfilerService, served in process (serving/profiler.py)
-            from tfsctl.serving.profiler import add_profiler_service
-
             add_profiler_service(server)
         addresses = []
         if opts.port != 0 or not opts.grpc_socket_path:
@@ -575,8 +312,6 @@ class ModelServer:
     def _credentials(self) -> grpc.ServerCredentials | None:
         if not self.options.ssl_config_file:
             return None
-        from tfsctl.core.config import load_ssl_config
-
         ssl = load_ssl_config(self.options.ssl_config_file)
         return grpc.ssl_server_credentials(
             [(ssl.server_key.encode(), ssl.server_cert.encode())],
@@ -585,8 +320,6 @@ class ModelServer:
         )
 
     def _start_rest(self) -> None:
-        from tfsctl.serving.rest_api import RestServer
-
         opts = self.options
         kwargs: dict[str, Any] = {}
         # As TF Serving's http_server.cc: the Prometheus page exists only under a monitoring config that enables
@@ -733,8 +466,6 @@ class ModelServer:
     def _health_loop(self) -> None:
         """Keep grpc.health.v1 in step with the manager: on each of its state events where it publishes them
         (``manager.events``), else (and as a backstop) every ``_HEALTH_PERIOD_S``."""
-        from tfsctl.serving.grpc_api import update_health
-
         changed = self._health_changed
         events = getattr(self.manager, "events", None)
         unsubscribe = events.subscribe(lambda _event: changed.set()) if events is not None else None
@@ -755,8 +486,6 @@ class ModelServer:
 
     def _config_loop(self) -> None:
         """Re-read ``--model_config_file`` every poll period; apply it when its text changed."""
-        from tfsctl.core.config import parse_model_server_config
-
         path = Path(self.options.model_config_file)
         while not self._stop_event.wait(self.options.model_config_file_poll_wait_seconds):
             try:

@@ -62,7 +62,8 @@ class _Link:
         from tensorflow_serving.apis import model_management_pb2
 
         rid = uuid.uuid4().hex
-        done, result = threading.Event(), []
+        done = threading.Event()
+        result: list[Any] = []
         self._waiting[rid] = (done, result)
         try:
             self.send(ReloadAsked(rid, request.config.SerializeToString(), wait_seconds))
