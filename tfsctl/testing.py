@@ -17,14 +17,17 @@ later calls copy that template: tests that write many versions stay fast.
 from __future__ import annotations
 
 import atexit
+import http.client
 import os
 import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -173,6 +176,38 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+               every: float = 0.02) -> T:
+    """Call ``condition`` every ``every`` seconds until it returns something truthy and return that; raise
+    AssertionError naming ``what`` once ``timeout`` seconds pass. Tests poll with a deadline, never sleep to
+    synchronise: this is the one poller they share (a wait on a servable state waits on the Manager's state
+    monitor instead, ``manager.wait_for_state``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def http_call(port: int, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
+              timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to 127.0.0.1:``port`` on a fresh connection; returns (status, headers, body bytes).
+    Callers encode bodies and decode answers themselves, so a test sees exactly the bytes on the wire."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
 
 
 def write_monitoring_config(directory: str | Path, path: str = "", *, enable: bool = True) -> Path:
