@@ -200,10 +200,11 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "c
 def http_call(port: int, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
               timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request to 127.0.0.1:``port`` on a fresh connection; returns (status, headers, body bytes).
-    Callers encode bodies and decode answers themselves, so a test sees exactly the bytes on the wire."""
+    Callers encode bodies (a ``str`` is sent as UTF-8) and decode answers themselves, so a test sees exactly the
+    bytes on the wire."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
