@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -209,6 +210,19 @@ def http_call(port: int, method: str, path: str, body: bytes | str | None = None
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
+
+
+def http_json(port: int, method: str, path: str, doc: object = None, *, raw: bytes | None = None,
+              headers: dict | None = None, timeout: float = 60.0) -> tuple[int, Any]:
+    """A JSON request through :func:`http_call`: ``doc`` sent as JSON (or ``raw`` bytes as they are) with
+    ``Content-Type: application/json``; returns (status, the reply parsed as JSON when its Content-Type says JSON,
+    else its text)."""
+    body = raw if raw is not None else (json.dumps(doc).encode() if doc is not None else None)
+    status, reply_headers, reply = http_call(port, method, path, body,
+                                             {"Content-Type": "application/json", **(headers or {})}, timeout)
+    if "json" in {k.lower(): v for k, v in reply_headers.items()}.get("content-type", ""):
+        return status, json.loads(reply)
+    return status, reply.decode()
 
 
 def write_monitoring_config(directory: str | Path, path: str = "", *, enable: bool = True) -> Path:
