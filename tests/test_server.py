@@ -25,7 +25,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfsctl.errors import ConfigError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_monitoring_config, write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +53,6 @@ def _start(tmp_path: Path, **kwargs) -> ModelServer:
     server.start()
     return server
 
-
-def _poll(condition, message: str, timeout: float = 60.0) -> None:
-    """Wait for ``condition()`` with a deadline (short waits between checks; never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
 
 
 def _poll_source_once(server: ModelServer) -> None:
@@ -111,27 +104,24 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
         def newest_seen() -> int:
             return min((s[-1] if s else 0) for s in seen)
 
-        def wait_for(version: int, timeout: float = 60) -> None:
-            deadline = time.monotonic() + timeout
-            while newest_seen() < version:
-                assert time.monotonic() < deadline, f"clients never all reached version {version}"
-                assert not failures, failures[:3]
-                time.sleep(0.05)
+        def reached(version: int) -> bool:
+            assert not failures, failures[:3]
+            return newest_seen() >= version
 
         with ThreadPoolExecutor(8) as pool:
             futs = [pool.submit(client, i) for i in range(8)]
             try:
-                wait_for(1)
+                wait_until(lambda: reached(1), 60, "clients all at version 1", every=0.05)
                 write_toy_model(base, 2, scale=2.0)
-                wait_for(2)
+                wait_until(lambda: reached(2), 60, "clients all at version 2", every=0.05)
                 write_toy_model(base, 3, scale=3.0)
-                wait_for(3)
+                wait_until(lambda: reached(3), 60, "clients all at version 3", every=0.05)
                 shutil.rmtree(base / "1")
                 for _ in range(3):  # the Source sees version 1 gone from disk (synchronously)
                     _poll_source_once(server)
                 tail = [len(s) for s in seen]
-                _poll(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
-                      "clients stopped being served after version 1 left the disk")
+                wait_until(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
+                           60, "clients to be served on after version 1 left the disk", every=0.01)
             finally:
                 stop.set()
             for f in futs:
@@ -166,7 +156,8 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
     stub.Predict(_request(), timeout=20)  # connection up
     port = server.grpc_port
     futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
-    _poll(lambda: server.batcher.pending() == 6, "the six requests never all reached the batch queue")
+    wait_until(lambda: server.batcher.pending() == 6,
+               60, "the six requests in the batch queue", every=0.01)
     assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
     server.stop(10)
     for i, f in enumerate(futures):
@@ -205,7 +196,8 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
                 assert time.monotonic() < deadline, "model never became available"
                 time.sleep(0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
-        _poll(lambda: _in_flight(rest_port) == 8, "the eight requests never all reached the server")
+        wait_until(lambda: _in_flight(rest_port) == 8,
+                   60, "the eight requests to reach the server", every=0.01)
         assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
         proc.send_signal(signal.SIGTERM)
         for i, f in enumerate(futures):
@@ -325,8 +317,8 @@ def test_model_config_file_is_polled(tmp_path, caplog):
                 assert time.monotonic() < deadline, "model b never served after the config file changed"
                 time.sleep(0.1)
         cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
-        _poll(lambda: any("not applied" in r.getMessage() for r in caplog.records),
-              "the broken config file was never read")
+        wait_until(lambda: any("not applied" in r.getMessage() for r in caplog.records),
+                   60, "the broken config file to be read", every=0.01)
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
         channel.close()
     finally:
@@ -565,7 +557,7 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
                 return False
             return True
 
-        _poll(toy_known, "the health service never heard of model toy")
+        wait_until(toy_known, 60, "the health service to know model toy", every=0.01)
         assert status("") == not_serving and status("toy") == not_serving
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(), timeout=5)
@@ -645,7 +637,7 @@ def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
     t0: list[float] = []
     stop = threading.Event()
     try:
-        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        wait_until(lambda: bool(port_box) or proc.poll() is not None, 60, "the server to report its port", every=0.01)
         assert port_box, "".join(lines)
         channels = [grpc.insecure_channel(f"127.0.0.1:{port_box[0]}") for _ in range(4)]
 
@@ -665,7 +657,7 @@ def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
 
         with ThreadPoolExecutor(12) as pool:
             futs = [pool.submit(client, i) for i in range(12)]
-            _poll(lambda: codes.count(grpc.StatusCode.OK) >= 300, "the clients were never served")
+            wait_until(lambda: codes.count(grpc.StatusCode.OK) >= 300, 60, "the clients to be served", every=0.01)
             t0.append(time.monotonic())
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, "".join(lines)
@@ -691,7 +683,7 @@ def test_a_burst_of_sigterms_still_stops_cleanly(tmp_path):
     proc, lines, port_box, reader = _serve_subprocess(
         ["--port=0", "--host=127.0.0.1", "--model_name=toy", f"--model_base_path={tmp_path / 'toy'}"])
     try:
-        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        wait_until(lambda: bool(port_box) or proc.poll() is not None, 60, "the server to report its port", every=0.01)
         assert proc.poll() is None, "".join(lines)
         for _ in range(20000):  # far faster than a handler that logs can return
             try:
