@@ -25,6 +25,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfsctl.errors import ConfigError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
@@ -52,6 +53,13 @@ def _start(tmp_path: Path, **kwargs) -> ModelServer:
     server = ModelServer(ServerOptions(**opts))
     server.start()
     return server
+
+
+def _serve(tmp_path: Path, ready_timeout: float | None = None, **kwargs):  # noqa: ANN202 - a context manager
+    """:func:`served` with this file's defaults (model toy under ``tmp_path``, fast polling), stopped with grace 2."""
+    return served(ready_timeout=ready_timeout, grace=2, **{
+        "model_name": "toy", "model_base_path": str(tmp_path / "toy"), "file_system_poll_wait_seconds": 0.1,
+        **kwargs})
 
 
 
@@ -247,9 +255,8 @@ def test_tls_and_mutual_tls(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
     key, cert = _self_signed(tmp_path, "server", "localhost")
     ckey, ccert = _self_signed(tmp_path, "client", "tfsctl-test-client")
-    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert, ca=ccert, verify=True)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert, ca=ccert, verify=True)),
+                ready_timeout=60) as server:
         port = server.grpc_port
         good = grpc.ssl_channel_credentials(root_certificates=cert, private_key=ckey, certificate_chain=ccert)
         channel, stub = _stub(port, good)
@@ -261,21 +268,15 @@ def test_tls_and_mutual_tls(tmp_path):
                 stub.Predict(_request(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_tls_server_only(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
     key, cert = _self_signed(tmp_path, "server", "localhost")
-    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert)), ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port, grpc.ssl_channel_credentials(root_certificates=cert))
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
     garbage = b"-----BEGIN CERTIFICATE-----\nnot base64 der\n-----END CERTIFICATE-----\n"
     with pytest.raises(OSError, match="server_cert"):
         _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, garbage)))
@@ -301,10 +302,8 @@ def test_model_config_file_is_polled(tmp_path, caplog):
         tmp.replace(cfg)
 
     write("a")
-    server = _start(tmp_path, model_base_path="", model_config_file=str(cfg),
-                    model_config_file_poll_wait_seconds=0.1)
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, model_base_path="", model_config_file=str(cfg),
+                model_config_file_poll_wait_seconds=0.1, ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         write("a", "b")
         deadline = time.monotonic() + 60
@@ -321,8 +320,6 @@ def test_model_config_file_is_polled(tmp_path, caplog):
                    60, "the broken config file to be read", every=0.01)
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_bad_options_are_clear_errors(tmp_path):
@@ -354,9 +351,8 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
 
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     monitoring = write_monitoring_config(tmp_path, "/metrics")
-    server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring),
+                ready_timeout=60) as server:
         rest = f"http://127.0.0.1:{server.rest_port}"
         body = json.dumps({"instances": X.tolist()}).encode()
         predict = urllib.request.Request(f"{rest}/v1/models/toy:predict", data=body)
@@ -371,8 +367,6 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{rest}/monitoring/prometheus/metrics", timeout=20)
         assert info.value.code == 404
-    finally:
-        server.stop(2)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{rest}/v1/models/toy", timeout=5)
 
@@ -397,10 +391,8 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
-    server = _start(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params),
-                    monitoring_config_file=str(write_monitoring_config(tmp_path)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params),
+                monitoring_config_file=str(write_monitoring_config(tmp_path)), ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 3 s
         deadline = time.monotonic() + 20
@@ -437,8 +429,6 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
         lat = (("API", "Predict"), ("entrypoint", "GRPC"), ("model_name", "toy"))
         assert s[(":tensorflow:serving:request_latency_count", lat)] == 2  # TF Serving: successful requests only
         assert s[(":tensorflow:serving:batching_session:processed_batch_size_count", ())] == 2
-    finally:
-        server.stop(2)
 
 
 def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, caplog):
@@ -453,9 +443,8 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
     caplog.set_level(logging.WARNING, logger="tfsctl.core.manager")
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    server = _start(tmp_path, rest_api_port=free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05)
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05,
+                ready_timeout=60) as server:
         bad = base / "2"
         bad.mkdir()
         (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff\xff")
@@ -496,8 +485,6 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
             assert r.status == 200
         channel.close()
-    finally:
-        server.stop(2)
 
 
 @pytest.mark.parametrize("monitoring", ["none", "disabled", "custom path"])
@@ -538,8 +525,7 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     (tmp_path / "toy").mkdir()
-    server = _start(tmp_path)
-    try:
+    with _serve(tmp_path, ready_timeout=None) as server:
         channel, stub = _stub(server.grpc_port)
         health = health_pb2_grpc.HealthStub(channel)
         not_serving, serving = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
@@ -572,8 +558,6 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
         assert status("toy") == serving
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_cli_serve_reports_bad_flags():
@@ -590,9 +574,7 @@ def test_cli_serve_reports_bad_flags():
 
 def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
-    server = _start(tmp_path)  # default --grpc-max-message-bytes
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ready_timeout=60) as server:  # default --grpc-max-message-bytes
         image = np.random.default_rng(0).random((1080 * 1920 * 3 // 4, 4), dtype=np.float32)  # 1080p RGB floats
         big = 64 * 1024 * 1024
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
@@ -601,8 +583,6 @@ def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
         y = to_numpy(stub.Predict(_request(x=image), timeout=60).outputs["y"])
         assert y.shape == image.shape and np.array_equal(y, image)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def _serve_subprocess(args: list[str]) -> tuple[subprocess.Popen, list[str], list[int], threading.Thread]:
