@@ -183,18 +183,19 @@ T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-               every: float = 0.02) -> T:
+               every: float = 0.02, explain: Callable[[], object] | None = None) -> T:
     """Call ``condition`` every ``every`` seconds until it returns something truthy and return that; raise
-    AssertionError naming ``what`` once ``timeout`` seconds pass. Tests poll with a deadline, never sleep to
-    synchronise: this is the one poller they share (a wait on a servable state waits on the Manager's state
-    monitor instead, ``manager.wait_for_state``)."""
+    AssertionError naming ``what`` (and, if given, what ``explain()`` returns then) once ``timeout`` seconds pass.
+    Tests poll with a deadline, never sleep to synchronise: this is the one poller they share (a wait on a
+    servable state waits on the Manager's state monitor instead, ``manager.wait_for_state``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            detail = f": {explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
         time.sleep(every)
 
 
