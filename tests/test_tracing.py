@@ -16,6 +16,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfsctl.serving.server import ModelServer, ServerOptions
 from tfsctl.serving.tensors import from_numpy
+from tfsctl.serving.testing import served
 from tfsctl.serving.tracing import traces_endpoint
 from tfsctl.testing import free_port, write_toy_model
 
@@ -144,10 +145,5 @@ def test_off_by_default_no_tracer_and_no_request_tagging(tmp_path, monkeypatch):
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     write_toy_model(tmp_path / "toy", 1)
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy")))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy")) as server:
         assert server.tracer is None and not server.core.tag_requests and server.core.observers == []
-    finally:
-        server.stop(2)
