@@ -17,6 +17,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
 from tfsctl.testing import write_matmul_model, write_toy_model  # noqa: E402
 
@@ -204,26 +205,24 @@ def test_health_watch_streams_hold_no_pool_thread_and_stop_is_prompt(tmp_path: P
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy", rest_api_port=0,
-                                       model_base_path=str(tmp_path / "toy"), grpc_max_threads=4))
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    try:
-        health = health_pb2_grpc.HealthStub(channel)
-        watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(8)]
-        firsts = {next(w).status for w in watches}
-        assert firsts <= {health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING}
-        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "toy"}), timeout=10)
-        assert status.model_version_status[0].version == 1
-        for w in watches[:4]:
-            w.cancel()
-        started = time.monotonic()
-        server.stop(1)
-        assert time.monotonic() - started < 15
-    finally:
-        channel.close()
-        server.stop(1)
+    with serve_model(ready_timeout=None, grace=1, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                     grpc_max_threads=4) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(8)]
+            firsts = {next(w).status for w in watches}
+            assert firsts <= {health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING}
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "toy"}), timeout=10)
+            assert status.model_version_status[0].version == 1
+            for w in watches[:4]:
+                w.cancel()
+            started = time.monotonic()
+            server.stop(1)
+            assert time.monotonic() - started < 15
+        finally:
+            channel.close()
 
 
 def test_the_predict_path_benchmark_measures_every_layer_of_a_quick_predict(tmp_path: Path):
