@@ -194,10 +194,7 @@ def test_run_now_runs_alone_in_the_callers_thread_even_while_a_batch_waits(toy):
         assert rec.calls[-1][1] == me
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(batcher.run, rec, "", {"x": _rows(3, 1)})  # waits out its 60 s batch timeout
-            deadline = time.monotonic() + 30
-            while batcher.pending() == 0:
-                assert time.monotonic() < deadline, "the request never reached its queue"
-                time.sleep(0.01)
+            wait_until(lambda: batcher.pending() != 0, 30, "the request to reach its queue", every=0.01)
             queued = batcher.pending()
             np.testing.assert_allclose(batcher.run_now(rec, "", {"x": _rows(2, 1)})["y"], _rows(2, 1) * SCALE)
             assert rec.calls[-1][1] == me and batcher.pending() == queued  # ran alone; the batch still waits

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +99,7 @@ def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
 
     from tfsctl.cli import app
     from tfsctl.serving.testing import served
+    from tfsctl.testing import wait_until
 
     base = tmp_path / "m[b]"
     base.mkdir()  # no version yet: a start whose every model failed stops, as tensorflow_model_server
@@ -109,10 +109,8 @@ def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
         staged.mkdir()
         (staged / "saved_model.pb").write_bytes(b"not a SavedModel")
         staged.rename(base / "2")  # a corrupt version arrives once the server runs
-        deadline = time.monotonic() + 60
-        while not any(s.error for s in server.manager.version_states("m")):
-            assert time.monotonic() < deadline, server.manager.version_states("m")
-            time.sleep(0.05)
+        wait_until(lambda: any(s.error for s in server.manager.version_states("m")), 60, "a load error of m",
+                   every=0.05, explain=lambda: server.manager.version_states("m"))
         res = CliRunner().invoke(app, ["status", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "m"],
                                  env={"COLUMNS": "400"})
         assert res.exit_code == 0, res.output

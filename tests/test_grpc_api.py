@@ -477,10 +477,8 @@ def test_metrics_count_grpc_calls(served):
 def test_health_overall_and_per_model(served):
     stub = health_pb2_grpc.HealthStub(served["channel"])
     serving = health_pb2.HealthCheckResponse.SERVING
-    deadline = time.monotonic() + 10
-    while stub.Check(health_pb2.HealthCheckRequest(service="toy"), timeout=5).status != serving:
-        assert time.monotonic() < deadline, "per-model health never became SERVING"
-        time.sleep(0.05)
+    wait_until(lambda: stub.Check(health_pb2.HealthCheckRequest(service="toy"), timeout=5).status == serving,
+               10, "per-model health SERVING", every=0.05)
     assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == serving
     with pytest.raises(grpc.RpcError) as info:
         stub.Check(health_pb2.HealthCheckRequest(service="never-configured"), timeout=5)

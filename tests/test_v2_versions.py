@@ -20,7 +20,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import write_matmul_model, write_monitoring_config, write_toy_model  # noqa: E402
+from tfsctl.testing import wait_until, write_matmul_model, write_monitoring_config, write_toy_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -92,10 +92,9 @@ def test_a_new_version_swaps_in_for_v2_and_v1(tmp_path):
             i.set_data_from_numpy(x)
             assert c.infer("toy", [i]).get_response().model_version == "1"
             write_toy_model(base, 2, scale=3.0)
-            deadline = time.monotonic() + 60
-            while c.get_model_metadata("toy").versions != ["2"]:  # version 1 unloads once 2 is AVAILABLE
-                assert time.monotonic() < deadline, "version 2 never replaced version 1"
-                time.sleep(0.1)
+            # version 1 unloads once 2 is AVAILABLE
+            wait_until(lambda: c.get_model_metadata("toy").versions == ["2"], 60, "version 2 to replace version 1",
+                       every=0.1)
             result = c.infer("toy", [i])
             assert result.get_response().model_version == "2"
             np.testing.assert_array_equal(result.as_numpy("y"), x * 3)
