@@ -167,9 +167,8 @@ def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads)
     """http_rest_api_handler_test.cc's set-up (half_plus_two, specific {123}, started, then reloaded with
     Version_Label -> 123) and its label requests, over a real REST port: predict, regress, classify and status."""
     import json
-    import urllib.request
 
-    from tfsctl.testing import write_tf1_half_plus
+    from tfsctl.testing import http_call, write_tf1_half_plus
 
     base = tmp_path / "saved_model_half_plus_two_2_versions"
     write_tf1_half_plus(base, 123)
@@ -182,13 +181,14 @@ def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads)
         config.model_config_list.config[0].version_labels["Version_Label"] = 123
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             _reload(channel, config)
-        url = f"http://127.0.0.1:{server.rest_port}/v1/models/saved_model_half_plus_two_2_versions/labels/Version_Label"
+        path = "/v1/models/saved_model_half_plus_two_2_versions/labels/Version_Label"
 
         def call(verb: str, body: dict | None = None) -> dict:
-            data = None if body is None else json.dumps(body).encode()
-            with urllib.request.urlopen(urllib.request.Request(url + verb, data=data), timeout=30) as reply:
-                assert reply.headers["Content-Type"] == "application/json"
-                return json.loads(reply.read())
+            status, headers, reply = http_call(server.rest_port, "GET" if body is None else "POST", path + verb,
+                                               None if body is None else json.dumps(body), timeout=30)
+            assert status == 200, reply
+            assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
+            return json.loads(reply)
 
         assert call(":predict", {"instances": [1.0, 2.0]}) == {"predictions": [2.5, 3.0]}
         assert call(":regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}) == {"results": [42]}
