@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tfsctl.serving.server import ModelServer, ServerOptions
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import free_port, write_toy_model
+from tfsctl.serving.testing import served
+from tfsctl.testing import free_port, wait_until, write_toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,21 +34,18 @@ def _request(name: str = "toy", rows: int = 1) -> predict_pb2.PredictRequest:
 
 
 def _lines(path: Path, n: int, timeout: float = 20.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.02)
+    def read() -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    wait_until(lambda: len(read()) >= n, timeout, f"{n} lines in {path.name}", every=0.02)
+    return read()
 
 
 def test_text_access_log_and_request_ids_on_both_wires(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     log = tmp_path / "access.log"
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", rest_api_port=free_port(), model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), access_log=str(log)))
-    server.start()
-    try:
+    with served(rest=True, ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                access_log=str(log)) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         _, call = stub.Predict.with_call(_request(), metadata=(("x-request-id", "abc-123"),), timeout=20)
@@ -67,8 +64,6 @@ def test_text_access_log_and_request_ids_on_both_wires(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/models/toy/versions/9", timeout=20)
         assert re.fullmatch(r"[0-9a-f]{32}", http_info.value.headers["x-request-id"])
         lines = _lines(log, 4)
-    finally:
-        server.stop(2)
     assert len(lines) == 4, lines
     pattern = (r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\S+) (\S+) (GRPC|REST) (\S+) (\S+) (\S+) (\S+) (\S+) "
                r"in=(\d+) out=(\d+) queue_ms=\S+ batch=\d+ step_ms=(\S+) total_ms=(\S+)$")
@@ -89,19 +84,14 @@ def test_json_access_log_with_batching_shows_queue_and_batch(tmp_path):
     log = tmp_path / "access.jsonl"
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n")
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), access_log=str(log),
-                                       log_format="json", enable_batching=True,
-                                       batching_parameters_file=str(params)))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                access_log=str(log), log_format="json", enable_batching=True,
+                batching_parameters_file=str(params)) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         stub.Predict(_request(rows=3), timeout=20)
         channel.close()
         lines = _lines(log, 1)
-    finally:
-        server.stop(2)
     [doc] = [json.loads(line) for line in lines]
     assert set(doc) == {"time", "request_id", "peer", "wire", "api", "model", "version", "signature", "status",
                         "bytes_in", "bytes_out", "queue_ms", "batch_size", "step_ms", "total_ms"}

@@ -17,7 +17,7 @@ from tfsctl.core.protos import BatchingParameters  # noqa: E402
 from tfsctl.errors import ConfigError, FailedPrecondition, InvalidArgument, Unavailable  # noqa: E402
 from tfsctl.serving.batcher import Batcher, BatchOptions  # noqa: E402
 from tfsctl.serving.metrics import Metrics  # noqa: E402
-from tfsctl.testing import toy_example, write_toy_model  # noqa: E402
+from tfsctl.testing import toy_example, wait_until, write_toy_model  # noqa: E402
 
 SCALE = 3.0
 
@@ -124,12 +124,6 @@ class _Recording:
         return self._servable.run(signature_name, inputs, output_filter)
 
 
-def _poll(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
-
 
 def test_large_batch_splitting_fills_the_open_batch_then_runs_execution_sized_batches(toy):
     """enable_large_batch_splitting: a request up to max_batch_size is split; its first part fills the open batch
@@ -142,11 +136,13 @@ def test_large_batch_splitting_fills_the_open_batch_then_runs_execution_sized_ba
     a, b = _rows(100, 1), _rows(0, 6)
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(batcher.run, rec, "", {"x": a})
-        _poll(lambda: batcher.pending() == 1)
+        wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
         fb = pool.submit(batcher.run, rec, "", {"x": b})
-        _poll(lambda: len(rec.calls) == 1)  # 1 + first 3 rows of b: a full execution batch runs at once
+        # 1 + first 3 rows of b: a full execution batch runs at once
+        wait_until(lambda: len(rec.calls) == 1, 20, "one model call", every=0.005)
         assert rec.calls[0][0] == 4
-        _poll(lambda: batcher.pending() == 3)  # the last 3 rows wait in the open batch
+        # the last 3 rows wait in the open batch
+        wait_until(lambda: batcher.pending() == 3, 20, "3 pending", every=0.005)
         batcher.stop()  # drains the open batch
         np.testing.assert_allclose(fa.result(30)["y"], a * SCALE)
         np.testing.assert_allclose(fb.result(30)["y"], b * SCALE)
@@ -158,7 +154,7 @@ def test_splitting_queue_capacity_counts_execution_batches(toy):
                                    max_enqueued_batches=1, batch_timeout_micros=30_000_000, num_batch_threads=1))
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(batcher.run, toy, "", {"x": _rows(5, 1)})
-        _poll(lambda: batcher.pending() == 1)
+        wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
         with pytest.raises(Unavailable, match="is full"):  # room for 3 more rows in the only batch allowed
             batcher.run(toy, "", {"x": _rows(0, 4)})
         last = pool.submit(batcher.run, toy, "", {"x": _rows(9, 3)})  # exactly fills it: runs at once
@@ -198,10 +194,7 @@ def test_run_now_runs_alone_in_the_callers_thread_even_while_a_batch_waits(toy):
         assert rec.calls[-1][1] == me
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(batcher.run, rec, "", {"x": _rows(3, 1)})  # waits out its 60 s batch timeout
-            deadline = time.monotonic() + 30
-            while batcher.pending() == 0:
-                assert time.monotonic() < deadline, "the request never reached its queue"
-                time.sleep(0.01)
+            wait_until(lambda: batcher.pending() != 0, 30, "the request to reach its queue", every=0.01)
             queued = batcher.pending()
             np.testing.assert_allclose(batcher.run_now(rec, "", {"x": _rows(2, 1)})["y"], _rows(2, 1) * SCALE)
             assert rec.calls[-1][1] == me and batcher.pending() == queued  # ran alone; the batch still waits
@@ -239,7 +232,7 @@ def test_a_batch_waits_while_a_request_is_on_its_way_and_runs_once_none_is(toy):
             third = pool.submit(late)
             first = pool.submit(batcher.run, toy, "", {"x": _rows(10, 1)})
             second = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
-            _poll(lambda: batcher.pending() == 2)
+            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
             assert not first.done() and not second.done()
             decoded.set()  # it arrives: nobody else is on the way, so the batch of three runs now, not in 60 s
             for f, start in ((first, 10), (second, 20), (third, 30)):
@@ -256,7 +249,7 @@ def test_a_batch_waits_while_a_request_is_on_its_way_and_runs_once_none_is(toy):
 
             leaving = pool.submit(bad)
             waiting = pool.submit(batcher.run, toy, "", {"x": _rows(40, 1)})
-            _poll(lambda: batcher.pending() == 1)
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
             gate.set()
             np.testing.assert_allclose(waiting.result(20)["y"], _rows(40, 1) * SCALE)
             leaving.result(20)
@@ -275,9 +268,10 @@ def test_a_batch_waiting_for_a_slot_runs_in_its_first_requests_thread(toy):
             alone = pool.submit(batcher.run, rec, "", {"x": _rows(10, 1)})
             assert rec.entered.wait(30)  # runs alone (the batcher was idle), held inside the model
             second = pool.submit(batcher.run, rec, "", {"x": _rows(20, 1)})
-            _poll(lambda: batcher.pending() == 1)
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
             third = pool.submit(batcher.run, rec, "", {"x": _rows(30, 1)})
-            _poll(lambda: batcher.pending() == 2)  # the only slot is busy: both wait in one batch
+            # the only slot is busy: both wait in one batch
+            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
             rec.gate.set()
             for f, start in ((alone, 10), (second, 20), (third, 30)):
                 np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)

@@ -268,17 +268,12 @@ def test_run_level_accepts_plain_callables():
 
 def test_against_tfsctl_serve(tmp_path):
     """The whole client side against the real in-process ModelServer: bench (gRPC and REST), status and reload."""
-    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.serving.testing import served as serve_model
     from tfsctl.testing import write_toy_model
 
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=3.0)
-    rest_port = free_port()  # rest_api_port=0 means "no REST"
-    server = ModelServer(ServerOptions(port=0, rest_api_port=rest_port, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(base)))
-    server.start()
-    try:
-        assert server.wait_until_ready(60)
+    with serve_model(rest=True, ready_timeout=60, grace=1, model_name="toy", model_base_path=str(base)) as server:
         grpc_target, rest_target = f"127.0.0.1:{server.grpc_port}", f"127.0.0.1:{server.rest_port}"
         for protocol, target in (("grpc", grpc_target), ("rest", rest_target)):
             inputs = bench.inputs_from_metadata(target, "toy", protocol=protocol, batch=3)
@@ -315,5 +310,3 @@ def test_against_tfsctl_serve(tmp_path):
                 break
             time.sleep(0.1)
         assert [(v.version, v.state) for v in rows] == [(4, "AVAILABLE")]
-    finally:
-        server.stop(1)

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,16 +59,13 @@ def test_reload_warns_about_a_model_without_versions(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from tfsctl.cli import app
-    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.serving.testing import served
     from tfsctl.testing import write_toy_model
 
     base = tmp_path / "toy"
     write_toy_model(base, 1)
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(base), file_system_poll_wait_seconds=0.1))
-    server.start()
-    try:
-        assert server.wait_until_ready(60)
+    with served(ready_timeout=60, grace=1, model_name="toy", model_base_path=str(base),
+                file_system_poll_wait_seconds=0.1) as server:
         typo = tmp_path / "tyop"
         cfg = tmp_path / "models.config"
         cfg.write_text("model_config_list {\n"
@@ -83,8 +79,6 @@ def test_reload_warns_about_a_model_without_versions(tmp_path: Path) -> None:
         warning = " ".join(res.stderr.split())
         assert "model 'other' has no version yet" in warning and f"{typo} does not exist" in warning, warning
         assert "toy" not in warning
-    finally:
-        server.stop(1)
 
 
 @pytest.mark.parametrize("command", [["status", "--model", "m"], ["reload", "--model-config-file", "unused.config"]])
@@ -104,30 +98,24 @@ def test_status_shows_load_errors_verbatim(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from tfsctl.cli import app
-    from tfsctl.serving.server import ModelServer, ServerOptions
+    from tfsctl.serving.testing import served
+    from tfsctl.testing import wait_until
 
     base = tmp_path / "m[b]"
     base.mkdir()  # no version yet: a start whose every model failed stops, as tensorflow_model_server
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="m",
-                                       model_base_path=str(base), file_system_poll_wait_seconds=0.1,
-                                       max_num_load_retries=0))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=1, model_name="m", model_base_path=str(base),
+                file_system_poll_wait_seconds=0.1, max_num_load_retries=0) as server:
         staged = tmp_path / "staged"
         staged.mkdir()
         (staged / "saved_model.pb").write_bytes(b"not a SavedModel")
         staged.rename(base / "2")  # a corrupt version arrives once the server runs
-        deadline = time.monotonic() + 60
-        while not any(s.error for s in server.manager.version_states("m")):
-            assert time.monotonic() < deadline, server.manager.version_states("m")
-            time.sleep(0.05)
+        wait_until(lambda: any(s.error for s in server.manager.version_states("m")), 60, "a load error of m",
+                   every=0.05, explain=lambda: server.manager.version_states("m"))
         res = CliRunner().invoke(app, ["status", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "m"],
                                  env={"COLUMNS": "400"})
         assert res.exit_code == 0, res.output
         row = next(line for line in res.stdout.splitlines() if "END" in line)
         assert f"{base}/2" in row, res.stdout
-    finally:
-        server.stop(1)
 
 
 def test_error_with_line_breaks_prints_as_one_line(tmp_path: Path) -> None:

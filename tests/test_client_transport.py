@@ -35,15 +35,11 @@ def certs(tmp_path_factory) -> dict[str, Path]:
     return {"key": key, "cert": cert, "ckey": ckey, "ccert": ccert, "dir": tmp}
 
 
-def _serve(tmp: Path, ssl: Path):
-    from tfsctl.serving.server import ModelServer, ServerOptions
+def _serve(tmp: Path, ssl: Path):  # noqa: ANN202 - served(): a context manager yielding a ready ModelServer
+    from tfsctl.serving.testing import served
 
-    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, model_name="official",
-                                       model_base_path=str(tmp / "official"), ssl_config_file=str(ssl),
-                                       file_system_poll_wait_seconds=0.2))
-    server.start()
-    assert server.wait_until_ready(60)
-    return server
+    return served(ready_timeout=60, grace=1, model_name="official", model_base_path=str(tmp / "official"),
+                  ssl_config_file=str(ssl), file_system_poll_wait_seconds=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +52,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_tls(model_dir, certs):
-    server = _serve(model_dir, ssl_config(certs["dir"], certs["key"], certs["cert"]))
-    try:
+    with _serve(model_dir, ssl_config(certs["dir"], certs["key"], certs["cert"])) as server:
         port = server.grpc_port
         png = model_dir / "scene.png"
         img = np.asarray(Image.open(png))
@@ -77,14 +72,11 @@ def test_tls(model_dir, certs):
         res = runner.invoke(app, ["status", "-s", f"localhost:{port}", "-m", "official", "--timeout", "5"])
         assert res.exit_code == 1
         assert "cannot reach server" in _flat(res.stderr) and "--ssl-ca" in _flat(res.stderr), res.stderr
-    finally:
-        server.stop(1)
 
 
 def test_mutual_tls(model_dir, certs):
     ssl = ssl_config(certs["dir"], certs["key"], certs["cert"], client_ca=certs["ccert"])
-    server = _serve(model_dir, ssl)
-    try:
+    with _serve(model_dir, ssl) as server:
         target = f"localhost:{server.grpc_port}"
         out = model_dir / "mtls.png"
         res = runner.invoke(app, ["predict", str(model_dir / "scene.png"), "-s", target, "-m", "official",
@@ -96,8 +88,6 @@ def test_mutual_tls(model_dir, certs):
         res = runner.invoke(app, ["predict", str(model_dir / "scene.png"), "-s", target, "-m", "official",
                                   "--ssl-ca", str(certs["cert"]), "--timeout", "5"])
         assert res.exit_code == 1 and "UNAVAILABLE" in _flat(res.stderr), res.output
-    finally:
-        server.stop(1)
 
 
 def test_ssl_flag_errors(tmp_path, certs):

@@ -20,9 +20,10 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tfsctl.core import deadlines
 from tfsctl.core.loader import Loader
 from tfsctl.errors import Cancelled, DeadlineExceeded
-from tfsctl.serving.server import ModelServer, ServerOptions
+from tfsctl.serving.server import ModelServer
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import _atomic_version_dir, free_port
+from tfsctl.serving.testing import served
+from tfsctl.testing import _atomic_version_dir, http_call, wait_until
 
 LONG = 50_000_000  # loop iterations: far longer than any test waits
 SHORT = 10
@@ -101,16 +102,13 @@ def test_a_deadline_stops_the_step_in_process_and_a_passed_one_never_runs_it(loo
         servable.close()
 
 
-def _serve(base: Path, batching_file: Path | None = None) -> ModelServer:
+def _serve(base: Path, batching_file: Path | None = None):  # noqa: ANN202 - served(): a context manager
     # Without batching, one pool thread: a request queues for it (asyncio drops the pool job of a cancelled call).
     # With batching, threads to spare and one batch thread: a request queues in the batcher.
-    opts = dict(port=0, host="127.0.0.1", model_name="loop", model_base_path=str(base),
-                grpc_max_threads=1, file_system_poll_wait_seconds=0)
+    opts = dict(model_name="loop", model_base_path=str(base), grpc_max_threads=1, file_system_poll_wait_seconds=0)
     if batching_file is not None:
         opts.update(enable_batching=True, batching_parameters_file=str(batching_file), grpc_max_threads=4)
-    server = ModelServer(ServerOptions(**opts))
-    server.start()
-    return server
+    return served(ready_timeout=None, grace=1, **opts)
 
 
 def _count(server: ModelServer) -> int:
@@ -128,39 +126,35 @@ def test_grpc_deadline_stops_the_step_and_a_cancelled_queued_request_never_runs(
         batching_file = tmp_path / "batching.config"
         batching_file.write_text("max_batch_size { value: 20000 }\nbatch_timeout_micros { value: 0 }\n"
                                  "num_batch_threads { value: 1 }\n")
-    server = _serve(loop_model, batching_file)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    try:
-        stub.Predict(_request(SHORT), timeout=60)
-        base = _count(server)
+    with _serve(loop_model, batching_file) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            stub.Predict(_request(SHORT), timeout=60)
+            base = _count(server)
 
-        # 1. The deadline becomes the step's timeout: the server is free again long before the loop could end.
-        start = time.monotonic()
-        with pytest.raises(grpc.RpcError) as e:
-            stub.Predict(_request(LONG), timeout=0.5)
-        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        stub.Predict(_request(SHORT), timeout=30)  # one pool thread (and batch thread): waits for that step's end
-        assert time.monotonic() - start < 10, "the slow step outlived its deadline"
-        assert _count(server) == base + 2
+            # 1. The deadline becomes the step's timeout: the server is free again long before the loop could end.
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predict(_request(LONG), timeout=0.5)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            stub.Predict(_request(SHORT), timeout=30)  # one pool thread (and batch thread): waits for that step's end
+            assert time.monotonic() - start < 10, "the slow step outlived its deadline"
+            assert _count(server) == base + 2
 
-        # 2. A request cancelled while it waits behind a running step is never run.
-        blocker = stub.Predict.future(_request(LONG, size=20_000), timeout=3)  # the only pool thread, 3 s
-        deadline = time.monotonic() + 30
-        while _count(server) != base + 3:  # the blocker's step has started
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        queued = stub.Predict.future(_request(SHORT, size=20_000), timeout=60)
-        time.sleep(0.3)  # let it reach the server's queue (a cancel before that is the client's alone)
-        queued.cancel()
-        with pytest.raises(grpc.RpcError):
-            blocker.result()
-        stub.Predict(_request(SHORT, size=20_000), timeout=30)  # queued after the cancelled one: runs after it
-        assert queued.cancelled()
-        assert _count(server) == base + 4, "the cancelled request ran"
-    finally:
-        channel.close()
-        server.stop(1)
+            # 2. A request cancelled while it waits behind a running step is never run.
+            blocker = stub.Predict.future(_request(LONG, size=20_000), timeout=3)  # the only pool thread, 3 s
+            wait_until(lambda: _count(server) == base + 3, 30, "the blocker's step to start", every=0.02)
+            queued = stub.Predict.future(_request(SHORT, size=20_000), timeout=60)
+            time.sleep(0.3)  # let it reach the server's queue (a cancel before that is the client's alone)
+            queued.cancel()
+            with pytest.raises(grpc.RpcError):
+                blocker.result()
+            stub.Predict(_request(SHORT, size=20_000), timeout=30)  # queued after the cancelled one: runs after it
+            assert queued.cancelled()
+            assert _count(server) == base + 4, "the cancelled request ran"
+        finally:
+            channel.close()
 
 
 def test_deadline_rounding_and_the_batch_deadline() -> None:
@@ -183,29 +177,18 @@ def test_rest_timeout_is_the_steps_timeout_on_both_rest_protocols(loop_model: Pa
     """``--rest_api_timeout_in_ms`` bounds the session run, on TF Serving's routes and the v2 infer alike: with one
     REST pool thread, a request after a timed-out slow one is answered at once, not after the loop."""
     import json
-    import urllib.error
-    import urllib.request
 
-    server = ModelServer(ServerOptions(port=0, rest_api_port=free_port(), host="127.0.0.1", model_name="loop",
-                                       model_base_path=str(loop_model), file_system_poll_wait_seconds=0,
-                                       rest_api_timeout_in_ms=500, rest_api_num_threads=1))
-    server.start()
+    with served(rest=True, ready_timeout=None, grace=10.0, model_name="loop", model_base_path=str(loop_model),
+                file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=500, rest_api_num_threads=1) as server:
 
-    def call(iterations: int) -> int:
-        if wire == "v1":
-            path, doc = "/v1/models/loop:predict", {"instances": [float(iterations)]}
-        else:
-            path, doc = "/v2/models/loop/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
-                                                              "data": [float(iterations)]}]}
-        request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", json.dumps(doc).encode(),
-                                         {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
+        def call(iterations: int) -> int:
+            if wire == "v1":
+                path, doc = "/v1/models/loop:predict", {"instances": [float(iterations)]}
+            else:
+                path, doc = "/v2/models/loop/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                                                  "data": [float(iterations)]}]}
+            return http_call(server.rest_port, "POST", path, json.dumps(doc), {"Content-Type": "application/json"})[0]
 
-    try:
         assert call(SHORT) == 200
         base = _count(server)
         start = time.monotonic()
@@ -213,5 +196,3 @@ def test_rest_timeout_is_the_steps_timeout_on_both_rest_protocols(loop_model: Pa
         assert call(SHORT) == 200
         assert time.monotonic() - start < 20  # the loop alone runs for minutes, holding the one pool thread
         assert _count(server) == base + 2
-    finally:
-        server.stop()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from tfsctl.cli import app  # noqa: E402
 from tfsctl.client.predict import predict_image  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 from tfsctl.voc import VOC_CLASSES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +34,9 @@ def served(tmp_path_factory):
     result = CliRunner().invoke(app, ["export", str(CHECKPOINT), str(base), "--warmup-size", "256x256"])
     assert result.exit_code == 0, result.output
     assert (base / "1" / "saved_model.pb").is_file()
-    server = ModelServer(
-        ServerOptions(
-            host="127.0.0.1", port=0, rest_api_port=0, model_name="deeplab", model_base_path=str(base),
-            file_system_poll_wait_seconds=0.2,
-        )
-    )
-    server.start()
-    try:
-        assert server.wait_until_ready(180), "sample model did not become AVAILABLE"
+    with serve_model(ready_timeout=180, grace=5, model_name="deeplab", model_base_path=str(base),
+                     file_system_poll_wait_seconds=0.2) as server:
         yield server, tmp
-    finally:
-        server.stop(5)
 
 
 def test_predict_cli_segments_the_sample_image(served):

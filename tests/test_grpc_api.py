@@ -32,9 +32,10 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from tfsctl.serving.server import DEFAULT_GRPC_MAX_MESSAGE_BYTES, ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.server import DEFAULT_GRPC_MAX_MESSAGE_BYTES  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, make_shape, to_numpy  # noqa: E402
-from tfsctl.testing import toy_example, write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
+from tfsctl.testing import toy_example, wait_until, write_toy_model  # noqa: E402
 
 MAX_BYTES = 2 * 1024 * 1024
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -63,18 +64,12 @@ def served(tmp_path_factory):
         '  model_version_policy { all {} }\n'
         '  version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } } }\n'
     )
-    server = ModelServer(ServerOptions(
-        port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(cfg),
-        file_system_poll_wait_seconds=0.2, grpc_max_message_bytes=MAX_BYTES,
-        allow_version_labels_for_unavailable_models=True,  # labels at start-up need it, as in TF Serving
-    ))
-    server.start()
-    try:
-        assert server.wait_until_ready(60), "toy model never became ready"
-        deadline = time.monotonic() + 60
-        while sorted(s.version for s in server.manager.version_states("toy") if s.state == AVAILABLE) != [1, 2]:
-            assert time.monotonic() < deadline, server.manager.version_states("toy")
-            time.sleep(0.05)
+    with serve_model(ready_timeout=60, grace=2, model_config_file=str(cfg), file_system_poll_wait_seconds=0.2,
+                     grpc_max_message_bytes=MAX_BYTES,
+                     allow_version_labels_for_unavailable_models=True) as server:  # labels at start-up, as TF Serving
+        wait_until(lambda: sorted(s.version for s in server.manager.version_states("toy") if s.state == AVAILABLE)
+                   == [1, 2], 60, "toy versions 1 and 2 AVAILABLE", every=0.05,
+                   explain=lambda: server.manager.version_states("toy"))
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         yield {
             "server": server, "root": root, "base": base, "channel": channel,
@@ -82,8 +77,6 @@ def served(tmp_path_factory):
             "model": model_service_pb2_grpc.ModelServiceStub(channel),
         }
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def _predict_request(x=X, name="toy", version=None, label=None, signature="", key="x"):
@@ -484,10 +477,8 @@ def test_metrics_count_grpc_calls(served):
 def test_health_overall_and_per_model(served):
     stub = health_pb2_grpc.HealthStub(served["channel"])
     serving = health_pb2.HealthCheckResponse.SERVING
-    deadline = time.monotonic() + 10
-    while stub.Check(health_pb2.HealthCheckRequest(service="toy"), timeout=5).status != serving:
-        assert time.monotonic() < deadline, "per-model health never became SERVING"
-        time.sleep(0.05)
+    wait_until(lambda: stub.Check(health_pb2.HealthCheckRequest(service="toy"), timeout=5).status == serving,
+               10, "per-model health SERVING", every=0.05)
     assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == serving
     with pytest.raises(grpc.RpcError) as info:
         stub.Check(health_pb2.HealthCheckRequest(service="never-configured"), timeout=5)

@@ -7,7 +7,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import contextlib  # noqa: E402
 import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import grpc  # noqa: E402
@@ -16,7 +18,8 @@ import pytest  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.server import ModelServer  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
 from tfsctl.testing import write_matmul_model, write_toy_model  # noqa: E402
 
@@ -39,27 +42,26 @@ def _warm(server: ModelServer, stub, name: str, x: np.ndarray, limit: int = 200)
             return
 
 
-def _serve(base: Path, names: tuple[str, ...], **options) -> tuple[ModelServer, list[tuple[str, str]]]:
+@contextlib.contextmanager
+def _serve(base: Path, names: tuple[str, ...], **options) -> Iterator[tuple[ModelServer, list[tuple[str, str]]]]:
     """A started server for the models under ``base``, and the (model, thread name) of each Predict it runs (the
-    core's predict_request is what both the loop and the pool call)."""
+    core's predict_request is what both the loop and the pool call); stopped on exit."""
     from google.protobuf import text_format
 
     config = model_server_config_pb2.ModelServerConfig()
     for name in names:
         config.model_config_list.config.add(name=name, base_path=str(base / name), model_platform="tensorflow")
     (base / "models.config").write_text(text_format.MessageToString(config))
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(base / "models.config"),
-                                       **options))
-    server.start()
-    threads: list[tuple[str, str]] = []
-    real = server.core.predict_request
+    with serve_model(ready_timeout=None, grace=1, model_config_file=str(base / "models.config"), **options) as server:
+        threads: list[tuple[str, str]] = []
+        real = server.core.predict_request
 
-    def recording(request, *args, **kwargs):
-        threads.append((request.model_spec.name, threading.current_thread().name))
-        return real(request, *args, **kwargs)
+        def recording(request, *args, **kwargs):
+            threads.append((request.model_spec.name, threading.current_thread().name))
+            return real(request, *args, **kwargs)
 
-    server.core.predict_request = recording
-    return server, threads
+        server.core.predict_request = recording
+        yield server, threads
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +69,13 @@ def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("loop")
     write_toy_model(base / "toy", 1, scale=2.0)
     write_matmul_model(base / "big", 1, BIG, 8)
-    server, threads = _serve(base, ("toy", "big"))
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
-                                    options=[("grpc.max_receive_message_length", 64 << 20)])
-    try:
-        yield server, prediction_service_pb2_grpc.PredictionServiceStub(channel), threads
-    finally:
-        channel.close()
-        server.stop(1)
+    with _serve(base, ("toy", "big")) as (server, threads):
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
+                                        options=[("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            yield server, prediction_service_pb2_grpc.PredictionServiceStub(channel), threads
+        finally:
+            channel.close()
 
 
 def test_quick_predicts_run_on_the_loop_slow_ones_in_the_pool(served):
@@ -148,9 +149,9 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
     write_matmul_model(tmp_path / "mm", 1, 1024, 2)  # a step of a few hundred µs: inline, but batching pays
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 20000 }\n")
-    server, threads = _serve(tmp_path, ("toy", "mm"), enable_batching=True, batching_parameters_file=str(params))
-    ones = np.ones((1, 1024), np.float32)
-    try:
+    with _serve(tmp_path, ("toy", "mm"), enable_batching=True,
+                batching_parameters_file=str(params)) as (server, threads):
+        ones = np.ones((1, 1024), np.float32)
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
@@ -191,8 +192,6 @@ def test_with_batching_a_tiny_lone_request_runs_on_the_loop_and_longer_steps_sti
             assert {t for m, t in threads if m == "toy"} == {"tfsctl-grpc-loop"}, threads
         batches = server.metrics.registry.get_sample_value("tfsctl_batch_size_count", {"model_name": "mm"}) - before
         assert batches < 48, "concurrent requests never shared a batch"
-    finally:
-        server.stop(1)
 
 
 def test_health_watch_streams_hold_no_pool_thread_and_stop_is_prompt(tmp_path: Path):
@@ -204,26 +203,24 @@ def test_health_watch_streams_hold_no_pool_thread_and_stop_is_prompt(tmp_path: P
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy", rest_api_port=0,
-                                       model_base_path=str(tmp_path / "toy"), grpc_max_threads=4))
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    try:
-        health = health_pb2_grpc.HealthStub(channel)
-        watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(8)]
-        firsts = {next(w).status for w in watches}
-        assert firsts <= {health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING}
-        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "toy"}), timeout=10)
-        assert status.model_version_status[0].version == 1
-        for w in watches[:4]:
-            w.cancel()
-        started = time.monotonic()
-        server.stop(1)
-        assert time.monotonic() - started < 15
-    finally:
-        channel.close()
-        server.stop(1)
+    with serve_model(ready_timeout=None, grace=1, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                     grpc_max_threads=4) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(8)]
+            firsts = {next(w).status for w in watches}
+            assert firsts <= {health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING}
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "toy"}), timeout=10)
+            assert status.model_version_status[0].version == 1
+            for w in watches[:4]:
+                w.cancel()
+            started = time.monotonic()
+            server.stop(1)
+            assert time.monotonic() - started < 15
+        finally:
+            channel.close()
 
 
 def test_the_predict_path_benchmark_measures_every_layer_of_a_quick_predict(tmp_path: Path):

@@ -8,9 +8,7 @@ next good request, and rejected decompression bombs leave resident memory flat.
 from __future__ import annotations
 
 import base64
-import http.client
 import io
-import json
 import os
 from pathlib import Path
 
@@ -27,25 +25,14 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 from tfsctl.export import DEFAULT_MAX_IMAGE_PIXELS, export_model  # noqa: E402
 from tfsctl.models.deeplab import DeepLabConfig, build_deeplab, checkpoint_for  # noqa: E402
 from tfsctl.models.shapes import make_example  # noqa: E402
-from tfsctl.serving.rest_api import RestServer  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, make_shape, to_numpy  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
+from tfsctl.testing import http_json  # noqa: E402
 from tfsctl.voc import VOC_CLASSES  # noqa: E402
 
 MAX_BYTES = 4 * 1024 * 1024
 H, W = 40, 50
 
-
-def http_call(port: int, method: str, path: str, body: object = None) -> tuple[int, object]:
-    """One JSON request on a fresh connection; returns (status, parsed JSON reply)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
 
 
 def _encode(image: np.ndarray | Image.Image, fmt: str) -> bytes:
@@ -106,29 +93,22 @@ def deeplab_base(tmp_path_factory) -> Path:
     return base
 
 
-def _serve(base: Path, **options: object) -> ModelServer:
-    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, model_name="deeplab",
-                                       model_base_path=str(base), file_system_poll_wait_seconds=0.5,
-                                       grpc_max_message_bytes=MAX_BYTES, **options))
-    server.start()
-    return server
+def _serve(base: Path, **options: object):  # noqa: ANN202 - served(): a context manager yielding a ModelServer
+    """The tiny DeepLab served over gRPC and REST, ready within 120 s."""
+    return serve_model(rest=True, ready_timeout=120, model_name="deeplab", model_base_path=str(base),
+                       file_system_poll_wait_seconds=0.5, grpc_max_message_bytes=MAX_BYTES, **options)
 
 
 @pytest.fixture(scope="module")
 def served(deeplab_base):
     """The tiny DeepLab served over gRPC and REST."""
-    server = _serve(deeplab_base)
-    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0)
-    rest.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    try:
-        assert server.wait_until_ready(120), "tiny DeepLab never became AVAILABLE"
-        yield {"stub": prediction_service_pb2_grpc.PredictionServiceStub(channel), "rest": rest.port,
-               "server": server}
-    finally:
-        channel.close()
-        rest.stop()
-        server.stop(5)
+    with _serve(deeplab_base) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        try:
+            yield {"stub": prediction_service_pb2_grpc.PredictionServiceStub(channel), "rest": server.rest_port,
+                   "server": server}
+        finally:
+            channel.close()
 
 
 def _classify_request(*encoded: bytes) -> classification_pb2.ClassificationRequest:
@@ -142,7 +122,7 @@ def _classify_request(*encoded: bytes) -> classification_pb2.ClassificationReque
 def _rest_classify(port: int, *encoded: bytes) -> tuple[int, object]:
     body = {"signature_name": "classify",
             "examples": [{"image/encoded": {"b64": base64.b64encode(e).decode()}} for e in encoded]}
-    return http_call(port, "POST", "/v1/models/deeplab:classify", body)
+    return http_json(port, "POST", "/v1/models/deeplab:classify", body)
 
 
 def _predict_request(images: np.ndarray | tensor_pb2.TensorProto, height: list[int], width: list[int]):
@@ -159,7 +139,7 @@ def _predict_request(images: np.ndarray | tensor_pb2.TensorProto, height: list[i
 def _rest_predict(port: int, images: np.ndarray, height: list[int], width: list[int]) -> tuple[int, object]:
     body = {"signature_name": "predict_images",
             "inputs": {"images": images.tolist(), "height": height, "width": width}}
-    return http_call(port, "POST", "/v1/models/deeplab:predict", body)
+    return http_json(port, "POST", "/v1/models/deeplab:predict", body)
 
 
 def _good_requests_still_work(served) -> None:
@@ -221,7 +201,7 @@ def test_height_outside_int32_and_wrong_image_dtype_over_rest(served):
     assert status == 400 and "out of range for DT_UINT8" in reply["error"], reply
     body = {"signature_name": "predict_images", "inputs": {"images": [[[["r", "g", "b"]]]], "height": [1],
                                                            "width": [1]}}
-    status, reply = http_call(served["rest"], "POST", "/v1/models/deeplab:predict", body)
+    status, reply = http_json(served["rest"], "POST", "/v1/models/deeplab:predict", body)
     assert status == 400 and "'images'" in reply["error"] and "DT_UINT8" in reply["error"], reply
     _good_requests_still_work(served)
 
@@ -279,33 +259,28 @@ def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 5000000 }\n"
                       "num_batch_threads { value: 1 }\n")
-    server = _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params),
-                    batching_isolate_failures=True)
-    rest = RestServer(server.core, server.metrics, "127.0.0.1", 0)
-    rest.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    try:
-        assert server.wait_until_ready(120)
-        batches = lambda: server.metrics.registry.get_sample_value(  # noqa: E731
-            "tfsctl_batch_size_count", {"model_name": "deeplab"}) or 0.0
-        for bad_payload in (BAD_IMAGES["decompression bomb"][0], BAD_IMAGES["truncated data"][0]):
+    with _serve(deeplab_base, enable_batching=True, batching_parameters_file=str(params),
+                batching_isolate_failures=True) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            batches = lambda: server.metrics.registry.get_sample_value(  # noqa: E731
+                "tfsctl_batch_size_count", {"model_name": "deeplab"}) or 0.0
+            for bad_payload in (BAD_IMAGES["decompression bomb"][0], BAD_IMAGES["truncated data"][0]):
+                before = batches()
+                good = stub.Classify.future(_classify_request(GOOD_PNG), timeout=60)
+                status, reply = _rest_classify(server.rest_port, bad_payload)  # fills the batch of 2: it runs at once
+                assert status == 400 and "deeplab" in reply["error"], reply
+                classes = good.result(60).result.classifications[0].classes
+                assert sum(c.score for c in classes) == pytest.approx(1.0, abs=1e-4)
+                assert batches() == before + 1, "the two requests should have shared one batch"
             before = batches()
-            good = stub.Classify.future(_classify_request(GOOD_PNG), timeout=60)
-            status, reply = _rest_classify(rest.port, bad_payload)  # fills the batch of 2: it runs at once
-            assert status == 400 and "deeplab" in reply["error"], reply
-            classes = good.result(60).result.classifications[0].classes
-            assert sum(c.score for c in classes) == pytest.approx(1.0, abs=1e-4)
-            assert batches() == before + 1, "the two requests should have shared one batch"
-        before = batches()
-        req = _predict_request(IMAGE[None], [H], [W])
-        del req.output_filter[:]  # as the REST request: same output filter, same batch queue
-        good = stub.Predict.future(req, timeout=60)
-        status, reply = _rest_predict(rest.port, IMAGE[None], [-5], [W])
-        assert status == 400 and "height must be >= 1" in reply["error"], reply
-        assert to_numpy(good.result(60).outputs["segmentation_map"]).shape == (1, H, W)
-        assert batches() == before + 1
-    finally:
-        channel.close()
-        rest.stop()
-        server.stop(5)
+            req = _predict_request(IMAGE[None], [H], [W])
+            del req.output_filter[:]  # as the REST request: same output filter, same batch queue
+            good = stub.Predict.future(req, timeout=60)
+            status, reply = _rest_predict(server.rest_port, IMAGE[None], [-5], [W])
+            assert status == 400 and "height must be >= 1" in reply["error"], reply
+            assert to_numpy(good.result(60).outputs["segmentation_map"]).shape == (1, H, W)
+            assert batches() == before + 1
+        finally:
+            channel.close()

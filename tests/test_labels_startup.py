@@ -38,6 +38,7 @@ from tfsctl.core.loader import Loader  # noqa: E402
 from tfsctl.errors import FailedPrecondition  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 from tfsctl.testing import write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
@@ -166,9 +167,8 @@ def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads)
     """http_rest_api_handler_test.cc's set-up (half_plus_two, specific {123}, started, then reloaded with
     Version_Label -> 123) and its label requests, over a real REST port: predict, regress, classify and status."""
     import json
-    import urllib.request
 
-    from tfsctl.testing import free_port, write_tf1_half_plus
+    from tfsctl.testing import http_call, write_tf1_half_plus
 
     base = tmp_path / "saved_model_half_plus_two_2_versions"
     write_tf1_half_plus(base, 123)
@@ -177,20 +177,18 @@ def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads)
     config = _config(base, {})
     config.model_config_list.config[0].name = "saved_model_half_plus_two_2_versions"
     cfg.write_text(str(config))
-    server = ModelServer(ServerOptions(port=0, rest_api_port=free_port(), host="127.0.0.1",
-                                       model_config_file=str(cfg)))
-    server.start()
-    try:
+    with serve_model(rest=True, ready_timeout=None, grace=2, model_config_file=str(cfg)) as server:
         config.model_config_list.config[0].version_labels["Version_Label"] = 123
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             _reload(channel, config)
-        url = f"http://127.0.0.1:{server.rest_port}/v1/models/saved_model_half_plus_two_2_versions/labels/Version_Label"
+        path = "/v1/models/saved_model_half_plus_two_2_versions/labels/Version_Label"
 
         def call(verb: str, body: dict | None = None) -> dict:
-            data = None if body is None else json.dumps(body).encode()
-            with urllib.request.urlopen(urllib.request.Request(url + verb, data=data), timeout=30) as reply:
-                assert reply.headers["Content-Type"] == "application/json"
-                return json.loads(reply.read())
+            status, headers, reply = http_call(server.rest_port, "GET" if body is None else "POST", path + verb,
+                                               None if body is None else json.dumps(body), timeout=30)
+            assert status == 200, reply
+            assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
+            return json.loads(reply)
 
         assert call(":predict", {"instances": [1.0, 2.0]}) == {"predictions": [2.5, 3.0]}
         assert call(":regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}) == {"results": [42]}
@@ -198,5 +196,3 @@ def test_http_rest_api_handler_tests_label_cases_over_rest(tmp_path, slow_loads)
             {"results": [[["", 7]]]}
         assert call("") == {"model_version_status": [
             {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
-    finally:
-        server.stop(2)

@@ -23,18 +23,12 @@ from tfsctl.core.server_core import ServerCore, ServerCoreOptions
 from tfsctl.core.source import FileSystemSource, VersionPolicy, list_versions
 from tfsctl.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Unknown
 from tfsctl.serving.metrics import Metrics
-from tfsctl.testing import write_toy_model
+from tfsctl.testing import wait_until, write_toy_model
 
 X = np.ones((1, 4), np.float32)
 POLL = 0.05
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def poll(m: ServerCore, times: int = 3) -> None:
@@ -166,9 +160,9 @@ def test_new_version_is_served_without_restart(make_manager, tmp_path: Path) -> 
     assert m.wait_until_ready(15)
     assert served(m) == (1, 1.0)
     write_toy_model(base, 2, scale=2.0)
-    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2 AVAILABLE")
+    assert m.manager.wait_for_state("toy", 2, {AVAILABLE}, 15), "version 2 AVAILABLE"
     assert served(m) == (2, 2.0)
-    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded (latest 1)")
+    assert m.manager.wait_for_state("toy", 1, {END}, 15), "version 1 unloaded (latest 1)"
     with pytest.raises(NotFound, match=r"Specific\(toy, 1\)"):
         served(m, version=1)
 
@@ -179,10 +173,10 @@ def test_removed_version_is_unloaded(make_manager, tmp_path: Path) -> None:
     write_toy_model(base, 2, scale=2.0)
     m = make_manager(config(f"model_config_list {{ config {{ name: 'toy' base_path: '{base}' "
                             "model_version_policy { all {} } } }"))
-    wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 2: AVAILABLE}, what="both versions")
+    wait_until(lambda: states(m, "toy") == {1: AVAILABLE, 2: AVAILABLE}, 15, "both versions")
     assert served(m, version=1) == (1, 1.0)
     shutil.rmtree(base / "2")
-    wait_for(lambda: states(m, "toy").get(2) == END, what="version 2 unloaded")
+    assert m.manager.wait_for_state("toy", 2, {END}, 15), "version 2 unloaded"
     assert served(m) == (1, 1.0)
 
 
@@ -197,8 +191,8 @@ def test_version_policies_and_labels(make_manager, tmp_path: Path) -> None:
     }}"""
     m = make_manager(config(text), allow_version_labels_for_unavailable_models=True)  # labels at start-up
     assert m.wait_until_ready(15)
-    wait_for(lambda: states(m, "toy") == {1: AVAILABLE, 3: AVAILABLE}, what="specific versions")
-    wait_for(lambda: states(m, "two") == {2: AVAILABLE, 3: AVAILABLE}, what="latest 2")
+    wait_until(lambda: states(m, "toy") == {1: AVAILABLE, 3: AVAILABLE}, 15, "specific versions")
+    wait_until(lambda: states(m, "two") == {2: AVAILABLE, 3: AVAILABLE}, 15, "latest 2")
     assert m.labels("toy") == {"stable": 1, "canary": 3}
     assert served(m, label="stable") == (1, 1.0)
     assert served(m, label="canary") == (3, 3.0)
@@ -246,7 +240,7 @@ def test_labels_may_point_to_unloaded_versions_at_startup(make_manager, tmp_path
     with pytest.raises(NotFound):
         served(m, label="canary")
     write_toy_model(base, 2, scale=2.0)
-    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
+    assert m.manager.wait_for_state("toy", 2, {AVAILABLE}, 15), "version 2"
     assert served(m, label="canary") == (2, 2.0)
 
 
@@ -262,7 +256,7 @@ def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -
     bad = base / "2"
     bad.mkdir()
     (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff\xff")
-    wait_for(lambda: states(m, "toy").get(2) == END, what="corrupt version ends")
+    assert m.manager.wait_for_state("toy", 2, {END}, 15), "corrupt version ends"
     (v2,) = [s for s in m.version_states("toy") if s.version == 2]
     assert "cannot parse the SavedModel proto" in v2.error and "version 2" in v2.error
     assert served(m) == (1, 1.0)
@@ -277,15 +271,15 @@ def test_corrupt_version_never_available(make_manager, tmp_path: Path, caplog) -
     # Missing variables: never AVAILABLE either, and version 1 still serves.
     write_toy_model(base, 3, scale=3.0)
     shutil.rmtree(base / "3" / "variables")
-    wait_for(lambda: states(m, "toy").get(3) == END, what="version without variables ends")
+    assert m.manager.wait_for_state("toy", 3, {END}, 15), "version without variables ends"
     assert "TensorFlow could not load it" in [s for s in m.version_states("toy") if s.version == 3][0].error
     assert served(m) == (1, 1.0)
 
     # A good newer version replaces version 1.
     write_toy_model(base, 4, scale=4.0)
-    wait_for(lambda: states(m, "toy").get(4) == AVAILABLE, what="good version 4")
+    assert m.manager.wait_for_state("toy", 4, {AVAILABLE}, 15), "good version 4"
     assert served(m) == (4, 4.0)
-    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded after 4 is AVAILABLE")
+    assert m.manager.wait_for_state("toy", 1, {END}, 15), "version 1 unloaded after 4 is AVAILABLE"
 
 
 @pytest.mark.parametrize("retry_on_change", [False, True])
@@ -301,7 +295,7 @@ def test_half_copied_version_loads_once_complete_only_when_asked(make_manager, t
     assert m.wait_until_ready(15)
     target = base / "2"
     target.mkdir()  # a copy in progress: the directory exists, saved_model.pb not yet
-    wait_for(lambda: states(m, "toy").get(2) == END, what="half-copied version fails")
+    assert m.manager.wait_for_state("toy", 2, {END}, 15), "half-copied version fails"
     assert "no saved_model.pb" in [s for s in m.version_states("toy") if s.version == 2][0].error
     assert served(m) == (1, 1.0)
     for item in staged.iterdir():  # the copy goes on; saved_model.pb arrives last, whole (rename)
@@ -313,7 +307,7 @@ def test_half_copied_version_loads_once_complete_only_when_asked(make_manager, t
         poll(m, 3)  # the completed copy is seen by these polls, and left alone
         assert states(m, "toy").get(2) == END and served(m) == (1, 1.0)
         return
-    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="completed version 2")
+    assert m.manager.wait_for_state("toy", 2, {AVAILABLE}, 15), "completed version 2"
     assert served(m) == (2, 2.0)
 
 
@@ -334,8 +328,8 @@ def test_base_path_gone_keeps_last_version(make_manager, tmp_path: Path, how: st
     assert served(m) == (1, 1.0)  # the loaded graph keeps serving from memory
     assert m.is_ready()
     write_toy_model(base, 2, scale=2.0)
-    wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="new version after the base path came back")
-    wait_for(lambda: states(m, "toy").get(1) == END, what="old version unloaded")
+    assert m.manager.wait_for_state("toy", 2, {AVAILABLE}, 15), "new version after the base path came back"
+    assert m.manager.wait_for_state("toy", 1, {END}, 15), "old version unloaded"
 
 
 def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
@@ -345,13 +339,13 @@ def test_in_flight_handle_delays_unload(make_manager, tmp_path: Path) -> None:
     assert m.wait_until_ready(15)
     with m.handle("toy") as old:
         write_toy_model(base, 2, scale=2.0)
-        wait_for(lambda: states(m, "toy").get(2) == AVAILABLE, what="version 2")
-        wait_for(lambda: states(m, "toy").get(1) == UNLOADING, what="version 1 unloading")
+        assert m.manager.wait_for_state("toy", 2, {AVAILABLE}, 15), "version 2"
+        assert m.manager.wait_for_state("toy", 1, {UNLOADING}, 15), "version 1 unloading"
         poll(m)
         assert states(m, "toy")[1] == UNLOADING  # held: not unloaded under the request (it waits for the release)
         assert float(old.run("", {"x": X})["y"][0, 0]) == 1.0  # the request finishes on its version
         assert served(m) == (2, 2.0)  # new requests go to the new version
-    wait_for(lambda: states(m, "toy").get(1) == END, what="version 1 unloaded once released")
+    assert m.manager.wait_for_state("toy", 1, {END}, 15), "version 1 unloaded once released"
 
 
 def test_not_found_until_a_version_loads(make_manager, tmp_path: Path) -> None:
@@ -373,7 +367,7 @@ def test_only_corrupt_versions_report_errors(make_manager, tmp_path: Path) -> No
     (base / "1").mkdir(parents=True)
     (base / "1" / "saved_model.pb").write_bytes(b"junk")
     m = make_manager(single_model_config("toy", base), max_num_load_retries=0)
-    wait_for(lambda: states(m, "toy").get(1) == END, what="failed load")
+    assert m.manager.wait_for_state("toy", 1, {END}, 15), "failed load"
     assert not m.is_ready()
     with pytest.raises(NotFound, match="load errors: version 1: .*cannot parse"):
         served(m)
@@ -406,7 +400,7 @@ def test_apply_config_adds_and_removes_models(make_manager, tmp_path: Path) -> N
         v = metrics.registry.get_sample_value("tfsctl_model_events_total", {"model_name": name, "event": event})
         return v or 0.0
 
-    wait_for(lambda: events("b", "unload") == 1.0, what="model b unloaded")
+    wait_until(lambda: events("b", "unload") == 1.0, 15, "model b unloaded")
     assert events("a", "load") == 1.0 and events("b", "load") == 1.0
     assert served(m, "a") == (1, 1.0)
     seen = recorded(m)
@@ -466,9 +460,9 @@ def test_concurrent_requests_during_swaps(make_manager, tmp_path: Path) -> None:
         t.start()
     for v in (2, 3):
         write_toy_model(base, v, scale=float(v))
-        wait_for(lambda v=v: states(m, "toy").get(v) == AVAILABLE, what=f"version {v}")
+        assert m.manager.wait_for_state("toy", v, {AVAILABLE}, 15), f"version {v}"
     shutil.rmtree(base / "1", ignore_errors=True)
-    wait_for(lambda: 3 in seen, what="clients reach version 3")
+    wait_until(lambda: 3 in seen, 15, "clients reach version 3")
     stop.set()
     for t in threads:
         t.join(10)
@@ -577,9 +571,9 @@ def test_num_unload_threads_bounds_concurrent_unloads(make_manager, tmp_path: Pa
     assert m.wait_until_ready(15)
     m.apply_config(config("model_config_list {}"))  # remove both models at once
     if threads == 2:
-        wait_for(lambda: peak[0] == 2, what="two unloads running together")
+        wait_until(lambda: peak[0] == 2, 15, "two unloads running together")
     else:
-        wait_for(lambda: peak[0] == 1, what="one unload running")
+        wait_until(lambda: peak[0] == 1, 15, "one unload running")
     gate.set()
     assert m.manager.wait_for_state("a", 1, {END}, 15) and m.manager.wait_for_state("b", 1, {END}, 15)
     assert peak[0] == threads

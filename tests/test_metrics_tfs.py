@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfsctl.serving.metrics import LATENCY_BUCKETS_US, Metrics, tf_exponential_buckets
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import free_port, write_monitoring_config, write_toy_model
+from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,16 +97,6 @@ def _http(url: str, timeout: float = 10.0) -> str:
         return r.read().decode()
 
 
-def _poll(condition, what: str, timeout: float = 90.0, every: float = 0.1, on_timeout=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f": {on_timeout()}" if on_timeout else ""))
-        time.sleep(every)
-
 
 def _value(text: str, sample: str) -> float | None:
     for line in text.splitlines():
@@ -145,7 +134,7 @@ def served(tmp_path):
             except OSError:
                 return False
 
-        _poll(up, "tfsctl serve to answer on its metrics path", 120)
+        wait_until(up, 120, "tfsctl serve to answer on its metrics path", every=0.1)
         yield {"grpc": grpc_port, "rest": rest_port, "path": "/monitoring/tf", "log": tmp_path / "serve.log"}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -249,16 +238,16 @@ def test_real_prometheus_scrapes_tf_serving_metric_names(served, tmp_path):
             """What Prometheus says of its scrapes, for a failure's message (a loaded machine's slow scrapes)."""
             return _http(f"http://127.0.0.1:{port}/api/v1/targets") + "\n" + (tmp_path / "prometheus.log").read_text()
 
-        _poll(ready, "Prometheus to scrape tfsctl serve", 60)
+        wait_until(ready, 60, "Prometheus to scrape tfsctl serve", every=0.1)
         first = 5
         for _ in range(first):
             _predict(stub)
-        _poll(lambda: scraped(first), f"a scrape showing {first} requests", 90, on_timeout=targets)
+        wait_until(lambda: scraped(first), 90, f"a scrape showing {first} requests", every=0.1, explain=targets)
         more = 12
         for _ in range(more):
             _predict(stub)
-        at = _poll(lambda: scraped(first + more), f"a scrape showing {first + more} requests", 90,
-                   on_timeout=targets)
+        at = wait_until(lambda: scraped(first + more),
+                        90, f"a scrape showing {first + more} requests", every=0.1, explain=targets)
         page = _http(f"http://127.0.0.1:{served['rest']}{served['path']}")  # what that scrape saw (no traffic since)
 
         # rate over [1m]: the raw samples in the window rise by exactly the requests sent; Prometheus' rate lies

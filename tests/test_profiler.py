@@ -13,17 +13,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.tensors import from_numpy  # noqa: E402
 from tfsctl.testing import write_toy_model  # noqa: E402
 
 
-def _serve(tmp_path, **flags) -> ModelServer:
+def _serve(tmp_path, **flags):  # noqa: ANN202 - served(): a context manager yielding a ModelServer
     write_toy_model(tmp_path / "toy", 1)
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), **flags))
-    server.start()
-    return server
+    return served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy"), **flags)
 
 
 def test_a_trace_through_the_model_servers_own_port(tmp_path):
@@ -31,43 +28,39 @@ def test_a_trace_through_the_model_servers_own_port(tmp_path):
     Predict calls running meanwhile."""
     from tensorflow.python.profiler import profiler_client
 
-    server = _serve(tmp_path)
-    stop = threading.Event()
+    with _serve(tmp_path) as server:
+        stop = threading.Event()
 
-    def load() -> None:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "toy"
-        request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
-        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for _ in range(2000):  # bounded; stops early once the trace is taken
-                if stop.is_set():
-                    return
-                stub.Predict(request, timeout=10)
+        def load() -> None:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
+            with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                for _ in range(2000):  # bounded; stops early once the trace is taken
+                    if stop.is_set():
+                        return
+                    stub.Predict(request, timeout=10)
 
-    traffic = threading.Thread(target=load)
-    traffic.start()
-    try:
-        logdir = tmp_path / "logs"
-        profiler_client.trace(f"127.0.0.1:{server.grpc_port}", str(logdir), 500, "", 5)
-        traces = [p for p in logdir.rglob("*") if p.is_file() and p.stat().st_size > 0]
-        assert traces, "the profiler wrote nothing"
-    finally:
-        stop.set()
-        traffic.join(30)
-        server.stop(2)
+        traffic = threading.Thread(target=load)
+        traffic.start()
+        try:
+            logdir = tmp_path / "logs"
+            profiler_client.trace(f"127.0.0.1:{server.grpc_port}", str(logdir), 500, "", 5)
+            traces = [p for p in logdir.rglob("*") if p.is_file() and p.stat().st_size > 0]
+            assert traces, "the profiler wrote nothing"
+        finally:
+            stop.set()
+            traffic.join(30)
 
 
 def test_enable_profiler_false_leaves_the_service_out(tmp_path):
-    server = _serve(tmp_path, enable_profiler=False)
-    try:
+    with _serve(tmp_path, enable_profiler=False) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             call = channel.unary_unary("/tensorflow.ProfilerService/Profile")
             with pytest.raises(grpc.RpcError) as info:
                 call(b"", timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        server.stop(2)
 
 
 def _messages():
@@ -99,9 +92,8 @@ def _listening_sockets() -> set[str]:
 def test_the_trace_opens_no_port_of_its_own_and_terminate_ends_it(tmp_path):
     """Profile runs in the server (no relay to a profiler server on another port); Terminate with its session id
     ends a long Profile at once, and the XSpace lands where TensorBoard looks for it."""
-    server = _serve(tmp_path)
-    messages = _messages()
-    try:
+    with _serve(tmp_path) as server:
+        messages = _messages()
         before = _listening_sockets()
         request = messages["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "repo"),
                                              session_id="run1", host_name="127.0.0.1:1234")
@@ -116,13 +108,10 @@ def test_the_trace_opens_no_port_of_its_own_and_terminate_ends_it(tmp_path):
         assert (tmp_path / "repo" / "run1" / "127.0.0.1_1234.xplane.pb").stat().st_size > 0
         assert [p.name for p in (tmp_path / "repo" / "run1").iterdir()] == ["127.0.0.1_1234.xplane.pb"]
         assert _listening_sockets() == before
-    finally:
-        server.stop(2)
 
 
 def test_bad_profiler_requests_get_clear_codes(tmp_path):
-    server = _serve(tmp_path)
-    try:
+    with _serve(tmp_path) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             for method, payload, code in (
                 ("Profile", _messages()["ProfileRequest"](duration_ms=10).SerializeToString(),
@@ -134,16 +123,13 @@ def test_bad_profiler_requests_get_clear_codes(tmp_path):
                 with pytest.raises(grpc.RpcError) as info:
                     channel.unary_unary(f"/tensorflow.ProfilerService/{method}")(payload, timeout=30)
                 assert info.value.code() == code, (method, info.value.details())
-    finally:
-        server.stop(2)
 
 
 def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
     """TensorFlow allows one profiling session per process: a Profile whose deadline passes ends its session at
     once (TF's service checks IsCancelled), so the next one can start instead of waiting out the first's duration."""
-    server = _serve(tmp_path)
-    messages = _messages()
-    try:
+    with _serve(tmp_path) as server:
+        messages = _messages()
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             profile = channel.unary_unary("/tensorflow.ProfilerService/Profile")
             long = messages["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "repo"),
@@ -164,5 +150,3 @@ def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
                     time.sleep(0.1)
         assert (tmp_path / "repo" / "short" / "h.xplane.pb").is_file()
         assert not (tmp_path / "repo" / "long").exists() or not any((tmp_path / "repo" / "long").iterdir())
-    finally:
-        server.stop(2)

@@ -16,7 +16,6 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 import urllib.request  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,7 +30,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_monitoring_config, write_toy_model  # noqa: E402
+from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -78,15 +77,6 @@ def _predict_count(rest_port: int) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
     staging, base = tmp_path / "staging", tmp_path / "toy"
     write_toy_model(staging, 1, scale=1.0)
@@ -118,8 +108,8 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
     phase = ["start"]  # which step of the test a failure happened in, for the assertion message
     try:
         pairs = list(zip(ports, rest_ports, strict=True))  # REST binds after gRPC: wait for both
-        _wait(lambda: all(_status(p).get(1) == AVAILABLE and _rest_ready(r) for p, r in pairs),
-              60, "3 replicas serving version 1 over gRPC and REST")
+        wait_until(lambda: all(_status(p).get(1) == AVAILABLE and _rest_ready(r) for p, r in pairs),
+              60, "3 replicas serving version 1 over gRPC and REST", every=0.1)
 
         target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
         channel = grpc.insecure_channel(target, options=[
@@ -146,7 +136,7 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
         threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
         for t in threads:
             t.start()
-        _wait(lambda: sum(results.values()) >= 100 or errors, 20, "load to run")
+        wait_until(lambda: sum(results.values()) >= 100 or errors, 20, "load to run", every=0.1)
         counts = [_predict_count(r) for r in rest_ports]
         assert all(c > 0 for c in counts), counts  # round robin: every replica takes requests
 
@@ -160,10 +150,10 @@ def test_replicas_survive_sigterm_and_move_to_a_new_version(tmp_path):
             states = _status(port)
             return states.get(2) == AVAILABLE and states.get(1) != AVAILABLE
 
-        _wait(lambda: all(moved(p) for p in ports[1:]), 30, "live replicas to move to version 2")
+        wait_until(lambda: all(moved(p) for p in ports[1:]), 30, "live replicas to move to version 2", every=0.1)
         phase[0] = "load on version 2"
         seen = sum(results.values())
-        _wait(lambda: sum(results.values()) >= seen + 100 or errors, 20, "load on the new version")
+        wait_until(lambda: sum(results.values()) >= seen + 100 or errors, 20, "load on the new version", every=0.1)
         phase[0] = "the end of the load"
         stop.set()
         for t in threads:

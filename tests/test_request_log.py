@@ -28,9 +28,9 @@ from tensorflow_serving.apis import (
 from tfsctl.core.config import parse_model_server_config
 from tfsctl.core.request_log import FileCollector, RequestLogger
 from tfsctl.errors import ConfigError
-from tfsctl.serving.server import ModelServer, ServerOptions
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import free_port, toy_example, write_toy_model
+from tfsctl.serving.testing import served as serve_model
+from tfsctl.testing import toy_example, write_toy_model
 from tfsctl.tfrecord import read_records
 
 
@@ -68,13 +68,9 @@ def served(tmp_path):
     config = tmp_path / "models.config"
     prefix = tmp_path / "logs" / "toy"
     config.write_text(_config(tmp_path / "toy", prefix))
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", rest_api_port=free_port(),
-                                       model_config_file=str(config), request_log_max_file_bytes=4096))
-    server.start()
-    try:
+    with serve_model(rest=True, ready_timeout=None, grace=2, model_config_file=str(config),
+                     request_log_max_file_bytes=4096) as server:
         yield server, prefix, config
-    finally:
-        server.stop(2)
 
 
 def _examples_input(target) -> None:
@@ -245,9 +241,7 @@ def test_an_unwritable_prefix_fails_no_request(tmp_path, caplog):
     config = tmp_path / "models.config"
     config.write_text(_config(tmp_path / "toy", blocker / "logs" / "toy"))
     caplog.set_level(logging.ERROR, logger="tfsctl.core.request_log")
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_config_file=str(config)))
-    server.start()
-    try:
+    with serve_model(ready_timeout=None, grace=2, model_config_file=str(config)) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()
@@ -260,8 +254,6 @@ def test_an_unwritable_prefix_fails_no_request(tmp_path, caplog):
         page = server.metrics.render().decode()
         assert ':tensorflow:serving:request_log_count{model_name="toy",status_code="NOT_FOUND"} 6' in page
         assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1
-    finally:
-        server.stop(2)
 
 
 def test_log_files_parse_as_tensorflow_tfrecords(tmp_path):

@@ -21,25 +21,11 @@ from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus  # n
 
 from tfsctl.core.config import DEFAULT_PROMETHEUS_PATH  # noqa: E402
 from tfsctl.serving.rest_api import RestServer  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
+from tfsctl.testing import http_json, wait_until, write_monitoring_config, write_toy_model  # noqa: E402
 
 X = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
 
-
-def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    """One request on a fresh connection; returns (status, parsed JSON or text)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        text = resp.read()
-        if "json" in (resp.getheader("Content-Type") or ""):
-            return resp.status, json.loads(text)
-        return resp.status, text.decode()
-    finally:
-        conn.close()
 
 
 def _save_multi(path: Path) -> None:
@@ -58,26 +44,6 @@ def _save_multi(path: Path) -> None:
     module = Multi()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
-
-class Served:
-    """A real ModelServer (gRPC on port 0; its REST port 0 means off) plus a RestServer on an OS-chosen port over
-    the same core, manager and metrics: what ModelServer wires under a monitoring config enabling the Prometheus
-    page at TF Serving's default path, with a port the test can learn."""
-
-    def __init__(self, opts: ServerOptions) -> None:
-        opts.port, opts.rest_api_port, opts.host = 0, 0, "127.0.0.1"
-        self.srv = ModelServer(opts)
-        self.srv.start()
-        self.rest = RestServer(self.srv.core, self.srv.metrics, "127.0.0.1", 0, metrics_path=DEFAULT_PROMETHEUS_PATH)
-        self.rest.start()
-        self.rest_port = self.rest.port
-        self.core, self.manager, self.metrics = self.srv.core, self.srv.manager, self.srv.metrics
-        self.batcher = self.srv.batcher
-        self.wait_until_ready = self.srv.wait_until_ready
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.rest.stop()
-        self.srv.stop(grace)
 
 
 def _config(tmp: Path, toy: Path, multi: Path) -> Path:
@@ -105,21 +71,18 @@ def server(tmp_path_factory):
     write_toy_model(tmp / "toy", 1, scale=1.0)
     write_toy_model(tmp / "toy", 2, scale=2.0)
     _save_multi(tmp / "multi" / "1")
-    srv = Served(ServerOptions(model_config_file=str(_config(tmp, tmp / "toy", tmp / "multi")),
-                               file_system_poll_wait_seconds=0.5,
-                               allow_version_labels_for_unavailable_models=True))  # labels at start-up
-    try:
-        assert srv.wait_until_ready(120), "models did not become AVAILABLE"
+    with served(rest=True, ready_timeout=120, model_config_file=str(_config(tmp, tmp / "toy", tmp / "multi")),
+                monitoring_config_file=str(write_monitoring_config(tmp)),  # the Prometheus page at its default path
+                file_system_poll_wait_seconds=0.5,
+                allow_version_labels_for_unavailable_models=True) as srv:  # labels at start-up
         # Ready means one AVAILABLE version per model; the status tests need both toy versions loaded.
         available = {ModelVersionStatus.AVAILABLE}
         assert all(srv.manager.wait_for_state("toy", v, available, 60) for v in (1, 2)), "toy v1/v2 not AVAILABLE"
         yield srv
-    finally:
-        srv.stop(5)
 
 
 def _predict(port: int, body: Any, target: str = "/v1/models/toy") -> tuple[int, Any]:
-    return http_call(port, "POST", f"{target}:predict", body)
+    return http_json(port, "POST", f"{target}:predict", body)
 
 
 # --- good requests ----------------------------------------------------------------------------------------------
@@ -127,19 +90,19 @@ def _predict(port: int, body: Any, target: str = "/v1/models/toy") -> tuple[int,
 
 def test_status_all_versions_one_version_and_label(server):
     port = server.rest_port
-    status, body = http_call(port, "GET", "/v1/models/toy")
+    status, body = http_json(port, "GET", "/v1/models/toy")
     assert status == 200
     versions = {s["version"]: s for s in body["model_version_status"]}
     assert set(versions) == {"1", "2"}
     assert all(s["state"] == "AVAILABLE" and s["status"]["error_code"] == "OK" for s in versions.values())
-    status, body = http_call(port, "GET", "/v1/models/toy/versions/1")
+    status, body = http_json(port, "GET", "/v1/models/toy/versions/1")
     assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["1"]
-    status, body = http_call(port, "GET", "/v1/models/toy/labels/canary")  # TF Serving's status ignores labels
+    status, body = http_json(port, "GET", "/v1/models/toy/labels/canary")  # TF Serving's status ignores labels
     assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["2", "1"]
 
 
 def test_metadata(server):
-    status, body = http_call(server.rest_port, "GET", "/v1/models/toy/versions/1/metadata")
+    status, body = http_json(server.rest_port, "GET", "/v1/models/toy/versions/1/metadata")
     assert status == 200
     assert body["model_spec"]["name"] == "toy" and body["model_spec"]["version"] == "1"
     assert set(body) == {"model_spec", "metadata"} and set(body["metadata"]) == {"signature_def"}
@@ -150,7 +113,7 @@ def test_metadata(server):
         "dim": [{"size": "-1", "name": ""}, {"size": "4", "name": ""}], "unknown_rank": False}
     assert sigs["serving_default"]["inputs"]["x"]["dtype"] == "DT_FLOAT"
     assert sigs["classify"]["method_name"] == "tensorflow/serving/classify"
-    status, body = http_call(server.rest_port, "GET", "/v1/models/toy/metadata")
+    status, body = http_json(server.rest_port, "GET", "/v1/models/toy/metadata")
     assert status == 200 and body["model_spec"]["version"] == "2"  # latest by default
 
 
@@ -195,16 +158,16 @@ def test_predict_b64_in_and_out_and_named_outputs(server):
 
 def test_classify_and_regress(server):
     port = server.rest_port
-    status, body = http_call(port, "POST", "/v1/models/toy:classify",
+    status, body = http_json(port, "POST", "/v1/models/toy:classify",
                              {"signature_name": "classify",
                               "examples": [{"x": [1.0, 2.0, 3.0, 4.0]}, {"x": [0.5, 1.0, 0.0, 0.0]}]})
     assert status == 200, body
     assert body["results"] == [[["class0", 2.0], ["class1", 4.0]], [["class0", 1.0], ["class1", 2.0]]]
-    status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
+    status, body = http_json(port, "POST", "/v1/models/toy/versions/1:regress",
                              {"signature_name": "regress", "examples": [{"x": [1.0, 2.0, 3.0, 4.5]}]})
     assert status == 200 and body["results"] == [10.5]
     # Context features are shared by every example.
-    status, body = http_call(port, "POST", "/v1/models/toy/versions/1:regress",
+    status, body = http_json(port, "POST", "/v1/models/toy/versions/1:regress",
                              {"signature_name": "regress", "context": {"x": [1.0, 1.0, 1.0, 1.0]},
                               "examples": [{}, {}]})
     assert status == 200 and body["results"] == [4.0, 4.0]
@@ -219,14 +182,14 @@ def _count(text: str, status: str, model: str = "toy") -> float:
 
 def test_health_and_metrics_count_requests(server):
     port = server.rest_port
-    assert http_call(port, "GET", "/v1/health/live") == (200, {"status": "live"})
-    assert http_call(port, "GET", "/v1/health/ready") == (200, {"status": "ready"})
-    status, before = http_call(port, "GET", "/monitoring/prometheus/metrics")
+    assert http_json(port, "GET", "/v1/health/live") == (200, {"status": "live"})
+    assert http_json(port, "GET", "/v1/health/ready") == (200, {"status": "ready"})
+    status, before = http_json(port, "GET", "/monitoring/prometheus/metrics")
     assert status == 200 and ":tensorflow:serving:request_latency" in before
     for _ in range(2):
         assert _predict(port, {"instances": X})[0] == 200
     assert _predict(port, {"instances": [["a"]]})[0] == 400
-    _, after = http_call(port, "GET", "/monitoring/prometheus/metrics")
+    _, after = http_json(port, "GET", "/monitoring/prometheus/metrics")
     assert _count(after, "OK") - _count(before, "OK") == 2
     assert _count(after, "INVALID_ARGUMENT") - _count(before, "INVALID_ARGUMENT") == 1
     # Loads (reported by the manager) and latency histograms are on the same page.
@@ -235,11 +198,11 @@ def test_health_and_metrics_count_requests(server):
 
 
 def test_unknown_model_names_do_not_grow_the_metric_label_set(server):
-    _, before = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
+    _, before = http_json(server.rest_port, "GET", "/monitoring/prometheus/metrics")
     for i in range(3):
         assert _predict(server.rest_port, {"instances": X}, f"/v1/models/ghost{i}")[0] == 404
-        assert http_call(server.rest_port, "GET", f"/v1/models/ghost{i}/metadata")[0] == 404
-    _, after = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
+        assert http_json(server.rest_port, "GET", f"/v1/models/ghost{i}/metadata")[0] == 404
+    _, after = http_json(server.rest_port, "GET", "/monitoring/prometheus/metrics")
     assert "ghost" not in after
     # predict and metadata alike: TF Serving's REST handler counts both
     assert _count(after, "NOT_FOUND", "<unknown>") - _count(before, "NOT_FOUND", "<unknown>") == 6
@@ -325,7 +288,7 @@ BAD = [  # (case, method, path, body, HTTP status, needle): TF Serving's codes a
 @pytest.mark.parametrize(("case", "method", "path", "body", "code", "needle"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case, method, path, body, code, needle):
     raw = body if isinstance(body, bytes) else None
-    status, reply = http_call(server.rest_port, method, path, None if raw is not None else body, raw)
+    status, reply = http_json(server.rest_port, method, path, None if raw is not None else body, raw=raw)
     assert status == code, (case, reply)
     assert set(reply) == {"error"} and needle in reply["error"], (case, reply)
     status, reply = _predict(server.rest_port, {"instances": X})
@@ -366,7 +329,7 @@ def test_memory_stays_bounded_under_bad_requests(server):
 
     def burst(n: int) -> None:
         for i in range(n):
-            status, _ = http_call(server.rest_port, "POST", "/v1/models/toy:predict", raw=bodies[i % len(bodies)])
+            status, _ = http_json(server.rest_port, "POST", "/v1/models/toy:predict", raw=bodies[i % len(bodies)])
             assert status == 400
 
     burst(40)  # warm the allocator and the code paths
@@ -382,12 +345,12 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
     rest.start()
     try:
         big = {"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}  # ~0.5 MB of JSON
-        status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", big)
+        status, reply = http_json(rest.port, "POST", "/v1/models/toy:predict", big)
         assert status == 413 and "limit of 65536 bytes" in reply["error"]
-        status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
+        status, reply = http_json(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
         assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
         # No metrics_path, no page (TF Serving without a monitoring config): an unknown route like any other.
-        assert http_call(rest.port, "GET", DEFAULT_PROMETHEUS_PATH) == (404, {"error": f"Not found: GET "
+        assert http_json(rest.port, "GET", DEFAULT_PROMETHEUS_PATH) == (404, {"error": f"Not found: GET "
                                                                                   f"{DEFAULT_PROMETHEUS_PATH}"})
     finally:
         rest.stop()
@@ -398,8 +361,8 @@ def test_body_over_limit_is_413_and_next_request_succeeds(server):
     moved = RestServer(server.core, server.metrics, "127.0.0.1", 0, metrics_path="/metrics")  # MonitoringConfig
     moved.start()
     try:
-        assert http_call(moved.port, "GET", "/metrics")[0] == 200
-        assert http_call(moved.port, "GET", "/monitoring/prometheus/metrics")[0] == 404
+        assert http_json(moved.port, "GET", "/metrics")[0] == 200
+        assert http_json(moved.port, "GET", "/monitoring/prometheus/metrics")[0] == 404
     finally:
         moved.stop()
 
@@ -425,7 +388,7 @@ def test_gzip_bomb_and_chunked_body_over_limit_are_413(server):
             finally:
                 conn.close()
             assert status == 413 and "limit of 65536 bytes" in reply["error"], reply
-            status, reply = http_call(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
+            status, reply = http_json(rest.port, "POST", "/v1/models/toy:predict", {"instances": X})
             assert status == 200 and np.allclose(reply["predictions"], np.array(X) * 2)
     finally:
         rest.stop()
@@ -435,19 +398,17 @@ def test_readiness_is_503_until_models_load(tmp_path):
     """A model whose base path has no version yet keeps /v1/health/ready at 503; status says why."""
     base = tmp_path / "late"
     base.mkdir()
-    srv = Served(ServerOptions(model_name="late", model_base_path=str(base), file_system_poll_wait_seconds=0.1))
-    try:
-        status, reply = http_call(srv.rest_port, "GET", "/v1/health/ready")
+    with served(rest=True, ready_timeout=None, model_name="late", model_base_path=str(base),
+                file_system_poll_wait_seconds=0.1) as srv:
+        status, reply = http_json(srv.rest_port, "GET", "/v1/health/ready")
         assert status == 503 and "not ready" in reply["error"]
-        assert http_call(srv.rest_port, "GET", "/v1/health/live")[0] == 200
+        assert http_json(srv.rest_port, "GET", "/v1/health/live")[0] == 200
         status, reply = _predict(srv.rest_port, {"instances": X}, "/v1/models/late")
         assert status == 404 and "Servable not found for request: Latest(late)" in reply["error"], reply
         write_toy_model(base, 1)
         assert srv.wait_until_ready(60)
-        assert http_call(srv.rest_port, "GET", "/v1/health/ready")[0] == 200
+        assert http_json(srv.rest_port, "GET", "/v1/health/ready")[0] == 200
         assert _predict(srv.rest_port, {"instances": X}, "/v1/models/late")[0] == 200
-    finally:
-        srv.stop(5)
 
 
 # --- batching through REST --------------------------------------------------------------------------------------
@@ -458,11 +419,9 @@ def test_batching_over_rest_merges_refuses_when_full_and_drains_on_stop(tmp_path
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
-    srv = Served(ServerOptions(model_name="toy", model_base_path=str(tmp_path / "toy"), enable_batching=True,
-                               batching_parameters_file=str(params)))
-    stopped = False
-    try:
-        assert srv.wait_until_ready(60)
+    with served(rest=True, ready_timeout=60, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                enable_batching=True, batching_parameters_file=str(params),
+                monitoring_config_file=str(write_monitoring_config(tmp_path))) as srv:
         port = srv.rest_port
         rows = [[[float(i)] * 4] for i in range(4)]
         with ThreadPoolExecutor(4) as pool:  # 4 single-row requests fill one batch of 4
@@ -477,24 +436,10 @@ def test_batching_over_rest_merges_refuses_when_full_and_drains_on_stop(tmp_path
         waiting: dict = {}
         t = threading.Thread(target=lambda: waiting.update(r=_predict(port, {"instances": [[1.0] * 4]})))
         t.start()
-        assert _wait(lambda: srv.batcher.pending() == 1)
+        wait_until(lambda: srv.batcher.pending() == 1, 20, "the row to be queued", every=0.01)
         status, reply = _predict(port, {"instances": X * 2})
         assert status == 503 and "full" in reply["error"]
         srv.stop(10)  # graceful: the queued request still gets its answer
-        stopped = True
         t.join(30)
         assert waiting["r"][0] == 200 and waiting["r"][1]["predictions"] == [[3.0] * 4]
-    finally:
-        if not stopped:
-            srv.stop(5)
 
-
-def _wait(cond, timeout: float = 20.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False

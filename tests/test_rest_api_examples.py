@@ -9,7 +9,6 @@ Examples with ``image`` bytes and a ``caption``).
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import math
 import os
@@ -22,7 +21,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfsctl.testing import free_port  # noqa: E402
+from tfsctl.testing import free_port, http_call  # noqa: E402
 
 HALF = "saved_model_half_plus_three"
 
@@ -89,16 +88,6 @@ def _write_examples(path: Path) -> None:
     set_method_names(path, {"classify_objects": CLASSIFY_METHOD})
 
 
-def call(port: int, method: str, path: str, body: bytes | str | None = None) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api_rest")
@@ -119,7 +108,7 @@ def port(tmp_path_factory):
         ready = False
         while time.monotonic() < deadline and proc.poll() is None and not ready:
             try:
-                ready = all(call(rest_port, "GET", f"/v1/models/{m}")[0] == 200 for m in (HALF, "examples"))
+                ready = all(http_call(rest_port, "GET", f"/v1/models/{m}")[0] == 200 for m in (HALF, "examples"))
             except OSError:
                 time.sleep(0.2)  # the port is not open yet: poll again
         assert ready, (tmp / "serve.log").read_text()[-3000:]
@@ -131,31 +120,31 @@ def port(tmp_path_factory):
 
 
 def test_status(port):
-    status, headers, body = call(port, "GET", f"/v1/models/{HALF}")
+    status, headers, body = http_call(port, "GET", f"/v1/models/{HALF}")
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert json.loads(body) == {"model_version_status": [
         {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
 
 
 def test_predict_regress_and_classify(port):
-    status, _, body = call(port, "POST", f"/v1/models/{HALF}:predict", '{"instances": [1.0,2.0,5.0]}')
+    status, _, body = http_call(port, "POST", f"/v1/models/{HALF}:predict", '{"instances": [1.0,2.0,5.0]}')
     assert status == 200 and json.loads(body) == {"predictions": [3.5, 4.0, 5.5]}
-    status, _, body = call(port, "POST", f"/v1/models/{HALF}:regress",
+    status, _, body = http_call(port, "POST", f"/v1/models/{HALF}:regress",
                            '{"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]}')
     assert status == 200 and json.loads(body) == {"results": [3.5, 4.0]}
-    status, _, body = call(port, "POST", f"/v1/models/{HALF}/versions/123:classify",
+    status, _, body = http_call(port, "POST", f"/v1/models/{HALF}/versions/123:classify",
                            '{"signature_name": "tensorflow/serving/classify", "examples": [{"x": 2.0}]}')
     assert status == 200 and json.loads(body) == {"results": [[["", 4.0]]]}
 
 
 def test_unknown_model_is_404_with_tf_serving_text(port):
-    status, headers, body = call(port, "POST", "/v1/models/half:predict", '{"instances": [1.0,5.0]}')
+    status, headers, body = http_call(port, "POST", "/v1/models/half:predict", '{"instances": [1.0,5.0]}')
     assert status == 404 and headers["Content-Type"] == "application/json"
     assert json.loads(body)["error"].startswith("Servable not found for request: Latest(half)")
 
 
 def test_metadata(port):
-    status, _, body = call(port, "GET", f"/v1/models/{HALF}/metadata")
+    status, _, body = http_call(port, "GET", f"/v1/models/{HALF}/metadata")
     doc = json.loads(body)
     assert status == 200 and doc["model_spec"] == {"name": HALF, "signature_name": "", "version": "123"}
     sigs = doc["metadata"]["signature_def"]["signature_def"]
@@ -164,20 +153,20 @@ def test_metadata(port):
 
 
 def test_row_and_columnar_request_formats(port):
-    status, _, body = call(port, "POST", "/v1/models/examples:predict",
+    status, _, body = http_call(port, "POST", "/v1/models/examples:predict",
                            json.dumps({"signature_name": "strings", "instances": ["foo", "bar", "baz"]}))
     assert status == 200 and json.loads(body) == {"predictions": [3, 3, 3]}
-    status, _, body = call(port, "POST", "/v1/models/examples:predict",
+    status, _, body = http_call(port, "POST", "/v1/models/examples:predict",
                            json.dumps({"signature_name": "pairs", "instances": [[[1, 2]], [[3, 4]]]}))
     assert status == 200 and json.loads(body) == {"predictions": [3.0, 7.0]}
     rows = {"instances": [{"tag": "foo", "signal": [1, 2, 3, 4, 5], "sensor": [[1, 2], [3, 4]]},
                           {"tag": "bar", "signal": [3, 4, 1, 2, 5], "sensor": [[4, 5], [6, 8]]}]}
     cols = {"inputs": {"tag": ["foo", "bar"], "signal": [[1, 2, 3, 4, 5], [3, 4, 1, 2, 5]],
                        "sensor": [[[1, 2], [3, 4]], [[4, 5], [6, 8]]]}}
-    status, _, body = call(port, "POST", "/v1/models/examples:predict", json.dumps(rows))
+    status, _, body = http_call(port, "POST", "/v1/models/examples:predict", json.dumps(rows))
     predictions = sorted(json.loads(body)["predictions"], key=lambda p: p["tag"], reverse=True)
     assert status == 200 and predictions == [{"tag": "foo", "total": 25}, {"tag": "bar", "total": 38}]
-    status, _, body = call(port, "POST", "/v1/models/examples:predict", json.dumps(cols))
+    status, _, body = http_call(port, "POST", "/v1/models/examples:predict", json.dumps(cols))
     assert status == 200 and json.loads(body) == {"outputs": {"tag": ["foo", "bar"], "total": [25, 38]}}
 
 
@@ -186,15 +175,15 @@ def test_classify_with_binary_values(port):
         {"image": {"b64": "aW1hZ2UgYnl0ZXM="}, "caption": "seaside"},
         {"image": {"b64": "YXdlc29tZSBpbWFnZSBieXRlcw=="}, "caption": "mountains"}]}
     assert base64.b64decode("aW1hZ2UgYnl0ZXM=") == b"image bytes"
-    status, _, body = call(port, "POST", "/v1/models/examples:classify", json.dumps(request))
+    status, _, body = http_call(port, "POST", "/v1/models/examples:classify", json.dumps(request))
     assert status == 200 and json.loads(body) == {"results": [[["seaside", 11.0]], [["mountains", 19.0]]]}
 
 
 def test_json_conformance_nan_and_infinity(port):
     body = '{"signature_name": "tensorflow/serving/regress", "examples": [{"x": NaN}, {"x": Infinity}, {"x": -Inf}]}'
-    status, _, reply = call(port, "POST", f"/v1/models/{HALF}:regress", body)
+    status, _, reply = http_call(port, "POST", f"/v1/models/{HALF}:regress", body)
     assert status == 200 and b"NaN" in reply and b"-Infinity" in reply
     results = json.loads(reply)["results"]  # Python's json reads the tokens, as the doc says
     assert math.isnan(results[0]) and results[1:] == [math.inf, -math.inf]
-    status, _, reply = call(port, "POST", f"/v1/models/{HALF}:predict", '{"inputs": [NaN, 2.1, -Infinity]}')
+    status, _, reply = http_call(port, "POST", f"/v1/models/{HALF}:predict", '{"inputs": [NaN, 2.1, -Infinity]}')
     assert status == 200 and reply.replace(b" ", b"") == b'{"outputs":[NaN,4.05,-Infinity]}'

@@ -17,7 +17,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,8 @@ from tensorflow_serving.apis import model_pb2  # noqa: E402
 from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus  # noqa: E402
 
 from tfsctl.serving.rest_api import RestServer  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
+from tfsctl.testing import http_call, wait_until, write_toy_model  # noqa: E402
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 AVAILABLE = {ModelVersionStatus.AVAILABLE}
@@ -48,14 +47,6 @@ def _write_fifo_model(path: Path) -> None:
     m = Fifo()
     tf.saved_model.save(m, str(path), signatures={"serving_default": m.read})
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def release(fifo: Path, data: bytes = b"done", timeout: float = 30.0) -> None:
@@ -76,17 +67,6 @@ def release(fifo: Path, data: bytes = b"done", timeout: float = 30.0) -> None:
     os.close(fd)
 
 
-def http_call(port: int, method: str, path: str, body: object = None, headers: dict | None = None,
-              raw: bytes | None = None) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        data = raw if raw is not None else json.dumps(body) if body is not None else None
-        conn.request(method, path, body=data, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -97,16 +77,10 @@ def served(tmp_path_factory):
     config.write_text(f'model_config_list {{\n config {{ name: "toy" base_path: "{tmp / "toy"}" '
                       f'model_platform: "tensorflow" }}\n config {{ name: "fifo" base_path: "{tmp / "fifo"}" '
                       f'model_platform: "tensorflow" }}\n}}\n')
-    srv = ModelServer(ServerOptions(model_config_file=str(config), port=0, rest_api_port=0, host="127.0.0.1",
-                                    file_system_poll_wait_seconds=0.05))
-    srv.start()
-    try:
-        assert srv.wait_until_ready(120)
+    with serve_model(model_config_file=str(config), file_system_poll_wait_seconds=0.05) as srv:
         srv.base = tmp / "toy"
         srv.tmp = tmp
         yield srv
-    finally:
-        srv.stop(5)
 
 
 @pytest.fixture
@@ -196,23 +170,23 @@ def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
     stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     stalled.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(large) + large[:1000])  # the rest never comes
-    assert wait_for(lambda: server._inflight_body_bytes == len(large))
-    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", raw=large)
+    wait_until(lambda: server._inflight_body_bytes == len(large), 30, "the large body counted in flight", every=0.01)
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", large)
     assert status == 503 and b"busy with other large request bodies" in reply, reply
-    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", {"instances": X})
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
     assert status == 200, reply
     stalled.settimeout(10)
     assert stalled.recv(65536).startswith(b"HTTP/1.1 408")  # the stalled body times out; its room is given back
     stalled.close()
-    assert wait_for(lambda: server._inflight_body_bytes == 0)
-    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", raw=large)
+    wait_until(lambda: server._inflight_body_bytes == 0, 30, "the body budget to be released", every=0.01)
+    status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", large)
     assert status == 200 and len(json.loads(reply)["predictions"]) == 20_000
 
 
 def test_connections_beyond_the_cap_get_503_at_once(rest):
     server = rest(max_connections=3, header_timeout=60)
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
-    assert wait_for(lambda: server.open_connections == 3)
+    wait_until(lambda: server.open_connections == 3, 30, "3 open connections", every=0.01)
     with socket.create_connection(("127.0.0.1", server.port)) as extra:
         extra.settimeout(10)
         reply = extra.recv(65536)
@@ -220,8 +194,8 @@ def test_connections_beyond_the_cap_get_503_at_once(rest):
         assert _closed_by_server(extra)
     assert server.refused_connections == 1
     held.pop().close()
-    assert wait_for(lambda: server.open_connections == 2)
-    status, _, body = http_call(server.port, "POST", "/v1/models/toy:predict", {"instances": X})
+    wait_until(lambda: server.open_connections == 2, 30, "2 open connections", every=0.01)
+    status, _, body = http_call(server.port, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
     assert status == 200 and json.loads(body) == {"predictions": X}
     for s in held:
         s.close()
@@ -286,20 +260,20 @@ def test_timeout_ms_answers_504_and_the_server_keeps_serving(rest, served, tmp_p
     os.mkfifo(fifo)
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(r=http_call(
-        server.port, "POST", "/v1/models/fifo:predict", {"inputs": {"path": str(fifo)}})))
+        server.port, "POST", "/v1/models/fifo:predict", json.dumps({"inputs": {"path": str(fifo)}}))))
     t.start()
     t.join(30)
     status, _, body = result["r"]
     assert status == 504 and "Deadline Exceeded" in json.loads(body)["error"]
     release(fifo)  # the model call was still blocked; let it finish
-    status, _, body = http_call(server.port, "POST", "/v1/models/toy:predict", {"instances": X})
+    status, _, body = http_call(server.port, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
     assert status == 200
     # Without a timeout the same call waits for the model.
     patient = rest(timeout_ms=0)
     fifo = tmp_path / "pipe2"
     os.mkfifo(fifo)
     t = threading.Thread(target=lambda: result.update(r=http_call(
-        patient.port, "POST", "/v1/models/fifo:predict", {"inputs": {"path": str(fifo)}})))
+        patient.port, "POST", "/v1/models/fifo:predict", json.dumps({"inputs": {"path": str(fifo)}}))))
     t.start()
     release(fifo)
     t.join(30)
@@ -316,8 +290,9 @@ def test_cors_headers_and_preflight(rest):
     cors = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
             "Access-Control-Allow-Headers": "Content-Type"}
     on, off = rest(enable_cors=True), rest()
-    for path, method, body in (("/v1/models/toy", "GET", None), ("/v1/models/toy:predict", "POST", {"instances": X}),
-                               ("/v1/models/nope:predict", "POST", {"instances": X})):
+    instances = json.dumps({"instances": X})
+    for path, method, body in (("/v1/models/toy", "GET", None), ("/v1/models/toy:predict", "POST", instances),
+                               ("/v1/models/nope:predict", "POST", instances)):
         _, headers, _ = http_call(on.port, method, path, body)
         assert {k: headers.get(k) for k in cors} == cors
         _, headers, _ = http_call(off.port, method, path, body)

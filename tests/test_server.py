@@ -25,7 +25,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfsctl.errors import ConfigError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_monitoring_config, write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
+from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
@@ -54,12 +55,12 @@ def _start(tmp_path: Path, **kwargs) -> ModelServer:
     return server
 
 
-def _poll(condition, message: str, timeout: float = 60.0) -> None:
-    """Wait for ``condition()`` with a deadline (short waits between checks; never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
+def _serve(tmp_path: Path, ready_timeout: float | None = None, **kwargs):  # noqa: ANN202 - a context manager
+    """:func:`served` with this file's defaults (model toy under ``tmp_path``, fast polling), stopped with grace 2."""
+    return served(ready_timeout=ready_timeout, grace=2, **{
+        "model_name": "toy", "model_base_path": str(tmp_path / "toy"), "file_system_poll_wait_seconds": 0.1,
+        **kwargs})
+
 
 
 def _poll_source_once(server: ModelServer) -> None:
@@ -111,27 +112,24 @@ def test_hot_swap_under_load_has_no_failures(tmp_path):
         def newest_seen() -> int:
             return min((s[-1] if s else 0) for s in seen)
 
-        def wait_for(version: int, timeout: float = 60) -> None:
-            deadline = time.monotonic() + timeout
-            while newest_seen() < version:
-                assert time.monotonic() < deadline, f"clients never all reached version {version}"
-                assert not failures, failures[:3]
-                time.sleep(0.05)
+        def reached(version: int) -> bool:
+            assert not failures, failures[:3]
+            return newest_seen() >= version
 
         with ThreadPoolExecutor(8) as pool:
             futs = [pool.submit(client, i) for i in range(8)]
             try:
-                wait_for(1)
+                wait_until(lambda: reached(1), 60, "clients all at version 1", every=0.05)
                 write_toy_model(base, 2, scale=2.0)
-                wait_for(2)
+                wait_until(lambda: reached(2), 60, "clients all at version 2", every=0.05)
                 write_toy_model(base, 3, scale=3.0)
-                wait_for(3)
+                wait_until(lambda: reached(3), 60, "clients all at version 3", every=0.05)
                 shutil.rmtree(base / "1")
                 for _ in range(3):  # the Source sees version 1 gone from disk (synchronously)
                     _poll_source_once(server)
                 tail = [len(s) for s in seen]
-                _poll(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
-                      "clients stopped being served after version 1 left the disk")
+                wait_until(lambda: all(len(s) >= t + 5 for s, t in zip(seen, tail, strict=True)) or failures,
+                           60, "clients to be served on after version 1 left the disk", every=0.01)
             finally:
                 stop.set()
             for f in futs:
@@ -166,7 +164,8 @@ def test_stop_finishes_in_flight_requests_then_refuses(tmp_path):
     stub.Predict(_request(), timeout=20)  # connection up
     port = server.grpc_port
     futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(6)]
-    _poll(lambda: server.batcher.pending() == 6, "the six requests never all reached the batch queue")
+    wait_until(lambda: server.batcher.pending() == 6,
+               60, "the six requests in the batch queue", every=0.01)
     assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
     server.stop(10)
     for i, f in enumerate(futures):
@@ -205,7 +204,8 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
                 assert time.monotonic() < deadline, "model never became available"
                 time.sleep(0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
-        _poll(lambda: _in_flight(rest_port) == 8, "the eight requests never all reached the server")
+        wait_until(lambda: _in_flight(rest_port) == 8,
+                   60, "the eight requests to reach the server", every=0.01)
         assert not any(f.done() for f in futures), "requests should still wait in the batch queue"
         proc.send_signal(signal.SIGTERM)
         for i, f in enumerate(futures):
@@ -255,9 +255,8 @@ def test_tls_and_mutual_tls(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
     key, cert = _self_signed(tmp_path, "server", "localhost")
     ckey, ccert = _self_signed(tmp_path, "client", "tfsctl-test-client")
-    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert, ca=ccert, verify=True)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert, ca=ccert, verify=True)),
+                ready_timeout=60) as server:
         port = server.grpc_port
         good = grpc.ssl_channel_credentials(root_certificates=cert, private_key=ckey, certificate_chain=ccert)
         channel, stub = _stub(port, good)
@@ -269,21 +268,15 @@ def test_tls_and_mutual_tls(tmp_path):
                 stub.Predict(_request(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_tls_server_only(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
     key, cert = _self_signed(tmp_path, "server", "localhost")
-    server = _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, cert)), ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port, grpc.ssl_channel_credentials(root_certificates=cert))
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
     garbage = b"-----BEGIN CERTIFICATE-----\nnot base64 der\n-----END CERTIFICATE-----\n"
     with pytest.raises(OSError, match="server_cert"):
         _start(tmp_path, ssl_config_file=str(_ssl_config(tmp_path, key, garbage)))
@@ -309,10 +302,8 @@ def test_model_config_file_is_polled(tmp_path, caplog):
         tmp.replace(cfg)
 
     write("a")
-    server = _start(tmp_path, model_base_path="", model_config_file=str(cfg),
-                    model_config_file_poll_wait_seconds=0.1)
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, model_base_path="", model_config_file=str(cfg),
+                model_config_file_poll_wait_seconds=0.1, ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         write("a", "b")
         deadline = time.monotonic() + 60
@@ -325,12 +316,10 @@ def test_model_config_file_is_polled(tmp_path, caplog):
                 assert time.monotonic() < deadline, "model b never served after the config file changed"
                 time.sleep(0.1)
         cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
-        _poll(lambda: any("not applied" in r.getMessage() for r in caplog.records),
-              "the broken config file was never read")
+        wait_until(lambda: any("not applied" in r.getMessage() for r in caplog.records),
+                   60, "the broken config file to be read", every=0.01)
         np.testing.assert_allclose(to_numpy(stub.Predict(_request("a"), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_bad_options_are_clear_errors(tmp_path):
@@ -362,9 +351,8 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
 
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     monitoring = write_monitoring_config(tmp_path, "/metrics")
-    server = _start(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), monitoring_config_file=str(monitoring),
+                ready_timeout=60) as server:
         rest = f"http://127.0.0.1:{server.rest_port}"
         body = json.dumps({"instances": X.tolist()}).encode()
         predict = urllib.request.Request(f"{rest}/v1/models/toy:predict", data=body)
@@ -379,8 +367,6 @@ def test_rest_and_grpc_share_one_manager_and_monitoring_config(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{rest}/monitoring/prometheus/metrics", timeout=20)
         assert info.value.code == 404
-    finally:
-        server.stop(2)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{rest}/v1/models/toy", timeout=5)
 
@@ -405,10 +391,8 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
                       "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
-    server = _start(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params),
-                    monitoring_config_file=str(write_monitoring_config(tmp_path)))
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), enable_batching=True, batching_parameters_file=str(params),
+                monitoring_config_file=str(write_monitoring_config(tmp_path)), ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 3 s
         deadline = time.monotonic() + 20
@@ -445,8 +429,6 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
         lat = (("API", "Predict"), ("entrypoint", "GRPC"), ("model_name", "toy"))
         assert s[(":tensorflow:serving:request_latency_count", lat)] == 2  # TF Serving: successful requests only
         assert s[(":tensorflow:serving:batching_session:processed_batch_size_count", ())] == 2
-    finally:
-        server.stop(2)
 
 
 def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, caplog):
@@ -461,9 +443,8 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
     caplog.set_level(logging.WARNING, logger="tfsctl.core.manager")
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    server = _start(tmp_path, rest_api_port=free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05)
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, rest_api_port=free_port(), max_num_load_retries=2, load_retry_interval_seconds=0.05,
+                ready_timeout=60) as server:
         bad = base / "2"
         bad.mkdir()
         (bad / "saved_model.pb").write_bytes(b"\x08garbage\xff\xff")
@@ -504,8 +485,6 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/health/ready", timeout=20) as r:
             assert r.status == 200
         channel.close()
-    finally:
-        server.stop(2)
 
 
 @pytest.mark.parametrize("monitoring", ["none", "disabled", "custom path"])
@@ -546,8 +525,7 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     (tmp_path / "toy").mkdir()
-    server = _start(tmp_path)
-    try:
+    with _serve(tmp_path, ready_timeout=None) as server:
         channel, stub = _stub(server.grpc_port)
         health = health_pb2_grpc.HealthStub(channel)
         not_serving, serving = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
@@ -565,7 +543,7 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
                 return False
             return True
 
-        _poll(toy_known, "the health service never heard of model toy")
+        wait_until(toy_known, 60, "the health service to know model toy", every=0.01)
         assert status("") == not_serving and status("toy") == not_serving
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(), timeout=5)
@@ -580,8 +558,6 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
         assert status("toy") == serving
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def test_cli_serve_reports_bad_flags():
@@ -598,9 +574,7 @@ def test_cli_serve_reports_bad_flags():
 
 def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
-    server = _start(tmp_path)  # default --grpc-max-message-bytes
-    try:
-        assert server.wait_until_ready(60)
+    with _serve(tmp_path, ready_timeout=60) as server:  # default --grpc-max-message-bytes
         image = np.random.default_rng(0).random((1080 * 1920 * 3 // 4, 4), dtype=np.float32)  # 1080p RGB floats
         big = 64 * 1024 * 1024
         channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
@@ -609,8 +583,6 @@ def test_default_message_limit_carries_a_1080p_float_image(tmp_path):
         y = to_numpy(stub.Predict(_request(x=image), timeout=60).outputs["y"])
         assert y.shape == image.shape and np.array_equal(y, image)
         channel.close()
-    finally:
-        server.stop(2)
 
 
 def _serve_subprocess(args: list[str]) -> tuple[subprocess.Popen, list[str], list[int], threading.Thread]:
@@ -645,7 +617,7 @@ def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
     t0: list[float] = []
     stop = threading.Event()
     try:
-        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        wait_until(lambda: bool(port_box) or proc.poll() is not None, 60, "the server to report its port", every=0.01)
         assert port_box, "".join(lines)
         channels = [grpc.insecure_channel(f"127.0.0.1:{port_box[0]}") for _ in range(4)]
 
@@ -665,7 +637,7 @@ def test_rpcs_around_sigterm_get_ok_or_unavailable_never_cancelled(tmp_path):
 
         with ThreadPoolExecutor(12) as pool:
             futs = [pool.submit(client, i) for i in range(12)]
-            _poll(lambda: codes.count(grpc.StatusCode.OK) >= 300, "the clients were never served")
+            wait_until(lambda: codes.count(grpc.StatusCode.OK) >= 300, 60, "the clients to be served", every=0.01)
             t0.append(time.monotonic())
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, "".join(lines)
@@ -691,7 +663,7 @@ def test_a_burst_of_sigterms_still_stops_cleanly(tmp_path):
     proc, lines, port_box, reader = _serve_subprocess(
         ["--port=0", "--host=127.0.0.1", "--model_name=toy", f"--model_base_path={tmp_path / 'toy'}"])
     try:
-        _poll(lambda: bool(port_box) or proc.poll() is not None, "server did not report its port")
+        wait_until(lambda: bool(port_box) or proc.poll() is not None, 60, "the server to report its port", every=0.01)
         assert proc.poll() is None, "".join(lines)
         for _ in range(20000):  # far faster than a handler that logs can return
             try:

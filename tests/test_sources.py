@@ -30,7 +30,7 @@ from tfsctl.cli import app  # noqa: E402
 from tfsctl.export import export_model  # noqa: E402
 from tfsctl.inspection import CheckpointInfo, GraphInfo, inspect_path  # noqa: E402
 from tfsctl.savedmodel import warmup_path  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 
 X3 = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], np.float32)
 IMAGE = np.random.default_rng(5).integers(0, 256, (1, 12, 17, 3)).astype(np.uint8)
@@ -165,16 +165,13 @@ def server(exported: dict, sources: dict):
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{name}" base_path: "{r.path.parent}" model_platform: "tensorflow" }}\n'
         for name, r in exported.items()) + "}\n")
-    srv = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=0, model_config_file=str(config),
-                                    file_system_poll_wait_seconds=0.5))
-    srv.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
-    try:
-        assert srv.wait_until_ready(120), "the exported models never became AVAILABLE"
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    finally:
-        channel.close()
-        srv.stop(5)
+    with serve_model(ready_timeout=120, grace=5, model_config_file=str(config),
+                     file_system_poll_wait_seconds=0.5) as srv:
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        try:
+            yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        finally:
+            channel.close()
 
 
 def predict(stub, model: str, inputs: dict[str, np.ndarray], signature: str = "") -> dict[str, np.ndarray]:

@@ -34,19 +34,14 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tfsctl.errors import Unknown  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
+from tfsctl.testing import free_port, wait_until, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 REPO = Path(__file__).resolve().parents[1]
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
-
-def _poll(condition, message: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
 
 
 def _predict(target: str, name: str = "toy") -> predict_pb2.PredictResponse:
@@ -93,7 +88,8 @@ def test_ports_open_only_after_the_initial_models_loaded_and_a_failed_one_stops_
     t = threading.Thread(target=start)
     t.start()
     try:
-        _poll(lambda: _loading(server, "bad") or not t.is_alive(), "model 'bad' never started loading")
+        wait_until(lambda: _loading(server, "bad") or not t.is_alive(),
+                   60, "model 'bad' to start loading", every=0.01)
         assert t.is_alive(), "start() returned before the initial loads finished"
         with pytest.raises(ConnectionRefusedError):  # no port while a model loads
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -119,7 +115,7 @@ def test_load_timeout_bounds_the_wait(tmp_path):
         assert time.monotonic() - started < 30
         assert _loading(server, "bad"), "start() should have returned while 'bad' still retries"
         assert server.wait_until_ready(0) is False
-        _poll(lambda: any(v.state == AVAILABLE for v in server.manager.version_states("toy")), "toy never loaded")
+        assert server.manager.wait_for_state("toy", 1, {AVAILABLE}, 60), "toy never loaded"
         np.testing.assert_allclose(to_numpy(_predict(f"127.0.0.1:{server.grpc_port}").outputs["y"]), X * 2)
     finally:
         server.stop(2)
@@ -163,31 +159,22 @@ def test_flags_reach_the_servers_manager_and_loader(tmp_path):
 def test_port_zero_with_a_socket_path_serves_on_the_socket_only(tmp_path):
     write_toy_model(tmp_path / "toy", 1)
     sock = tmp_path / "only.sock"
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, model_name="toy", grpc_socket_path=str(sock),
-                                       model_base_path=str(tmp_path / "toy")))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=2, model_name="toy", grpc_socket_path=str(sock),
+                model_base_path=str(tmp_path / "toy")) as server:
         assert server.grpc_port is None  # TF Serving: --port=0 means no TCP port when a socket is given
         np.testing.assert_allclose(to_numpy(_predict(f"unix:{sock}").outputs["y"]), X)
-    finally:
-        server.stop(2)
 
 
 def test_health_service_on_by_default_with_tf_serving_service_names(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     write_toy_model(tmp_path / "toy", 1)
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy")))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy")) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("ModelService", "PredictionService"):
                 reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop(2)
 
 
 # --- real `tfsctl serve` processes --------------------------------------------------------------------------------
@@ -205,7 +192,8 @@ def _wait_serving(proc: subprocess.Popen, lines: list[str]) -> None:
             lines.append(line)
 
     threading.Thread(target=reader, daemon=True).start()
-    _poll(lambda: any("serving gRPC on" in x for x in lines) or proc.poll() is not None, "no 'serving' line")
+    wait_until(lambda: any("serving gRPC on" in x for x in lines) or proc.poll() is not None,
+               60, "the 'serving' line", every=0.01)
     assert proc.poll() is None, "".join(lines)
 
 
@@ -246,7 +234,7 @@ def test_enable_batching_true_and_unix_socket_from_the_command_line(tmp_path):
     lines: list[str] = []
     try:
         _wait_serving(proc, lines)
-        _poll(lambda: re.search(r"batching\W+(on|off)", "".join(lines)), "no banner")
+        wait_until(lambda: re.search(r"batching\W+(on|off)", "".join(lines)), 60, "the banner", every=0.01)
         assert re.search(r"batching\W+on", "".join(lines)), "".join(lines)
         np.testing.assert_allclose(to_numpy(_predict(f"unix:{sock}").outputs["y"]), X)
     finally:
@@ -290,8 +278,8 @@ def test_sigterm_while_the_initial_models_load_exits_without_opening_ports(tmp_p
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        _poll(lambda: "".join(lines).count("load of model bad version 1 failed") >= 2 or proc.poll() is not None,
-              "the load never failed and retried")
+        wait_until(lambda: "".join(lines).count("load of model bad version 1 failed") >= 2 or proc.poll() is not None,
+                   60, "the load to fail and be retried", every=0.01)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, "".join(lines)
     finally:

@@ -12,7 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -30,7 +29,8 @@ from tfsctl.core import remote_loader, storage  # noqa: E402
 from tfsctl.errors import ConfigError, StorageError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
+from tfsctl.testing import wait_until, write_toy_model  # noqa: E402
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("s3fs")
@@ -199,15 +199,6 @@ def _delete(client, prefix: str) -> None:
         client.delete_object(Bucket=BUCKET, Key=obj["Key"])
 
 
-def _wait(cond, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_list_versions_waits_for_a_complete_and_stable_upload(s3, toys):
     _, client = s3
@@ -292,43 +283,40 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
     caplog.set_level(logging.INFO, logger="tfsctl.core.source")
     _upload(client, toys[1.0], "serve/m/1")
     cache = tmp_path / "cache"
-    server = ModelServer(ServerOptions(
-        port=0, rest_api_port=0, host="127.0.0.1", model_name="m", model_base_path=f"s3://{BUCKET}/serve/m",
-        file_system_poll_wait_seconds=0.2, max_num_load_retries=1, load_retry_interval_seconds=0.2,
-        model_cache_dir=str(cache), retry_failed_versions_on_change=True))  # the fix-in-place step below
-    server.start()
-    try:
-        assert server.wait_until_ready(30)
+    with served(ready_timeout=30, grace=1, model_name="m", model_base_path=f"s3://{BUCKET}/serve/m",
+                file_system_poll_wait_seconds=0.2, max_num_load_retries=1, load_retry_interval_seconds=0.2,
+                model_cache_dir=str(cache),
+                retry_failed_versions_on_change=True) as server:  # the fix-in-place step below
         port = server.grpc_port
         assert _predict(port) == (1, 1.0)
         assert [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["1"]  # the local copy
 
         # A version uploaded while serving appears and serves; the old one unloads and its copy goes.
         _upload(client, toys[2.0], "serve/m/2")
-        _wait(lambda: _predict(port) == (2, 2.0), what="version 2 to serve")
-        _wait(lambda: 1 not in _states(port) or _states(port)[1] != AVAILABLE, what="version 1 to unload")
-        _wait(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], what="v1 copy deleted")
+        wait_until(lambda: _predict(port) == (2, 2.0), 20, "version 2 to serve")
+        wait_until(lambda: 1 not in _states(port) or _states(port)[1] != AVAILABLE, 20, "version 1 to unload")
+        wait_until(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], 20, "v1 copy deleted")
 
         # A half-uploaded version is not loaded while the upload is incomplete...
         _upload(client, toys[3.0], "serve/m/3", only=["saved_model.pb", "variables/variables.index"])
-        _wait(lambda: "serve/m/3 is not complete (no variables/variables.data-* shard yet)" in caplog.text,
-              what="the incomplete version to be noticed")
+        wait_until(lambda: "serve/m/3 is not complete (no variables/variables.data-* shard yet)" in caplog.text,
+                   20, "the incomplete version to be noticed")
         assert 3 not in _states(port) and _predict(port) == (2, 2.0)
         # ...and is once it completes.
         _upload(client, toys[3.0], "serve/m/3")
-        _wait(lambda: _predict(port) == (3, 3.0), what="version 3 to serve")
+        wait_until(lambda: _predict(port) == (3, 3.0), 20, "version 3 to serve")
 
         # A deleted version unloads; availability is preserved (2 loads again before 3 goes).
         _delete(client, "serve/m/3")
-        _wait(lambda: _states(port).get(3) not in (AVAILABLE, None) and _predict(port) == (2, 2.0),
-              what="version 3 to unload and 2 to serve")
-        _wait(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], what="v3 copy deleted")
+        wait_until(lambda: _states(port).get(3) not in (AVAILABLE, None) and _predict(port) == (2, 2.0),
+                   20, "version 3 to unload and 2 to serve")
+        wait_until(lambda: [p.name.split(".")[0] for p in (cache / "m").iterdir()] == ["2"], 20, "v3 copy deleted")
 
         # A complete but corrupt version: its load error is in GetModelStatus, its copy is gone, 2 keeps serving.
         variables = [n for n in _files(toys[3.0]) if n != "saved_model.pb"]
         _upload(client, toys[3.0], "serve/m/4", only=variables)
         client.put_object(Bucket=BUCKET, Key="serve/m/4/saved_model.pb", Body=b"not a SavedModel")
-        _wait(lambda: 4 in _status(port) and _status(port)[4].state == END, what="version 4's load to fail")
+        wait_until(lambda: 4 in _status(port) and _status(port)[4].state == END, 20, "version 4's load to fail")
         status = _status(port)[4]
         assert "s3://models/serve/m/4" in status.status.error_message
         assert "cannot parse the SavedModel proto" in status.status.error_message
@@ -337,19 +325,17 @@ def test_serving_from_s3_follows_uploads_and_deletes(s3, toys, tmp_path, caplog)
         # Fixing it in place (the version never leaves the listing) makes the server try again with
         # --retry_failed_versions_on_change, as a changed local directory does.
         _upload(client, toys[3.0], "serve/m/4", only=["saved_model.pb"])
-        _wait(lambda: _predict(port) == (4, 3.0), what="the re-uploaded version 4 to serve")
+        wait_until(lambda: _predict(port) == (4, 3.0), 20, "the re-uploaded version 4 to serve")
 
         # Credentials that stop working: a clear error in the log, and the loaded version keeps serving.
         os.environ["AWS_SECRET_ACCESS_KEY"], good = "revoked", os.environ["AWS_SECRET_ACCESS_KEY"]
         storage.reset_filesystems()
         try:
-            _wait(lambda: "serve/m: access denied" in caplog.text, what="the credentials error")
+            wait_until(lambda: "serve/m: access denied" in caplog.text, 20, "the credentials error")
             assert _predict(port) == (4, 3.0) and _states(port)[4] == AVAILABLE
         finally:
             os.environ["AWS_SECRET_ACCESS_KEY"] = good
             storage.reset_filesystems()
-    finally:
-        server.stop(grace=1)
     assert list((cache / "m").iterdir()) == []  # every copy dropped after the final unload
 
 
@@ -366,37 +352,29 @@ def test_bad_credentials_are_a_clear_error_and_the_server_keeps_serving(s3, toys
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     storage.reset_filesystems()
     caplog.set_level(logging.INFO, logger="tfsctl.core.storage")
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(config),
-                                       file_system_poll_wait_seconds=0.2))
     try:
-        server.start()
-        _wait(lambda: "access denied" in caplog.text, what="the credentials error in the log")
-        line = next(r.getMessage() for r in caplog.records if "access denied" in r.getMessage())
-        assert "model remote: cannot list s3://models/creds/remote: access denied" in line
-        assert "AWS_ACCESS_KEY_ID" in line and "AWS_ENDPOINT_URL_S3" in line
-        assert sum("access denied" in r.getMessage() for r in caplog.records) == 1  # once, not every poll
-        port = server.grpc_port
-        _wait(lambda: _states(port, "local").get(1) == AVAILABLE, what="the local model")
-        assert _predict(port, "local") == (1, 1.0)  # the server keeps serving
-        assert _states(port, "remote") == {}
+        with served(ready_timeout=None, grace=1, model_config_file=str(config),
+                    file_system_poll_wait_seconds=0.2) as server:
+            wait_until(lambda: "access denied" in caplog.text, 20, "the credentials error in the log")
+            line = next(r.getMessage() for r in caplog.records if "access denied" in r.getMessage())
+            assert "model remote: cannot list s3://models/creds/remote: access denied" in line
+            assert "AWS_ACCESS_KEY_ID" in line and "AWS_ENDPOINT_URL_S3" in line
+            assert sum("access denied" in r.getMessage() for r in caplog.records) == 1  # once, not every poll
+            port = server.grpc_port
+            wait_until(lambda: _states(port, "local").get(1) == AVAILABLE, 20, "the local model")
+            assert _predict(port, "local") == (1, 1.0)  # the server keeps serving
+            assert _states(port, "remote") == {}
     finally:
-        server.stop(grace=1)
         storage.reset_filesystems()
 
 
 def test_serving_a_file_url_loads_in_place(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=1.0)
-    server = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="m",
-                                       model_base_path=(tmp_path / "toy").as_uri(), file_system_poll_wait_seconds=0.2,
-                                       model_cache_dir=str(tmp_path / "cache")))
-    server.start()
-    try:
-        assert server.wait_until_ready(30)
+    with served(ready_timeout=30, grace=1, model_name="m", model_base_path=(tmp_path / "toy").as_uri(),
+                file_system_poll_wait_seconds=0.2, model_cache_dir=str(tmp_path / "cache")) as server:
         assert _predict(server.grpc_port) == (1, 1.0)
         with server.manager.handle("m") as servable:
             assert Path(servable.path) == tmp_path / "toy" / "1"  # no copy for file://
-    finally:
-        server.stop(grace=1)
 
 
 def test_remote_aware_factory_keeps_local_paths_local(tmp_path):
@@ -456,17 +434,11 @@ def test_serving_from_gcs(gcs, toys, tmp_path):
             gcs.put_file(str(local / rel), f"{BUCKET}/{prefix}/{rel}")
 
     upload(toys[1.0], "gcs/m/1")
-    server = ModelServer(ServerOptions(
-        port=0, rest_api_port=0, host="127.0.0.1", model_name="m", model_base_path=f"gs://{BUCKET}/gcs/m",
-        file_system_poll_wait_seconds=0.2, model_cache_dir=str(tmp_path / "cache")))
-    server.start()
-    try:
-        assert server.wait_until_ready(30)
+    with served(ready_timeout=30, grace=1, model_name="m", model_base_path=f"gs://{BUCKET}/gcs/m",
+                file_system_poll_wait_seconds=0.2, model_cache_dir=str(tmp_path / "cache")) as server:
         assert _predict(server.grpc_port) == (1, 1.0)
         upload(toys[2.0], "gcs/m/2")
-        _wait(lambda: _predict(server.grpc_port) == (2, 2.0), what="version 2 from gs:// to serve")
-    finally:
-        server.stop(grace=1)
+        wait_until(lambda: _predict(server.grpc_port) == (2, 2.0), 20, "version 2 from gs:// to serve")
 
 
 def test_an_unusable_cache_dir_is_a_load_error_of_the_version(tmp_path, monkeypatch):

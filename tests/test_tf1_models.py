@@ -13,7 +13,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import time  # noqa: E402
 from concurrent import futures  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -70,11 +69,8 @@ class Stack:
         self.models = list(models)
 
     def wait(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        for name in self.models:
-            while not any(s.state == AVAILABLE for s in self.manager.version_states(name)):
-                assert time.monotonic() < deadline, self.manager.version_states(name)
-                time.sleep(0.05)
+        """Every model has an AVAILABLE version (waited for on the state monitor)."""
+        assert self.manager.wait_until_ready(timeout), [self.manager.version_states(n) for n in self.models]
 
     def close(self) -> None:
         self.channel.close()

@@ -21,13 +21,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from concurrent import futures  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,8 +42,9 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tfsctl.core.loader import Loader, LoadError, LoadOptions  # noqa: E402
 from tfsctl.serving.flags import FlagError  # noqa: E402
 from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served as serve_model  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_tf1_half_plus, write_warmup_requests  # noqa: E402
+from tfsctl.testing import http_call, wait_until, write_tf1_half_plus, write_warmup_requests  # noqa: E402
 
 _cache: dict[tuple, bytes] = {}
 _lock = threading.Lock()
@@ -195,14 +194,11 @@ def predict_log(inputs: dict[str, np.ndarray], signature: str = ""):
 class Served:
     """A ModelServer (the production wiring) on 127.0.0.1 with gRPC and REST, and clients for both."""
 
-    def __init__(self, base: Path, **flags) -> None:
-        self.rest_port = free_port()
-        options = ServerOptions(host="127.0.0.1", port=0, rest_api_port=self.rest_port, model_name="m",
-                                model_base_path=str(base), file_system_poll_wait_seconds=0.1, **flags)
-        self.server = ModelServer(options)
-        self.server.start()
-        assert self.server.wait_until_ready(120), "the model did not become AVAILABLE"
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}")
+    def __init__(self, server: ModelServer, stack: contextlib.ExitStack) -> None:
+        self.server = server
+        self.rest_port = server.rest_port
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        stack.callback(self.channel.close)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
     def predict(self, inputs: dict[str, np.ndarray], signature: str = "", output_filter=(), version=None):
@@ -218,44 +214,24 @@ class Served:
         return response, {k: to_numpy(v) for k, v in response.outputs.items()}
 
     def rest(self, path: str, body: dict | None = None) -> tuple[int, dict]:
-        url = f"http://127.0.0.1:{self.rest_port}/v1/models/m{path}"
-        data = None if body is None else json.dumps(body).encode()
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        status, _, reply = http_call(self.rest_port, "GET" if body is None else "POST", f"/v1/models/m{path}",
+                                     None if body is None else json.dumps(body), timeout=30)
+        return status, json.loads(reply)
 
     def servable(self):
         return self.server.manager.peek("m")
 
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop(5)
-
 
 @pytest.fixture
 def served(request):
-    made = []
+    with contextlib.ExitStack() as stack:
+        def start(base: Path, **flags) -> Served:
+            server = stack.enter_context(serve_model(rest=True, ready_timeout=120, model_name="m",
+                                                     model_base_path=str(base), file_system_poll_wait_seconds=0.1,
+                                                     **flags))
+            return Served(server, stack)
 
-    def start(base: Path, **flags) -> Served:
-        s = Served(base, **flags)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.close()
-
-
-def _wait(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        yield start
 
 
 # --- Predict, signatures, metadata --------------------------------------------------------------------------------
@@ -482,14 +458,14 @@ def test_a_new_tflite_version_is_hot_swapped_in(tmp_path, served):
     s = served(base, prefer_tflite_model=True, num_tflite_pools=1, tflite_signature_runners=True)
     assert s.predict({"x": np.array([[2.0]], np.float32)})[1]["y"].tolist() == [[3.0]]
     write_tflite_version(base, 2, plus=10.0)
-    _wait(lambda: s.predict({"x": np.array([[2.0]], np.float32)})[0].model_spec.version.value == 2, what="v2")
+    wait_until(lambda: s.predict({"x": np.array([[2.0]], np.float32)})[0].model_spec.version.value == 2, what="v2")
     response, out = s.predict({"x": np.array([[2.0]], np.float32)})
     assert out["y"].tolist() == [[11.0]]
     code, body = s.rest("")
     states = {v["version"]: v["state"] for v in body["model_version_status"]}
     assert states.get("2") == "AVAILABLE"
-    _wait(lambda: {v["version"]: v["state"] for v in s.rest("")[1]["model_version_status"]}.get("1") == "END",
-          what="version 1 unloaded")
+    wait_until(lambda: {v["version"]: v["state"] for v in s.rest("")[1]["model_version_status"]}.get("1") == "END",
+               what="version 1 unloaded")
 
 
 def test_warmup_records_are_replayed_and_a_bad_one_fails_the_load(tmp_path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tfsctl.serving.server import ModelServer, ServerOptions
 from tfsctl.serving.tensors import from_numpy
+from tfsctl.serving.testing import served
 from tfsctl.serving.tracing import traces_endpoint
-from tfsctl.testing import free_port, write_toy_model
+from tfsctl.testing import write_toy_model
 
 pytest.importorskip("opentelemetry.sdk", reason="tracing needs tfsctl[tracing] (opentelemetry-sdk)")
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: E402
@@ -81,26 +81,25 @@ def test_spans_reach_an_otlp_receiver_joined_to_the_incoming_trace(tmp_path, mon
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n")
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", rest_api_port=free_port(), model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), trace_otlp_endpoint=receiver.url,
-                                       enable_batching=True, batching_parameters_file=str(params)))
-    server.start()
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "toy"
-        request.inputs["x"].CopyFrom(from_numpy(np.ones((2, 4), np.float32)))
-        traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
-        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            request, metadata=(("traceparent", traceparent),), timeout=20)
-        channel.close()
-        body = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
-        rest_parent = "1111111111111111"
-        req = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", data=body,
-                                     headers={"traceparent": f"00-{TRACE_ID}-{rest_parent}-01"})
-        urllib.request.urlopen(req, timeout=20).read()
+        # stopping shuts the tracer provider down: every buffered span is exported by then
+        with served(rest=True, ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                    trace_otlp_endpoint=receiver.url, enable_batching=True,
+                    batching_parameters_file=str(params)) as server:
+            channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["x"].CopyFrom(from_numpy(np.ones((2, 4), np.float32)))
+            traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, metadata=(("traceparent", traceparent),), timeout=20)
+            channel.close()
+            body = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
+            rest_parent = "1111111111111111"
+            req = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", data=body,
+                                         headers={"traceparent": f"00-{TRACE_ID}-{rest_parent}-01"})
+            urllib.request.urlopen(req, timeout=20).read()
     finally:
-        server.stop(2)  # shuts the tracer provider down: every buffered span is exported by then
         receiver.close()
     spans = [s for service, s in receiver.spans if service == "tfsctl-under-test"]
     assert all(s.trace_id.hex() == TRACE_ID for s in spans), spans
@@ -121,18 +120,16 @@ def test_spans_reach_an_otlp_receiver_joined_to_the_incoming_trace(tmp_path, mon
 def test_an_unbatched_request_has_no_queue_span(tmp_path):
     receiver = _Receiver()
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy"), trace_otlp_endpoint=receiver.url))
-    server.start()
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "toy"
-        request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
-        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=20)
-        channel.close()
+        with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy"),
+                    trace_otlp_endpoint=receiver.url) as server:
+            channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=20)
+            channel.close()
     finally:
-        server.stop(2)
         receiver.close()
     spans = [s for _, s in receiver.spans]
     [root] = [s for s in spans if s.name == "Predict"]
@@ -144,10 +141,5 @@ def test_off_by_default_no_tracer_and_no_request_tagging(tmp_path, monkeypatch):
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     write_toy_model(tmp_path / "toy", 1)
-    server = ModelServer(ServerOptions(port=0, host="127.0.0.1", model_name="toy",
-                                       model_base_path=str(tmp_path / "toy")))
-    server.start()
-    try:
+    with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy")) as server:
         assert server.tracer is None and not server.core.tag_requests and server.core.observers == []
-    finally:
-        server.stop(2)

@@ -20,9 +20,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from typer.testing import CliRunner  # noqa: E402
 
 from tfsctl.cli import app  # noqa: E402
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "samples" / "deeplab" / "checkpoint"
@@ -35,14 +34,8 @@ def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("v2deeplab") / "deeplab"
     result = CliRunner().invoke(app, ["export", str(CHECKPOINT), str(base), "--warmup-size", "200x300"])
     assert result.exit_code == 0, result.output
-    srv = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(), model_name="deeplab",
-                                    model_base_path=str(base)))
-    srv.start()
-    try:
-        assert srv.wait_until_ready(300)
+    with served(rest=True, ready_timeout=300, grace=2, model_name="deeplab", model_base_path=str(base)) as srv:
         yield srv
-    finally:
-        srv.stop(2)
 
 
 def _image() -> np.ndarray:

@@ -27,11 +27,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = serve(write_models(tmp_path_factory.mktemp("v2grpc")))
-    try:
+    with serve(write_models(tmp_path_factory.mktemp("v2grpc"))) as srv:
         yield srv
-    finally:
-        srv.stop(2)
 
 
 @pytest.fixture(scope="module")

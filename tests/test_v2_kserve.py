@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfsctl.serving.server import ModelServer, ServerOptions
-from tfsctl.testing import free_port, write_toy_model
+from tfsctl.serving.testing import served
+from tfsctl.testing import write_toy_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = Path(os.environ.get("KSERVE_CLIENT_PYTHON", ROOT / "build" / "kserve-client-venv" / "bin" / "python"))
@@ -27,15 +27,10 @@ pytestmark = [pytest.mark.timeout(300),
 
 def test_kserve_rest_and_grpc_clients(tmp_path):
     write_toy_model(tmp_path / "toy", 1, scale=2.0)
-    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(), model_name="toy",
-                                       model_base_path=str(tmp_path / "toy")))
-    server.start()
-    try:
-        assert server.wait_until_ready(60)
+    with served(rest=True, ready_timeout=60, grace=2, model_name="toy",
+                model_base_path=str(tmp_path / "toy")) as server:
         run = subprocess.run([str(PYTHON), str(ROOT / "tests" / "kserve_v2_client.py"), str(server.rest_port),
                               str(server.grpc_port)], capture_output=True, text=True, timeout=180)
-    finally:
-        server.stop(2)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     y = (np.arange(8, dtype=float).reshape(2, 4) * 2).tolist()

@@ -11,7 +11,6 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import struct  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,7 +18,7 @@ import tritonclient.http as triton  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 from v2_models import serve, write_models  # noqa: E402
 
-from tfsctl.testing import half_plus_example, write_monitoring_config  # noqa: E402
+from tfsctl.testing import half_plus_example, http_call, wait_until, write_monitoring_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,11 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("v2rest")
-    srv = serve(write_models(base), monitoring_config_file=str(write_monitoring_config(base)))  # the page is read
-    try:
+    with serve(write_models(base), monitoring_config_file=str(write_monitoring_config(base))) as srv:  # page read
         yield srv
-    finally:
-        srv.stop(2)
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +37,13 @@ def client(server):
     c.close()
 
 
-def call(server, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
-    """(status, headers, body bytes) of one raw HTTP request."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
-    try:
-        data = body.encode() if isinstance(body, str) else body
-        conn.request(method, path, body=data, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        conn.close()
-
-
 def error_of(server, path: str, doc, headers: dict | None = None, binary: bytes = b""):
     """POST ``doc`` (JSON, then ``binary``); returns (status, error message)."""
     head = json.dumps(doc).encode() if not isinstance(doc, bytes) else doc
     h = dict(headers or {})
     if binary and "Inference-Header-Content-Length" not in h:
         h["Inference-Header-Content-Length"] = str(len(head))
-    status, _, body = call(server, "POST", path, head + binary, h)
+    status, _, body = http_call(server.rest_port, "POST", path, head + binary, h)
     reply = json.loads(body)
     assert set(reply) == {"error"}, reply
     return status, reply["error"]
@@ -87,12 +71,12 @@ def test_health_and_server_metadata(client, server):
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta["name"] == "tfsctl" and set(meta["extensions"]) >= {"binary_tensor_data", "model_repository"}
-    status, _, body = call(server, "GET", "/v2/health/ready")
+    status, _, body = http_call(server.rest_port, "GET", "/v2/health/ready")
     assert (status, json.loads(body)) == (200, {"ready": True})  # KServe's client reads the body
     assert client.is_model_ready("toy") and client.is_model_ready("toy", "1")
     assert not client.is_model_ready("toy", "2")
-    assert call(server, "GET", "/v2/models/toy/versions/2/ready")[0] == 400
-    assert call(server, "GET", "/v2/models/nope/ready")[0] == 404
+    assert http_call(server.rest_port, "GET", "/v2/models/toy/versions/2/ready")[0] == 400
+    assert http_call(server.rest_port, "GET", "/v2/models/nope/ready")[0] == 404
 
 
 def test_model_metadata_maps_signatures_and_datatypes(client, server):
@@ -106,13 +90,13 @@ def test_model_metadata_maps_signatures_and_datatypes(client, server):
                        "flags_not": "BOOL", "half2": "FP16"}
     assert client.get_model_metadata("toy", "1")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
     # another signature through the signature_name parameter; a dtype v2 has no name for is a clear 400
-    status, _, body = call(server, "GET", "/v2/models/tf1?signature_name=classify_x_to_y")
+    status, _, body = http_call(server.rest_port, "GET", "/v2/models/tf1?signature_name=classify_x_to_y")
     assert status == 200 and json.loads(body)["inputs"] == [{"name": "inputs", "datatype": "BYTES", "shape": [-1]}]
-    status, _, body = call(server, "GET", "/v2/models/types?signature_name=complex")
+    status, _, body = http_call(server.rest_port, "GET", "/v2/models/types?signature_name=complex")
     assert status == 400 and "DT_COMPLEX64" in json.loads(body)["error"]
     for path, code in (("/v2/models/nope", 404), ("/v2/models/toy/versions/9", 404),
                        ("/v2/models/toy/versions/x1", 400)):
-        status, _, body = call(server, "GET", path)
+        status, _, body = http_call(server.rest_port, "GET", path)
         assert status == code and "error" in json.loads(body), (path, status, body)
 
 
@@ -146,7 +130,7 @@ def test_output_selection_and_binary_data_output(client, server):
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     doc = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.tolist()}],
            "parameters": {"binary_data_output": True}}
-    status, headers, body = call(server, "POST", "/v2/models/toy/infer", json.dumps(doc))
+    status, headers, body = http_call(server.rest_port, "POST", "/v2/models/toy/infer", json.dumps(doc))
     n = int(headers["Inference-Header-Content-Length"])
     head = json.loads(body[:n])
     assert status == 200 and headers["Content-Type"] == "application/octet-stream"
@@ -157,7 +141,7 @@ def test_output_selection_and_binary_data_output(client, server):
 def test_nested_and_flat_json_data(server):
     for data in ([1, 2, 3, 4, 5, 6, 7, 8], [[1, 2, 3, 4], [5, 6, 7, 8]]):
         doc = {"id": "n", "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": data}]}
-        status, _, body = call(server, "POST", "/v2/models/toy/versions/1/infer", json.dumps(doc))
+        status, _, body = http_call(server.rest_port, "POST", "/v2/models/toy/versions/1/infer", json.dumps(doc))
         reply = json.loads(body)
         assert status == 200, reply
         assert reply["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [2, 4],
@@ -275,11 +259,11 @@ def test_unknown_models_versions_and_routes(server):
     for version in ("%C2%B2", "%D9%A1"):  # superscript two, Arabic-Indic one: str.isdigit() says digits
         status, message = error_of(server, f"/v2/models/toy/versions/{version}/infer", doc)
         assert status == 400 and "not a model version" in message, (version, status, message)
-        status, _, body = call(server, "GET", f"/v2/models/toy/versions/{version}/ready")
+        status, _, body = http_call(server.rest_port, "GET", f"/v2/models/toy/versions/{version}/ready")
         assert status == 400 and "not a model version" in json.loads(body)["error"], (version, status, body)
-    status, _, body = call(server, "GET", "/v2/models/toy/infer")
+    status, _, body = http_call(server.rest_port, "GET", "/v2/models/toy/infer")
     assert status == 400 and "POST" in json.loads(body)["error"]
-    status, _, body = call(server, "GET", "/v2/nothing/here")
+    status, _, body = http_call(server.rest_port, "GET", "/v2/nothing/here")
     assert status == 404 and "error" in json.loads(body)
 
 
@@ -301,9 +285,9 @@ def test_repository_index_unload_and_load(client, server):
     assert gone == [{"name": "tf1", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}]
     client.load_model("tf1")
     assert client.is_model_ready("tf1")
-    status, _, body = call(server, "POST", "/v2/repository/models/never/load", "{}")
+    status, _, body = http_call(server.rest_port, "POST", "/v2/repository/models/never/load", "{}")
     assert status == 404 and "never" in json.loads(body)["error"]
-    status, _, body = call(server, "POST", "/v2/repository/index", json.dumps({"ready": True}))
+    status, _, body = http_call(server.rest_port, "POST", "/v2/repository/index", json.dumps({"ready": True}))
     assert status == 200 and all(m["state"] == "READY" for m in json.loads(body))
 
 
@@ -322,7 +306,7 @@ def test_large_json_image_same_answers_as_binary(server):
             {"name": "half", "shape": [1], "datatype": "FP16", "parameters": {"binary_data_size": 2}}],
             "outputs": [{"name": "inverted"}]}
         head = json.dumps(doc).encode()
-        status, _, reply = call(server, "POST", "/v2/models/types/infer", head + np.float16(1).tobytes(),
+        status, _, reply = http_call(server.rest_port, "POST", "/v2/models/types/infer", head + np.float16(1).tobytes(),
                                 {"Inference-Header-Content-Length": str(len(head))})
         return status, json.loads(reply)
 
@@ -342,12 +326,13 @@ def test_metrics_count_v2_requests_and_cors_preflight(client, server):
     i = triton.InferInput("x", [1, 4], "FP32")
     i.set_data_from_numpy(np.ones((1, 4), np.float32))
     client.infer("toy", [i])
-    status, _, body = call(server, "GET", "/monitoring/prometheus/metrics")
+    status, _, body = http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")
     text = body.decode()
     assert status == 200
     assert ':tensorflow:serving:request_latency_count{model_name="toy",API="infer",entrypoint="REST"}' in text
-    assert call(server, "OPTIONS", "/v2/models/toy/infer", headers={"Origin": "http://example.com"})[0] == 200
-    assert call(server, "OPTIONS", "/v2/models/toy/infer")[0] == 400
+    origin = {"Origin": "http://example.com"}
+    assert http_call(server.rest_port, "OPTIONS", "/v2/models/toy/infer", headers=origin)[0] == 200
+    assert http_call(server.rest_port, "OPTIONS", "/v2/models/toy/infer")[0] == 400
 
 
 def test_truncated_body_is_dropped_quietly_and_the_server_keeps_serving(client, server, caplog):
@@ -361,12 +346,10 @@ def test_truncated_body_is_dropped_quietly_and_the_server_keeps_serving(client, 
             pass
     # the request is counted once its handler is done: CANCELLED (the client left), not INTERNAL with a traceback
     pattern = re.compile(r':tensorflow:serving:request_count\{model_name="toy",status="(\w+)"\}')
-    deadline = time.monotonic() + 30
-    while not {"CANCELLED", "INTERNAL"} & set(pattern.findall(call(server, "GET", "/monitoring/prometheus/metrics")[2]
-                                                                  .decode())):
-        assert time.monotonic() < deadline, "the truncated request was never counted"
-        time.sleep(0.05)
-    statuses = set(pattern.findall(call(server, "GET", "/monitoring/prometheus/metrics")[2].decode()))
+    wait_until(lambda: {"CANCELLED", "INTERNAL"} & set(pattern.findall(
+        http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")[2].decode())),
+        30, "the truncated request to be counted", every=0.05)
+    statuses = set(pattern.findall(http_call(server.rest_port, "GET", "/monitoring/prometheus/metrics")[2].decode()))
     assert "INTERNAL" not in statuses and "CANCELLED" in statuses, statuses
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     i = triton.InferInput("x", [1, 4], "FP32")
@@ -391,7 +374,7 @@ def test_zero_size_tensors_as_json(server):
     inputs = {"image": ("UINT8", [0, 2, 2, 3]), "ids": ("INT64", [0]), "text": ("BYTES", [0]),
               "flags": ("BOOL", [0]), "half": ("FP16", [0])}
     doc = {"inputs": [{"name": k, "datatype": dt, "shape": shape, "data": []} for k, (dt, shape) in inputs.items()]}
-    status, _, body = call(server, "POST", "/v2/models/types/infer", json.dumps(doc))
+    status, _, body = http_call(server.rest_port, "POST", "/v2/models/types/infer", json.dumps(doc))
     assert status == 200, body
     shapes = {o["name"]: (o["shape"], o["data"]) for o in json.loads(body)["outputs"]}
     assert shapes == {"inverted": ([0, 2, 2, 3], []), "mean": ([0], []), "ids2": ([0], []), "text_upper": ([0], []),
@@ -402,7 +385,7 @@ def test_an_empty_outputs_list_asks_for_every_output(server):
     """"outputs": [] names no output, so all of them come back, as in Triton (no requested output: all) and as
     over gRPC here."""
     doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": []}
-    status, _, body = call(server, "POST", "/v2/models/toy/infer", json.dumps(doc))
+    status, _, body = http_call(server.rest_port, "POST", "/v2/models/toy/infer", json.dumps(doc))
     assert status == 200, body
     assert [(o["name"], o["data"]) for o in json.loads(body)["outputs"]] == [("y", [2, 4, 6, 8])]
 
@@ -433,8 +416,9 @@ def test_non_finite_floats_as_triton_writes_and_reads_them(server):
     raw = np.array(values, np.float32).tobytes()
     head = json.dumps({"inputs": [{**x, "parameters": {"binary_data_size": 16}}]}).encode()
     binary = {"Inference-Header-Content-Length": str(len(head))}
-    replies = [call(server, "POST", "/v2/models/toy/infer", head + raw, binary),
-               call(server, "POST", "/v2/models/toy/infer", json.dumps({"inputs": [{**x, "data": values}]}))]
+    replies = [http_call(server.rest_port, "POST", "/v2/models/toy/infer", head + raw, binary),
+               http_call(server.rest_port, "POST", "/v2/models/toy/infer",
+                         json.dumps({"inputs": [{**x, "data": values}]}))]
     for status, _, body in replies:
         assert status == 200, body
         assert b"[NaN,Infinity,-Infinity,2.0]" in body, body

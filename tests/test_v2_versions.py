@@ -18,19 +18,15 @@ import pytest  # noqa: E402
 import tritonclient.grpc as triton  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port, write_matmul_model, write_monitoring_config, write_toy_model  # noqa: E402
+from tfsctl.testing import wait_until, write_matmul_model, write_monitoring_config, write_toy_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _serve(**options) -> ModelServer:
-    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(),
-                                       file_system_poll_wait_seconds=0.2, **options))
-    server.start()
-    assert server.wait_until_ready(120)
-    return server
+def _serve(**options):  # noqa: ANN202 - served(): a context manager yielding a ready ModelServer
+    return served(rest=True, ready_timeout=120, grace=2, file_system_poll_wait_seconds=0.2, **options)
 
 
 def _batch_histogram(server) -> tuple[float, float]:
@@ -46,37 +42,36 @@ def test_v2_requests_batch_with_v1_requests(tmp_path):
     write_matmul_model(tmp_path / "mm", 1, 512, 4)
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 50000 }\n")
-    server = _serve(model_name="mm", model_base_path=str(tmp_path / "mm"), enable_batching=True,
-                    batching_parameters_file=str(params),
-                    monitoring_config_file=str(write_monitoring_config(tmp_path)))  # _batch_histogram reads it
-    errors: list = []
-    start = threading.Barrier(8)
+    with _serve(model_name="mm", model_base_path=str(tmp_path / "mm"), enable_batching=True,
+                batching_parameters_file=str(params),
+                monitoring_config_file=str(write_monitoring_config(tmp_path))) as server:  # _batch_histogram reads it
+        errors: list = []
+        start = threading.Barrier(8)
 
-    def v2_client(k: int) -> None:
-        with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:
-            x = np.full((1, 512), k, np.float32)
-            i = triton.InferInput("x", [1, 512], "FP32")
-            i.set_data_from_numpy(x)
-            start.wait()
-            for _ in range(5):
-                y = c.infer("mm", [i]).as_numpy("y")
-                if not np.allclose(y, x, rtol=1e-4):
-                    errors.append((k, y[0, :3]))
+        def v2_client(k: int) -> None:
+            with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:
+                x = np.full((1, 512), k, np.float32)
+                i = triton.InferInput("x", [1, 512], "FP32")
+                i.set_data_from_numpy(x)
+                start.wait()
+                for _ in range(5):
+                    y = c.infer("mm", [i]).as_numpy("y")
+                    if not np.allclose(y, x, rtol=1e-4):
+                        errors.append((k, y[0, :3]))
 
-    def v1_client(k: int) -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "mm"
-            x = np.full((1, 512), k, np.float32)
-            request.inputs["x"].CopyFrom(from_numpy(x))
-            start.wait()
-            for _ in range(5):
-                y = to_numpy(stub.Predict(request, timeout=60).outputs["y"])
-                if not np.allclose(y, x, rtol=1e-4):
-                    errors.append((k, y[0, :3]))
+        def v1_client(k: int) -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "mm"
+                x = np.full((1, 512), k, np.float32)
+                request.inputs["x"].CopyFrom(from_numpy(x))
+                start.wait()
+                for _ in range(5):
+                    y = to_numpy(stub.Predict(request, timeout=60).outputs["y"])
+                    if not np.allclose(y, x, rtol=1e-4):
+                        errors.append((k, y[0, :3]))
 
-    try:
         threads = [threading.Thread(target=v2_client if k % 2 else v1_client, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()
@@ -85,31 +80,25 @@ def test_v2_requests_batch_with_v1_requests(tmp_path):
         assert errors == []
         batches, requests = _batch_histogram(server)
         assert requests == 40 and batches < requests, (batches, requests)  # some batch held more than one
-    finally:
-        server.stop(2)
 
 
 def test_a_new_version_swaps_in_for_v2_and_v1(tmp_path):
     base = tmp_path / "toy"
     write_toy_model(base, 1, scale=1.0)
-    server = _serve(model_name="toy", model_base_path=str(base))
-    try:
+    with _serve(model_name="toy", model_base_path=str(base)) as server:
         with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:
             x = np.ones((1, 4), np.float32)
             i = triton.InferInput("x", [1, 4], "FP32")
             i.set_data_from_numpy(x)
             assert c.infer("toy", [i]).get_response().model_version == "1"
             write_toy_model(base, 2, scale=3.0)
-            deadline = time.monotonic() + 60
-            while c.get_model_metadata("toy").versions != ["2"]:  # version 1 unloads once 2 is AVAILABLE
-                assert time.monotonic() < deadline, "version 2 never replaced version 1"
-                time.sleep(0.1)
+            # version 1 unloads once 2 is AVAILABLE
+            wait_until(lambda: c.get_model_metadata("toy").versions == ["2"], 60, "version 2 to replace version 1",
+                       every=0.1)
             result = c.infer("toy", [i])
             assert result.get_response().model_version == "2"
             np.testing.assert_array_equal(result.as_numpy("y"), x * 3)
             assert not c.is_model_ready("toy", "1") and c.is_model_ready("toy", "2")
-    finally:
-        server.stop(2)
 
 
 def test_quick_model_infer_runs_on_the_grpc_loop_slow_ones_in_the_pool(tmp_path):
@@ -121,16 +110,15 @@ def test_quick_model_infer_runs_on_the_grpc_loop_slow_ones_in_the_pool(tmp_path)
     config.write_text("model_config_list { " + " ".join(
         f'config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}'
         for n in ("toy", "big")) + " }")
-    server = _serve(model_config_file=str(config))
-    threads: list[tuple[str, str]] = []
-    real = server.core.predict_with
+    with _serve(model_config_file=str(config)) as server:
+        threads: list[tuple[str, str]] = []
+        real = server.core.predict_with
 
-    def recording(servable, *args, **kwargs):
-        threads.append((servable.name, threading.current_thread().name))
-        return real(servable, *args, **kwargs)
+        def recording(servable, *args, **kwargs):
+            threads.append((servable.name, threading.current_thread().name))
+            return real(servable, *args, **kwargs)
 
-    server.core.predict_with = recording
-    try:
+        server.core.predict_with = recording
         with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:
             def infer(model: str, x: np.ndarray) -> np.ndarray:
                 i = triton.InferInput("x", list(x.shape), "FP32")
@@ -153,5 +141,3 @@ def test_quick_model_infer_runs_on_the_grpc_loop_slow_ones_in_the_pool(tmp_path)
         assert where[0] == "tfsctl-grpc-loop", threads
         assert where[1].startswith("tfsctl-grpc") and where[1] != "tfsctl-grpc-loop", threads
         assert where[2] != "tfsctl-grpc-loop", threads  # 320 KB: not quick even on a quick model
-    finally:
-        server.stop(2)

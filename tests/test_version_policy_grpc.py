@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import shutil  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import grpc  # noqa: E402
@@ -26,20 +25,13 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from tfsctl.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.serving.testing import served  # noqa: E402
+from tfsctl.testing import wait_until, write_toy_model  # noqa: E402
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 State = get_model_status_pb2.ModelVersionStatus
 AVAILABLE, END = State.AVAILABLE, State.END
-
-
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -57,20 +49,17 @@ def server(tmp_path):
         "    model_version_policy { latest { num_versions: 2 } } }\n"
         "}\n"
     )
-    srv = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(cfg),
-                                    file_system_poll_wait_seconds=0.1,
-                                    allow_version_labels_for_unavailable_models=True))  # labels at start-up
-    srv.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
-    try:
-        yield {
-            "base": base,
-            "predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
-            "model": model_service_pb2_grpc.ModelServiceStub(channel),
-        }
-    finally:
-        channel.close()
-        srv.stop(2)
+    with served(ready_timeout=None, grace=2, model_config_file=str(cfg), file_system_poll_wait_seconds=0.1,
+                allow_version_labels_for_unavailable_models=True) as srv:  # labels at start-up
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        try:
+            yield {
+                "base": base,
+                "predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                "model": model_service_pb2_grpc.ModelServiceStub(channel),
+            }
+        finally:
+            channel.close()
 
 
 def _states(stubs, name: str) -> dict[int, int]:
@@ -107,8 +96,8 @@ def _code(fn: Callable[[], object]) -> grpc.StatusCode:
 
 
 def test_policies_labels_and_versions_coming_and_going(server):
-    _wait(lambda: _states(server, "pinned") == {1: AVAILABLE, 3: AVAILABLE}, "pinned: versions 1 and 3")
-    _wait(lambda: _states(server, "recent") == {2: AVAILABLE, 3: AVAILABLE}, "recent: versions 2 and 3")
+    wait_until(lambda: _states(server, "pinned") == {1: AVAILABLE, 3: AVAILABLE}, 30, "pinned: versions 1 and 3")
+    wait_until(lambda: _states(server, "recent") == {2: AVAILABLE, 3: AVAILABLE}, 30, "recent: versions 2 and 3")
     assert _predict(server, "pinned") == 3
     assert _predict(server, "pinned", label="stable") == 1
     assert _predict(server, "pinned", label="canary") == 3
@@ -118,20 +107,20 @@ def test_policies_labels_and_versions_coming_and_going(server):
 
     # A new version directory appears: latest {2} moves on to it without a restart; specific {1, 3} ignores it.
     write_toy_model(server["base"], 4, scale=4.0)
-    _wait(lambda: _states(server, "recent").get(4) == AVAILABLE, "recent: version 4 AVAILABLE")
-    _wait(lambda: _states(server, "recent").get(2) == END, "recent: version 2 unloaded")
+    wait_until(lambda: _states(server, "recent").get(4) == AVAILABLE, 30, "recent: version 4 AVAILABLE")
+    wait_until(lambda: _states(server, "recent").get(2) == END, 30, "recent: version 2 unloaded")
     assert _predict(server, "recent") == 4
     assert _predict(server, "pinned") == 3 and 4 not in _states(server, "pinned")
 
     # A version directory is removed: it is unloaded; the label pointing at it stops resolving.
     shutil.rmtree(server["base"] / "3")
-    _wait(lambda: _states(server, "pinned").get(3) == END, "pinned: version 3 unloaded")
+    wait_until(lambda: _states(server, "pinned").get(3) == END, 30, "pinned: version 3 unloaded")
     assert _predict(server, "pinned") == 1
     assert _code(lambda: _predict(server, "pinned", version=3)) == grpc.StatusCode.NOT_FOUND
     assert _code(lambda: _predict(server, "pinned", label="canary")) == grpc.StatusCode.NOT_FOUND
     assert _predict(server, "pinned", label="stable") == 1
     # latest {2} of {1, 2, 4}: version 2 comes back, 4 stays.
-    _wait(lambda: _states(server, "recent").get(2) == AVAILABLE, "recent: version 2 reloaded")
+    wait_until(lambda: _states(server, "recent").get(2) == AVAILABLE, 30, "recent: version 2 reloaded")
     assert _states(server, "recent")[4] == AVAILABLE
 
 
@@ -141,34 +130,30 @@ def test_reload_with_a_model_that_cannot_load_is_unknown_and_serving_goes_on(tmp
     broken = tmp_path / "broken"
     (broken / "1").mkdir(parents=True)
     (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
-    srv = ModelServer(ServerOptions(port=0, rest_api_port=0, host="127.0.0.1", model_name="toy",
-                                    model_base_path=str(base), file_system_poll_wait_seconds=0.1,
-                                    max_num_load_retries=0))
-    srv.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
-    stubs = {"predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
-             "model": model_service_pb2_grpc.ModelServiceStub(channel)}
-    try:
-        assert srv.wait_until_ready(60)
-        config = model_server_config_pb2.ModelServerConfig()
-        for name, path in (("toy", base), ("broken", broken)):
-            config.model_config_list.config.add(name=name, base_path=str(path), model_platform="tensorflow")
-        with pytest.raises(grpc.RpcError) as info:
-            stubs["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
-                                                     timeout=30)
-        # As TF Serving's ServerCore::WaitUntilModelsAvailable: UNKNOWN, naming the model and the load error.
-        assert info.value.code() == grpc.StatusCode.UNKNOWN, info.value.details()
-        assert "'broken' did not become available" in info.value.details()
-        assert "version 1" in info.value.details()
-        assert _states(stubs, "broken") == {1: END}
-        assert _predict(stubs, "toy") == 1
-    finally:
-        channel.close()
-        srv.stop(2)
+    with served(ready_timeout=60, grace=2, model_name="toy", model_base_path=str(base),
+                file_system_poll_wait_seconds=0.1, max_num_load_retries=0) as srv:
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        stubs = {"predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                 "model": model_service_pb2_grpc.ModelServiceStub(channel)}
+        try:
+            config = model_server_config_pb2.ModelServerConfig()
+            for name, path in (("toy", base), ("broken", broken)):
+                config.model_config_list.config.add(name=name, base_path=str(path), model_platform="tensorflow")
+            with pytest.raises(grpc.RpcError) as info:
+                stubs["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                                         timeout=30)
+            # As TF Serving's ServerCore::WaitUntilModelsAvailable: UNKNOWN, naming the model and the load error.
+            assert info.value.code() == grpc.StatusCode.UNKNOWN, info.value.details()
+            assert "'broken' did not become available" in info.value.details()
+            assert "version 1" in info.value.details()
+            assert _states(stubs, "broken") == {1: END}
+            assert _predict(stubs, "toy") == 1
+        finally:
+            channel.close()
 
 
 def test_reload_assigning_a_label_to_an_unavailable_version_is_failed_precondition(server):
-    _wait(lambda: _states(server, "pinned") == {1: AVAILABLE, 3: AVAILABLE}, "pinned: versions 1 and 3")
+    wait_until(lambda: _states(server, "pinned") == {1: AVAILABLE, 3: AVAILABLE}, 30, "pinned: versions 1 and 3")
     config = model_server_config_pb2.ModelServerConfig()
     mc = config.model_config_list.config.add(name="pinned", base_path=str(server["base"]), model_platform="tensorflow")
     mc.model_version_policy.specific.versions.extend([1, 3])

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfsctl.serving.tensors import from_numpy, to_numpy
-from tfsctl.testing import free_port, write_monitoring_config, write_toy_model
+from tfsctl.testing import free_port, wait_until, write_monitoring_config, write_toy_model
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 FRESH_CONNECTIONS = 24  # SO_REUSEPORT spreads connections by their source port: both workers answer some
@@ -62,15 +61,6 @@ def _alive(pid: int) -> bool:
         return False
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
-
-def _poll(condition, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _fresh(port: int, call):
@@ -139,7 +129,8 @@ def cluster(tmp_path_factory):
          "--monitoring_config_file", str(write_monitoring_config(base, METRICS_PATH))],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _poll(lambda: len(_children(proc.pid)) >= 2 or proc.poll() is not None, "two worker processes")
+        wait_until(lambda: len(_children(proc.pid)) >= 2 or proc.poll() is not None,
+                   120, "two worker processes", every=0.1)
         assert proc.poll() is None, (base / "serve.log").read_text()
         yield {"proc": proc, "grpc": grpc_port, "rest": rest_port, "base": base, "log": base / "serve.log"}
     finally:
@@ -155,8 +146,8 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
     assert len(workers) == 2, workers
     serving = health_pb2.HealthCheckResponse.SERVING
     # Overall health turns SERVING once every worker has the model (each learns it from the supervisor), and stays.
-    _poll(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
-          "overall health SERVING on every connection")
+    wait_until(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
+               120, "overall health SERVING on every connection", every=0.1)
     # --worker_cpu_affinity: each worker on one CPU of those allowed, a different one while there are enough.
     allowed = sorted(os.sched_getaffinity(0))
     pinned = [os.sched_getaffinity(pid) for pid in workers]
@@ -196,22 +187,23 @@ def test_workers_share_the_ports_and_answer_consistently_then_stop_on_sigterm(cl
 
     # A worker that dies is replaced; the new one catches up with the reload, and health waits for it.
     os.kill(workers[0], signal.SIGKILL)
-    workers = _poll(lambda: (lambda now: now if len(now) == 2 and workers[0] not in now else None)(
-        _children(proc.pid)), "a replacement worker")
-    _poll(lambda: _try(lambda: _fresh(port, _health)) != serving, "overall health to drop while a worker restarts")
-    _poll(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
-          "overall health SERVING again")
+    workers = wait_until(lambda: (lambda now: now if len(now) == 2 and workers[0] not in now else None)(
+        _children(proc.pid)), 120, "a replacement worker", every=0.1)
+    wait_until(lambda: _try(lambda: _fresh(port, _health)) != serving,
+               120, "overall health to drop while a worker restarts", every=0.1)
+    wait_until(lambda: {_try(lambda: _fresh(port, _health)) for _ in range(FRESH_CONNECTIONS)} == {serving},
+               120, "overall health SERVING again", every=0.1)
     statuses = {tuple(_fresh(port, lambda ch: _status(ch, "second"))) for _ in range(FRESH_CONNECTIONS)}
     assert statuses == {((1, available),)}
 
     # SIGTERM to the supervisor while a replacement worker is still starting (it takes seconds to import
     # TensorFlow and load): every worker stops, the starting one included, and the supervisor exits 0.
     os.kill(workers[1], signal.SIGKILL)
-    workers = _poll(lambda: (lambda now: now if len(now) == 2 and workers[1] not in now else None)(
-        _children(proc.pid)), "a second replacement worker")
+    workers = wait_until(lambda: (lambda now: now if len(now) == 2 and workers[1] not in now else None)(
+        _children(proc.pid)), 120, "a second replacement worker", every=0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0, cluster["log"].read_text()[-3000:]
-    _poll(lambda: not any(_alive(p) for p in workers), "workers to exit", timeout=10)
+    wait_until(lambda: not any(_alive(p) for p in workers), 10, "workers to exit", every=0.1)
     log = cluster["log"].read_text()
     assert "server stopped" in log and log.count("restarting it") == 2, log[-3000:]
     assert "did not stop in time" not in log, log[-3000:]

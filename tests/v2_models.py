@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tfsctl.testing import _atomic_version_dir, free_port, write_tf1_half_plus, write_toy_model
+from tfsctl.testing import _atomic_version_dir, write_tf1_half_plus, write_toy_model
 
 
 def write_types_model(base_path: Path, version: int = 1) -> Path:
@@ -64,16 +64,12 @@ def write_models(root: Path) -> Path:
     return config
 
 
-def serve(config: Path, **options: object):  # noqa: ANN201 - a started ModelServer
-    from tfsctl.serving.server import ModelServer, ServerOptions
+def serve(config: Path, **options: object):  # noqa: ANN201 - a context manager yielding a ready ModelServer
+    """The v2 test models served with gRPC and REST, ready within 120 s, stopped on exit."""
+    from tfsctl.serving.testing import served
 
-    server = ModelServer(ServerOptions(host="127.0.0.1", port=0, rest_api_port=free_port(),
-                                       model_config_file=str(config), file_system_poll_wait_seconds=0.2, **options))
-    server.start()
-    if not server.wait_until_ready(120):
-        server.stop(1)
-        raise RuntimeError("the v2 test models did not become AVAILABLE")
-    return server
+    return served(rest=True, ready_timeout=120, grace=2, model_config_file=str(config),
+                  file_system_poll_wait_seconds=0.2, **options)
 
 
 def remove(path: Path) -> None:

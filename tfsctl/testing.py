@@ -17,14 +17,18 @@ later calls copy that template: tests that write many versions stay fast.
 from __future__ import annotations
 
 import atexit
+import http.client
+import json
 import os
 import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -173,6 +177,53 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+               every: float = 0.02, explain: Callable[[], object] | None = None) -> T:
+    """Call ``condition`` every ``every`` seconds until it returns something truthy and return that; raise
+    AssertionError naming ``what`` (and, if given, what ``explain()`` returns then) once ``timeout`` seconds pass.
+    Tests poll with a deadline, never sleep to synchronise: this is the one poller they share (a wait on a
+    servable state waits on the Manager's state monitor instead, ``manager.wait_for_state``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f": {explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        time.sleep(every)
+
+
+def http_call(port: int, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
+              timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to 127.0.0.1:``port`` on a fresh connection; returns (status, headers, body bytes).
+    Callers encode bodies (a ``str`` is sent as UTF-8) and decode answers themselves, so a test sees exactly the
+    bytes on the wire."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def http_json(port: int, method: str, path: str, doc: object = None, *, raw: bytes | None = None,
+              headers: dict | None = None, timeout: float = 60.0) -> tuple[int, Any]:
+    """A JSON request through :func:`http_call`: ``doc`` sent as JSON (or ``raw`` bytes as they are) with
+    ``Content-Type: application/json``; returns (status, the reply parsed as JSON when its Content-Type says JSON,
+    else its text)."""
+    body = raw if raw is not None else (json.dumps(doc).encode() if doc is not None else None)
+    status, reply_headers, reply = http_call(port, method, path, body,
+                                             {"Content-Type": "application/json", **(headers or {})}, timeout)
+    if "json" in {k.lower(): v for k, v in reply_headers.items()}.get("content-type", ""):
+        return status, json.loads(reply)
+    return status, reply.decode()
 
 
 def write_monitoring_config(directory: str | Path, path: str = "", *, enable: bool = True) -> Path:
