@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +43,16 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+
+def _load_sibling(name: str):  # noqa: ANN202 - a benchmark module loaded from its file (benchmarks is no package)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ServerProcess = _load_sibling("serving_bench").ServerProcess  # tfsctl serve in a child process, ready, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -118,49 +128,18 @@ def make_deeplab(tmp: Path, size: int = 513) -> Model:
 
 # --- the server and clients ----------------------------------------------------------------------------------------
 
-class Server:
-    """``tfsctl serve`` in a child process on 127.0.0.1; ready when /v1/models/NAME reports AVAILABLE."""
+class Server(ServerProcess):
+    """``tfsctl serve`` for one of the benchmark's models (serving_bench's child process on 127.0.0.1), with its
+    resident memory."""
 
     def __init__(self, model: Model, extra: list[str], log: Path) -> None:
-        from tfsctl.testing import free_port
-
+        super().__init__(model.base, model.name, extra, log)
         self.model = model
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", "--port", str(self.grpc_port),
-               "--rest_api_port", str(self.rest_port), "--model_name", model.name,
-               "--model_base_path", str(model.base), *extra]
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=2)
-                c.request("GET", f"/v1/models/{self.model.name}")
-                if b'"AVAILABLE"' in c.getresponse().read():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s; see {self.log.name}")
 
     def rss(self) -> int:
         from tfsctl.core.memory import rss_bytes
 
         return rss_bytes(self.proc.pid)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self.log.close()
 
 
 def grpc_body(model: Model, inputs: dict) -> bytes:
