@@ -1,9 +1,9 @@
 """``tfsctl serve``: the model server process, wired the way ``tensorflow_model_server`` is.
 
 From :class:`~tfsctl.serving.options.ServerOptions` (tensorflow_model_server's flags; re-exported here),
-:class:`ModelServer` builds Manager -> RequestCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
-service in step with the manager, polls ``--model_config_file`` for changes and shuts down gracefully: stop
-accepting, let in-flight requests finish, then unload the models.
+:class:`ModelServer` builds a ServerCore (which builds the Manager) -> RequestCore (-> Batcher) -> gRPC (+ REST)
+from them, keeps the health service in step with the manager, polls ``--model_config_file`` for changes and shuts
+down gracefully: stop accepting, let in-flight requests finish, then unload the models.
 """
 
 from __future__ import annotations
