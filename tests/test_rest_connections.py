@@ -51,15 +51,15 @@ def _write_fifo_model(path: Path) -> None:
 
 def release(fifo: Path, data: bytes = b"done", timeout: float = 30.0) -> None:
     """Open the pipe for writing once the model is blocked opening it for reading (ENXIO until then)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def opened() -> tuple[int] | None:
         try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
+            return (os.open(fifo, os.O_WRONLY | os.O_NONBLOCK),)
         except OSError as e:
-            if e.errno != errno.ENXIO or time.monotonic() > deadline:
+            if e.errno != errno.ENXIO:
                 raise
-            time.sleep(0.01)
+            return None
+
+    (fd,) = wait_until(opened, timeout, f"the model to open {fifo} for reading", every=0.01)
     try:  # read_file sizes a pipe at 0 bytes: it may return (and close) before the write; opening released it
         os.write(fd, data)
     except BrokenPipeError:
