@@ -363,6 +363,10 @@ class ModelServer:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
 
+    def grpc_waiting(self) -> int:
+        """gRPC calls (and other jobs) waiting for a thread of the gRPC pool, not yet running; 0 before start."""
+        return self._grpc.executor.waiting() if self._grpc is not None else 0
+
     def request_stop(self) -> None:
         """Ask the server to stop (gracefully, as on SIGTERM): before :meth:`start` binds the ports it then never
         does; under :meth:`serve_forever` it stops and returns. Sets a plain flag only, so a signal handler may
