@@ -200,7 +200,9 @@ def spans(text: str) -> tuple[list[str], list[str]]:
             prose.append("")
             continue
         (fenced if block else prose).append(line)
-    inline = re.findall(r"`([^`\n]+)`", "\n".join(prose))
+    # A span may wrap over lines inside a paragraph (long signatures), never across a blank line.
+    inline = [" ".join(span.split()) for para in re.split(r"\n\s*\n", "\n".join(prose))
+              for span in re.findall(r"`([^`]+)`", para)]
     return inline, fenced
 
 
@@ -422,9 +424,11 @@ def test_the_checker_sees_wrong_names() -> None:
     checker = _checker()
     assert [s for s in RIGHT if checker.check_span(s)] == []
     assert [s for s in WRONG if not checker.check_span(s)] == []
-    page = "```\nSource --> ServerCore.apply_config --> Manager.set_aspired_version\n```\n`Manager.configure`\n"
+    page = ("```\nSource --> ServerCore.apply_config --> Manager.set_aspired_version\n```\n`Manager.configure`\n"
+            "a span wrapped over lines: `Manager(event_bus=None,\n   num_load_threads=8)`\n")
     assert checker.check(page) == [
-        "(diagram) `Manager.set_aspired_version`: class `Manager` has no member `set_aspired_version`"]
+        "(diagram) `Manager.set_aspired_version`: class `Manager` has no member `set_aspired_version`",
+        "`Manager(event_bus=None, num_load_threads=8)`: defaults differ: num_load_threads=8 (code: 4)"]
 
 
 # --- README's tree --------------------------------------------------------------------------------------------
