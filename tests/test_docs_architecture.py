@@ -431,44 +431,67 @@ def test_the_checker_sees_wrong_names() -> None:
         "`Manager(event_bus=None, num_load_threads=8)`: defaults differ: num_load_threads=8 (code: 4)"]
 
 
-# --- README's tree --------------------------------------------------------------------------------------------
+# --- the module trees: README's and the layer tree of docs/ARCHITECTURE.md ---------------------------------------
 
 
-def readme_tree(text: str) -> dict[str, set[str]]:
-    """{package ("" = top level): the words its lines of README's ``tfsctl/`` tree hold}."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.rstrip() == "tfsctl/")
+def tree_groups(lines: list[str], indent: int) -> dict[str, set[str]]:
+    """{package ("" = the other lines): the words of its lines}. A package line is ``name/`` at column ``indent``;
+    deeper-indented lines continue the group above; a line ends the tree when it is indented less."""
     groups: dict[str, set[str]] = {"": set()}
     current = ""
-    for line in lines[start + 1:]:
-        if not line.startswith(" ") or line.strip().startswith("```"):
+    for line in lines:
+        if line.strip().startswith("```") or len(line) - len(line.lstrip()) < indent:
             break
-        m = re.match(r"^  ([a-z_]+)/\s", line + " ")
+        m = re.match(rf"^ {{{indent}}}([a-z_]+)/\s", line + " ")
         if m:
             current = m.group(1)
             groups.setdefault(current, set())
-        elif re.match(r"^  \S", line):
+        elif re.match(rf"^ {{{indent}}}\S", line):
             current = ""
         groups[current].update(w.removesuffix(".py") for w in re.findall(r"[A-Za-z_][\w]*(?:\.py)?", line))
     return groups
 
 
-def missing_from_tree(text: str, package: Path) -> list[str]:
-    groups = readme_tree(text)
+def readme_tree(text: str) -> dict[str, set[str]]:
+    """README's ``tfsctl/`` tree (in the Development section), two spaces in."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.rstrip() == "tfsctl/")
+    return tree_groups(lines[start + 1:], 2)
+
+
+def layer_tree(text: str) -> dict[str, set[str]]:
+    """The fenced tree that opens docs/ARCHITECTURE.md's Layers section, flush left."""
+    lines = text.splitlines()
+    start = lines.index("## Layers")
+    fence = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+    return tree_groups(lines[fence + 1:], 0)
+
+
+def missing_from_tree(groups: dict[str, set[str]], package: Path, packages: tuple[str, ...] | None = None
+                      ) -> list[str]:
+    """Modules of ``package`` the tree does not name (only those of ``packages`` and the top level, if given)."""
     missing = []
     for path in sorted(package.rglob("*.py")):
         if path.stem in ("__init__", "__main__"):
             continue
         rel = path.relative_to(package)
         group = rel.parts[0] if len(rel.parts) > 1 else ""
+        if packages is not None and group and group not in packages:
+            continue
         if path.stem not in groups.get(group, set()):
             missing.append(str(rel))
     return missing
 
 
 def test_readme_tree_lists_every_module() -> None:
-    missing = missing_from_tree(README.read_text(), PACKAGE)
+    missing = missing_from_tree(readme_tree(README.read_text()), PACKAGE)
     assert not missing, f"README's tfsctl/ tree does not list: {', '.join(missing)}"
+
+
+def test_the_layer_tree_lists_every_module() -> None:
+    """The Layers tree names every module of core/, serving/ and client/ and every top-level module."""
+    missing = missing_from_tree(layer_tree(DOC.read_text()), PACKAGE, ("core", "serving", "client"))
+    assert not missing, f"docs/ARCHITECTURE.md's layer tree does not list: {', '.join(missing)}"
 
 
 def test_the_tree_check_sees_a_missing_module(tmp_path: Path) -> None:
@@ -476,5 +499,8 @@ def test_the_tree_check_sees_a_missing_module(tmp_path: Path) -> None:
     for name in ("cli.py", "core/__init__.py", "core/manager.py", "core/source.py"):
         (tmp_path / name).write_text("")
     readme = "x\n```text\ntfsctl/\n  cli.py   the CLI\n  core/    manager\n           (more)\nsamples/\n```\n"
-    assert missing_from_tree(readme, tmp_path) == ["core/source.py"]
-    assert missing_from_tree(readme.replace("(more)", "source"), tmp_path) == []
+    assert missing_from_tree(readme_tree(readme), tmp_path) == ["core/source.py"]
+    assert missing_from_tree(readme_tree(readme.replace("(more)", "source")), tmp_path) == []
+    doc = "## Layers\n\n```\ncli.py    typer\ncore/     manager,\n          (more)\n```\n"
+    assert missing_from_tree(layer_tree(doc), tmp_path, ("core",)) == ["core/source.py"]
+    assert missing_from_tree(layer_tree(doc.replace("(more)", "source")), tmp_path, ("core",)) == []
