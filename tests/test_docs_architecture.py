@@ -15,9 +15,14 @@ read with ``ast`` (nothing is imported, so no TensorFlow):
 - a call (``Manager(event_bus=None, ...)``, ``ServerCore.handle(name, version=None, label=None)``) must name
   parameters the function has, in its order, with the defaults the code gives them.
 
-In fenced blocks (the diagrams) every ``Class.member`` is checked the same way. Other spans (routes, values,
-prose in backticks) are not code names and are left alone. :func:`test_the_checker_sees_wrong_names` feeds the
-checker a page of wrong names, so a checker that stops seeing them fails too.
+A span may wrap over lines within a paragraph. In fenced blocks (the diagrams) every ``Class.member`` is checked
+the same way. Other spans (routes, values, prose in backticks) are not code names and are left alone (a single name
+also counts when tests/ defines it: the page names the layer checkers).
+
+The module trees, README's ``tfsctl/`` tree and the Layers tree of docs/ARCHITECTURE.md, must name every module.
+
+:func:`test_the_checker_sees_wrong_names` and :func:`test_the_tree_check_sees_a_missing_module` feed the checkers
+wrong names and a missing module, so a checker that stops seeing them fails too.
 """
 
 from __future__ import annotations
