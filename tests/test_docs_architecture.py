@@ -93,6 +93,7 @@ def _func(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
     a = node.args
     positional = [*a.posonlyargs, *a.args]
     params = [p.arg for p in positional] + ([a.vararg.arg] if a.vararg else []) + [p.arg for p in a.kwonlyargs]
+    params += [a.kwarg.arg] if a.kwarg else []
     params = [p for p in params if p not in ("self", "cls")]
     with_defaults = positional[len(positional) - len(a.defaults):]
     defaults = {p.arg: ast.unparse(d) for p, d in zip(with_defaults, a.defaults, strict=True)}
