@@ -381,9 +381,12 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool,
-           requests: int | None = None, cpus: set[int] | None = None) -> dict:
-    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models)."""
+           requests: int | None = None, cpus: set[int] | None = None, log_file: Path | None = None) -> dict:
+    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models).
+    ``log_file``: h2load writes each request's time there, returned sorted as ``latencies_ms`` (HTTP 200 only)."""
     cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
+    if log_file is not None:
+        cmd.append(f"--log-file={log_file}")
     cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
     for h in headers:
         cmd += ["-H", h]
@@ -397,9 +400,13 @@ def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list
     if not (m and done):
         raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # to milliseconds
-    return {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": int(done.group(2)),
-            "errors": int(done.group(3)) + int(done.group(4)),
-            "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
+    out = {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": int(done.group(2)),
+           "errors": int(done.group(3)) + int(done.group(4)),
+           "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
+    if log_file is not None:  # start (us since the epoch), HTTP status, us to the end of the response
+        rows = [line.split("\t") for line in log_file.read_text().splitlines() if line.strip()]
+        out["latencies_ms"] = sorted(int(r[2]) / 1e3 for r in rows if r[1] == "200")
+    return out
 
 
 def _py_worker(args: tuple) -> tuple[int, int, float]:
