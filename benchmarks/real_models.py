@@ -17,12 +17,25 @@ ratio within a round, against an anchor measured in the same round:
 - memory: the server's RSS before and at the peak of a burst of large requests (batch 32, accepted) and of
   rejected ones (over ``max_batch_size``), and where it settles (the goal: within 100 MiB of before);
 - the mmap tax: the in-process step at batch 8 with glibc's defaults and with ``MALLOC_MMAP_THRESHOLD_=1048576``
-  (what tfsctl used to set), each in a child process, alternating.
+  (what tfsctl used to set), each in a child process, alternating;
+- ``v2``: tfsctl's Open Inference Protocol, v2 REST with the binary tensor extension and v2 gRPC ModelInfer
+  (``v2_bench.py``'s requests), each over v1 gRPC and over the step of the same round;
+- ``kserve``: KServe 0.21's Python server (``kserve_anchor.py``, its own interpreter from ``make bench-kserve-env``
+  or ``--kserve-python``) on the same SavedModel: v1 REST (the same row body), v2 REST JSON, v2 REST binary and v2
+  gRPC, tfsctl's and KServe's latency of each over the step, and tfsctl / KServe; skipped, with the reason, when no
+  KServe interpreter is found;
+- ``external``: h2load (Debian's nghttp2-client) as the client, a process of its own: the REST row body at
+  concurrency 1 (tfsctl and KServe) over the step, and the batching levels over gRPC frames (images/s, p50/p99 from
+  h2load's per-request log) over the best in-process batch; skipped, saying so, without h2load;
+- ``observability``: gRPC throughput at ``--obs-concurrency`` clients with nothing on, the access log, the request
+  log (sampling 1.0) and tracing (OTLP to a receiver in this process), each its own server
+  (``observability_bench.py``'s configurations), as ratios to "none" and to the in-process batch-1 rate.
 
-KServe 0.21 is not run here (``benchmarks/overhead_bench.py`` has that anchor). Writes
-``benchmarks/results/real_models.json`` and prints a table.
+``--skip`` takes any of those section names (latency, v2, kserve, batching, external, memory, observability, mmap).
+Writes ``benchmarks/results/real_models.json`` and prints a table.
 
-    python benchmarks/real_models.py [--quick] [--models resnet50,deeplab] [--rounds N] [--out DIR]
+    python benchmarks/real_models.py [--quick] [--models resnet50,deeplab] [--rounds N] [--skip SECTIONS]
+                                     [--kserve-python PATH] [--workdir DIR] [--out DIR]
 """
 
 from __future__ import annotations
