@@ -977,7 +977,8 @@ def print_table(results: list[dict]) -> None:
                   f"{tax['page_faults_per_step']['glibc_default']:.0f})")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (an unknown ``--skip`` section is refused by name), with --quick's settings."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round, few calls, short windows, levels 4 and 8")
     ap.add_argument("--models", default="resnet50,deeplab", help="comma list: resnet50, deeplab, tiny")
@@ -1007,6 +1008,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip - set(SECTIONS):
         ap.error(f"--skip: unknown section(s) {', '.join(sorted(args.skip - set(SECTIONS)))}; "
                  f"the sections: {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.kserve = (None, {}, "skipped (--skip kserve,external)")
     if {"kserve", "external"} - args.skip:
         args.kserve = kserve_anchor.find_interpreter(args.kserve_python)

@@ -93,5 +93,5 @@ def test_without_h2load_the_external_section_says_so(monkeypatch: pytest.MonkeyP
 
 def test_skip_refuses_an_unknown_section(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
-        _bench().main(["--skip", "latency,obsrvability"])
+        _bench().parse_args(["--skip", "latency,obsrvability"])
     assert "obsrvability" in capsys.readouterr().err
