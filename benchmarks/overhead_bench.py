@@ -385,7 +385,8 @@ def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list
     """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models).
     ``log_file``: h2load writes each request's time there, returned sorted as ``latencies_ms`` (HTTP 200 only)."""
     cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
-    if log_file is not None:
+    if log_file is not None:  # h2load appends to it: start each run's log empty
+        log_file.unlink(missing_ok=True)
         cmd.append(f"--log-file={log_file}")
     cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
     for h in headers:
@@ -395,16 +396,20 @@ def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list
     cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600, preexec_fn=_pinned(cpus)).stdout
     m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    done = re.search(r"requests: \d+ total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                     out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     if not (m and done):
         raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # to milliseconds
-    out = {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": int(done.group(2)),
-           "errors": int(done.group(3)) + int(done.group(4)),
+    started, succeeded = int(done.group(1)), int(done.group(3))
+    out = {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": succeeded,
+           "errors": int(done.group(4)) + int(done.group(5)),
            "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
     if log_file is not None:  # start (us since the epoch), HTTP status, us to the end of the response
         rows = [line.split("\t") for line in log_file.read_text().splitlines() if line.strip()]
+        if not succeeded <= len(rows) <= started:
+            raise RuntimeError(f"h2load's log {log_file} has {len(rows)} requests, this run {succeeded} to {started}")
         out["latencies_ms"] = sorted(int(r[2]) / 1e3 for r in rows if r[1] == "200")
     return out
 

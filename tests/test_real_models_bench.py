@@ -95,3 +95,36 @@ def test_skip_refuses_an_unknown_section(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         _bench().parse_args(["--skip", "latency,obsrvability"])
     assert "obsrvability" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed (apt-get install nghttp2-client)")
+def test_h2load_latencies_are_each_runs_own(tmp_path: Path) -> None:
+    """h2load's per-request log gives each run's own latencies, however many runs share the log file."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body, log = tmp_path / "body.json", tmp_path / "h2load.log"
+    body.write_bytes(b'{"instances": [[1, 2, 3, 4]]}')
+    h2load = _bench().overhead.h2load
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/m:predict"
+    try:
+        for n in (3, 5):
+            res = h2load(url, body, 1, 30.0, ["content-type: application/json"], True, requests=n, log_file=log)
+            assert res["requests"] == n and len(res["latencies_ms"]) == n, res
+    finally:
+        server.shutdown()
