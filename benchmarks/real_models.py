@@ -222,8 +222,8 @@ def v2_path(model: Model) -> str:
 
 
 class _NoDelayConnection(http.client.HTTPConnection):
-    """http.client with TCP_NODELAY, as urllib3 sets it (``requests``, which TF Serving's ``resnet_client.py`` uses):
-    the headers and the body go out as two writes, and Nagle's algorithm would hold the body's tail back."""
+    """http.client with TCP_NODELAY, as urllib3 sets it for ``requests``, the client of TF Serving's
+    ``resnet_client.py`` (on a 3.3 MB body here, the same latency as without it, as ``requests`` and as h2load)."""
 
     def connect(self) -> None:
         super().connect()
