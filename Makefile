@@ -7,7 +7,7 @@ REST_PORT ?= 8501
 DEMO_DIR ?= build/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-deps lint cxx demo bench bench-observability bench-quick bench-serving bench-real bench-real-quick bench-kserve-env kserve-client-env clean train
+.PHONY: install test test-deps lint cxx demo bench bench-observability bench-quick bench-serving bench-real bench-real-quick bench-h2load bench-kserve-env kserve-client-env clean train
 
 $(BIN)/tfsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,7 +44,7 @@ test-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "note: prometheus is not installed (apt-get install prometheus); its test is skipped outside CI"; fi; }
 
-test: install lint test-deps cxx kserve-client-env
+test: install lint test-deps bench-h2load cxx kserve-client-env
 	$(BIN)/pytest -q
 
 demo: install
@@ -55,7 +55,7 @@ train: install
 
 # Serving overhead vs a bare gRPC server, workers, batching, REST (h2load when installed: apt-get install nghttp2-client);
 # then what request logging, the access log and tracing cost against none (docs/OBSERVABILITY.md).
-bench: install
+bench: install bench-h2load
 	$(BIN)/python benchmarks/overhead_bench.py
 	$(BIN)/python benchmarks/observability_bench.py
 
@@ -81,12 +81,21 @@ bench-kserve-env: $(KSERVE_VENV)/.installed
 bench-serving: install
 	$(BIN)/python benchmarks/serving_bench.py
 
+# h2load (Debian's nghttp2-client), the benchmarks' load generator outside Python: installed when missing and running
+# as root; elsewhere the benchmarks say they fall back to their Python client.
+bench-h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client; \
+	  else echo "note: h2load is not installed (apt-get install nghttp2-client); the benchmarks use their Python client"; fi; }
+
 # Real models (issue 20): ResNet50 (keras.applications, weights=None) and DeepLab 513x513, exported and served as a
-# user would, against the same SavedModel's step in process (docs/PERFORMANCE.md).
-bench-real: install
+# user would, against the same SavedModel's step in process, and against KServe 0.21 on the same SavedModel when
+# `make bench-kserve-env` has been run (docs/PERFORMANCE.md).
+bench-real: install bench-h2load
 	$(BIN)/python benchmarks/real_models.py
 
-bench-real-quick: install
+bench-real-quick: install bench-h2load
 	$(BIN)/python benchmarks/real_models.py --quick
 
 clean:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 CONFIGS = ("none", "none_b", "log_1.0", "log_0.01", "access_log", "tracing")
 
 
-class _OtlpSink:
+class OtlpSink:
     """Accepts OTLP/HTTP trace exports and counts the spans in them."""
 
     def __init__(self) -> None:
@@ -64,30 +64,39 @@ class _OtlpSink:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def _config_file(work: Path, name: str, rate: float | None) -> Path:
+def _config_file(work: Path, name: str, rate: float | None, model: str, base: Path) -> Path:
     logging_config = "" if rate is None else (
         f'logging_config {{ log_collector_config {{ type: "file" filename_prefix: "{work / "logs" / name}" }} '
         f"sampling_config {{ sampling_rate: {rate} }} }}")
     path = work / f"{name}.config"
-    path.write_text(f'model_config_list {{ config {{ name: "toy" base_path: "{work / "toy"}" '
+    path.write_text(f'model_config_list {{ config {{ name: "{model}" base_path: "{base}" '
                     f'model_platform: "tensorflow" {logging_config} }} }}\n')
     return path
 
 
-def _start(work: Path, name: str, sink: _OtlpSink) -> tuple[subprocess.Popen, int]:
-    from tfsctl.testing import free_port
-
-    port = free_port()
+def serve_options(work: Path, name: str, sink: OtlpSink, model: str = "toy", base: Path | None = None
+                  ) -> tuple[list[str], dict[str, str]]:
+    """The ``tfsctl serve`` flags (besides host and ports) and the environment of configuration ``name`` (one of
+    CONFIGS) serving ``model`` from ``base`` (default: the toy model under ``work``); its files go under ``work``.
+    ``real_models.py`` serves its models with these same configurations."""
     rate = {"log_1.0": 1.0, "log_0.01": 0.01}.get(name)
-    cmd = [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model_config_file", str(_config_file(work, name, rate))]
+    args = ["--model_config_file", str(_config_file(work, name, rate, model, base or work / "toy"))]
     if name == "access_log":
-        cmd += ["--access_log", str(work / "access.log")]
+        args += ["--access_log", str(work / "access.log")]
     if name == "tracing":
-        cmd += ["--trace_otlp_endpoint", sink.url]
+        args += ["--trace_otlp_endpoint", sink.url]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), OTEL_BSP_SCHEDULE_DELAY="500")
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+    return args, env
+
+
+def _start(work: Path, name: str, sink: OtlpSink) -> tuple[subprocess.Popen, int]:
+    from tfsctl.testing import free_port
+
+    port = free_port()
+    args, env = serve_options(work, name, sink)
+    cmd = [sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     log = open(work / f"{name}.log", "w")  # noqa: SIM115 - the process writes it until killed
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), port
 
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfsctl.client import bench
     from tfsctl.testing import write_toy_model
 
-    sink = _OtlpSink()
+    sink = OtlpSink()
     work = Path(tempfile.mkdtemp(prefix="tfsctl-observability-"))
     write_toy_model(work / "toy", 1, scale=2.0)
     procs: dict[str, tuple[subprocess.Popen, int]] = {}

@@ -28,12 +28,11 @@ gRPC target is first checked with a real call.
                                         [--out benchmarks/results]
     python benchmarks/overhead_bench.py --only batching --rounds 5   # batching vs none only (about 2 minutes)
 
-The KServe anchor runs in an interpreter of its own, because kserve pins a protobuf older than the project's:
-``make bench-kserve-env`` creates ``benchmarks/.kserve-venv`` (gitignored; kserve==0.21.0 and TensorFlow from PyPI,
-about 2.5 GB), which this script uses by default when it exists; ``--kserve-python PATH`` names another interpreter.
-Without either, the current interpreter is used when it can import kserve. The anchor's code is self-contained
-(kserve, TensorFlow and NumPy only: no tfsctl import). ``--only rest`` runs just the REST section (toy at c=32 and
-DeepLab, tfsctl against KServe) and writes overhead_rest.json instead of overhead.json.
+The KServe anchor (``benchmarks/kserve_anchor.py``, shared with ``real_models.py``) runs in an interpreter of its own,
+because kserve pins a protobuf older than the project's: ``make bench-kserve-env`` creates ``benchmarks/.kserve-venv``
+(gitignored), which this script uses by default when it exists; ``--kserve-python PATH`` names another interpreter.
+Without either, the current interpreter is used when it can import kserve. ``--only rest`` runs just the REST section
+(toy at c=32 and DeepLab, tfsctl against KServe) and writes overhead_rest.json instead of overhead.json.
 
 Default run: about 5 minutes (6 with the KServe anchor); ``--quick``: about 1-2 minutes (shorter windows, fewer
 levels); ``--only rest``: about 2 minutes. The machine's other load shows in absolute figures. Each round measures
@@ -64,8 +63,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-KSERVE_PYTHON = ROOT / "benchmarks" / ".kserve-venv" / "bin" / "python"  # made by `make bench-kserve-env`
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kserve_anchor  # noqa: E402 - benchmarks/kserve_anchor.py, the KServe anchor
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 TOY_X = [[1.0, 2.0, 3.0, 4.0]]
@@ -238,43 +239,6 @@ def _bare_aio_server(port: int, model_dir: str | None = None) -> None:
     asyncio.run(serve())
 
 
-def _kserve_server(port: int, name: str, model_dir: str) -> None:
-    """KServe's Python model server (v1 protocol) on the same SavedModel, as its docs describe a custom model.
-
-    Runs in the KServe interpreter (``--kserve-python``), which need not be able to import tfsctl: kserve,
-    TensorFlow and NumPy only. KServe's defaults otherwise (one uvicorn worker, per-request latency log lines).
-    """
-    import kserve
-    import numpy as np
-    import tensorflow as tf
-
-    class SavedModel(kserve.Model):
-        def __init__(self) -> None:
-            super().__init__(name)
-            self.fn = None
-            self.load()
-
-        def load(self) -> bool:
-            self.fn = tf.saved_model.load(model_dir).signatures["serving_default"]
-            self.ready = True
-            return True
-
-        def predict(self, payload: dict, headers: dict | None = None) -> dict:
-            rows = payload["instances"]
-            spec = self.fn.structured_input_signature[1]
-            if isinstance(rows[0], dict):
-                feed = {k: tf.constant(np.array([r[k] for r in rows]), dtype=spec[k].dtype) for k in rows[0]}
-            else:
-                (key,) = spec
-                feed = {key: tf.constant(np.array(rows), dtype=spec[key].dtype)}
-            out = {k: v.numpy() for k, v in self.fn(**feed).items()}
-            if len(out) == 1:
-                return {"predictions": next(iter(out.values())).tolist()}
-            return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(len(rows))]}
-
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([SavedModel()])
-
-
 class Server:
     """A server process on 127.0.0.1; ``pids()`` are its processes (supervisor and workers)."""
 
@@ -417,9 +381,13 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list[str], h1: bool,
-           requests: int | None = None, cpus: set[int] | None = None) -> dict:
-    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models)."""
+           requests: int | None = None, cpus: set[int] | None = None, log_file: Path | None = None) -> dict:
+    """One h2load run: for ``seconds`` (timing-based), or for exactly ``requests`` requests (slow models).
+    ``log_file``: h2load writes each request's time there, returned sorted as ``latencies_ms`` (HTTP 200 only)."""
     cmd = ["h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body)]
+    if log_file is not None:  # h2load appends to it: start each run's log empty
+        log_file.unlink(missing_ok=True)
+        cmd.append(f"--log-file={log_file}")
     cmd += ["-n", str(requests)] if requests else ["-D", f"{max(1, int(seconds * 1000))}ms"]
     for h in headers:
         cmd += ["-H", h]
@@ -428,14 +396,22 @@ def h2load(url: str, body: Path, concurrency: int, seconds: float, headers: list
     cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600, preexec_fn=_pinned(cpus)).stdout
     m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    done = re.search(r"requests: \d+ total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                     out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     if not (m and done):
         raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # to milliseconds
-    return {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": int(done.group(2)),
-            "errors": int(done.group(3)) + int(done.group(4)),
-            "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
+    started, succeeded = int(done.group(1)), int(done.group(3))
+    out = {"seconds": float(m.group(1)) * scale[m.group(2)] / 1e3, "requests": succeeded,
+           "errors": int(done.group(4)) + int(done.group(5)),
+           "mean_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")}
+    if log_file is not None:  # start (us since the epoch), HTTP status, us to the end of the response
+        rows = [line.split("\t") for line in log_file.read_text().splitlines() if line.strip()]
+        if not succeeded <= len(rows) <= started:
+            raise RuntimeError(f"h2load's log {log_file} has {len(rows)} requests, this run {succeeded} to {started}")
+        out["latencies_ms"] = sorted(int(r[2]) / 1e3 for r in rows if r[1] == "200")
+    return out
 
 
 def _py_worker(args: tuple) -> tuple[int, int, float]:
@@ -619,33 +595,6 @@ def _deeplab_body() -> bytes:
     return json.dumps({"instances": [{"images": image.tolist(), "height": 256, "width": 256}]}).encode()
 
 
-_KSERVE_PROBE = ("import importlib.metadata as m, json, sys; import kserve, tensorflow as tf; "
-                 "print(json.dumps({'kserve': m.version('kserve'), 'tensorflow': tf.__version__, "
-                 "'protobuf': m.version('protobuf'), 'python': sys.version.split()[0]}))")
-
-
-def _kserve_interpreter(explicit: str | None) -> tuple[str | None, dict, str]:
-    """(interpreter, versions, note) for the KServe anchor: ``--kserve-python``, else benchmarks/.kserve-venv,
-    else this interpreter; the first that imports kserve and TensorFlow. An explicit one that cannot is an error."""
-    candidates = [explicit] if explicit else [str(KSERVE_PYTHON), sys.executable]
-    tried = []
-    for python in candidates:
-        if not Path(python).exists():
-            tried.append(f"{python}: missing")
-            continue
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        probe = subprocess.run([python, "-c", _KSERVE_PROBE], capture_output=True, text=True, env=env, timeout=300)
-        if probe.returncode == 0:
-            versions = json.loads(probe.stdout.strip().splitlines()[-1])
-            return python, {"python_path": python, **versions}, ""
-        tried.append(f"{python}: {probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'failed'}")
-    if explicit:
-        raise SystemExit(f"--kserve-python {explicit} cannot run the KServe anchor: {tried[0]}")
-    return None, {}, ("KServe not found (make bench-kserve-env, or --kserve-python PATH): the KServe anchors are "
-                      "skipped; tried " + "; ".join(tried))
-
-
 def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den == 0:
         return None
@@ -673,7 +622,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare-aio-server", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bare-group", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--kserve-server", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = max(64, 8 * (os.cpu_count() or 1))  # tfsctl serve's default gRPC pool
     if args.bare_group is not None:
@@ -685,9 +633,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_aio_server is not None:
         _bare_aio_server(args.bare_aio_server, args.bare_model)
         return 0
-    if args.kserve_server is not None:
-        _kserve_server(int(args.kserve_server[0]), args.kserve_server[1], args.kserve_server[2])
-        return 0
 
     seconds = args.seconds or (1.5 if args.quick else 2.5)
     warmup = 0.3 if args.quick else 0.5
@@ -698,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     batching_part = args.only in ("all", "batching")
     work = Path(tempfile.mkdtemp(prefix="tfsctl-overhead-"))
     load = Load(work, seconds, warmup, force_python=args.generator == "python")
-    kserve_python, kserve_versions, kserve_note = _kserve_interpreter(args.kserve_python)
+    kserve_python, kserve_versions, kserve_note = kserve_anchor.find_interpreter(args.kserve_python)
     have_kserve = kserve_python is not None
     report = Report(machine={"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -729,8 +674,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def launch_kserve(name: str, model: str, model_dir: Path) -> Server:
         r = free_port()
-        s = Server(name, [kserve_python, __file__, "--kserve-server", str(r), model, str(model_dir)],
-                   work / f"{name}.log", None, r, project_path=False)
+        s = Server(name, kserve_anchor.command(kserve_python, model, model_dir, r), work / f"{name}.log", None, r,
+                   project_path=False)
         servers.append(s)
         return s
 

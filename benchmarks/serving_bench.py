@@ -51,19 +51,21 @@ max_enqueued_batches {{ value: 100 }}
 
 
 class ServerProcess:
-    """``tfsctl serve`` in a child process on 127.0.0.1, ready when /v1/health/ready answers 200."""
+    """``tfsctl serve`` in a child process on 127.0.0.1, ready when /v1/health/ready answers 200. ``base_path``
+    None: the model comes from ``extra`` (``--model_config_file``); ``env``: the child's environment."""
 
-    def __init__(self, base_path: Path, model: str, extra: list[str], log: Path) -> None:
+    def __init__(self, base_path: Path | None, model: str, extra: list[str], log: Path,
+                 env: dict[str, str] | None = None) -> None:
         from tfsctl.testing import free_port
 
         self.grpc_port, self.rest_port = free_port(), free_port()
         cmd = [
             sys.executable, "-m", "tfsctl", "serve", "--host", "127.0.0.1",
             "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
-            "--model-name", model, "--model-base-path", str(base_path), *extra,
+            *(["--model-name", model, "--model-base-path", str(base_path)] if base_path is not None else []), *extra,
         ]
         self.log = log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 240.0) -> None:
         deadline = time.monotonic() + timeout

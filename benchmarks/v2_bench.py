@@ -47,13 +47,51 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dic
     return dict(r.getheaders()), data
 
 
+def v2_grpc_request(model: str, inputs: dict[str, np.ndarray], outputs: list[str]):  # noqa: ANN201 - a proto
+    """A ModelInferRequest with the inputs as ``raw_input_contents`` (what Triton's clients send)."""
+    from tfsctl.core.v2_protos import service_pb2
+    from tfsctl.core.v2_tensors import datatype_of, to_raw
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for key, arr in inputs.items():
+        request.inputs.add(name=key, datatype=datatype_of(arr.dtype, key), shape=list(arr.shape))
+        request.raw_input_contents.append(to_raw(arr))
+    for key in outputs:
+        request.outputs.add(name=key)
+    return request
+
+
+def v2_binary_body(inputs: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of a v2 REST request with the binary tensor data extension: a JSON header, then each input's
+    raw bytes; the outputs asked back as binary."""
+    from tfsctl.core.v2_tensors import datatype_of, to_raw
+
+    raws = {k: to_raw(a) for k, a in inputs.items()}
+    head = json.dumps({
+        "inputs": [{"name": k, "shape": list(a.shape), "datatype": datatype_of(a.dtype, k),
+                    "parameters": {"binary_data_size": len(raws[k])}} for k, a in inputs.items()],
+        "outputs": [{"name": k, "parameters": {"binary_data": True}} for k in outputs]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    return head + b"".join(raws.values()), headers
+
+
+def v2_json_body(inputs: dict[str, np.ndarray], outputs: list[str]) -> bytes:
+    """A v2 REST JSON request: each input's values as JSON numbers (``tolist()``), the outputs asked as JSON."""
+    from tfsctl.core.v2_tensors import datatype_of
+
+    return json.dumps({
+        "inputs": [{"name": k, "shape": list(a.shape), "datatype": datatype_of(a.dtype, k), "data": a.tolist()}
+                   for k, a in inputs.items()],
+        "outputs": [{"name": k} for k in outputs]}).encode()
+
+
 def build_calls(grpc_port: int, rest_port: int, image: np.ndarray):
     """{name: (call, decode)}: ``call()`` sends one prepared request; ``decode(reply)`` gives the segmentation map."""
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from tfsctl.core.v2_protos import service_pb2, service_pb2_grpc
-    from tfsctl.core.v2_tensors import from_raw, to_raw
+    from tfsctl.core.v2_protos import service_pb2_grpc
+    from tfsctl.core.v2_tensors import from_raw
     from tfsctl.tensors import as_proto_content, to_numpy
 
     h, w = image.shape[1:3]
@@ -69,24 +107,10 @@ def build_calls(grpc_port: int, rest_port: int, image: np.ndarray):
     for key, arr in {"images": image, **sizes}.items():
         as_proto_content(arr, v1_request.inputs[key])
 
-    v2_request = service_pb2.ModelInferRequest(model_name="deeplab")
-    for key, arr, dt in (("images", image, "UINT8"), ("height", sizes["height"], "INT32"),
-                         ("width", sizes["width"], "INT32")):
-        v2_request.inputs.add(name=key, datatype=dt, shape=list(arr.shape))
-        v2_request.raw_input_contents.append(to_raw(arr))
-    v2_request.outputs.add(name="segmentation_map")
-
-    tensors = [("images", image, "UINT8"), ("height", sizes["height"], "INT32"), ("width", sizes["width"], "INT32")]
-    raws = [to_raw(a) for _, a, _ in tensors]
-    head = json.dumps({
-        "inputs": [{"name": k, "shape": list(a.shape), "datatype": dt, "parameters": {"binary_data_size": len(r)}}
-                   for (k, a, dt), r in zip(tensors, raws, strict=True)],
-        "outputs": [{"name": "segmentation_map", "parameters": {"binary_data": True}}]}).encode()
-    binary_body = head + b"".join(raws)
-    binary_headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
-    v2_json_body = json.dumps({
-        "inputs": [{"name": k, "shape": list(a.shape), "datatype": dt, "data": a.tolist()} for k, a, dt in tensors],
-        "outputs": [{"name": "segmentation_map"}]}).encode()
+    inputs = {"images": image, **sizes}
+    v2_request = v2_grpc_request("deeplab", inputs, ["segmentation_map"])
+    binary_body, binary_headers = v2_binary_body(inputs, ["segmentation_map"])
+    v2_json_body_ = v2_json_body(inputs, ["segmentation_map"])
     v1_json_body = json.dumps({"signature_name": "predict_images", "inputs": {
         "images": image.tolist(), "height": sizes["height"].tolist(), "width": sizes["width"].tolist()}}).encode()
     json_headers = {"Content-Type": "application/json"}
@@ -116,7 +140,7 @@ def build_calls(grpc_port: int, rest_port: int, image: np.ndarray):
         "v2_grpc": (lambda: v2_stub.ModelInfer(v2_request, timeout=120), v2_grpc_decode),
         "v1_rest_json": (lambda: _post(conn, "/v1/models/deeplab:predict", v1_json_body, json_headers),
                          v1_json_decode),
-        "v2_rest_json": (lambda: _post(conn, "/v2/models/deeplab/infer", v2_json_body, json_headers),
+        "v2_rest_json": (lambda: _post(conn, "/v2/models/deeplab/infer", v2_json_body_, json_headers),
                          v2_json_decode),
     }, channel, conn
 
