@@ -150,3 +150,71 @@ def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
                     time.sleep(0.1)
         assert (tmp_path / "repo" / "short" / "h.xplane.pb").is_file()
         assert not (tmp_path / "repo" / "long").exists() or not any((tmp_path / "repo" / "long").iterdir())
+
+
+def _profile(channel: grpc.Channel, root, session_id: str, *, asked_ns: int = 0, duration_ms: int = 100):  # noqa: ANN001, ANN202
+    """One Profile call as TensorFlow's profiler client makes it (ProfileOptions version 1, its start time)."""
+    from tensorflow.tsl.profiler.protobuf import profiler_options_pb2
+
+    opts = profiler_options_pb2.ProfileOptions(version=1, host_tracer_level=2, device_tracer_level=1,
+                                               start_timestamp_ns=asked_ns, duration_ms=duration_ms)
+    messages = _messages()
+    request = messages["ProfileRequest"](duration_ms=duration_ms, opts=opts.SerializeToString(),
+                                         repository_root=str(root), session_id=session_id, host_name="h")
+    raw = channel.unary_unary("/tensorflow.ProfilerService/Profile")(request.SerializeToString(), timeout=60)
+    return messages["ProfileResponse"].FromString(raw), (root / session_id / "h.xplane.pb").read_bytes()
+
+
+def _requests_plane(xspace: bytes):  # noqa: ANN202 - an XPlane, or None
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from tfsctl.serving.profile_requests import PLANE_NAME
+    from tfsctl.serving.profiler import _submessages
+
+    for raw in _submessages(xspace, 1):
+        try:
+            plane = xplane_pb2.XPlane.FromString(raw)
+        except Exception:  # noqa: BLE001, S112 - TensorFlow's host plane may hold non-UTF-8 names
+            continue
+        if plane.name == PLANE_NAME:
+            return plane
+    return None
+
+
+def test_a_request_that_finished_before_the_session_started_but_inside_the_asked_window_is_traced(tmp_path):
+    """TF Serving's test_profiler_service_with_valid_trace_request where /bin/sh is dash: one REST request is sent
+    together with the Profile call, and a warm server finishes it before its session starts. The client stamps the
+    window it asks for (start_timestamp_ns): the request ran inside it, so the trace holds it and is not empty.
+    Here the request deterministically finishes before the Profile call is even sent."""
+    import json
+    import urllib.request
+
+    with _serve(tmp_path, rest=True) as server:
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict"
+        body = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
+
+        def predict() -> None:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as reply:
+                assert reply.status == 200
+
+        predict()  # warm
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            asked_ns = time.time_ns()
+            predict()  # over before the Profile call leaves
+            reply, xspace = _profile(channel, tmp_path / "repo", "run1", asked_ns=asked_ns)
+            assert not reply.empty_trace
+            plane = _requests_plane(xspace)
+            assert plane is not None, "no plane of the server's requests in the trace"
+            events = [(plane.event_metadata[e.metadata_id].name, line.timestamp_ns * 1000 + e.offset_ps)
+                      for line in plane.lines for e in line.events]
+            assert [name for name, _ in events] == ["REST predict", "model step"]
+            assert all(ps < 0 for _, ps in events)  # before the session started: negative, as TF's origin
+            stats = {plane.stat_metadata[s.metadata_id].name: s.str_value or s.int64_value
+                     for s in plane.lines[0].events[0].stats}
+            assert stats == {"model": "toy", "version": 1, "signature": "serving_default", "code": "OK"}
+
+            # A window the client asked for after the request ran holds nothing: empty, as TF Serving's idle trace
+            # (TensorFlow's own profiler service answers empty_trace for an idle process too).
+            reply, xspace = _profile(channel, tmp_path / "repo", "run2", asked_ns=time.time_ns())
+            assert reply.empty_trace
+            assert _requests_plane(xspace) is None

@@ -4,7 +4,11 @@ The three RPCs of ``tensorflow.ProfilerService`` are served in this process, as 
 (``tsl/profiler/rpc/profiler_service_impl.cc``): Profile runs one TensorFlow ProfilerSession (the same C++ tracers)
 for ``duration_ms`` or until Terminate names its session, writes the XSpace to
 ``<repository_root>/<session_id>/<host_name>.xplane.pb`` (where ``profiler_client.trace`` and TensorBoard's capture
-read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here.
+read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here. Beside
+TensorFlow's planes the trace holds the server's own record of the model requests inside the window the client asked
+for (:mod:`tfsctl.serving.profile_requests`, which says why): a request that ran between the client's
+``start_timestamp_ns`` and the session's start is in the trace, as it would be in TF Serving's, whose C++ server
+starts the session sooner after the call arrives.
 
 Why not relay to TensorFlow's own profiler server: that server listens on a port of its own (all interfaces), and
 the hop to it delays the session's start by a millisecond or more, long enough to miss a request sent together with
@@ -23,12 +27,16 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+
+from tfsctl.serving.profile_requests import RecentRequests, requests_plane, window_start
+from tfsctl.serving.request_record import RequestRecord
 
 SERVICE = "tensorflow.ProfilerService"
 METHODS = ("Profile", "Terminate", "Monitor")
@@ -92,6 +100,33 @@ def _submessages(buf: bytes, number: int) -> list[bytes]:
     return out
 
 
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def session_times(xspace: bytes) -> tuple[int, int] | None:
+    """The session's start and stop (ns since the epoch) that TensorFlow wrote in its "Task Environment" plane
+    (``profile_start_time``, ``profile_stop_time``): the origin of its planes' times."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    for raw in _submessages(xspace, 1):
+        try:
+            plane = xplane_pb2.XPlane.FromString(raw)
+        except DecodeError:  # a plane of the C++ tracers with non-UTF-8 strings: not the one
+            continue
+        if plane.name != "Task Environment":
+            continue
+        stats = {plane.stat_metadata[s.metadata_id].name: s.uint64_value for s in plane.stats}
+        if stats.get("profile_start_time") and stats.get("profile_stop_time"):
+            return stats["profile_start_time"], stats["profile_stop_time"]
+    return None
+
+
 def xspace_has_events(xspace: bytes) -> bool:
     """True when some XPlane (field 1) has an XLine (field 3) with an XEvent (field 4): TSL's ``!IsEmpty``.
 
@@ -106,8 +141,9 @@ class ProfilerService:
     to a thread, and a client that cancels (or whose deadline passes) ends the session at once, as TensorFlow's
     service does on ``IsCancelled``, instead of holding the profiler for the whole duration."""
 
-    def __init__(self) -> None:
+    def __init__(self, recent: RecentRequests | None = None) -> None:
         self._messages = _message_classes()
+        self._recent = recent  # the server's recent model requests (None: TensorFlow's events only)
         self._stops: dict[str, asyncio.Event] = {}  # Terminate may arrive before or during its Profile
 
     def _stop_event(self, session_id: str) -> asyncio.Event:
@@ -145,7 +181,8 @@ class ProfilerService:
                     await _wait(stop, request.duration_ms / 1000.0)  # a cancelled RPC raises CancelledError here
                 exporting, session = session, None  # _export stops it
                 xspace = await asyncio.get_running_loop().run_in_executor(
-                    None, _export, exporting, scratch, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"))
+                    None, _export, exporting, scratch, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"),
+                    lambda data: self._with_requests(data, opts.start_timestamp_ns))
             except OSError as e:
                 await context.abort(grpc.StatusCode.INTERNAL, f"cannot write the trace under {run_dir}: {e}")
             finally:
@@ -155,6 +192,20 @@ class ProfilerService:
         finally:
             self._stops.pop(request.session_id, None)
         return self._messages["ProfileResponse"](empty_trace=not xspace_has_events(xspace)).SerializeToString()
+
+    def _with_requests(self, xspace: bytes, requested_start_ns: int) -> bytes:
+        """``xspace`` with a plane of the model requests inside the window (when there are any)."""
+        if self._recent is None:
+            return xspace
+        times = session_times(xspace)
+        if times is None:  # not written by this TensorFlow: its planes' origin is unknown, leave them alone
+            return xspace
+        start_ns, stop_ns = times
+        requests = self._recent.between(window_start(requested_start_ns, start_ns), stop_ns)
+        if not requests:
+            return xspace
+        plane = requests_plane(requests, start_ns)
+        return xspace + b"\x0a" + _varint_bytes(len(plane)) + plane  # XSpace.planes (field 1): appended
 
     async def terminate(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -181,9 +232,9 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def _export(session: Any, scratch: Path, target: Path) -> bytes:
-    """Stop ``session``, move the XSpace TensorFlow wrote under ``scratch`` to ``target``; its bytes.
-    (TensorFlow writes ``scratch/plugins/profile/<time>/<host>.xplane.pb``.)"""
+def _export(session: Any, scratch: Path, target: Path, complete: Callable[[bytes], bytes]) -> bytes:
+    """Stop ``session``, write the XSpace TensorFlow wrote under ``scratch``, as ``complete`` returns it, to
+    ``target``; its bytes. (TensorFlow writes ``scratch/plugins/profile/<time>/<host>.xplane.pb``.)"""
     try:
         session.export_to_tb()
     except Exception as e:  # noqa: BLE001 - TF's own error types
@@ -191,14 +242,21 @@ def _export(session: Any, scratch: Path, target: Path) -> bytes:
     written = list(scratch.rglob("*.xplane.pb"))
     if len(written) != 1:
         raise OSError(f"TensorFlow wrote {len(written)} trace files")
-    data = written[0].read_bytes()
+    data = complete(written[0].read_bytes())
+    written[0].write_bytes(data)  # still in the scratch directory: the target appears whole or not at all
     os.replace(written[0], target)
     return data
 
 
-def add_profiler_service(server: grpc.Server) -> None:
-    """Register ``tensorflow.ProfilerService`` (Profile, Terminate, Monitor) on ``server``."""
-    service = ProfilerService()
+def add_profiler_service(server: grpc.Server, observers: list[Callable[[RequestRecord], None]] | None = None
+                         ) -> None:
+    """Register ``tensorflow.ProfilerService`` (Profile, Terminate, Monitor) on ``server``; with ``observers``
+    (the request core's), the traces also hold the server's model requests."""
+    recent = None
+    if observers is not None:
+        recent = RecentRequests()
+        observers.append(recent.observe)
+    service = ProfilerService(recent)
     calls = {"Profile": service.profile, "Terminate": service.terminate, "Monitor": service.monitor}
     handlers = {method: grpc.unary_unary_rpc_method_handler(calls[method]) for method in METHODS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
