@@ -165,20 +165,25 @@ def _profile(channel: grpc.Channel, root, session_id: str, *, asked_ns: int = 0,
     return messages["ProfileResponse"].FromString(raw), (root / session_id / "h.xplane.pb").read_bytes()
 
 
-def _requests_plane(xspace: bytes):  # noqa: ANN202 - an XPlane, or None
+def _request_lines(xspace: bytes):  # noqa: ANN202 - (the server's request lines, the host plane's metadata)
+    """The host plane's "tfsctl ..." lines. The plane is read field by field (each field is an XPlane on its
+    own), skipping those of TensorFlow's tracers that Python's protobuf cannot read (non-UTF-8 names)."""
+    from google.protobuf.message import DecodeError
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from tfsctl.serving.profile_requests import PLANE_NAME
-    from tfsctl.serving.profiler import _submessages
+    from tfsctl.serving import xspace_wire
+    from tfsctl.serving.profile_requests import LINE_PREFIX
 
-    for raw in _submessages(xspace, 1):
+    host = xplane_pb2.XPlane()
+    planes = [p for p in xspace_wire.submessages(xspace, 1)
+              if xspace_wire.plane_name(p) == xspace_wire.HOST_PLANE.encode()]
+    assert len(planes) == 1, "one host plane"
+    for *_, raw in xspace_wire.fields(planes[0]):
         try:
-            plane = xplane_pb2.XPlane.FromString(raw)
-        except Exception:  # noqa: BLE001, S112 - TensorFlow's host plane may hold non-UTF-8 names
+            host.MergeFrom(xplane_pb2.XPlane.FromString(raw))
+        except DecodeError:
             continue
-        if plane.name == PLANE_NAME:
-            return plane
-    return None
+    return [line for line in host.lines if line.name.startswith(LINE_PREFIX)], host
 
 
 def test_a_request_that_finished_before_the_session_started_but_inside_the_asked_window_is_traced(tmp_path):
@@ -203,18 +208,18 @@ def test_a_request_that_finished_before_the_session_started_but_inside_the_asked
             predict()  # over before the Profile call leaves
             reply, xspace = _profile(channel, tmp_path / "repo", "run1", asked_ns=asked_ns)
             assert not reply.empty_trace
-            plane = _requests_plane(xspace)
-            assert plane is not None, "no plane of the server's requests in the trace"
-            events = [(plane.event_metadata[e.metadata_id].name, line.timestamp_ns * 1000 + e.offset_ps)
-                      for line in plane.lines for e in line.events]
+            lines, host = _request_lines(xspace)
+            assert [line.name for line in lines] == ["tfsctl REST requests"]
+            events = [(host.event_metadata[e.metadata_id].name, lines[0].timestamp_ns * 1000 + e.offset_ps)
+                      for e in lines[0].events]
             assert [name for name, _ in events] == ["REST predict", "model step"]
             assert all(ps < 0 for _, ps in events)  # before the session started: negative, as TF's origin
-            stats = {plane.stat_metadata[s.metadata_id].name: s.str_value or s.int64_value
-                     for s in plane.lines[0].events[0].stats}
+            stats = {host.stat_metadata[s.metadata_id].name: s.str_value or s.int64_value
+                     for s in lines[0].events[0].stats}
             assert stats == {"model": "toy", "version": 1, "signature": "serving_default", "code": "OK"}
 
             # A window the client asked for after the request ran holds nothing: empty, as TF Serving's idle trace
             # (TensorFlow's own profiler service answers empty_trace for an idle process too).
             reply, xspace = _profile(channel, tmp_path / "repo", "run2", asked_ns=time.time_ns())
             assert reply.empty_trace
-            assert _requests_plane(xspace) is None
+            assert _request_lines(xspace)[0] == []

@@ -1,16 +1,17 @@
-"""The model requests a profile's window holds, as an XPlane of the trace (``/custom:tfsctl requests``).
+"""The model requests a profile's window holds, as lines of the trace's host plane ("tfsctl REST requests", ...).
 
 Why: the profiler client stamps the window it asks for (``ProfileOptions.start_timestamp_ns``, its clock when it
-made the request) and TensorFlow's session can only record from the moment it starts. TF Serving's C++ server starts
-the session within a fraction of a millisecond of the Profile call's arrival; here the ``grpc.aio`` server hands a new
-connection's first call to its handler 2 to 5 ms after it arrives (measured on the wire), long enough for a small
-request sent together with the call to run and finish unrecorded, and the trace to come back empty although the
-model ran inside the window the client asked for. So the server keeps what it measured of its recent model requests
-(when each began, when its model step ran, when it ended) and writes the ones inside the asked-for window into the
-trace beside TensorFlow's planes: real events of work the server did, never one for work it did not do. A window in
-which no model ran stays empty, as TF Serving's (TensorFlow's host tracer records nothing in an idle process).
+made the call) and TensorFlow's session records only from the moment it starts. TF Serving's synchronous C++ handler
+creates the session as the Profile call arrives; here the ``grpc.aio`` server hands a new connection's first call to
+its handler 2 to 5 ms after the call's bytes arrive (measured on the wire), long enough for a small request sent
+together with the call to run and finish unrecorded, and the trace to come back empty although the model ran inside
+the window the client asked for. So the server keeps what it measured of its recent model requests (when each
+began, when its model step ran, when it ended) and writes those inside the asked-for window into the trace's host
+plane beside TensorFlow's threads: events of work the server did, never one for work it did not do. A window in
+which no model ran stays empty, as TF Serving's (TensorFlow's own profiler service answers ``empty_trace`` for an
+idle process, and TF Serving adds no events of its own outside batching).
 
-Only requests that ran a model count (Predict, Classify, Regress, MultiInference, REST or gRPC): in TF Serving those
+Only requests that ran a model count (Predict, Classify, Regress, MultiInference; REST or gRPC): in TF Serving those
 are the ones whose TensorFlow run leaves events; a status or metadata call leaves none there either.
 """
 
@@ -20,11 +21,12 @@ import time
 from collections import deque
 from typing import NamedTuple
 
+from tfsctl.serving import xspace_wire
 from tfsctl.serving.request_record import RequestRecord
 
 MAX_RECENT = 16384  # model requests remembered for a window that began before its session (bounded memory)
 MAX_LOOKBACK_NS = 1_000_000_000  # how far before the session a window may begin (a start further back: clock skew)
-PLANE_NAME = "/custom:tfsctl requests"  # TSL's prefix for planes of a program's own (xplane_schema kCustomPlanePrefix)
+LINE_PREFIX = "tfsctl "  # the host plane's lines of the server's requests: "tfsctl REST requests", ...
 
 
 class ModelRequest(NamedTuple):
@@ -75,24 +77,26 @@ def window_start(requested_ns: int, session_start_ns: int) -> int:
     return session_start_ns
 
 
-def requests_plane(requests: list[ModelRequest], session_start_ns: int) -> bytes:
-    """A serialized XPlane of ``requests``: one line per wire, an event per request (stats: model, version,
-    signature, code) with its model step nested in it. Times are relative to the session's start, as TensorFlow
-    writes its own planes (``NormalizeTimestamps``): an event before the session started has a negative time."""
+def add_requests(xspace: bytes, requests: list[ModelRequest], session_start_ns: int) -> bytes:
+    """``xspace`` with ``requests`` as lines of its host plane, where TensorFlow puts its threads' TraceMe events
+    and where the trace viewers look: one line per wire ("tfsctl REST requests", "tfsctl GRPC requests"), an event
+    per request (stats: model, version, signature, code) with its model step nested in it. Times are relative to
+    the session's start, as TensorFlow writes its own lines (``NormalizeTimestamps``): negative before it."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    plane = xplane_pb2.XPlane(id=1 << 20, name=PLANE_NAME)
+    last_line, last_event, last_stat = xspace_wire.host_plane_ids(xspace)
+    plane = xplane_pb2.XPlane()  # only lines and metadata: merged into TensorFlow's host plane
     metadata: dict[str, int] = {}
 
     def event_id(name: str) -> int:
         if name not in metadata:
-            metadata[name] = len(metadata) + 1
+            metadata[name] = last_event + len(metadata) + 1
             plane.event_metadata[metadata[name]].id = metadata[name]
             plane.event_metadata[metadata[name]].name = name
         return metadata[name]
 
     stat_ids = {}
-    for number, name in enumerate(("model", "version", "signature", "code"), start=1):
+    for number, name in enumerate(("model", "version", "signature", "code"), start=last_stat + 1):
         plane.stat_metadata[number].id = number
         plane.stat_metadata[number].name = name
         stat_ids[name] = number
@@ -100,8 +104,9 @@ def requests_plane(requests: list[ModelRequest], session_start_ns: int) -> bytes
     for r in sorted(requests, key=lambda r: r.start_ns):
         line = lines.get(r.wire)
         if line is None:
-            line = lines[r.wire] = plane.lines.add(id=len(lines) + 1, display_id=len(lines) + 1,
-                                                   name=f"{r.wire} requests",
+            line_id = last_line + len(lines) + 1
+            line = lines[r.wire] = plane.lines.add(id=line_id, display_id=line_id,
+                                                   name=f"{LINE_PREFIX}{r.wire} requests",
                                                    timestamp_ns=r.start_ns - session_start_ns)
         base_ns = line.timestamp_ns + session_start_ns
         event = line.events.add(metadata_id=event_id(f"{r.wire} {r.api}"), offset_ps=(r.start_ns - base_ns) * 1000,
@@ -112,4 +117,4 @@ def requests_plane(requests: list[ModelRequest], session_start_ns: int) -> bytes
         event.stats.add(metadata_id=stat_ids["code"], str_value=r.code)
         line.events.add(metadata_id=event_id("model step"), offset_ps=(r.step_start_ns - base_ns) * 1000,
                         duration_ps=max(0, r.step_end_ns - r.step_start_ns) * 1000)
-    return plane.SerializeToString()
+    return xspace_wire.merge_into_host_plane(xspace, plane.SerializeToString())

@@ -35,7 +35,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from tfsctl.serving.profile_requests import RecentRequests, requests_plane, window_start
+from tfsctl.serving import xspace_wire
+from tfsctl.serving.profile_requests import RecentRequests, add_requests, window_start
 from tfsctl.serving.request_record import RequestRecord
 
 SERVICE = "tensorflow.ProfilerService"
@@ -65,73 +66,6 @@ def _message_classes() -> dict[str, Any]:
     pool.Add(file)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}"))
             for name in fields}
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _submessages(buf: bytes, number: int) -> list[bytes]:
-    """The length-delimited fields ``number`` of a serialized message (skipping the others)."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            if key >> 3 == number:
-                out.append(buf[i:i + size])
-            i += size
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return out
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def session_times(xspace: bytes) -> tuple[int, int] | None:
-    """The session's start and stop (ns since the epoch) that TensorFlow wrote in its "Task Environment" plane
-    (``profile_start_time``, ``profile_stop_time``): the origin of its planes' times."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    for raw in _submessages(xspace, 1):
-        try:
-            plane = xplane_pb2.XPlane.FromString(raw)
-        except DecodeError:  # a plane of the C++ tracers with non-UTF-8 strings: not the one
-            continue
-        if plane.name != "Task Environment":
-            continue
-        stats = {plane.stat_metadata[s.metadata_id].name: s.uint64_value for s in plane.stats}
-        if stats.get("profile_start_time") and stats.get("profile_stop_time"):
-            return stats["profile_start_time"], stats["profile_stop_time"]
-    return None
-
-
-def xspace_has_events(xspace: bytes) -> bool:
-    """True when some XPlane (field 1) has an XLine (field 3) with an XEvent (field 4): TSL's ``!IsEmpty``.
-
-    Walked on the wire: TensorFlow's own ``xplane_pb2`` refuses the C++ tracers' non-UTF-8 strings."""
-    return any(_submessages(line, 4) for plane in _submessages(xspace, 1) for line in _submessages(plane, 3))
 
 
 class ProfilerService:
@@ -191,21 +125,18 @@ class ProfilerService:
                 shutil.rmtree(scratch, ignore_errors=True)
         finally:
             self._stops.pop(request.session_id, None)
-        return self._messages["ProfileResponse"](empty_trace=not xspace_has_events(xspace)).SerializeToString()
+        return self._messages["ProfileResponse"](empty_trace=not xspace_wire.has_events(xspace)).SerializeToString()
 
     def _with_requests(self, xspace: bytes, requested_start_ns: int) -> bytes:
         """``xspace`` with a plane of the model requests inside the window (when there are any)."""
         if self._recent is None:
             return xspace
-        times = session_times(xspace)
+        times = xspace_wire.session_times(xspace)
         if times is None:  # not written by this TensorFlow: its planes' origin is unknown, leave them alone
             return xspace
         start_ns, stop_ns = times
         requests = self._recent.between(window_start(requested_start_ns, start_ns), stop_ns)
-        if not requests:
-            return xspace
-        plane = requests_plane(requests, start_ns)
-        return xspace + b"\x0a" + _varint_bytes(len(plane)) + plane  # XSpace.planes (field 1): appended
+        return add_requests(xspace, requests, start_ns) if requests else xspace
 
     async def terminate(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
