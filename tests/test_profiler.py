@@ -223,3 +223,34 @@ def test_a_request_that_finished_before_the_session_started_but_inside_the_asked
             reply, xspace = _profile(channel, tmp_path / "repo", "run2", asked_ns=time.time_ns())
             assert reply.empty_trace
             assert _request_lines(xspace)[0] == []
+
+
+def test_the_asked_window_reaches_back_at_most_a_second_and_the_merge_keeps_tensorflows_planes():
+    """A start_timestamp_ns long past (a client's clock far off) reaches back 1 s, no more; none, or one after the
+    session's start, is the session's start. The requests' lines join the host plane; every other plane and field
+    of TensorFlow's XSpace stays byte for byte (the host plane is made when TensorFlow wrote none)."""
+    from tfsctl.serving import xspace_wire
+    from tfsctl.serving.profile_requests import MAX_LOOKBACK_NS, ModelRequest, add_requests, window_start
+
+    session = 100 * MAX_LOOKBACK_NS
+    assert window_start(session - 5_000_000, session) == session - 5_000_000
+    assert window_start(session - 10 * MAX_LOOKBACK_NS, session) == session - MAX_LOOKBACK_NS
+    assert window_start(0, session) == session
+    assert window_start(session + 7, session) == session
+
+    other = xspace_wire.length_delimited(1, xspace_wire.length_delimited(2, b"Task Environment") + b"\x30\x01")
+    non_utf8 = xspace_wire.length_delimited(2, b"/host:CPU") + xspace_wire.length_delimited(
+        3, b"\x08\x07" + xspace_wire.length_delimited(2, b"\xff\xfe thread"))  # a line named as C++ may name it
+    xspace = other + xspace_wire.length_delimited(1, non_utf8) + b"\x12\x02vm"  # hostnames: "vm"
+    request = ModelRequest("GRPC", "Predict", "toy", 3, "serving_default", "OK", session - 900, session - 800,
+                           session - 700, session - 600)
+    merged = add_requests(xspace, [request], session)
+    assert merged.startswith(other) and merged.endswith(b"\x12\x02vm")
+    host = xspace_wire.submessages(merged, 1)[1]
+    assert host.startswith(non_utf8)  # TensorFlow's bytes first, untouched
+    assert xspace_wire.has_events(merged) and not xspace_wire.has_events(xspace)
+    assert xspace_wire.host_plane_ids(merged)[0] == 8  # the new line's id follows TensorFlow's (7)
+
+    no_host = add_requests(other, [request], session)
+    assert [xspace_wire.plane_name(p) for p in xspace_wire.submessages(no_host, 1)] == [b"Task Environment",
+                                                                                         b"/host:CPU"]
