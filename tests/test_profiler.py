@@ -239,8 +239,11 @@ def test_the_asked_window_reaches_back_at_most_a_second_and_the_merge_keeps_tens
     assert window_start(session + 7, session) == session
 
     other = xspace_wire.length_delimited(1, xspace_wire.length_delimited(2, b"Task Environment") + b"\x30\x01")
-    non_utf8 = xspace_wire.length_delimited(2, b"/host:CPU") + xspace_wire.length_delimited(
-        3, b"\x08\x07" + xspace_wire.length_delimited(2, b"\xff\xfe thread"))  # a line named as C++ may name it
+    thread_lines = [b"\x08\x07" + xspace_wire.length_delimited(2, b"\xff\xfe thread"),  # named as C++ may name it
+                    b"\x08" + xspace_wire.varint_bytes((1 << 64) - 5),  # an int64 id below 0: a 10-byte varint
+                    b"\x08\x01"]
+    non_utf8 = xspace_wire.length_delimited(2, b"/host:CPU") + b"".join(
+        xspace_wire.length_delimited(3, line) for line in thread_lines)
     xspace = other + xspace_wire.length_delimited(1, non_utf8) + b"\x12\x02vm"  # hostnames: "vm"
     request = ModelRequest("GRPC", "Predict", "toy", 3, "serving_default", "OK", session - 900, session - 800,
                            session - 700, session - 600)
@@ -249,7 +252,7 @@ def test_the_asked_window_reaches_back_at_most_a_second_and_the_merge_keeps_tens
     host = xspace_wire.submessages(merged, 1)[1]
     assert host.startswith(non_utf8)  # TensorFlow's bytes first, untouched
     assert xspace_wire.has_events(merged) and not xspace_wire.has_events(xspace)
-    assert xspace_wire.host_plane_ids(merged)[0] == 8  # the new line's id follows TensorFlow's (7)
+    assert xspace_wire.host_plane_ids(merged)[0] == {7, -5, 1, 2}  # the new line's id is one TensorFlow left free
 
     no_host = add_requests(other, [request], session)
     assert [xspace_wire.plane_name(p) for p in xspace_wire.submessages(no_host, 1)] == [b"Task Environment",

@@ -84,37 +84,37 @@ def add_requests(xspace: bytes, requests: list[ModelRequest], session_start_ns: 
     the session's start, as TensorFlow writes its own lines (``NormalizeTimestamps``): negative before it."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    last_line, last_event, last_stat = xspace_wire.host_plane_ids(xspace)
+    line_ids, event_ids, stat_ids = (xspace_wire.free_ids(taken) for taken in xspace_wire.host_plane_ids(xspace))
     plane = xplane_pb2.XPlane()  # only lines and metadata: merged into TensorFlow's host plane
     metadata: dict[str, int] = {}
 
     def event_id(name: str) -> int:
         if name not in metadata:
-            metadata[name] = last_event + len(metadata) + 1
+            metadata[name] = next(event_ids)
             plane.event_metadata[metadata[name]].id = metadata[name]
             plane.event_metadata[metadata[name]].name = name
         return metadata[name]
 
-    stat_ids = {}
-    for number, name in enumerate(("model", "version", "signature", "code"), start=last_stat + 1):
+    stat = {}
+    for name in ("model", "version", "signature", "code"):
+        number = stat[name] = next(stat_ids)
         plane.stat_metadata[number].id = number
         plane.stat_metadata[number].name = name
-        stat_ids[name] = number
     lines: dict[str, xplane_pb2.XLine] = {}
     for r in sorted(requests, key=lambda r: r.start_ns):
         line = lines.get(r.wire)
         if line is None:
-            line_id = last_line + len(lines) + 1
+            line_id = next(line_ids)
             line = lines[r.wire] = plane.lines.add(id=line_id, display_id=line_id,
                                                    name=f"{LINE_PREFIX}{r.wire} requests",
                                                    timestamp_ns=r.start_ns - session_start_ns)
         base_ns = line.timestamp_ns + session_start_ns
         event = line.events.add(metadata_id=event_id(f"{r.wire} {r.api}"), offset_ps=(r.start_ns - base_ns) * 1000,
                                 duration_ps=(r.end_ns - r.start_ns) * 1000)
-        event.stats.add(metadata_id=stat_ids["model"], str_value=r.model)
-        event.stats.add(metadata_id=stat_ids["version"], int64_value=r.version)
-        event.stats.add(metadata_id=stat_ids["signature"], str_value=r.signature)
-        event.stats.add(metadata_id=stat_ids["code"], str_value=r.code)
+        event.stats.add(metadata_id=stat["model"], str_value=r.model)
+        event.stats.add(metadata_id=stat["version"], int64_value=r.version)
+        event.stats.add(metadata_id=stat["signature"], str_value=r.signature)
+        event.stats.add(metadata_id=stat["code"], str_value=r.code)
         line.events.add(metadata_id=event_id("model step"), offset_ps=(r.step_start_ns - base_ns) * 1000,
                         duration_ps=max(0, r.step_end_ns - r.step_start_ns) * 1000)
     return xspace_wire.merge_into_host_plane(xspace, plane.SerializeToString())

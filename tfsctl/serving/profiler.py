@@ -23,6 +23,7 @@ the numbers of ``profiler_service.proto``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import time
@@ -38,6 +39,8 @@ from google.protobuf.message import DecodeError
 from tfsctl.serving import xspace_wire
 from tfsctl.serving.profile_requests import RecentRequests, add_requests, window_start
 from tfsctl.serving.request_record import RequestRecord
+
+log = logging.getLogger(__name__)
 
 SERVICE = "tensorflow.ProfilerService"
 METHODS = ("Profile", "Terminate", "Monitor")
@@ -136,7 +139,13 @@ class ProfilerService:
             return xspace
         start_ns, stop_ns = times
         requests = self._recent.between(window_start(requested_start_ns, start_ns), stop_ns)
-        return add_requests(xspace, requests, start_ns) if requests else xspace
+        if not requests:
+            return xspace
+        try:
+            return add_requests(xspace, requests, start_ns)
+        except Exception:  # noqa: BLE001 - TensorFlow's trace is still good: never lose it for the server's lines
+            log.exception("cannot add the server's requests to the trace; TensorFlow's events only")
+            return xspace
 
     async def terminate(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:

@@ -101,20 +101,30 @@ def plane_name(plane: bytes) -> bytes:
     return b""
 
 
-def host_plane_ids(xspace: bytes) -> tuple[int, int, int]:
-    """The largest line id, event metadata id and stat metadata id of the host plane (0 when none), so that lines
-    and metadata added to it (:func:`merge_into_host_plane`) take ids of their own."""
-    top = [0, 0, 0]
+def host_plane_ids(xspace: bytes) -> tuple[set[int], set[int], set[int]]:
+    """The ids the host plane's lines, event metadata and stat metadata take (int64, as the proto declares them:
+    TensorFlow's line ids are thread ids and may be anywhere in that range), so that lines and metadata added to
+    it (:func:`merge_into_host_plane`) take ids of their own (:func:`free_ids`)."""
+    taken: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+    kinds = (_PLANE_LINES, _PLANE_EVENT_METADATA, _PLANE_STAT_METADATA)
     for plane in submessages(xspace, _SPACE_PLANES):
         if plane_name(plane) != HOST_PLANE.encode():
             continue
         for n, wire, value, _ in fields(plane):
-            if wire != 2 or n not in (_PLANE_LINES, _PLANE_EVENT_METADATA, _PLANE_STAT_METADATA):
+            if wire != 2 or n not in kinds:
                 continue
-            key = next((v for m, w, v, _ in fields(value) if m == 1 and w == 0), 0)  # XLine.id / the map's key
-            slot = (_PLANE_LINES, _PLANE_EVENT_METADATA, _PLANE_STAT_METADATA).index(n)
-            top[slot] = max(top[slot], int(key))  # type: ignore[arg-type]
-    return top[0], top[1], top[2]
+            key = next((v for m, w, v, _ in fields(value) if m == 1 and w == 0), 0)  # type: ignore[arg-type]
+            taken[kinds.index(n)].add(int(key) - (1 << 64) if int(key) >= 1 << 63 else int(key))  # type: ignore[arg-type]
+    return taken
+
+
+def free_ids(taken: set[int]) -> Iterator[int]:
+    """1, 2, 3, ... skipping the ids in ``taken``."""
+    candidate = 0
+    while True:
+        candidate += 1
+        if candidate not in taken:
+            yield candidate
 
 
 def merge_into_host_plane(xspace: bytes, plane: bytes) -> bytes:
