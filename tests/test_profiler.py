@@ -152,14 +152,18 @@ def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
         assert not (tmp_path / "repo" / "long").exists() or not any((tmp_path / "repo" / "long").iterdir())
 
 
-def _profile(channel: grpc.Channel, root, session_id: str, *, asked_ns: int = 0, duration_ms: int = 100):  # noqa: ANN001, ANN202
-    """One Profile call as TensorFlow's profiler client makes it (ProfileOptions version 1, its start time)."""
+def _profile_options(asked_ns: int, duration_ms: int) -> bytes:
+    """ProfileOptions as TensorFlow's profiler client sends them (version 1, the start time it asks for)."""
     from tensorflow.tsl.profiler.protobuf import profiler_options_pb2
 
-    opts = profiler_options_pb2.ProfileOptions(version=1, host_tracer_level=2, device_tracer_level=1,
-                                               start_timestamp_ns=asked_ns, duration_ms=duration_ms)
+    return profiler_options_pb2.ProfileOptions(version=1, host_tracer_level=2, device_tracer_level=1,
+                                               start_timestamp_ns=asked_ns, duration_ms=duration_ms).SerializeToString()
+
+
+def _profile(channel: grpc.Channel, root, session_id: str, *, asked_ns: int = 0, duration_ms: int = 100):  # noqa: ANN001, ANN202
+    """One Profile call as TensorFlow's profiler client makes it (ProfileOptions version 1, its start time)."""
     messages = _messages()
-    request = messages["ProfileRequest"](duration_ms=duration_ms, opts=opts.SerializeToString(),
+    request = messages["ProfileRequest"](duration_ms=duration_ms, opts=_profile_options(asked_ns, duration_ms),
                                          repository_root=str(root), session_id=session_id, host_name="h")
     raw = channel.unary_unary("/tensorflow.ProfilerService/Profile")(request.SerializeToString(), timeout=60)
     return messages["ProfileResponse"].FromString(raw), (root / session_id / "h.xplane.pb").read_bytes()
@@ -223,6 +227,28 @@ def test_a_request_that_finished_before_the_session_started_but_inside_the_asked
             reply, xspace = _profile(channel, tmp_path / "repo", "run2", asked_ns=time.time_ns())
             assert reply.empty_trace
             assert _request_lines(xspace)[0] == []
+
+            # One before the session and one while it runs (ended by Terminate once it answered): both are lines of
+            # the host plane beside TensorFlow's own threads, and TensorFlow's trace viewer conversion shows them.
+            from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+            asked_ns = time.time_ns()
+            predict()
+            opts = _profile_options(asked_ns, 600_000)
+            request = _messages()["ProfileRequest"](duration_ms=600_000, opts=opts, session_id="run3", host_name="h",
+                                                    repository_root=str(tmp_path / "repo"))
+            future = channel.unary_unary("/tensorflow.ProfilerService/Profile").future(request.SerializeToString(),
+                                                                                       timeout=120)
+            predict()
+            channel.unary_unary("/tensorflow.ProfilerService/Terminate")(
+                _messages()["TerminateRequest"](session_id="run3").SerializeToString(), timeout=10)
+            assert not _messages()["ProfileResponse"].FromString(future.result(timeout=60)).empty_trace
+            path = tmp_path / "repo" / "run3" / "h.xplane.pb"
+            lines, host = _request_lines(path.read_bytes())
+            names = [host.event_metadata[e.metadata_id].name for e in lines[0].events]
+            assert names == ["REST predict", "model step"] * 2
+            viewer, ok = _pywrap_profiler_plugin.xspace_to_tools_data([str(path)], "trace_viewer", {})
+            assert ok and b"tfsctl REST requests" in viewer and b"REST predict" in viewer
 
 
 def test_the_asked_window_reaches_back_at_most_a_second_and_the_merge_keeps_tensorflows_planes():
