@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -109,10 +108,13 @@ def test_cli_log_format_json_writes_every_log_line_as_json(tmp_path):
          "--model_name", "toy", "--model_base_path", str(tmp_path / "toy"), "--log_format", "json",
          "--access_log", "-"], stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while "serving gRPC on" not in (tmp_path / "stderr").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
-            time.sleep(0.1)
+        def serving() -> bool:
+            text = (tmp_path / "stderr").read_text()
+            assert proc.poll() is None, text
+            return "serving gRPC on" in text
+
+        wait_until(serving, 120, "the server to log 'serving gRPC on'", every=0.1,
+                   explain=lambda: (tmp_path / "stderr").read_text())
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=20)
         channel.close()

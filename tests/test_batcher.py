@@ -288,10 +288,8 @@ def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     waiting: dict = {}
     first = threading.Thread(target=lambda: waiting.update(out=batcher.run(toy, "", {"x": _rows(5, 1)})))
     first.start()
-    deadline = time.monotonic() + 10
-    while batcher.pending() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert batcher.pending() == 1
+    wait_until(lambda: batcher.pending() == 1, 10, "the first request in the queue", every=0.01,
+               explain=batcher.pending)
     t0 = time.monotonic()
     with pytest.raises(Unavailable, match="submitted is full: batch queue for model 'toy' .* is full") as info:
         batcher.run(toy, "", {"x": _rows(0, 2)})

@@ -24,7 +24,7 @@ from tfsctl.cli import app  # noqa: E402
 from tfsctl.client import bench  # noqa: E402
 from tfsctl.errors import ClientError  # noqa: E402
 from tfsctl.serving.tensors import from_numpy, to_numpy  # noqa: E402
-from tfsctl.testing import free_port  # noqa: E402
+from tfsctl.testing import free_port, wait_until  # noqa: E402
 
 runner = CliRunner()
 
@@ -300,13 +300,11 @@ def test_against_tfsctl_serve(tmp_path):
         assert res.exit_code == 0, res.output
         from tfsctl.client.rpc import get_model_status
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def other_states() -> list[tuple[int, str]]:
             try:
-                rows = get_model_status(grpc_target, "other")
+                return [(v.version, v.state) for v in get_model_status(grpc_target, "other")]
             except ClientError:
-                rows = []
-            if [(v.version, v.state) for v in rows] == [(4, "AVAILABLE")]:
-                break
-            time.sleep(0.1)
-        assert [(v.version, v.state) for v in rows] == [(4, "AVAILABLE")]
+                return []
+
+        wait_until(lambda: other_states() == [(4, "AVAILABLE")], 30, "model other version 4 AVAILABLE", every=0.1,
+                   explain=other_states)

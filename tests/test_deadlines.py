@@ -145,8 +145,12 @@ def test_grpc_deadline_stops_the_step_and_a_cancelled_queued_request_never_runs(
             # 2. A request cancelled while it waits behind a running step is never run.
             blocker = stub.Predict.future(_request(LONG, size=20_000), timeout=3)  # the only pool thread, 3 s
             wait_until(lambda: _count(server) == base + 3, 30, "the blocker's step to start", every=0.02)
+            assert (server.batcher.pending() if batching else server.grpc_waiting()) == 0
             queued = stub.Predict.future(_request(SHORT, size=20_000), timeout=60)
-            time.sleep(0.3)  # let it reach the server's queue (a cancel before that is the client's alone)
+            # it must reach the server's queue (a cancel before that is the client's alone): the pool's, or the batch
+            # queue (20000 examples) behind the running batch
+            wait_until(lambda: server.batcher.pending() == 20_000 if batching else server.grpc_waiting() == 1,
+                       30, "the second request to queue behind the blocker", every=0.01)
             queued.cancel()
             with pytest.raises(grpc.RpcError):
                 blocker.result()

@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import grpc  # noqa: E402
@@ -259,17 +258,15 @@ def test_reload_config_adds_and_removes_a_model(served):
 
     resp = served["model"].HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=toy), timeout=60)
     assert resp.status.error_code == 0
-    deadline = time.monotonic() + 20
-    code = None
-    while time.monotonic() < deadline:
+    def other_code() -> grpc.StatusCode:
         try:
             served["predict"].Predict(_predict_request(name="other"), timeout=10)
         except grpc.RpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                break
-        time.sleep(0.05)
-    assert code == grpc.StatusCode.NOT_FOUND
+            return e.code()
+        return grpc.StatusCode.OK
+
+    wait_until(lambda: other_code() == grpc.StatusCode.NOT_FOUND, 20, "model other to be gone (NOT_FOUND)",
+               every=0.05, explain=other_code)
     _good_predict(served)
 
 

@@ -16,6 +16,8 @@
   level, at any depth, imports ``tensorflow`` or ``tensorflow_serving`` at module level.
 - Nothing assigns an attribute of an imported class or module at run time (``Manager.is_ready = ...``,
   ``setattr(Metrics, ...)``): a process that needs other behaviour plugs it in through hooks.
+- No object's private attribute is set from outside it: ``x._name = ...`` (or ``+=``, ``del``, ``setattr(x,
+  "_name", ...)``) only where ``x`` is ``self`` or ``cls``; another object's state changes through its methods.
 
 Each checker returns the violations it found, and :func:`test_the_checkers_see_violations` feeds them a small tree
 that breaks every rule, so a checker that stops seeing imports fails too.
@@ -286,6 +288,47 @@ def class_patches(modules: dict) -> list[str]:
     return bad
 
 
+def _assigned(node: ast.AST) -> list[ast.expr]:
+    """The attribute targets a statement or call assigns or deletes (``setattr``/``delattr`` with a constant name
+    stand for ``obj.name``)."""
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        targets = list(node.targets)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        targets = [node.target]
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr")
+          and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+        targets = [ast.Attribute(value=node.args[0], attr=node.args[1].value, ctx=ast.Store())]
+    else:
+        return []
+    found: list[ast.expr] = []
+    while targets:
+        target = targets.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            targets += target.elts
+        elif isinstance(target, ast.Starred):
+            targets.append(target.value)
+        elif isinstance(target, ast.Attribute):
+            found.append(target)
+    return found
+
+
+def private_assignments(modules: dict) -> list[str]:
+    """Assignments to another object's private attribute: ``x._name`` where ``x`` is not ``self`` or ``cls``
+    (dunders such as ``__doc__`` are not private)."""
+    bad = []
+    for name, (path, _imps) in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for target in _assigned(node):
+                assert isinstance(target, ast.Attribute)
+                attr = target.attr
+                if not attr.startswith("_") or (attr.startswith("__") and attr.endswith("__")):
+                    continue
+                if isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"):
+                    continue
+                bad.append(f"{path}:{node.lineno}: {name} sets {ast.unparse(target)}")
+    return bad
+
+
 def test_no_import_cycles() -> None:
     assert import_cycles(scan(PACKAGE_DIR)) == []
 
@@ -298,6 +341,10 @@ def test_the_supervisor_never_loads_tensorflow() -> None:
 
 def test_no_class_or_module_of_another_module_is_patched() -> None:
     assert class_patches(scan(PACKAGE_DIR)) == []
+
+
+def test_no_private_attribute_is_set_from_outside() -> None:
+    assert private_assignments(scan(PACKAGE_DIR)) == []
 
 
 def test_bottom_modules_import_no_layer_above() -> None:
@@ -352,6 +399,10 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
                              "    Manager.is_ready = lambda self: True\n    m.Metrics.collect += 1\n"
                              "    setattr(Manager, 'stop', None)\n    os.environ = {}\n"
                              "    server = object()\n    server.ready = True\n",
+        "serving/private.py": "class A:\n    def __init__(self, other):\n        self._own = 1\n"
+                              "        other._x = 2\n        self.peer._y, self._z = 3, 4\n"
+                              "        setattr(other, '_w', 5)\n        del other._v\n        other.__doc__ = ''\n"
+                              "    @classmethod\n    def make(cls):\n        cls._count += 1\n",
     }
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -382,6 +433,9 @@ def test_the_checkers_see_violations(tmp_path: Path) -> None:
     assert sorted(v.split(": ", 1)[1] for v in class_patches(modules)) == [  # not server.ready: a local object
         "tfsctl.serving.worker assigns Manager.?", "tfsctl.serving.worker assigns Manager.is_ready",
         "tfsctl.serving.worker assigns m.Metrics.collect", "tfsctl.serving.worker assigns os.environ"]
+    assert sorted(v.split(": ", 1)[1] for v in private_assignments(modules)) == [  # not self._own, cls._count
+        "tfsctl.serving.private sets other._v", "tfsctl.serving.private sets other._w",
+        "tfsctl.serving.private sets other._x", "tfsctl.serving.private sets self.peer._y"]
     # a cycle of three through a module-level, a TYPE_CHECKING and a function-level import; the rpc -> core.config
     # -> client.rpc loop (one import inside a function) is the other
     assert import_cycles(modules) == [

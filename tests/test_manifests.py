@@ -14,7 +14,6 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -136,7 +135,7 @@ def _free_port() -> int:
 
 def test_entrypoint_runs_real_tfsctl_and_stops_on_sigterm(tmp_path):
     """The script with the real CLI: flags accepted (a repeated flag's last value wins), model served, exit 0."""
-    from tfsctl.testing import write_toy_model
+    from tfsctl.testing import wait_until, write_toy_model
 
     write_toy_model(tmp_path / "models" / "toy", 1)
     bindir = tmp_path / "bin"
@@ -151,18 +150,15 @@ def test_entrypoint_runs_real_tfsctl_and_stops_on_sigterm(tmp_path):
          f"{MONITORING_FLAG}={REPO / 'docker' / 'monitoring.config'}"],  # the file the image ships
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
+        def available() -> bool:
+            assert proc.poll() is None, proc.stderr.read()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/toy", timeout=2) as r:
-                    status = json.load(r)
-                    if status["model_version_status"][0]["state"] == "AVAILABLE":
-                        break
+                    return json.load(r)["model_version_status"][0]["state"] == "AVAILABLE"
             except (urllib.error.URLError, OSError, KeyError, IndexError):
-                pass
-            time.sleep(0.2)
-        assert status and status["model_version_status"][0]["state"] == "AVAILABLE", proc.stderr
+                return False
+
+        wait_until(available, 60, "the entrypoint's server to serve model toy", every=0.2)
         with socket.create_connection(("127.0.0.1", grpc_port), timeout=2):
             pass  # gRPC listens on the port given last, not the entrypoint's 8500
         with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{_shipped_metrics_path()}", timeout=10) as r:

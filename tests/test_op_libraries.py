@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -150,7 +149,7 @@ def test_a_model_with_a_custom_op_serves_with_op_library(custom_op_model):
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     from tfsctl.tensors import from_numpy, to_numpy
-    from tfsctl.testing import free_port
+    from tfsctl.testing import free_port, wait_until
 
     library, base = custom_op_model
     port = free_port()
@@ -160,11 +159,11 @@ def test_a_model_with_a_custom_op_serves_with_op_library(custom_op_model):
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 180
-        while not any("serving gRPC on" in line for line in lines):
+        def serving() -> bool:
             assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "no 'serving' line: " + "".join(lines)
-            time.sleep(0.05)
+            return any("serving gRPC on" in line for line in lines)
+
+        wait_until(serving, 180, "a 'serving gRPC on' line", every=0.05, explain=lambda: "".join(lines))
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "custom"
         request.inputs["x"].CopyFrom(from_numpy(np.array([1.0, 2.0, 5.0], np.float32)))

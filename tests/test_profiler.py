@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,7 +14,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tfsctl.serving.testing import served  # noqa: E402
 from tfsctl.tensors import from_numpy  # noqa: E402
-from tfsctl.testing import write_toy_model  # noqa: E402
+from tfsctl.testing import wait_until, write_toy_model  # noqa: E402
 
 
 def _serve(tmp_path, **flags):  # noqa: ANN202 - served(): a context manager yielding a ModelServer
@@ -139,15 +138,16 @@ def test_a_profile_whose_client_gives_up_frees_the_profiler(tmp_path):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             short = messages["ProfileRequest"](duration_ms=100, repository_root=str(tmp_path / "repo"),
                                                session_id="short", host_name="h")
-            deadline = time.monotonic() + 30  # the cancellation reaches the server's handler asynchronously
-            while True:
+            def profiled() -> bool:
                 try:
                     profile(short.SerializeToString(), timeout=30)
-                    break
+                    return True
                 except grpc.RpcError as e:
                     assert e.code() == grpc.StatusCode.INTERNAL and "session" in (e.details() or ""), e
-                    assert time.monotonic() < deadline, "the abandoned session still holds the profiler"
-                    time.sleep(0.1)
+                    return False
+
+            # the cancellation reaches the server's handler asynchronously
+            wait_until(profiled, 30, "the abandoned session to free the profiler", every=0.1)
         assert (tmp_path / "repo" / "short" / "h.xplane.pb").is_file()
         assert not (tmp_path / "repo" / "long").exists() or not any((tmp_path / "repo" / "long").iterdir())
 

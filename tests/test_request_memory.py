@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -22,7 +21,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from tfsctl.core.memory import rss_bytes
 from tfsctl.serving.tensors import from_numpy
-from tfsctl.testing import write_toy_model
+from tfsctl.testing import wait_until, write_toy_model
 
 MIB = 1024 * 1024
 SERVER = textwrap.dedent("""
@@ -64,14 +63,14 @@ def test_rejected_oversize_requests_give_memory_back(tmp_path):
         good.model_spec.name = "toy"
         good.inputs["x"].CopyFrom(from_numpy(np.ones((1, 4), np.float32)))
         good_bytes = good.SerializeToString()
-        deadline = time.monotonic() + 60
-        while True:
+        def answered() -> bool:
             try:
                 call(good_bytes, timeout=5)
-                break
+                return True
             except grpc.RpcError:
-                assert time.monotonic() < deadline, "server never served the toy model"
-                time.sleep(0.1)
+                return False
+
+        wait_until(answered, 60, "the server to serve the toy model", every=0.1)
         for _ in range(20):
             call(good_bytes, timeout=5)
         start = rss_bytes(proc.pid)
@@ -88,11 +87,9 @@ def test_rejected_oversize_requests_give_memory_back(tmp_path):
             codes = list(pool.map(send, range(8)))
         assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}, codes
         call(good_bytes, timeout=5)  # still serving
-        deadline = time.monotonic() + 20
-        while rss_bytes(proc.pid) - start > 100 * MIB:  # the trimmer runs shortly after the burst
-            assert time.monotonic() < deadline, (
-                f"RSS {rss_bytes(proc.pid) / MIB:.0f} MiB stayed over start {start / MIB:.0f} MiB + 100 MiB")
-            time.sleep(0.2)
+        wait_until(lambda: rss_bytes(proc.pid) - start <= 100 * MIB, 20,  # the trimmer runs shortly after the burst
+                   f"RSS back under start {start / MIB:.0f} MiB + 100 MiB", every=0.2,
+                   explain=lambda: f"RSS {rss_bytes(proc.pid) / MIB:.0f} MiB")
         channel.close()
     finally:
         proc.stdin.close()

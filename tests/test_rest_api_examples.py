@@ -14,14 +14,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfsctl.testing import free_port, http_call  # noqa: E402
+from tfsctl.testing import free_port, http_call, wait_until  # noqa: E402
 
 HALF = "saved_model_half_plus_three"
 
@@ -104,14 +103,15 @@ def port(tmp_path_factory):
          f"--model_config_file={config}", "--host=127.0.0.1"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
-        deadline = time.monotonic() + 180
-        ready = False
-        while time.monotonic() < deadline and proc.poll() is None and not ready:
+        def ready() -> bool:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
             try:
-                ready = all(http_call(rest_port, "GET", f"/v1/models/{m}")[0] == 200 for m in (HALF, "examples"))
+                return all(http_call(rest_port, "GET", f"/v1/models/{m}")[0] == 200 for m in (HALF, "examples"))
             except OSError:
-                time.sleep(0.2)  # the port is not open yet: poll again
-        assert ready, (tmp / "serve.log").read_text()[-3000:]
+                return False  # the port is not open yet: poll again
+
+        wait_until(ready, 180, "both models over REST", every=0.2,
+                   explain=lambda: (tmp / "serve.log").read_text()[-3000:])
         yield rest_port
     finally:
         proc.terminate()

@@ -51,15 +51,15 @@ def _write_fifo_model(path: Path) -> None:
 
 def release(fifo: Path, data: bytes = b"done", timeout: float = 30.0) -> None:
     """Open the pipe for writing once the model is blocked opening it for reading (ENXIO until then)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def opened() -> tuple[int] | None:
         try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
+            return (os.open(fifo, os.O_WRONLY | os.O_NONBLOCK),)
         except OSError as e:
-            if e.errno != errno.ENXIO or time.monotonic() > deadline:
+            if e.errno != errno.ENXIO:
                 raise
-            time.sleep(0.01)
+            return None
+
+    (fd,) = wait_until(opened, timeout, f"the model to open {fifo} for reading", every=0.01)
     try:  # read_file sizes a pipe at 0 bytes: it may return (and close) before the write; opening released it
         os.write(fd, data)
     except BrokenPipeError:
@@ -136,7 +136,7 @@ def test_idle_and_slow_header_connections_are_closed(rest):
     assert _closed_by_server(idle)
     t.join(30)
     assert closed["slow"] and time.monotonic() - start < 10
-    assert server.header_timeouts >= 2
+    assert server.http.header_timeouts >= 2
     idle.close()
     slow.close()
     assert http_call(server.port, "GET", "/v1/health/live")[0] == 200  # still serving
@@ -170,7 +170,8 @@ def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
     stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     stalled.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(large) + large[:1000])  # the rest never comes
-    wait_until(lambda: server._inflight_body_bytes == len(large), 30, "the large body counted in flight", every=0.01)
+    wait_until(lambda: server.http.inflight_body_bytes == len(large), 30, "the large body counted in flight",
+               every=0.01)
     status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", large)
     assert status == 503 and b"busy with other large request bodies" in reply, reply
     status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
@@ -178,7 +179,7 @@ def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
     stalled.settimeout(10)
     assert stalled.recv(65536).startswith(b"HTTP/1.1 408")  # the stalled body times out; its room is given back
     stalled.close()
-    wait_until(lambda: server._inflight_body_bytes == 0, 30, "the body budget to be released", every=0.01)
+    wait_until(lambda: server.http.inflight_body_bytes == 0, 30, "the body budget to be released", every=0.01)
     status, _, reply = http_call(server.port, "POST", "/v1/models/toy:predict", large)
     assert status == 200 and len(json.loads(reply)["predictions"]) == 20_000
 
@@ -186,15 +187,15 @@ def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
 def test_connections_beyond_the_cap_get_503_at_once(rest):
     server = rest(max_connections=3, header_timeout=60)
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
-    wait_until(lambda: server.open_connections == 3, 30, "3 open connections", every=0.01)
+    wait_until(lambda: server.http.open_connections == 3, 30, "3 open connections", every=0.01)
     with socket.create_connection(("127.0.0.1", server.port)) as extra:
         extra.settimeout(10)
         reply = extra.recv(65536)
         assert reply.startswith(b"HTTP/1.1 503") and b"Too many open connections" in reply
         assert _closed_by_server(extra)
-    assert server.refused_connections == 1
+    assert server.http.refused_connections == 1
     held.pop().close()
-    wait_until(lambda: server.open_connections == 2, 30, "2 open connections", every=0.01)
+    wait_until(lambda: server.http.open_connections == 2, 30, "2 open connections", every=0.01)
     status, _, body = http_call(server.port, "POST", "/v1/models/toy:predict", json.dumps({"instances": X}))
     assert status == 200 and json.loads(body) == {"predictions": X}
     for s in held:
@@ -202,21 +203,23 @@ def test_connections_beyond_the_cap_get_503_at_once(rest):
 
 
 _EMFILE_SERVER = textwrap.dedent("""
-    import json, logging, os, resource, sys, time
+    import json, logging, os, resource, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     from tfsctl.serving.rest_api import RestServer
+    from tfsctl.testing import wait_until
     rest = RestServer(None, None, "127.0.0.1", 0, metrics_path=None, header_timeout=120, max_connections=10000)
     rest.start()
     spare = 16
     resource.setrlimit(resource.RLIMIT_NOFILE,
                        (len(os.listdir("/proc/self/fd")) + spare, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     print(rest.port, spare, flush=True)
-    deadline = time.monotonic() + 60
-    while rest.accept_failures < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    print("starved", rest.accept_failures, flush=True)
+    try:
+        wait_until(lambda: rest.http.accept_failures >= 2, 60, "accept() to fail twice", every=0.05)
+        print("starved", rest.http.accept_failures, flush=True)
+    except AssertionError as e:
+        print("not starved:", e, flush=True)
     sys.stdin.readline()
-    print(json.dumps({"failures": rest.accept_failures, "open": rest.open_connections}), flush=True)
+    print(json.dumps({"failures": rest.http.accept_failures, "open": rest.http.open_connections}), flush=True)
     rest.stop()
 """)
 
@@ -230,7 +233,8 @@ def test_running_out_of_file_descriptors_is_logged_once(tmp_path):
     try:
         port, spare = (int(v) for v in proc.stdout.readline().split())
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(spare + 30)]
-        assert proc.stdout.readline().split()[0] == "starved"  # accept() failed at least twice (1 s apart)
+        starved = proc.stdout.readline()
+        assert starved.startswith("starved"), starved  # accept() failed at least twice (1 s apart)
         for s in socks:
             s.close()
         socks = []
@@ -282,8 +286,8 @@ def test_timeout_ms_answers_504_and_the_server_keeps_serving(rest, served, tmp_p
 
 
 def test_num_threads_sizes_the_worker_pool(rest):
-    assert rest(num_threads=3)._executor._max_workers == 3
-    assert rest(num_threads=0, max_workers=5)._executor._max_workers == 5
+    assert rest(num_threads=3).http._executor._max_workers == 3
+    assert rest(num_threads=0, max_workers=5).http._executor._max_workers == 5
 
 
 def test_cors_headers_and_preflight(rest):

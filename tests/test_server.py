@@ -189,20 +189,22 @@ def test_sigterm_during_load_completes_in_flight_and_exits_zero(tmp_path):
          "--model-base-path", str(base), "--enable-batching", "--batching_parameters_file", str(batching),
          "--monitoring_config_file", str(write_monitoring_config(tmp_path))])  # _in_flight reads the page
     try:
-        deadline = time.monotonic() + 90
-        while not port_box:
+        def reported() -> bool:
             assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "server did not report its port:\n" + "".join(lines)
-            time.sleep(0.1)
+            return bool(port_box)
+
+        wait_until(reported, 90, "the server to report its port", every=0.1, explain=lambda: "".join(lines))
         channel, stub = _stub(port_box[0])
-        while True:  # ready: the model answers
+
+        def answers() -> bool:  # ready: the model answers
             try:
                 stub.Predict(_request(), timeout=20)
-                break
+                return True
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
-                assert time.monotonic() < deadline, "model never became available"
-                time.sleep(0.1)
+                return False
+
+        wait_until(answers, 90, "the model to become available", every=0.1)
         futures = [stub.Predict.future(_request(x=X * i), timeout=30) for i in range(8)]
         wait_until(lambda: _in_flight(rest_port) == 8,
                    60, "the eight requests to reach the server", every=0.01)
@@ -306,15 +308,15 @@ def test_model_config_file_is_polled(tmp_path, caplog):
                 model_config_file_poll_wait_seconds=0.1, ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         write("a", "b")
-        deadline = time.monotonic() + 60
-        while True:
+        def b_served() -> bool:
             try:
                 np.testing.assert_allclose(to_numpy(stub.Predict(_request("b"), timeout=20).outputs["y"]), X * 4)
-                break
+                return True
             except grpc.RpcError as e:
                 assert e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE), e.details()
-                assert time.monotonic() < deadline, "model b never served after the config file changed"
-                time.sleep(0.1)
+                return False
+
+        wait_until(b_served, 60, "model b to serve after the config file changed", every=0.1)
         cfg.write_text("model_config_list { config { name: ")  # broken: logged, the old config stays
         wait_until(lambda: any("not applied" in r.getMessage() for r in caplog.records),
                    60, "the broken config file to be read", every=0.01)
@@ -395,10 +397,7 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
                 monitoring_config_file=str(write_monitoring_config(tmp_path)), ready_timeout=60) as server:
         channel, stub = _stub(server.grpc_port)
         waiting = stub.Predict.future(_request(), timeout=30)  # one row sits in the open batch for 3 s
-        deadline = time.monotonic() + 20
-        while server.batcher.pending() != 1:
-            assert time.monotonic() < deadline, "the first request never reached the batch queue"
-            time.sleep(0.01)
+        wait_until(lambda: server.batcher.pending() == 1, 20, "the first request in the batch queue", every=0.01)
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(_request(x=np.ones((4, 4), np.float32)), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "full" in info.value.details()
@@ -408,11 +407,10 @@ def test_batching_queue_full_over_grpc_and_metrics_page(tmp_path):
         write_toy_model(tmp_path / "toy", 2, scale=1.0)  # latest-1 policy: loads 2, then unloads 1
         from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
-        deadline = time.monotonic() + 60
-        want = {1: ModelVersionStatus.END, 2: ModelVersionStatus.AVAILABLE}
-        while {v.version: v.state for v in server.manager.version_states("toy")} != want:
-            assert time.monotonic() < deadline, server.manager.version_states("toy")
-            time.sleep(0.05)
+        assert server.manager.wait_for_state("toy", 2, {ModelVersionStatus.AVAILABLE}, 60), "version 2"
+        assert server.manager.wait_for_state("toy", 1, {ModelVersionStatus.END}, 60), "version 1"
+        assert {v.version: v.state for v in server.manager.version_states("toy")} == {
+            1: ModelVersionStatus.END, 2: ModelVersionStatus.AVAILABLE}
 
         s = _metric_samples(server.rest_port)  # enabled with no path: TF Serving's default path
         req = (":tensorflow:serving:request_count_total", (("model_name", "toy"),))  # as the parser names it
@@ -452,13 +450,9 @@ def test_corrupt_version_and_vanished_base_path_over_a_real_server(tmp_path, cap
         models = model_service_pb2_grpc.ModelServiceStub(channel)
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.name = "toy"
-        deadline = time.monotonic() + 30
-        while True:
-            by_version = {s.version: s for s in models.GetModelStatus(req, timeout=10).model_version_status}
-            if 2 in by_version and by_version[2].state == get_model_status_pb2.ModelVersionStatus.END:
-                break
-            assert time.monotonic() < deadline, by_version
-            time.sleep(0.05)
+        assert server.manager.wait_for_state("toy", 2, {get_model_status_pb2.ModelVersionStatus.END}, 30), (
+            server.manager.version_states("toy"))
+        by_version = {s.version: s for s in models.GetModelStatus(req, timeout=10).model_version_status}
         assert by_version[1].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
         assert by_version[2].status.error_code != 0 and "version 2" in by_version[2].status.error_message
         with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/models/toy/versions/2", timeout=20) as r:
@@ -551,10 +545,7 @@ def test_health_not_serving_until_a_version_loads(tmp_path):
         assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
         assert "toy" in info.value.details()
         write_toy_model(tmp_path / "toy", 1)
-        deadline = time.monotonic() + 60
-        while status("") != serving:
-            assert time.monotonic() < deadline, "health never became SERVING"
-            time.sleep(0.05)
+        wait_until(lambda: status("") == serving, 60, "health to become SERVING", every=0.05)
         assert status("toy") == serving
         np.testing.assert_allclose(to_numpy(stub.Predict(_request(), timeout=20).outputs["y"]), X)
         channel.close()

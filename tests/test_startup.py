@@ -138,7 +138,7 @@ def test_flags_reach_the_servers_manager_and_loader(tmp_path):
         "--tensorflow_session_parallelism=2", "--num_request_iterations_for_warmup=3"]))
     server.start()
     try:
-        assert (server.rest.timeout_ms, server.rest.num_threads, server.rest.enable_cors) == (60000, 3, True)
+        assert (server.rest.http.timeout_ms, server.rest.http.num_threads, server.rest.enable_cors) == (60000, 3, True)
         assert server.core.enable_signature_method_name_check is True
         m = server.manager
         assert server.server_core.options.allow_version_labels_for_unavailable_models and m.num_unload_threads == 2

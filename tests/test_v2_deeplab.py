@@ -136,3 +136,37 @@ def test_bench_compares_v1_and_v2_on_one_model(server):
     code, out = _cli("bench", "--server", f"127.0.0.1:{server.grpc_port}", "--model", "deeplab", "--compare",
                      "v2-rest", "--input-shape", "x:1x4:float32")
     assert code != 0 and "compare grpc with v2-grpc" in out
+
+
+def test_predict_over_v2_pins_the_version_its_metadata_described(server, tmp_path, monkeypatch):
+    """A version that becomes available between ModelMetadata and ModelInfer does not get a request planned on the
+    metadata of the one before: ``predict --protocol v2`` asks for the version the metadata described."""
+    import shutil
+
+    from tfsctl.client import v2
+    from tfsctl.client.predict import predict_image
+    from tfsctl.client.rpc import get_model_status
+    from tfsctl.testing import wait_until
+
+    first = Path(server.options.model_base_path) / "1"
+    base = tmp_path / "deeplab"
+    shutil.copytree(first, base / "1")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "deeplab" base_path: "{base}" '
+                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
+    with served(model_config_file=str(config), file_system_poll_wait_seconds=1, ready_timeout=300,
+                grace=2) as srv:
+        target = f"127.0.0.1:{srv.grpc_port}"
+        described = v2.model_metadata
+
+        def metadata_then_a_new_version(*args, **kwargs):
+            meta = described(*args, **kwargs)
+            shutil.copytree(first, tmp_path / "staging")
+            (tmp_path / "staging").rename(base / "2")  # whole, as a new version appears
+            wait_until(lambda: any(s.version == 2 and s.state == "AVAILABLE"
+                                   for s in get_model_status(target, "deeplab")), 300, "version 2 AVAILABLE")
+            return meta
+
+        monkeypatch.setattr(v2, "model_metadata", metadata_then_a_new_version)
+        result = predict_image(IMAGE, server=target, model="deeplab", protocol="v2", output=None)
+    assert result.version == 1

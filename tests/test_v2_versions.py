@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import re  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 import urllib.request  # noqa: E402
 
 import grpc  # noqa: E402
@@ -127,10 +126,11 @@ def test_quick_model_infer_runs_on_the_grpc_loop_slow_ones_in_the_pool(tmp_path)
 
             small, large, ones = np.ones((1, 4), np.float32), np.ones((20_000, 4), np.float32), np.ones((64, 1024),
                                                                                                        np.float32)
-            deadline = time.monotonic() + 60
-            while not server.core._quick_on(server.manager.peek("toy"), "", ()):  # steps measured short
-                assert time.monotonic() < deadline, "the toy model's steps were never measured short"
+            def measured_short() -> bool:  # each call adds a measured step
                 infer("toy", small)
+                return server.core._quick_on(server.manager.peek("toy"), "", ())
+
+            wait_until(measured_short, 60, "the toy model's steps to be measured short", every=0)
             for _ in range(10):
                 infer("big", ones)
             threads.clear()

@@ -64,9 +64,10 @@ class _PlainCoercion:
 
     @classmethod
     def install(cls, param) -> None:  # noqa: ANN001
-        """Give ``param`` this coercion when its annotation is a plain type (else leave Typer's)."""
+        """Give ``param`` this coercion when its annotation is a plain type (else leave Typer's): its public
+        ``get_runtime_param`` (what Typer's ``process_value`` coerces through) answers with it. Idempotent."""
         desc = getattr(param, "type_descriptor", None)
-        if desc is None or getattr(param, "_runtime_param", False) is not None or desc.file_annotation is not None:
+        if desc is None or desc.file_annotation is not None:
             return
         info = desc.parameter_info
         if getattr(info, "min", None) is not None or getattr(info, "max", None) is not None:
@@ -76,7 +77,8 @@ class _PlainCoercion:
         if getattr(kind, "__origin__", None) is list and len(args) == 1:
             kind = args[0]
         if kind in cls.KINDS:
-            param._runtime_param = cls(kind)
+            coercion = cls(kind)
+            param.get_runtime_param = lambda: coercion
 
 
 class _Grammar(typer.core.TyperGroup):
@@ -101,7 +103,7 @@ class _Grammar(typer.core.TyperGroup):
             if param.param_type_name == "argument":
                 name = param.metavar or (param.name or "").upper()
                 param.metavar = name
-                param._usage_display_name = lambda name=name: name  # "SOURCE", not typer's "{source}"
+                param.get_usage_pieces = lambda ctx, name=name: [name]  # "SOURCE", not typer's "{source}"
                 param.display_type_rich = lambda ctx: None  # "SOURCE  help", not "SOURCE <path>  help"
             elif param.metavar is None and not getattr(param, "is_flag", False):
                 shown = str(param.display_type(ctx) or "").strip("<>")

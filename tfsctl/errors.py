@@ -68,13 +68,14 @@ class FailedPrecondition(ServingError):
 
 
 class ResourceExhausted(ServingError):
-    """A message or body too large (RESOURCE_EXHAUSTED / 429)."""
+    """A request waited in the batching queue past its Run() timeout (RESOURCE_EXHAUSTED / 429)."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ServingError):
-    """Model known but no version is servable yet, or the server is shutting down (UNAVAILABLE / 503)."""
+    """The server is shutting down, a batch queue is full, or a reload was not confirmed by every worker
+    (UNAVAILABLE / 503)."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
 

@@ -364,7 +364,10 @@ def _predict_v2(image: np.ndarray, ep: Endpoint, channel: grpc.Channel, model: s
                               scale=scale)
     t_meta = time.perf_counter()
     sent = prepare_image(image, plan, max_side)
-    request = v2.build_infer(model, plan.inputs(sent), version=version, outputs=plan.outputs)
+    # The version the metadata described (the latest it lists, as a v2 server describes by default), so a new
+    # version appearing in between cannot mix the two calls; v1 pins the version its metadata resolved alike.
+    pinned = version if version is not None else v2.latest_version(meta)
+    request = v2.build_infer(model, plan.inputs(sent), version=pinned, outputs=plan.outputs)
     t_built = time.perf_counter()
     try:
         response, rpc_s = v2.infer(channel, ep, request, timeout)
@@ -377,7 +380,7 @@ def _predict_v2(image: np.ndarray, ep: Endpoint, channel: grpc.Channel, model: s
         raise ClientError(f"v2 response has no output '{missing[0]}' (outputs: {', '.join(sorted(arrays)) or 'none'})")
     served = v2.version_number(response.model_version)
     if served is None:
-        served = version
+        served = pinned
     return _result(image, sent, arrays, plan, response.model_name or model, served, sig, output, alpha, names,
                    save_labels, overlay_only, k, rpc_s, (t0, t_decoded, t_meta, t_built, t_sent))
 

@@ -86,9 +86,9 @@ class _RestReplay:
         self._items, self._i = items, start
 
     def __call__(self) -> None:
-        self._sender._path, self._sender._body = self._items[self._i % len(self._items)]
+        path, body = self._items[self._i % len(self._items)]
         self._i += 1
-        self._sender()
+        self._sender.send(path, body)
 
     def close(self) -> None:
         self._sender.close()

@@ -180,10 +180,14 @@ class _RestSender:
         self._checked = False
 
     def __call__(self) -> None:
+        self.send(self._path, self._body)
+
+    def send(self, path: str, body: bytes) -> None:
+        """POST ``body`` to ``path`` on the kept-alive connection (a replay sends a different record each call)."""
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
-            self._conn.request("POST", self._path, body=self._body, headers=self._headers)
+            self._conn.request("POST", path, body=body, headers=self._headers)
             resp = self._conn.getresponse()
             data = resp.read()
         except BaseException:

@@ -163,6 +163,13 @@ def version_number(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+def latest_version(metadata: Any) -> int | None:
+    """The highest numeric version a ModelMetadata answer lists: the one a v2 server (tfsctl, Triton, KServe)
+    describes when no version is asked. None when it lists no number."""
+    numbers = [n for n in map(version_number, metadata.versions) if n is not None]
+    return max(numbers, default=None)
+
+
 def model_status(target: str | Endpoint, model: str, version: int | None = None, timeout: float = 10.0
                  ) -> list[VersionStatus]:
     """The status rows v2 can give: the versions ModelMetadata lists (or the one asked), each READY or

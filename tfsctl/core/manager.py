@@ -12,7 +12,8 @@ As TF Serving's AspiredVersionsManager + BasicManager:
   readiness, metrics and reload waiters all read or subscribe to those events; nothing polls.
 - A failed load is retried ``max_num_load_retries`` times, ``load_retry_interval_seconds`` apart (a version being
   copied in gets time to finish). After that the version stays in END and is not retried while it stays on disk
-  unchanged; it is tried again when its directory changes (new mtime/inode) or disappears and comes back.
+  unchanged; it is tried again when it disappears and comes back, or, with the opt-in
+  ``retry_failed_versions_on_change``, when its directory changes (new mtime/inode).
 - :meth:`Manager.handle` holds a reference on a version for a ``with`` block (TF Serving's ServableHandle); an
   UNLOADING version takes no new handles and is unloaded once the last one is released.
 - The loader factory is injected (``loader_factory(name, version, path) -> Loader``).

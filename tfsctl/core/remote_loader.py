@@ -1,7 +1,7 @@
 """Loading versions that live on object storage: copy into a local cache, load with the ordinary Loader, clean up.
 
 TensorFlow loads a SavedModel from a local directory, so a remote version (``s3://``, ``gs://``) is first copied
-into the model cache (``--model-cache-dir``, else ``$TFSCTL_MODEL_CACHE_DIR``, else a per-process temporary
+into the model cache (``--model_cache_dir``, else ``$TFSCTL_MODEL_CACHE_DIR``, else a per-process temporary
 directory) by :func:`tfsctl.core.storage.download` (temporary directory, then rename), then handed to the wrapped
 loader factory. The copy is deleted when the version unloads or when its load fails. Local paths go straight to the
 wrapped factory: :func:`remote_aware_factory` is safe to install unconditionally.

@@ -1,8 +1,8 @@
-"""Model base paths beyond the local disk: ``file://``, ``s3://`` and ``gs://`` through fsspec.
+"""Model base paths beyond the local disk: ``s3://`` and ``gs://`` through fsspec.
 
-Plain paths stay on the local code path (``os.scandir``); a path with a scheme goes through fsspec (``s3fs`` and
-``gcsfs`` come with the optional extra ``tfsctl[cloud]``). Only the Source (listing) and the caching loader
-(download) call this module, so the rest of the server never sees a URL.
+Plain paths and ``file://`` URLs stay on the local code path (``os.scandir``); any other scheme goes through fsspec
+(``s3fs`` and ``gcsfs`` come with the optional extra ``tfsctl[cloud]``). Only the Source (listing) and the caching
+loader (download) call this module, so the rest of the server never sees a URL.
 
 **When a version on object storage is complete.** Object stores have no directory rename, so an upload such as
 ``aws s3 cp --recursive 7/ s3://bucket/model/7/`` becomes visible file by file, in any order (``saved_model.pb`` may

@@ -3,7 +3,7 @@
 Every flag of TF Serving 2.21's ``main.cc`` is here with its name, type and default, so a command line written for
 ``tensorflow_model_server`` (a KServe manifest, a Docker entrypoint, TF Serving's own test harness) starts
 ``tfsctl serve`` unchanged. Syntax: ``--flag=value`` and ``--flag value``; booleans also bare (``--enable_batching``)
-or ``=true|false|1|0``; each name also in the kebab-case spelling tfsctl used before (``--model-base-path``).
+or ``=true|false|1|0``; each name also in kebab-case (``--model-base-path``).
 
 A flag that cannot act here (TPU, ALTS, ...) is refused by name when given a non-default value: nothing
 is ignored silently. The parser is plain Python (no click) so its errors are one line and ``--help`` fits 80

@@ -25,12 +25,20 @@ import grpc
 T = TypeVar("T")
 
 
+class Pool(futures.ThreadPoolExecutor):
+    """The loop server's thread pool, which can say how many jobs wait for a thread."""
+
+    def waiting(self) -> int:
+        """Jobs submitted and not yet taken by a thread (a cancelled one counts until a thread drops it)."""
+        return self._work_queue.qsize()
+
+
 class LoopServer:
     """A ``grpc.aio.Server`` (``.server``) with its loop in a daemon thread and a thread pool (``.executor``)."""
 
     def __init__(self, *, threads: int, interceptors: Sequence[Any] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tfsctl-grpc")
+        self.executor = Pool(max_workers=threads, thread_name_prefix="tfsctl-grpc")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="tfsctl-grpc-loop", daemon=True)
         self._thread.start()

@@ -26,8 +26,6 @@ T = TypeVar("T")
 
 # A decoded input may not exceed what one maximal gRPC message could carry in tensor_content.
 DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
-# Metric label for requests naming a model that is not configured.
-
 
 SHUTTING_DOWN = "the server is shutting down"
 

@@ -1,9 +1,9 @@
 """``tfsctl serve``: the model server process, wired the way ``tensorflow_model_server`` is.
 
 From :class:`~tfsctl.serving.options.ServerOptions` (tensorflow_model_server's flags; re-exported here),
-:class:`ModelServer` builds Manager -> RequestCore (-> Batcher) -> gRPC (+ REST) from them, keeps the health
-service in step with the manager, polls ``--model_config_file`` for changes and shuts down gracefully: stop
-accepting, let in-flight requests finish, then unload the models.
+:class:`ModelServer` builds a ServerCore (which builds the Manager) -> RequestCore (-> Batcher) -> gRPC (+ REST)
+from them, keeps the health service in step with the manager, polls ``--model_config_file`` for changes and shuts
+down gracefully: stop accepting, let in-flight requests finish, then unload the models.
 """
 
 from __future__ import annotations
@@ -362,6 +362,10 @@ class ModelServer:
         if self.manager is None:
             return False
         return bool(self.manager.wait_until_ready(365 * 86400.0 if timeout is None else timeout))
+
+    def grpc_waiting(self) -> int:
+        """gRPC calls (and other jobs) waiting for a thread of the gRPC pool, not yet running; 0 before start."""
+        return self._grpc.executor.waiting() if self._grpc is not None else 0
 
     def request_stop(self) -> None:
         """Ask the server to stop (gracefully, as on SIGTERM): before :meth:`start` binds the ports it then never

@@ -30,7 +30,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -41,8 +41,12 @@ from tfsctl.core import v2_tensors
 from tfsctl.errors import InvalidArgument, ServingError
 from tfsctl.serving import json_codec, json_dense
 from tfsctl.serving.logs import REQUEST_ID_HEADER
-from tfsctl.serving.rest_common import CORS_HEADERS, ORIGIN
+from tfsctl.serving.rest_common import CORS_HEADERS, ORIGIN, HttpError, begin_record
 from tfsctl.serving.v2_core import SIGNATURE_PARAMETER, InferRequest, InferResponse, InferTensor, V2Core
+
+if TYPE_CHECKING:
+    from tfsctl.serving.request_core import RequestCore
+    from tfsctl.serving.rest_http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -257,20 +261,22 @@ def encode_infer(response: InferResponse, choices: dict[str, bool], default_bina
 
 
 class V2Rest:
-    """The v2 routes of one :class:`~tfsctl.serving.rest_api.RestServer`: it shares that server's body bounds,
-    pool, timeout and metrics."""
+    """The v2 routes beside TF Serving's on one REST port: they share its plumbing (``http``: body bounds, pool,
+    timeout) and request core; ``enable_cors`` as ``/v1``'s."""
 
-    def __init__(self, server: Any) -> None:  # a rest_api.RestServer (which imports this module)
-        self.server = server
+    def __init__(self, http: HttpServer, core: RequestCore, *, enable_cors: bool = False) -> None:
+        self.http = http
+        self.core = core
+        self.enable_cors = enable_cors
         self._v2: V2Core | None = None
 
         self._cors, self._origin = dict(CORS_HEADERS), ORIGIN
 
     @property
     def v2(self) -> V2Core:
-        """The v2 mapping over the server's request core, made on the first v2 request."""
+        """The v2 mapping over the request core, made on the first v2 request."""
         if self._v2 is None:
-            self._v2 = V2Core.of(self.server.core)
+            self._v2 = V2Core.of(self.core)
         return self._v2
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -284,7 +290,7 @@ class V2Rest:
             if path == "/v2/health/live":
                 return self._response(_Reply(200, b'{"live":true}'))
             if path == "/v2/health/ready":
-                ready = await self.server._in_pool(self.v2.server_ready)
+                ready = await self.http.in_pool(self.v2.server_ready)
                 return self._response(_Reply(200, b'{"ready":true}') if ready else _Reply(400, b'{"ready":false}'))
         m = _MODEL.fullmatch(path)
         if m is not None:
@@ -346,8 +352,7 @@ class V2Rest:
 
     async def _call(self, request: web.Request, api: str, name: str, work: Callable[[bytes], _Reply], *,
                     timed: bool = False) -> web.Response:
-        server = self.server
-        record = server.begin_record(request, api, name)
+        record = begin_record(self.core, request, api, name)
         try:
             reply = await self._run(request, work, timed, name)
             code = "OK"
@@ -357,15 +362,13 @@ class V2Rest:
             reply, code = _error(400, f"malformed JSON: {e}"), "INVALID_ARGUMENT"
         except ConnectionError:  # the client went away mid-body (a truncated request): nobody reads a reply
             reply, code = _error(499, "the client closed the connection before sending the whole body"), "CANCELLED"
-        except Exception as e:  # noqa: BLE001 - a front-end error with its own status, or a bug: never a traceback
-            status = getattr(e, "status", None)
-            if isinstance(status, int) and hasattr(e, "code_name"):  # rest_api's _HttpError (413, 408, 504, 503)
-                reply, code = _error(status, getattr(e, "message", str(e))), e.code_name
-            else:
-                log.exception("REST %s %s failed", request.method, request.path)
-                reply, code = _error(500, f"internal error: {type(e).__name__}: {e}"), "INTERNAL"
+        except HttpError as e:  # a front-end error with its own status (413, 408, 504, 503)
+            reply, code = _error(e.status, e.message), e.code_name
+        except Exception as e:  # noqa: BLE001 - a bug: never a traceback
+            log.exception("REST %s %s failed", request.method, request.path)
+            reply, code = _error(500, f"internal error: {type(e).__name__}: {e}"), "INTERNAL"
         record.bytes_out = len(reply.body)
-        server.core.finish(record, code)
+        self.core.finish(record, code)
         response = self._response(reply)
         if record.request_id:
             response.headers[REQUEST_ID_HEADER] = record.request_id
@@ -374,14 +377,13 @@ class V2Rest:
         return response
 
     async def _run(self, request: web.Request, work: Callable[[bytes], _Reply], timed: bool, name: str) -> _Reply:
-        server = self.server
-        reserved = await server._reserve_body(request) if request.method == "POST" else 0
-        return await server.run_with_body(request, work, reserved, timed=timed,
-                                          what=f"the v2 infer request on model '{name}'")
+        reserved = await self.http.reserve_body(request) if request.method == "POST" else 0
+        return await self.http.run_with_body(request, work, reserved, timed=timed,
+                                             what=f"the v2 infer request on model '{name}'")
 
     def _response(self, reply: _Reply) -> web.Response:
         headers = dict(reply.headers)
-        if self.server.enable_cors:
+        if self.enable_cors:
             headers.update(self._cors)
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
