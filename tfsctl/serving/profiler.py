@@ -4,17 +4,16 @@ The three RPCs of ``tensorflow.ProfilerService`` are served in this process, as 
 (``tsl/profiler/rpc/profiler_service_impl.cc``): Profile runs one TensorFlow ProfilerSession (the same C++ tracers)
 for ``duration_ms`` or until Terminate names its session, writes the XSpace to
 ``<repository_root>/<session_id>/<host_name>.xplane.pb`` (where ``profiler_client.trace`` and TensorBoard's capture
-read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here. Beside
-TensorFlow's planes the trace holds the server's own record of the model requests inside the window the client asked
-for (:mod:`tfsctl.serving.profile_requests`, which says why): a request that ran between the client's
-``start_timestamp_ns`` and the session's start is in the trace, as it would be in TF Serving's, whose C++ server
-starts the session sooner after the call arrives.
+read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here. In its
+host plane, beside TensorFlow's threads, the trace holds the server's own record of the model requests inside the
+window the client asked for (:mod:`tfsctl.serving.profile_requests`, which says why): a request that ran between
+the client's ``start_timestamp_ns`` and the session's start is in the trace too.
 
 Why not relay to TensorFlow's own profiler server: that server listens on a port of its own (all interfaces), and
 the hop to it delays the session's start by a millisecond or more, long enough to miss a request sent together with
 the Profile call (TF Serving's ``test_profiler_service_with_valid_trace_request`` sends exactly one). Here the
-handlers run on the gRPC server's event loop: the session starts as the call arrives, and ends when its client
-goes away.
+handlers run on the gRPC server's event loop: the session starts as soon as the handler runs (grpc.aio reaches it
+2-5 ms after a new connection's call arrives), and ends when its client goes away.
 
 TensorFlow's Python package ships no classes for these messages, so the few fields used are declared here, with
 the numbers of ``profiler_service.proto``.
@@ -131,7 +130,7 @@ class ProfilerService:
         return self._messages["ProfileResponse"](empty_trace=not xspace_wire.has_events(xspace)).SerializeToString()
 
     def _with_requests(self, xspace: bytes, requested_start_ns: int) -> bytes:
-        """``xspace`` with a plane of the model requests inside the window (when there are any)."""
+        """``xspace`` with the model requests inside the window as lines of its host plane (when there are any)."""
         if self._recent is None:
             return xspace
         times = xspace_wire.session_times(xspace)
