@@ -138,8 +138,12 @@ def test_an_unbatched_request_has_no_queue_span(tmp_path):
 
 
 def test_off_by_default_no_tracer_and_no_request_tagging(tmp_path, monkeypatch):
+    from tfsctl.serving.profile_requests import RecentRequests
+
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     write_toy_model(tmp_path / "toy", 1)
     with served(ready_timeout=None, grace=2, model_name="toy", model_base_path=str(tmp_path / "toy")) as server:
-        assert server.tracer is None and not server.core.tag_requests and server.core.observers == []
+        assert server.tracer is None and not server.core.tag_requests
+        # The only observer is the profiler's record of recent model requests (--enable_profiler, on by default).
+        assert [type(observer.__self__) for observer in server.core.observers] == [RecentRequests]

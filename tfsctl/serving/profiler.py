@@ -4,13 +4,16 @@ The three RPCs of ``tensorflow.ProfilerService`` are served in this process, as 
 (``tsl/profiler/rpc/profiler_service_impl.cc``): Profile runs one TensorFlow ProfilerSession (the same C++ tracers)
 for ``duration_ms`` or until Terminate names its session, writes the XSpace to
 ``<repository_root>/<session_id>/<host_name>.xplane.pb`` (where ``profiler_client.trace`` and TensorBoard's capture
-read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here.
+read it) and answers ``empty_trace`` when no event was recorded; Monitor is UNIMPLEMENTED there and here. In its
+host plane, beside TensorFlow's threads, the trace holds the server's own record of the model requests inside the
+window the client asked for (:mod:`tfsctl.serving.profile_requests`, which says why): a request that ran between
+the client's ``start_timestamp_ns`` and the session's start is in the trace too.
 
 Why not relay to TensorFlow's own profiler server: that server listens on a port of its own (all interfaces), and
 the hop to it delays the session's start by a millisecond or more, long enough to miss a request sent together with
 the Profile call (TF Serving's ``test_profiler_service_with_valid_trace_request`` sends exactly one). Here the
-handlers run on the gRPC server's event loop: the session starts as the call arrives, and ends when its client
-goes away.
+handlers run on the gRPC server's event loop: the session starts as soon as the handler runs (grpc.aio reaches it
+2-5 ms after a new connection's call arrives), and ends when its client goes away.
 
 TensorFlow's Python package ships no classes for these messages, so the few fields used are declared here, with
 the numbers of ``profiler_service.proto``.
@@ -19,16 +22,24 @@ the numbers of ``profiler_service.proto``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+
+from tfsctl.serving import xspace_wire
+from tfsctl.serving.profile_requests import RecentRequests, add_requests, window_start
+from tfsctl.serving.request_record import RequestRecord
+
+log = logging.getLogger(__name__)
 
 SERVICE = "tensorflow.ProfilerService"
 METHODS = ("Profile", "Terminate", "Monitor")
@@ -59,46 +70,6 @@ def _message_classes() -> dict[str, Any]:
             for name in fields}
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
-def _submessages(buf: bytes, number: int) -> list[bytes]:
-    """The length-delimited fields ``number`` of a serialized message (skipping the others)."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            if key >> 3 == number:
-                out.append(buf[i:i + size])
-            i += size
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return out
-
-
-def xspace_has_events(xspace: bytes) -> bool:
-    """True when some XPlane (field 1) has an XLine (field 3) with an XEvent (field 4): TSL's ``!IsEmpty``.
-
-    Walked on the wire: TensorFlow's own ``xplane_pb2`` refuses the C++ tracers' non-UTF-8 strings."""
-    return any(_submessages(line, 4) for plane in _submessages(xspace, 1) for line in _submessages(plane, 3))
-
-
 class ProfilerService:
     """Profile / Terminate / Monitor, one profiling session at a time (TensorFlow's profiler allows one).
 
@@ -106,8 +77,9 @@ class ProfilerService:
     to a thread, and a client that cancels (or whose deadline passes) ends the session at once, as TensorFlow's
     service does on ``IsCancelled``, instead of holding the profiler for the whole duration."""
 
-    def __init__(self) -> None:
+    def __init__(self, recent: RecentRequests | None = None) -> None:
         self._messages = _message_classes()
+        self._recent = recent  # the server's recent model requests (None: TensorFlow's events only)
         self._stops: dict[str, asyncio.Event] = {}  # Terminate may arrive before or during its Profile
 
     def _stop_event(self, session_id: str) -> asyncio.Event:
@@ -145,7 +117,8 @@ class ProfilerService:
                     await _wait(stop, request.duration_ms / 1000.0)  # a cancelled RPC raises CancelledError here
                 exporting, session = session, None  # _export stops it
                 xspace = await asyncio.get_running_loop().run_in_executor(
-                    None, _export, exporting, scratch, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"))
+                    None, _export, exporting, scratch, run_dir / f"{request.host_name}.xplane.pb".replace(":", "_"),
+                    lambda data: self._with_requests(data, opts.start_timestamp_ns))
             except OSError as e:
                 await context.abort(grpc.StatusCode.INTERNAL, f"cannot write the trace under {run_dir}: {e}")
             finally:
@@ -154,7 +127,24 @@ class ProfilerService:
                 shutil.rmtree(scratch, ignore_errors=True)
         finally:
             self._stops.pop(request.session_id, None)
-        return self._messages["ProfileResponse"](empty_trace=not xspace_has_events(xspace)).SerializeToString()
+        return self._messages["ProfileResponse"](empty_trace=not xspace_wire.has_events(xspace)).SerializeToString()
+
+    def _with_requests(self, xspace: bytes, requested_start_ns: int) -> bytes:
+        """``xspace`` with the model requests inside the window as lines of its host plane (when there are any)."""
+        if self._recent is None:
+            return xspace
+        times = xspace_wire.session_times(xspace)
+        if times is None:  # not written by this TensorFlow: its planes' origin is unknown, leave them alone
+            return xspace
+        start_ns, stop_ns = times
+        requests = self._recent.between(window_start(requested_start_ns, start_ns), stop_ns)
+        if not requests:
+            return xspace
+        try:
+            return add_requests(xspace, requests, start_ns)
+        except Exception:  # noqa: BLE001 - TensorFlow's trace is still good: never lose it for the server's lines
+            log.exception("cannot add the server's requests to the trace; TensorFlow's events only")
+            return xspace
 
     async def terminate(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -181,9 +171,9 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def _export(session: Any, scratch: Path, target: Path) -> bytes:
-    """Stop ``session``, move the XSpace TensorFlow wrote under ``scratch`` to ``target``; its bytes.
-    (TensorFlow writes ``scratch/plugins/profile/<time>/<host>.xplane.pb``.)"""
+def _export(session: Any, scratch: Path, target: Path, complete: Callable[[bytes], bytes]) -> bytes:
+    """Stop ``session``, write the XSpace TensorFlow wrote under ``scratch``, as ``complete`` returns it, to
+    ``target``; its bytes. (TensorFlow writes ``scratch/plugins/profile/<time>/<host>.xplane.pb``.)"""
     try:
         session.export_to_tb()
     except Exception as e:  # noqa: BLE001 - TF's own error types
@@ -191,14 +181,21 @@ def _export(session: Any, scratch: Path, target: Path) -> bytes:
     written = list(scratch.rglob("*.xplane.pb"))
     if len(written) != 1:
         raise OSError(f"TensorFlow wrote {len(written)} trace files")
-    data = written[0].read_bytes()
+    data = complete(written[0].read_bytes())
+    written[0].write_bytes(data)  # still in the scratch directory: the target appears whole or not at all
     os.replace(written[0], target)
     return data
 
 
-def add_profiler_service(server: grpc.Server) -> None:
-    """Register ``tensorflow.ProfilerService`` (Profile, Terminate, Monitor) on ``server``."""
-    service = ProfilerService()
+def add_profiler_service(server: grpc.Server, observers: list[Callable[[RequestRecord], None]] | None = None
+                         ) -> None:
+    """Register ``tensorflow.ProfilerService`` (Profile, Terminate, Monitor) on ``server``; with ``observers``
+    (the request core's), the traces also hold the server's model requests."""
+    recent = None
+    if observers is not None:
+        recent = RecentRequests()
+        observers.append(recent.observe)
+    service = ProfilerService(recent)
     calls = {"Profile": service.profile, "Terminate": service.terminate, "Monitor": service.monitor}
     handlers = {method: grpc.unary_unary_rpc_method_handler(calls[method]) for method in METHODS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

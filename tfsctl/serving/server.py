@@ -291,7 +291,7 @@ class ModelServer:
             for name in ("ModelService", "PredictionService"):
                 self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if opts.enable_profiler:  # TF Serving's ProfilerService, served in process (serving/profiler.py)
-            add_profiler_service(server)
+            add_profiler_service(server, self.core.observers)
         addresses = []
         if opts.port != 0 or not opts.grpc_socket_path:
             addresses.append(_address(opts.host, opts.port))
