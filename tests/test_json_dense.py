@@ -237,3 +237,114 @@ def test_float64_text_of_float32_values_decodes_on_the_fast_path(monkeypatch):
 ])
 def test_long_integers_among_floats_and_numbers_at_brackets_decode_as_the_general_path_does(raw):
     _same(raw, FLOATS)
+
+
+# --- float text, read by simdjson (json_dense._float_array) -----------------------------------------------------------
+
+DOUBLES = {"x": spec("double")}
+BIG = 2**63 + 2**11 + 1  # in uint64, beyond int64: a double only by rounding
+
+
+def _simdjson_read(raw: bytes) -> list[DenseArray]:
+    """The DenseArrays of a body whose numbers simdjson read (a float64 ndarray, not orjson's list)."""
+    return [d for d in _dense_values(json_codec.parse_predict_json(raw)) if isinstance(d.values, np.ndarray)]
+
+
+@pytest.mark.parametrize("numbers", [
+    b"-0.0, 0.0, -0e0, 0.5, -1e-400, -0",  # negative zeros (and "-0", an integer: +0.0 on both paths)
+    b"5e-324, -5e-324, 2.4703282292062328e-324, 2.4703282292062327e-324, 2.2250738585072011e-308, 1e-310",  # subnormals
+    b"1.7976931348623157e308, -1.7976931348623157e308, 1e-400, 0e999",  # the largest double, underflow to zero
+    b"0.30000000000000004441, 1.00000000000000011102230246251565404236316680908203125, 7.0E-1, 7e+1",  # rounding
+    b"1.5, 9007199254740993, -9007199254740993, %d, %d, 9223372036854775807, -9223372036854775808" % (N18, BIG),
+    b"1.5, 18446744073709551615, 123456789012345678901234567890e-10, 2",  # integers among floats
+])
+@pytest.mark.parametrize("specs", [DOUBLES, FLOATS])
+def test_float_text_reads_as_the_general_path_reads_it(numbers, specs):
+    count = numbers.count(b",") + 1
+    raw = b'{"inputs": {"x": [[%s], [%s]]}}' % (numbers, b", ".join([b"0.25"] * count))
+    outcome = _same(raw, specs)
+    assert outcome[0] is False, outcome  # decoded, not an error
+    assert [d.shape for d in _simdjson_read(raw)] == [(2, count)], "simdjson did not read the array"
+
+
+@pytest.mark.parametrize("raw", [
+    # ragged: simdjson flattens any nesting, so only the shape check stands between these and a wrong tensor
+    b'{"inputs": {"x": [[1.5, 2], [3.5], [4, 5, 6.5]]}}',  # 6 numbers, as (3, 2) would have
+    b'{"inputs": {"x": [[1.5, 2], 3.5, [4, 5]]}}',
+    b'{"inputs": {"x": [[1.5, [2, 3]], [4.5, 5]]}}',
+    b'{"instances": [[1.5, 2], [3.5, 4, 5]]}',
+    # JSON syntax inside the array: the numbers' own, and their places
+    b'{"inputs": {"x": [[01.5, 2], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, +2], [3, 4]]}}',
+    b'{"inputs": {"x": [[.5, 2], [3, 4]]}}',
+    b'{"inputs": {"x": [[5., 2], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 2e], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 2], [3.4.5, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 2], [-, 4]]}}',
+    b'{"inputs": {"x": [[1.5 2], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 2]3, [4, 5]]}}',
+    b'{"inputs": {"x": [[1.5, 2], [3, 4],]}}',
+    b'{"inputs": {"x": [[1.5, 2], [3, 4]]]}}',
+    b'{"inputs": {"x": [[1.5, 2], [3, 4]]5}}',
+    # beyond a double, integers beyond 64 bits, non-finite tokens
+    b'{"inputs": {"x": [[1.5, 1e400], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, -1e400], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 1.7976931348623159e308], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, 18446744073709551616], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, -9223372036854775809], [3, 4]]}}',
+    b'{"inputs": {"x": [[1.5, NaN], [3, 4]]}}',
+    # an array's text inside a string, beside a real one
+    b'{"inputs": {"x": [[1.5, 2]], "s": "[[1.5, 2], [3.25, 4]]"}}',
+    b'{"inputs": {"x": "[[1.5, 2], [3.25, 4]]"}}',
+])
+@pytest.mark.parametrize("specs", [DOUBLES, FLOATS, {"x": spec("int32")}])
+def test_float_text_errors_are_the_general_paths(raw, specs):
+    _same(raw, specs)
+
+
+def test_an_array_text_inside_a_string_stays_a_string_with_floats():
+    raw = b'{"inputs": {"x": [[1.5, 2]], "s": "[[1.5, 2], [3.25, 4]]"}}'
+    doc = json_codec.parse_predict_json(raw)
+    assert doc["inputs"]["s"] == "[[1.5, 2], [3.25, 4]]"
+    assert [d.shape for d in _simdjson_read(raw)] == [(1, 2)]
+
+
+def test_random_decimal_text_reads_as_the_general_path_reads_it():
+    """Many spellings of doubles (17 to 25 digits, exponents from subnormal to near overflow, both signs): each
+    reads to the same double bits on both paths."""
+    rng = random.Random(20)
+    numbers = []
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 25)))
+        number = f"{rng.choice(['', '-'])}{rng.randint(0, 9)}.{digits}"
+        if rng.random() < 0.7:
+            number += f"{rng.choice('eE')}{rng.choice(['', '+', '-'])}{rng.randint(0, 330)}"
+        numbers.append(number)
+    numbers = [n for n in numbers if abs(float(n)) <= 1.7e308]
+    raw = b'{"inputs": {"x": [%s]}}' % ", ".join(numbers).encode()
+    assert _same(raw, DOUBLES)[0] is False
+    assert [d.shape for d in _simdjson_read(raw)] == [(len(numbers),)]
+
+
+def test_a_resnet_sized_body_is_read_by_simdjson_at_the_real_threshold(monkeypatch):
+    """TF Serving's resnet_client.py body (``json.dumps`` of a float32 image's ``tolist()``), row and columnar."""
+    monkeypatch.undo()
+    x = np.random.default_rng(5).random((1, 64, 64, 3), dtype=np.float32) - np.float32(0.5)
+    x[0, 0, 0] = [-0.0, 1e-40, 3.4028235e38]  # a negative zero, a float32 subnormal, float32's largest
+    for raw in (json.dumps({"instances": x.tolist()}).encode(), json.dumps({"inputs": x.tolist()}).encode()):
+        assert [d.shape for d in _simdjson_read(raw)] == [(1, 64, 64, 3)]
+        inputs, _ = json_codec.decode_predict(json_codec.parse_predict_json(raw), FLOATS)
+        assert inputs["x"].tobytes() == x.tobytes()
+        _same(raw, FLOATS)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"inputs": {"x": ["s", [[1.5, 2]], [[3.5, 4]]]}}',
+    b'{"inputs": {"x": ["s", [[1, 2]], [[3, 4]]]}}',
+    b'{"inputs": {"x": ["s", [[1.5, 2]], 7]}}',
+])
+def test_an_array_ends_at_its_first_closing_brackets_not_the_runs_last(raw):
+    """The end is tried at the run's last "]" * rank first (no search through the whole array); when that text
+    is not dense, the first one decides, as a search from the start would."""
+    assert [d.shape for d in _dense_values(json_codec.parse_predict_json(raw))] == [(1, 2)]
+    _same(raw, FLOATS)

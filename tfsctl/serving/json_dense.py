@@ -3,8 +3,11 @@
 Why: a 256x256 RGB image sent as JSON numbers is 65k nested lists and 196k numbers. Parsing it into Python lists and
 walking them into a numpy array took about 33 ms of a DeepLab REST request, with the GIL held (more than the model
 step). Here each long run of number, bracket and comma characters outside strings is checked to be a dense array
-(its brackets and commas exactly those of a tensor of some shape) and parsed by orjson as one flat list of numbers;
-the rest of the body is parsed with a placeholder string where the array was (:func:`extract`).
+(its brackets and commas exactly those of a tensor of some shape) and parsed as one flat array: float text (a
+ResNet image as ``json.dumps`` writes float32 values, 3.1 MB) by simdjson straight into float64, 3-4 ms where orjson
+takes 12 ms to make Python floats; integer text by orjson as one flat list, so integers keep the general path's exact
+int64 and range rules. The rest of the body is parsed with a placeholder string where the array was
+(:func:`extract`).
 
 Nothing here decides what a request means: a :class:`DenseArray` stands where the nested list stood, and
 :func:`to_array` converts it only in the cases whose outcome is certain (numbers for a numeric input, in range).
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 # A run of this many number/bracket/comma/whitespace bytes is worth the fast path (smaller arrays parse fast anyway).
 MIN_RUN_BYTES = 16 << 10
@@ -38,14 +43,15 @@ class NotDense(Exception):
 
 
 class DenseArray:
-    """A dense nested JSON array of numbers: its numbers in order (Python ints and floats, as orjson read them),
-    its shape, whether any number was written with a fraction or an exponent (``floats``), and, in all-integer
-    text, whether any was 19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an
-    integer as a float; with ``floats`` every number goes through float64 anyway)."""
+    """A dense nested JSON array of numbers: its numbers in order (a float64 ndarray when the text has a fraction
+    or an exponent and simdjson read it; else Python ints and floats, as orjson read them), its shape, whether
+    any number was written with a fraction or an exponent (``floats``), and, in all-integer text, whether any was
+    19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an integer as a float; with
+    ``floats`` every number goes through float64 anyway)."""
 
     __slots__ = ("values", "shape", "floats", "wide")
 
-    def __init__(self, values: list, shape: tuple[int, ...], floats: bool, wide: bool) -> None:
+    def __init__(self, values: list | np.ndarray, shape: tuple[int, ...], floats: bool, wide: bool) -> None:
         self.values, self.shape, self.floats, self.wide = values, shape, floats, wide
 
     def __repr__(self) -> str:
@@ -103,11 +109,69 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
         rank += 1
     if rank > _MAX_RANK:
         return None
-    close = body.find(b"]" * rank, start, end)
-    if close < 0:
+    closing = b"]" * rank
+    # The array ends at the first "]" * rank. Tried at the run's last one first: a run is usually the array and a
+    # little whitespace or a comma, and a search from the start reads every byte of it (1.5 ms on a ResNet body).
+    # A dense array holds no "]" * rank before its end, so when the text up to the last one is dense, that is the
+    # first one too; when it is not, the first one decides, as if searched from the start.
+    last = body.rfind(closing, start, end)
+    if last < 0:
         return None
-    stop = close + rank
-    text = body[start:stop]
+    array = _array_text(body[start:last + rank], rank)
+    if array is not None:
+        return last + rank, array
+    first = body.find(closing, start, end)
+    if first == last:
+        return None
+    array = _array_text(body[start:first + rank], rank)
+    return None if array is None else (first + rank, array)
+
+
+def _array_text(text: bytes, rank: int) -> DenseArray | None:
+    """The dense array whose whole text is ``text`` (``rank`` "[" open it), or None."""
+    if b"." in text or b"e" in text or b"E" in text:
+        array = _float_array(text, rank)
+        if array is not None:
+            return array
+    return _flat_array(text, rank)
+
+
+def _float_array(text: bytes, rank: int) -> DenseArray | None:
+    """Array text with a fraction or an exponent (where the general path sends every number through float64),
+    parsed by simdjson straight into a float64 ndarray; None when the orjson way must decide.
+
+    simdjson reads the text with its brackets, so it enforces JSON's syntax (a number touching a bracket, two
+    numbers in one place, a bad number all fail); it flattens any nesting, so the shape is checked from the
+    brackets and commas. Its doubles are correctly rounded, as orjson's are (subnormals and halfway cases too), and
+    its integers (int64 or uint64) become doubles correctly rounded, as the general path's ``np.asarray`` of mixed
+    ints and floats makes them; ``-0`` (an integer) is +0.0 and ``-0.0``, ``-0e0``, ``-1e-400`` are -0.0 on both
+    paths. It fails (ValueError, RuntimeError) on what it cannot hold, beyond a double or an integer beyond 64
+    bits, and the orjson way then decides."""
+    shape = _shape_of(text.translate(None, _NUMBER_CHARS + _WS), rank)
+    if shape is None:
+        return None
+    try:
+        values = np.frombuffer(_parser().parse(text).as_buffer(of_type="d"), np.float64)
+    except Exception:  # noqa: BLE001 - any refusal (syntax, range, a non-number): the orjson way decides
+        return None
+    if values.size != math.prod(shape):
+        return None
+    return DenseArray(values, shape, True, False)
+
+
+_parsers = threading.local()
+
+
+def _parser() -> simdjson.Parser:
+    """This thread's simdjson parser (a parser holds its buffers between parses and is not thread-safe)."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    return parser
+
+
+def _flat_array(text: bytes, rank: int) -> DenseArray | None:
+    """The array's numbers read by orjson as one flat list (integers stay exact Python ints), or None."""
     marked = text.translate(_SHAPE_MARKS, _WS)
     if _number_touches_bracket(marked):
         return None  # a number right after "]" or right before "[": not where an element goes
@@ -128,7 +192,7 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
     # reads one as the general path converts it (both round once, correctly): only all-integer text can be wide.
     # Not searched in float text: float64 text of small numbers is 19+ characters a number ("0.00012345678901234567"),
     # and the search re-reads each of them at every position (about 100 ms on a 3 MB ResNet body).
-    return stop, DenseArray(values, shape, floats, not floats and b"n" * 19 in marked)
+    return DenseArray(values, shape, floats, not floats and b"n" * 19 in marked)
 
 
 _N, _OPEN, _CLOSE = ord("n"), ord("["), ord("]")
@@ -206,7 +270,10 @@ def to_array(value: DenseArray, dtype: np.dtype) -> np.ndarray:
             return np.fromiter(value.values, dtype, n).reshape(value.shape)  # OverflowError when out of range
         if kind == "f":
             # As the general path: all integers -> int64 first; any float -> float64 first; then the input's dtype.
-            wide = np.fromiter(value.values, np.float64 if value.floats else np.int64, n)
+            if isinstance(value.values, np.ndarray):  # float text simdjson read: float64 already
+                wide = value.values
+            else:
+                wide = np.fromiter(value.values, np.float64 if value.floats else np.int64, n)
             with np.errstate(over="ignore"):
                 return wide.astype(dtype).reshape(value.shape)
     except (OverflowError, TypeError, ValueError):
