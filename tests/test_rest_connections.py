@@ -161,6 +161,24 @@ def test_a_stalled_body_gets_408(rest):
         assert s.recv(65536).startswith(b"HTTP/1.1 408")
 
 
+def test_a_slow_body_that_keeps_coming_is_read_past_the_body_timeout(rest):
+    """``body_timeout`` bounds the time without progress, not the whole upload: a body whose pieces come every
+    0.2 s for longer than 0.5 s in all is read and answered."""
+    server = rest(body_timeout=0.5)
+    body = json.dumps({"instances": X}).encode()
+    pieces = [body[i:i + 4] for i in range(0, len(body), 4)][:8]
+    pieces.append(body[4 * len(pieces):])
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        started = time.monotonic()
+        for piece in pieces:
+            s.sendall(piece)
+            time.sleep(0.2)  # pacing the upload, not waiting for the server
+        assert time.monotonic() - started > 1.5
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 def test_large_bodies_in_flight_are_bounded_and_small_ones_pass(rest):
     """One large body holds the in-flight body budget while it uploads: a second large one waits for room and gets
     503 when none comes; small bodies pass meanwhile; once the first is done, a large body is served again."""
