@@ -6,6 +6,12 @@ The reply is DeepLab-sized: ``probabilities`` float32 [1, 256, 256, 21] plus ``s
 come out with double digits), and ``json.loads`` + ``np.asarray`` for requests. The garbage collector is frozen
 after start-up as in ``tfsctl serve``; otherwise every parse of a big body pays for a scan of TensorFlow's objects.
 
+Then a ResNet50 request as TF Serving's ``resnet_client.py`` writes it (``json.dumps`` of a float32 [1, 224, 224, 3]
+image's ``tolist()``: float64 text, 3.1 MB), row (``instances``) and columnar (``inputs``), parsed and decoded into
+the float32 input: the general path (orjson into nested lists, then numpy), what ``tfsctl serve`` does
+(``parse_predict_json``: json_dense, simdjson for float text), and two floors: ``orjson.loads`` of the body alone
+(Python objects, no array) and pysimdjson's parse of the array's own text straight into float64 (no shape check).
+
     PYTHONPATH=$PWD python benchmarks/rest_codec_bench.py [--repeats 5]
 """
 
@@ -20,6 +26,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import orjson
+import simdjson
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,9 +49,47 @@ class _Spec:
     dtype_enum = 4  # DT_UINT8
 
 
+class _FloatSpec:
+    dtype = np.dtype(np.float32)
+    dtype_enum = 1  # DT_FLOAT
+
+
 def _new_decode(body: bytes, parse: Callable[[bytes], dict] = json_codec.parse_json) -> np.ndarray:
     doc = parse(body)
     return json_codec.decode_predict(doc, {"images": _Spec()})[0]["images"]
+
+
+def _resnet_decode(body: bytes, parse: Callable[[bytes], dict]) -> np.ndarray:
+    doc = parse(body)
+    return json_codec.decode_predict(doc, {"input_1": _FloatSpec()}, json_codec.signature_name(doc))[0]["input_1"]
+
+
+def _resnet(repeats: int) -> None:
+    """The ResNet50 request body, row and columnar: general path, tfsctl serve's path, and the two floors."""
+    x = np.random.default_rng(1).random((1, 224, 224, 3), dtype=np.float32)
+    bodies = {"row": json.dumps({"instances": x.tolist(), "signature_name": "serving_default"}).encode(),
+              "columnar": json.dumps({"inputs": {"input_1": x.tolist()}}).encode()}
+    print(f"\nResNet50 request: float32 [1, 224, 224, 3] as json.dumps writes it ({len(bodies['row']) / 1e6:.2f} MB), "
+          f"parsed and decoded to float32; min / median of {repeats} (ms)")
+    print(f"{'':44} {'row':>15} {'columnar':>15}")
+    parser = simdjson.Parser()
+    array_text = {k: b[b.index(b"["):b.rindex(b"]") + 1] for k, b in bodies.items()}
+    rows: list[tuple[str, Callable[[str], object]]] = [
+        ("general path (orjson, nested lists, numpy)", lambda k: _resnet_decode(bodies[k], json_codec.parse_json)),
+        ("tfsctl serve (json_dense: simdjson)", lambda k: _resnet_decode(bodies[k], json_codec.parse_predict_json)),
+        ("floor: orjson.loads(body), no array", lambda k: orjson.loads(bodies[k])),
+        ("floor: simdjson array text -> float64", lambda k: np.frombuffer(
+            parser.parse(array_text[k]).as_buffer(of_type="d"), np.float64)),
+    ]
+    for k, body in bodies.items():
+        general, dense = (_resnet_decode(body, p) for p in (json_codec.parse_json, json_codec.parse_predict_json))
+        assert general.tobytes() == dense.tobytes() == x.tobytes(), k
+    for name, fn in rows:
+        cells = []
+        for k in bodies:
+            runs = _runs(lambda: fn(k), repeats)
+            cells.append(f"{min(runs):6.1f} / {statistics.median(runs):6.1f}")
+        print(f"{name:44} {cells[0]:>15} {cells[1]:>15}")
 
 
 def _dense_decode(body: bytes) -> np.ndarray:
@@ -51,13 +97,19 @@ def _dense_decode(body: bytes) -> np.ndarray:
     return _new_decode(body, json_codec.parse_predict_json)
 
 
-def _time(fn: Callable[[], object], repeats: int) -> float:
+def _runs(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Each call's time in ms (one unmeasured call first: caches, the parser's buffers)."""
+    fn()
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs) * 1000
+        runs.append((time.perf_counter() - start) * 1000)
+    return runs
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+    return statistics.median(_runs(fn, repeats))
 
 
 def main() -> None:
@@ -91,6 +143,7 @@ def main() -> None:
     print(f"{'':34} {'old ms':>9} {'new ms':>9} {'speed-up':>9}")
     for name, old, new in rows:
         print(f"{name:34} {old:9.1f} {new:9.1f} {old / new:8.1f}x")
+    _resnet(args.repeats)
 
 
 if __name__ == "__main__":
