@@ -87,7 +87,7 @@ def _resnet(repeats: int) -> None:
     for name, fn in rows:
         cells = []
         for k in bodies:
-            runs = _runs(lambda: fn(k), repeats)
+            runs = _runs(lambda f=fn, body=k: f(body), repeats)
             cells.append(f"{min(runs):6.1f} / {statistics.median(runs):6.1f}")
         print(f"{name:44} {cells[0]:>15} {cells[1]:>15}")
 

@@ -239,7 +239,7 @@ def test_long_integers_among_floats_and_numbers_at_brackets_decode_as_the_genera
     _same(raw, FLOATS)
 
 
-# --- float text, read by simdjson (json_dense._float_array) -----------------------------------------------------------
+# --- numbers read by simdjson (json_dense._simdjson_array) ------------------------------------------------------------
 
 DOUBLES = {"x": spec("double")}
 BIG = 2**63 + 2**11 + 1  # in uint64, beyond int64: a double only by rounding
@@ -348,3 +348,37 @@ def test_an_array_ends_at_its_first_closing_brackets_not_the_runs_last(raw):
     is not dense, the first one decides, as a search from the start would."""
     assert [d.shape for d in _dense_values(json_codec.parse_predict_json(raw))] == [(1, 2)]
     _same(raw, FLOATS)
+
+
+@pytest.mark.parametrize("numbers, dtype", [
+    (b"0, 255, 7, -0", "uint8"),
+    (b"-2147483648, 2147483647, 0", "int32"),
+    (b"-9223372036854775808, 9223372036854775807, -0", "int64"),
+    (b"0, 9223372036854775807", "uint64"),
+    (b"%d, -9223372036854775807, 16777217, 9007199254740993" % N18, "float"),  # int64 first, then float32
+    (b"%d, 9223372036854775807, -9223372036854775808" % N18, "double"),
+    (b"1, 2, 65504, 65520, -65520", "half"),  # beyond float16: inf, as the general path makes it
+])
+def test_integer_text_reads_as_the_general_path_reads_it(numbers, dtype):
+    count = numbers.count(b",") + 1
+    raw = b'{"inputs": {"x": [[%s], [%s]]}}' % (numbers, b", ".join([b"1"] * count))
+    outcome = _same(raw, {"x": spec(dtype)})
+    assert outcome[0] is False, outcome  # decoded, not an error
+    assert [(d.shape, d.values.dtype) for d in _simdjson_read(raw)] == [((2, count), np.int64)]
+
+
+@pytest.mark.parametrize("numbers", [
+    b"1, 256", b"-1, 0", b"1, 2147483648", b"1, -2147483649",  # beyond uint8 or int32
+    b"1, 9223372036854775808", b"1, -9223372036854775809", b"1, 18446744073709551616",  # beyond int64 / uint64
+    b"1, 99999999999999999999999999999999999999", b"01, 2", b"1, 2 3", b"1, -", b"1, --2",
+])
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "int64", "uint64", "float", "bool"])
+def test_integer_text_errors_are_the_general_paths(numbers, dtype):
+    _same(b'{"inputs": {"x": [[%s], [7, 8]]}}' % numbers, {"x": spec(dtype)})
+
+
+def test_a_batch_of_integer_and_float_instances_goes_through_float64_as_the_general_path():
+    """One float in any instance sends every number of the batch through float64 (N18 rounds differently)."""
+    raw = b'{"instances": [{"x": [%d, 1, 2]}, {"x": [1.5, 1, 2]}]}' % N18
+    assert sorted(str(d.values.dtype) for d in _simdjson_read(raw)) == ["float64", "int64"]
+    assert _same(raw, FLOATS)[0] is True

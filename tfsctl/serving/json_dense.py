@@ -3,11 +3,11 @@
 Why: a 256x256 RGB image sent as JSON numbers is 65k nested lists and 196k numbers. Parsing it into Python lists and
 walking them into a numpy array took about 33 ms of a DeepLab REST request, with the GIL held (more than the model
 step). Here each long run of number, bracket and comma characters outside strings is checked to be a dense array
-(its brackets and commas exactly those of a tensor of some shape) and parsed as one flat array: float text (a
-ResNet image as ``json.dumps`` writes float32 values, 3.1 MB) by simdjson straight into float64, 3-4 ms where orjson
-takes 12 ms to make Python floats; integer text by orjson as one flat list, so integers keep the general path's exact
-int64 and range rules. The rest of the body is parsed with a placeholder string where the array was
-(:func:`extract`).
+(its brackets and commas exactly those of a tensor of some shape) and parsed by simdjson straight into one flat
+ndarray: float64 for float text (a ResNet image as ``json.dumps`` writes float32 values, 3.1 MB: 3-4 ms where orjson
+takes 12 ms to make Python floats), exact int64 for integer text (a uint8 image); what simdjson refuses (an integer
+beyond int64, a number beyond a double) is parsed by orjson as one flat list. The rest of the body is parsed with a
+placeholder string where the array was (:func:`extract`).
 
 Nothing here decides what a request means: a :class:`DenseArray` stands where the nested list stood, and
 :func:`to_array` converts it only in the cases whose outcome is certain (numbers for a numeric input, in range).
@@ -43,8 +43,9 @@ class NotDense(Exception):
 
 
 class DenseArray:
-    """A dense nested JSON array of numbers: its numbers in order (a float64 ndarray when the text has a fraction
-    or an exponent and simdjson read it; else Python ints and floats, as orjson read them), its shape, whether
+    """A dense nested JSON array of numbers: its numbers in order (an ndarray when simdjson read them: float64
+    when the text has a fraction or an exponent, else int64; else Python ints and floats, as orjson read them,
+    when simdjson refused the text), its shape, whether
     any number was written with a fraction or an exponent (``floats``), and, in all-integer text, whether any was
     19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an integer as a float; with
     ``floats`` every number goes through float64 anyway)."""
@@ -129,34 +130,33 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
 
 def _array_text(text: bytes, rank: int) -> DenseArray | None:
     """The dense array whose whole text is ``text`` (``rank`` "[" open it), or None."""
-    if b"." in text or b"e" in text or b"E" in text:
-        array = _float_array(text, rank)
-        if array is not None:
-            return array
-    return _flat_array(text, rank)
+    floats = b"." in text or b"e" in text or b"E" in text
+    return _simdjson_array(text, rank, floats) or _flat_array(text, rank)
 
 
-def _float_array(text: bytes, rank: int) -> DenseArray | None:
-    """Array text with a fraction or an exponent (where the general path sends every number through float64),
-    parsed by simdjson straight into a float64 ndarray; None when the orjson way must decide.
+def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
+    """The array's numbers read by simdjson straight into an ndarray; None when the orjson way must decide.
 
-    simdjson reads the text with its brackets, so it enforces JSON's syntax (a number touching a bracket, two
-    numbers in one place, a bad number all fail); it flattens any nesting, so the shape is checked from the
-    brackets and commas. Its doubles are correctly rounded, as orjson's are (subnormals and halfway cases too), and
-    its integers (int64 or uint64) become doubles correctly rounded, as the general path's ``np.asarray`` of mixed
-    ints and floats makes them; ``-0`` (an integer) is +0.0 and ``-0.0``, ``-0e0``, ``-1e-400`` are -0.0 on both
-    paths. It fails (ValueError, RuntimeError) on what it cannot hold, beyond a double or an integer beyond 64
-    bits, and the orjson way then decides."""
+    Float text (a fraction or an exponent anywhere, where the general path sends every number through float64)
+    becomes float64; integer text int64, exactly (the general path's first step too; the input's range is checked
+    on conversion, :func:`to_array`). simdjson reads the text with its brackets, so it enforces JSON's syntax (a
+    number touching a bracket, two numbers in one place, a bad number all fail); it flattens any nesting, so the
+    shape is checked from the brackets and commas. Its doubles are correctly rounded, as orjson's are (subnormals
+    and halfway cases too), and its integers become doubles correctly rounded, as the general path's
+    ``np.asarray`` of mixed ints and floats makes them; ``-0`` (an integer) is +0.0 and ``-0.0``, ``-0e0``,
+    ``-1e-400`` are -0.0 on both paths. It fails (ValueError, RuntimeError) on what it cannot hold, beyond a
+    double or an integer beyond 64 bits (int64 for integer text), and the orjson way then decides."""
     shape = _shape_of(text.translate(None, _NUMBER_CHARS + _WS), rank)
     if shape is None:
         return None
     try:
-        values = np.frombuffer(_parser().parse(text).as_buffer(of_type="d"), np.float64)
+        buffer = _parser().parse(text).as_buffer(of_type="d" if floats else "i")
     except Exception:  # noqa: BLE001 - any refusal (syntax, range, a non-number): the orjson way decides
         return None
+    values = np.frombuffer(buffer, np.float64 if floats else np.int64)
     if values.size != math.prod(shape):
         return None
-    return DenseArray(values, shape, True, False)
+    return DenseArray(values, shape, floats, False)
 
 
 _parsers = threading.local()
@@ -267,13 +267,19 @@ def to_array(value: DenseArray, dtype: np.dtype) -> np.ndarray:
         if kind in "iu":
             if value.floats:
                 raise NotDense("fraction or exponent for an integer input")
+            if isinstance(value.values, np.ndarray):  # integer text simdjson read: exact int64
+                info = np.iinfo(dtype)
+                if n and (int(value.values.min()) < info.min or int(value.values.max()) > info.max):
+                    raise NotDense("value out of range")
+                return value.values.astype(dtype).reshape(value.shape)
             return np.fromiter(value.values, dtype, n).reshape(value.shape)  # OverflowError when out of range
         if kind == "f":
             # As the general path: all integers -> int64 first; any float -> float64 first; then the input's dtype.
-            if isinstance(value.values, np.ndarray):  # float text simdjson read: float64 already
-                wide = value.values
+            wide_type = np.float64 if value.floats else np.int64
+            if isinstance(value.values, np.ndarray):  # simdjson read it: float64, or int64 (made float64 in a
+                wide = value.values.astype(wide_type, copy=False)  # batch with a float, as the general path does)
             else:
-                wide = np.fromiter(value.values, np.float64 if value.floats else np.int64, n)
+                wide = np.fromiter(value.values, wide_type, n)
             with np.errstate(over="ignore"):
                 return wide.astype(dtype).reshape(value.shape)
     except (OverflowError, TypeError, ValueError):
