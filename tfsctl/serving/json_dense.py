@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import threading
 from typing import Any
 
 import numpy as np
@@ -150,24 +149,15 @@ def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
     if shape is None:
         return None
     try:
-        buffer = _parser().parse(text).as_buffer(of_type="d" if floats else "i")
+        # A parser per parse: one keeps buffers sized for the largest document it read (2-3x the text), and a
+        # parser per thread would hold that for good after one large body.
+        buffer = simdjson.Parser().parse(text).as_buffer(of_type="d" if floats else "i")
     except Exception:  # noqa: BLE001 - any refusal (syntax, range, a non-number): the orjson way decides
         return None
     values = np.frombuffer(buffer, np.float64 if floats else np.int64)
     if values.size != math.prod(shape):
         return None
     return DenseArray(values, shape, floats, False)
-
-
-_parsers = threading.local()
-
-
-def _parser() -> simdjson.Parser:
-    """This thread's simdjson parser (a parser holds its buffers between parses and is not thread-safe)."""
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
-    return parser
 
 
 def _flat_array(text: bytes, rank: int) -> DenseArray | None:
