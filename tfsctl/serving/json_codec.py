@@ -102,7 +102,7 @@ def _gc_paused() -> Iterator[None]:
 
 def parse_json(body: bytes) -> dict:
     """The request body as a JSON object; InvalidArgument with TF Serving's texts when it is not one."""
-    if not body.strip():
+    if not body or body.isspace():  # not body.strip(): that copies a body with a trailing newline
         raise InvalidArgument("JSON Parse error: The document is empty")
     if len(body) >= _GC_PAUSE_BYTES:
         with _gc_paused():
@@ -121,7 +121,7 @@ class _DenseDoc(dict):
 def parse_predict_json(body: bytes) -> dict:
     """:func:`parse_json` for a predict body: large dense numeric arrays come back as ``DenseArray``
     (:func:`decode_predict` converts them, or parses the body again when they do not fit)."""
-    if len(body) < _GC_PAUSE_BYTES or not body.strip():
+    if len(body) < _GC_PAUSE_BYTES or body.isspace():
         return parse_json(body)
     with _gc_paused():
         found = json_dense.extract(body)
