@@ -31,7 +31,7 @@ import simdjson
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfsctl.serving import json_codec  # noqa: E402
+from tfsctl.serving import json_codec, json_dense  # noqa: E402
 
 
 def _old_encode(outputs: dict[str, np.ndarray]) -> bytes:
@@ -90,6 +90,32 @@ def _resnet(repeats: int) -> None:
             runs = _runs(lambda f=fn, body=k: f(body), repeats)
             cells.append(f"{min(runs):6.1f} / {statistics.median(runs):6.1f}")
         print(f"{name:44} {cells[0]:>15} {cells[1]:>15}")
+    _dense_steps(bodies["row"], repeats)
+
+
+def _dense_steps(body: bytes, repeats: int) -> None:
+    """json_dense's passes over the row body, each timed alone (min / median ms): where its parse goes."""
+    text = body[body.index(b"["):body.rindex(b"]") + 1]
+    found = json_dense.extract(body)
+    assert found is not None
+    rest, arrays = found
+    (array,) = arrays.values()
+    steps = [
+        ("find the array: body.translate(run marks)", lambda: body.translate(json_dense._RUN_MARKS)),
+        ("copy the array's text out of the body", lambda: body[body.index(b"["):len(body) - 1]),
+        ("its brackets and commas: text.translate()", lambda: text.translate(None, json_dense._NUMBER_CHARS
+                                                                              + json_dense._WS)),
+        ("the shape from them (_shape_of)", lambda: json_dense._shape_of(
+            text.translate(None, json_dense._NUMBER_CHARS + json_dense._WS), 4)),
+        ("simdjson: array text -> float64", lambda: simdjson.Parser().parse(text).as_buffer(of_type="d")),
+        ("orjson: the rest of the body", lambda: orjson.loads(rest)),
+        ("float64 -> float32", lambda: array.values.astype(np.float32)),
+        ("all of json_dense.extract", lambda: json_dense.extract(body)),
+    ]
+    print("json_dense on the row body, step by step (min / median ms; the shape line includes its translate):")
+    for name, fn in steps:
+        runs = _runs(fn, repeats)
+        print(f"  {name:44} {min(runs):6.2f} / {statistics.median(runs):6.2f}")
 
 
 def _dense_decode(body: bytes) -> np.ndarray:
