@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
+import pybase64
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 
@@ -269,8 +270,15 @@ def _b64decode(value: Any) -> bytes:
     if not is_b64(value):
         raise InvalidArgument(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
     data = value[_B64].strip()
-    try:  # absl::Base64Unescape also takes unpadded input
-        return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+    data += "=" * (-len(data) % 4)  # absl::Base64Unescape also takes unpadded input
+    try:
+        # SIMD, 30x the standard library on a 3 MB image. Where it decodes, it decodes as the standard library does;
+        # it refuses a little more (padding beyond a complete group, "YWJj="), which the standard library decides.
+        return pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(f"Unable to base64 decode: {debug_string(value)}") from None
 
