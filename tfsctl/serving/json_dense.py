@@ -43,11 +43,11 @@ class NotDense(Exception):
 
 class DenseArray:
     """A dense nested JSON array of numbers: its numbers in order (an ndarray when simdjson read them: float64
-    when the text has a fraction or an exponent, else int64; else Python ints and floats, as orjson read them,
-    when simdjson refused the text), its shape, whether
-    any number was written with a fraction or an exponent (``floats``), and, in all-integer text, whether any was
-    19 characters or longer (``wide``: it may not fit 64 bits, and orjson then reads an integer as a float; with
-    ``floats`` every number goes through float64 anyway)."""
+    when the text has a fraction or an exponent, else int64; Python ints and floats, as orjson read them, when
+    simdjson refused the text), its shape, whether any number was written with a fraction or an exponent
+    (``floats``), and, in all-integer text orjson read, whether any was 19 characters or longer (``wide``: it may
+    not fit 64 bits, and orjson then reads an integer as a float; with ``floats`` every number goes through
+    float64 anyway)."""
 
     __slots__ = ("values", "shape", "floats", "wide")
 
