@@ -151,7 +151,10 @@ def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
     try:
         # A parser per parse: one keeps buffers sized for the largest document it read (2-3x the text), and a
         # parser per thread would hold that for good after one large body.
-        buffer = simdjson.Parser().parse(text).as_buffer(of_type="d" if floats else "i")
+        doc = simdjson.Parser().parse(text)
+        if not isinstance(doc, simdjson.Array):
+            return None
+        buffer = doc.as_buffer(of_type="d" if floats else "i")
     except Exception:  # noqa: BLE001 - any refusal (syntax, range, a non-number): the orjson way decides
         return None
     values = np.frombuffer(buffer, np.float64 if floats else np.int64)

@@ -133,8 +133,9 @@ def merge_into_host_plane(xspace: bytes, plane: bytes) -> bytes:
     is none. Every other field stays byte for byte."""
     out, merged = bytearray(), False
     for n, wire, value, raw in fields(xspace):
-        if n == _SPACE_PLANES and wire == 2 and not merged and plane_name(value) == HOST_PLANE.encode():  # type: ignore[arg-type]
-            out += length_delimited(_SPACE_PLANES, value + plane)  # type: ignore[operator]
+        if n == _SPACE_PLANES and wire == 2 and not merged and isinstance(value, bytes) \
+                and plane_name(value) == HOST_PLANE.encode():
+            out += length_delimited(_SPACE_PLANES, value + plane)
             merged = True
         else:
             out += raw
