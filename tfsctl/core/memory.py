@@ -6,8 +6,8 @@ stays at its peak after a burst of big or hostile requests. ``malloc_trim(0)`` r
 the block. Trimming walks every arena, so it is rate-limited and runs on a background thread, after the request's
 memory has been freed, and only after requests of at least ``LARGE_REQUEST_BYTES``.
 
-glibc's thresholds are set once, at the values its dynamic thresholds reach after the first large free
-(:func:`steady_thresholds`): large blocks come from the arenas (an earlier version pinned ``M_MMAP_THRESHOLD`` at
+glibc's thresholds are fixed once (:func:`steady_thresholds`): the mmap threshold where its dynamic one ends up
+after the first large free, so large blocks come from the arenas (an earlier version pinned ``M_MMAP_THRESHOLD`` at
 1 MiB, which sent every large allocation of the model's own step through mmap/munmap), and a request's freed
 scratch stays for the next request instead of being handed back by glibc after each one (docs/PERFORMANCE.md,
 "Memory"). An operator's ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (glibc's own environment
