@@ -62,7 +62,7 @@ def main() -> int:
         grpc_body, rest = rm.grpc_body(model, model.inputs), rm.rest_bodies(model)
         calls = {"step": lambda: servable.run(model.signature, model.inputs, model.output_filter)}
         for name, server in servers.items():
-            grpc, http = rm.GrpcClient(server.grpc_port), rm.RestClient(server.rest_port, model)
+            grpc, http = rm.GrpcClient(server.grpc_port), rm.RestClient(server.rest_port, rm.v1_path(model))
             calls[f"grpc {name}"] = lambda c=grpc: c(grpc_body)
             calls[f"rest_row {name}"] = lambda c=http: c(rest["rest_row"])
             calls[f"rest_columnar {name}"] = lambda c=http: c(rest["rest_columnar"])

@@ -55,8 +55,7 @@ def test_an_unloaded_servable_is_collected_and_the_serving_one_is_not(tmp_path: 
 def test_freed_large_blocks_of_a_pool_thread_go_back_to_the_os_on_trim() -> None:
     """After glibc's dynamic threshold has risen (a large block was freed once), later large blocks come from the
     allocating thread's arena and stay resident when freed; ``trim_now`` (what the Trimmer runs after large
-    requests) gives them back from that thread's arena. The process keeps glibc's own thresholds (no mallopt),
-    so the model's step allocates as fast as glibc allows."""
+    requests) gives them back from that thread's arena."""
     import sys
     import threading
 
@@ -92,3 +91,47 @@ def test_freed_large_blocks_of_a_pool_thread_go_back_to_the_os_on_trim() -> None
     finally:
         go.set()
         t.join()
+
+
+SCRATCH = """
+import resource, sys
+import numpy as np
+from tfsctl.core import memory
+if sys.argv[1] == "steady":
+    assert memory.steady_thresholds()
+def request():  # a REST parse's scratch: several blocks of a few MB, freed together
+    blocks = [np.ones(2 << 20, np.uint8) for _ in range(8)]
+    del blocks
+for _ in range(3):
+    request()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    request()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+"""
+
+
+def test_steady_thresholds_keep_a_requests_freed_scratch_for_the_next() -> None:
+    """With glibc's dynamic thresholds (following the largest block freed, 2 MB here), the 16 MB a request frees
+    in several blocks is handed back at once and the next request page-faults all of it again (4,000 faults);
+    ``steady_thresholds`` (set by ModelServer.start) keeps it for the next. In fresh processes: mallopt is
+    process-wide."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", SCRATCH, mode], env=env, capture_output=True, text=True,
+                             timeout=120, check=True)
+        return int(out.stdout.split()[-1])
+
+    pages = 16 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
+    assert faults("glibc") > pages // 2  # the cost: why the thresholds are set
+    assert faults("steady") < pages // 20

@@ -27,6 +27,7 @@ from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from tfsctl.core.config import load_monitoring_config, load_ssl_config, parse_model_server_config
 from tfsctl.core.loader import Loader, load_op_library_files
+from tfsctl.core.memory import steady_thresholds
 from tfsctl.core.remote_loader import remote_aware_factory
 from tfsctl.core.request_log import RequestLogger
 from tfsctl.core.servable_request import has_available_version
@@ -176,6 +177,7 @@ class ModelServer:
             raise RuntimeError("a ModelServer starts once; create a new one")
         self._started = True
         opts = self.options
+        steady_thresholds()  # a large request's freed scratch is reused by the next, not page-faulted again
         try:
             opts.validate()
             config = opts.model_config()
