@@ -173,8 +173,9 @@ class ServerOptions:
             raise FlagError(f"--log_format must be text or json, got {self.log_format!r}")
         if self.request_log_max_file_bytes < 1024:
             raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
-        if self.batching_parameters_file and not self.enable_batching:
-            raise FlagError("--batching_parameters_file is set without --enable_batching")
+        for name in ("batching_parameters_file", "batching_isolate_failures"):
+            if getattr(self, name) and not self.enable_batching:
+                raise FlagError(f"--{name} is set without --enable_batching")
         if self.tflite_signature_runners and not self.prefer_tflite_model and not self.platform_config_file:
             raise FlagError(_RUNNERS_WITHOUT_TFLITE)
         parse_channel_arguments(self.grpc_channel_arguments)
