@@ -838,8 +838,7 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
     monitoring = tmp / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file),
-                             "--monitoring_config_file", str(monitoring),
-                             *(["--batching_timeout_after_busy"] if args.batching_timeout_after_busy else [])],
+                             "--monitoring_config_file", str(monitoring)],
                      out_dir / f"server_{model.name}_batching.log")
     kserve = None
     kserve_python = args.kserve[0]
@@ -988,11 +987,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=8.0, help="window per batching level")
     ap.add_argument("--levels", default="4,8,16")
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--batch-timeout-micros", type=int, default=50000,
-                    help="10000 lets 8 closed-loop clients split into alternating half batches (PERFORMANCE.md)")
+    ap.add_argument("--batch-timeout-micros", type=int, default=10000)
     ap.add_argument("--num-batch-threads", type=int, default=1)
-    ap.add_argument("--batching-timeout-after-busy", action="store_true",
-                    help="serve the batching server with tfsctl's opt-in --batching_timeout_after_busy")
     ap.add_argument("--large-batch", type=int, default=32, help="batch size of the memory burst's requests")
     ap.add_argument("--settle-seconds", type=float, default=20.0)
     ap.add_argument("--skip", default="", help="comma list: " + ", ".join(SECTIONS))

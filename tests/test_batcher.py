@@ -181,40 +181,6 @@ def test_after_two_wasted_waits_a_lone_request_runs_at_once_in_the_callers_threa
         batcher.stop()
 
 
-@pytest.mark.parametrize("comes_back", [True, False])
-@pytest.mark.parametrize("after_busy", [False, True])
-def test_a_batch_queued_behind_a_busy_slot_times_out_from_when_the_slot_frees_with_the_opt_in(toy, after_busy,
-                                                                                              comes_back):
-    """TF Serving's rule (the default): a batch's timeout counts from its first request, so a batch queued behind a
-    long step has timed out when the step ends and runs at once, half full, before the client just answered sends
-    again. With ``timeout_after_busy`` its timeout begins when the slot frees, so that client's next request joins
-    it and the batch runs full; when nobody comes, it runs once that timeout passes."""
-    rec = _Recording(toy, gate=threading.Event())
-    timeout_s = 0.5
-    batcher = Batcher(BatchOptions(max_batch_size=3, batch_timeout_micros=int(timeout_s * 1e6), num_batch_threads=1),
-                      close_early_after=0, timeout_after_busy=after_busy)
-    try:
-        with ThreadPoolExecutor(4, thread_name_prefix="client") as pool:
-            first = pool.submit(batcher.run, rec, "", {"x": _rows(10, 1)})
-            assert rec.entered.wait(30)  # runs alone (the batcher was idle), held inside the model
-            queued = [pool.submit(batcher.run, rec, "", {"x": _rows(start, 1)}) for start in (20, 30)]
-            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
-            since = time.monotonic()
-            wait_until(lambda: time.monotonic() - since > timeout_s, 20, "the queued batch's own timeout passing")
-            assert batcher.pending() == 2  # the only slot is busy: the batch still waits
-            rec.gate.set()
-            np.testing.assert_allclose(first.result(20)["y"], _rows(10, 1) * SCALE)
-            sent = [*queued, pool.submit(batcher.run, rec, "", {"x": _rows(40, 1)})] if comes_back else queued
-            for f, start in zip(sent, (20, 30, 40), strict=False):  # the answered client sends again, or not
-                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
-        if comes_back:
-            assert [n for n, _ in rec.calls] == ([1, 3] if after_busy else [1, 2, 1])
-        else:  # nobody comes: the batch still runs, once its timeout (begun when the slot freed) passes
-            assert [n for n, _ in rec.calls] == [1, 2]
-    finally:
-        batcher.stop()
-
-
 def test_run_now_runs_alone_in_the_callers_thread_even_while_a_batch_waits(toy):
     """The gRPC event loop's entry (steps too short for batching to pay): it runs the request at once in the
     caller's thread, also while another request waits for its batch, which it leaves unharmed; TF Serving's

@@ -44,10 +44,6 @@ tfsctl additions, so batching does not tax a lone request nor a closed loop of c
   handed, when one frees up, to its first request's thread (woken for its result anyway). The batch threads run
   the batches that time out, and those whose first request is part of a split one.
 
-With ``timeout_after_busy`` (``--batching_timeout_after_busy``, tfsctl's opt-in) a batch opened while every batch
-slot was busy counts ``batch_timeout_micros`` from the moment a slot frees, not from its first request: closed-loop
-clients of a slow model then merge into full batches instead of two groups taking turns (docs/PERFORMANCE.md).
-
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
 is not batched, as TF Serving.
@@ -149,9 +145,6 @@ class _Batch:
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
     started: float = 0.0  # when its first task arrived
-    # When its timeout began: its first task's arrival; with Batcher(timeout_after_busy=True), for a batch opened
-    # while every slot was busy, the moment a slot freed after that (inf until then).
-    since: float = 0.0
 
 
 @dataclass
@@ -165,10 +158,7 @@ class _Queue:
     pending: int = 0  # examples queued, not yet taken by a batch thread
 
     def ready(self, now: float, stopping: bool, nobody_coming: bool) -> str | None:
-        """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits.
-
-        A batch whose timeout began after its first request (``Batcher(timeout_after_busy=True)``) waits for the
-        clients a finished batch answered, who are not on their way yet: "arrived" does not apply to it."""
+        """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits."""
         if not self.batches:
             return None
         head = self.batches[0]
@@ -176,9 +166,9 @@ class _Queue:
             return "full"  # the next request did not fit: TF Serving closes it
         if stopping:
             return "stopping"
-        if now - head.since >= self.options.batch_timeout_micros / 1e6:
+        if now - head.started >= self.options.batch_timeout_micros / 1e6:
             return "timeout"
-        return "arrived" if nobody_coming and head.since == head.started else None
+        return "arrived" if nobody_coming else None
 
 
 class Batcher:
@@ -189,19 +179,11 @@ class Batcher:
     """
 
     def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False,
-                 isolate_failures: bool = False, close_early_after: int = _WASTED_WAITS_TO_CLOSE_EARLY,
-                 timeout_after_busy: bool = False) -> None:
+                 isolate_failures: bool = False, close_early_after: int = _WASTED_WAITS_TO_CLOSE_EARLY) -> None:
         """``isolate_failures`` (tfsctl's opt-in): a batch that fails with INVALID_ARGUMENT is rerun request by
         request, so only the bad request fails; TF Serving (the default) fails every request of the batch.
-        ``timeout_after_busy`` (tfsctl's opt-in, ``--batching_timeout_after_busy``): a batch opened while every
-        batch slot was busy counts ``batch_timeout_micros`` from the moment a slot frees, not from its first
-        request (TF Serving's rule, the default). Why: with TF Serving's rule, closed-loop clients split into two
-        groups that alternate, each batch about half of them (the batch queued behind a long step has long timed
-        out when the step ends, and runs before the clients just answered send again); waiting up to the timeout
-        for them lets the groups merge into full batches, at the cost of up to that wait after each busy step.
         ``close_early_after``: wasted timeout waits in a row before batches stop waiting for nobody (0: at once)."""
         self._close_early_after = close_early_after
-        self.timeout_after_busy = timeout_after_busy
         self.isolate_failures = isolate_failures
         self.options = BatchOptions.from_params(params)
         self.metrics = metrics
@@ -424,8 +406,7 @@ class Batcher:
                 n = int(next(iter(chunk.values())).shape[0])
                 task = _Task(chunk, n, now, can_lead=len(chunks) == 1)
                 if not queue.batches or queue.batches[-1].size + n > limit:
-                    behind = self.timeout_after_busy and self._running >= self._slots
-                    queue.batches.append(_Batch(started=now, since=math.inf if behind else now))
+                    queue.batches.append(_Batch(started=now))
                     opened = True
                 batch = queue.batches[-1]
                 batch.tasks.append(task)
@@ -484,7 +465,6 @@ class Batcher:
 
     # --- batch threads ---
 
-
     def _ready_queue(self, now: float) -> tuple[_Queue | None, str, float | None]:
         """The ready queue with the oldest head batch and why it is ready, else the seconds until one times out."""
         best: _Queue | None = None
@@ -495,15 +475,13 @@ class Batcher:
             if not q.batches:
                 continue
             head = q.batches[0].started
-            since = q.batches[0].since
             reason = q.ready(now, self._stopping, nobody_coming)
             if reason is not None:
                 if best is None or head < best.batches[0].started:
                     best, why = q, reason
             else:
-                left = since + q.options.batch_timeout_micros / 1e6 - now
-                if left != math.inf:  # a batch behind busy slots is timed once one frees
-                    wait = left if wait is None else min(wait, left)
+                left = head + q.options.batch_timeout_micros / 1e6 - now
+                wait = left if wait is None else min(wait, left)
         return best, why, wait
 
     def _take(self, queue: _Queue, reason: str) -> list[_Task]:
@@ -531,12 +509,6 @@ class Batcher:
         would have been woken for its result anyway) or, when that thread cannot lead, to a batch thread."""
         with self._cond:
             self._running -= 1
-            if self.timeout_after_busy:
-                freed = time.monotonic()
-                for q in self._queues.values():
-                    for b in q.batches:
-                        if b.since == math.inf:
-                            b.since = freed  # opened behind busy slots: its timeout begins now
             if self._stopping:
                 self._cond.notify_all()  # the last batch done: every batch thread may exit
                 return
@@ -557,7 +529,7 @@ class Batcher:
         """Lock held: wake a batch thread when a queued batch times out before any sleeping one wakes up."""
         for q in self._queues.values():
             if q.batches:
-                deadline = q.batches[0].since + q.options.batch_timeout_micros / 1e6
+                deadline = q.batches[0].started + q.options.batch_timeout_micros / 1e6
                 if deadline < self._wake_at:
                     self._wake_at = deadline  # the woken thread sets its own; this avoids waking a second one
                     self._cond.notify()

@@ -113,8 +113,6 @@ FLAGS: tuple[Flag, ...] = (
          "serving_default", tfsctl_only=True),
     Flag("batching_isolate_failures", "bool", False,
          "rerun a batch that fails on bad data request by request", tfsctl_only=True),
-    Flag("batching_timeout_after_busy", "bool", False,
-         "a batch queued behind busy batch threads times out batch_timeout_micros after one frees", tfsctl_only=True),
     Flag("retry_failed_versions_on_change", "bool", False,
          "load a failed version again once its directory changes", tfsctl_only=True),
     Flag("servable_versions_always_present", "bool", False,
