@@ -128,12 +128,16 @@ def _dense_at(body: bytes, start: int, end: int) -> tuple[int, DenseArray] | Non
 
 
 def _array_text(text: bytes, rank: int) -> DenseArray | None:
-    """The dense array whose whole text is ``text`` (``rank`` "[" open it), or None."""
+    """The dense array whose whole text is ``text`` (``rank`` "[" open it), or None. Its shape is read once, from
+    its brackets and commas alone (number and whitespace characters deleted), for both ways of reading its numbers."""
+    shape = _shape_of(text.translate(None, _NUMBER_CHARS + _WS), rank)
+    if shape is None:
+        return None
     floats = b"." in text or b"e" in text or b"E" in text
-    return _simdjson_array(text, rank, floats) or _flat_array(text, rank)
+    return _simdjson_array(text, shape, floats) or _flat_array(text, shape, floats)
 
 
-def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
+def _simdjson_array(text: bytes, shape: tuple[int, ...], floats: bool) -> DenseArray | None:
     """The array's numbers read by simdjson straight into an ndarray; None when the orjson way must decide.
 
     Float text (a fraction or an exponent anywhere, where the general path sends every number through float64)
@@ -145,9 +149,6 @@ def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
     ``np.asarray`` of mixed ints and floats makes them; ``-0`` (an integer) is +0.0 and ``-0.0``, ``-0e0``,
     ``-1e-400`` are -0.0 on both paths. It fails (ValueError, RuntimeError) on what it cannot hold, beyond a
     double or an integer beyond 64 bits (int64 for integer text), and the orjson way then decides."""
-    shape = _shape_of(text.translate(None, _NUMBER_CHARS + _WS), rank)
-    if shape is None:
-        return None
     try:
         # A parser per parse: one keeps buffers sized for the largest document it read (2-3x the text), and a
         # parser per thread would hold that for good after one large body.
@@ -163,15 +164,11 @@ def _simdjson_array(text: bytes, rank: int, floats: bool) -> DenseArray | None:
     return DenseArray(values, shape, floats, False)
 
 
-def _flat_array(text: bytes, rank: int) -> DenseArray | None:
+def _flat_array(text: bytes, shape: tuple[int, ...], floats: bool) -> DenseArray | None:
     """The array's numbers read by orjson as one flat list (integers stay exact Python ints), or None."""
     marked = text.translate(_SHAPE_MARKS, _WS)
     if _number_touches_bracket(marked):
         return None  # a number right after "]" or right before "[": not where an element goes
-    structure = marked.translate(None, b"n")
-    shape = _shape_of(structure, rank)
-    if shape is None:
-        return None
     try:
         # The numbers and commas alone: no number touches a bracket on its outer side (checked above), so deleting
         # the brackets joins no two numbers. Stripped: orjson 3.13 fails on some long lists that open with "[  ".
@@ -180,7 +177,6 @@ def _flat_array(text: bytes, rank: int) -> DenseArray | None:
         return None  # a bad number, two numbers in one place, an empty place
     if len(values) != math.prod(shape):
         return None
-    floats = b"." in text or b"e" in text or b"E" in text
     # With a fraction or an exponent anywhere, every number goes through float64, a long integer too, and orjson
     # reads one as the general path converts it (both round once, correctly): only all-integer text can be wide.
     # Not searched in float text: float64 text of small numbers is 19+ characters a number ("0.00012345678901234567"),
