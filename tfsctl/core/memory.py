@@ -21,6 +21,7 @@ import ctypes.util
 import os
 import threading
 import time
+from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # A request that decodes or carries at least this many bytes asks for a trim afterwards.
@@ -43,18 +44,19 @@ def rss_bytes(pid: int | None = None) -> int:
         return 0
 
 
-def _load_malloc_trim():
+def _glibc(name: str, argtypes: list) -> Any:
+    """glibc's function ``name`` (returning int), or None where the C library is not glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc: nothing to trim or tune
         return None
-    fn.argtypes = [ctypes.c_size_t]
+    fn.argtypes = argtypes
     fn.restype = ctypes.c_int
     return fn
 
 
-_malloc_trim = _load_malloc_trim()
+_malloc_trim = _glibc("malloc_trim", [ctypes.c_size_t])
+_mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
 
 
 def steady_thresholds() -> bool:
@@ -68,16 +70,11 @@ def steady_thresholds() -> bool:
     32 MiB now stays for the next request; the :class:`Trimmer` still gives memory back after large requests."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False  # the operator's own setting stands
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    if _mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     # Setting either turns glibc's dynamic adjustment off, so both are set.
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                    TRIM_THRESHOLD_BYTES))
+    return bool(_mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(_mallopt(_M_TRIM_THRESHOLD,
+                                                                                      TRIM_THRESHOLD_BYTES))
 
 
 def trim_now() -> bool:
