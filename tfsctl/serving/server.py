@@ -155,6 +155,7 @@ class ModelServer:
         # when a signal arrives, and a handler calling Event.set() would then wait for itself); relayed by
         # _stop_wanted in the main thread.
         self._stop_requested = False
+        self._stop_signal = ""  # the signal that asked for the stop, logged where the stop is relayed
         self._health_changed = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -379,6 +380,8 @@ class ModelServer:
         """Whether a stop was asked for, by :meth:`stop` or :meth:`request_stop` (relayed to the stop event here,
         in the calling thread: never inside a signal handler)."""
         if self._stop_requested and not self._stop_event.is_set():
+            if self._stop_signal:
+                log.info("received %s, shutting down", self._stop_signal)
             self._stop_event.set()
         return self._stop_event.is_set()
 
@@ -443,13 +446,14 @@ class ModelServer:
         previous = {}
 
         def on_signal(signum: int, _frame: Any) -> None:
-            # A plain flag, no lock (see __init__); a repeat returns at once: a handler that logged every time
-            # would nest once per signal arriving while it runs, and a burst of signals (a supervisor re-sending
-            # SIGTERM) would end in RecursionError.
+            # Plain flags, no lock and no logging (see __init__): a repeat returns at once, and the line is logged
+            # once where the stop is relayed (_stop_wanted). A handler that logged would nest once per signal
+            # arriving while it runs (a burst from a supervisor re-sending SIGTERM ended in RecursionError), and a
+            # signal arriving between its check and its flag logged the line twice.
             if self._stop_requested:
                 return
+            self._stop_signal = signal.Signals(signum).name
             self.request_stop()
-            log.info("received %s, shutting down", signal.Signals(signum).name)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
