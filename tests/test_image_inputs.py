@@ -250,7 +250,12 @@ def test_served_results_match_the_export(served, tmp_path: Path):
     scores = np.array([c.score for c in resp.result.classifications[0].classes])
     out = served["stub"].Predict(_predict_request(IMAGE[None], [H], [W]), timeout=60)
     seg = to_numpy(out.outputs["segmentation_map"])[0]
-    np.testing.assert_allclose(scores, np.bincount(seg.ravel(), minlength=21) / seg.size, atol=1e-6)
+    shares = np.bincount(seg.ravel(), minlength=21) / seg.size
+    # Two runs of the model may differ in a pixel whose top two logits tie to float precision (oneDNN's thread
+    # split changes the summation order; seen once in ~40 CI runs): allow one such pixel, no more.
+    pixel = 1 / seg.size
+    assert np.abs(scores - shares).max() <= pixel + 1e-6, (scores, shares)
+    assert np.abs(scores - shares).sum() <= 2 * pixel + 1e-6, (scores, shares)
 
 
 def test_with_batching_a_bad_image_fails_only_its_own_request(deeplab_base, tmp_path):
