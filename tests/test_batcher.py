@@ -281,6 +281,82 @@ def test_a_batch_waiting_for_a_slot_runs_in_its_first_requests_thread(toy):
         batcher.stop()
 
 
+def _closed_loop_client(batcher: Batcher, servable, start: float) -> list[dict]:
+    """A client that sends its next request as soon as it has its answer (two requests)."""
+    return [batcher.run(servable, "", {"x": _rows(start + i, 1)}) for i in range(2)]
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_queued_batch_waits_for_the_answered_client_only_with_the_opt_in(toy, wait: bool):
+    """--batching_wait_for_answered_clients: when the running batch ends, the batch queued behind it waits for the
+    running batch's client to come back and they run as one; without it (TF Serving's scheduling plus tfsctl's
+    early close) the queued batch runs as the thread frees, and the returning client runs after it, alone."""
+    rec = _Recording(toy, gate=threading.Event())
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=wait)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            loop = pool.submit(_closed_loop_client, batcher, rec, 10)
+            assert rec.entered.wait(30)  # its first request runs alone (the batcher was idle), held in the model
+            others = [pool.submit(batcher.run, rec, "", {"x": _rows(start, 1)}) for start in (20, 30)]
+            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
+            rec.gate.set()
+            for out, start in zip(loop.result(20), (10, 11), strict=True):
+                np.testing.assert_allclose(out["y"], _rows(start, 1) * SCALE)
+            for f, start in zip(others, (20, 30), strict=True):
+                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
+        assert [n for n, _ in rec.calls] == ([1, 3] if wait else [1, 2, 1])
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_batch_past_its_timeout_behind_a_busy_thread_waits_for_the_answered_client(toy, wait: bool):
+    """The closed loop's two batches taking turns: a batch that waited out its timeout behind the running one runs
+    the moment the thread frees (TF Serving); with the opt-in it waits on for the running batch's client, up to the
+    timeout after the answer."""
+    rec = _Recording(toy, gate=threading.Event())
+    timeout = 1.0
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=wait)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            loop = pool.submit(_closed_loop_client, batcher, rec, 10)
+            assert rec.entered.wait(30)
+            queued = pool.submit(batcher.run, rec, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            since = time.monotonic()
+            # the queued batch's timeout passes while the only thread is busy: the condition under test
+            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            rec.gate.set()
+            np.testing.assert_allclose(queued.result(20)["y"], _rows(20, 1) * SCALE)
+            for out, start in zip(loop.result(20), (10, 11), strict=True):
+                np.testing.assert_allclose(out["y"], _rows(start, 1) * SCALE)
+        assert [n for n, _ in rec.calls] == ([1, 2] if wait else [1, 1, 1])
+    finally:
+        batcher.stop()
+
+
+def test_an_answered_client_that_does_not_come_back_is_waited_for_only_up_to_the_timeout(toy):
+    """The opt-in's bound: the queued batch runs by itself once the timeout after the answer has passed."""
+    rec = _Recording(toy, gate=threading.Event())
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            alone = pool.submit(batcher.run, rec, "", {"x": _rows(10, 1)})  # a client that sends once
+            assert rec.entered.wait(30)
+            queued = pool.submit(batcher.run, rec, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            rec.gate.set()
+            np.testing.assert_allclose(alone.result(20)["y"], _rows(10, 1) * SCALE)
+            np.testing.assert_allclose(queued.result(20)["y"], _rows(20, 1) * SCALE)  # not held for ever
+        assert [n for n, _ in rec.calls] == [1, 1]
+        assert batcher.pending() == 0
+    finally:
+        batcher.stop()
+
+
 def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
     batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,

@@ -161,6 +161,8 @@ def test_bad_flags_are_one_clear_error(argv, words):
       "--tensorflow_inter_op_parallelism=2"], ["not all three"]),
     (["--batching_parameters_file=/b"], ["--batching_parameters_file is set without --enable_batching"]),
     (["--batching_isolate_failures"], ["--batching_isolate_failures is set without --enable_batching"]),
+    (["--batching_wait_for_answered_clients"],
+     ["--batching_wait_for_answered_clients is set without --enable_batching"]),
     (["--grpc_channel_arguments=grpc.max_connection_age_ms"], ["--grpc_channel_arguments", "key=value"]),
     (["--use_alts_credentials"], ["--use_alts_credentials=true cannot apply"]),
     (["--skip_initialize_tpu"], ["--skip_initialize_tpu", "TPU"]),

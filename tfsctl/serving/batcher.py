@@ -44,6 +44,15 @@ tfsctl additions, so batching does not tax a lone request nor a closed loop of c
   handed, when one frees up, to its first request's thread (woken for its result anyway). The batch threads run
   the batches that time out, and those whose first request is part of a split one.
 
+Opt-in for closed-loop clients (``wait_for_answered_clients``, ``--batching_wait_for_answered_clients``): a client
+that waits for its answer before it sends again comes back milliseconds after the answer, so a batch answered is a
+promise of as many requests. Until that many have arrived (or ``batch_timeout_micros`` after the answer), the batcher
+does not run a request alone nor close a batch early, and a batch that waited out its timeout behind a busy thread
+waits on for them once a thread frees. Without it, eight such clients on one batch thread settle in two batches of
+four taking turns (each runs as the other's clients return; TF Serving's scheduler does the same); with it, they
+share one batch of eight. It can add up to ``batch_timeout_micros`` to a request when the answered clients do not
+come back, hence opt-in.
+
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
 is not batched, as TF Serving.
@@ -86,6 +95,44 @@ __all__ = ["BatchOptions", "Batcher", "BatchableServable"]
 # Batches in a row that waited out batch_timeout_micros while no request was on its way, before batches run as soon as
 # no request is on its way (see the module docstring). Until then the batcher waits as TF Serving's always does.
 _WASTED_WAITS_TO_CLOSE_EARLY = 2
+
+
+class _Answered:
+    """Clients of recently answered batches, expected back (``wait_for_answered_clients``): each answered batch is a
+    count of arrivals to wait for, until ``batch_timeout_micros`` after its answer. Callers hold the batcher's lock."""
+
+    __slots__ = ("_sets", "until")
+
+    _MAX_SETS = 1024  # answered batches remembered at once: a bound, far above any timeout's worth in practice
+
+    def __init__(self) -> None:
+        self._sets: deque[list] = deque()  # [expiry, clients not back yet], oldest first
+        self.until = -math.inf  # when the latest answered batch's clients stop being expected
+
+    def add(self, clients: int, now: float, timeout: float) -> None:
+        if timeout > 0 and clients > 0:
+            if len(self._sets) >= self._MAX_SETS:
+                self._sets.popleft()
+            self._sets.append([now + timeout, clients])
+            self.until = max(self.until, now + timeout)
+
+    def expected(self, now: float) -> bool:
+        """Some answered client has not come back, and is still within its timeout."""
+        sets = self._sets
+        while sets and sets[0][0] <= now:
+            sets.popleft()
+        return bool(sets)
+
+    def next_expiry(self) -> float:
+        return self._sets[0][0] if self._sets else math.inf
+
+    def returned(self, now: float) -> None:
+        """A request arrived: it is taken as one of the expected clients (the oldest answer first)."""
+        if self.expected(now):
+            head = self._sets[0]
+            head[1] -= 1
+            if not head[1]:
+                self._sets.popleft()
 
 
 class BatchableServable(Protocol):
@@ -157,8 +204,9 @@ class _Queue:
     batches: deque[_Batch] = field(default_factory=deque)  # the last one is open
     pending: int = 0  # examples queued, not yet taken by a batch thread
 
-    def ready(self, now: float, stopping: bool, nobody_coming: bool) -> str | None:
-        """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits."""
+    def ready(self, now: float, stopping: bool, nobody_coming: bool, holding: bool = False) -> str | None:
+        """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits.
+        ``holding``: answered clients are on their way back (``_Answered``), so even a timed-out batch waits."""
         if not self.batches:
             return None
         head = self.batches[0]
@@ -167,7 +215,7 @@ class _Queue:
         if stopping:
             return "stopping"
         if now - head.started >= self.options.batch_timeout_micros / 1e6:
-            return "timeout"
+            return None if holding else "timeout"
         return "arrived" if nobody_coming else None
 
 
@@ -179,10 +227,12 @@ class Batcher:
     """
 
     def __init__(self, params: Any = None, metrics: Any = None, *, per_model: bool = False,
-                 isolate_failures: bool = False, close_early_after: int = _WASTED_WAITS_TO_CLOSE_EARLY) -> None:
+                 isolate_failures: bool = False, close_early_after: int = _WASTED_WAITS_TO_CLOSE_EARLY,
+                 wait_for_answered_clients: bool = False) -> None:
         """``isolate_failures`` (tfsctl's opt-in): a batch that fails with INVALID_ARGUMENT is rerun request by
         request, so only the bad request fails; TF Serving (the default) fails every request of the batch.
-        ``close_early_after``: wasted timeout waits in a row before batches stop waiting for nobody (0: at once)."""
+        ``close_early_after``: wasted timeout waits in a row before batches stop waiting for nobody (0: at once).
+        ``wait_for_answered_clients`` (tfsctl's opt-in, for closed-loop clients): see the module docstring."""
         self._close_early_after = close_early_after
         self.isolate_failures = isolate_failures
         self.options = BatchOptions.from_params(params)
@@ -199,6 +249,7 @@ class Batcher:
         self._close_early = close_early_after <= 0  # a batch runs once no request is on its way
         self._wake_at = math.inf  # when the last batch thread to go to sleep wakes up by itself
         self._local = threading.local()  # .arriving: this thread's request is counted in _arriving
+        self._answered = _Answered() if wait_for_answered_clients else None
         self._slots = self.options.num_batch_threads
         self._threads = [
             threading.Thread(target=self._worker, name=f"{self.options.thread_pool_name}-{i}", daemon=True)
@@ -265,14 +316,35 @@ class Batcher:
     def _begin_arrival(self) -> None:
         with self._cond:
             self._arriving += 1
+            if self._answered is not None:
+                self._answered.returned(time.monotonic())
         self._local.arriving = True
 
     def _end_arrival(self) -> None:
         self._local.arriving = False
         with self._cond:
             self._arriving -= 1
-            if self._close_early and not self._arriving and not self._running and self._queues:
+            if ((self._close_early or self._answered is not None) and not self._arriving and not self._running
+                    and self._queues):
                 self._cond.notify()  # a batch waiting for this request may run now
+
+    def _nobody_coming(self, now: float) -> bool:
+        """Lock held: a batch may close early (see the module docstring): no request on its way, no batch running
+        and, with ``wait_for_answered_clients``, no answered client expected back."""
+        return (self._close_early and not self._arriving and not self._running
+                and (self._answered is None or not self._answered.expected(now)))
+
+    def _holding(self, now: float) -> bool:
+        """Lock held: a batch past its timeout still waits, for answered clients on their way back."""
+        answered = self._answered
+        return (answered is not None and now < answered.until
+                and (self._arriving > 0 or answered.expected(now)))
+
+    def _answering(self, clients: int, opts: BatchOptions) -> None:
+        """Just before a batch's answers go out: expect its clients back (``wait_for_answered_clients``)."""
+        if self._answered is not None:
+            with self._cond:
+                self._answered.add(clients, time.monotonic(), opts.batch_timeout_micros / 1e6)
 
     def _run(self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray],
              output_filter: tuple) -> dict[str, np.ndarray]:
@@ -292,6 +364,7 @@ class Batcher:
             try:
                 return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
             finally:
+                self._answering(1, opts)
                 self._release_slot()
         validate = getattr(servable, "validate", None)
         if validate is not None:
@@ -323,7 +396,8 @@ class Batcher:
         running, nothing queued for it, no other request on its way). It then runs alone, without a queue."""
         with self._cond:
             if (self._arriving != 1 or self._running or key in self._queues or self._stopping
-                    or size > opts.execution_batch_size):
+                    or size > opts.execution_batch_size
+                    or (self._answered is not None and self._answered.expected(time.monotonic()))):
                 return False
             self._local.arriving = False
             self._arriving = 0
@@ -416,15 +490,16 @@ class Batcher:
             self._queues[key] = queue
             self._local.arriving = False
             self._arriving -= 1
-            nobody_coming = self._close_early and not self._arriving and not self._running
+            nobody_coming = self._nobody_coming(now)
             mine = None
             if self._running < self._slots:
-                reason = queue.ready(now, False, nobody_coming)
+                reason = queue.ready(now, False, nobody_coming, self._holding(now))
                 if reason is not None:
                     mine = self._take(queue, reason)
                     self._running += 1
-            if nobody_coming and self._queues:
-                self._cond.notify()  # another queue's batch may run now
+            if self._queues and (nobody_coming or (self._answered is not None and not self._arriving
+                                                   and self._running < self._slots)):
+                self._cond.notify()  # another queue's batch may run now (or stop being held)
             elif opened:
                 self._kick()  # a new batch to time
         return tasks, queue, mine
@@ -470,19 +545,32 @@ class Batcher:
         best: _Queue | None = None
         why = ""
         wait: float | None = None
-        nobody_coming = self._close_early and not self._arriving and not self._running
+        nobody_coming = self._nobody_coming(now)
+        holding = self._holding(now)
         for q in self._queues.values():
             if not q.batches:
                 continue
             head = q.batches[0].started
-            reason = q.ready(now, self._stopping, nobody_coming)
+            reason = q.ready(now, self._stopping, nobody_coming, holding)
             if reason is not None:
                 if best is None or head < best.batches[0].started:
                     best, why = q, reason
             else:
-                left = head + q.options.batch_timeout_micros / 1e6 - now
+                left = self._due(q, holding) - now
                 wait = left if wait is None else min(wait, left)
         return best, why, wait
+
+    def _due(self, queue: _Queue, holding: bool) -> float:
+        """Lock held: when the queue's head batch must be looked at again: its timeout, or while answered clients
+        are expected, the moment they stop being expected (whichever is earlier of that and the timeout, unless
+        the batch is already past its timeout and held)."""
+        due = queue.batches[0].started + queue.options.batch_timeout_micros / 1e6
+        answered = self._answered
+        if answered is not None:
+            if holding and due <= time.monotonic():
+                return min(answered.until, answered.next_expiry())
+            return min(due, answered.next_expiry())
+        return due
 
     def _take(self, queue: _Queue, reason: str) -> list[_Task]:
         """Pop the head batch (lock held); ``reason`` (see ``_Queue.ready``) feeds the early-close rule."""
@@ -527,9 +615,10 @@ class Batcher:
 
     def _kick(self) -> None:
         """Lock held: wake a batch thread when a queued batch times out before any sleeping one wakes up."""
+        holding = self._holding(time.monotonic())
         for q in self._queues.values():
             if q.batches:
-                deadline = q.batches[0].started + q.options.batch_timeout_micros / 1e6
+                deadline = self._due(q, holding)
                 if deadline < self._wake_at:
                     self._wake_at = deadline  # the woken thread sets its own; this avoids waking a second one
                     self._cond.notify()
@@ -566,6 +655,7 @@ class Batcher:
             with deadlines.scope(deadlines.latest([t.deadline for t in tasks])):
                 outputs, sizes = self._run_batch(queue, tasks)
         except BaseException as exc:  # delivered to every caller; never lost
+            self._answering(len(tasks), queue.options)
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
@@ -575,6 +665,7 @@ class Batcher:
             for t in tasks:
                 t.finish(None, exc, t is not me)
             return
+        self._answering(len(tasks), queue.options)
         if len(tasks) == 1 and all(v.shape[0] == sizes[0] for v in outputs.values()):  # no split, no padding
             tasks[0].finish(outputs, None, tasks[0] is not me)
             return

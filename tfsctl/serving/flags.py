@@ -113,6 +113,9 @@ FLAGS: tuple[Flag, ...] = (
          "serving_default", tfsctl_only=True),
     Flag("batching_isolate_failures", "bool", False,
          "rerun a batch that fails on bad data request by request", tfsctl_only=True),
+    Flag("batching_wait_for_answered_clients", "bool", False,
+         "closed-loop clients: hold the next batch (up to batch_timeout_micros) for the clients of the batch just "
+         "answered", tfsctl_only=True),
     Flag("retry_failed_versions_on_change", "bool", False,
          "load a failed version again once its directory changes", tfsctl_only=True),
     Flag("servable_versions_always_present", "bool", False,

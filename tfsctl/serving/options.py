@@ -103,6 +103,7 @@ class ServerOptions:
     servable_versions_always_present: bool = _flag("servable_versions_always_present")
     retry_failed_versions_on_change: bool = _flag("retry_failed_versions_on_change")
     batching_isolate_failures: bool = _flag("batching_isolate_failures")
+    batching_wait_for_answered_clients: bool = _flag("batching_wait_for_answered_clients")
     tflite_signature_runners: bool = _flag("tflite_signature_runners")
     model_cache_dir: str = _flag("model_cache_dir")
     op_library: str = _flag("op_library")
@@ -173,7 +174,7 @@ class ServerOptions:
             raise FlagError(f"--log_format must be text or json, got {self.log_format!r}")
         if self.request_log_max_file_bytes < 1024:
             raise FlagError(f"--request_log_max_file_bytes must be >= 1024, got {self.request_log_max_file_bytes}")
-        for name in ("batching_parameters_file", "batching_isolate_failures"):
+        for name in ("batching_parameters_file", "batching_isolate_failures", "batching_wait_for_answered_clients"):
             if getattr(self, name) and not self.enable_batching:
                 raise FlagError(f"--{name} is set without --enable_batching")
         if self.tflite_signature_runners and not self.prefer_tflite_model and not self.platform_config_file:

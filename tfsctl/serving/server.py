@@ -96,10 +96,11 @@ def _make_server_core(options: ServerOptions, metrics: Any, loader_factory: Call
     ))
 
 
-def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool = False) -> Any:
+def _make_batcher(settings: LoadSettings, metrics: Any, isolate_failures: bool = False,
+                  wait_for_answered_clients: bool = False) -> Any:
     """The Batcher; ``--enable_per_model_batching_parameters`` reads each version's batching_params.pbtxt."""
     return Batcher(settings.batching_parameters, metrics, per_model=settings.enable_per_model_batching_params,
-                   isolate_failures=isolate_failures)
+                   isolate_failures=isolate_failures, wait_for_answered_clients=wait_for_answered_clients)
 
 
 _HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
@@ -201,7 +202,8 @@ class ModelServer:
                 self.request_logger)
             self.manager = self.server_core.manager
             if settings.enable_batching:
-                self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures)
+                self.batcher = _make_batcher(settings, self.metrics, opts.batching_isolate_failures,
+                                             opts.batching_wait_for_answered_clients)
             self.core = RequestCore(self.server_core, self.batcher,
                                     enable_signature_method_name_check=opts.enable_signature_method_name_check,
                                     max_request_bytes=int(opts.grpc_max_message_bytes), metrics=self.metrics,
