@@ -12,8 +12,9 @@ ratio within a round, against an anchor measured in the same round:
 - ``rest_row`` / ``rest_columnar``: ``:predict`` with ``{"instances": ...}`` / ``{"inputs": ...}`` bodies written
   as TF Serving's clients write them (``json.dumps(array.tolist())``: float64 text for a float32 input), batch 1;
 - batching: the best in-process images/s over batch sizes 1..``max_batch_size``, then ``--enable_batching`` at 4,
-  8 and 16 concurrent gRPC clients (images/s, p50/p99), each level's ratio against the best batch measured again
-  right after it;
+  8 and 16 concurrent gRPC clients (images/s, p50/p99, the batches' mean size), each level's ratio against the best
+  batch measured again right after it, with each of two schedulers (``SCHEDULERS``, a server each): TF Serving's
+  (tfsctl's default) and ``--batching_wait_for_answered_clients`` (tfsctl's opt-in for closed-loop clients);
 - memory: the server's RSS before and at the peak of a burst of large requests (batch 32, accepted) and of
   rejected ones (over ``max_batch_size``), and where it settles (the goal: within 100 MiB of before);
 - the mmap tax: the in-process step at batch 8 with glibc's defaults and with ``MALLOC_MMAP_THRESHOLD_=1048576``
@@ -26,7 +27,7 @@ ratio within a round, against an anchor measured in the same round:
   KServe interpreter is found;
 - ``external``: h2load (Debian's nghttp2-client) as the client, a process of its own: the REST row body at
   concurrency 1 (tfsctl and KServe) over the step, and the batching levels over gRPC frames (images/s, p50/p99 from
-  h2load's per-request log) over the best in-process batch; skipped, saying so, without h2load;
+  h2load's per-request log) over the best in-process batch, with each scheduler; skipped, saying so, without h2load;
 - ``observability``: gRPC throughput at ``--obs-concurrency`` clients with nothing on, the access log, the request
   log (sampling 1.0) and tracing (OTLP to a receiver in this process), each its own server
   (``observability_bench.py``'s configurations), as ratios to "none" and to the in-process batch-1 rate.
@@ -81,6 +82,8 @@ PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MIB = 1 << 20
 GOALS = {"grpc": 1.05, "rest_row": 1.3, "rest_columnar": 1.3, "batching": 0.95}
+# The batching servers: their names and the flags each adds to --enable_batching.
+SCHEDULERS = {"tf_serving": [], "answered": ["--batching_wait_for_answered_clients"]}
 SECTIONS = ("latency", "v2", "kserve", "batching", "external", "memory", "observability", "mmap")
 
 
@@ -529,30 +532,38 @@ def in_process_sweep(model: Model, servable, max_batch: int, seconds: float, rou
     return per_size, max(per_size, key=per_size.get)
 
 
-def batching_run(model: Model, servable, server: Server, max_batch: int, levels, seconds: float, rounds: int
-                 ) -> dict:
-    """Best in-process images/s over batch sizes 1..max_batch; the batching server at each level, each level's
-    ratio against the best batch measured right after it."""
+def batching_run(model: Model, servable, servers: dict[str, Server], max_batch: int, levels, seconds: float,
+                 rounds: int) -> dict:
+    """Best in-process images/s over batch sizes 1..max_batch; each batching server (``SCHEDULERS``) at each level,
+    in turn within a round, each measurement's ratio against the best batch measured right after it. Each server
+    sees the levels in the same order, so each carries its own history (a batcher's steady state depends on it)."""
     per_size, best = in_process_sweep(model, servable, max_batch, seconds, rounds)
     body = grpc_body(model, model.inputs)
     levels_out = []
     for c in levels:
-        runs, ratios = [], []
-        for _ in range(rounds):
-            counters = batch_counters(server)
-            res = closed_loop(lambda: (lambda cl: (lambda: cl(body)))(GrpcClient(server.grpc_port)), c, seconds, 1)
-            res.update(batch_shape(counters, batch_counters(server)))
-            anchor = in_process_rate(model, servable, best, seconds / 2)
-            runs.append(res)
-            ratios.append(res["images_per_s"] / anchor)
-            print(f"  batching c={c:>2}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} ms  "
-                  f"p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
-                  f"{anchor:.1f} = {ratios[-1]:.2f}x  (load {load_average()})")
-            if res.get("batches"):
-                print(f"             {res['batches']} batches, mean size {res['mean_batch_size']:.2f}, mean queue "
-                      f"wait {res['mean_queue_ms']:.1f} ms (includes the warm-up calls)")
-        mid = sorted(runs, key=lambda x: x["images_per_s"])[len(runs) // 2]
-        levels_out.append({**mid, "ratio": statistics.median(ratios), "ratios_per_round": ratios})
+        runs: dict[str, list] = {name: [] for name in servers}
+        ratios: dict[str, list] = {name: [] for name in servers}
+        for r in range(rounds):
+            names = list(servers)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                server = servers[name]
+                counters = batch_counters(server)
+                res = closed_loop(lambda srv=server: (lambda cl: (lambda: cl(body)))(GrpcClient(srv.grpc_port)), c,
+                                  seconds, 1)
+                res.update(batch_shape(counters, batch_counters(server)))
+                anchor = in_process_rate(model, servable, best, seconds / 2)
+                runs[name].append(res)
+                ratios[name].append(res["images_per_s"] / anchor)
+                print(f"  batching c={c:>2} {name:<10}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} "
+                      f"ms  p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
+                      f"{anchor:.1f} = {ratios[name][-1]:.2f}x  (load {load_average()})")
+                if res.get("batches"):
+                    print(f"             {res['batches']} batches, mean size {res['mean_batch_size']:.2f}, mean "
+                          f"queue wait {res['mean_queue_ms']:.1f} ms (includes the warm-up calls)")
+        for name in servers:
+            mid = sorted(runs[name], key=lambda x: x["images_per_s"])[len(runs[name]) // 2]
+            levels_out.append({**mid, "scheduler": name, "ratio": statistics.median(ratios[name]),
+                               "ratios_per_round": ratios[name]})
     return {"in_process_images_per_s": per_size, "best_batch": best, "levels": levels_out}
 
 
@@ -565,7 +576,7 @@ def _percentile(sorted_ms: list[float], q: float) -> float | None:
     return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))] if sorted_ms else None
 
 
-def external_rounds(model: Model, servable, server: Server, batched: Server, kserve, best: int | None,
+def external_rounds(model: Model, servable, server: Server, batched: dict[str, Server], kserve, best: int | None,
                     args, work: Path) -> dict:
     """The same measurements with h2load as the client (a process of its own, so the client shares no interpreter
     with the server or the anchor): REST row body at concurrency 1 against the step (tfsctl, and KServe when it
@@ -582,7 +593,8 @@ def external_rounds(model: Model, servable, server: Server, batched: Server, kse
     body = grpc_body(model, model.inputs)
     frame = work / f"{model.name}-grpc.bin"
     frame.write_bytes(overhead.grpc_frame(body))
-    GrpcClient(batched.grpc_port)(body)  # a real call: h2load counts a gRPC error (HTTP 200 + grpc-status) as done
+    for srv in batched.values():  # a real call: h2load counts a gRPC error (HTTP 200 + grpc-status) as done
+        GrpcClient(srv.grpc_port)(body)
     log = work / "h2load.log"
     json_h = ["content-type: application/json"]
     grpc_h = ["content-type: application/grpc", "te: trailers"]
@@ -615,24 +627,30 @@ def external_rounds(model: Model, servable, server: Server, batched: Server, kse
         rest["tfsctl_over_kserve"] = statistics.median(
             a / b for a, b in zip(med["tfsctl_rest_row"], med["kserve_rest_row"], strict=True))
     levels = []
-    url = f"http://127.0.0.1:{batched.grpc_port}{PREDICT}"
     for c in args.levels:
-        runs, ratios = [], []
-        for _ in range(args.rounds):
-            overhead.h2load(url, frame, c, 60.0, grpc_h, False, requests=c)  # warm: one request per connection
-            counters = batch_counters(batched)
-            res = overhead.h2load(url, frame, c, args.seconds, grpc_h, False, log_file=log)
-            lat = res.pop("latencies_ms")
-            res.update(concurrency=c, images_per_s=res["requests"] / res["seconds"], p50_ms=_percentile(lat, 0.5),
-                       p99_ms=_percentile(lat, 0.99), **batch_shape(counters, batch_counters(batched)))
-            anchor = in_process_rate(model, servable, best, args.seconds / 2)
-            runs.append(res)
-            ratios.append(res["images_per_s"] / anchor)
-            print(f"  h2load batching c={c:>2}: {res['images_per_s']:6.1f} images/s  p50 {res['p50_ms']:.0f} ms  "
-                  f"p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in process (batch {best}) "
-                  f"{anchor:.1f} = {ratios[-1]:.2f}x")
-        mid = sorted(runs, key=lambda x: x["images_per_s"])[len(runs) // 2]
-        levels.append({**mid, "ratio": statistics.median(ratios), "ratios_per_round": ratios})
+        runs: dict[str, list] = {name: [] for name in batched}
+        ratios: dict[str, list] = {name: [] for name in batched}
+        for r in range(args.rounds):
+            names = list(batched)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                url = f"http://127.0.0.1:{batched[name].grpc_port}{PREDICT}"
+                overhead.h2load(url, frame, c, 60.0, grpc_h, False, requests=c)  # warm: one request per connection
+                counters = batch_counters(batched[name])
+                res = overhead.h2load(url, frame, c, args.seconds, grpc_h, False, log_file=log)
+                lat = res.pop("latencies_ms")
+                res.update(concurrency=c, images_per_s=res["requests"] / res["seconds"],
+                           p50_ms=_percentile(lat, 0.5), p99_ms=_percentile(lat, 0.99),
+                           **batch_shape(counters, batch_counters(batched[name])))
+                anchor = in_process_rate(model, servable, best, args.seconds / 2)
+                runs[name].append(res)
+                ratios[name].append(res["images_per_s"] / anchor)
+                print(f"  h2load batching c={c:>2} {name:<10}: {res['images_per_s']:6.1f} images/s  p50 "
+                      f"{res['p50_ms']:.0f} ms  p99 {res['p99_ms']:.0f} ms  errors {res['errors']}  / best in "
+                      f"process (batch {best}) {anchor:.1f} = {ratios[name][-1]:.2f}x")
+        for name in batched:
+            mid = sorted(runs[name], key=lambda x: x["images_per_s"])[len(runs[name]) // 2]
+            levels.append({**mid, "scheduler": name, "ratio": statistics.median(ratios[name]),
+                           "ratios_per_round": ratios[name]})
     return {"generator": "h2load", "rest_c1": rest, "best_batch": best, "levels": levels}
 
 
@@ -837,9 +855,10 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
     plain = Server(model, [], out_dir / f"server_{model.name}.log")
     monitoring = tmp / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
-    batched = Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file),
-                             "--monitoring_config_file", str(monitoring)],
-                     out_dir / f"server_{model.name}_batching.log")
+    batched = {name: Server(model, ["--enable_batching", "--batching_parameters_file", str(batching_file),
+                                    "--monitoring_config_file", str(monitoring), *flags],
+                            out_dir / f"server_{model.name}_batching_{name}.log")
+               for name, flags in SCHEDULERS.items()}
     kserve = None
     kserve_python = args.kserve[0]
     if kserve_python and {"kserve", "external"} - args.skip:
@@ -849,7 +868,8 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
                                  project_path=False)
     try:
         plain.wait_ready()
-        batched.wait_ready()
+        for srv in batched.values():
+            srv.wait_ready()
         if kserve is not None:
             row = rest_bodies(model)["rest_row"]
             kserve.wait_ready(lambda: RestClient(kserve.rest_port, v1_path(model))(row) is not None)
@@ -881,10 +901,10 @@ def run_model(model: Model, args, out_dir: Path, tmp: Path) -> dict:
             kserve = None
         if "memory" not in args.skip:
             print(f"{model.name}: memory")
-            report["memory"] = memory_bursts(model, plain, batched, args.max_batch_size, args.large_batch,
+            report["memory"] = memory_bursts(model, plain, batched["tf_serving"], args.max_batch_size, args.large_batch,
                                              args.settle_seconds)
     finally:
-        report["server_exit"] = [plain.stop(), batched.stop()]
+        report["server_exit"] = [plain.stop(), *(srv.stop() for srv in batched.values())]
         if kserve is not None:
             kserve.stop()
     try:
@@ -917,7 +937,7 @@ def print_table(results: list[dict]) -> None:
             print(f"{m:<10} {'REST row parse+decode (ms; orjson floor)':<44} {st['rest_row_parse_decode']:>10.2f}"
                   f"  ({st.get('orjson_row_floor', float('nan')):.2f})")
         for lv in r.get("batching", {}).get("levels", []):
-            label = f"batching c={lv['concurrency']} / best in-process (p50/p99 ms)"
+            label = f"batching c={lv['concurrency']} {lv['scheduler']} / best (p50/p99)"
             shape = f", batch {lv['mean_batch_size']:.1f}" if lv.get("mean_batch_size") else ""
             print(f"{m:<10} {label:<44} {lv['ratio']:>9.2f}x {'>= 0.95':>8}  "
                   f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f}{shape})")
@@ -956,7 +976,7 @@ def print_table(results: list[dict]) -> None:
                 print(f"{m:<10} {'h2load REST row c=1: tfsctl / KServe':<44} "
                       f"{ext['rest_c1']['tfsctl_over_kserve']:>9.2f}x")
             for lv in ext["levels"]:
-                label = f"h2load batching c={lv['concurrency']} / best (p50/p99 ms)"
+                label = f"h2load batching c={lv['concurrency']} {lv['scheduler']} / best"
                 print(f"{m:<10} {label:<44} {lv['ratio']:>9.2f}x {'>= 0.95':>8}  "
                       f"({lv['images_per_s']:.1f} img/s, {lv['p50_ms']:.0f}/{lv['p99_ms']:.0f})")
         obs = r.get("observability")
@@ -987,7 +1007,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=8.0, help="window per batching level")
     ap.add_argument("--levels", default="4,8,16")
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--batch-timeout-micros", type=int, default=10000)
+    # Above the clients' way back (answer to next request in: 10-20 ms for ResNet50's 600 kB requests here), so
+    # --batching_wait_for_answered_clients can wait for them; a sixth of a batch-8 step.
+    ap.add_argument("--batch-timeout-micros", type=int, default=50000)
     ap.add_argument("--num-batch-threads", type=int, default=1)
     ap.add_argument("--large-batch", type=int, default=32, help="batch size of the memory burst's requests")
     ap.add_argument("--settle-seconds", type=float, default=20.0)

@@ -40,15 +40,17 @@ def test_real_models_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -
     assert all(r > 0 for r in lat["ratios"].values()), lat
     assert lat["body_bytes"]["rest_row"] > lat["body_bytes"]["grpc"]  # float64 text against float32 bytes
     assert report["stages_ms"]["step"] > 0 and report["stages_ms"]["rest_row_parse_decode"] > 0
-    (level,) = report["batching"]["levels"]
-    assert level["concurrency"] == 4 and level["requests"] > 0 and level["errors"] == 0, level
-    assert level["batches"] > 0 and 1 <= level["mean_batch_size"] <= 8, level  # read from the server's metrics
+    levels = report["batching"]["levels"]  # one per scheduler, each its own server
+    assert [lv["scheduler"] for lv in levels] == list(mod.SCHEDULERS), levels
+    for level in levels:
+        assert level["concurrency"] == 4 and level["requests"] > 0 and level["errors"] == 0, level
+        assert level["batches"] > 0 and 1 <= level["mean_batch_size"] <= 8, level  # read from the server's metrics
     mem = report["memory"]
     # Over-max_batch_size requests are refused, large ones served; both servers keep serving (exit 0 on SIGTERM).
     assert mem["rejected"]["codes"] == ["INVALID_ARGUMENT"], mem
     assert mem["large_again"]["codes"] == ["OK"], mem
     assert mem["rejected"]["settled_within_100_mib"], mem
-    assert report["server_exit"] == [0, 0]
+    assert report["server_exit"] == [0] * (1 + len(mod.SCHEDULERS))
 
     v2 = report["v2"]  # tfsctl's v2 REST (binary) and v2 gRPC against its v1 gRPC, in the same rounds
     assert set(v2["over_v1_grpc"]) == {"v2_rest_binary", "v2_grpc"}
@@ -67,9 +69,10 @@ def test_real_models_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -
         assert ext["generator"] == "h2load"
         assert {"tfsctl_rest_row"} <= set(ext["rest_c1"]["ratios"]), ext
         assert ("kserve_rest_row" in ext["rest_c1"]["ratios"]) == bool(top["kserve"]), ext
-        (h2_level,) = ext["levels"]
-        assert h2_level["requests"] > 0 and h2_level["errors"] == 0 and h2_level["p50_ms"] > 0, h2_level
-        assert h2_level["batches"] > 0, h2_level  # the server formed batches from h2load's requests
+        assert [lv["scheduler"] for lv in ext["levels"]] == list(mod.SCHEDULERS), ext["levels"]
+        for h2_level in ext["levels"]:
+            assert h2_level["requests"] > 0 and h2_level["errors"] == 0 and h2_level["p50_ms"] > 0, h2_level
+            assert h2_level["batches"] > 0, h2_level  # the server formed batches from h2load's requests
     else:
         assert "nghttp2-client" in ext["skipped"], ext
 
