@@ -357,6 +357,21 @@ def test_an_answered_client_that_does_not_come_back_is_waited_for_only_up_to_the
         batcher.stop()
 
 
+def test_a_split_request_is_not_held_by_its_own_first_part(toy):
+    """A request split across batches is one client: its answer goes out once all its parts ran, so a part's batch
+    is no answered client to wait for (it held the request's own last part for the whole batch_timeout_micros)."""
+    batcher = Batcher(BatchOptions(max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2,
+                                   batch_timeout_micros=20_000_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            for start in (0, 10):  # a closed loop of one client: it comes back once, and nobody else is expected
+                x = _rows(start, 3)  # parts of 2 and 1 rows; the open part runs as nobody is on the way
+                np.testing.assert_allclose(pool.submit(batcher.run, toy, "", {"x": x}).result(20)["y"], x * SCALE)
+    finally:
+        batcher.stop()
+
+
 def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
     batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,

@@ -385,6 +385,7 @@ class Batcher:
         # Wait for every part of a split request, even after one failed: none may still sit in a queue.
         for t in tasks:
             t.wait()
+        self._answering(1, opts)  # its client is answered now, once (its parts' batches do not count it)
         for t in tasks:
             if t.error is not None:
                 raise t.error
@@ -655,7 +656,7 @@ class Batcher:
             with deadlines.scope(deadlines.latest([t.deadline for t in tasks])):
                 outputs, sizes = self._run_batch(queue, tasks)
         except BaseException as exc:  # delivered to every caller; never lost
-            self._answering(len(tasks), queue.options)
+            self._answering(_clients(tasks), queue.options)
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
@@ -665,7 +666,7 @@ class Batcher:
             for t in tasks:
                 t.finish(None, exc, t is not me)
             return
-        self._answering(len(tasks), queue.options)
+        self._answering(_clients(tasks), queue.options)
         if len(tasks) == 1 and all(v.shape[0] == sizes[0] for v in outputs.values()):  # no split, no padding
             tasks[0].finish(outputs, None, tasks[0] is not me)
             return
@@ -775,6 +776,11 @@ class _Arrival:
     def __exit__(self, *exc: object) -> None:
         if self._mine and self._batcher._local.arriving:  # never queued (refused, unbatched, failed to decode)
             self._batcher._end_arrival()
+
+
+def _clients(tasks: list[_Task]) -> int:
+    """Clients a batch answers: its whole requests (a split request's client is answered once all its parts ran)."""
+    return sum(t.can_lead for t in tasks)
 
 
 def _check_size(servable: Any, signature_name: str, size: int, opts: BatchOptions) -> None:
