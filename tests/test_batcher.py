@@ -372,6 +372,53 @@ def test_a_split_request_is_not_held_by_its_own_first_part(toy):
         batcher.stop()
 
 
+def test_a_batch_thread_does_not_spin_once_an_answered_clients_wait_expires(toy):
+    """A batch thread sleeps until the expected clients' wait expires; an expired one must not be taken as the next
+    time to look again while a request is on its way (the thread spun on zero-length waits until the batch's own
+    timeout)."""
+    rec = _Recording(toy, gate=threading.Event())
+    timeout = 1.0
+    batcher = Batcher(BatchOptions(max_batch_size=2, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    spins = []
+    real_wait = batcher._cond.wait
+
+    def counting_wait(timeout=None):
+        if timeout is not None and timeout <= 0:
+            spins.append(timeout)
+        return real_wait(timeout)
+
+    batcher._cond.wait = counting_wait
+    decoded = threading.Event()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            alone = pool.submit(batcher.run, rec, "", {"x": _rows(0, 1)})
+            assert rec.entered.wait(30)  # runs alone, held in the model
+            pair = [pool.submit(batcher.run, rec, "", {"x": _rows(start, 1)}) for start in (10, 20)]
+            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
+            rec.gate.set()  # then the full pair runs: three clients are expected back
+            for f, start in zip([alone, *pair], (0, 10, 20), strict=True):
+                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
+            answered = time.monotonic()
+
+            def decoding() -> None:
+                with batcher.arrival():  # one comes back and stays on its way
+                    assert decoded.wait(30)
+
+            on_its_way = pool.submit(decoding)
+            wait_until(lambda: time.monotonic() - answered > timeout / 2, 20, "half the clients' wait")
+            queued = pool.submit(batcher.run, rec, "", {"x": _rows(30, 1)})  # another comes back
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            # the third's wait expires, then the queued batch times out (the one on its way holds it till then)
+            np.testing.assert_allclose(queued.result(20)["y"], _rows(30, 1) * SCALE)
+            decoded.set()
+            on_its_way.result(20)
+        assert not spins, f"{len(spins)} waits of no time"
+    finally:
+        decoded.set()
+        batcher.stop()
+
+
 def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
     batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,

@@ -123,8 +123,10 @@ class _Answered:
             sets.popleft()
         return bool(sets)
 
-    def next_expiry(self) -> float:
-        return self._sets[0][0] if self._sets else math.inf
+    def next_expiry(self, now: float) -> float:
+        """When the oldest answered batch still expected stops being expected (expired ones are dropped first: an
+        expiry in the past would make a batch thread sleep for no time, again and again)."""
+        return self._sets[0][0] if self.expected(now) else math.inf
 
     def returned(self, now: float) -> None:
         """A request arrived: it is taken as one of the expected clients (the oldest answer first)."""
@@ -557,20 +559,20 @@ class Batcher:
                 if best is None or head < best.batches[0].started:
                     best, why = q, reason
             else:
-                left = self._due(q, holding) - now
+                left = self._due(q, holding, now) - now
                 wait = left if wait is None else min(wait, left)
         return best, why, wait
 
-    def _due(self, queue: _Queue, holding: bool) -> float:
+    def _due(self, queue: _Queue, holding: bool, now: float) -> float:
         """Lock held: when the queue's head batch must be looked at again: its timeout, or while answered clients
         are expected, the moment they stop being expected (whichever is earlier of that and the timeout, unless
         the batch is already past its timeout and held)."""
         due = queue.batches[0].started + queue.options.batch_timeout_micros / 1e6
         answered = self._answered
         if answered is not None:
-            if holding and due <= time.monotonic():
-                return min(answered.until, answered.next_expiry())
-            return min(due, answered.next_expiry())
+            if holding and due <= now:
+                return min(answered.until, answered.next_expiry(now))
+            return min(due, answered.next_expiry(now))
         return due
 
     def _take(self, queue: _Queue, reason: str) -> list[_Task]:
@@ -616,10 +618,11 @@ class Batcher:
 
     def _kick(self) -> None:
         """Lock held: wake a batch thread when a queued batch times out before any sleeping one wakes up."""
-        holding = self._holding(time.monotonic())
+        now = time.monotonic()
+        holding = self._holding(now)
         for q in self._queues.values():
             if q.batches:
-                deadline = self._due(q, holding)
+                deadline = self._due(q, holding, now)
                 if deadline < self._wake_at:
                     self._wake_at = deadline  # the woken thread sets its own; this avoids waking a second one
                     self._cond.notify()
