@@ -372,6 +372,36 @@ def test_a_split_request_is_not_held_by_its_own_first_part(toy):
         batcher.stop()
 
 
+def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_while_another_batch_runs(toy):
+    """The last expected client comes back with a request that never reaches a queue (here: too big) while the
+    other batch thread is busy: the held batch runs now, on the free thread, not when the client's wait expires."""
+    blocker, answered = _Recording(toy, gate=threading.Event()), _Recording(toy, gate=threading.Event())
+    timeout = 2.0
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
+                      close_early_after=0, wait_for_answered_clients=True)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
+            assert blocker.entered.wait(30)  # runs alone (the batcher was idle), held in the model: one thread busy
+            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
+            assert answered.entered.wait(30)  # a full batch runs at once on the second thread, held in the model
+            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            answered.gate.set()
+            np.testing.assert_allclose(full.result(20)["y"], _rows(10, 8) * SCALE)  # its client is expected back
+            with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+                batcher.run(toy, "", {"x": _rows(0, 9)})  # ... and comes back; nobody else is expected
+            np.testing.assert_allclose(queued.result(timeout / 2)["y"], _rows(20, 1) * SCALE)
+            blocker.gate.set()
+            np.testing.assert_allclose(busy.result(20)["y"], _rows(0, 1) * SCALE)
+    finally:
+        blocker.gate.set()
+        answered.gate.set()
+        batcher.stop()
+
+
 def test_a_batch_thread_does_not_spin_once_an_answered_clients_wait_expires(toy):
     """A batch thread sleeps until the expected clients' wait expires; an expired one must not be taken as the next
     time to look again while a request is on its way (the thread spun on zero-length waits until the batch's own

@@ -326,9 +326,10 @@ class Batcher:
         self._local.arriving = False
         with self._cond:
             self._arriving -= 1
-            if ((self._close_early or self._answered is not None) and not self._arriving and not self._running
-                    and self._queues):
-                self._cond.notify()  # a batch waiting for this request may run now
+            if self._queues and not self._arriving and (
+                    (self._close_early and not self._running)  # a batch waiting for this request may run now
+                    or (self._answered is not None and self._running < self._slots)):  # or one held may
+                self._cond.notify()
 
     def _nobody_coming(self, now: float) -> bool:
         """Lock held: a batch may close early (see the module docstring): no request on its way, no batch running
