@@ -372,6 +372,41 @@ def test_a_split_request_is_not_held_by_its_own_first_part(toy):
         batcher.stop()
 
 
+def test_a_held_batch_is_not_starved_by_a_closed_loop_client_of_another_queue(toy):
+    """Answered clients that come back to another queue (another model) cannot join the held batch: each answer
+    holds it again, so it is held at most batch_timeout_micros past the moment a thread could run it (it was held
+    for as long as the other queue's closed loop ran)."""
+    looping, other = _Recording(toy, gate=threading.Event()), _Recording(toy)  # two servables: two queues
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    stop = threading.Event()
+
+    def closed_loop() -> int:
+        n = 0
+        while not stop.is_set():
+            np.testing.assert_allclose(batcher.run(looping, "", {"x": _rows(n, 1)})["y"], _rows(n, 1) * SCALE)
+            n += 1
+        return n
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            loop = pool.submit(closed_loop)
+            assert looping.entered.wait(30)  # its first request runs alone, held in the model
+            held = pool.submit(batcher.run, other, "", {"x": _rows(50, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            looping.gate.set()
+            try:
+                np.testing.assert_allclose(held.result(15)["y"], _rows(50, 1) * SCALE)
+                assert not loop.done()  # it ran while the loop went on
+            finally:
+                stop.set()
+            assert loop.result(20) >= 2
+    finally:
+        looping.gate.set()
+        stop.set()
+        batcher.stop()
+
+
 def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_while_another_batch_runs(toy):
     """The last expected client comes back with a request that never reaches a queue (here: too big) while the
     other batch thread is busy: the held batch runs now, on the free thread, not when the client's wait expires."""

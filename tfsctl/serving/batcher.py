@@ -48,10 +48,11 @@ Opt-in for closed-loop clients (``wait_for_answered_clients``, ``--batching_wait
 that waits for its answer before it sends again comes back milliseconds after the answer, so a batch answered is a
 promise of as many requests. Until that many have arrived (or ``batch_timeout_micros`` after the answer), the batcher
 does not run a request alone nor close a batch early, and a batch that waited out its timeout behind a busy thread
-waits on for them once a thread frees. Without it, eight such clients on one batch thread settle in two batches of
-four taking turns (each runs as the other's clients return; TF Serving's scheduler does the same); with it, they
-share one batch of eight. It can add up to ``batch_timeout_micros`` to a request when the answered clients do not
-come back, hence opt-in.
+waits on for them once a thread frees (at most ``batch_timeout_micros`` more: clients coming back to another queue
+would hold it again and again). Without it, eight such clients on one batch thread settle in two batches of four
+taking turns (each runs as the other's clients return; TF Serving's scheduler does the same); with it, they share one
+batch of eight. It can add up to ``batch_timeout_micros`` to a request when the answered clients do not come back,
+hence opt-in.
 
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
@@ -194,6 +195,7 @@ class _Batch:
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
     started: float = 0.0  # when its first task arrived
+    held_from: float | None = None  # wait_for_answered_clients: when it was first held past its timeout
 
 
 @dataclass
@@ -497,7 +499,7 @@ class Batcher:
             nobody_coming = self._nobody_coming(now)
             mine = None
             if self._running < self._slots:
-                reason = queue.ready(now, False, nobody_coming, self._holding(now))
+                reason = queue.ready(now, False, nobody_coming, self._held(queue, now, self._holding(now)))
                 if reason is not None:
                     mine = self._take(queue, reason)
                     self._running += 1
@@ -555,7 +557,7 @@ class Batcher:
             if not q.batches:
                 continue
             head = q.batches[0].started
-            reason = q.ready(now, self._stopping, nobody_coming, holding)
+            reason = q.ready(now, self._stopping, nobody_coming, self._held(q, now, holding))
             if reason is not None:
                 if best is None or head < best.batches[0].started:
                     best, why = q, reason
@@ -567,14 +569,31 @@ class Batcher:
     def _due(self, queue: _Queue, holding: bool, now: float) -> float:
         """Lock held: when the queue's head batch must be looked at again: its timeout, or while answered clients
         are expected, the moment they stop being expected (whichever is earlier of that and the timeout, unless
-        the batch is already past its timeout and held)."""
-        due = queue.batches[0].started + queue.options.batch_timeout_micros / 1e6
+        the batch is already past its timeout and held: then also the end of its hold)."""
+        head = queue.batches[0]
+        timeout = queue.options.batch_timeout_micros / 1e6
+        due = head.started + timeout
         answered = self._answered
         if answered is not None:
-            if holding and due <= now:
-                return min(answered.until, answered.next_expiry(now))
+            if holding and due <= now and head.held_from is not None:
+                return min(answered.until, answered.next_expiry(now), head.held_from + timeout)
             return min(due, answered.next_expiry(now))
         return due
+
+    def _held(self, queue: _Queue, now: float, holding: bool) -> bool:
+        """Lock held: the queue's head batch, if past its timeout, waits on for answered clients (``holding``):
+        only while a thread is free to run it, and at most ``batch_timeout_micros`` from the first time. Clients
+        coming back to another queue cannot join it, and each of their answers would hold it again: without the
+        bound, a closed loop on another model held it for as long as the loop ran."""
+        if not holding or self._running >= self._slots:
+            return False
+        head = queue.batches[0]
+        timeout = queue.options.batch_timeout_micros / 1e6
+        if head.held_from is None:
+            if now - head.started < timeout:
+                return False  # not past its timeout: nothing to hold yet
+            head.held_from = now
+        return now < head.held_from + timeout
 
     def _take(self, queue: _Queue, reason: str) -> list[_Task]:
         """Pop the head batch (lock held); ``reason`` (see ``_Queue.ready``) feeds the early-close rule."""
