@@ -437,6 +437,50 @@ def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_wh
         batcher.stop()
 
 
+def test_a_held_batch_runs_on_the_free_thread_when_the_request_holding_it_runs_alone(toy):
+    """A timed-out batch held only by a request on its way: when that request turns out to be for another model and
+    runs alone (the batcher idle otherwise), the held batch runs at once on the other thread, not when its hold
+    ends."""
+    blocker, answered, elsewhere = (_Recording(toy, gate=threading.Event()) for _ in range(3))
+    timeout = 2.0
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
+                      close_early_after=0, wait_for_answered_clients=True)
+    go = threading.Event()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
+            assert blocker.entered.wait(30)  # runs alone, held in the model: one thread busy
+            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
+            assert answered.entered.wait(30)  # a full batch runs on the second thread, held in the model
+            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            blocker.gate.set()
+            np.testing.assert_allclose(busy.result(20)["y"], _rows(0, 1) * SCALE)  # its client is expected back
+
+            def comes_back() -> dict:
+                with batcher.arrival():  # ... and is on its way (decoding): the queued batch stays held
+                    assert go.wait(30)
+                    return batcher.run(elsewhere, "", {"x": _rows(30, 1)})
+
+            back = pool.submit(comes_back)
+            answered.gate.set()
+            np.testing.assert_allclose(full.result(20)["y"], _rows(10, 8) * SCALE)  # its client is expected back
+            with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+                batcher.run(toy, "", {"x": _rows(0, 9)})  # ... and comes back, refused
+            go.set()  # the one on its way is for another model: it runs alone, the idle batcher's way
+            assert elsewhere.entered.wait(30)  # held in the model: one thread busy, the other free
+            np.testing.assert_allclose(queued.result(timeout / 2)["y"], _rows(20, 1) * SCALE)
+            elsewhere.gate.set()
+            np.testing.assert_allclose(back.result(20)["y"], _rows(30, 1) * SCALE)
+    finally:
+        go.set()
+        for model in (blocker, answered, elsewhere):
+            model.gate.set()
+        batcher.stop()
+
+
 def test_a_batch_thread_does_not_spin_once_an_answered_clients_wait_expires(toy):
     """A batch thread sleeps until the expected clients' wait expires; an expired one must not be taken as the next
     time to look again while a request is on its way (the thread spun on zero-length waits until the batch's own

@@ -408,6 +408,8 @@ class Batcher:
             self._local.arriving = False
             self._arriving = 0
             self._running = 1
+            if self._answered is not None and self._queues and self._running < self._slots:
+                self._cond.notify()  # another queue's batch held while this request was on its way may run now
             return True
 
     def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
