@@ -357,6 +357,177 @@ def test_an_answered_client_that_does_not_come_back_is_waited_for_only_up_to_the
         batcher.stop()
 
 
+def test_a_split_request_is_not_held_by_its_own_first_part(toy):
+    """A request split across batches is one client: its answer goes out once all its parts ran, so a part's batch
+    is no answered client to wait for (it held the request's own last part for the whole batch_timeout_micros)."""
+    batcher = Batcher(BatchOptions(max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2,
+                                   batch_timeout_micros=20_000_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            for start in (0, 10):  # a closed loop of one client: it comes back once, and nobody else is expected
+                x = _rows(start, 3)  # parts of 2 and 1 rows; the open part runs as nobody is on the way
+                np.testing.assert_allclose(pool.submit(batcher.run, toy, "", {"x": x}).result(20)["y"], x * SCALE)
+    finally:
+        batcher.stop()
+
+
+def test_a_held_batch_is_not_starved_by_a_closed_loop_client_of_another_queue(toy):
+    """Answered clients that come back to another queue (another model) cannot join the held batch: each answer
+    holds it again, so it is held at most batch_timeout_micros past the moment a thread could run it (it was held
+    for as long as the other queue's closed loop ran)."""
+    looping, other = _Recording(toy, gate=threading.Event()), _Recording(toy)  # two servables: two queues
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    stop = threading.Event()
+
+    def closed_loop() -> int:
+        n = 0
+        while not stop.is_set():
+            np.testing.assert_allclose(batcher.run(looping, "", {"x": _rows(n, 1)})["y"], _rows(n, 1) * SCALE)
+            n += 1
+        return n
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            loop = pool.submit(closed_loop)
+            assert looping.entered.wait(30)  # its first request runs alone, held in the model
+            held = pool.submit(batcher.run, other, "", {"x": _rows(50, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            looping.gate.set()
+            try:
+                np.testing.assert_allclose(held.result(15)["y"], _rows(50, 1) * SCALE)
+                assert not loop.done()  # it ran while the loop went on
+            finally:
+                stop.set()
+            assert loop.result(20) >= 2
+    finally:
+        looping.gate.set()
+        stop.set()
+        batcher.stop()
+
+
+def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_while_another_batch_runs(toy):
+    """The last expected client comes back with a request that never reaches a queue (here: too big) while the
+    other batch thread is busy: the held batch runs now, on the free thread, not when the client's wait expires."""
+    blocker, answered = _Recording(toy, gate=threading.Event()), _Recording(toy, gate=threading.Event())
+    timeout = 2.0
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
+                      close_early_after=0, wait_for_answered_clients=True)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
+            assert blocker.entered.wait(30)  # runs alone (the batcher was idle), held in the model: one thread busy
+            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
+            assert answered.entered.wait(30)  # a full batch runs at once on the second thread, held in the model
+            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            answered.gate.set()
+            np.testing.assert_allclose(full.result(20)["y"], _rows(10, 8) * SCALE)  # its client is expected back
+            with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+                batcher.run(toy, "", {"x": _rows(0, 9)})  # ... and comes back; nobody else is expected
+            np.testing.assert_allclose(queued.result(timeout / 2)["y"], _rows(20, 1) * SCALE)
+            blocker.gate.set()
+            np.testing.assert_allclose(busy.result(20)["y"], _rows(0, 1) * SCALE)
+    finally:
+        blocker.gate.set()
+        answered.gate.set()
+        batcher.stop()
+
+
+def test_a_held_batch_runs_on_the_free_thread_when_the_request_holding_it_runs_alone(toy):
+    """A timed-out batch held only by a request on its way: when that request turns out to be for another model and
+    runs alone (the batcher idle otherwise), the held batch runs at once on the other thread, not when its hold
+    ends."""
+    blocker, answered, elsewhere = (_Recording(toy, gate=threading.Event()) for _ in range(3))
+    timeout = 2.0
+    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
+                      close_early_after=0, wait_for_answered_clients=True)
+    go = threading.Event()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
+            assert blocker.entered.wait(30)  # runs alone, held in the model: one thread busy
+            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
+            assert answered.entered.wait(30)  # a full batch runs on the second thread, held in the model
+            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            blocker.gate.set()
+            np.testing.assert_allclose(busy.result(20)["y"], _rows(0, 1) * SCALE)  # its client is expected back
+
+            def comes_back() -> dict:
+                with batcher.arrival():  # ... and is on its way (decoding): the queued batch stays held
+                    assert go.wait(30)
+                    return batcher.run(elsewhere, "", {"x": _rows(30, 1)})
+
+            back = pool.submit(comes_back)
+            answered.gate.set()
+            np.testing.assert_allclose(full.result(20)["y"], _rows(10, 8) * SCALE)  # its client is expected back
+            with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+                batcher.run(toy, "", {"x": _rows(0, 9)})  # ... and comes back, refused
+            go.set()  # the one on its way is for another model: it runs alone, the idle batcher's way
+            assert elsewhere.entered.wait(30)  # held in the model: one thread busy, the other free
+            np.testing.assert_allclose(queued.result(timeout / 2)["y"], _rows(20, 1) * SCALE)
+            elsewhere.gate.set()
+            np.testing.assert_allclose(back.result(20)["y"], _rows(30, 1) * SCALE)
+    finally:
+        go.set()
+        for model in (blocker, answered, elsewhere):
+            model.gate.set()
+        batcher.stop()
+
+
+def test_a_batch_thread_does_not_spin_once_an_answered_clients_wait_expires(toy):
+    """A batch thread sleeps until the expected clients' wait expires; an expired one must not be taken as the next
+    time to look again while a request is on its way (the thread spun on zero-length waits until the batch's own
+    timeout)."""
+    rec = _Recording(toy, gate=threading.Event())
+    timeout = 1.0
+    batcher = Batcher(BatchOptions(max_batch_size=2, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=1),
+                      close_early_after=0, wait_for_answered_clients=True)
+    spins = []
+    real_wait = batcher._cond.wait
+
+    def counting_wait(timeout=None):
+        if timeout is not None and timeout <= 0:
+            spins.append(timeout)
+        return real_wait(timeout)
+
+    batcher._cond.wait = counting_wait
+    decoded = threading.Event()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            alone = pool.submit(batcher.run, rec, "", {"x": _rows(0, 1)})
+            assert rec.entered.wait(30)  # runs alone, held in the model
+            pair = [pool.submit(batcher.run, rec, "", {"x": _rows(start, 1)}) for start in (10, 20)]
+            wait_until(lambda: batcher.pending() == 2, 20, "2 pending", every=0.005)
+            rec.gate.set()  # then the full pair runs: three clients are expected back
+            for f, start in zip([alone, *pair], (0, 10, 20), strict=True):
+                np.testing.assert_allclose(f.result(20)["y"], _rows(start, 1) * SCALE)
+            answered = time.monotonic()
+
+            def decoding() -> None:
+                with batcher.arrival():  # one comes back and stays on its way
+                    assert decoded.wait(30)
+
+            on_its_way = pool.submit(decoding)
+            wait_until(lambda: time.monotonic() - answered > timeout / 2, 20, "half the clients' wait")
+            queued = pool.submit(batcher.run, rec, "", {"x": _rows(30, 1)})  # another comes back
+            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+            # the third's wait expires, then the queued batch times out (the one on its way holds it till then)
+            np.testing.assert_allclose(queued.result(20)["y"], _rows(30, 1) * SCALE)
+            decoded.set()
+            on_its_way.result(20)
+        assert not spins, f"{len(spins)} waits of no time"
+    finally:
+        decoded.set()
+        batcher.stop()
+
+
 def test_full_queue_is_refused_immediately_then_drained_on_stop(toy):
     # One example may wait (limit = max_enqueued_batches * max_batch_size = 2); the long timeout keeps it queued.
     batcher = Batcher(BatchOptions(max_batch_size=2, max_enqueued_batches=1, batch_timeout_micros=30_000_000,

@@ -48,10 +48,11 @@ Opt-in for closed-loop clients (``wait_for_answered_clients``, ``--batching_wait
 that waits for its answer before it sends again comes back milliseconds after the answer, so a batch answered is a
 promise of as many requests. Until that many have arrived (or ``batch_timeout_micros`` after the answer), the batcher
 does not run a request alone nor close a batch early, and a batch that waited out its timeout behind a busy thread
-waits on for them once a thread frees. Without it, eight such clients on one batch thread settle in two batches of
-four taking turns (each runs as the other's clients return; TF Serving's scheduler does the same); with it, they
-share one batch of eight. It can add up to ``batch_timeout_micros`` to a request when the answered clients do not
-come back, hence opt-in.
+waits on for them once a thread frees (at most ``batch_timeout_micros`` more: clients coming back to another queue
+would hold it again and again). Without it, eight such clients on one batch thread settle in two batches of four
+taking turns (each runs as the other's clients return; TF Serving's scheduler does the same); with it, they share one
+batch of eight. It can add up to ``batch_timeout_micros`` to a request when the answered clients do not come back,
+hence opt-in.
 
 Per-model batching (``per_model=True``, ``--enable_per_model_batching_parameters``): each version directory's
 ``batching_params.pbtxt`` gives that model's queue options (the thread pool stays global); a model without the file
@@ -123,8 +124,10 @@ class _Answered:
             sets.popleft()
         return bool(sets)
 
-    def next_expiry(self) -> float:
-        return self._sets[0][0] if self._sets else math.inf
+    def next_expiry(self, now: float) -> float:
+        """When the oldest answered batch still expected stops being expected (expired ones are dropped first: an
+        expiry in the past would make a batch thread sleep for no time, again and again)."""
+        return self._sets[0][0] if self.expected(now) else math.inf
 
     def returned(self, now: float) -> None:
         """A request arrived: it is taken as one of the expected clients (the oldest answer first)."""
@@ -192,6 +195,7 @@ class _Batch:
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
     started: float = 0.0  # when its first task arrived
+    held_from: float | None = None  # wait_for_answered_clients: when it was first held past its timeout
 
 
 @dataclass
@@ -324,9 +328,10 @@ class Batcher:
         self._local.arriving = False
         with self._cond:
             self._arriving -= 1
-            if ((self._close_early or self._answered is not None) and not self._arriving and not self._running
-                    and self._queues):
-                self._cond.notify()  # a batch waiting for this request may run now
+            if self._queues and not self._arriving and (
+                    (self._close_early and not self._running)  # a batch waiting for this request may run now
+                    or (self._answered is not None and self._running < self._slots)):  # or one held may
+                self._cond.notify()
 
     def _nobody_coming(self, now: float) -> bool:
         """Lock held: a batch may close early (see the module docstring): no request on its way, no batch running
@@ -385,6 +390,7 @@ class Batcher:
         # Wait for every part of a split request, even after one failed: none may still sit in a queue.
         for t in tasks:
             t.wait()
+        self._answering(1, opts)  # its client is answered now, once (its parts' batches do not count it)
         for t in tasks:
             if t.error is not None:
                 raise t.error
@@ -402,6 +408,8 @@ class Batcher:
             self._local.arriving = False
             self._arriving = 0
             self._running = 1
+            if self._answered is not None and self._queues and self._running < self._slots:
+                self._cond.notify()  # another queue's batch held while this request was on its way may run now
             return True
 
     def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
@@ -493,7 +501,7 @@ class Batcher:
             nobody_coming = self._nobody_coming(now)
             mine = None
             if self._running < self._slots:
-                reason = queue.ready(now, False, nobody_coming, self._holding(now))
+                reason = queue.ready(now, False, nobody_coming, self._held(queue, now, self._holding(now)))
                 if reason is not None:
                     mine = self._take(queue, reason)
                     self._running += 1
@@ -551,26 +559,43 @@ class Batcher:
             if not q.batches:
                 continue
             head = q.batches[0].started
-            reason = q.ready(now, self._stopping, nobody_coming, holding)
+            reason = q.ready(now, self._stopping, nobody_coming, self._held(q, now, holding))
             if reason is not None:
                 if best is None or head < best.batches[0].started:
                     best, why = q, reason
             else:
-                left = self._due(q, holding) - now
+                left = self._due(q, holding, now) - now
                 wait = left if wait is None else min(wait, left)
         return best, why, wait
 
-    def _due(self, queue: _Queue, holding: bool) -> float:
+    def _due(self, queue: _Queue, holding: bool, now: float) -> float:
         """Lock held: when the queue's head batch must be looked at again: its timeout, or while answered clients
         are expected, the moment they stop being expected (whichever is earlier of that and the timeout, unless
-        the batch is already past its timeout and held)."""
-        due = queue.batches[0].started + queue.options.batch_timeout_micros / 1e6
+        the batch is already past its timeout and held: then also the end of its hold)."""
+        head = queue.batches[0]
+        timeout = queue.options.batch_timeout_micros / 1e6
+        due = head.started + timeout
         answered = self._answered
         if answered is not None:
-            if holding and due <= time.monotonic():
-                return min(answered.until, answered.next_expiry())
-            return min(due, answered.next_expiry())
+            if holding and due <= now and head.held_from is not None:
+                return min(answered.until, answered.next_expiry(now), head.held_from + timeout)
+            return min(due, answered.next_expiry(now))
         return due
+
+    def _held(self, queue: _Queue, now: float, holding: bool) -> bool:
+        """Lock held: the queue's head batch, if past its timeout, waits on for answered clients (``holding``):
+        only while a thread is free to run it, and at most ``batch_timeout_micros`` from the first time. Clients
+        coming back to another queue cannot join it, and each of their answers would hold it again: without the
+        bound, a closed loop on another model held it for as long as the loop ran."""
+        if not holding or self._running >= self._slots:
+            return False
+        head = queue.batches[0]
+        timeout = queue.options.batch_timeout_micros / 1e6
+        if head.held_from is None:
+            if now - head.started < timeout:
+                return False  # not past its timeout: nothing to hold yet
+            head.held_from = now
+        return now < head.held_from + timeout
 
     def _take(self, queue: _Queue, reason: str) -> list[_Task]:
         """Pop the head batch (lock held); ``reason`` (see ``_Queue.ready``) feeds the early-close rule."""
@@ -615,10 +640,11 @@ class Batcher:
 
     def _kick(self) -> None:
         """Lock held: wake a batch thread when a queued batch times out before any sleeping one wakes up."""
-        holding = self._holding(time.monotonic())
+        now = time.monotonic()
+        holding = self._holding(now)
         for q in self._queues.values():
             if q.batches:
-                deadline = self._due(q, holding)
+                deadline = self._due(q, holding, now)
                 if deadline < self._wake_at:
                     self._wake_at = deadline  # the woken thread sets its own; this avoids waking a second one
                     self._cond.notify()
@@ -655,7 +681,7 @@ class Batcher:
             with deadlines.scope(deadlines.latest([t.deadline for t in tasks])):
                 outputs, sizes = self._run_batch(queue, tasks)
         except BaseException as exc:  # delivered to every caller; never lost
-            self._answering(len(tasks), queue.options)
+            self._answering(_clients(tasks), queue.options)
             if not isinstance(exc, ServingError):
                 log.exception("batch for model %s failed", queue.servable.name)
                 exc = Internal(f"model '{queue.servable.name}' signature '{queue.signature_name}': batch failed: {exc}")
@@ -665,7 +691,7 @@ class Batcher:
             for t in tasks:
                 t.finish(None, exc, t is not me)
             return
-        self._answering(len(tasks), queue.options)
+        self._answering(_clients(tasks), queue.options)
         if len(tasks) == 1 and all(v.shape[0] == sizes[0] for v in outputs.values()):  # no split, no padding
             tasks[0].finish(outputs, None, tasks[0] is not me)
             return
@@ -775,6 +801,11 @@ class _Arrival:
     def __exit__(self, *exc: object) -> None:
         if self._mine and self._batcher._local.arriving:  # never queued (refused, unbatched, failed to decode)
             self._batcher._end_arrival()
+
+
+def _clients(tasks: list[_Task]) -> int:
+    """Clients a batch answers: its whole requests (a split request's client is answered once all its parts ran)."""
+    return sum(t.can_lead for t in tasks)
 
 
 def _check_size(servable: Any, signature_name: str, size: int, opts: BatchOptions) -> None:
