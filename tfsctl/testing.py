@@ -433,3 +433,37 @@ def write_matmul_model(base_path: str | Path, version: int, size: int, depth: in
         builder.save()
     tmp.rename(target)
     return target
+
+
+def write_counting_loop_model(base: str | Path, version: int = 1) -> Path:
+    """A TF1 model whose step takes as long as asked: ``y`` runs a while loop of ``max(x)`` iterations (a step of
+    seconds for millions, for deadline and scheduling tests), and signature ``count`` reports how many steps ran."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    sm = v1.saved_model
+
+    def write(export_dir: Path) -> None:
+        builder = sm.builder.SavedModelBuilder(str(export_dir))
+        with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
+            x = v1.placeholder(tf.float32, [None], name="x")
+            steps = v1.Variable(0, dtype=tf.int64, name="steps", use_resource=True)
+            counted = steps.assign_add(1)
+            with tf.control_dependencies([counted]):
+                n = tf.cast(tf.reduce_max(x), tf.int64)
+            _, acc = tf.while_loop(lambda i, a: i < n, lambda i, a: (i + 1, a * 0.5 + 1.0),
+                                   [tf.constant(0, tf.int64), tf.constant(0.0)])
+            y = tf.identity(x * 0.0 + acc, name="y")
+            count = tf.identity(tf.zeros_like(x, tf.int64) + steps.read_value(), name="count")  # batchable
+            info = sm.utils.build_tensor_info
+            predict = sm.signature_constants.PREDICT_METHOD_NAME
+            sigs = {
+                "serving_default": sm.signature_def_utils.build_signature_def({"x": info(x)}, {"y": info(y)},
+                                                                              predict),
+                "count": sm.signature_def_utils.build_signature_def({"x": info(x)}, {"steps": info(count)}, predict),
+            }
+            sess.run(v1.global_variables_initializer())
+            builder.add_meta_graph_and_variables(sess, [sm.tag_constants.SERVING], signature_def_map=sigs)
+        builder.save()
+
+    return _atomic_version_dir(base, version, write)
