@@ -407,6 +407,21 @@ def test_a_held_batch_is_not_starved_by_a_closed_loop_client_of_another_queue(to
         batcher.stop()
 
 
+def _both_threads_busy_and_a_batch_past_its_timeout(batcher: Batcher, pool: ThreadPoolExecutor, blocker, answered,
+                                                    toy, timeout: float):
+    """Two batch threads held in the model (a lone request on ``blocker``, a full batch of 8 on ``answered``) and a
+    batch of one queued behind them past its timeout: the futures (busy, full, queued)."""
+    busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
+    assert blocker.entered.wait(30)  # runs alone (the batcher was idle), held in the model: one thread busy
+    full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
+    assert answered.entered.wait(30)  # a full batch runs at once on the second thread, held in the model
+    queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
+    wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
+    since = time.monotonic()
+    wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+    return busy, full, queued
+
+
 def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_while_another_batch_runs(toy):
     """The last expected client comes back with a request that never reaches a queue (here: too big) while the
     other batch thread is busy: the held batch runs now, on the free thread, not when the client's wait expires."""
@@ -416,14 +431,8 @@ def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_wh
                       close_early_after=0, wait_for_answered_clients=True)
     try:
         with ThreadPoolExecutor(3) as pool:
-            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
-            assert blocker.entered.wait(30)  # runs alone (the batcher was idle), held in the model: one thread busy
-            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
-            assert answered.entered.wait(30)  # a full batch runs at once on the second thread, held in the model
-            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
-            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
-            since = time.monotonic()
-            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            busy, full, queued = _both_threads_busy_and_a_batch_past_its_timeout(batcher, pool, blocker, answered,
+                                                                                 toy, timeout)
             answered.gate.set()
             np.testing.assert_allclose(full.result(20)["y"], _rows(10, 8) * SCALE)  # its client is expected back
             with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
@@ -448,14 +457,8 @@ def test_a_held_batch_runs_on_the_free_thread_when_the_request_holding_it_runs_a
     go = threading.Event()
     try:
         with ThreadPoolExecutor(4) as pool:
-            busy = pool.submit(batcher.run, blocker, "", {"x": _rows(0, 1)})
-            assert blocker.entered.wait(30)  # runs alone, held in the model: one thread busy
-            full = pool.submit(batcher.run, answered, "", {"x": _rows(10, 8)})
-            assert answered.entered.wait(30)  # a full batch runs on the second thread, held in the model
-            queued = pool.submit(batcher.run, toy, "", {"x": _rows(20, 1)})
-            wait_until(lambda: batcher.pending() == 1, 20, "1 pending", every=0.005)
-            since = time.monotonic()
-            wait_until(lambda: time.monotonic() - since > timeout * 1.2, 20, "the queued batch's timeout")
+            busy, full, queued = _both_threads_busy_and_a_batch_past_its_timeout(batcher, pool, blocker, answered,
+                                                                                 toy, timeout)
             blocker.gate.set()
             np.testing.assert_allclose(busy.result(20)["y"], _rows(0, 1) * SCALE)  # its client is expected back
 
