@@ -208,9 +208,9 @@ class _Queue:
     batches: deque[_Batch] = field(default_factory=deque)  # the last one is open
     pending: int = 0  # examples queued, not yet taken by a batch thread
 
-    def ready(self, now: float, stopping: bool, nobody_coming: bool, holding: bool = False) -> str | None:
+    def ready(self, now: float, stopping: bool, nobody_coming: bool, held: bool = False) -> str | None:
         """Why the head batch may run now ("full", "timeout", "arrived", "stopping"), or None: it waits.
-        ``holding``: answered clients are on their way back (``_Answered``), so even a timed-out batch waits."""
+        ``held``: answered clients are on their way back (``Batcher._held``), so even a timed-out batch waits."""
         if not self.batches:
             return None
         head = self.batches[0]
@@ -219,7 +219,7 @@ class _Queue:
         if stopping:
             return "stopping"
         if now - head.started >= self.options.batch_timeout_micros / 1e6:
-            return None if holding else "timeout"
+            return None if held else "timeout"
         return "arrived" if nobody_coming else None
 
 
@@ -328,16 +328,22 @@ class Batcher:
         self._local.arriving = False
         with self._cond:
             self._arriving -= 1
-            if self._queues and not self._arriving and (
-                    (self._close_early and not self._running)  # a batch waiting for this request may run now
-                    or (self._answered is not None and self._running < self._slots)):  # or one held may
-                self._cond.notify()
+            self._wake_if_released(time.monotonic())  # a batch waiting for this request may run now
 
     def _nobody_coming(self, now: float) -> bool:
         """Lock held: a batch may close early (see the module docstring): no request on its way, no batch running
         and, with ``wait_for_answered_clients``, no answered client expected back."""
         return (self._close_early and not self._arriving and not self._running
                 and (self._answered is None or not self._answered.expected(now)))
+
+    def _wake_if_released(self, now: float) -> bool:
+        """Lock held, after a request stopped being on its way: wake a batch thread when a queued batch may now run
+        (it may close early, or, with ``wait_for_answered_clients``, stop being held while a thread is free)."""
+        if self._queues and not self._arriving and (
+                self._nobody_coming(now) or (self._answered is not None and self._running < self._slots)):
+            self._cond.notify()
+            return True
+        return False
 
     def _holding(self, now: float) -> bool:
         """Lock held: a batch past its timeout still waits, for answered clients on their way back."""
@@ -408,8 +414,7 @@ class Batcher:
             self._local.arriving = False
             self._arriving = 0
             self._running = 1
-            if self._answered is not None and self._queues and self._running < self._slots:
-                self._cond.notify()  # another queue's batch held while this request was on its way may run now
+            self._wake_if_released(time.monotonic())  # another queue's batch it held may run on a free thread
             return True
 
     def _run_alone(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
@@ -505,10 +510,7 @@ class Batcher:
                 if reason is not None:
                     mine = self._take(queue, reason)
                     self._running += 1
-            if self._queues and (nobody_coming or (self._answered is not None and not self._arriving
-                                                   and self._running < self._slots)):
-                self._cond.notify()  # another queue's batch may run now (or stop being held)
-            elif opened:
+            if not self._wake_if_released(now) and opened:  # another queue's batch may run now, or
                 self._kick()  # a new batch to time
         return tasks, queue, mine
 
@@ -577,7 +579,7 @@ class Batcher:
         due = head.started + timeout
         answered = self._answered
         if answered is not None:
-            if holding and due <= now and head.held_from is not None:
+            if holding and head.held_from is not None:  # set only once past its timeout
                 return min(answered.until, answered.next_expiry(now), head.held_from + timeout)
             return min(due, answered.next_expiry(now))
         return due
