@@ -700,3 +700,91 @@ def test_per_model_batching_reads_each_versions_file_and_skips_models_without_on
         assert _batches(metrics, "a") == (2.0, 5.0)
     finally:
         batcher.stop()
+
+
+def test_submitted_requests_share_a_batch_with_run_callers_and_are_answered_by_callback(toy):
+    """``submit`` queues a request with no thread of the caller's waiting (the gRPC event loop's): it joins the same
+    batch as ``run`` callers, the batch runs in a batch thread, and the callback gets each request's own rows."""
+    metrics = Metrics()
+    batcher = Batcher(BatchOptions(max_batch_size=4, batch_timeout_micros=10_000_000, num_batch_threads=1), metrics)
+    try:
+        done: dict[int, object] = {}
+        finished = threading.Event()
+        threads: set[str] = set()
+
+        def callback(i: int):
+            def called(task) -> None:
+                threads.add(threading.current_thread().name)
+                done[i] = task
+                if len(done) == 3:
+                    finished.set()
+            return called
+
+        xs = [_rows(100 * i, 1) for i in range(4)]
+        with ThreadPoolExecutor(1) as pool:
+            out = pool.submit(batcher.run, toy, "", {"x": xs[3]})  # a run() caller, waiting in its thread
+            wait_until(lambda: batcher.pending() == 1, 10, "the run() caller to queue")
+            for i in range(2):
+                assert batcher.submit(toy, "", {"x": xs[i]}, (), callback(i)) is True
+            assert batcher.pending() == 3 and not finished.is_set()  # queued: nothing runs in the submitting thread
+            assert batcher.submit(toy, "", {"x": xs[2]}, (), callback(2)) is True  # fills the batch
+            assert finished.wait(30)
+            np.testing.assert_allclose(out.result(30)["y"], xs[3] * SCALE)
+        for i in range(3):
+            task = done[i]
+            assert task.error is None and task.batch == 4
+            np.testing.assert_allclose(task.outputs["y"], xs[i] * SCALE)
+        assert _batches(metrics) == (1.0, 4.0)
+        assert threads == {"batch_threads-0"}, threads  # the batch thread ran it, not the submitting thread
+    finally:
+        batcher.stop()
+
+
+def test_submit_declines_what_the_queue_does_not_take_whole_and_raises_what_run_would(toy):
+    """A request to split across batches, or one that cannot be batched, is declined (False) with nothing queued:
+    its caller runs it in a thread. A request too large for max_batch_size fails as in ``run``."""
+    batcher = Batcher(BatchOptions(max_batch_size=8, max_execution_batch_size=2, enable_large_batch_splitting=True,
+                                   batch_timeout_micros=10_000_000, num_batch_threads=1))
+    try:
+        def never(_task) -> None:
+            raise AssertionError("a declined request was answered")
+
+        assert batcher.submit(toy, "", {"x": _rows(0, 3)}, (), never) is False  # would be split
+        assert batcher.submit(toy, "", {"x": np.float32(1.0)}, (), never) is False  # a scalar: not batchable
+        assert batcher.pending() == 0
+        with pytest.raises(InvalidArgument, match="larger than maximum input batch size"):
+            batcher.submit(toy, "", {"x": _rows(0, 9)}, (), never)
+        assert batcher.pending() == 0
+    finally:
+        batcher.stop()
+
+
+def test_a_submitted_requests_inputs_are_freed_once_answered_without_the_garbage_collector(toy):
+    """The task keeps no reference to its callback once called: a callback that keeps the task (a future whose
+    result it becomes) makes no reference cycle, so the request's inputs (maybe megabytes) go with the last
+    reference, not at some later garbage collection; nor does the idle batch thread keep its last batch."""
+    import gc
+    import weakref
+
+    batcher = Batcher(BatchOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1))
+    gc.disable()
+    try:
+        answered = threading.Event()
+
+        def submit_one() -> weakref.ref:
+            x = _rows(0, 1)
+            box: dict[str, object] = {}
+
+            def keep(task) -> None:
+                box["task"] = task  # box -> task, and the task holds this closure, which holds box
+                answered.set()
+
+            assert batcher.submit(toy, "", {"x": x}, (), keep)
+            return weakref.ref(x)
+
+        gone = submit_one()
+        assert answered.wait(30)
+        wait_until(lambda: gone() is None, 10, "the inputs to be freed")
+    finally:
+        gc.enable()
+        batcher.stop()

@@ -240,3 +240,34 @@ def test_the_predict_path_benchmark_measures_every_layer_of_a_quick_predict(tmp_
     assert len(layers) == 8 and all(0 < us < 1e6 for us in layers.values()), layers
     assert set(report["between_other_work"]) == {"decode one input (to_numpy)", "session callable (TF step)",
                                                  "Predict RPC body", "bare-aio-tf handler"}
+
+
+def test_with_batching_a_request_waits_for_its_batch_without_holding_a_pool_thread(tmp_path: Path):
+    """With batching, a Predict waits for its batch on the event loop (RequestCore.predict_queued), not in a pool
+    thread: with a single pool thread, four concurrent requests still reach the queue together and fill one batch.
+    Were each to hold the thread while it waited, one would sit in the queue until its timeout (10 s, past the
+    clients' deadlines) and the others behind it in the pool."""
+    write_toy_model(tmp_path / "toy", 1, scale=2.0)
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 20000 }\nbatch_timeout_micros { value: 10000000 }\n"
+                      "num_batch_threads { value: 1 }\n")
+    # 5000 rows of 4 floats: 80 kB, too large for the loop's quick route, so each is queued for a batch
+    xs = [np.full((5000, 4), i, np.float32) for i in range(4)]
+    with _serve(tmp_path, ("toy",), enable_batching=True, batching_parameters_file=str(params),
+                grpc_max_threads=1) as (server, _):
+        def batches() -> tuple[float, float]:
+            get = server.metrics.registry.get_sample_value
+            labels = {"model_name": "toy"}
+            return get("tfsctl_batch_size_count", labels) or 0.0, get("tfsctl_batch_size_sum", labels) or 0.0
+
+        before = batches()
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(4) as pool:
+                ys = list(pool.map(lambda x: to_numpy(stub.Predict(_request("toy", x), timeout=8).outputs["y"]), xs))
+        for x, y in zip(xs, ys, strict=True):
+            np.testing.assert_allclose(y, x * 2)
+        count, total = batches()
+        assert (count - before[0], total - before[1]) == (1, 20000), "the four requests did not share one batch"

@@ -9,9 +9,9 @@ it: a Protocol names no class above the core.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing the servable module would pull in TensorFlow
     import numpy as np
@@ -74,6 +74,16 @@ class SignatureRunner(Protocol):
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray] | None:
         """The outputs at once, in the caller's thread as a batch of its own; None (nothing run) for a request that
         must be split across batches, which then goes through :meth:`run`."""
+        ...
+
+    def batches(self, servable: Servable) -> bool:
+        """Whether requests to ``servable`` are batched at all."""
+        ...
+
+    def submit(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+               output_filter: Sequence[str], callback: Callable[[Any], None]) -> bool:
+        """Queue without a waiting thread: ``callback(task)`` (``task.outputs``/``task.error``) once its batch ran;
+        False, nothing queued, for a request the queue does not take whole (it then goes through :meth:`run`)."""
         ...
 
 

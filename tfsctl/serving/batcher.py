@@ -68,7 +68,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -159,13 +159,17 @@ def _note(queued: float, batch: int) -> None:
 
 class _Task:
     """One queued request (or part of a split one). Its caller's thread sleeps on ``_signal`` until the task is done,
-    or until it is handed a batch to run (``lead``): the thread that would be woken for its result anyway runs it."""
+    or until it is handed a batch to run (``lead``): the thread that would be woken for its result anyway runs it.
+    A task queued by :meth:`Batcher.submit` has no thread waiting: ``callback`` is called with it once it is done,
+    and it never leads (a batch thread runs its batch). ``whole``: the task is a whole request, not a part."""
 
-    __slots__ = ("inputs", "size", "enqueued", "can_lead", "lead", "done", "outputs", "error", "deadline", "_signal",
-                 "queued", "batch")
+    __slots__ = ("inputs", "size", "enqueued", "whole", "can_lead", "callback", "lead", "done", "outputs", "error",
+                 "deadline", "_signal", "queued", "batch")
 
-    def __init__(self, inputs: dict[str, np.ndarray], size: int, enqueued: float, can_lead: bool = False) -> None:
-        self.inputs, self.size, self.enqueued, self.can_lead = inputs, size, enqueued, can_lead
+    def __init__(self, inputs: dict[str, np.ndarray], size: int, enqueued: float, whole: bool = False,
+                 callback: Callable[[_Task], None] | None = None) -> None:
+        self.inputs, self.size, self.enqueued, self.whole, self.callback = inputs, size, enqueued, whole, callback
+        self.can_lead = whole and callback is None
         self.deadline = deadlines.current()  # its client's, set by the front end in the caller's thread
         self.lead: tuple[_Queue, list[_Task]] | None = None
         self.done = False
@@ -177,7 +181,14 @@ class _Task:
 
     def finish(self, outputs: dict[str, np.ndarray] | None, error: BaseException | None, wake: bool) -> None:
         self.outputs, self.error, self.done = outputs, error, True
-        if wake:
+        callback = self.callback
+        if callback is not None:
+            self.callback = None  # it may hold what holds this task (a future whose result it becomes): no cycle
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - the batch goes on for the other tasks
+                log.exception("a batch task's callback failed")
+        elif wake:
             self._signal.release()
 
     def hand(self, queue: _Queue, tasks: list[_Task]) -> None:
@@ -311,6 +322,54 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
         return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
+
+    def submit(
+        self,
+        servable: BatchableServable,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: Sequence[str],
+        callback: Callable[[_Task], None],
+    ) -> bool:
+        """Queue ``inputs`` as :meth:`run` does, with no thread waiting for them: ``callback(task)`` is called, from
+        the batch thread that ran its batch (or that dropped it: its client gone), once ``task.outputs`` or
+        ``task.error`` is set; ``task.queued`` and ``task.batch`` say how long it waited and the size of its
+        batch. For an event loop, which must not block: the request's batch runs in a batch thread.
+
+        False, with nothing queued, for a request the queue does not take whole (unbatched by its shapes or its
+        model's options, or to be split across batches): the caller runs it with :meth:`run` in a thread. Errors a
+        request gets before it is queued (too large, invalid, a full queue, a stopped batcher) are raised here."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        output_filter = tuple(output_filter)
+        if self._stopping:
+            raise Unavailable("server is shutting down: batcher stopped")
+        opts = self._options_for(servable)
+        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
+        if plan is None:
+            return False
+        assert opts is not None
+        key, size = plan
+        _check_size(servable, signature_name, size, opts)
+        if size > opts.execution_batch_size:
+            return False
+        validate = getattr(servable, "validate", None)
+        if validate is not None:
+            validate(signature_name, inputs)
+        if self.metrics is not None:  # batching_session/input_batch_size, as in run()
+            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
+        local = self._local
+        if not getattr(local, "arriving", False):
+            self._begin_arrival()
+        try:
+            self._enqueue(servable, signature_name, inputs, output_filter, opts, key, size, callback)
+        finally:
+            if local.arriving:  # refused: a full queue, a stopped batcher
+                self._end_arrival()
+        return True
+
+    def batches(self, servable: BatchableServable) -> bool:
+        """Whether requests to ``servable`` are batched at all (per-model batching: its version has parameters)."""
+        return self._options_for(servable) is not None
 
     def arrival(self) -> _Arrival:
         """Context manager a front end enters when a request comes in, before decoding it: until the request reaches
@@ -457,9 +516,11 @@ class Batcher:
         return opts
 
     def _enqueue(self, servable: Any, signature_name: str, inputs: dict[str, np.ndarray], output_filter: tuple,
-                 opts: BatchOptions, key: tuple, size: int) -> tuple[list[_Task], _Queue, list[_Task] | None]:
+                 opts: BatchOptions, key: tuple, size: int, callback: Callable[[_Task], None] | None = None
+                 ) -> tuple[list[_Task], _Queue, list[_Task] | None]:
         """Queue the request (in parts when split); returns its tasks, the queue, and the head batch's tasks when
-        the caller is to run that batch itself (it became ready and a batch slot was free), else None."""
+        the caller is to run that batch itself (it became ready and a batch slot was free), else None. With
+        ``callback`` (:meth:`submit`: no thread of the caller's waits) a batch it makes ready goes to a batch thread."""
         now = time.monotonic()
         limit = opts.execution_batch_size
         with self._cond:
@@ -491,7 +552,7 @@ class Batcher:
             opened = False
             for chunk in chunks:
                 n = int(next(iter(chunk.values())).shape[0])
-                task = _Task(chunk, n, now, can_lead=len(chunks) == 1)
+                task = _Task(chunk, n, now, whole=len(chunks) == 1, callback=callback)
                 if not queue.batches or queue.batches[-1].size + n > limit:
                     queue.batches.append(_Batch(started=now))
                     opened = True
@@ -508,6 +569,9 @@ class Batcher:
             if self._running < self._slots:
                 reason = queue.ready(now, False, nobody_coming, self._held(queue, now, self._holding(now)))
                 if reason is not None:
+                    if callback is not None:
+                        self._cond.notify()  # no thread of the caller's can run it: a batch thread does
+                        return tasks, queue, None
                     mine = self._take(queue, reason)
                     self._running += 1
             if not self._wake_if_released(now) and opened:  # another queue's batch may run now, or
@@ -670,6 +734,7 @@ class Batcher:
                     self._cond.wait(wait)
                     self._wake_at = math.inf  # awake: it may go on to run a batch, timing nothing meanwhile
             self._execute_and_release(queue, tasks, None)
+            del queue, tasks  # asleep, the thread holds nothing of the batch it ran (its requests' inputs)
 
     def _execute(self, queue: _Queue, tasks: list[_Task], me: _Task | None) -> None:
         """Run a batch and deliver each task's outputs or error (``me``, the running thread's own task, unwoken).
@@ -807,7 +872,7 @@ class _Arrival:
 
 def _clients(tasks: list[_Task]) -> int:
     """Clients a batch answers: its whole requests (a split request's client is answered once all its parts ran)."""
-    return sum(t.can_lead for t in tasks)
+    return sum(t.whole for t in tasks)
 
 
 def _check_size(servable: Any, signature_name: str, size: int, opts: BatchOptions) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -53,6 +54,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
     def _predict(self, request: predict_pb2.PredictRequest, *, only_if_quick: bool = False
                  ) -> predict_pb2.PredictResponse:
         resolved, outputs = self.core.predict_request(request, self.max_tensor_bytes, only_if_quick=only_if_quick)
+        return self._response(resolved, outputs)
+
+    def _response(self, resolved: Any, outputs: dict) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse(model_spec=resolved)
         encode = self._encode
         for key, value in outputs.items():
@@ -93,10 +97,9 @@ class LoopPredictionServicer(PredictionServicer):
         try:  # the quick route first: it declines (WouldWait) before running anything a quick request would not
             with deadlines.scope(deadline):
                 result, error = self._outcome("Predict", name, functools.partial(run, only_if_quick=True), context)
-        except WouldWait:  # large, a version not known to be quick, or a split request: the pool runs it
+        except WouldWait:  # large, or a version not known to be quick
             try:
-                result, error = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, deadlines.run_with, deadline, self._outcome, "Predict", name, run, context)
+                result, error = await self._queued_or_pooled(request, name, run, deadline, context)
             except asyncio.CancelledError:
                 deadline.cancel()
                 raise
@@ -107,6 +110,24 @@ class LoopPredictionServicer(PredictionServicer):
         del request, run
         await context.abort(error.grpc_code, capped_message(error.message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    async def _queued_or_pooled(self, request: predict_pb2.PredictRequest, name: str, run: Callable[..., Any],
+                                deadline: deadlines.Deadline, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+        """With batching, the request waits for its batch on the loop (``RequestCore.predict_queued``: no pool
+        thread held); otherwise, or when the batcher cannot queue it whole (a split request), the pool runs it."""
+        if self.core.batcher is not None:
+            try:
+                with deadlines.scope(deadline):
+                    return await self._outcome_async("Predict", name,
+                                                     functools.partial(self._predict_queued, request), context)
+            except WouldWait:
+                pass
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, deadlines.run_with, deadline, self._outcome, "Predict", name, run, context)
+
+    async def _predict_queued(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        resolved, outputs = await self.core.predict_queued(request, self.max_tensor_bytes)
+        return self._response(resolved, outputs)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, ServicerBase):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -17,7 +17,7 @@ from tfsctl.core.servable import capped_message
 from tfsctl.errors import Internal, ServingError, Unavailable
 from tfsctl.serving.logs import REQUEST_ID_HEADER, request_id
 from tfsctl.serving.request_core import RequestCore, WouldWait
-from tfsctl.serving.request_record import GRPC
+from tfsctl.serving.request_record import GRPC, RequestRecord
 from tfsctl.serving.tracing import TRACEPARENT, TRACESTATE
 from tfsctl.tensors import as_proto_content, as_proto_field
 
@@ -96,38 +96,73 @@ class ServicerBase:
         """Run ``fn`` through the drain gate; map errors to ServingErrors (the only place that does, for both
         the thread-pool and the event-loop paths) and have the request core record the request (``api`` the
         RPC's method name)."""
+        record = self._open(api, model_name, context)
+        if record is None:
+            return None, Unavailable(SHUTTING_DOWN)
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001 - _close maps it, or raises it again
+            return self._close(record, api, model_name, None, e)
+        return self._close(record, api, model_name, result, None)
+
+    async def _outcome_async(self, api: str, model_name: str, fn: Callable[[], Awaitable[T]], context: Any = None
+                             ) -> tuple[T | None, ServingError | None]:
+        """:meth:`_outcome` for a coroutine (on the event loop): the same gate, errors and record."""
+        record = self._open(api, model_name, context)
+        if record is None:
+            return None, Unavailable(SHUTTING_DOWN)
+        try:
+            result = await fn()
+        except BaseException as e:  # noqa: BLE001 - _close maps it, or raises it again
+            return self._close(record, api, model_name, None, e)
+        return self._close(record, api, model_name, result, None)
+
+    def _open(self, api: str, model_name: str, context: Any) -> RequestRecord | None:
+        """Pass the drain gate (None: draining) and open the request's record."""
         gate = self.gate
         if gate is not None and not gate.enter():
-            return None, Unavailable(SHUTTING_DOWN)
+            return None
         record = self.core.begin(GRPC, api, model_name)
         if self.core.tag_requests and context is not None:
             _tag(record, context)
+        return record
+
+    def _close(self, record: RequestRecord, api: str, model_name: str, result: Any, exc: BaseException | None
+               ) -> tuple[Any, ServingError | None]:
+        """Close what :meth:`_open` opened, once: the result, or ``exc`` as a ServingError; :class:`WouldWait`
+        (the record discarded: the request is sent again) and anything that is not an ``Exception`` (a cancelled
+        coroutine: CANCELLED) are raised again."""
+        gate = self.gate
         error: ServingError | None = None
-        declined = False
+        code = "OK"
         try:
-            result = fn()
-            if record.wall:
-                record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
-            return result, None
-        except WouldWait:
-            declined = True
-            self.core.discard(record)  # sent again where waiting is allowed: recorded then
-            raise
-        except ServingError as e:
-            # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
-            error = e.with_traceback(None)
-            error.__context__ = error.__cause__ = None
-        except Exception as e:  # noqa: BLE001 - anything unexpected is INTERNAL, and the server keeps serving
-            log.exception("%s on model %r failed", api, model_name)
-            error = Internal(f"{api} on model '{model_name}': {type(e).__name__}: {e}")
+            if exc is None:
+                if record.wall:
+                    record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
+                return result, None
+            if isinstance(exc, WouldWait):
+                code = ""
+                self.core.discard(record)  # sent again where waiting is allowed: recorded then
+                raise exc
+            if isinstance(exc, ServingError):
+                # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
+                error = exc.with_traceback(None)
+                error.__context__ = error.__cause__ = None
+            elif isinstance(exc, Exception):  # anything unexpected is INTERNAL, and the server keeps serving
+                log.error("%s on model %r failed", api, model_name, exc_info=exc)
+                error = Internal(f"{api} on model '{model_name}': {type(exc).__name__}: {exc}")
+            else:
+                code = "CANCELLED"
+                raise exc
+            code = error.grpc_code.name
+            return None, error
         finally:
             try:
-                if not declined:
-                    self.core.finish(record, error.grpc_code.name if error is not None else "OK")
+                if code:
+                    self.core.finish(record, code)
             finally:
                 if gate is not None:
                     gate.exit()  # exactly once, whatever the recording does
-        return None, error
 
 
 def _tag(record: Any, context: Any) -> None:
