@@ -81,7 +81,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 class LoopPredictionServicer(PredictionServicer):
     """PredictionService on a ``grpc.aio`` server (:mod:`tfsctl.serving.grpc_loop`): Predict is a coroutine that
     runs a quick request inline on the event loop (with batching: only for steps too short for batching to pay,
-    alone at once) and any other in ``executor``; the other methods stay synchronous and grpc runs them in its pool."""
+    alone at once); with batching, any other waits for its batch on the loop; the rest run in ``executor``. The
+    other methods stay synchronous and grpc runs them in its pool."""
 
     def __init__(self, core: RequestCore, metrics: Any = None, *, executor: Executor, **kwargs: Any) -> None:
         super().__init__(core, metrics, **kwargs)

@@ -4,10 +4,11 @@ Why asyncio: with grpcio's thread-pool server, every RPC is handed from the poll
 back, and those threads contend for the GIL; on a small model that costs more than the model (toy Predict: about
 0.5x a bare Python gRPC server). On the event loop, a Predict that is known to be quick (see
 :meth:`~tfsctl.serving.request_core.RequestCore.predict_is_quick`) runs inline with no hand-over at all: the loop offers
-every Predict to the core with ``only_if_quick``, which declines a large or slow one before running it. Everything
-else, slow or blocking (a large model, batching, reloads, status, health), runs in the thread
-pool: the servicers' synchronous methods run there through grpc's ``migration_thread_pool``, and the async Predict
-sends the calls it cannot run inline to the same pool.
+every Predict to the core with ``only_if_quick``, which declines a large or slow one before running it. With
+batching, a declined Predict waits for its batch on the loop too (``RequestCore.predict_queued``: queued with a
+callback, no thread held). Everything else, slow or blocking (a large model without batching, reloads, status,
+health), runs in the thread pool: the servicers' synchronous methods run there through grpc's
+``migration_thread_pool``, and the async Predict sends the calls it cannot run inline or queue to the same pool.
 
 :class:`LoopServer` lets the synchronous :class:`~tfsctl.serving.server.ModelServer` start and stop it.
 """
