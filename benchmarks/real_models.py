@@ -560,7 +560,7 @@ def batching_run(model: Model, servable, servers: dict[str, Server], max_batch: 
                 if res.get("batches"):
                     print(f"             {res['batches']} batches, mean size {res['mean_batch_size']:.2f}, mean "
                           f"queue wait {res['mean_queue_ms']:.1f} ms (includes the warm-up calls)")
-                    if res["mean_batch_size"] >= best - 0.5:  # nearly all batches full: the time between them
+                    if c == best and res["mean_batch_size"] >= best - 0.5:  # each batch waits for its clients
                         res["way_back_ms"] = 1e3 * best * (1 / res["images_per_s"] - 1 / anchor)
                         print(f"             batch {best} every {1e3 * best / res['images_per_s']:.1f} ms against a "
                               f"{1e3 * best / anchor:.1f} ms step in process: {res['way_back_ms']:.1f} ms between "
