@@ -373,15 +373,20 @@ class HttpServer:
             raise _HttpError(413, self._too_large(request.content_length), "RESOURCE_EXHAUSTED")
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                chunk = await asyncio.wait_for(request.content.readany(), self.body_timeout)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED")
-                chunks.append(chunk)
+            # One timeout moved on at each chunk, not a wait_for per chunk (a task each: a 3 MB body comes in about
+            # a dozen chunks, and the tasks cost 0.5 ms of the loop's time).
+            async with asyncio.timeout(self.body_timeout) as progress:
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    progress.reschedule(loop.time() + self.body_timeout)
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise _HttpError(413, self._too_large(None), "RESOURCE_EXHAUSTED")
+                    chunks.append(chunk)
         except TimeoutError:
             raise _HttpError(408, f"request body: no data for {self.body_timeout:g} s", "DEADLINE_EXCEEDED") from None
         except RequestPayloadError as e:  # e.g. a Content-Encoding the body does not match
