@@ -101,9 +101,13 @@ class ServicerBase:
             return None, Unavailable(SHUTTING_DOWN)
         try:
             result = fn()
-        except BaseException as e:  # noqa: BLE001 - _close maps it, or raises it again
-            return self._close(record, api, model_name, None, e)
-        return self._close(record, api, model_name, result, None)
+        except BaseException as e:  # noqa: BLE001 - mapped, or raised again as it is
+            error = self._failed(record, api, model_name, e)
+            if error is None:
+                raise  # WouldWait (record discarded) or a cancellation (recorded CANCELLED)
+            return None, error
+        self._succeeded(record, result)
+        return result, None
 
     async def _outcome_async(self, api: str, model_name: str, fn: Callable[[], Awaitable[T]], context: Any = None
                              ) -> tuple[T | None, ServingError | None]:
@@ -113,9 +117,13 @@ class ServicerBase:
             return None, Unavailable(SHUTTING_DOWN)
         try:
             result = await fn()
-        except BaseException as e:  # noqa: BLE001 - _close maps it, or raises it again
-            return self._close(record, api, model_name, None, e)
-        return self._close(record, api, model_name, result, None)
+        except BaseException as e:  # noqa: BLE001 - mapped, or raised again as it is
+            error = self._failed(record, api, model_name, e)
+            if error is None:
+                raise
+            return None, error
+        self._succeeded(record, result)
+        return result, None
 
     def _open(self, api: str, model_name: str, context: Any) -> RequestRecord | None:
         """Pass the drain gate (None: draining) and open the request's record."""
@@ -127,23 +135,24 @@ class ServicerBase:
             _tag(record, context)
         return record
 
-    def _close(self, record: RequestRecord, api: str, model_name: str, result: Any, exc: BaseException | None
-               ) -> tuple[Any, ServingError | None]:
-        """Close what :meth:`_open` opened, once: the result, or ``exc`` as a ServingError; :class:`WouldWait`
-        (the record discarded: the request is sent again) and anything that is not an ``Exception`` (a cancelled
-        coroutine: CANCELLED) are raised again."""
-        gate = self.gate
-        error: ServingError | None = None
-        code = "OK"
+    def _succeeded(self, record: RequestRecord, result: Any) -> None:
+        """Close what :meth:`_open` opened for a result."""
         try:
-            if exc is None:
-                if record.wall:
-                    record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
-                return result, None
+            if record.wall:
+                record.bytes_out = result.ByteSize() if hasattr(result, "ByteSize") else 0
+            self.core.finish(record, "OK")
+        finally:
+            self._leave_gate()
+
+    def _failed(self, record: RequestRecord, api: str, model_name: str, exc: BaseException) -> ServingError | None:
+        """Close what :meth:`_open` opened for ``exc``: its ServingError, or None when the caller is to raise it
+        again: :class:`WouldWait` (the record discarded: the request is sent again) or anything that is not an
+        ``Exception`` (a cancelled coroutine: CANCELLED). Never raises: raised from here, the exception's traceback
+        would hold this frame, which holds the exception, and with it the request until a garbage collection."""
+        try:
             if isinstance(exc, WouldWait):
-                code = ""
                 self.core.discard(record)  # sent again where waiting is allowed: recorded then
-                raise exc
+                return None
             if isinstance(exc, ServingError):
                 # The traceback's frames hold the request (maybe tens of MB): drop them now, not at the next gc.
                 error = exc.with_traceback(None)
@@ -152,17 +161,17 @@ class ServicerBase:
                 log.error("%s on model %r failed", api, model_name, exc_info=exc)
                 error = Internal(f"{api} on model '{model_name}': {type(exc).__name__}: {exc}")
             else:
-                code = "CANCELLED"
-                raise exc
-            code = error.grpc_code.name
-            return None, error
+                self.core.finish(record, "CANCELLED")
+                return None
+            self.core.finish(record, error.grpc_code.name)
+            return error
         finally:
-            try:
-                if code:
-                    self.core.finish(record, code)
-            finally:
-                if gate is not None:
-                    gate.exit()  # exactly once, whatever the recording does
+            del exc
+            self._leave_gate()
+
+    def _leave_gate(self) -> None:
+        if self.gate is not None:
+            self.gate.exit()  # exactly once per _open, whatever the recording does
 
 
 def _tag(record: Any, context: Any) -> None:
