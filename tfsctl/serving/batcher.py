@@ -308,19 +308,12 @@ class Batcher:
         waits): the caller hands it to a thread that calls :meth:`run`."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         output_filter = tuple(output_filter)
-        if self._stopping:
-            raise Unavailable("server is shutting down: batcher stopped")
-        opts = self._options_for(servable)
-        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
-        if plan is None:
+        plan = self._plan_whole(servable, signature_name, inputs, output_filter)
+        if isinstance(plan, str):
+            if plan == "split":  # enable_large_batch_splitting: the queue's job
+                return None
             return servable.run(signature_name, inputs, output_filter)  # unbatched: runs directly
-        assert opts is not None
-        key, size = plan
-        _check_size(servable, signature_name, size, opts)
-        if size > opts.execution_batch_size:  # a request to split (enable_large_batch_splitting): the queue's job
-            return None
-        if self.metrics is not None:
-            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
+        opts, key, size = plan
         return self._run_alone(servable, signature_name, inputs, output_filter, opts, key, size)
 
     def submit(
@@ -341,22 +334,13 @@ class Batcher:
         request gets before it is queued (too large, invalid, a full queue, a stopped batcher) are raised here."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         output_filter = tuple(output_filter)
-        if self._stopping:
-            raise Unavailable("server is shutting down: batcher stopped")
-        opts = self._options_for(servable)
-        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
-        if plan is None:
+        plan = self._plan_whole(servable, signature_name, inputs, output_filter)
+        if isinstance(plan, str):  # unbatched or split
             return False
-        assert opts is not None
-        key, size = plan
-        _check_size(servable, signature_name, size, opts)
-        if size > opts.execution_batch_size:
-            return False
+        opts, key, size = plan
         validate = getattr(servable, "validate", None)
         if validate is not None:
             validate(signature_name, inputs)
-        if self.metrics is not None:  # batching_session/input_batch_size, as in run()
-            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
         local = self._local
         if not getattr(local, "arriving", False):
             self._begin_arrival()
@@ -366,6 +350,26 @@ class Batcher:
             if local.arriving:  # refused: a full queue, a stopped batcher
                 self._end_arrival()
         return True
+
+    def _plan_whole(self, servable: BatchableServable, signature_name: str, inputs: dict[str, np.ndarray],
+                    output_filter: tuple) -> tuple[BatchOptions, tuple, int] | str:
+        """:meth:`run_now` and :meth:`submit`: TF Serving's checks (a stopped batcher, ``max_batch_size``), then the
+        queue options, key and size of a request the queue takes whole (counted in batching_session's
+        input_batch_size); "unbatched" or "split" for the others."""
+        if self._stopping:
+            raise Unavailable("server is shutting down: batcher stopped")
+        opts = self._options_for(servable)
+        plan = None if opts is None else self._plan(servable, signature_name, inputs, output_filter, opts)
+        if plan is None:
+            return "unbatched"
+        assert opts is not None
+        key, size = plan
+        _check_size(servable, signature_name, size, opts)
+        if size > opts.execution_batch_size:
+            return "split"
+        if self.metrics is not None:  # batching_session/input_batch_size
+            self.metrics.observe_batch_input(np.shape(v)[0] if np.ndim(v) else 1 for v in inputs.values())
+        return opts, key, size
 
     def batches(self, servable: BatchableServable) -> bool:
         """Whether requests to ``servable`` are batched at all (per-model batching: its version has parameters)."""
