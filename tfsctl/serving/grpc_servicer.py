@@ -166,7 +166,6 @@ class ServicerBase:
             self.core.finish(record, error.grpc_code.name)
             return error
         finally:
-            del exc
             self._leave_gate()
 
     def _leave_gate(self) -> None:
