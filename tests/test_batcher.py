@@ -407,6 +407,13 @@ def test_a_held_batch_is_not_starved_by_a_closed_loop_client_of_another_queue(to
         batcher.stop()
 
 
+def _held_batches_batcher(timeout: float) -> Batcher:
+    """Two batch threads, batches of 8 timed out after ``timeout`` s, closing early from the start, with the opt-in:
+    the batcher of the held-batch scenarios (:func:`_both_threads_busy_and_a_batch_past_its_timeout`)."""
+    return Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
+                   close_early_after=0, wait_for_answered_clients=True)
+
+
 def _both_threads_busy_and_a_batch_past_its_timeout(batcher: Batcher, pool: ThreadPoolExecutor, blocker, answered,
                                                     toy, timeout: float):
     """Two batch threads held in the model (a lone request on ``blocker``, a full batch of 8 on ``answered``) and a
@@ -427,8 +434,7 @@ def test_a_held_batch_runs_once_the_expected_client_comes_back_and_is_refused_wh
     other batch thread is busy: the held batch runs now, on the free thread, not when the client's wait expires."""
     blocker, answered = _Recording(toy, gate=threading.Event()), _Recording(toy, gate=threading.Event())
     timeout = 2.0
-    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
-                      close_early_after=0, wait_for_answered_clients=True)
+    batcher = _held_batches_batcher(timeout)
     try:
         with ThreadPoolExecutor(3) as pool:
             busy, full, queued = _both_threads_busy_and_a_batch_past_its_timeout(batcher, pool, blocker, answered,
@@ -452,8 +458,7 @@ def test_a_held_batch_runs_on_the_free_thread_when_the_request_holding_it_runs_a
     ends."""
     blocker, answered, elsewhere = (_Recording(toy, gate=threading.Event()) for _ in range(3))
     timeout = 2.0
-    batcher = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=int(timeout * 1e6), num_batch_threads=2),
-                      close_early_after=0, wait_for_answered_clients=True)
+    batcher = _held_batches_batcher(timeout)
     go = threading.Event()
     try:
         with ThreadPoolExecutor(4) as pool:
